@@ -1,0 +1,231 @@
+//! Types shared by the kernel programs (`ids-ebpf`) and the daemon (`ids-user`): the records that
+//! cross the ring buffers, the keys and values of the maps, and the kernel-layout offsets that the
+//! daemon reads from BTF and hands to the programs before they load.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, uses explicit padding and carries a size assertion, so the
+//! two sides agree byte for byte. Feature `user` adds the `aya::Pod` impls the daemon needs.
+#![no_std]
+
+pub const TASK_COMM_LEN: usize = 16;
+/// Longest path (or path component) a record carries; longer ones are cut and flagged.
+pub const PATH_LEN: usize = 256;
+/// Bytes of NUL-separated arguments an exec record carries.
+pub const ARGS_LEN: usize = 512;
+
+/// The three signals of the sensor. The value indexes the per-CPU lost counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Exec = 0,
+    File = 1,
+    Connect = 2,
+}
+pub const SIGNAL_COUNT: u32 = 3;
+
+/// Record kinds. Numbers are never reused; families are grouped by hundreds.
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const FILE_CHANGE: u32 = 100;
+    pub const CONNECT: u32 = 200;
+}
+
+/// Common header of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Size of the whole record in bytes; the decoder checks it against the kind.
+    pub size: u32,
+    /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub time_ns: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+
+/// A successful exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Bytes of `args` in use (NUL-separated arguments, argv[0] first).
+    pub args_len: u32,
+    /// Bit 0: arguments were cut at `ARGS_LEN`. Bit 1: filename was cut at `PATH_LEN`.
+    pub truncated: u32,
+    pub filename: [u8; PATH_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + 8 + PATH_LEN + ARGS_LEN);
+pub const EXEC_ARGS_TRUNCATED: u32 = 1;
+pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
+
+/// Operations of a file-change record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    Write = 1,
+    Create = 2,
+    Rename = 3,
+    Unlink = 4,
+    Attrib = 5,
+}
+
+impl FileOp {
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Write,
+            2 => Self::Create,
+            3 => Self::Rename,
+            4 => Self::Unlink,
+            5 => Self::Attrib,
+            _ => return None,
+        })
+    }
+}
+
+/// How the kernel program found a path, which tells the daemon how to turn it into an absolute one.
+pub mod path_source {
+    /// No path (unused slot).
+    pub const NONE: u32 = 0;
+    /// `name` is the last component (d_name) of a dentry whose parent directory is `dir`.
+    pub const DENTRY: u32 = 1;
+    /// `name` is an absolute path as the process passed it.
+    pub const ABSOLUTE: u32 = 2;
+    /// `name` is a path relative to the directory `dir` (the cwd or a dirfd).
+    pub const RELATIVE: u32 = 3;
+}
+
+/// A change to a watched file or directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    pub op: u32,
+    /// `path_source` of `name`.
+    pub source: u32,
+    /// Target inode, `dev` as the kernel encodes it (major << 20 | minor); 0 when not known.
+    pub dev: u32,
+    /// `i_mode` of the target when known, else 0.
+    pub mode: u32,
+    pub ino: u64,
+    /// Directory `name` is relative to (DENTRY: the parent; RELATIVE: the base).
+    pub dir_dev: u32,
+    /// `path_source` of `new_name` (rename only).
+    pub new_source: u32,
+    pub dir_ino: u64,
+    pub new_dir_dev: u32,
+    /// Bit 0: `name` was cut; bit 1: `new_name` was cut.
+    pub truncated: u32,
+    pub new_dir_ino: u64,
+    pub name: [u8; PATH_LEN],
+    pub new_name: [u8; PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 56 + 56 + 2 * PATH_LEN);
+
+/// An outgoing connect (seen at the connect call) or an incoming TCP SYN (seen in XDP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    /// `DIRECTION_OUT` or `DIRECTION_IN`.
+    pub direction: u8,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub protocol: u8,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Ports in host byte order; 0 when not known (the source port of an unbound socket).
+    pub sport: u16,
+    pub dport: u16,
+    /// Addresses in network byte order; IPv4 uses the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Interface the SYN arrived on (incoming only).
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 56 + 8 + 32 + 8);
+pub const DIRECTION_OUT: u8 = 0;
+pub const DIRECTION_IN: u8 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the watched-inode map. `dev` as the kernel encodes it (major << 20 | minor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+
+/// Value of the watched-inode map.
+pub const WATCHED_FILE: u32 = 1;
+pub const WATCHED_DIR: u32 = 2;
+/// A directory above a watched root: relative paths resolved from it may lead into the watch set,
+/// so path-based calls from it go to the daemon, which keeps only those that do.
+pub const WATCHED_ANCESTOR: u32 = 3;
+
+/// Key of the watched-prefix LPM trie: absolute paths as bytes. A watched directory `/a/b` is stored
+/// as the prefixes `/a/b/` and `/a/b\0`; a watched file `/a/f` as `/a/f\0`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathPrefix {
+    pub bytes: [u8; PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PathPrefix>() == PATH_LEN);
+
+/// Byte offsets into kernel structures, read by the daemon from the running kernel's BTF and set
+/// as a read-only global before the programs load. Names are `struct_member`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub task_mm: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub fs_pwd_dentry: u32,
+    pub file_dentry: u32,
+    pub file_inode: u32,
+    pub file_mode: u32,
+    pub file_flags: u32,
+    pub file_private_data: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub dentry_name: u32,
+    pub dentry_sb: u32,
+    pub inode_ino: u32,
+    pub inode_mode: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub socket_type: u32,
+    pub iattr_valid: u32,
+    /// Index of the `dentry` argument of the LSM hook `inode_setattr` (it moved in 6.3).
+    pub setattr_dentry_arg: u32,
+    pub binprm_filename: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) with explicit padding and only integer fields.
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for PathPrefix {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}

@@ -1,0 +1,93 @@
+//! Exec: `sched:sched_process_exec` everywhere; LSM `bprm_committed_creds` where LSM programs load
+//! (it runs once the exec can no longer fail). Both report the same record.
+use aya_ebpf::{
+    helpers::generated,
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
+};
+use ids_common::{
+    ARGS_LEN, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, ExecEvent, PATH_LEN, Signal, kind,
+};
+
+use crate::{
+    kernel::{self, Kptr, offset, read, read_ptr},
+    maps::{EXEC_EVENTS, count_lost},
+};
+
+#[tracepoint]
+pub fn exec_tp(ctx: TracePointContext) -> u32 {
+    // `__data_loc char[] filename` at offset 8: low 16 bits offset into the record, high 16 length.
+    let filename = match unsafe { ctx.read_at::<u32>(8) } {
+        Ok(loc) => unsafe { (ctx.as_ptr() as Kptr).add((loc & 0xffff) as usize) },
+        Err(_) => return 0,
+    };
+    let _ = emit_exec(filename);
+    0
+}
+
+#[lsm(hook = "bprm_committed_creds")]
+pub fn exec_lsm(ctx: LsmContext) -> i32 {
+    let bprm: Kptr = ctx.arg(0);
+    if let Ok(filename) = read_ptr(bprm, offset!(binprm_filename)) {
+        let _ = emit_exec(filename);
+    }
+    0
+}
+
+use aya_ebpf::EbpfContext as _;
+
+#[inline(always)]
+fn emit_exec(filename: Kptr) -> Result<(), i64> {
+    let Some(mut entry) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost(Signal::Exec);
+        return Ok(());
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    kernel::fill_header(&mut event.header, kind::EXEC, core::mem::size_of::<ExecEvent>());
+    event.truncated = 0;
+    let read = unsafe {
+        generated::bpf_probe_read_kernel_str(
+            event.filename.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            filename.cast(),
+        )
+    };
+    if read < 0 {
+        event.filename[0] = 0;
+    } else if read as usize >= PATH_LEN {
+        event.truncated |= EXEC_FILENAME_TRUNCATED;
+    }
+    event.args_len = 0;
+    if let Ok((start, len)) = arg_area() {
+        let (n, cut) = if len >= ARGS_LEN as u64 {
+            (ARGS_LEN as u32, len > ARGS_LEN as u64)
+        } else {
+            ((len as u32) & (ARGS_LEN as u32 - 1), false)
+        };
+        if n > 0 {
+            let ok = unsafe {
+                generated::bpf_probe_read_user(event.args.as_mut_ptr().cast(), n, start as *const _)
+            };
+            if ok == 0 {
+                event.args_len = n;
+                if cut {
+                    event.truncated |= EXEC_ARGS_TRUNCATED;
+                }
+            }
+        }
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// Start and length of the new program's argument strings in its memory.
+#[inline(always)]
+fn arg_area() -> Result<(u64, u64), i64> {
+    let mm = read_ptr(kernel::current_task(), offset!(task_mm))?;
+    let start: u64 = read(mm, offset!(mm_arg_start))?;
+    let end: u64 = read(mm, offset!(mm_arg_end))?;
+    if end <= start {
+        return Err(-1);
+    }
+    Ok((start, end - start))
+}

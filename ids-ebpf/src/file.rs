@@ -1,0 +1,609 @@
+//! File changes on watched paths only.
+//!
+//! Two hook sets, chosen by the daemon at start:
+//! - syscall tracepoints (any kernel with CONFIG_FTRACE_SYSCALLS): descriptor-based calls resolve the
+//!   descriptor to its inode and check it against `WATCHED_INODES`; path-based calls check absolute
+//!   paths against `WATCHED_PREFIXES` and relative ones by their base directory, park the record in
+//!   `PENDING_FILE_EVENTS` and send it only when the syscall returns 0;
+//! - LSM `file_open`, `inode_*`, `mmap_file` and fentry `vfs_write`/`vfs_writev`, where those load:
+//!   they see resolved dentries, so no path string is ever guessed.
+//! An unwatched write costs a descriptor walk and one hash lookup, and never reaches the ring buffer.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated},
+    macros::{fentry, lsm, tracepoint},
+    programs::{FEntryContext, LsmContext, TracePointContext},
+};
+use ids_common::{
+    FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, kind, path_source,
+};
+
+use crate::{
+    kernel::{self, Kptr, offset, read},
+    maps::{
+        FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH,
+        WATCHED_INODES, WATCHED_PREFIXES, count_lost,
+    },
+};
+
+const AT_FDCWD: i64 = -100;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+const O_WRONLY: u64 = 0o1;
+const FMODE_CREATED: u32 = 0x10_0000;
+const PROT_WRITE: u64 = 0x2;
+const MAP_TYPE: u64 = 0x0f;
+const MAP_SHARED: u64 = 0x01;
+const MAP_SHARED_VALIDATE: u64 = 0x03;
+const ATTR_MODE: u32 = 1 << 0;
+const ATTR_UID: u32 = 1 << 1;
+const ATTR_GID: u32 = 1 << 2;
+const ATTR_SIZE: u32 = 1 << 3;
+const ATTR_ATIME: u32 = 1 << 4;
+const ATTR_MTIME: u32 = 1 << 5;
+
+/// x86_64 syscall numbers of the calls this module follows.
+mod nr {
+    pub const WRITE: i64 = 1;
+    pub const OPEN: i64 = 2;
+    pub const MMAP: i64 = 9;
+    pub const PWRITE64: i64 = 18;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const TRUNCATE: i64 = 76;
+    pub const FTRUNCATE: i64 = 77;
+    pub const RENAME: i64 = 82;
+    pub const MKDIR: i64 = 83;
+    pub const RMDIR: i64 = 84;
+    pub const CREAT: i64 = 85;
+    pub const LINK: i64 = 86;
+    pub const UNLINK: i64 = 87;
+    pub const SYMLINK: i64 = 88;
+    pub const CHMOD: i64 = 90;
+    pub const FCHMOD: i64 = 91;
+    pub const CHOWN: i64 = 92;
+    pub const FCHOWN: i64 = 93;
+    pub const LCHOWN: i64 = 94;
+    pub const UTIME: i64 = 132;
+    pub const MKNOD: i64 = 133;
+    pub const UTIMES: i64 = 235;
+    pub const OPENAT: i64 = 257;
+    pub const MKDIRAT: i64 = 258;
+    pub const MKNODAT: i64 = 259;
+    pub const FCHOWNAT: i64 = 260;
+    pub const FUTIMESAT: i64 = 261;
+    pub const UNLINKAT: i64 = 263;
+    pub const RENAMEAT: i64 = 264;
+    pub const LINKAT: i64 = 265;
+    pub const SYMLINKAT: i64 = 266;
+    pub const FCHMODAT: i64 = 268;
+    pub const UTIMENSAT: i64 = 280;
+    pub const FALLOCATE: i64 = 285;
+    pub const PWRITEV: i64 = 296;
+    pub const RENAMEAT2: i64 = 316;
+    pub const COPY_FILE_RANGE: i64 = 326;
+    pub const PWRITEV2: i64 = 328;
+    pub const OPENAT2: i64 = 437;
+    pub const FCHMODAT2: i64 = 452;
+}
+
+#[inline(always)]
+fn syscall_nr(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i32>(8) }.map(|n| n as i64).unwrap_or(-1)
+}
+
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+/// A watched file or directory (not a mere ancestor of one).
+#[inline(always)]
+fn is_watched(key: &InodeKey) -> bool {
+    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_FILE) | Some(&WATCHED_DIR))
+}
+
+/// A watched directory: new names in it are reported.
+#[inline(always)]
+fn is_watched_dir(key: &InodeKey) -> bool {
+    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_DIR))
+}
+
+/// Anything in the watched-inode map, ancestors of watched roots included.
+#[inline(always)]
+fn is_relevant_base(key: &InodeKey) -> bool {
+    unsafe { WATCHED_INODES.get(key) }.is_some()
+}
+
+#[inline(always)]
+fn tid_key() -> u64 {
+    bpf_get_current_pid_tgid()
+}
+
+/// Copies a kernel string into `dst`; returns whether it was cut.
+#[inline(always)]
+fn read_kernel_str(dst: &mut [u8; PATH_LEN], src: Kptr) -> bool {
+    let n = unsafe {
+        generated::bpf_probe_read_kernel_str(dst.as_mut_ptr().cast(), PATH_LEN as u32, src.cast())
+    };
+    if n < 0 {
+        dst[0] = 0;
+    }
+    n >= PATH_LEN as i64
+}
+
+/// Fills target, parent directory and last component from a dentry.
+#[inline(always)]
+fn describe_dentry(event: &mut FileEvent, dentry: Kptr) {
+    event.source = path_source::DENTRY;
+    event.dev = 0;
+    event.ino = 0;
+    event.mode = 0;
+    if let Ok(inode) = kernel::dentry_inode(dentry) {
+        if let Ok(key) = kernel::inode_key(inode) {
+            event.dev = key.dev;
+            event.ino = key.ino;
+        }
+        event.mode = kernel::inode_mode(inode);
+    }
+    event.dir_dev = 0;
+    event.dir_ino = 0;
+    if let Ok(parent) = kernel::dentry_parent(dentry) {
+        if let Ok(key) = kernel::dentry_inode(parent).and_then(kernel::inode_key) {
+            event.dir_dev = key.dev;
+            event.dir_ino = key.ino;
+        }
+    }
+    event.truncated = 0;
+    match kernel::dentry_name(dentry) {
+        Ok(name) => {
+            if read_kernel_str(&mut event.name, name) {
+                event.truncated |= 1;
+            }
+        }
+        Err(_) => event.name[0] = 0,
+    }
+}
+
+#[inline(always)]
+fn clear_new(event: &mut FileEvent) {
+    event.new_source = path_source::NONE;
+    event.new_dir_dev = 0;
+    event.new_dir_ino = 0;
+    event.new_name[0] = 0;
+}
+
+/// Sends a record about `dentry` straight to the ring buffer.
+#[inline(always)]
+fn emit_dentry(op: FileOp, dentry: Kptr) {
+    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
+        count_lost(Signal::File);
+        return;
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
+    event.op = op as u32;
+    describe_dentry(event, dentry);
+    clear_new(event);
+    entry.submit(0);
+}
+
+/// A change through an open file: reported only if its inode is watched.
+#[inline(always)]
+fn on_file(op: FileOp, file: Kptr) -> Result<(), i64> {
+    let key = kernel::inode_key(kernel::file_inode(file)?)?;
+    if !is_watched(&key) {
+        return Ok(());
+    }
+    emit_dentry(op, kernel::file_dentry(file)?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- syscall tracepoints
+
+/// Descriptor-based changes: write family, truncate, fchmod/fchown, shared writable mmap.
+#[tracepoint]
+pub fn file_fd_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_file_fd_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_file_fd_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let (op, fd) = match syscall_nr(ctx) {
+        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDFILE
+        | nr::FTRUNCATE | nr::FALLOCATE => (FileOp::Write, syscall_arg(ctx, 0)),
+        nr::COPY_FILE_RANGE => (FileOp::Write, syscall_arg(ctx, 2)),
+        nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, syscall_arg(ctx, 0)),
+        nr::MMAP => {
+            let prot = syscall_arg(ctx, 2);
+            let map_type = syscall_arg(ctx, 3) & MAP_TYPE;
+            if prot & PROT_WRITE == 0 || (map_type != MAP_SHARED && map_type != MAP_SHARED_VALIDATE) {
+                return Ok(());
+            }
+            (FileOp::Write, syscall_arg(ctx, 4))
+        }
+        _ => return Ok(()),
+    };
+    on_file(op, kernel::file_from_fd(fd as i32 as i64)?)
+}
+
+/// Opens that may create or truncate: remember the flags until the syscall returns.
+#[tracepoint]
+pub fn file_open_enter(ctx: TracePointContext) -> u32 {
+    let flags = match syscall_nr(&ctx) {
+        nr::OPEN => syscall_arg(&ctx, 1),
+        nr::OPENAT => syscall_arg(&ctx, 2),
+        nr::CREAT => O_CREAT | O_WRONLY | O_TRUNC,
+        nr::OPENAT2 => {
+            let how = syscall_arg(&ctx, 2) as *const u64;
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0)
+        }
+        _ => return 0,
+    };
+    if flags & (O_CREAT | O_TRUNC) != 0 {
+        let _ = PENDING_OPENS.insert(&tid_key(), &flags, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn file_open_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_file_open_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_file_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = tid_key();
+    let Some(flags) = (unsafe { PENDING_OPENS.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = PENDING_OPENS.remove(&tid);
+    let fd = syscall_ret(ctx);
+    if fd < 0 {
+        return Ok(());
+    }
+    let file = kernel::file_from_fd(fd)?;
+    let fmode: u32 = read(file, offset!(file_mode))?;
+    if fmode & FMODE_CREATED != 0 {
+        on_created(kernel::file_dentry(file)?)
+    } else if flags & O_TRUNC != 0 {
+        on_file(FileOp::Write, file)
+    } else {
+        Ok(())
+    }
+}
+
+/// A new file: reported if its directory is watched; its inode joins the watch set at once, so
+/// the writes that follow are seen without waiting for the daemon.
+#[inline(always)]
+fn on_created(dentry: Kptr) -> Result<(), i64> {
+    let parent = kernel::dentry_parent(dentry)?;
+    let dir = kernel::inode_key(kernel::dentry_inode(parent)?)?;
+    if !is_watched_dir(&dir) {
+        return Ok(());
+    }
+    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
+        let _ = WATCHED_INODES.insert(&key, &WATCHED_FILE, 0);
+    }
+    emit_dentry(FileOp::Create, dentry);
+    Ok(())
+}
+
+/// Reads a user path into `name` and decides whether it lies in the watch set.
+/// Returns (source, watched); fills `dir` for relative paths.
+#[inline(always)]
+fn capture_path(
+    dirfd: i64,
+    upath: u64,
+    name: &mut [u8; PATH_LEN],
+    dir: &mut InodeKey,
+    truncated: &mut bool,
+) -> Result<(u32, bool), i64> {
+    let key = PREFIX_SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    let key = unsafe { &mut *key };
+    let n = unsafe {
+        generated::bpf_probe_read_user_str(
+            key.data.bytes.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            upath as *const _,
+        )
+    };
+    if n <= 1 {
+        return Err(-1);
+    }
+    *truncated = n >= PATH_LEN as i64;
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            name.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            key.data.bytes.as_ptr().cast(),
+        )
+    };
+    if key.data.bytes[0] == b'/' {
+        key.prefix_len = (PATH_LEN * 8) as u32;
+        return Ok((path_source::ABSOLUTE, WATCHED_PREFIXES.get(&*key).is_some()));
+    }
+    let base = if dirfd as i32 as i64 == AT_FDCWD {
+        kernel::cwd_dentry()?
+    } else {
+        kernel::file_dentry(kernel::file_from_fd(dirfd as i32 as i64)?)?
+    };
+    *dir = kernel::inode_key(kernel::dentry_inode(base)?)?;
+    Ok((path_source::RELATIVE, is_relevant_base(dir)))
+}
+
+/// Path-based changes: rename, unlink, mkdir, link, chmod, chown, utimes, truncate.
+#[tracepoint]
+pub fn file_path_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_file_path_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_file_path_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    const CWD: u64 = AT_FDCWD as u64;
+    // (op, dirfd, path, second dirfd, second path); a zero second path means none.
+    let (op, dirfd, path, dirfd2, path2) = match syscall_nr(ctx) {
+        nr::RENAME => (FileOp::Rename, CWD, syscall_arg(ctx, 0), CWD, syscall_arg(ctx, 1)),
+        nr::RENAMEAT | nr::RENAMEAT2 => (
+            FileOp::Rename,
+            syscall_arg(ctx, 0),
+            syscall_arg(ctx, 1),
+            syscall_arg(ctx, 2),
+            syscall_arg(ctx, 3),
+        ),
+        nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, syscall_arg(ctx, 0), 0, 0),
+        nr::UNLINKAT => (FileOp::Unlink, syscall_arg(ctx, 0), syscall_arg(ctx, 1), 0, 0),
+        nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, syscall_arg(ctx, 0), 0, 0),
+        nr::MKDIRAT | nr::MKNODAT => (FileOp::Create, syscall_arg(ctx, 0), syscall_arg(ctx, 1), 0, 0),
+        nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, syscall_arg(ctx, 1), 0, 0),
+        nr::LINKAT => (FileOp::Create, syscall_arg(ctx, 2), syscall_arg(ctx, 3), 0, 0),
+        nr::SYMLINKAT => (FileOp::Create, syscall_arg(ctx, 1), syscall_arg(ctx, 2), 0, 0),
+        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => {
+            (FileOp::Attrib, CWD, syscall_arg(ctx, 0), 0, 0)
+        }
+        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
+            let dirfd = syscall_arg(ctx, 0);
+            let path = syscall_arg(ctx, 1);
+            if path == 0 {
+                // utimensat(fd, NULL, ...) changes the open file itself.
+                return on_file(FileOp::Attrib, kernel::file_from_fd(dirfd as i32 as i64)?);
+            }
+            (FileOp::Attrib, dirfd, path, 0, 0)
+        }
+        nr::TRUNCATE => (FileOp::Write, CWD, syscall_arg(ctx, 0), 0, 0),
+        _ => return Ok(()),
+    };
+    let event = FILE_SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    let event = unsafe { &mut *event };
+    let mut dir = InodeKey::default();
+    let mut cut = false;
+    let (source, watched) = capture_path(dirfd as i64, path, &mut event.name, &mut dir, &mut cut)?;
+    event.source = source;
+    event.dir_dev = dir.dev;
+    event.dir_ino = dir.ino;
+    event.truncated = cut as u32;
+    // Volatile so LLVM cannot fold the two map-lookup results into one pointer OR, which the
+    // verifier rejects.
+    let mut any_watched: u32 = 0;
+    if watched {
+        unsafe { core::ptr::write_volatile(&mut any_watched, 1) };
+    }
+    clear_new(event);
+    if path2 != 0 {
+        let mut dir2 = InodeKey::default();
+        let mut cut2 = false;
+        if let Ok((source2, watched2)) =
+            capture_path(dirfd2 as i64, path2, &mut event.new_name, &mut dir2, &mut cut2)
+        {
+            event.new_source = source2;
+            event.new_dir_dev = dir2.dev;
+            event.new_dir_ino = dir2.ino;
+            event.truncated |= (cut2 as u32) << 1;
+            if watched2 {
+                unsafe { core::ptr::write_volatile(&mut any_watched, 1) };
+            }
+        }
+    }
+    if unsafe { core::ptr::read_volatile(&any_watched) } == 0 {
+        return Ok(());
+    }
+    kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
+    event.op = op as u32;
+    event.dev = 0;
+    event.ino = 0;
+    event.mode = 0;
+    PENDING_FILE_EVENTS.insert(&tid_key(), &*event, 0).map_err(|e| e as i64)
+}
+
+/// Sends a parked path-based record once its syscall returned 0.
+#[tracepoint]
+pub fn file_path_exit(ctx: TracePointContext) -> u32 {
+    let tid = tid_key();
+    let Some(event) = PENDING_FILE_EVENTS.get_ptr(&tid) else {
+        return 0;
+    };
+    if syscall_ret(&ctx) == 0 {
+        if FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
+            count_lost(Signal::File);
+        }
+    }
+    let _ = PENDING_FILE_EVENTS.remove(&tid);
+    0
+}
+
+// ---------------------------------------------------------------- LSM and fentry
+
+#[lsm(hook = "file_open")]
+pub fn file_open_lsm(ctx: LsmContext) -> i32 {
+    let file: Kptr = ctx.arg(0);
+    if let Ok(fmode) = read::<u32>(file, offset!(file_mode)) {
+        if fmode & FMODE_CREATED != 0 {
+            if let Ok(dentry) = kernel::file_dentry(file) {
+                let _ = on_created(dentry);
+            }
+        }
+    }
+    // Truncation by O_TRUNC reaches `inode_setattr` with ATTR_SIZE; reporting it here would double it.
+    0
+}
+
+#[lsm(hook = "mmap_file")]
+pub fn file_mmap_lsm(ctx: LsmContext) -> i32 {
+    let file: Kptr = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    let flags: u64 = ctx.arg(3);
+    let map_type = flags & MAP_TYPE;
+    if !file.is_null()
+        && prot & PROT_WRITE != 0
+        && (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE)
+    {
+        let _ = on_file(FileOp::Write, file);
+    }
+    0
+}
+
+#[lsm(hook = "inode_setattr")]
+pub fn file_setattr_lsm(ctx: LsmContext) -> i32 {
+    let _ = try_file_setattr_lsm(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_file_setattr_lsm(ctx: &LsmContext) -> Result<(), i64> {
+    // The dentry moved from argument 0 to 1 when the hook gained an idmap argument.
+    let (dentry, attr): (Kptr, Kptr) = if offset!(setattr_dentry_arg) == 0 {
+        (ctx.arg(0), ctx.arg(1))
+    } else {
+        (ctx.arg(1), ctx.arg(2))
+    };
+    let valid: u32 = read(attr, offset!(iattr_valid))?;
+    let op = if valid & ATTR_SIZE != 0 {
+        FileOp::Write
+    } else if valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_ATIME | ATTR_MTIME) != 0 {
+        FileOp::Attrib
+    } else {
+        return Ok(());
+    };
+    let key = kernel::inode_key(kernel::dentry_inode(dentry)?)?;
+    if is_watched(&key) {
+        emit_dentry(op, dentry);
+    }
+    Ok(())
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn file_unlink_lsm(ctx: LsmContext) -> i32 {
+    on_dentry_removed(ctx.arg(1));
+    0
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn file_rmdir_lsm(ctx: LsmContext) -> i32 {
+    on_dentry_removed(ctx.arg(1));
+    0
+}
+
+#[inline(always)]
+fn on_dentry_removed(dentry: Kptr) {
+    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
+        if is_watched(&key) {
+            emit_dentry(FileOp::Unlink, dentry);
+        }
+    }
+}
+
+/// New names in a watched directory: `(dir inode, new dentry)` hooks.
+#[inline(always)]
+fn on_new_name(dir: Kptr, dentry: Kptr) {
+    if let Ok(key) = kernel::inode_key(dir) {
+        if is_watched_dir(&key) {
+            emit_dentry(FileOp::Create, dentry);
+        }
+    }
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn file_mkdir_lsm(ctx: LsmContext) -> i32 {
+    on_new_name(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn file_mknod_lsm(ctx: LsmContext) -> i32 {
+    on_new_name(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn file_symlink_lsm(ctx: LsmContext) -> i32 {
+    on_new_name(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[lsm(hook = "inode_link")]
+pub fn file_link_lsm(ctx: LsmContext) -> i32 {
+    on_new_name(ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn file_rename_lsm(ctx: LsmContext) -> i32 {
+    let _ = try_file_rename_lsm(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
+    let old_dentry: Kptr = ctx.arg(1);
+    let new_dir: Kptr = ctx.arg(2);
+    let new_dentry: Kptr = ctx.arg(3);
+    let moved = kernel::inode_key(kernel::dentry_inode(old_dentry)?)?;
+    let into_watched = kernel::inode_key(new_dir).map(|k| is_watched_dir(&k)).unwrap_or(false);
+    if !is_watched(&moved) && !into_watched {
+        return Ok(());
+    }
+    if into_watched {
+        let _ = WATCHED_INODES.insert(&moved, &WATCHED_FILE, 0);
+    }
+    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
+        count_lost(Signal::File);
+        return Ok(());
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
+    event.op = FileOp::Rename as u32;
+    describe_dentry(event, old_dentry);
+    event.new_source = path_source::DENTRY;
+    let new_dir_key = kernel::inode_key(new_dir).unwrap_or_default();
+    event.new_dir_dev = new_dir_key.dev;
+    event.new_dir_ino = new_dir_key.ino;
+    match kernel::dentry_name(new_dentry) {
+        Ok(name) => {
+            if read_kernel_str(&mut event.new_name, name) {
+                event.truncated |= 2;
+            }
+        }
+        Err(_) => event.new_name[0] = 0,
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+#[fentry(function = "vfs_write")]
+pub fn file_vfs_write(ctx: FEntryContext) -> u32 {
+    let _ = on_file(FileOp::Write, ctx.arg(0));
+    0
+}
+
+#[fentry(function = "vfs_writev")]
+pub fn file_vfs_writev(ctx: FEntryContext) -> u32 {
+    let _ = on_file(FileOp::Write, ctx.arg(0));
+    0
+}

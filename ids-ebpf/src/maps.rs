@@ -1,0 +1,56 @@
+//! Every map of the sensor, in one place. Names are what the daemon looks them up by.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use ids_common::{FileEvent, InodeKey, PathPrefix, SIGNAL_COUNT, Signal};
+
+/// Exec records.
+#[map]
+pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// File-change records: the busiest signal gets the largest buffer.
+#[map]
+pub static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+/// Connect records.
+#[map]
+pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Records that did not fit in their ring buffer, per signal (index = `Signal`).
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(SIGNAL_COUNT, 0);
+
+/// Every inode of the watch set (value `WATCHED_FILE` or `WATCHED_DIR`). The daemon fills it from
+/// the config; the programs add inodes created in watched directories. Its size is set at load.
+#[map]
+pub static WATCHED_INODES: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Absolute path prefixes of the watch set, for syscalls that name a path rather than a file.
+#[map]
+pub static WATCHED_PREFIXES: LpmTrie<PathPrefix, u32> =
+    LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Flags of an open that may create or truncate, by thread, from enter to exit.
+#[map]
+pub static PENDING_OPENS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Path-based changes waiting for their syscall to succeed, by thread.
+#[map]
+pub static PENDING_FILE_EVENTS: LruHashMap<u64, FileEvent> = LruHashMap::with_max_entries(8192, 0);
+
+/// Per-CPU room to build a file record (too large for the 512-byte stack).
+#[map]
+pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for an LPM lookup key.
+#[map]
+pub static PREFIX_SCRATCH: PerCpuArray<Key<PathPrefix>> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_lost(signal: Signal) {
+    if let Some(counter) = LOST.get_ptr_mut(signal as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}

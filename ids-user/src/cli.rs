@@ -1,0 +1,121 @@
+//! Command line: `ids run`, `ids status`, `ids config default`.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::control::{self, Request};
+
+#[derive(Debug, Parser)]
+#[command(name = "ids", version, about = "eBPF host intrusion-detection sensor")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Configuration file (TOML); the embedded default when absent.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sensor (root).
+    Run {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show the running daemon's hooks and counters.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration.
+    Default,
+    /// Parse and validate a configuration file.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { common } => {
+            let config = Config::load(common.config.as_deref())?;
+            init_logging();
+            runtime()?.block_on(crate::daemon::run(config))?;
+        }
+        Command::Status { common, json } => {
+            let config = Config::load(common.config.as_deref())?;
+            let status = runtime()?.block_on(control::call(&config.control_socket(), &Request::Status))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", human_status(&status));
+            }
+        }
+        Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
+        Command::Config { command: ConfigCommand::Check { common } } => {
+            Config::load(common.config.as_deref())?;
+            println!("ok");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr so that `events_log = "-"` keeps stdout for events.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn human_status(status: &serde_json::Value) -> String {
+    let mut out = format!("ids daemon pid {}, up {} s\n", status["pid"], status["uptime_s"]);
+    out += &format!("{:<9} {:<52} {:>10} {:>8}\n", "signal", "hook", "received", "lost");
+    for signal in status["signals"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<9} {:<52} {:>10} {:>8}\n",
+            signal["signal"].as_str().unwrap_or("?"),
+            signal["hook"].as_str().unwrap_or("?"),
+            signal["received"],
+            signal["lost"],
+        );
+    }
+    let interfaces: Vec<&str> = status["incoming"]["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str())
+        .collect();
+    out += &format!("incoming  {} on {}\n", status["incoming"]["hook"].as_str().unwrap_or("?"), interfaces.join(", "));
+    out += &format!(
+        "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\n",
+        status["watch"]["roots"].as_array().map_or(0, |r| r.len()),
+        status["watch"]["inodes"],
+        status["watch"]["unresolved"],
+        status["events_written"],
+    );
+    out
+}

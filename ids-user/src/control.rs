@@ -1,0 +1,93 @@
+//! The control socket: a root-only Unix socket in the state directory. One JSON request per line
+//! (`{"command":"status"}`), one JSON response per line (`{"ok":true,...}` or `{"ok":false,"error":...}`).
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+pub type Reply = oneshot::Sender<serde_json::Value>;
+
+/// Longest request line accepted; anything longer is refused.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Binds the socket (mode 0600), refusing to steal it from a daemon that still answers.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another daemon answers on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts connections and forwards their requests to the daemon's main loop.
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<(Request, Reply)>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, requests).await {
+                warn!(error = format!("{e:#}"), "control connection");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            requests.send((request, tx)).await.context("daemon is shutting down")?;
+            rx.await.context("daemon dropped the request")?
+        }
+        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Sends one request to the daemon and returns its response.
+pub async fn call(path: &PathBuf, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let stream = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("connecting to the daemon at {} (is `ids run` running?)", path.display()))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut response = String::new();
+    BufReader::new(read).read_line(&mut response).await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))?;
+    if value["ok"] == false {
+        bail!("daemon refused: {}", value["error"]);
+    }
+    Ok(value)
+}

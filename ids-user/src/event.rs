@@ -1,0 +1,159 @@
+//! Events as the daemon writes them: one JSON object per line, field names documented in README.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use ids_common::{AF_INET, ConnectEvent, DIRECTION_IN, EventHeader, ExecEvent, FileOp, IPPROTO_TCP};
+use serde::Serialize;
+
+use crate::sensor::decode::{arguments, c_string};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub time: String,
+    pub kind: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Detail {
+    Exec {
+        filename: String,
+        argv: Vec<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        argv_truncated: bool,
+    },
+    File {
+        op: &'static str,
+        path: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new_path: Option<PathBuf>,
+        dev: u64,
+        ino: u64,
+    },
+    Connect {
+        direction: &'static str,
+        protocol: &'static str,
+        saddr: Option<IpAddr>,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    },
+}
+
+pub fn file_op_name(op: FileOp) -> &'static str {
+    match op {
+        FileOp::Write => "write",
+        FileOp::Create => "create",
+        FileOp::Rename => "rename",
+        FileOp::Unlink => "unlink",
+        FileOp::Attrib => "attrib",
+    }
+}
+
+/// Turns CLOCK_BOOTTIME stamps into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    boot_epoch: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        Self { boot_epoch: SystemTime::now() - since_boot }
+    }
+
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_micros(self.boot_epoch + Duration::from_nanos(boot_ns)).to_string()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn with_header(clock: &Clock, header: &EventHeader, kind: &'static str, detail: Detail) -> Event {
+    Event {
+        time: clock.rfc3339(header.time_ns),
+        kind,
+        pid: header.pid,
+        tid: header.tid,
+        ppid: header.ppid,
+        uid: header.uid,
+        gid: header.gid,
+        comm: c_string(&header.comm),
+        detail,
+    }
+}
+
+pub fn exec(clock: &Clock, event: &ExecEvent) -> Event {
+    let args = &event.args[..(event.args_len as usize).min(event.args.len())];
+    let detail = Detail::Exec {
+        filename: c_string(&event.filename),
+        argv: arguments(args),
+        argv_truncated: event.truncated & ids_common::EXEC_ARGS_TRUNCATED != 0,
+    };
+    with_header(clock, &event.header, "exec", detail)
+}
+
+fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+pub fn connect(clock: &Clock, event: &ConnectEvent) -> Event {
+    let saddr = address(event.family, &event.saddr);
+    let detail = Detail::Connect {
+        direction: if event.direction == DIRECTION_IN { "in" } else { "out" },
+        protocol: if event.protocol == IPPROTO_TCP { "tcp" } else { "udp" },
+        saddr: (!saddr.is_unspecified()).then_some(saddr),
+        sport: event.sport,
+        daddr: address(event.family, &event.daddr),
+        dport: event.dport,
+    };
+    with_header(clock, &event.header, "connect", detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::decode::tests::{connect_event, exec_event};
+
+    #[test]
+    fn exec_json_has_the_documented_fields() {
+        let json = serde_json::to_value(exec(&Clock::new(), &exec_event("/bin/ls", &["ls", "-l"]))).unwrap();
+        assert_eq!(json["kind"], "exec");
+        assert_eq!(json["filename"], "/bin/ls");
+        assert_eq!(json["argv"], serde_json::json!(["ls", "-l"]));
+        assert_eq!(json["comm"], "bash");
+        assert_eq!(json["pid"], 10);
+        assert_eq!(json["ppid"], 1);
+        assert!(json["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn connect_json_has_the_documented_fields() {
+        let json = serde_json::to_value(connect(&Clock::new(), &connect_event())).unwrap();
+        assert_eq!(json["direction"], "out");
+        assert_eq!(json["protocol"], "tcp");
+        assert_eq!(json["daddr"], "127.0.0.1");
+        assert_eq!(json["dport"], 443);
+        assert_eq!(json["saddr"], serde_json::Value::Null);
+    }
+}

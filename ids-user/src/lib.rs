@@ -1,0 +1,7 @@
+//! The `ids` sensor as a library: the binary's `main` only calls `cli::run`.
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod event;
+pub mod sensor;

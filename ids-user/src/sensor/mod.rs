@@ -1,0 +1,312 @@
+//! The kernel side of the daemon: loads the eBPF object with the running kernel's offsets, attaches
+//! the best hook set per signal (see `hooks`), attaches the SYN watcher to interfaces, and reads the
+//! ring buffers into a bounded channel, counting every record it could not pass on.
+pub mod btf;
+pub mod decode;
+pub mod hooks;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::{FEntry, Lsm, TracePoint, Xdp, xdp::XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use ids_common::{SIGNAL_COUNT, Signal};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use self::decode::{RawEvent, decode};
+use self::hooks::{Attach, HOOK_TABLE, HookSet, SYN_PROGRAM, signal_name};
+use self::watch::WatchSet;
+use crate::config::Config;
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ids"));
+const SIGNALS: [Signal; 3] = [Signal::Exec, Signal::File, Signal::Connect];
+
+/// Counters of one signal, shared by its reader and `ids status`.
+#[derive(Debug, Default)]
+pub struct SignalStats {
+    pub received: AtomicU64,
+    /// Records the reader could not queue because the channel was full.
+    pub dropped: AtomicU64,
+    /// Records that did not decode.
+    pub malformed: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub signals: [SignalStats; SIGNAL_COUNT as usize],
+}
+
+impl Stats {
+    pub fn of(&self, signal: Signal) -> &SignalStats {
+        &self.signals[signal as usize]
+    }
+}
+
+pub struct Sensor {
+    ebpf: Ebpf,
+    /// Hook set in use per signal.
+    pub hooks: BTreeMap<&'static str, &'static str>,
+    lost: PerCpuArray<MapData, u64>,
+    pub syn_interfaces: Vec<String>,
+    want_interfaces: Vec<String>,
+}
+
+/// Mounts tracefs and bpffs where they are missing (aya needs tracefs for tracepoints).
+pub fn ensure_kernel_filesystems() {
+    for (fstype, target, probe) in [
+        ("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"),
+        ("bpf", "/sys/fs/bpf", "/sys/fs/bpf/."),
+    ] {
+        if fstype == "bpf" && is_mount_point(target) || fstype == "tracefs" && Path::new(probe).exists() {
+            continue;
+        }
+        let status = std::process::Command::new("mount").args(["-t", fstype, "nodev", target]).status();
+        match status {
+            Ok(s) if s.success() => info!(fstype, target, "mounted"),
+            Ok(s) => warn!(fstype, target, %s, "mount failed"),
+            Err(e) => warn!(fstype, target, error = %e, "mount failed"),
+        }
+    }
+}
+
+fn is_mount_point(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path)))
+        .unwrap_or(false)
+}
+
+impl Sensor {
+    /// Loads and attaches everything; fails naming the signal that has no working hook.
+    pub fn start(config: &Config) -> anyhow::Result<(Self, WatchSet, Vec<(Signal, RingBuf<MapData>)>)> {
+        ensure_kernel_filesystems();
+        raise_memlock_limit();
+        let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let offsets = btf.kernel_offsets().context("finding kernel structure offsets")?;
+        debug!(?offsets, "kernel offsets");
+        #[allow(deprecated)]
+        let mut ebpf = EbpfLoader::new()
+            .set_global("KERNEL_OFFSETS", &offsets, true)
+            .set_max_entries("WATCHED_INODES", config.max_watched_inodes)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for LSM/fentry")?;
+
+        let inodes: BpfHashMap<MapData, _, _> =
+            BpfHashMap::try_from(take_map(&mut ebpf, "WATCHED_INODES")?)?;
+        let mut prefixes: LpmTrie<MapData, _, _> = LpmTrie::try_from(take_map(&mut ebpf, "WATCHED_PREFIXES")?)?;
+        // The watch set goes in before any program attaches, so no early change is missed.
+        let watch = WatchSet::new(&config.watch, inodes, &mut prefixes, config.max_watched_inodes)?;
+        info!(roots = watch.roots().len(), inodes = watch.inode_count(), "watch set loaded");
+        // Keep the prefix map open for the programs' lifetime.
+        std::mem::forget(prefixes);
+
+        let mut hooks = BTreeMap::new();
+        for signal_hooks in HOOK_TABLE {
+            let name = signal_name(signal_hooks.signal);
+            let mut chosen = None;
+            for set in signal_hooks.preference {
+                match attach_set(&mut ebpf, &aya_btf, set) {
+                    Ok(()) => {
+                        chosen = Some(set.name);
+                        break;
+                    }
+                    Err(e) => info!(signal = name, hook = set.name, error = format!("{e:#}"), "hook unavailable"),
+                }
+            }
+            let Some(chosen) = chosen else {
+                bail!("no working hook for signal {name}: every hook set in the table failed to load or attach");
+            };
+            info!(signal = name, hook = chosen, "hook attached");
+            hooks.insert(name, chosen);
+        }
+
+        let program: &mut Xdp = program_mut(&mut ebpf, SYN_PROGRAM)?;
+        program.load().context("loading XDP program syn_watch")?;
+
+        let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?;
+        let mut rings = Vec::new();
+        for (signal, map) in [(Signal::Exec, "EXEC_EVENTS"), (Signal::File, "FILE_EVENTS"), (Signal::Connect, "NET_EVENTS")] {
+            rings.push((signal, RingBuf::try_from(take_map(&mut ebpf, map)?)?));
+        }
+        let mut sensor = Self {
+            ebpf,
+            hooks,
+            lost,
+            syn_interfaces: Vec::new(),
+            want_interfaces: config.interfaces.clone(),
+        };
+        sensor.attach_new_interfaces();
+        Ok((sensor, watch, rings))
+    }
+
+    /// Attaches the SYN watcher to interfaces that appeared since the last call.
+    pub fn attach_new_interfaces(&mut self) {
+        let mut present: Vec<String> = match std::fs::read_dir("/sys/class/net") {
+            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list /sys/class/net");
+                return;
+            }
+        };
+        present.sort();
+        // Interfaces that went away lose their links with them.
+        self.syn_interfaces.retain(|i| present.contains(i));
+        let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, SYN_PROGRAM) else { return };
+        for interface in present {
+            if self.syn_interfaces.contains(&interface)
+                || (!self.want_interfaces.is_empty() && !self.want_interfaces.contains(&interface))
+            {
+                continue;
+            }
+            match program.attach(&interface, XdpMode::Skb) {
+                Ok(_) => {
+                    info!(interface, "SYN watcher attached");
+                    self.syn_interfaces.push(interface);
+                }
+                Err(e) => warn!(interface, error = %e, "SYN watcher not attached"),
+            }
+        }
+    }
+
+    /// Records the kernel could not put in a ring buffer, per signal.
+    pub fn kernel_lost(&self, signal: Signal) -> u64 {
+        match self.lost.get(&(signal as u32), 0) {
+            Ok(values) => values.iter().sum(),
+            Err(e) => {
+                warn!(error = %e, "reading LOST counters");
+                0
+            }
+        }
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("eBPF object has no program {name}"))?;
+    program.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Loads and attaches every program of `set`; on failure unloads what it loaded.
+fn attach_set(ebpf: &mut Ebpf, btf: &aya::Btf, set: &HookSet) -> anyhow::Result<()> {
+    let mut loaded = Vec::new();
+    let result = (|| {
+        for spec in set.programs {
+            match attach_program(ebpf, btf, spec.program, spec.attach) {
+                Ok(()) => loaded.push(spec.program),
+                Err(e) if spec.optional => {
+                    info!(program = spec.program, error = format!("{e:#}"), "optional program not attached");
+                    let _ = unload(ebpf, spec.program);
+                }
+                Err(e) => {
+                    loaded.push(spec.program);
+                    return Err(e.context(format!("program {}", spec.program)));
+                }
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for program in loaded {
+            let _ = unload(ebpf, program);
+        }
+    }
+    result
+}
+
+fn unload(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+    use aya::programs::Program;
+    match ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))? {
+        Program::TracePoint(p) => p.unload()?,
+        Program::Lsm(p) => p.unload()?,
+        Program::FEntry(p) => p.unload()?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn attach_program(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, attach: Attach) -> anyhow::Result<()> {
+    match attach {
+        Attach::TracePoint(points) => {
+            let program: &mut TracePoint = program_mut(ebpf, name)?;
+            program.load()?;
+            for (category, point) in points {
+                if !Path::new("/sys/kernel/tracing/events").join(category).join(point).exists() {
+                    debug!(category, point, "tracepoint absent on this kernel");
+                    continue;
+                }
+                program.attach(category, point).with_context(|| format!("attaching {category}:{point}"))?;
+            }
+        }
+        Attach::Lsm(hook) => {
+            let program: &mut Lsm = program_mut(ebpf, name)?;
+            program.load(hook, btf)?;
+            program.attach()?;
+        }
+        Attach::FEntry(function) => {
+            let program: &mut FEntry = program_mut(ebpf, name)?;
+            program.load(function, btf)?;
+            program.attach()?;
+        }
+    }
+    Ok(())
+}
+
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer; failure only matters on kernels that charge BPF memory to memlock.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Reads one ring buffer until the channel closes. Never blocks on the channel: a full channel
+/// counts the record as dropped.
+pub async fn read_ring(
+    signal: Signal,
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<RawEvent>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
+    let counters = stats.of(signal);
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow!("registering ring buffer with the reactor: {}", e.into_parts().1))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            match decode(&item) {
+                Ok(event) => match tx.try_send(event) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                },
+                Err(e) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    warn!(signal = signal_name(signal), error = %e, "malformed record");
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+pub fn all_signals() -> [Signal; 3] {
+    SIGNALS
+}

@@ -1,0 +1,308 @@
+//! The watch set: the configured files and trees, mirrored into the kernel's `WATCHED_INODES`
+//! (every inode) and `WATCHED_PREFIXES` (absolute path prefixes), and an inode → path table of the
+//! directories so that file records, which carry a parent directory and a name, become absolute paths.
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
+use ids_common::{
+    FileEvent, FileOp, InodeKey, PATH_LEN, PathPrefix, WATCHED_ANCESTOR, WATCHED_DIR, WATCHED_FILE, path_source,
+};
+use tracing::{debug, warn};
+
+use crate::event::{Clock, Detail, Event, file_op_name, with_header};
+use crate::sensor::decode::c_string;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watch set needs more than max_watched_inodes = {max} inodes (at {path}); raise it in the config")]
+    TooManyInodes { max: u32, path: PathBuf },
+    #[error("watch path {path} is longer than {PATH_LEN} bytes")]
+    PathTooLong { path: PathBuf },
+    #[error("updating kernel map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+}
+
+/// The kernel's dev_t encoding (major << 20 | minor) of a `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    (libc::major(st_dev) << 20) | libc::minor(st_dev)
+}
+
+/// `st_dev` as `stat(2)` reports it, from the kernel's encoding.
+pub fn user_dev(kdev: u32) -> u64 {
+    libc::makedev(kdev >> 20, kdev & 0xfffff)
+}
+
+fn key_of(meta: &std::fs::Metadata) -> InodeKey {
+    InodeKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() }
+}
+
+/// Removes `.`, `..` and repeated separators without touching the file system.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir => out.push("/"),
+            Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+        }
+    }
+    out
+}
+
+pub struct WatchSet {
+    roots: Vec<PathBuf>,
+    dirs: HashMap<InodeKey, PathBuf>,
+    /// Inodes of watched files given by name in the config (they have no watched parent).
+    root_files: HashMap<InodeKey, PathBuf>,
+    inodes: BpfHashMap<MapData, InodeKey, u32>,
+    inode_count: usize,
+    max_inodes: u32,
+    unresolved: u64,
+}
+
+impl WatchSet {
+    /// Walks every configured path and fills both kernel maps. Missing paths are logged and skipped.
+    pub fn new(
+        paths: &[PathBuf],
+        inodes: BpfHashMap<MapData, InodeKey, u32>,
+        prefixes: &mut LpmTrie<MapData, PathPrefix, u32>,
+        max_inodes: u32,
+    ) -> Result<Self, WatchError> {
+        let mut set = Self {
+            roots: Vec::new(),
+            dirs: HashMap::new(),
+            root_files: HashMap::new(),
+            inodes,
+            inode_count: 0,
+            max_inodes,
+            unresolved: 0,
+        };
+        for path in paths {
+            let root = match std::fs::canonicalize(path) {
+                Ok(root) => root,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "watch path skipped");
+                    continue;
+                }
+            };
+            let is_dir = root.is_dir();
+            for prefix in prefixes_of(&root, is_dir)? {
+                let key = Key::new((prefix.1 * 8) as u32, prefix.0);
+                prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
+            }
+            if !is_dir {
+                if let Ok(meta) = std::fs::symlink_metadata(&root) {
+                    set.root_files.insert(key_of(&meta), root.clone());
+                }
+            }
+            set.add_tree(&root)?;
+            set.roots.push(root);
+        }
+        let roots = set.roots.clone();
+        for root in &roots {
+            set.add_ancestors(root)?;
+        }
+        Ok(set)
+    }
+
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    pub fn inode_count(&self) -> usize {
+        self.inode_count
+    }
+
+    /// File records whose path could not be rebuilt.
+    pub fn unresolved(&self) -> u64 {
+        self.unresolved
+    }
+
+    /// Directories above each root, so relative paths used from them can be followed.
+    fn add_ancestors(&mut self, root: &Path) -> Result<(), WatchError> {
+        for ancestor in root.ancestors().skip(1) {
+            let Ok(meta) = std::fs::symlink_metadata(ancestor) else { continue };
+            let key = key_of(&meta);
+            if self.dirs.contains_key(&key) {
+                continue;
+            }
+            self.insert_inode_as(key, WATCHED_ANCESTOR, ancestor)?;
+            self.dirs.insert(key, ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn insert_inode(&mut self, key: InodeKey, is_dir: bool, path: &Path) -> Result<(), WatchError> {
+        self.insert_inode_as(key, if is_dir { WATCHED_DIR } else { WATCHED_FILE }, path)
+    }
+
+    fn insert_inode_as(&mut self, key: InodeKey, value: u32, path: &Path) -> Result<(), WatchError> {
+        if self.inode_count >= self.max_inodes as usize {
+            return Err(WatchError::TooManyInodes { max: self.max_inodes, path: path.into() });
+        }
+        self.inodes.insert(key, value, 0).map_err(|source| WatchError::Map { map: "WATCHED_INODES", source })?;
+        self.inode_count += 1;
+        Ok(())
+    }
+
+    /// Adds `root` and everything under it, without following symlinks.
+    fn add_tree(&mut self, root: &Path) -> Result<(), WatchError> {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    debug!(path = %path.display(), error = %e, "vanished while walking");
+                    continue;
+                }
+            };
+            let key = key_of(&meta);
+            self.insert_inode(key, meta.is_dir(), &path)?;
+            if meta.is_dir() {
+                match std::fs::read_dir(&path) {
+                    Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
+                    Err(e) => warn!(path = %path.display(), error = %e, "cannot list watched directory"),
+                }
+                self.dirs.insert(key, path);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_inside(&self, path: &Path) -> bool {
+        self.roots.iter().any(|root| path.starts_with(root))
+    }
+
+    fn resolve_one(&self, source: u32, dir_dev: u32, dir_ino: u64, name: &[u8; PATH_LEN], target: InodeKey) -> Option<PathBuf> {
+        let name = c_string(name);
+        let dir = InodeKey { dev: dir_dev, _pad: 0, ino: dir_ino };
+        match source {
+            path_source::ABSOLUTE => Some(normalize(Path::new(&name))),
+            path_source::RELATIVE => self.dirs.get(&dir).map(|d| normalize(&d.join(&name))),
+            path_source::DENTRY => match self.dirs.get(&dir) {
+                Some(d) => Some(d.join(&name)),
+                None => self.root_files.get(&target).cloned(),
+            },
+            _ => None,
+        }
+    }
+
+    /// Turns a kernel record into an event, or `None` when it is outside the watch set (relative
+    /// paths that climbed out) or its path cannot be rebuilt (counted in `unresolved`).
+    pub fn to_event(&mut self, clock: &Clock, raw: &FileEvent) -> Option<Event> {
+        let op = FileOp::from_u32(raw.op)?;
+        let target = InodeKey { dev: raw.dev, _pad: 0, ino: raw.ino };
+        let Some(path) = self.resolve_one(raw.source, raw.dir_dev, raw.dir_ino, &raw.name, target) else {
+            self.unresolved += 1;
+            return None;
+        };
+        let new_path = if op == FileOp::Rename {
+            self.resolve_one(raw.new_source, raw.new_dir_dev, raw.new_dir_ino, &raw.new_name, InodeKey::default())
+        } else {
+            None
+        };
+        let inside = self.is_inside(&path) || new_path.as_deref().is_some_and(|p| self.is_inside(p));
+        if !inside {
+            return None;
+        }
+        let (mut dev, mut ino) = (raw.dev, raw.ino);
+        if ino == 0 && op != FileOp::Unlink {
+            // Path-based hooks do not see the inode; look at what the path names now.
+            if let Ok(meta) = std::fs::symlink_metadata(new_path.as_ref().unwrap_or(&path)) {
+                let key = key_of(&meta);
+                (dev, ino) = (key.dev, key.ino);
+            }
+        }
+        self.follow(op, &path, new_path.as_deref());
+        let detail = Detail::File { op: file_op_name(op), path, new_path, dev: user_dev(dev), ino };
+        Some(with_header(clock, &raw.header, "file", detail))
+    }
+
+    /// Keeps the maps in step with the tree: new and moved-in entries join, moved directories
+    /// keep their inode but get their new path.
+    fn follow(&mut self, op: FileOp, path: &Path, new_path: Option<&Path>) {
+        let added = match op {
+            FileOp::Create => Some(path),
+            FileOp::Rename => new_path,
+            _ => None,
+        };
+        if op == FileOp::Rename {
+            if let Some(new_path) = new_path {
+                for dir in self.dirs.values_mut() {
+                    if let Ok(rest) = dir.strip_prefix(path) {
+                        *dir = new_path.join(rest);
+                    }
+                }
+            }
+        }
+        if let Some(added) = added {
+            if !self.is_inside(added) {
+                return;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(added) else { return };
+            let key = key_of(&meta);
+            let known = self.dirs.contains_key(&key);
+            if meta.is_dir() && !known {
+                if let Err(e) = self.add_tree(added) {
+                    warn!(path = %added.display(), error = %e, "new directory not fully watched");
+                }
+            } else if !meta.is_dir() {
+                if let Err(e) = self.insert_inode(key, false, added) {
+                    warn!(path = %added.display(), error = %e, "new file not watched");
+                }
+            }
+        }
+    }
+}
+
+/// LPM prefixes (bytes, length) for a watched path: a directory matches itself and what is under it.
+fn prefixes_of(root: &Path, is_dir: bool) -> Result<Vec<(PathPrefix, usize)>, WatchError> {
+    let bytes = root.as_os_str().as_bytes();
+    let mut variants: Vec<Vec<u8>> = vec![[bytes, b"\0"].concat()];
+    if is_dir {
+        variants.push(if bytes == b"/" { b"/".to_vec() } else { [bytes, b"/"].concat() });
+    }
+    variants
+        .into_iter()
+        .map(|v| {
+            if v.len() > PATH_LEN {
+                return Err(WatchError::PathTooLong { path: root.into() });
+            }
+            let mut prefix = PathPrefix { bytes: [0; PATH_LEN] };
+            prefix.bytes[..v.len()].copy_from_slice(&v);
+            Ok((prefix, v.len()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_removes_dots() {
+        assert_eq!(normalize(Path::new("/tmp//w/./a/../b")), PathBuf::from("/tmp/w/b"));
+        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn dev_encodings_round_trip() {
+        let st_dev = libc::makedev(259, 3);
+        assert_eq!(kernel_dev(st_dev), (259 << 20) | 3);
+        assert_eq!(user_dev(kernel_dev(st_dev)), st_dev);
+    }
+
+    #[test]
+    fn directory_prefixes_cover_itself_and_below() {
+        let p = prefixes_of(Path::new("/tmp/w"), true).unwrap();
+        assert_eq!(&p[0].0.bytes[..p[0].1], b"/tmp/w\0");
+        assert_eq!(&p[1].0.bytes[..p[1].1], b"/tmp/w/");
+        assert_eq!(prefixes_of(Path::new("/etc/passwd"), false).unwrap().len(), 1);
+    }
+}
