@@ -281,18 +281,43 @@ fn try_file_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// A new file: reported if its directory is watched; its inode joins the watch set at once, so
 /// the writes that follow are seen without waiting for the daemon.
+///
+/// The parent may itself be new (a `mkdir` the daemon has not added yet): the walk goes up a few
+/// levels, and directories found below a watched one join the watch set too.
 #[inline(always)]
 fn on_created(dentry: Kptr) -> Result<(), i64> {
     let parent = kernel::dentry_parent(dentry)?;
     let dir = kernel::inode_key(kernel::dentry_inode(parent)?)?;
     if !is_watched_dir(&dir) {
-        return Ok(());
+        if !has_watched_ancestor(parent)? {
+            return Ok(());
+        }
+        let _ = WATCHED_INODES.insert(&dir, &WATCHED_DIR, 0);
     }
     if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
         let _ = WATCHED_INODES.insert(&key, &WATCHED_FILE, 0);
     }
     emit_dentry(FileOp::Create, dentry);
     Ok(())
+}
+
+/// Levels above a new file's directory searched for a watched directory.
+const NEW_DIR_DEPTH: usize = 6;
+
+#[inline(always)]
+fn has_watched_ancestor(dir: Kptr) -> Result<bool, i64> {
+    let mut current = dir;
+    for _ in 0..NEW_DIR_DEPTH {
+        let parent = kernel::dentry_parent(current)?;
+        if parent == current {
+            return Ok(false);
+        }
+        if is_watched_dir(&kernel::inode_key(kernel::dentry_inode(parent)?)?) {
+            return Ok(true);
+        }
+        current = parent;
+    }
+    Ok(false)
 }
 
 /// Reads a user path into `name` and decides whether it lies in the watch set.

@@ -27,6 +27,8 @@ struct RawConfig {
     channel_capacity: usize,
     #[serde(default)]
     interfaces: Vec<String>,
+    #[serde(default)]
+    exclude_hooks: Vec<String>,
 }
 
 fn default_max_watched_inodes() -> u32 {
@@ -50,6 +52,8 @@ pub struct Config {
     pub max_watched_inodes: u32,
     pub channel_capacity: usize,
     pub interfaces: Vec<String>,
+    /// Hook sets whose name starts with one of these are never tried (e.g. "lsm", "tracepoint").
+    pub exclude_hooks: Vec<String>,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
             max_watched_inodes: raw.max_watched_inodes,
             channel_capacity: raw.channel_capacity,
             interfaces: raw.interfaces,
+            exclude_hooks: raw.exclude_hooks,
         })
     }
 

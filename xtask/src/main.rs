@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask`: setup, build, run, test, vm-test and bench for the `ids` workspace. Installs what
+//! a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages) before it builds.
+mod bench;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Debian packages the tests use: ip/netns/veth, the VM tier, and bash's /dev/tcp in namespaces.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages a fresh machine lacks.
+    Setup,
+    /// Build the `ids` binary (release), eBPF programs included.
+    Build,
+    /// Set up, build, and run the sensor as root; extra arguments go to `ids run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every test tier: unit, host integration (root), and the VM tier.
+    Test,
+    /// The VM tier alone: Debian's stock kernel under QEMU with LSM and fentry hooks.
+    VmTest,
+    /// Benchmarks; figures are appended to BENCHMARKS.md.
+    Bench { area: String },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().command {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build(&root)
+        }
+        Task::Run { args } => {
+            setup()?;
+            build(&root)?;
+            let ids = root.join("target/release/ids");
+            let mut command = Command::new(&ids);
+            command.arg("run").args(&args);
+            status(&mut command)
+        }
+        Task::Test => {
+            setup()?;
+            build(&root)?;
+            // Release profile: shares the build (and its eBPF object) with the binary the tests start.
+            status(Command::new("cargo").current_dir(&root).args(["test", "--release", "--workspace", "--exclude", "ids-tests"]))?;
+            status(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .env("IDS_BIN", root.join("target/release/ids"))
+                    .args(["test", "--release", "-p", "ids-tests", "--", "--test-threads=1"]),
+            )?;
+            vm::run(&root)
+        }
+        Task::VmTest => {
+            setup()?;
+            vm::run(&root)
+        }
+        Task::Bench { area } => {
+            setup()?;
+            bench::run(&root, &area)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn status(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    let installed = output_of("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
+        status(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))?;
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output_of("dpkg-query", &["-W", "-f=${Status}", p]).is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing Debian packages {}", missing.join(" "));
+        status(Command::new("apt-get").arg("update").arg("-q"))?;
+        status(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q"]).args(&missing))?;
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<()> {
+    status(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "ids-user"]))
+}

@@ -112,6 +112,10 @@ impl Sensor {
             let name = signal_name(signal_hooks.signal);
             let mut chosen = None;
             for set in signal_hooks.preference {
+                if config.exclude_hooks.iter().any(|prefix| set.name.starts_with(prefix.as_str())) {
+                    info!(signal = name, hook = set.name, "hook excluded by config");
+                    continue;
+                }
                 match attach_set(&mut ebpf, &aya_btf, set) {
                     Ok(()) => {
                         chosen = Some(set.name);

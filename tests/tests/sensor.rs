@@ -1,0 +1,288 @@
+//! Host integration tests: the real daemon with its eBPF programs attached to this kernel.
+//! They need root; CI runs them as root (`cargo xtask test`).
+use std::fs;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use ids_tests::{Daemon, Scratch, sh, str_of};
+use serde_json::Value;
+
+fn own_pid() -> u64 {
+    std::process::id() as u64
+}
+
+fn signal<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["signals"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["signal"] == name))
+        .unwrap_or_else(|| panic!("status has no signal {name}: {status}"))
+}
+
+#[test]
+fn tracepoint_hooks_are_chosen_on_a_kernel_that_refuses_lsm_and_fentry() {
+    let daemon = Daemon::start("hooks", &[], &["lo"]);
+    let status = daemon.status();
+    // This kernel refuses BPF_PROG_TYPE_LSM and TRACING loads, so each signal falls back.
+    assert_eq!(signal(&status, "exec")["hook"], "tracepoint:sched_process_exec", "{status}");
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:sys_enter_connect", "{status}");
+    for name in ["exec", "file", "connect"] {
+        let s = signal(&status, name);
+        assert!(s["received"].is_u64() && s["lost"].is_u64(), "counters missing for {name}: {status}");
+    }
+    assert_eq!(status["incoming"]["interfaces"], serde_json::json!(["lo"]), "{status}");
+    let stderr = daemon.stop();
+    assert!(stderr.contains("hook attached"), "the choice is not logged: {stderr}");
+}
+
+#[test]
+fn a_signal_without_a_working_hook_stops_the_daemon_naming_it() {
+    let state = Scratch::new("/var/tmp", "nohook");
+    let config = state.0.join("ids.toml");
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\nexclude_hooks = [\"tracepoint\"]\n",
+            state.0.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(ids_tests::ids_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "daemon started without any hook: {stderr}");
+    assert!(stderr.contains("no working hook for signal exec"), "{stderr}");
+}
+
+#[test]
+fn exec_with_arguments_is_reported_with_its_parent() {
+    let daemon = Daemon::start("exec", &[], &[]);
+    let marker = format!("ids-exec-marker-{}", own_pid());
+    let status = Command::new("/bin/echo").args(["first-arg", &marker]).output().unwrap();
+    assert!(status.status.success());
+    let found = daemon.wait_for(1, |e| e["kind"] == "exec" && e["argv"].to_string().contains(&marker));
+    assert_eq!(found.len(), 1, "exec of /bin/echo not reported exactly once: {found:?}");
+    let event = &found[0];
+    assert!(str_of(event, "filename").ends_with("/echo"), "{event}");
+    assert_eq!(event["argv"], serde_json::json!(["/bin/echo", "first-arg", marker]), "{event}");
+    assert_eq!(event["ppid"].as_u64(), Some(own_pid()), "{event}");
+    assert_eq!(str_of(event, "comm"), "echo", "{event}");
+    assert_eq!(event["uid"], 0, "{event}");
+    assert!(str_of(event, "time").ends_with('Z'), "{event}");
+    daemon.stop();
+}
+
+/// The operations the file tests perform, and the events they must produce, in order.
+fn change_files(dir: &Path) {
+    let mut file = fs::File::create(dir.join("a")).unwrap();
+    file.write_all(b"hello").unwrap();
+    drop(file);
+    fs::set_permissions(dir.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(dir.join("a"), dir.join("b")).unwrap();
+    fs::remove_file(dir.join("b")).unwrap();
+    fs::create_dir(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/c"), b"x").unwrap();
+}
+
+fn expected_file_events(dir: &Path) -> Vec<(String, String, Option<String>)> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    vec![
+        ("create".into(), p("a"), None),
+        ("write".into(), p("a"), None),
+        ("attrib".into(), p("a"), None),
+        ("rename".into(), p("a"), Some(p("b"))),
+        ("unlink".into(), p("b"), None),
+        ("create".into(), p("sub"), None),
+        ("create".into(), p("sub/c"), None),
+        ("write".into(), p("sub/c"), None),
+    ]
+}
+
+fn file_events_under(daemon: &Daemon, dir: &Path, count: usize) -> Vec<(String, String, Option<String>)> {
+    let prefix = dir.display().to_string();
+    daemon
+        .wait_for(count, |e| e["kind"] == "file" && e["pid"].as_u64() == Some(own_pid()) && str_of(e, "path").starts_with(&prefix))
+        .iter()
+        .map(|e| (str_of(e, "op").to_string(), str_of(e, "path").to_string(), e["new_path"].as_str().map(String::from)))
+        .collect()
+}
+
+fn check_file_changes(fs_name: &str, parent: &str, mount_tmpfs: bool) {
+    let root = Scratch::new(parent, fs_name);
+    if mount_tmpfs {
+        sh("mount", &["-t", "tmpfs", "-o", "size=16m", "tmpfs", root.0.to_str().unwrap()]);
+    }
+    let watched = root.0.join("watched");
+    let unwatched = root.0.join("unwatched");
+    fs::create_dir(&watched).unwrap();
+    fs::create_dir(&unwatched).unwrap();
+    let daemon = Daemon::start(fs_name, &[&watched], &[]);
+    change_files(&watched);
+    change_files(&unwatched);
+    let expected = expected_file_events(&watched);
+    let seen = file_events_under(&daemon, &watched, expected.len());
+    assert_eq!(seen, expected, "file events on {fs_name} differ");
+    // Give stray events for the unwatched tree time to arrive before asserting there are none.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stray = file_events_under(&daemon, &unwatched, 0);
+    assert!(stray.is_empty(), "events for the unwatched directory on {fs_name}: {stray:?}");
+    let status = daemon.status();
+    assert_eq!(signal(&status, "file")["lost"], 0, "{status}");
+    daemon.stop();
+}
+
+#[test]
+fn file_changes_on_ext4_are_reported_exactly_and_only_when_watched() {
+    check_file_changes("ext4", "/var/tmp", false);
+}
+
+#[test]
+fn file_changes_on_tmpfs_are_reported_exactly_and_only_when_watched() {
+    check_file_changes("tmpfs", "/var/tmp", true);
+}
+
+#[test]
+fn truncate_and_shared_writable_mmap_are_writes() {
+    let root = Scratch::new("/var/tmp", "mmap");
+    let target = root.0.join("f");
+    fs::write(&target, vec![0u8; 4096]).unwrap();
+    let daemon = Daemon::start("mmap", &[&root.0], &[]);
+    // O_TRUNC on an existing file.
+    fs::File::create(&target).unwrap();
+    fs::OpenOptions::new().write(true).open(&target).unwrap().set_len(4096).unwrap();
+    let file = fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let addr = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(addr, libc::MAP_FAILED);
+        *(addr as *mut u8) = 7;
+        libc::munmap(addr, 4096);
+    }
+    let path = target.display().to_string();
+    let seen = file_events_under(&daemon, &root.0, 3);
+    let expected: Vec<(String, String, Option<String>)> = (0..3).map(|_| ("write".to_string(), path.clone(), None)).collect();
+    assert_eq!(seen, expected, "truncate, ftruncate and mmap(MAP_SHARED, PROT_WRITE) must each be one write");
+    daemon.stop();
+}
+
+#[test]
+fn relative_paths_from_outside_the_watch_set_are_resolved() {
+    let root = Scratch::new("/var/tmp", "relative");
+    let watched = root.0.join("w");
+    fs::create_dir(&watched).unwrap();
+    fs::write(watched.join("x"), b"1").unwrap();
+    let daemon = Daemon::start("relative", &[&watched], &[]);
+    // The child's cwd is the parent of the watched directory, so it names "w/x".
+    sh("sh", &["-c", &format!("cd {} && mv w/x w/y && chmod 700 w/y && rm w/y", root.0.display())]);
+    let p = |n: &str| watched.join(n).display().to_string();
+    let prefix = watched.display().to_string();
+    let seen: Vec<(String, String)> = daemon
+        .wait_for(3, |e| e["kind"] == "file" && str_of(e, "path").starts_with(&prefix))
+        .iter()
+        .map(|e| (str_of(e, "op").to_string(), str_of(e, "path").to_string()))
+        .collect();
+    assert_eq!(seen, [("rename".into(), p("x")), ("attrib".into(), p("y")), ("unlink".into(), p("y"))]);
+    daemon.stop();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn tcp_and_udp_over_loopback_are_reported_in_both_directions() {
+    let daemon = Daemon::start("loopback", &[], &["lo"]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let open_port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, open_port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let closed_port = free_port();
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, closed_port)).is_err());
+    let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    udp.connect((Ipv4Addr::LOCALHOST, 5353)).unwrap();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    let v6_port = v6.local_addr().unwrap().port();
+    let _v6_client = TcpStream::connect(("::1", v6_port)).unwrap();
+
+    let out = |port: u16, protocol: &'static str| {
+        move |e: &Value| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["protocol"] == protocol
+    };
+    let found = daemon.wait_for(1, out(open_port, "tcp"));
+    assert_eq!(found.len(), 1, "outgoing TCP connect missing: {:?}", daemon.events());
+    assert_eq!(found[0]["pid"].as_u64(), Some(own_pid()));
+    assert_eq!(found[0]["daddr"], "127.0.0.1");
+    assert_eq!(daemon.wait_for(1, out(closed_port, "tcp")).len(), 1, "connect to a closed port missing");
+    let udp_found = daemon.wait_for(1, out(5353, "udp"));
+    assert_eq!(udp_found.len(), 1, "outgoing UDP connect missing");
+    let v6_found = daemon.wait_for(1, out(v6_port, "tcp"));
+    assert_eq!(v6_found.len(), 1, "outgoing IPv6 connect missing");
+    assert_eq!(v6_found[0]["daddr"], "::1");
+
+    let incoming = |port: u16| move |e: &Value| e["kind"] == "connect" && e["direction"] == "in" && e["dport"] == port;
+    let syn = daemon.wait_for(1, incoming(open_port));
+    assert_eq!(syn.len(), 1, "incoming SYN to the open port missing: {:?}", daemon.events());
+    assert_eq!(syn[0]["sport"], client_port);
+    assert_eq!(syn[0]["saddr"], "127.0.0.1");
+    assert_eq!(daemon.wait_for(1, incoming(closed_port)).len(), 1, "incoming SYN to the closed port missing");
+    assert_eq!(daemon.wait_for(1, incoming(v6_port)).len(), 1, "incoming IPv6 SYN missing");
+    drop(listener);
+    daemon.stop();
+}
+
+/// A network namespace joined to this host by a veth pair, removed on drop.
+struct Namespace {
+    name: String,
+    host_if: String,
+}
+
+impl Namespace {
+    fn new() -> Self {
+        let id = std::process::id() % 10_000;
+        let name = format!("ids-t{id}");
+        let host_if = format!("idsh{id}");
+        let ns_if = format!("idsn{id}");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh("ip", &["netns", "add", &name]);
+        sh("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        sh("ip", &["link", "set", &ns_if, "netns", &name]);
+        sh("ip", &["addr", "add", "10.231.7.1/30", "dev", &host_if]);
+        sh("ip", &["link", "set", &host_if, "up"]);
+        sh("ip", &["-n", &name, "addr", "add", "10.231.7.2/30", "dev", &ns_if]);
+        sh("ip", &["-n", &name, "link", "set", &ns_if, "up"]);
+        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Self { name, host_if }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+#[test]
+fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
+    let ns = Namespace::new();
+    let daemon = Daemon::start("veth", &[], &[&ns.host_if]);
+    let status = daemon.status();
+    assert_eq!(status["incoming"]["interfaces"], serde_json::json!([ns.host_if]), "{status}");
+    // Host → namespace: nothing listens there, the namespace answers with a reset.
+    let ns_port = 4242;
+    let _ = TcpStream::connect_timeout(&(Ipv4Addr::new(10, 231, 7, 2), ns_port).into(), std::time::Duration::from_secs(2));
+    // Namespace → host: a listener here, a connect from inside the namespace.
+    let listener = TcpListener::bind((Ipv4Addr::new(10, 231, 7, 1), 0)).unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    sh("ip", &["netns", "exec", &ns.name, "bash", "-c", &format!("exec 3<>/dev/tcp/10.231.7.1/{host_port}")]);
+
+    let out = daemon.wait_for(1, |e| e["direction"] == "out" && e["daddr"] == "10.231.7.2" && e["dport"] == ns_port);
+    assert_eq!(out.len(), 1, "outgoing connect into the namespace missing: {:?}", daemon.events());
+    assert_eq!(out[0]["pid"].as_u64(), Some(own_pid()));
+    let incoming = daemon.wait_for(1, |e| e["direction"] == "in" && e["saddr"] == "10.231.7.2" && e["dport"] == host_port);
+    assert_eq!(incoming.len(), 1, "SYN from the namespace missing: {:?}", daemon.events());
+    assert_eq!(incoming[0]["daddr"], "10.231.7.1");
+    drop(listener);
+    daemon.stop();
+}
