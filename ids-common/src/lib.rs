@@ -59,10 +59,14 @@ pub struct ExecEvent {
     pub args_len: u32,
     /// Bit 0: arguments were cut at `ARGS_LEN`. Bit 1: filename was cut at `PATH_LEN`.
     pub truncated: u32,
+    /// Number of arguments when known (the LSM hook reads them before the environment, so it
+    /// needs the count); 0 means every string in `args` is an argument.
+    pub argc: u32,
+    pub _pad: u32,
     pub filename: [u8; PATH_LEN],
     pub args: [u8; ARGS_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + 8 + PATH_LEN + ARGS_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + 16 + PATH_LEN + ARGS_LEN);
 pub const EXEC_ARGS_TRUNCATED: u32 = 1;
 pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
 
@@ -218,8 +222,10 @@ pub struct KernelOffsets {
     /// Index of the `dentry` argument of the LSM hook `inode_setattr` (it moved in 6.3).
     pub setattr_dentry_arg: u32,
     pub binprm_filename: u32,
+    pub binprm_p: u32,
+    pub binprm_argc: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,7 +21,7 @@ pub fn exec_tp(ctx: TracePointContext) -> u32 {
         Ok(loc) => unsafe { (ctx.as_ptr() as Kptr).add((loc & 0xffff) as usize) },
         Err(_) => return 0,
     };
-    let _ = emit_exec(filename);
+    let _ = emit_exec(filename, arg_area(), 0);
     0
 }
 
@@ -29,7 +29,11 @@ pub fn exec_tp(ctx: TracePointContext) -> u32 {
 pub fn exec_lsm(ctx: LsmContext) -> i32 {
     let bprm: Kptr = ctx.arg(0);
     if let Ok(filename) = read_ptr(bprm, offset!(binprm_filename)) {
-        let _ = emit_exec(filename);
+        // The new mm is in place but its arg_start is not set yet: the strings start at bprm->p
+        // (arguments, then the environment), so the count tells where the arguments end.
+        let argc = read::<i32>(bprm, offset!(binprm_argc)).unwrap_or(0).max(0) as u32;
+        let area = read::<u64>(bprm, offset!(binprm_p)).map(|p| (p, ARGS_LEN as u64));
+        let _ = emit_exec(filename, area, argc);
     }
     0
 }
@@ -37,7 +41,7 @@ pub fn exec_lsm(ctx: LsmContext) -> i32 {
 use aya_ebpf::EbpfContext as _;
 
 #[inline(always)]
-fn emit_exec(filename: Kptr) -> Result<(), i64> {
+fn emit_exec(filename: Kptr, args: Result<(u64, u64), i64>, argc: u32) -> Result<(), i64> {
     let Some(mut entry) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Signal::Exec);
         return Ok(());
@@ -45,6 +49,8 @@ fn emit_exec(filename: Kptr) -> Result<(), i64> {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     kernel::fill_header(&mut event.header, kind::EXEC, core::mem::size_of::<ExecEvent>());
     event.truncated = 0;
+    event.argc = argc;
+    event._pad = 0;
     let read = unsafe {
         generated::bpf_probe_read_kernel_str(
             event.filename.as_mut_ptr().cast(),
@@ -58,7 +64,7 @@ fn emit_exec(filename: Kptr) -> Result<(), i64> {
         event.truncated |= EXEC_FILENAME_TRUNCATED;
     }
     event.args_len = 0;
-    if let Ok((start, len)) = arg_area() {
+    if let Ok((start, len)) = args {
         let (n, cut) = if len >= ARGS_LEN as u64 {
             (ARGS_LEN as u32, len > ARGS_LEN as u64)
         } else {
@@ -72,6 +78,17 @@ fn emit_exec(filename: Kptr) -> Result<(), i64> {
                 event.args_len = n;
                 if cut {
                     event.truncated |= EXEC_ARGS_TRUNCATED;
+                }
+            } else if argc != 0 {
+                // From bprm->p the strings may end (at the top of the stack) before ARGS_LEN bytes.
+                for size in [256u32, 128, 64, 32] {
+                    let ok = unsafe {
+                        generated::bpf_probe_read_user(event.args.as_mut_ptr().cast(), size, start as *const _)
+                    };
+                    if ok == 0 {
+                        event.args_len = size;
+                        break;
+                    }
                 }
             }
         }

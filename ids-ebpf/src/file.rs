@@ -9,6 +9,7 @@
 //!   they see resolved dentries, so no path string is ever guessed.
 //! An unwatched write costs a descriptor walk and one hash lookup, and never reaches the ring buffer.
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, generated},
     macros::{fentry, lsm, tracepoint},
     programs::{FEntryContext, LsmContext, TracePointContext},
@@ -503,11 +504,12 @@ pub fn file_setattr_lsm(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn try_file_setattr_lsm(ctx: &LsmContext) -> Result<(), i64> {
     // The dentry moved from argument 0 to 1 when the hook gained an idmap argument.
-    let (dentry, attr): (Kptr, Kptr) = if offset!(setattr_dentry_arg) == 0 {
-        (ctx.arg(0), ctx.arg(1))
-    } else {
-        (ctx.arg(1), ctx.arg(2))
-    };
+    // The verifier only allows constant offsets into the context, so the arguments are copied
+    // out with a probe read at the index BTF gave.
+    let args = ctx.as_ptr() as Kptr;
+    let index = offset!(setattr_dentry_arg) & 0x7;
+    let dentry: Kptr = read::<u64>(args, index * 8)? as Kptr;
+    let attr: Kptr = read::<u64>(args, (index + 1) * 8)? as Kptr;
     let valid: u32 = read(attr, offset!(iattr_valid))?;
     let op = if valid & ATTR_SIZE != 0 {
         FileOp::Write

@@ -36,6 +36,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     iattr_valid: 0,
     setattr_dentry_arg: 0,
     binprm_filename: 0,
+    binprm_p: 0,
+    binprm_argc: 0,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero it was declared with.

@@ -101,9 +101,13 @@ pub fn with_header(clock: &Clock, header: &EventHeader, kind: &'static str, deta
 
 pub fn exec(clock: &Clock, event: &ExecEvent) -> Event {
     let args = &event.args[..(event.args_len as usize).min(event.args.len())];
+    let mut argv = arguments(args);
+    if event.argc != 0 {
+        argv.truncate(event.argc as usize);
+    }
     let detail = Detail::Exec {
         filename: c_string(&event.filename),
-        argv: arguments(args),
+        argv,
         argv_truncated: event.truncated & ids_common::EXEC_ARGS_TRUNCATED != 0,
     };
     with_header(clock, &event.header, "exec", detail)
@@ -145,6 +149,14 @@ mod tests {
         assert_eq!(json["pid"], 10);
         assert_eq!(json["ppid"], 1);
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn exec_argc_keeps_the_environment_out_of_argv() {
+        let mut raw = exec_event("/bin/true", &["/bin/true", "a", "HOME=/root", "PATH=/bin"]);
+        raw.argc = 2;
+        let json = serde_json::to_value(exec(&Clock::new(), &raw)).unwrap();
+        assert_eq!(json["argv"], serde_json::json!(["/bin/true", "a"]));
     }
 
     #[test]

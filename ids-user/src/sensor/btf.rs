@@ -237,6 +237,8 @@ impl Btf {
             // Only LSM programs use it; kernels without BPF LSM may lack the function.
             setattr_dentry_arg: self.param_index("bpf_lsm_inode_setattr", "dentry").unwrap_or(0),
             binprm_filename: self.offset_of("linux_binprm", "filename")?,
+            binprm_p: self.offset_of("linux_binprm", "p")?,
+            binprm_argc: self.offset_of("linux_binprm", "argc")?,
         })
     }
 }

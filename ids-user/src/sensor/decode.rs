@@ -106,6 +106,8 @@ pub(crate) mod tests {
             header: header(kind::EXEC, std::mem::size_of::<ExecEvent>()),
             args_len: 0,
             truncated: 0,
+            argc: 0,
+            _pad: 0,
             filename: [0; PATH_LEN],
             args: [0; ARGS_LEN],
         };
