@@ -248,6 +248,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn offsets_of_the_running_kernel_are_found() {
+        let btf = Btf::from_sys_fs().expect("this kernel has BTF at /sys/kernel/btf/vmlinux");
+        let offsets = btf.kernel_offsets().unwrap();
+        // d_name.name sits behind the 8-byte hash/len word of struct qstr.
+        assert_eq!(offsets.dentry_name, btf.offset_of("dentry", "d_name").unwrap() + 8);
+        assert_ne!(offsets.task_files, 0);
+        assert!(btf.offset_of("task_struct", "no_such_member").is_err());
+    }
+
+    #[test]
     fn truncated_btf_is_an_error_not_a_panic() {
         assert!(Btf::parse(&[0x9f, 0xeb, 1, 0]).is_err());
         assert!(Btf::parse(b"not btf at all, not btf at all").is_err());
