@@ -1,4 +1,4 @@
-//! Command line: `ids run`, `ids status`, `ids config default`.
+//! Command line: `ids run`, `ids status`, `ids config default`, `ids hash`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +33,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hash the state the `[[collectors]]` describe, offline (no daemon needed).
+    Hash {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON: {"aggregate": hex, "collectors": {name: {"digest", "items", "errors"}}}.
         #[arg(long)]
         json: bool,
     },
@@ -71,6 +79,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 print!("{}", human_status(&status));
             }
         }
+        Command::Hash { common, json } => {
+            let config = Config::load(common.config.as_deref())?;
+            if config.collectors.is_empty() {
+                eprintln!("ids hash: no [[collectors]] configured; the aggregate covers the hostname only");
+            }
+            let report = crate::integrity::scan(&crate::integrity::Registry::with_builtin(), &config.collectors)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hash_json(&report))?);
+            } else {
+                print!("{}", human_hash(&report));
+            }
+        }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
             Config::load(common.config.as_deref())?;
@@ -89,6 +109,51 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr so that `events_log = "-"` keeps stdout for events.
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// `{"hostname", "aggregate", "collectors": {name: {"digest", "items", "errors": [{"id", "error"}]}}}`.
+fn hash_json(report: &crate::integrity::ScanReport) -> serde_json::Value {
+    use crate::integrity::hex;
+    let collectors: serde_json::Map<String, serde_json::Value> = report
+        .collectors
+        .iter()
+        .map(|collector| {
+            let errors: Vec<serde_json::Value> = collector
+                .items
+                .iter()
+                .filter_map(|item| item.error_text().map(|error| serde_json::json!({"id": item.id, "error": error})))
+                .collect();
+            let entry = serde_json::json!({
+                "digest": hex(&collector.digest),
+                "items": collector.items.len(),
+                "errors": errors,
+            });
+            (collector.name.clone(), entry)
+        })
+        .collect();
+    serde_json::json!({
+        "hostname": report.hostname,
+        "aggregate": hex(&report.aggregate),
+        "collectors": collectors,
+    })
+}
+
+fn human_hash(report: &crate::integrity::ScanReport) -> String {
+    use crate::integrity::hex;
+    let mut out = format!("aggregate {}  (host {})\n", hex(&report.aggregate), report.hostname);
+    out += &format!("{:<20} {:>8} {:>7}  {}\n", "collector", "items", "errors", "digest");
+    for collector in &report.collectors {
+        let errors = collector.items.iter().filter(|item| item.error_text().is_some()).count();
+        out += &format!("{:<20} {:>8} {:>7}  {}\n", collector.name, collector.items.len(), errors, hex(&collector.digest));
+    }
+    for collector in &report.collectors {
+        for item in &collector.items {
+            if let Some(error) = item.error_text() {
+                out += &format!("error: {}: {}: {}\n", collector.name, item.id, error);
+            }
+        }
+    }
+    out
 }
 
 fn human_status(status: &serde_json::Value) -> String {

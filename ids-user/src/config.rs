@@ -13,6 +13,9 @@ pub enum ConfigError {
     Parse { origin: String, message: String },
     #[error("config {origin}: {key}: {message}")]
     Invalid { origin: String, key: &'static str, message: String },
+    /// `index` counts `[[collectors]]` tables from 0; `line` is where the table starts.
+    #[error("config {origin}: collectors[{index}].{key} (table at line {line}): {message}")]
+    InvalidCollector { origin: String, index: usize, line: usize, key: &'static str, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,7 +32,33 @@ struct RawConfig {
     interfaces: Vec<String>,
     #[serde(default)]
     exclude_hooks: Vec<String>,
+    #[serde(default)]
+    collectors: Vec<toml::Spanned<RawCollector>>,
 }
+
+/// One `[[collectors]]` table; which settings a kind accepts is checked against its
+/// `integrity::KindSpec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    kind: String,
+    name: Option<String>,
+    paths: Option<Vec<String>>,
+    recursive: Option<bool>,
+    commands: Option<Vec<RawCommand>>,
+    timeout: Option<u64>,
+}
+
+/// A command as an argv array, or as one string split into words like a POSIX shell would.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// Seconds a `command` collector waits for each command unless `timeout` says otherwise.
+pub const DEFAULT_COMMAND_TIMEOUT_S: u64 = 10;
 
 fn default_max_watched_inodes() -> u32 {
     262_144
@@ -54,6 +83,24 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// Hook sets whose name starts with one of these are never tried (e.g. "lsm", "tracepoint").
     pub exclude_hooks: Vec<String>,
+    /// The `[[collectors]]` tables of `ids hash`, in file order; empty when there are none.
+    pub collectors: Vec<CollectorConfig>,
+}
+
+/// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorConfig {
+    pub kind: String,
+    /// Unique among the collectors; the kind by default.
+    pub name: String,
+    /// Absolute paths or globs (file kinds).
+    pub paths: Vec<String>,
+    /// Whether a directory in `paths` means its whole tree rather than its direct entries.
+    pub recursive: bool,
+    /// argv of each command (`command` kind).
+    pub commands: Vec<Vec<String>>,
+    /// Per command (`command` kind).
+    pub timeout: std::time::Duration,
 }
 
 impl Config {
@@ -95,6 +142,23 @@ impl Config {
         if raw.max_watched_inodes == 0 {
             return Err(invalid("max_watched_inodes", "must be at least 1".into()));
         }
+        let collectors = raw
+            .collectors
+            .iter()
+            .enumerate()
+            .map(|(index, table)| validate_collector(index, table, text, origin))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, collector) in collectors.iter().enumerate() {
+            if collectors[..index].iter().any(|earlier| earlier.name == collector.name) {
+                return Err(ConfigError::InvalidCollector {
+                    origin: origin.into(),
+                    index,
+                    line: line_of(text, raw.collectors[index].span().start),
+                    key: "name",
+                    message: format!("{:?} is already the name of another collector; set a unique `name`", collector.name),
+                });
+            }
+        }
         Ok(Self {
             watch: raw.watch,
             events_log,
@@ -103,12 +167,92 @@ impl Config {
             channel_capacity: raw.channel_capacity,
             interfaces: raw.interfaces,
             exclude_hooks: raw.exclude_hooks,
+            collectors,
         })
     }
 
     pub fn control_socket(&self) -> PathBuf {
         self.state_dir.join("control.sock")
     }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |before| before.matches('\n').count()) + 1
+}
+
+fn validate_collector(
+    index: usize,
+    table: &toml::Spanned<RawCollector>,
+    text: &str,
+    origin: &str,
+) -> Result<CollectorConfig, ConfigError> {
+    let raw = table.get_ref();
+    let invalid = |key, message: String| ConfigError::InvalidCollector {
+        origin: origin.into(),
+        index,
+        line: line_of(text, table.span().start),
+        key,
+        message,
+    };
+    let registry = crate::integrity::Registry::with_builtin();
+    let Some(spec) = registry.spec(&raw.kind) else {
+        let kinds: Vec<&str> = registry.kinds().collect();
+        return Err(invalid("kind", format!("unknown kind {:?}; known: {}", raw.kind, kinds.join(", "))));
+    };
+    let given = [
+        ("paths", raw.paths.is_some()),
+        ("recursive", raw.recursive.is_some()),
+        ("commands", raw.commands.is_some()),
+        ("timeout", raw.timeout.is_some()),
+    ];
+    for (key, is_set) in given {
+        if is_set && !spec.settings.contains(&key) {
+            let accepted = if spec.settings.is_empty() { "none".to_string() } else { spec.settings.join(", ") };
+            return Err(invalid(key, format!("not a setting of kind {:?} (its settings: {accepted})", raw.kind)));
+        }
+    }
+    let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
+    if name.is_empty() {
+        return Err(invalid("name", "empty".into()));
+    }
+    let paths = raw.paths.clone().unwrap_or_default();
+    if spec.settings.contains(&"paths") && paths.is_empty() {
+        return Err(invalid("paths", format!("kind {:?} needs at least one path", raw.kind)));
+    }
+    for path in &paths {
+        if !path.starts_with('/') {
+            return Err(invalid("paths", format!("{path} is not an absolute path")));
+        }
+        crate::integrity::paths::check_pattern(path).map_err(|e| invalid("paths", e.to_string()))?;
+    }
+    let mut commands = Vec::new();
+    for (number, command) in raw.commands.iter().flatten().enumerate() {
+        let argv = match command {
+            RawCommand::Argv(argv) => argv.clone(),
+            RawCommand::Line(line) => shell_words::split(line)
+                .map_err(|e| invalid("commands", format!("entry {number} {line:?}: {e}")))?,
+        };
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            return Err(invalid("commands", format!("entry {number} is empty")));
+        }
+        commands.push(argv);
+    }
+    if spec.settings.contains(&"commands") && commands.is_empty() {
+        return Err(invalid("commands", format!("kind {:?} needs at least one command", raw.kind)));
+    }
+    let timeout = raw.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S);
+    if timeout == 0 {
+        return Err(invalid("timeout", "must be at least 1 (seconds)".into()));
+    }
+    Ok(CollectorConfig {
+        kind: raw.kind.clone(),
+        name,
+        paths,
+        recursive: raw.recursive.unwrap_or(false),
+        commands,
+        timeout: std::time::Duration::from_secs(timeout),
+    })
 }
 
 #[cfg(test)]
@@ -149,5 +293,54 @@ mod tests {
     fn missing_key_is_named() {
         let err = Config::parse("watch = []\nstate_dir = \"/x\"", "t").unwrap_err().to_string();
         assert!(err.contains("events_log"), "{err}");
+    }
+
+    const BASE: &str = "watch = []\nevents_log = \"-\"\nstate_dir = \"/x\"\n";
+
+    #[test]
+    fn no_collectors_means_none() {
+        assert!(Config::parse(BASE, "t").unwrap().collectors.is_empty());
+    }
+
+    #[test]
+    fn collectors_are_parsed_with_defaults() {
+        let text = format!(
+            "{BASE}[[collectors]]\nkind = \"file_contents\"\npaths = [\"/etc/*.conf\", \"/usr/bin\"]\nrecursive = true\n\
+             [[collectors]]\nkind = \"command\"\ncommands = [\"iptables-save -t 'filter'\", [\"nft\", \"list ruleset\"]]\n\
+             [[collectors]]\nkind = \"kernel_modules\"\nname = \"modules\"\n"
+        );
+        let collectors = Config::parse(&text, "t").unwrap().collectors;
+        assert_eq!(collectors.len(), 3);
+        assert_eq!(collectors[0].name, "file_contents");
+        assert!(collectors[0].recursive);
+        assert_eq!(collectors[1].commands, [vec!["iptables-save", "-t", "filter"], vec!["nft", "list ruleset"]]);
+        assert_eq!(collectors[1].timeout, std::time::Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_S));
+        assert_eq!(collectors[2].name, "modules");
+    }
+
+    fn collector_error(table: &str) -> String {
+        Config::parse(&format!("{BASE}\n[[collectors]]\n{table}"), "c.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn collector_errors_name_the_key_and_line() {
+        let err = collector_error("kind = \"file_contents\"\npathz = [\"/etc\"]\n");
+        assert!(err.contains("pathz") && err.contains("line 7") && err.contains("c.toml"), "{err}");
+        let err = collector_error("kind = \"no_such\"\n");
+        assert!(err.contains("collectors[0].kind") && err.contains("no_such") && err.contains("line 5"), "{err}");
+        let err = collector_error("kind = \"file_contents\"\npaths = [\"/etc/[\"]\n");
+        assert!(err.contains("collectors[0].paths") && err.contains("/etc/["), "{err}");
+        let err = collector_error("kind = \"file_metadata\"\npaths = [\"etc\"]\n");
+        assert!(err.contains("collectors[0].paths") && err.contains("not an absolute path"), "{err}");
+        let err = collector_error("kind = \"file_metadata\"\n");
+        assert!(err.contains("collectors[0].paths"), "{err}");
+        let err = collector_error("kind = \"kernel_modules\"\ntimeout = 3\n");
+        assert!(err.contains("collectors[0].timeout") && err.contains("not a setting"), "{err}");
+        let err = collector_error("kind = \"command\"\ncommands = [\"echo 'open\"]\n");
+        assert!(err.contains("collectors[0].commands"), "{err}");
+        let err = collector_error("kind = \"command\"\ncommands = [\"true\"]\ntimeout = 0\n");
+        assert!(err.contains("collectors[0].timeout"), "{err}");
+        let err = collector_error("kind = \"kernel_modules\"\n[[collectors]]\nkind = \"kernel_modules\"\n");
+        assert!(err.contains("collectors[1].name") && err.contains("line 7"), "{err}");
     }
 }

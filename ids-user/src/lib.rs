@@ -4,4 +4,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod event;
+pub mod integrity;
 pub mod sensor;

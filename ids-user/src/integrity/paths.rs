@@ -1,0 +1,193 @@
+//! Expansion of the `paths` setting of the file collectors into the list of paths to hash.
+//!
+//! - A pattern holding `*`, `?` or `[` is a glob (crate `glob`); one matching nothing yields
+//!   nothing. A pattern that is not a valid glob is an error naming it ([`PathsError`]).
+//! - Any other pattern is an exact path; a missing or unreadable one becomes an
+//!   [`Unreadable`] entry, which the collectors turn into an error item (`file:<path>` or
+//!   `meta:<path>` with `{"error": ...}`), so that deleting a watched file changes the hash.
+//! - A directory (named or matched) yields itself and its entries: its direct entries only, or its
+//!   whole tree with `recursive = true`. Symbolic links met while walking are never followed, and
+//!   a named link to a directory is not walked either (name the directory itself).
+//!
+//! Paths are kept as given (not canonicalised); duplicates from overlapping patterns are merged.
+use std::collections::BTreeMap;
+use std::fs::FileType;
+use std::path::{Path, PathBuf};
+
+/// A `paths` entry that is not a valid glob.
+#[derive(Debug, thiserror::Error)]
+#[error("bad glob {pattern:?}: {message}")]
+pub struct PathsError {
+    pub pattern: String,
+    pub message: String,
+}
+
+/// A path to hash.
+#[derive(Debug, Clone)]
+pub struct FoundPath {
+    pub path: PathBuf,
+    /// Named by the configuration (exactly or by a glob) rather than found in a directory walk.
+    pub named: bool,
+    /// Its type as `lstat` saw it.
+    pub file_type: FileType,
+}
+
+/// A path that could not be examined.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Expanded {
+    /// Sorted by path.
+    pub found: Vec<FoundPath>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Whether `pattern` is read as a glob rather than an exact path.
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Checks a pattern without touching the file system.
+pub fn check_pattern(pattern: &str) -> Result<(), PathsError> {
+    if is_glob(pattern) {
+        glob::Pattern::new(pattern)
+            .map_err(|e| PathsError { pattern: pattern.to_string(), message: e.msg.to_string() })?;
+    }
+    Ok(())
+}
+
+/// Expands `patterns` as described in the module documentation.
+pub fn expand(patterns: &[String], recursive: bool) -> Result<Expanded, PathsError> {
+    let mut found = BTreeMap::new();
+    let mut unreadable = BTreeMap::new();
+    for pattern in patterns {
+        let named: Vec<PathBuf> = if is_glob(pattern) {
+            let matches = glob::glob(pattern)
+                .map_err(|e| PathsError { pattern: pattern.clone(), message: e.msg.to_string() })?;
+            let mut named = Vec::new();
+            for entry in matches {
+                match entry {
+                    Ok(path) => named.push(path),
+                    Err(e) => {
+                        unreadable.insert(e.path().to_path_buf(), e.error().to_string());
+                    }
+                }
+            }
+            named
+        } else {
+            vec![PathBuf::from(pattern)]
+        };
+        for path in named {
+            match std::fs::symlink_metadata(&path) {
+                Ok(metadata) => {
+                    let file_type = metadata.file_type();
+                    if file_type.is_dir() {
+                        walk(&path, recursive, &mut found, &mut unreadable);
+                    }
+                    found.insert(path.clone(), FoundPath { path, named: true, file_type });
+                }
+                Err(e) => {
+                    unreadable.insert(path, e.to_string());
+                }
+            }
+        }
+    }
+    Ok(Expanded {
+        found: found.into_values().collect(),
+        unreadable: unreadable.into_iter().map(|(path, error)| Unreadable { path, error }).collect(),
+    })
+}
+
+/// Adds the entries under `dir` (its whole tree when `recursive`), without following links.
+fn walk(
+    dir: &Path,
+    recursive: bool,
+    found: &mut BTreeMap<PathBuf, FoundPath>,
+    unreadable: &mut BTreeMap<PathBuf, String>,
+) {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                unreadable.insert(dir, e.to_string());
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    unreadable.insert(dir.clone(), e.to_string());
+                    continue;
+                }
+            };
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(file_type) => {
+                    if recursive && file_type.is_dir() {
+                        pending.push(path.clone());
+                    }
+                    // A path already named by the configuration keeps `named: true`.
+                    found.entry(path.clone()).or_insert(FoundPath { path, named: false, file_type });
+                }
+                Err(e) => {
+                    unreadable.insert(path, e.to_string());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(expanded: &Expanded, root: &Path) -> Vec<String> {
+        expanded
+            .found
+            .iter()
+            .map(|found| found.path.strip_prefix(root).unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn globs_directories_and_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub")).unwrap();
+        std::fs::write(root.join("a.conf"), "a").unwrap();
+        std::fs::write(root.join("b.txt"), "b").unwrap();
+        std::fs::write(root.join("d/c"), "c").unwrap();
+        std::fs::write(root.join("d/sub/e"), "e").unwrap();
+
+        let glob = format!("{}/*.conf", root.display());
+        let expanded = expand(&[glob.clone()], false).unwrap();
+        assert_eq!(paths(&expanded, root), ["a.conf"]);
+
+        let d = root.join("d").display().to_string();
+        let flat = expand(&[d.clone()], false).unwrap();
+        assert_eq!(paths(&flat, root), ["d", "d/c", "d/sub"]);
+        let deep = expand(&[d.clone(), glob], true).unwrap();
+        assert_eq!(paths(&deep, root), ["a.conf", "d", "d/c", "d/sub", "d/sub/e"]);
+        assert!(deep.found.iter().find(|f| f.path.ends_with("d")).unwrap().named);
+        assert!(!deep.found.iter().find(|f| f.path.ends_with("d/c")).unwrap().named);
+    }
+
+    #[test]
+    fn bad_glob_is_an_error_naming_it_and_missing_path_is_unreadable() {
+        let err = expand(&["/etc/[".to_string()], false).unwrap_err().to_string();
+        assert!(err.contains("/etc/["), "{err}");
+        assert!(check_pattern("/etc/[").is_err());
+        assert!(check_pattern("/etc/*.conf").is_ok());
+
+        let expanded = expand(&["/nonexistent/ids-test".to_string()], false).unwrap();
+        assert!(expanded.found.is_empty());
+        assert_eq!(expanded.unreadable[0].path, Path::new("/nonexistent/ids-test"));
+        assert!(expanded.unreadable[0].error.contains("No such file"), "{:?}", expanded.unreadable);
+    }
+}
