@@ -11,8 +11,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::{fentry, lsm, tracepoint},
-    programs::{FEntryContext, LsmContext, TracePointContext},
+    macros::{fentry, lsm, raw_tracepoint},
+    programs::{FEntryContext, LsmContext, RawTracePointContext},
 };
 use ids_common::{
     FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, kind, path_source,
@@ -87,19 +87,39 @@ mod nr {
     pub const FCHMODAT2: i64 = 452;
 }
 
-#[inline(always)]
-fn syscall_nr(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i32>(8) }.map(|n| n as i64).unwrap_or(-1)
+/// A syscall as the raw `sys_enter`/`sys_exit` tracepoints see it: its number and the saved user
+/// registers, from which the arguments are read (x86_64 `struct pt_regs` layout, fixed by the ABI).
+pub struct Syscall {
+    pub nr: i64,
+    pub regs: Kptr,
 }
 
-#[inline(always)]
-fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+impl Syscall {
+    #[inline(always)]
+    pub fn enter(ctx: &RawTracePointContext) -> Self {
+        Self { regs: ctx.arg::<u64>(0) as Kptr, nr: ctx.arg::<i64>(1) }
+    }
+
+    /// Argument `n` (0-based): rdi, rsi, rdx, r10, r8, r9.
+    #[inline(always)]
+    pub fn arg(&self, n: usize) -> u64 {
+        let off = match n {
+            0 => 112,
+            1 => 104,
+            2 => 96,
+            3 => 56,
+            4 => 72,
+            _ => 64,
+        };
+        read::<u64>(self.regs, off).unwrap_or(0)
+    }
 }
 
+/// On `sys_exit`: the syscall number (orig_ax) and the return value.
 #[inline(always)]
-fn syscall_ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+fn exit_of(ctx: &RawTracePointContext) -> (i64, i64) {
+    let regs = ctx.arg::<u64>(0) as Kptr;
+    (read::<i64>(regs, 120).unwrap_or(-1), ctx.arg::<i64>(1))
 }
 
 /// A watched file or directory (not a mere ancestor of one).
@@ -206,27 +226,89 @@ fn on_file(op: FileOp, file: Kptr) -> Result<(), i64> {
 
 // ---------------------------------------------------------------- syscall tracepoints
 
-/// Descriptor-based changes: write family, truncate, fchmod/fchown, shared writable mmap.
-#[tracepoint]
-pub fn file_fd_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_file_fd_enter(&ctx);
+/// Every syscall enters here; only the ones below do more than compare a number.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn file_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let call = Syscall::enter(&ctx);
+    match call.nr {
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_enter(&call),
+        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDFILE
+        | nr::FTRUNCATE | nr::FALLOCATE | nr::COPY_FILE_RANGE | nr::FCHMOD | nr::FCHOWN
+        | nr::MMAP => {
+            let _ = try_file_fd_enter(&call);
+        }
+        _ => {
+            if is_path_call(call.nr) {
+                let _ = try_file_path_enter(&call);
+            }
+        }
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn file_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let (nr, ret) = exit_of(&ctx);
+    match nr {
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
+            let _ = try_file_open_exit(ret);
+        }
+        _ => {
+            if is_path_call(nr) {
+                file_path_exit(ret);
+            }
+        }
+    }
     0
 }
 
 #[inline(always)]
-fn try_file_fd_enter(ctx: &TracePointContext) -> Result<(), i64> {
-    let (op, fd) = match syscall_nr(ctx) {
+fn is_path_call(nr: i64) -> bool {
+    matches!(
+        nr,
+        nr::RENAME
+            | nr::RENAMEAT
+            | nr::RENAMEAT2
+            | nr::UNLINK
+            | nr::RMDIR
+            | nr::UNLINKAT
+            | nr::MKDIR
+            | nr::MKNOD
+            | nr::MKDIRAT
+            | nr::MKNODAT
+            | nr::LINK
+            | nr::SYMLINK
+            | nr::LINKAT
+            | nr::SYMLINKAT
+            | nr::CHMOD
+            | nr::CHOWN
+            | nr::LCHOWN
+            | nr::UTIME
+            | nr::UTIMES
+            | nr::FCHMODAT
+            | nr::FCHMODAT2
+            | nr::FCHOWNAT
+            | nr::FUTIMESAT
+            | nr::UTIMENSAT
+            | nr::TRUNCATE
+    )
+}
+
+/// Descriptor-based changes: write family, truncate, fchmod/fchown, shared writable mmap.
+#[inline(always)]
+fn try_file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
+    let (op, fd) = match ctx.nr {
         nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDFILE
-        | nr::FTRUNCATE | nr::FALLOCATE => (FileOp::Write, syscall_arg(ctx, 0)),
-        nr::COPY_FILE_RANGE => (FileOp::Write, syscall_arg(ctx, 2)),
-        nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, syscall_arg(ctx, 0)),
+        | nr::FTRUNCATE | nr::FALLOCATE => (FileOp::Write, ctx.arg(0)),
+        nr::COPY_FILE_RANGE => (FileOp::Write, ctx.arg(2)),
+        nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, ctx.arg(0)),
         nr::MMAP => {
-            let prot = syscall_arg(ctx, 2);
-            let map_type = syscall_arg(ctx, 3) & MAP_TYPE;
+            let prot = ctx.arg(2);
+            let map_type = ctx.arg(3) & MAP_TYPE;
             if prot & PROT_WRITE == 0 || (map_type != MAP_SHARED && map_type != MAP_SHARED_VALIDATE) {
                 return Ok(());
             }
-            (FileOp::Write, syscall_arg(ctx, 4))
+            (FileOp::Write, ctx.arg(4))
         }
         _ => return Ok(()),
     };
@@ -234,38 +316,30 @@ fn try_file_fd_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// Opens that may create or truncate: remember the flags until the syscall returns.
-#[tracepoint]
-pub fn file_open_enter(ctx: TracePointContext) -> u32 {
-    let flags = match syscall_nr(&ctx) {
-        nr::OPEN => syscall_arg(&ctx, 1),
-        nr::OPENAT => syscall_arg(&ctx, 2),
+#[inline(always)]
+fn file_open_enter(ctx: &Syscall) {
+    let flags = match ctx.nr {
+        nr::OPEN => ctx.arg(1),
+        nr::OPENAT => ctx.arg(2),
         nr::CREAT => O_CREAT | O_WRONLY | O_TRUNC,
         nr::OPENAT2 => {
-            let how = syscall_arg(&ctx, 2) as *const u64;
+            let how = ctx.arg(2) as *const u64;
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0)
         }
-        _ => return 0,
+        _ => return,
     };
     if flags & (O_CREAT | O_TRUNC) != 0 {
         let _ = PENDING_OPENS.insert(&tid_key(), &flags, 0);
     }
-    0
-}
-
-#[tracepoint]
-pub fn file_open_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_file_open_exit(&ctx);
-    0
 }
 
 #[inline(always)]
-fn try_file_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_file_open_exit(fd: i64) -> Result<(), i64> {
     let tid = tid_key();
     let Some(flags) = (unsafe { PENDING_OPENS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = PENDING_OPENS.remove(&tid);
-    let fd = syscall_ret(ctx);
     if fd < 0 {
         return Ok(());
     }
@@ -365,45 +439,39 @@ fn capture_path(
 }
 
 /// Path-based changes: rename, unlink, mkdir, link, chmod, chown, utimes, truncate.
-#[tracepoint]
-pub fn file_path_enter(ctx: TracePointContext) -> u32 {
-    let _ = try_file_path_enter(&ctx);
-    0
-}
-
 #[inline(always)]
-fn try_file_path_enter(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
     const CWD: u64 = AT_FDCWD as u64;
     // (op, dirfd, path, second dirfd, second path); a zero second path means none.
-    let (op, dirfd, path, dirfd2, path2) = match syscall_nr(ctx) {
-        nr::RENAME => (FileOp::Rename, CWD, syscall_arg(ctx, 0), CWD, syscall_arg(ctx, 1)),
+    let (op, dirfd, path, dirfd2, path2) = match ctx.nr {
+        nr::RENAME => (FileOp::Rename, CWD, ctx.arg(0), CWD, ctx.arg(1)),
         nr::RENAMEAT | nr::RENAMEAT2 => (
             FileOp::Rename,
-            syscall_arg(ctx, 0),
-            syscall_arg(ctx, 1),
-            syscall_arg(ctx, 2),
-            syscall_arg(ctx, 3),
+            ctx.arg(0),
+            ctx.arg(1),
+            ctx.arg(2),
+            ctx.arg(3),
         ),
-        nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, syscall_arg(ctx, 0), 0, 0),
-        nr::UNLINKAT => (FileOp::Unlink, syscall_arg(ctx, 0), syscall_arg(ctx, 1), 0, 0),
-        nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, syscall_arg(ctx, 0), 0, 0),
-        nr::MKDIRAT | nr::MKNODAT => (FileOp::Create, syscall_arg(ctx, 0), syscall_arg(ctx, 1), 0, 0),
-        nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, syscall_arg(ctx, 1), 0, 0),
-        nr::LINKAT => (FileOp::Create, syscall_arg(ctx, 2), syscall_arg(ctx, 3), 0, 0),
-        nr::SYMLINKAT => (FileOp::Create, syscall_arg(ctx, 1), syscall_arg(ctx, 2), 0, 0),
+        nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, ctx.arg(0), 0, 0),
+        nr::UNLINKAT => (FileOp::Unlink, ctx.arg(0), ctx.arg(1), 0, 0),
+        nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, ctx.arg(0), 0, 0),
+        nr::MKDIRAT | nr::MKNODAT => (FileOp::Create, ctx.arg(0), ctx.arg(1), 0, 0),
+        nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, ctx.arg(1), 0, 0),
+        nr::LINKAT => (FileOp::Create, ctx.arg(2), ctx.arg(3), 0, 0),
+        nr::SYMLINKAT => (FileOp::Create, ctx.arg(1), ctx.arg(2), 0, 0),
         nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => {
-            (FileOp::Attrib, CWD, syscall_arg(ctx, 0), 0, 0)
+            (FileOp::Attrib, CWD, ctx.arg(0), 0, 0)
         }
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            let dirfd = syscall_arg(ctx, 0);
-            let path = syscall_arg(ctx, 1);
+            let dirfd = ctx.arg(0);
+            let path = ctx.arg(1);
             if path == 0 {
                 // utimensat(fd, NULL, ...) changes the open file itself.
                 return on_file(FileOp::Attrib, kernel::file_from_fd(dirfd as i32 as i64)?);
             }
             (FileOp::Attrib, dirfd, path, 0, 0)
         }
-        nr::TRUNCATE => (FileOp::Write, CWD, syscall_arg(ctx, 0), 0, 0),
+        nr::TRUNCATE => (FileOp::Write, CWD, ctx.arg(0), 0, 0),
         _ => return Ok(()),
     };
     let event = FILE_SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
@@ -449,19 +517,18 @@ fn try_file_path_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// Sends a parked path-based record once its syscall returned 0.
-#[tracepoint]
-pub fn file_path_exit(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+fn file_path_exit(ret: i64) {
     let tid = tid_key();
     let Some(event) = PENDING_FILE_EVENTS.get_ptr(&tid) else {
-        return 0;
+        return;
     };
-    if syscall_ret(&ctx) == 0 {
+    if ret == 0 {
         if FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
             count_lost(Signal::File);
         }
     }
     let _ = PENDING_FILE_EVENTS.remove(&tid);
-    0
 }
 
 // ---------------------------------------------------------------- LSM and fentry

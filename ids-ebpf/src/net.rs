@@ -4,8 +4,8 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
-    macros::{lsm, tracepoint, xdp},
-    programs::{LsmContext, TracePointContext, XdpContext},
+    macros::{lsm, raw_tracepoint, xdp},
+    programs::{LsmContext, RawTracePointContext, XdpContext},
 };
 use ids_common::{
     AF_INET, AF_INET6, ConnectEvent, DIRECTION_IN, DIRECTION_OUT, IPPROTO_TCP, IPPROTO_UDP,
@@ -13,6 +13,7 @@ use ids_common::{
 };
 
 use crate::{
+    file::Syscall,
     kernel::{self, Kptr, offset, read},
     maps::{NET_EVENTS, count_lost},
 };
@@ -81,16 +82,21 @@ fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i
     Ok(())
 }
 
-#[tracepoint]
-pub fn connect_tp(ctx: TracePointContext) -> u32 {
-    let _ = try_connect_tp(&ctx);
+const NR_CONNECT: i64 = 42;
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn connect_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let call = Syscall::enter(&ctx);
+    if call.nr == NR_CONNECT {
+        let _ = try_connect_enter(&call);
+    }
     0
 }
 
 #[inline(always)]
-fn try_connect_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let fd: u64 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
-    let addr: u64 = unsafe { ctx.read_at(24) }.map_err(|e| e as i64)?;
+fn try_connect_enter(call: &Syscall) -> Result<(), i64> {
+    let fd = call.arg(0);
+    let addr = call.arg(1);
     let file = kernel::file_from_fd(fd as i32 as i64)?;
     // Only a socket's private_data is a `struct socket`.
     if kernel::inode_mode(kernel::file_inode(file)?) & S_IFMT != S_IFSOCK {

@@ -27,8 +27,8 @@ fn tracepoint_hooks_are_chosen_on_a_kernel_that_refuses_lsm_and_fentry() {
     let status = daemon.status();
     // This kernel refuses BPF_PROG_TYPE_LSM and TRACING loads, so each signal falls back.
     assert_eq!(signal(&status, "exec")["hook"], "tracepoint:sched_process_exec", "{status}");
-    assert_eq!(signal(&status, "file")["hook"], "tracepoint:syscalls", "{status}");
-    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:sys_enter_connect", "{status}");
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:raw_syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:raw_syscalls:connect", "{status}");
     for name in ["exec", "file", "connect"] {
         let s = signal(&status, name);
         assert!(s["received"].is_u64() && s["lost"].is_u64(), "counters missing for {name}: {status}");

@@ -8,6 +8,9 @@ pub enum Attach {
     /// A tracepoint program attached to each `(category, name)`. Names the running kernel lacks
     /// (say `sys_enter_fchmodat2` before 6.6) are skipped; the rest must attach.
     TracePoint(&'static [(&'static str, &'static str)]),
+    /// A raw tracepoint (`sys_enter`, `sys_exit`): no perf record is built per hit, which keeps
+    /// the cost of a syscall the program ignores to a number comparison.
+    RawTracePoint(&'static str),
     Lsm(&'static str),
     FEntry(&'static str),
 }
@@ -40,64 +43,6 @@ const fn required(program: &'static str, attach: Attach) -> ProgramSpec {
 
 const fn optional(program: &'static str, attach: Attach) -> ProgramSpec {
     ProgramSpec { program, attach, optional: true }
-}
-
-const FD_SYSCALLS: &[(&str, &str)] = &[
-    ("syscalls", "sys_enter_write"),
-    ("syscalls", "sys_enter_pwrite64"),
-    ("syscalls", "sys_enter_writev"),
-    ("syscalls", "sys_enter_pwritev"),
-    ("syscalls", "sys_enter_pwritev2"),
-    ("syscalls", "sys_enter_sendfile64"),
-    ("syscalls", "sys_enter_copy_file_range"),
-    ("syscalls", "sys_enter_ftruncate"),
-    ("syscalls", "sys_enter_fallocate"),
-    ("syscalls", "sys_enter_fchmod"),
-    ("syscalls", "sys_enter_fchown"),
-    ("syscalls", "sys_enter_mmap"),
-];
-const OPEN_ENTER: &[(&str, &str)] = &[
-    ("syscalls", "sys_enter_open"),
-    ("syscalls", "sys_enter_openat"),
-    ("syscalls", "sys_enter_openat2"),
-    ("syscalls", "sys_enter_creat"),
-];
-const OPEN_EXIT: &[(&str, &str)] = &[
-    ("syscalls", "sys_exit_open"),
-    ("syscalls", "sys_exit_openat"),
-    ("syscalls", "sys_exit_openat2"),
-    ("syscalls", "sys_exit_creat"),
-];
-macro_rules! path_syscalls {
-    ($dir:literal) => {
-        &[
-            ("syscalls", concat!("sys_", $dir, "_rename")),
-            ("syscalls", concat!("sys_", $dir, "_renameat")),
-            ("syscalls", concat!("sys_", $dir, "_renameat2")),
-            ("syscalls", concat!("sys_", $dir, "_unlink")),
-            ("syscalls", concat!("sys_", $dir, "_unlinkat")),
-            ("syscalls", concat!("sys_", $dir, "_rmdir")),
-            ("syscalls", concat!("sys_", $dir, "_mkdir")),
-            ("syscalls", concat!("sys_", $dir, "_mkdirat")),
-            ("syscalls", concat!("sys_", $dir, "_mknod")),
-            ("syscalls", concat!("sys_", $dir, "_mknodat")),
-            ("syscalls", concat!("sys_", $dir, "_link")),
-            ("syscalls", concat!("sys_", $dir, "_linkat")),
-            ("syscalls", concat!("sys_", $dir, "_symlink")),
-            ("syscalls", concat!("sys_", $dir, "_symlinkat")),
-            ("syscalls", concat!("sys_", $dir, "_chmod")),
-            ("syscalls", concat!("sys_", $dir, "_fchmodat")),
-            ("syscalls", concat!("sys_", $dir, "_fchmodat2")),
-            ("syscalls", concat!("sys_", $dir, "_chown")),
-            ("syscalls", concat!("sys_", $dir, "_lchown")),
-            ("syscalls", concat!("sys_", $dir, "_fchownat")),
-            ("syscalls", concat!("sys_", $dir, "_utime")),
-            ("syscalls", concat!("sys_", $dir, "_utimes")),
-            ("syscalls", concat!("sys_", $dir, "_futimesat")),
-            ("syscalls", concat!("sys_", $dir, "_utimensat")),
-            ("syscalls", concat!("sys_", $dir, "_truncate")),
-        ]
-    };
 }
 
 pub const HOOK_TABLE: &[SignalHooks] = &[
@@ -135,13 +80,10 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
                 ],
             },
             HookSet {
-                name: "tracepoint:syscalls",
+                name: "tracepoint:raw_syscalls",
                 programs: &[
-                    required("file_fd_enter", Attach::TracePoint(FD_SYSCALLS)),
-                    required("file_open_enter", Attach::TracePoint(OPEN_ENTER)),
-                    required("file_open_exit", Attach::TracePoint(OPEN_EXIT)),
-                    required("file_path_enter", Attach::TracePoint(path_syscalls!("enter"))),
-                    required("file_path_exit", Attach::TracePoint(path_syscalls!("exit"))),
+                    required("file_sys_enter", Attach::RawTracePoint("sys_enter")),
+                    required("file_sys_exit", Attach::RawTracePoint("sys_exit")),
                 ],
             },
         ],
@@ -154,8 +96,8 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
                 programs: &[required("connect_lsm", Attach::Lsm("socket_connect"))],
             },
             HookSet {
-                name: "tracepoint:sys_enter_connect",
-                programs: &[required("connect_tp", Attach::TracePoint(&[("syscalls", "sys_enter_connect")]))],
+                name: "tracepoint:raw_syscalls:connect",
+                programs: &[required("connect_sys_enter", Attach::RawTracePoint("sys_enter"))],
             },
         ],
     },

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
-use aya::programs::{FEntry, Lsm, TracePoint, Xdp, xdp::XdpMode};
+use aya::programs::{FEntry, Lsm, RawTracePoint, TracePoint, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use ids_common::{SIGNAL_COUNT, Signal};
 use tokio::io::unix::AsyncFd;
@@ -31,6 +31,7 @@ const SIGNALS: [Signal; 3] = [Signal::Exec, Signal::File, Signal::Connect];
 /// Counters of one signal, shared by its reader and `ids status`.
 #[derive(Debug, Default)]
 pub struct SignalStats {
+    /// Records read and handed to the writer.
     pub received: AtomicU64,
     /// Records the reader could not queue because the channel was full.
     pub dropped: AtomicU64,
@@ -234,6 +235,7 @@ fn unload(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
     use aya::programs::Program;
     match ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))? {
         Program::TracePoint(p) => p.unload()?,
+        Program::RawTracePoint(p) => p.unload()?,
         Program::Lsm(p) => p.unload()?,
         Program::FEntry(p) => p.unload()?,
         _ => {}
@@ -253,6 +255,11 @@ fn attach_program(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, attach: Attach) -
                 }
                 program.attach(category, point).with_context(|| format!("attaching {category}:{point}"))?;
             }
+        }
+        Attach::RawTracePoint(point) => {
+            let program: &mut RawTracePoint = program_mut(ebpf, name)?;
+            program.load()?;
+            program.attach(point).with_context(|| format!("attaching raw tracepoint {point}"))?;
         }
         Attach::Lsm(hook) => {
             let program: &mut Lsm = program_mut(ebpf, name)?;
@@ -292,10 +299,11 @@ pub async fn read_ring(
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            counters.received.fetch_add(1, Ordering::Relaxed);
             match decode(&item) {
                 Ok(event) => match tx.try_send(event) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        counters.received.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                     }
