@@ -1,11 +1,13 @@
-//! Command line: `ids run`, `ids status`, `ids config default`, `ids hash`.
+//! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::control::{self, Request};
+use crate::store::{Store, StoredItem};
 
 #[derive(Debug, Parser)]
 #[command(name = "ids", version, about = "eBPF host intrusion-detection sensor")]
@@ -41,6 +43,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Print JSON: {"aggregate": hex, "collectors": {name: {"digest", "items", "errors"}}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept the current state as the baseline: through the running daemon (its current
+    /// items), or, when no daemon answers, by scanning now and storing the result.
+    Baseline {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON: {"ok", "items", "aggregate", "source": "daemon"|"scan"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Items added, removed and changed since the baseline (and which attributes changed):
+    /// the running daemon's state, or, when no daemon answers, a scan made now.
+    Diff {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON: {"added": [{"collector", "id"}], "removed": [...], "changed": [{..., "attributes"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +111,38 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 print!("{}", human_hash(&report));
             }
         }
+        Command::Baseline { common, json } => {
+            let config = Config::load(common.config.as_deref())?;
+            let response = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Baseline))? {
+                Some(mut response) => {
+                    response["source"] = "daemon".into();
+                    response
+                }
+                None => offline_baseline(&config)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&response)?);
+            } else {
+                println!(
+                    "baseline of {} items accepted (aggregate {}, from the {})",
+                    response["items"],
+                    response["aggregate"].as_str().unwrap_or("?"),
+                    if response["source"] == "daemon" { "running daemon" } else { "scan just made" },
+                );
+            }
+        }
+        Command::Diff { common, json } => {
+            let config = Config::load(common.config.as_deref())?;
+            let diff = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Diff))? {
+                Some(response) => response["diff"].clone(),
+                None => offline_diff(&config)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                print!("{}", crate::integrity::diff::human(&diff));
+            }
+        }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
             Config::load(common.config.as_deref())?;
@@ -98,6 +150,44 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configured collectors' items, scanned now.
+fn scan_items(config: &Config) -> anyhow::Result<(crate::integrity::ScanReport, Vec<StoredItem>)> {
+    let report = crate::integrity::scan(&crate::integrity::Registry::with_builtin(), &config.collectors)?;
+    let items = report
+        .collectors
+        .iter()
+        .flat_map(|c| c.items.iter().map(|item| StoredItem { collector: c.name.clone(), item: item.clone() }))
+        .collect();
+    Ok((report, items))
+}
+
+/// `ids baseline` with no daemon: scan, and store the scan as both current state and baseline.
+fn offline_baseline(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let (report, items) = scan_items(config)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let mut store = Store::open(&config.database())?;
+    store.replace_current(&items)?;
+    store.replace_baseline(&items)?;
+    Ok(serde_json::json!({
+        "ok": true,
+        "items": items.len(),
+        "aggregate": crate::integrity::hex(&report.aggregate),
+        "source": "scan",
+    }))
+}
+
+/// `ids diff` with no daemon: the baseline against a scan made now (the database is not changed).
+fn offline_diff(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let database = config.database();
+    if !database.exists() {
+        anyhow::bail!("no baseline: {} does not exist; run `ids baseline` first", database.display());
+    }
+    let baseline = Store::open(&database)?.baseline()?;
+    let (_, items) = scan_items(config)?;
+    Ok(crate::integrity::diff::diff(&baseline, &items).to_json())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -181,6 +271,14 @@ fn human_status(status: &serde_json::Value) -> String {
         status["watch"]["inodes"],
         status["watch"]["unresolved"],
         status["events_written"],
+    );
+    out += &format!(
+        "integrity aggregate {}, {} items, {} dirty, {} alerts{}\n",
+        status["aggregate"].as_str().unwrap_or("(not yet computed)"),
+        status["integrity"]["items"],
+        status["integrity"]["dirty"],
+        status["integrity"]["alerts"],
+        if status["integrity"]["ready"] == true { "" } else { " (first scan running)" },
     );
     out
 }

@@ -32,6 +32,10 @@ struct RawConfig {
     interfaces: Vec<String>,
     #[serde(default)]
     exclude_hooks: Vec<String>,
+    #[serde(default = "default_integrity_interval")]
+    integrity_interval: u64,
+    #[serde(default = "default_verify_interval")]
+    verify_interval: u64,
     #[serde(default)]
     collectors: Vec<toml::Spanned<RawCollector>>,
 }
@@ -66,6 +70,12 @@ fn default_max_watched_inodes() -> u32 {
 fn default_channel_capacity() -> usize {
     65_536
 }
+fn default_integrity_interval() -> u64 {
+    300
+}
+fn default_verify_interval() -> u64 {
+    86_400
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventsLog {
@@ -85,6 +95,10 @@ pub struct Config {
     pub exclude_hooks: Vec<String>,
     /// The `[[collectors]]` tables of `ids hash`, in file order; empty when there are none.
     pub collectors: Vec<CollectorConfig>,
+    /// How often the daemon re-runs the collectors that are not about files.
+    pub integrity_interval: std::time::Duration,
+    /// How often the daemon rescans everything to catch changes the sensor missed.
+    pub verify_interval: std::time::Duration,
 }
 
 /// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
@@ -139,6 +153,12 @@ impl Config {
         if raw.channel_capacity == 0 {
             return Err(invalid("channel_capacity", "must be at least 1".into()));
         }
+        if raw.integrity_interval == 0 {
+            return Err(invalid("integrity_interval", "must be at least 1 (seconds)".into()));
+        }
+        if raw.verify_interval == 0 {
+            return Err(invalid("verify_interval", "must be at least 1 (seconds)".into()));
+        }
         if raw.max_watched_inodes == 0 {
             return Err(invalid("max_watched_inodes", "must be at least 1".into()));
         }
@@ -168,11 +188,18 @@ impl Config {
             interfaces: raw.interfaces,
             exclude_hooks: raw.exclude_hooks,
             collectors,
+            integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
+            verify_interval: std::time::Duration::from_secs(raw.verify_interval),
         })
     }
 
     pub fn control_socket(&self) -> PathBuf {
         self.state_dir.join("control.sock")
+    }
+
+    /// The state database (`crate::store`).
+    pub fn database(&self) -> PathBuf {
+        crate::store::db_path(&self.state_dir)
     }
 }
 
@@ -299,7 +326,19 @@ mod tests {
 
     #[test]
     fn no_collectors_means_none() {
-        assert!(Config::parse(BASE, "t").unwrap().collectors.is_empty());
+        let config = Config::parse(BASE, "t").unwrap();
+        assert!(config.collectors.is_empty());
+        assert_eq!(config.integrity_interval, std::time::Duration::from_secs(300));
+        assert_eq!(config.verify_interval, std::time::Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn intervals_are_read_and_zero_is_refused() {
+        let config = Config::parse(&format!("{BASE}integrity_interval = 5\nverify_interval = 60\n"), "t").unwrap();
+        assert_eq!(config.integrity_interval, std::time::Duration::from_secs(5));
+        assert_eq!(config.verify_interval, std::time::Duration::from_secs(60));
+        let err = Config::parse(&format!("{BASE}verify_interval = 0\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("verify_interval"), "{err}");
     }
 
     #[test]

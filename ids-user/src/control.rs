@@ -1,5 +1,6 @@
 //! The control socket: a root-only Unix socket in the state directory. One JSON request per line
-//! (`{"command":"status"}`), one JSON response per line (`{"ok":true,...}` or `{"ok":false,"error":...}`).
+//! (`{"command":"status"}`, `{"command":"baseline"}`, `{"command":"diff"}`), one JSON response
+//! per line (`{"ok":true,...}` or `{"ok":false,"error":...}`).
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,10 @@ use tracing::warn;
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Accept the daemon's current items as the baseline.
+    Baseline,
+    /// The differences between the baseline and the daemon's current items.
+    Diff,
 }
 
 pub type Reply = oneshot::Sender<serde_json::Value>;
@@ -78,6 +83,18 @@ pub async fn call(path: &PathBuf, request: &Request) -> anyhow::Result<serde_jso
     let stream = UnixStream::connect(path)
         .await
         .with_context(|| format!("connecting to the daemon at {} (is `ids run` running?)", path.display()))?;
+    exchange(stream, request).await
+}
+
+/// Like [`call`], but `Ok(None)` when no daemon answers on the socket (nothing listens).
+pub async fn try_call(path: &PathBuf, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
+    match UnixStream::connect(path).await {
+        Ok(stream) => exchange(stream, request).await.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn exchange(stream: UnixStream, request: &Request) -> anyhow::Result<serde_json::Value> {
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');

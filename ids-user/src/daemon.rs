@@ -1,8 +1,9 @@
-//! `ids run`: starts the sensor, writes events, answers the control socket, and on SIGINT/SIGTERM
-//! detaches the programs, flushes the events log and returns.
+//! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`),
+//! answers the control socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
+//! log and returns.
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, EventsLog};
 use crate::control::{self, Reply, Request};
-use crate::event::{self, Clock};
+use crate::event::{self, Clock, Detail};
+use crate::monitor::{self, Control, FileEvents, SharedOutput};
 use crate::sensor::decode::RawEvent;
 use crate::sensor::hooks::signal_name;
 use crate::sensor::watch::WatchSet;
@@ -33,10 +35,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-    let output = open_events_log(&config.events_log)?;
+    let output: SharedOutput = Arc::new(Mutex::new(open_events_log(&config.events_log)?));
     let listener = control::bind(&config.control_socket()).await?;
 
-    let (mut sensor, watch, rings) = Sensor::start(&config)?;
+    // The worker is built first (collectors, database) so that a bad one stops the start; it
+    // scans once the sensor is attached, so no change made during the scan is missed.
+    let mut integrity = monitor::spawn(&config, output.clone())?;
+    let mut sensor_config = config.clone();
+    sensor_config.watch = integrity.watch.clone();
+    let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
+    integrity.begin();
+    let integrity_shared = integrity.shared.clone();
+    let file_events = integrity.files;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let writer_stats = Arc::new(WriterStats::default());
@@ -51,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(tx);
     let writer = tokio::task::spawn_blocking({
         let writer_stats = writer_stats.clone();
-        move || write_events(rx, watch, output, &writer_stats)
+        move || write_events(rx, watch, output, file_events, &writer_stats)
     });
 
     let (control_tx, mut control_rx) = mpsc::channel::<(Request, Reply)>(16);
@@ -65,10 +75,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             Some((request, reply)) = control_rx.recv() => {
-                let response = match request {
-                    Request::Status => status(&sensor, &stats, &writer_stats, &roots, started),
-                };
-                let _ = reply.send(response);
+                match request {
+                    Request::Status => {
+                        let _ = reply.send(status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started));
+                    }
+                    // The worker answers these itself, so a long rehash never blocks this loop.
+                    Request::Baseline => forward(&integrity.control, Control::Baseline, reply),
+                    Request::Diff => forward(&integrity.control, Control::Diff, reply),
+                }
             }
             _ = rescan.tick() => sensor.attach_new_interfaces(),
         }
@@ -87,8 +101,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "events writer panicked"),
         Err(_) => warn!("events writer did not finish within 10 s"),
     }
+    // The writer dropped its handle, so the worker stops after its current step; a long scan
+    // is not waited for.
+    integrity.stop.store(true, Ordering::Relaxed);
+    let worker = integrity.thread;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || worker.join())).await;
     let _ = std::fs::remove_file(config.control_socket());
     Ok(())
+}
+
+fn forward(worker: &std::sync::mpsc::Sender<Control>, request: fn(control::Reply) -> Control, reply: control::Reply) {
+    if let Err(unsent) = worker.send(request(reply)) {
+        let (Control::Baseline(reply) | Control::Diff(reply)) = unsent.0;
+        let _ = reply.send(serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}));
+    }
 }
 
 fn open_events_log(log: &EventsLog) -> anyhow::Result<Box<dyn Write + Send>> {
@@ -109,15 +135,24 @@ fn open_events_log(log: &EventsLog) -> anyhow::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Turns records into JSON lines; flushes whenever the queue runs dry.
+/// Turns records into JSON lines; writes them out whenever the queue runs dry or 64 KiB are
+/// waiting. The paths of file events go to the integrity worker (no hashing here).
 fn write_events(
     mut rx: mpsc::Receiver<RawEvent>,
     mut watch: WatchSet,
-    output: Box<dyn Write + Send>,
+    output: SharedOutput,
+    file_events: FileEvents,
     stats: &WriterStats,
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, output);
+    let mut out: Vec<u8> = Vec::with_capacity(1 << 16);
+    let flush = |out: &mut Vec<u8>| -> anyhow::Result<()> {
+        let mut output = monitor::lock_output(&output);
+        output.write_all(out).context("writing events log")?;
+        output.flush().context("flushing events log")?;
+        out.clear();
+        Ok(())
+    };
     let mut line = Vec::with_capacity(1024);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -128,19 +163,25 @@ fn write_events(
                 RawEvent::File(e) => watch.to_event(&clock, e),
             };
             if let Some(event) = event {
+                if let Detail::File { op, path, new_path, .. } = &event.detail {
+                    file_events.note(op, path, new_path.as_deref());
+                }
                 line.clear();
                 serde_json::to_writer(&mut line, &event)?;
                 line.push(b'\n');
-                out.write_all(&line).context("writing events log")?;
+                out.extend_from_slice(&line);
                 stats.written.fetch_add(1, Ordering::Relaxed);
+                if out.len() >= 1 << 16 {
+                    flush(&mut out)?;
+                }
             }
             next = rx.try_recv().ok();
         }
-        out.flush().context("flushing events log")?;
+        flush(&mut out)?;
         stats.unresolved.store(watch.unresolved(), Ordering::Relaxed);
         stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
     }
-    out.flush().context("flushing events log")?;
+    flush(&mut out)?;
     Ok(())
 }
 
@@ -148,6 +189,7 @@ fn status(
     sensor: &Sensor,
     stats: &Stats,
     writer: &WriterStats,
+    integrity: &monitor::Shared,
     roots: &[String],
     started: Instant,
 ) -> serde_json::Value {
@@ -169,6 +211,7 @@ fn status(
             })
         })
         .collect();
+    let (aggregate, integrity) = integrity.status();
     serde_json::json!({
         "ok": true,
         "pid": std::process::id(),
@@ -181,5 +224,7 @@ fn status(
             "unresolved": writer.unresolved.load(Ordering::Relaxed),
         },
         "events_written": writer.written.load(Ordering::Relaxed),
+        "aggregate": aggregate,
+        "integrity": integrity,
     })
 }

@@ -5,4 +5,6 @@ pub mod control;
 pub mod daemon;
 pub mod event;
 pub mod integrity;
+pub mod monitor;
 pub mod sensor;
+pub mod store;

@@ -105,6 +105,19 @@ impl Daemon {
         self.try_status().expect("`ids status --json` failed")
     }
 
+    /// Runs `ids <args> --json --config <this daemon's config>` and returns its JSON output.
+    pub fn ids_json(&self, args: &[&str]) -> Value {
+        let out = Command::new(ids_bin()).args(args).args(["--json", "--config"]).arg(&self.config).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ids {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ids {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.events)

@@ -55,15 +55,21 @@ pub(super) fn check_patterns(collector: &str, patterns: &[String]) -> Result<(),
     Ok(())
 }
 
-/// Expands the patterns; the paths that could not be examined are returned as error items
+/// Expands the patterns (all of them, or only at `scope.0` and, when `scope.1`, below it: see
+/// [`paths::expand_at`]); the paths that could not be examined are returned as error items
 /// with ids `<prefix><path>`.
 pub(super) fn expand_patterns(
     collector: &str,
     patterns: &[String],
     recursive: bool,
     prefix: &str,
+    scope: Option<(&Path, bool)>,
 ) -> Result<(Vec<FoundPath>, Vec<Item>), CollectorError> {
-    let expanded = paths::expand(patterns, recursive).map_err(|e| CollectorError::Setting {
+    let expanded = match scope {
+        None => paths::expand(patterns, recursive),
+        Some((target, deep)) => paths::expand_at(patterns, recursive, target, deep),
+    };
+    let expanded = expanded.map_err(|e| CollectorError::Setting {
         collector: collector.to_string(),
         key: "paths",
         message: e.to_string(),
@@ -82,7 +88,21 @@ impl Collector for FileContents {
     }
 
     fn collect(&self) -> Result<Vec<Item>, CollectorError> {
-        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file:")?;
+        self.collect_scoped(None)
+    }
+
+    fn paths(&self) -> &[String] {
+        &self.patterns
+    }
+
+    fn collect_at(&self, target: &Path, deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
+        Some(self.collect_scoped(Some((target, deep))))
+    }
+}
+
+impl FileContents {
+    fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
+        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file:", scope)?;
         // rayon rather than std::thread::scope over fixed chunks: file sizes are very uneven (a
         // 100 MB binary next to thousands of small files), and work stealing keeps every core
         // busy until the end where fixed chunks would leave all but one waiting.

@@ -56,7 +56,21 @@ impl Collector for FileMetadata {
     }
 
     fn collect(&self) -> Result<Vec<Item>, CollectorError> {
-        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "meta:")?;
+        self.collect_scoped(None)
+    }
+
+    fn paths(&self) -> &[String] {
+        &self.patterns
+    }
+
+    fn collect_at(&self, target: &Path, deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
+        Some(self.collect_scoped(Some((target, deep))))
+    }
+}
+
+impl FileMetadata {
+    fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
+        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "meta:", scope)?;
         // rayon for the same reason as file_contents: lstat on a cold cache waits on the disk.
         let stated: Vec<Item> = found.par_iter().map(|found| metadata_item(&found.path)).collect();
         items.extend(stated);

@@ -13,7 +13,7 @@
 //!
 //! [`collector_digest`] hashes one collector's sorted items; [`aggregate_digest`] hashes the
 //! hostname and the sorted items of all collectors. [`scan`] builds the collectors of a
-//! configuration and computes both.
+//! configuration and computes both. [`diff`] compares two sets of items (`ids diff`).
 //!
 //! # Built-in kinds (`[[collectors]]` `kind = ...`)
 //!
@@ -46,6 +46,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config::CollectorConfig;
 
 pub mod command;
+pub mod diff;
 pub mod example_hostname;
 pub mod file_contents;
 pub mod file_metadata;
@@ -117,6 +118,18 @@ pub trait Collector: Send + Sync {
     fn name(&self) -> &str;
     /// Hashes the current state. Items need not be sorted; ids must be unique.
     fn collect(&self) -> Result<Vec<Item>, CollectorError>;
+
+    /// The `paths` patterns of a collector of files (empty for any other): the daemon watches
+    /// them and calls [`Collector::collect_at`] for the paths that file events name.
+    fn paths(&self) -> &[String] {
+        &[]
+    }
+
+    /// The items [`Collector::collect`] would return for `target` itself and, when `deep`, for
+    /// what is below it; `None` for a collector that is not about files (it is re-run whole).
+    fn collect_at(&self, _target: &std::path::Path, _deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
+        None
+    }
 }
 
 /// Builds a collector from its `[[collectors]]` table.

@@ -102,6 +102,77 @@ pub fn expand(patterns: &[String], recursive: bool) -> Result<Expanded, PathsErr
     })
 }
 
+/// The part of [`expand`]`(patterns, recursive)` that is `target` itself and, when `deep`, what
+/// is below it: what a full expansion would find there, without walking anything else. The
+/// daemon calls it for the paths a file event names. Paths are compared as given.
+pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool) -> Result<Expanded, PathsError> {
+    let mut found = BTreeMap::new();
+    let mut unreadable = BTreeMap::new();
+    let in_scope = |path: &Path| path == target || (deep && path.starts_with(target));
+    for pattern in patterns {
+        let named: Vec<PathBuf> = if is_glob(pattern) {
+            let matches = glob::glob(pattern)
+                .map_err(|e| PathsError { pattern: pattern.clone(), message: e.msg.to_string() })?;
+            let mut named = Vec::new();
+            for entry in matches {
+                match entry {
+                    Ok(path) => named.push(path),
+                    Err(e) if in_scope(e.path()) => {
+                        unreadable.insert(e.path().to_path_buf(), e.error().to_string());
+                    }
+                    Err(_) => {}
+                }
+            }
+            named
+        } else {
+            vec![PathBuf::from(pattern)]
+        };
+        for path in named {
+            if in_scope(&path) {
+                // Named at or below the target: exactly as `expand` treats it.
+                match std::fs::symlink_metadata(&path) {
+                    Ok(metadata) => {
+                        let file_type = metadata.file_type();
+                        if file_type.is_dir() && deep {
+                            walk(&path, recursive, &mut found, &mut unreadable);
+                        }
+                        found.insert(path.clone(), FoundPath { path, named: true, file_type });
+                    }
+                    Err(e) => {
+                        unreadable.insert(path, e.to_string());
+                    }
+                }
+            } else if target.starts_with(&path) && target != path {
+                // The target would be found by walking the named directory `path`: only if
+                // `path` and every directory between it and the target are directories (the
+                // walk never follows links), and the target is a direct entry unless recursive.
+                if !recursive && target.parent() != Some(path.as_path()) {
+                    continue;
+                }
+                let walked = target
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|ancestor| ancestor.starts_with(&path))
+                    .all(|ancestor| std::fs::symlink_metadata(ancestor).is_ok_and(|m| m.is_dir()));
+                if !walked {
+                    continue;
+                }
+                let Ok(metadata) = std::fs::symlink_metadata(target) else { continue };
+                let file_type = metadata.file_type();
+                if deep && recursive && file_type.is_dir() {
+                    walk(target, recursive, &mut found, &mut unreadable);
+                }
+                let target = target.to_path_buf();
+                found.entry(target.clone()).or_insert(FoundPath { path: target, named: false, file_type });
+            }
+        }
+    }
+    Ok(Expanded {
+        found: found.into_values().collect(),
+        unreadable: unreadable.into_iter().map(|(path, error)| Unreadable { path, error }).collect(),
+    })
+}
+
 /// Adds the entries under `dir` (its whole tree when `recursive`), without following links.
 fn walk(
     dir: &Path,
@@ -176,6 +247,37 @@ mod tests {
         assert_eq!(paths(&deep, root), ["a.conf", "d", "d/c", "d/sub", "d/sub/e"]);
         assert!(deep.found.iter().find(|f| f.path.ends_with("d")).unwrap().named);
         assert!(!deep.found.iter().find(|f| f.path.ends_with("d/c")).unwrap().named);
+    }
+
+    /// `expand_at` finds exactly what `expand` finds at and below a path.
+    #[test]
+    fn expand_at_is_the_matching_part_of_expand() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub/deeper")).unwrap();
+        std::fs::write(root.join("a.conf"), "a").unwrap();
+        std::fs::write(root.join("d/c"), "c").unwrap();
+        std::fs::write(root.join("d/sub/e"), "e").unwrap();
+        std::fs::write(root.join("d/sub/deeper/f"), "f").unwrap();
+        std::os::unix::fs::symlink(root.join("d/sub"), root.join("d/link")).unwrap();
+        let patterns = [format!("{}/*.conf", root.display()), root.join("d").display().to_string()];
+        for recursive in [false, true] {
+            let all = expand(&patterns, recursive).unwrap();
+            for target in ["a.conf", "d", "d/c", "d/sub", "d/sub/e", "d/sub/deeper", "d/link", "d/missing", "b.txt"] {
+                let target = root.join(target);
+                for deep in [false, true] {
+                    let part = expand_at(&patterns, recursive, &target, deep).unwrap();
+                    let expected: Vec<String> = all
+                        .found
+                        .iter()
+                        .filter(|f| f.path == target || (deep && f.path.starts_with(&target)))
+                        .map(|f| format!("{} {}", f.path.display(), f.named))
+                        .collect();
+                    let got: Vec<String> = part.found.iter().map(|f| format!("{} {}", f.path.display(), f.named)).collect();
+                    assert_eq!(got, expected, "target {} deep {deep} recursive {recursive}", target.display());
+                }
+            }
+        }
     }
 
     #[test]
