@@ -11,10 +11,26 @@
 //! - the TCG boot (never KVM: it hung on these machines) with an overall timeout, its serial
 //!   console saved to `<root>/.vm/console.log`;
 //! - the checks on that console output: the hook chosen per signal, the events the scenario
-//!   in `init.sh` must produce (and must not), and the daemon's exit code.
+//!   in `init.sh` must produce (and must not), and the daemon's exit code;
+//! - the integrity scenario (change-driven integrity under the LSM+fentry file hooks): the VM
+//!   config adds `file_contents` and `file_metadata` collectors over `/tmp/integrity` (tmpfs,
+//!   recursive). Once the daemon's first scan is done, `ids baseline` is accepted; then
+//!   [`INTEGRITY_LOOPS`] background busybox loops each make a bounded number of random changes
+//!   (overwrite, append, `: >` and `truncate -s`, create, rename within and across
+//!   directories, unlink, chmod, a new directory renamed into a subdirectory, random pauses
+//!   around the 200 ms quiet period), each seeded (`vm: integrity loop N seed S` on the
+//!   console) and ending with a fixed `wN/done` file. A write through a shared `mmap` cannot
+//!   be made from busybox, so it is left to the host tier. After the loops, `ids status` is
+//!   polled until `integrity.dirty` is 0 (at most 30 s); the check then fails unless the
+//!   daemon's `aggregate` equals that of a fresh `ids hash` of the same config (same host
+//!   name), the file signal used the LSM+fentry hooks, every item `ids diff` names (and every
+//!   `done` file) has a `"kind":"integrity"` alert in the events log, and no alert is a
+//!   `sensor_miss` or outside `/tmp/integrity`.
 //!
 //! `IDS_VM_BINARY=/path/to/binary` boots that binary as `/bin/ids` instead of building
-//! `ids-user` (to test the VM plumbing with a stand-in).
+//! `ids-user` (to test the VM plumbing with a stand-in). `IDS_VM_SEED=N` (digits) seeds the
+//! integrity scenario's churn loops with N+1 .. N+4 instead of the clock (it reaches `/init`
+//! through the kernel command line).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -47,6 +63,10 @@ const UNWATCHED_DIR: &str = "/tmp/unwatched";
 const LSM_SIGNALS: [&str; 3] = ["exec", "file", "connect"];
 /// File operations the scenario performs in both directories.
 const FILE_OPS: [&str; 5] = ["create", "write", "attrib", "rename", "unlink"];
+/// The integrity scenario's tree and its number of churn loops (`w1` .. `wN`); keep in step
+/// with `INTEGRITY_DIR` and `INTEGRITY_LOOPS` in `init.sh`.
+const INTEGRITY_DIR: &str = "/tmp/integrity";
+const INTEGRITY_LOOPS: usize = 4;
 /// Port of the refused TCP connection in the scenario.
 const CONNECT_PORT: u64 = 9;
 /// Longest quoted line in an error message.
@@ -540,7 +560,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", KERNEL_CMDLINE])
+        .args(["-append", &kernel_cmdline()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -593,6 +613,17 @@ fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
         elapsed,
         timed_out,
     })
+}
+
+/// [`KERNEL_CMDLINE`], plus `IDS_VM_SEED=N` when that variable is set to digits (the kernel
+/// hands unknown `name=value` words to `/init` as environment variables).
+fn kernel_cmdline() -> String {
+    match std::env::var("IDS_VM_SEED") {
+        Ok(seed) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{KERNEL_CMDLINE} IDS_VM_SEED={seed}")
+        }
+        _ => KERNEL_CMDLINE.to_owned(),
+    }
 }
 
 /// `text` without carriage returns and the terminal escape sequences SeaBIOS prints
@@ -670,6 +701,12 @@ fn check_console(console: &str) -> Result<String> {
             for name in LSM_SIGNALS {
                 let entry = signals.iter().find(|s| s["signal"] == name);
                 match entry.and_then(|s| s["hook"].as_str()) {
+                    Some(hook) if name == "file" && !hook.contains("fentry") => {
+                        failures.push(format!(
+                            "signal `file` uses hook `{hook}`, expected the LSM+fentry set: {}",
+                            entry.map(Value::to_string).unwrap_or_default()
+                        ))
+                    }
                     Some(hook) if hook.starts_with("lsm") => hooks.push(format!("{name}={hook}")),
                     Some(hook) => failures.push(format!(
                         "signal `{name}` uses hook `{hook}`, expected an lsm hook: {}",
@@ -701,6 +738,9 @@ fn check_console(console: &str) -> Result<String> {
         check_events(&events, &mut failures);
     }
 
+    // Integrity.
+    let integrity = check_integrity(console, &events, &mut failures);
+
     // Shutdown.
     match exit_code {
         Some(0) => {}
@@ -722,7 +762,202 @@ fn check_console(console: &str) -> Result<String> {
         }
         bail!(message);
     }
-    Ok(format!("{}; {} events", hooks.join(", "), events.len()))
+    Ok(format!(
+        "{}; {} events; {integrity}",
+        hooks.join(", "),
+        events.len()
+    ))
+}
+
+/// The expectations of the integrity scenario; appends one message per unmet expectation and
+/// returns a summary for the success line.
+fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) -> String {
+    let marker = |prefix: &str| {
+        console
+            .lines()
+            .map(str::trim)
+            .find(|line| line.starts_with(prefix))
+            .map(str::to_owned)
+    };
+    let stderr = section(console, "INTEGRITY-STDERR").unwrap_or_default();
+    let with_stderr = |message: String| {
+        if stderr.trim().is_empty() {
+            message
+        } else {
+            format!(
+                "{message}\n  stderr of the integrity commands:\n{}",
+                quote(&stderr, 20)
+            )
+        }
+    };
+    // One JSON section; a failure (and `None`) when it is missing or not JSON.
+    let mut json_section = |name: &str, command: &str| -> Option<Value> {
+        match section(console, name) {
+            None => {
+                failures.push(with_stderr(format!("no ==={name}=== section ({command})")));
+                None
+            }
+            Some(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    failures.push(with_stderr(format!(
+                        "`{command}` output is not JSON ({e}):\n{}",
+                        quote(&text, 30)
+                    )));
+                    None
+                }
+            },
+        }
+    };
+    let baseline = json_section("INTEGRITY-BASELINE", "ids baseline --json");
+    let status = json_section("INTEGRITY-STATUS", "ids status --json");
+    let hash = json_section("INTEGRITY-HASH", "ids hash --json");
+    let diff = json_section("INTEGRITY-DIFF", "ids diff --json");
+
+    if marker("===INTEGRITY-READY").is_none() {
+        failures.push(
+            "the daemon's first integrity scan was not done within 30 s (no ===INTEGRITY-READY===)"
+                .to_owned(),
+        );
+    }
+    if let Some(baseline) = &baseline {
+        if baseline["ok"] != true || baseline["source"] != "daemon" {
+            failures.push(format!(
+                "`ids baseline --json` was not accepted by the daemon: {baseline}"
+            ));
+        }
+    }
+    let clean = marker("===INTEGRITY-CLEAN");
+    if clean.is_none() {
+        failures.push(format!(
+            "integrity.dirty did not reach 0 within 30 s of the churn loops' end ({})",
+            marker("===INTEGRITY-NOT-CLEAN").unwrap_or_else(|| "no marker".to_owned())
+        ));
+    }
+
+    // The daemon's aggregate against a fresh offline hash of the same config.
+    let daemon_aggregate = status.as_ref().and_then(|s| s["aggregate"].as_str());
+    let fresh_aggregate = hash.as_ref().and_then(|h| h["aggregate"].as_str());
+    if let Some(status) = &status {
+        if status["integrity"]["dirty"] != 0 {
+            failures.push(format!(
+                "integrity.dirty is not 0 in the final status: {}",
+                status["integrity"]
+            ));
+        }
+        if daemon_aggregate.is_none() {
+            failures.push(format!(
+                "the final `ids status --json` has no aggregate: {}",
+                status["integrity"]
+            ));
+        }
+    }
+    if hash.is_some() && fresh_aggregate.is_none() {
+        failures.push("`ids hash --json` printed no aggregate".to_owned());
+    }
+    if let (Some(daemon), Some(fresh)) = (daemon_aggregate, fresh_aggregate) {
+        if daemon != fresh {
+            failures.push(format!(
+                "the daemon's aggregate {daemon} differs from a fresh `ids hash` {fresh} after the churn: \
+                 the daemon missed a change (integrity {})",
+                status.as_ref().map_or(Value::Null, |s| s["integrity"].clone())
+            ));
+        }
+    }
+
+    // Alerts.
+    let alerts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "integrity" || e["kind"] == "sensor_miss")
+        .collect();
+    let in_tree = |id: &str| {
+        id.split_once(':')
+            .is_some_and(|(_, path)| is_under(path, INTEGRITY_DIR))
+    };
+    let misses: Vec<&Value> = alerts
+        .iter()
+        .copied()
+        .filter(|a| a["kind"] == "sensor_miss")
+        .collect();
+    if !misses.is_empty() {
+        failures.push(format!(
+            "sensor_miss alerts (changes the sensor did not report):\n{}",
+            quote_events(misses)
+        ));
+    }
+    let stray: Vec<&Value> = alerts
+        .iter()
+        .copied()
+        .filter(|a| !a["id"].as_str().is_some_and(in_tree))
+        .collect();
+    if !stray.is_empty() {
+        failures.push(format!(
+            "integrity alerts for items outside {INTEGRITY_DIR}:\n{}",
+            quote_events(stray)
+        ));
+    }
+    let alerted = |id: &str| {
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "integrity" && a["id"] == id)
+    };
+    let mut expected: Vec<String> = (1..=INTEGRITY_LOOPS)
+        .flat_map(|w| ["file", "meta"].map(|prefix| format!("{prefix}:{INTEGRITY_DIR}/w{w}/done")))
+        .collect();
+
+    // The diff against the baseline: only the tree, not empty, and every item in it alerted.
+    let mut diff_items = 0;
+    if let Some(diff) = &diff {
+        for change in ["added", "removed", "changed"] {
+            match diff[change].as_array() {
+                None => failures.push(format!("`ids diff --json` has no `{change}` array: {diff}")),
+                Some(entries) => {
+                    for entry in entries {
+                        diff_items += 1;
+                        match entry["id"].as_str() {
+                            Some(id) if in_tree(id) => {
+                                if !expected.iter().any(|e| e == id) {
+                                    expected.push(id.to_owned());
+                                }
+                            }
+                            _ => failures.push(format!(
+                                "`ids diff` names an item outside {INTEGRITY_DIR}: {entry}"
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        if diff_items == 0 {
+            failures.push("`ids diff --json` is empty after the churn".to_owned());
+        }
+    }
+    let unalerted: Vec<&String> = expected.iter().filter(|id| !alerted(id)).collect();
+    if !unalerted.is_empty() {
+        failures.push(format!(
+            "no \"kind\":\"integrity\" alert in the events log for {} changed item(s): {}; integrity alerts:\n{}",
+            unalerted.len(),
+            unalerted
+                .iter()
+                .take(20)
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote_events(alerts.iter().copied())
+        ));
+    }
+
+    format!(
+        "integrity: aggregate {}, {} alerts, {diff_items} items in the diff{}",
+        daemon_aggregate.map_or("?", |a| a.get(..12).unwrap_or(a)),
+        alerts.len(),
+        clean
+            .as_deref()
+            .and_then(|line| line.strip_prefix("===INTEGRITY-CLEAN "))
+            .and_then(|rest| rest.strip_suffix("==="))
+            .map(|rest| format!(", clean {rest} after the loops"))
+            .unwrap_or_default()
+    )
 }
 
 /// The expectations on the events log; appends one message per unmet expectation.
@@ -894,6 +1129,35 @@ mod tests {
   ]
 }
 ===END===
+===INTEGRITY-READY after 0.25s===
+===INTEGRITY-BASELINE===
+{"ok": true, "items": 52, "aggregate": "00aa", "source": "daemon"}
+===END===
+vm: integrity loop 1 seed 1763692801
+===INTEGRITY-CHURNED uptime 3.10 -> 7.55===
+===INTEGRITY-CLEAN after 0.50s===
+===INTEGRITY-STATUS===
+{
+  "aggregate": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+  "integrity": {"ready": true, "dirty": 0, "items": 60, "alerts": 10}
+}
+===END===
+===INTEGRITY-HASH===
+{
+  "aggregate": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+  "hostname": "(none)",
+  "collectors": {}
+}
+===END===
+===INTEGRITY-DIFF===
+{
+  "added": [{"collector": "file_contents", "id": "file:/tmp/integrity/w1/done"}],
+  "removed": [],
+  "changed": [{"collector": "file_contents", "id": "file:/tmp/integrity/w1/f0", "attributes": ["content"]}]
+}
+===END===
+===INTEGRITY-STDERR===
+===END===
 ===EVENTS===
 {"kind":"exec","pid":50,"filename":"/bin/true","argv":["/bin/true","vmarg1","vmarg2"]}
 {"kind":"file","op":"create","path":"/tmp/watched/a"}
@@ -902,6 +1166,16 @@ mod tests {
 {"kind":"file","op":"rename","path":"/tmp/watched/a","new_path":"/tmp/watched/b"}
 {"kind":"file","op":"unlink","path":"/tmp/watched/b"}
 {"kind":"connect","direction":"out","protocol":"tcp","daddr":"127.0.0.1","dport":9}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}
+{"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w1/f0","change":"changed","attributes":["size"]}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/done","change":"added"}
+{"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w1/done","change":"added"}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w2/done","change":"added"}
+{"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w2/done","change":"added"}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w3/done","change":"added"}
+{"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w3/done","change":"added"}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w4/done","change":"added"}
+{"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w4/done","change":"added"}
 
 ===END===
 ===EXIT 0===
@@ -914,7 +1188,65 @@ INFO started
     fn accepts_a_good_run() {
         let summary = check_console(GOOD).unwrap();
         assert!(summary.contains("file=lsm+fentry"), "{summary}");
-        assert!(summary.contains("7 events"), "{summary}");
+        assert!(summary.contains("17 events"), "{summary}");
+        assert!(
+            summary.contains("10 alerts, 2 items in the diff"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn fails_when_the_daemon_aggregate_differs_from_a_fresh_hash() {
+        let bad = GOOD.replacen(
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "1111111111111111111111111111111111111111111111111111111111111111",
+            1,
+        );
+        let message = format!("{:#}", check_console(&bad).unwrap_err());
+        assert!(message.contains("1 expectation(s) failed"), "{message}");
+        assert!(
+            message.contains("differs from a fresh `ids hash`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn fails_without_the_integrity_sections_or_when_still_dirty() {
+        let without_hash = GOOD.replace("===INTEGRITY-HASH===", "===SOMETHING-ELSE===");
+        let message = format!("{:#}", check_console(&without_hash).unwrap_err());
+        assert!(
+            message.contains("no ===INTEGRITY-HASH=== section"),
+            "{message}"
+        );
+
+        let dirty = GOOD.replace("\"dirty\": 0", "\"dirty\": 3").replace(
+            "===INTEGRITY-CLEAN after 0.50s===",
+            "===INTEGRITY-NOT-CLEAN after 30s===",
+        );
+        let message = format!("{:#}", check_console(&dirty).unwrap_err());
+        assert!(message.contains("did not reach 0"), "{message}");
+        assert!(message.contains("integrity.dirty is not 0"), "{message}");
+    }
+
+    #[test]
+    fn fails_when_a_file_hook_is_not_fentry_or_an_alert_is_missing() {
+        let bad = GOOD
+            .replace("\"lsm+fentry\"", "\"lsm:file_open\"")
+            .replace(
+                r#"{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}"#,
+                r#"{"kind":"sensor_miss","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}"#,
+            )
+            .replace("meta:/tmp/integrity/w3/done", "meta:/etc/w3/done");
+        let message = format!("{:#}", check_console(&bad).unwrap_err());
+        assert!(message.contains("4 expectation(s) failed"), "{message}");
+        assert!(message.contains("expected the LSM+fentry set"), "{message}");
+        assert!(message.contains("sensor_miss alerts"), "{message}");
+        assert!(message.contains("outside /tmp/integrity"), "{message}");
+        assert!(
+            message.contains("file:/tmp/integrity/w1/f0, meta:/tmp/integrity/w3/done")
+                || message.contains("meta:/tmp/integrity/w3/done, file:/tmp/integrity/w1/f0"),
+            "{message}"
+        );
     }
 
     #[test]
