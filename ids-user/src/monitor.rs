@@ -435,10 +435,8 @@ impl Monitor {
                 match result {
                     Ok(items) => {
                         let scope = |id: &str| {
-                            id.split_once(':').is_some_and(|(_, p)| {
-                                let p = Path::new(p);
-                                p == path || (*deep && p.starts_with(path))
-                            })
+                            crate::integrity::id_path(id)
+                                .is_some_and(|(_, p)| p == *path || (*deep && p.starts_with(path)))
                         };
                         changes.extend(self.replace_items(&name, items, scope));
                     }
@@ -463,7 +461,7 @@ impl Monitor {
             self.mark(change);
         }
         let (explained, missed): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|change| {
-            change.id.split_once(':').is_some_and(|(_, path)| self.is_dirty(Path::new(path)))
+            crate::integrity::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path))
         });
         info!(missed = missed.len(), "verification scan done");
         self.record(explained, "integrity");

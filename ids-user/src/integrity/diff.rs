@@ -4,7 +4,7 @@
 //! Items are matched by (collector, item id), so a rename is a removal and an addition. The
 //! attributes of a change are the `detail` fields that differ (`mode`, `uid`, `gid`, `size`,
 //! `type`, `symlink_target`, `inode`, `error`, ...; `mtime_nsec` is reported as `mtime`), plus
-//! `content` when the digest differs and either the item hashes contents (`file:` ids) or no
+//! `content` when the digest differs and either the item hashes contents (`file:`, `file%:` ids) or no
 //! detail field explains the new digest (a command's output, ...).
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,7 +100,8 @@ pub fn changed_attributes(old: &Item, new: &Item) -> Vec<String> {
     if !old.detail.is_object() && old.detail != new.detail {
         attributes.insert("detail".to_string());
     }
-    if old.digest != new.digest && (old.id.starts_with("file:") || attributes.is_empty()) {
+    let hashes_contents = old.id.starts_with("file:") || old.id.starts_with("file%:");
+    if old.digest != new.digest && (hashes_contents || attributes.is_empty()) {
         attributes.insert("content".to_string());
     }
     attributes.into_iter().collect()

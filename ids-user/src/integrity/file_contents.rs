@@ -1,11 +1,15 @@
 //! `file_contents`: SHA-256 of the contents of the regular files under `paths`
-//! (see [`super::paths`] for globs, directories and `recursive`). Item id `file:<path>`,
-//! detail `{"size": bytes}`.
+//! (see [`super::paths`] for globs, directories and `recursive`). Item id `file:<path>`
+//! (`file%:` and percent-encoding for a name that is not UTF-8: see *Paths in ids* in
+//! [`super`]), detail `{"size": bytes}`, contents streamed in 64 KiB blocks.
 //!
 //! A path named in the configuration (exactly or by a glob) is followed if it is a symbolic link
-//! (`/etc/resolv.conf` hashes what it points at); entries found by walking a directory are hashed
-//! only if they are regular files themselves (links, devices, FIFOs are left to
-//! `file_metadata`). A file that cannot be opened or read is an error item.
+//! (`/etc/resolv.conf` hashes what it points at; a loop is an error item `symbolic link loop:
+//! ...`); entries found by walking a directory are hashed only if they are regular files
+//! themselves (links and directories are left to `file_metadata`). A FIFO, socket or device,
+//! named or found, is never opened: its item has detail `{"type": "fifo"}` (`socket`, `char`,
+//! `block`) and the digest of that detail. A file that cannot be opened or read is an error item
+//! (`vanished during the scan: ...` when it was deleted after it was listed).
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
@@ -15,7 +19,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::paths::{self, FoundPath};
-use super::{Collector, CollectorError, Digest, Item, KindSpec};
+use super::file_metadata::type_name;
+use super::{Collector, CollectorError, Digest, Item, KindSpec, io_error_text, path_id};
 use crate::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "file_contents", settings: &["paths", "recursive"], construct };
@@ -34,6 +39,13 @@ pub struct FileContents {
 #[derive(Debug, Serialize)]
 struct ContentsDetail {
     size: u64,
+}
+
+/// The detail of a FIFO, socket or device: what it is, never its contents.
+#[derive(Debug, Serialize)]
+struct SpecialDetail {
+    #[serde(rename = "type")]
+    file_type: &'static str,
 }
 
 impl FileContents {
@@ -57,12 +69,12 @@ pub(super) fn check_patterns(collector: &str, patterns: &[String]) -> Result<(),
 
 /// Expands the patterns (all of them, or only at `scope.0` and, when `scope.1`, below it: see
 /// [`paths::expand_at`]); the paths that could not be examined are returned as error items
-/// with ids `<prefix><path>`.
+/// with ids [`path_id`]`(kind, path)`.
 pub(super) fn expand_patterns(
     collector: &str,
     patterns: &[String],
     recursive: bool,
-    prefix: &str,
+    kind: &str,
     scope: Option<(&Path, bool)>,
 ) -> Result<(Vec<FoundPath>, Vec<Item>), CollectorError> {
     let expanded = match scope {
@@ -77,7 +89,7 @@ pub(super) fn expand_patterns(
     let errors = expanded
         .unreadable
         .into_iter()
-        .map(|unreadable| Item::error(format!("{prefix}{}", unreadable.path.display()), unreadable.error))
+        .map(|unreadable| Item::error(path_id(kind, &unreadable.path), unreadable.error))
         .collect();
     Ok((expanded.found, errors))
 }
@@ -102,7 +114,7 @@ impl Collector for FileContents {
 
 impl FileContents {
     fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
-        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file:", scope)?;
+        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file", scope)?;
         // rayon rather than std::thread::scope over fixed chunks: file sizes are very uneven (a
         // 100 MB binary next to thousands of small files), and work stealing keeps every core
         // busy until the end where fixed chunks would leave all but one waiting.
@@ -113,25 +125,33 @@ impl FileContents {
 }
 
 fn hash_found(found: &FoundPath) -> Option<Item> {
-    let id = format!("file:{}", found.path.display());
-    if found.named {
-        // Follow a named link; hash only what is (or points at) a regular file.
+    let id = path_id("file", &found.path);
+    let file_type = if found.named {
+        // Follow a named link (stat, which opens nothing).
         match std::fs::metadata(&found.path) {
-            Ok(metadata) if metadata.is_file() => {}
-            Ok(_) => return None,
-            Err(e) => return Some(Item::error(id, e)),
+            Ok(metadata) => metadata.file_type(),
+            // A dangling link was never there to vanish; anything else was there at the lstat.
+            Err(e) => return Some(Item::error(id, io_error_text(&e, !found.file_type.is_symlink()))),
         }
-    } else if !found.file_type.is_file() {
+    } else {
+        found.file_type
+    };
+    if file_type.is_dir() || file_type.is_symlink() {
         return None;
+    }
+    if !file_type.is_file() {
+        // FIFO, socket, device: opening one may block or have side effects; say what it is.
+        return Some(Item::of_detail(id, SpecialDetail { file_type: type_name(file_type) }));
     }
     Some(match hash_file(&found.path, !found.named) {
         Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
-        Err(e) => Item::error(id, e),
+        Err(e) => Item::error(id, io_error_text(&e, true)),
     })
 }
 
 /// SHA-256 and length of a file's contents, read in 64 KiB blocks.
-/// `O_NONBLOCK` keeps a FIFO swapped in after the type check from blocking the scan.
+/// `O_NONBLOCK` keeps a FIFO swapped in after the type check from blocking the scan, and the
+/// type is checked again on the open descriptor: nothing but a regular file is read.
 pub fn hash_file(path: &Path, no_follow: bool) -> std::io::Result<(Digest, u64)> {
     let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if no_follow {
@@ -139,7 +159,8 @@ pub fn hash_file(path: &Path, no_follow: bool) -> std::io::Result<(Digest, u64)>
     }
     let mut file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
     if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        let file_type = type_name(file.metadata()?.file_type());
+        return Err(std::io::Error::other(format!("not a regular file (now a {file_type})")));
     }
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -216,5 +237,252 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("paths") && err.contains("/etc/["), "{err}");
+    }
+
+    /// Runs `f` on another thread and fails if it takes longer than `seconds` (a hang).
+    pub(crate) fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(seconds))
+            .unwrap_or_else(|e| panic!("no result within {seconds} s (hang or panic): {e}"))
+    }
+
+    fn item<'a>(items: &'a [Item], id: &str) -> &'a Item {
+        items.iter().find(|item| item.id == id).unwrap_or_else(|| panic!("no item {id} in {items:#?}"))
+    }
+
+    fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        let status = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
+        assert_eq!(status, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+
+    /// FIFOs, sockets and devices are items saying what they are, found in a walk or named
+    /// (through a link), and are never opened: a FIFO with no writer would block a reader.
+    #[test]
+    fn fifos_sockets_and_devices_are_typed_items_and_never_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        mknod(&dir.path().join("fifo"), libc::S_IFIFO | 0o644, 0);
+        mknod(&dir.path().join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+        mknod(&dir.path().join("loop"), libc::S_IFBLK | 0o600, libc::makedev(7, 200));
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("devnull")).unwrap();
+        std::fs::write(dir.path().join("plain"), "x").unwrap();
+
+        let paths = vec![root.clone(), format!("{root}/devnull"), format!("{root}/fifo")];
+        let items = within(30, move || collector(paths, true).collect().unwrap());
+        assert_eq!(item(&items, &format!("file:{root}/fifo")).detail, serde_json::json!({"type": "fifo"}));
+        assert_eq!(item(&items, &format!("file:{root}/sock")).detail, serde_json::json!({"type": "socket"}));
+        assert_eq!(item(&items, &format!("file:{root}/null")).detail, serde_json::json!({"type": "char"}));
+        assert_eq!(item(&items, &format!("file:{root}/loop")).detail, serde_json::json!({"type": "block"}));
+        // The named link to /dev/null is followed to the device, which is not opened.
+        assert_eq!(item(&items, &format!("file:{root}/devnull")).detail, serde_json::json!({"type": "char"}));
+        assert_eq!(item(&items, &format!("file:{root}/plain")).digest, sha256(b"x"));
+        assert!(items.iter().all(|item| item.error_text().is_none()), "{items:#?}");
+        let fifo = item(&items, &format!("file:{root}/fifo"));
+        assert_eq!(fifo.digest, sha256(br#"{"type":"fifo"}"#));
+
+        // hash_file itself refuses what is not a regular file without blocking.
+        let fifo = dir.path().join("fifo");
+        let err = within(10, move || hash_file(&fifo, true).unwrap_err().to_string());
+        assert!(err.contains("not a regular file (now a fifo)"), "{err}");
+    }
+
+    /// Root reads a mode-000 file (CAP_DAC_OVERRIDE), so an unreadable file for root is one
+    /// whose read fails: /proc/self/mem at offset 0 (unmapped) fails with EIO. As another user,
+    /// a mode-000 file fails with EACCES (the end-to-end test `integrity_bad_input` runs
+    /// `ids hash` as nobody for that).
+    #[test]
+    fn unreadable_file_is_an_error_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("mem")).unwrap();
+        let locked = dir.path().join("locked");
+        std::fs::write(&locked, "secret").unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+
+        let items = collector(vec!["/proc/self/mem".into(), format!("{root}/mem"), format!("{root}/locked")], false)
+            .collect()
+            .unwrap();
+        for id in ["file:/proc/self/mem".to_string(), format!("file:{root}/mem")] {
+            let error = item(&items, &id).error_text().unwrap_or_else(|| panic!("{id} read: {items:#?}"));
+            assert!(error.contains("Input/output error"), "{id}: {error}");
+        }
+        let locked = item(&items, &format!("file:{root}/locked"));
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(locked.digest, sha256(b"secret"), "root reads mode 000");
+        } else {
+            assert!(locked.error_text().unwrap().contains("Permission denied"), "{locked:?}");
+        }
+    }
+
+    /// A file deleted between the listing and the hashing is an error item saying so (the
+    /// listing is `paths::expand`, the hashing `hash_found`: the test deletes in between).
+    #[test]
+    fn file_vanishing_between_listing_and_hashing_is_an_error_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        for name in ["walked", "named"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let expanded = paths::expand(&[root.clone(), format!("{root}/named")], false).unwrap();
+        assert_eq!(expanded.found.len(), 3);
+        for name in ["walked", "named"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        for found in &expanded.found[1..] {
+            let item = hash_found(found).unwrap();
+            let error = item.error_text().unwrap_or_else(|| panic!("{item:?}"));
+            assert!(error.starts_with("vanished during the scan: No such file"), "{error}");
+            let meta = crate::integrity::file_metadata::tests::metadata_item_of(&found.path);
+            assert!(meta.error_text().unwrap().starts_with("vanished during the scan"), "{meta:?}");
+        }
+    }
+
+    /// Files created and deleted while whole scans run (bounded in time): every scan ends,
+    /// every item is a hash or an error item, ids stay unique.
+    #[test]
+    fn scans_racing_with_creation_and_deletion_end_and_stay_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut serial = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = root.join(format!("f{}", serial % 50));
+                    if serial.is_multiple_of(3) {
+                        let _ = std::fs::remove_file(&path);
+                    } else {
+                        let _ = std::fs::write(&path, serial.to_le_bytes().repeat(1000));
+                    }
+                    serial += 1;
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let pattern = vec![root.display().to_string()];
+        let mut scans = 0;
+        while std::time::Instant::now() < deadline {
+            let pattern = pattern.clone();
+            let items = within(30, move || collector(pattern, true).collect().unwrap());
+            let ids = ids(&items);
+            let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "{ids:?}");
+            for item in &items {
+                match item.error_text() {
+                    Some(error) => assert!(error.contains("vanished during the scan"), "{item:?}"),
+                    None => assert!(item.detail["size"].is_u64(), "{item:?}"),
+                }
+            }
+            scans += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        assert!(scans > 0);
+    }
+
+    /// A 4 GiB sparse file is hashed in full (its contents are 4 GiB of zeros), streamed: the
+    /// process's peak resident memory does not grow by anything near its size.
+    #[test]
+    fn sparse_4_gib_file_is_hashed_streaming() {
+        const SIZE: u64 = 4 << 30;
+        // sha256sum of 4 GiB of zeros (`head -c 4294967296 /dev/zero | sha256sum`).
+        const ZEROS: &str = "8479e43911dc45e89f934fe48d01297e16f51d17aa561d4d1c216b1ae0fcddca";
+        fn peak_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+        let before = peak_kib();
+        let pattern = vec![path.display().to_string()];
+        let items = within(300, move || collector(pattern, false).collect().unwrap());
+        let grown = peak_kib().saturating_sub(before);
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].detail["size"], SIZE, "{items:?}");
+        assert_eq!(crate::integrity::hex(&items[0].digest), ZEROS);
+        assert!(grown < 256 * 1024, "peak memory grew by {grown} KiB while hashing");
+    }
+
+    /// `a -> b -> a` named is an error item saying it loops; links to ancestors met in a
+    /// recursive walk are not followed, so the walk ends.
+    #[test]
+    fn symlink_loops_are_error_items_and_walks_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        std::os::unix::fs::symlink("b", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("b")).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/f"), "f").unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("d/up")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("d/self")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("d/root")).unwrap();
+
+        let patterns = vec![format!("{root}/a"), root.clone(), format!("{root}/d/up")];
+        let items = within(30, {
+            let patterns = patterns.clone();
+            move || collector(patterns, true).collect().unwrap()
+        });
+        let error = item(&items, &format!("file:{root}/a")).error_text().unwrap();
+        assert!(error.starts_with("symbolic link loop: Too many levels of symbolic links"), "{error}");
+        // The named link to a directory is not walked and has no contents.
+        assert_eq!(ids(&items), [format!("file:{root}/a"), format!("file:{root}/d/f")]);
+
+        let meta = within(30, move || {
+            crate::integrity::file_metadata::tests::collector(patterns).collect().unwrap()
+        });
+        assert_eq!(meta.len(), 8, "{meta:#?}");
+        assert_eq!(item(&meta, &format!("meta:{root}/a")).detail["symlink_target"], "b");
+        assert_eq!(item(&meta, &format!("meta:{root}/d/up")).detail["type"], "symlink");
+        assert!(meta.iter().all(|item| item.error_text().is_none()), "{meta:#?}");
+
+        // A recursive glob over the loops ends too.
+        let glob = vec![format!("{root}/**/f")];
+        let globbed = within(60, move || collector(glob, false).collect().unwrap());
+        assert!(globbed.iter().any(|item| item.id == format!("file:{root}/d/f")), "{globbed:#?}");
+    }
+
+    /// Names that are not UTF-8 get ids that are lossless and unambiguous (`file%:` with
+    /// percent-encoding), distinct from a UTF-8 name spelling the same escape.
+    #[test]
+    fn non_utf8_names_have_lossless_distinct_ids() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let raw = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xff%"));
+        let lookalike = dir.path().join("caf%FF%25");
+        let lossy = dir.path().join("caf\u{fffd}%");
+        std::fs::write(&raw, "raw").unwrap();
+        std::fs::write(&lookalike, "lookalike").unwrap();
+        std::fs::write(&lossy, "lossy").unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"caf\xff%"), dir.path().join("link")).unwrap();
+
+        let items = collector(vec![root.clone()], false).collect().unwrap();
+        assert_eq!(items.len(), 3, "{items:#?}");
+        assert_eq!(item(&items, &format!("file%:{root}/caf%FF%25")).digest, sha256(b"raw"));
+        assert_eq!(item(&items, &format!("file:{root}/caf%FF%25")).digest, sha256(b"lookalike"));
+        assert_eq!(item(&items, &format!("file:{root}/caf\u{fffd}%")).digest, sha256(b"lossy"));
+        for item in &items {
+            let (kind, path) = crate::integrity::id_path(&item.id).unwrap();
+            assert_eq!(kind, "file");
+            // The id leads back to the very file that was hashed.
+            assert_eq!(sha256(&std::fs::read(&path).unwrap()), item.digest, "{}", item.id);
+            assert!([&raw, &lookalike, &lossy].contains(&&path), "{}", path.display());
+        }
+
+        let meta = crate::integrity::file_metadata::tests::collector(vec![root.clone()]).collect().unwrap();
+        let link = item(&meta, &format!("meta:{root}/link"));
+        assert_eq!(link.detail["symlink_target_escaped"], "caf%FF%25");
+        assert!(link.detail.get("symlink_target").is_none(), "{link:?}");
+        item(&meta, &format!("meta%:{root}/caf%FF%25"));
     }
 }

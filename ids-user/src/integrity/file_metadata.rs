@@ -1,7 +1,11 @@
 //! `file_metadata`: what `lstat` says of every path under `paths` (see [`super::paths`]):
 //! type, permission bits, inode, owner, group, size, modification time and, for a symbolic link,
-//! its target. Links are never followed. Item id `meta:<path>`; the digest is the SHA-256 of the
-//! detail's JSON. A path that cannot be examined is an error item.
+//! its target. Links are never followed. Item id `meta:<path>` (`meta%:` and percent-encoding for a
+//! name that is not UTF-8: see *Paths in ids* in [`super`]); the digest is the SHA-256 of the
+//! detail's JSON. A path that cannot be examined is an error item; a directory that cannot be
+//! listed keeps its lstat detail with an added `"error"`.
+use std::collections::HashMap;
+use std::fs::FileType;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 
@@ -9,7 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::file_contents::{check_patterns, expand_patterns};
-use super::{Collector, CollectorError, Item, KindSpec};
+use super::{Collector, CollectorError, Item, KindSpec, escape_path, io_error_text, path_id};
 use crate::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "file_metadata", settings: &["paths", "recursive"], construct };
@@ -39,8 +43,15 @@ pub struct MetadataDetail {
     pub size: u64,
     pub mtime: i64,
     pub mtime_nsec: i64,
+    /// The link's target when it is UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
+    /// The link's target, percent-encoded, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symlink_target_escaped: Option<String>,
+    /// Why a directory could not be listed (its entries are missing from the scan).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl FileMetadata {
@@ -70,27 +81,42 @@ impl Collector for FileMetadata {
 
 impl FileMetadata {
     fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
-        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "meta:", scope)?;
+        let (found, errors) = expand_patterns(&self.name, &self.patterns, self.recursive, "meta", scope)?;
+        // A directory that was found but could not be listed is one item, not two: its lstat
+        // detail with the listing error added.
+        let mut errors: HashMap<String, Item> = errors.into_iter().map(|item| (item.id.clone(), item)).collect();
+        let listing_errors: HashMap<String, String> = found
+            .iter()
+            .filter_map(|found| {
+                let id = path_id("meta", &found.path);
+                let error = errors.remove(&id)?.error_text()?.to_string();
+                Some((id, error))
+            })
+            .collect();
         // rayon for the same reason as file_contents: lstat on a cold cache waits on the disk.
-        let stated: Vec<Item> = found.par_iter().map(|found| metadata_item(&found.path)).collect();
+        let stated: Vec<Item> =
+            found.par_iter().map(|found| metadata_item(&found.path, &listing_errors)).collect();
+        let mut items: Vec<Item> = errors.into_values().collect();
         items.extend(stated);
         Ok(items)
     }
 }
 
-fn metadata_item(path: &Path) -> Item {
-    let id = format!("meta:{}", path.display());
+fn metadata_item(path: &Path, listing_errors: &HashMap<String, String>) -> Item {
+    let id = path_id("meta", path);
     match metadata_detail(path) {
-        Ok(detail) => Item::of_detail(id, detail),
-        Err(e) => Item::error(id, e),
+        Ok(mut detail) => {
+            detail.error = listing_errors.get(&id).cloned();
+            Item::of_detail(id, detail)
+        }
+        Err(e) => Item::error(id, io_error_text(&e, true)),
     }
 }
 
-/// `lstat` of `path`, as hashed.
-pub fn metadata_detail(path: &Path) -> std::io::Result<MetadataDetail> {
-    let metadata = std::fs::symlink_metadata(path)?;
-    let file_type = metadata.file_type();
-    let type_name = if file_type.is_symlink() {
+/// The name of a file type in details: `file`, `dir`, `symlink`, `fifo`, `socket`, `char`,
+/// `block` (`unknown` for anything else).
+pub fn type_name(file_type: FileType) -> &'static str {
+    if file_type.is_symlink() {
         "symlink"
     } else if file_type.is_dir() {
         "dir"
@@ -106,14 +132,23 @@ pub fn metadata_detail(path: &Path) -> std::io::Result<MetadataDetail> {
         "block"
     } else {
         "unknown"
-    };
-    let symlink_target = if file_type.is_symlink() {
-        Some(std::fs::read_link(path)?.display().to_string())
+    }
+}
+
+/// `lstat` of `path`, as hashed.
+pub fn metadata_detail(path: &Path) -> std::io::Result<MetadataDetail> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    let file_type = metadata.file_type();
+    let (symlink_target, symlink_target_escaped) = if file_type.is_symlink() {
+        match escape_path(&std::fs::read_link(path)?) {
+            (false, target) => (Some(target), None),
+            (true, escaped) => (None, Some(escaped)),
+        }
     } else {
-        None
+        (None, None)
     };
     Ok(MetadataDetail {
-        file_type: type_name,
+        file_type: type_name(file_type),
         mode: format!("{:04o}", metadata.mode() & 0o7777),
         inode: metadata.ino(),
         uid: metadata.uid(),
@@ -122,19 +157,25 @@ pub fn metadata_detail(path: &Path) -> std::io::Result<MetadataDetail> {
         mtime: metadata.mtime(),
         mtime_nsec: metadata.mtime_nsec(),
         symlink_target,
+        symlink_target_escaped,
+        error: None,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
     use crate::integrity::aggregate_digest;
     use crate::integrity::test_support::{config, ids};
 
-    fn collector(paths: Vec<String>) -> FileMetadata {
+    pub(crate) fn collector(paths: Vec<String>) -> FileMetadata {
         FileMetadata::new(&CollectorConfig { paths, recursive: true, ..config("file_metadata") }).unwrap()
+    }
+
+    pub(crate) fn metadata_item_of(path: &Path) -> Item {
+        metadata_item(path, &HashMap::new())
     }
 
     #[test]

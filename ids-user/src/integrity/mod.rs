@@ -19,14 +19,51 @@
 //!
 //! | kind | settings | item ids |
 //! |---|---|---|
-//! | `file_contents` | `paths`, `recursive` | `file:<abs path>` |
-//! | `file_metadata` | `paths`, `recursive` | `meta:<abs path>` |
+//! | `file_contents` | `paths`, `recursive` | `file:<abs path>` (see *Paths in ids*) |
+//! | `file_metadata` | `paths`, `recursive` | `meta:<abs path>` (see *Paths in ids*) |
 //! | `kernel_modules` | none | `module:<name>` |
 //! | `listening_sockets` | none | `listen:<proto>:<addr>:<port>` (IPv6 address in brackets) |
 //! | `command` | `commands`, `timeout` | `command:<cmd>` |
 //! | `example_hostname` | none | `hostname:/etc/hostname`, `kernel:release` |
 //!
 //! Every collector also takes `name` (default: its kind), which must be unique.
+//!
+//! # Paths in ids
+//!
+//! File names are bytes, ids are UTF-8 text; [`path_id`] maps one to the other losslessly and
+//! unambiguously, and [`id_path`] maps back:
+//!
+//! - a path that is valid UTF-8 is written as it is: `file:/etc/passwd` (so ids of ordinary
+//!   paths, including ones holding `%` or `\`, are exactly the path);
+//! - a path that is not valid UTF-8 gets the kind followed by `%:` instead of `:`, and is
+//!   percent-encoded: every byte of an invalid UTF-8 sequence becomes `%XX` (two upper-case hex
+//!   digits), every `%` becomes `%25`, everything else (valid UTF-8, including non-ASCII) stays.
+//!   The name `/tmp/a<0xff>b%` gives `file%:/tmp/a%FFb%25`.
+//!
+//! No kind holds `%`, so the two forms never meet: `file:/tmp/a%FFb` is the UTF-8 name
+//! `/tmp/a%FFb`, `file%:/tmp/a%FFb` the name with the byte 0xff. A symbolic link's target in
+//! `file_metadata`'s detail follows the same rule: `symlink_target` when it is UTF-8,
+//! `symlink_target_escaped` (percent-encoded as above) when it is not.
+//!
+//! # Bad input
+//!
+//! The file collectors never hang and never panic on what they find; each of these is an item
+//! saying what it is:
+//!
+//! - a FIFO, socket or device: `file_contents` never opens it; its item has detail
+//!   `{"type": "fifo" | "socket" | "char" | "block"}` (digest: of that detail);
+//! - a file that cannot be read (permission denied, an I/O error such as reading
+//!   `/proc/self/mem` at offset 0): an error item with the system's error text. Root reads a
+//!   mode-000 file anyway (`CAP_DAC_OVERRIDE`), so for root "unreadable" means an I/O error;
+//! - a file that vanishes between the listing and the hashing: an error item
+//!   `vanished during the scan: No such file or directory (os error 2)`;
+//! - a named symbolic link that loops (`a -> b -> a`): `file_contents` has the error item
+//!   `symbolic link loop: Too many levels of symbolic links (os error 40)`, `file_metadata` the
+//!   link itself. Directory walks and `**` globs never follow links, so a link to an ancestor
+//!   is one item and the scan ends;
+//! - a directory that cannot be listed: `file_contents` has an error item for it,
+//!   `file_metadata` its lstat detail plus `"error"`;
+//! - large and sparse files are streamed in 64 KiB blocks (memory does not grow with size).
 //!
 //! # Adding a backend
 //!
@@ -53,6 +90,81 @@ pub mod file_metadata;
 pub mod kernel_modules;
 pub mod listening_sockets;
 pub mod paths;
+
+/// The id of `path` for a collector of kind prefix `kind` (`"file"`, `"meta"`): see
+/// *Paths in ids* in the module documentation.
+pub fn path_id(kind: &str, path: &std::path::Path) -> String {
+    match escape_path(path) {
+        (false, text) => format!("{kind}:{text}"),
+        (true, text) => format!("{kind}%:{text}"),
+    }
+}
+
+/// The kind and path of an id made by [`path_id`]; `None` for an id of another form (or a
+/// malformed escape).
+pub fn id_path(id: &str) -> Option<(&str, std::path::PathBuf)> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let (kind, rest) = id.split_once(':')?;
+    match kind.strip_suffix('%') {
+        None => Some((kind, std::path::PathBuf::from(rest))),
+        Some(kind) => Some((kind, std::ffi::OsString::from_vec(unescape(rest)?).into())),
+    }
+}
+
+/// `(false, path)` for a UTF-8 path, `(true, percent-encoded path)` otherwise (module
+/// documentation, *Paths in ids*).
+pub fn escape_path(path: &std::path::Path) -> (bool, String) {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return (false, text.to_string());
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '%' {
+                out.push_str("%25");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    (true, out)
+}
+
+fn unescape(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The error text of an item for a path that could not be read: the system's text, said more
+/// plainly for a symbolic link loop and for a file that vanished after it was listed.
+pub(crate) fn io_error_text(error: &std::io::Error, listed: bool) -> String {
+    match error.raw_os_error() {
+        Some(libc::ELOOP) => format!("symbolic link loop: {error}"),
+        Some(libc::ENOENT) if listed => format!("vanished during the scan: {error}"),
+        _ => error.to_string(),
+    }
+}
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -347,6 +459,33 @@ mod tests {
         assert_ne!(base, aggregate_digest("h", &items[..1]));
         // Length prefixes: moving bytes between the hostname and an id changes the hash.
         assert_ne!(aggregate_digest("ab", &[item("c", b"")]), aggregate_digest("a", &[item("bc", b"")]));
+    }
+
+    #[test]
+    fn path_ids_are_lossless_and_unambiguous() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::path::Path;
+        let cases: [&[u8]; 7] = [
+            b"/etc/passwd",
+            b"/tmp/a%FFb",
+            b"/tmp/a\xffb",
+            b"/tmp/a\xffb%",
+            b"/tmp/\xc3\xa9t\xc3",
+            b"/tmp/%25\xfe",
+            "/tmp/\u{e9}t\u{e9}".as_bytes(),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for case in cases {
+            let path = Path::new(OsStr::from_bytes(case));
+            let id = path_id("file", path);
+            assert!(seen.insert(id.clone()), "two paths share the id {id}");
+            assert_eq!(id_path(&id), Some(("file", path.to_path_buf())), "{id}");
+        }
+        assert_eq!(path_id("file", Path::new("/tmp/a%FFb")), "file:/tmp/a%FFb");
+        assert_eq!(path_id("file", Path::new(OsStr::from_bytes(b"/tmp/a\xffb%"))), "file%:/tmp/a%FFb%25");
+        assert_eq!(path_id("meta", Path::new(OsStr::from_bytes(b"/\xc3\xa9\xc3"))), "meta%:/\u{e9}%C3");
+        assert_eq!(id_path("file%:/bad%G1"), None);
     }
 
     #[test]

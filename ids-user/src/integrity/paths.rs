@@ -2,6 +2,9 @@
 //!
 //! - A pattern holding `*`, `?` or `[` is a glob (crate `glob`); one matching nothing yields
 //!   nothing. A pattern that is not a valid glob is an error naming it ([`PathsError`]).
+//!   A pattern with `**` is matched against a walk of its literal leading directories that never
+//!   follows symbolic links (the `glob` crate follows them, and a link to an ancestor would make
+//!   it recurse without end); a name that is not UTF-8 is matched in its lossy form.
 //! - Any other pattern is an exact path; a missing or unreadable one becomes an
 //!   [`Unreadable`] entry, which the collectors turn into an error item (`file:<path>` or
 //!   `meta:<path>` with `{"error": ...}`), so that deleting a watched file changes the hash.
@@ -66,17 +69,8 @@ pub fn expand(patterns: &[String], recursive: bool) -> Result<Expanded, PathsErr
     let mut unreadable = BTreeMap::new();
     for pattern in patterns {
         let named: Vec<PathBuf> = if is_glob(pattern) {
-            let matches = glob::glob(pattern)
-                .map_err(|e| PathsError { pattern: pattern.clone(), message: e.msg.to_string() })?;
-            let mut named = Vec::new();
-            for entry in matches {
-                match entry {
-                    Ok(path) => named.push(path),
-                    Err(e) => {
-                        unreadable.insert(e.path().to_path_buf(), e.error().to_string());
-                    }
-                }
-            }
+            let (named, errors) = glob_matches(pattern)?;
+            unreadable.extend(errors);
             named
         } else {
             vec![PathBuf::from(pattern)]
@@ -111,18 +105,8 @@ pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool
     let in_scope = |path: &Path| path == target || (deep && path.starts_with(target));
     for pattern in patterns {
         let named: Vec<PathBuf> = if is_glob(pattern) {
-            let matches = glob::glob(pattern)
-                .map_err(|e| PathsError { pattern: pattern.clone(), message: e.msg.to_string() })?;
-            let mut named = Vec::new();
-            for entry in matches {
-                match entry {
-                    Ok(path) => named.push(path),
-                    Err(e) if in_scope(e.path()) => {
-                        unreadable.insert(e.path().to_path_buf(), e.error().to_string());
-                    }
-                    Err(_) => {}
-                }
-            }
+            let (named, errors) = glob_matches(pattern)?;
+            unreadable.extend(errors.into_iter().filter(|(path, _)| in_scope(path)));
             named
         } else {
             vec![PathBuf::from(pattern)]
@@ -171,6 +155,43 @@ pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool
         found: found.into_values().collect(),
         unreadable: unreadable.into_iter().map(|(path, error)| Unreadable { path, error }).collect(),
     })
+}
+
+/// The paths matching the glob `pattern`, and the paths that could not be read while matching.
+fn glob_matches(pattern: &str) -> Result<(Vec<PathBuf>, BTreeMap<PathBuf, String>), PathsError> {
+    let bad = |message: &str| PathsError { pattern: pattern.to_string(), message: message.to_string() };
+    let mut named = Vec::new();
+    let mut unreadable = BTreeMap::new();
+    if !pattern.contains("**") {
+        for entry in glob::glob(pattern).map_err(|e| bad(e.msg))? {
+            match entry {
+                Ok(path) => named.push(path),
+                Err(e) => {
+                    unreadable.insert(e.path().to_path_buf(), e.error().to_string());
+                }
+            }
+        }
+        return Ok((named, unreadable));
+    }
+    let compiled = glob::Pattern::new(pattern).map_err(|e| bad(e.msg))?;
+    let options = glob::MatchOptions { require_literal_separator: true, ..glob::MatchOptions::new() };
+    // The literal leading directories: the walk starts there.
+    let literal: Vec<&str> = pattern.split('/').take_while(|component| !is_glob(component)).collect();
+    let start = match literal.join("/") {
+        prefix if prefix.is_empty() => PathBuf::from(if pattern.starts_with('/') { "/" } else { "." }),
+        prefix => PathBuf::from(prefix),
+    };
+    let mut found = BTreeMap::new();
+    if std::fs::metadata(&start).is_ok_and(|m| m.is_dir()) {
+        walk(&start, true, &mut found, &mut unreadable);
+    }
+    let candidates = std::iter::once(start.clone()).chain(found.into_keys());
+    for path in candidates {
+        if compiled.matches_with(&path.to_string_lossy(), options) {
+            named.push(path);
+        }
+    }
+    Ok((named, unreadable))
 }
 
 /// Adds the entries under `dir` (its whole tree when `recursive`), without following links.
@@ -237,11 +258,11 @@ mod tests {
         std::fs::write(root.join("d/sub/e"), "e").unwrap();
 
         let glob = format!("{}/*.conf", root.display());
-        let expanded = expand(&[glob.clone()], false).unwrap();
+        let expanded = expand(std::slice::from_ref(&glob), false).unwrap();
         assert_eq!(paths(&expanded, root), ["a.conf"]);
 
         let d = root.join("d").display().to_string();
-        let flat = expand(&[d.clone()], false).unwrap();
+        let flat = expand(std::slice::from_ref(&d), false).unwrap();
         assert_eq!(paths(&flat, root), ["d", "d/c", "d/sub"]);
         let deep = expand(&[d.clone(), glob], true).unwrap();
         assert_eq!(paths(&deep, root), ["a.conf", "d", "d/c", "d/sub", "d/sub/e"]);
@@ -278,6 +299,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `**` does not follow links: a link to an ancestor does not make the match recurse.
+    #[test]
+    fn recursive_glob_does_not_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub")).unwrap();
+        std::fs::write(root.join("f.conf"), "").unwrap();
+        std::fs::write(root.join("d/sub/g.conf"), "").unwrap();
+        std::fs::write(root.join("d/h.txt"), "").unwrap();
+        std::os::unix::fs::symlink("..", root.join("d/up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("d/sub/self")).unwrap();
+        let expanded = expand(&[format!("{}/**/*.conf", root.display())], false).unwrap();
+        assert_eq!(paths(&expanded, root), ["d/sub/g.conf", "f.conf"]);
+        assert!(expanded.found.iter().all(|f| f.named));
+        let all = expand(&[format!("{}/d/**", root.display())], false).unwrap();
+        assert!(paths(&all, root).contains(&"d/up".to_string()), "{:?}", paths(&all, root));
+        // Unchanged for patterns without `**`.
+        let flat = expand(&[format!("{}/*/h.txt", root.display())], false).unwrap();
+        assert_eq!(paths(&flat, root), ["d/h.txt"]);
     }
 
     #[test]
