@@ -104,7 +104,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             if config.collectors.is_empty() {
                 eprintln!("ids hash: no [[collectors]] configured; the aggregate covers the hostname only");
             }
+            let progress = crate::integrity::progress::ProgressLine::start();
             let report = crate::integrity::scan(&crate::integrity::Registry::with_builtin(), &config.collectors)?;
+            drop(progress);
             if json {
                 println!("{}", serde_json::to_string_pretty(&hash_json(&report))?);
             } else {

@@ -175,6 +175,7 @@ pub fn hash_file(path: &Path, no_follow: bool) -> std::io::Result<(Digest, u64)>
         hasher.update(&buffer[..read]);
         size += read as u64;
     }
+    crate::integrity::progress::add_file(size);
     Ok((hasher.finalize().into(), size))
 }
 

@@ -90,6 +90,7 @@ pub mod file_metadata;
 pub mod kernel_modules;
 pub mod listening_sockets;
 pub mod paths;
+pub mod progress;
 
 /// The id of `path` for a collector of kind prefix `kind` (`"file"`, `"meta"`): see
 /// *Paths in ids* in the module documentation.
