@@ -1,6 +1,9 @@
 //! `cargo xtask bench <area>`: measures and appends a dated section to `BENCHMARKS.md`.
 //!
-//! Area `sensor` (the only one) builds `ids` in release mode, then in one run measures:
+//! Area `integrity` (module [`integrity`]) compares the integrity collectors with AIDE and
+//! OpenSSL: full baseline time, detection latency, idle CPU and SHA-256 throughput.
+//!
+//! Area `sensor` builds `ids` in release mode, then in one run measures:
 //!
 //! 1. **Overhead**: three workloads, each timed with no daemon and with `ids run` attached, in
 //!    alternating rounds (baseline, attached, baseline, ...; the daemon is started and stopped for
@@ -27,6 +30,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
+
+mod integrity;
 
 /// Baseline rounds, and as many attached rounds.
 const ROUNDS: usize = 7;
@@ -62,7 +67,9 @@ machine.\n";
 pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
     match area {
         "sensor" => bench_sensor(root),
-        other => bail!("unknown bench area {other:?} (known: sensor)"),
+        "integrity" => integrity::bench_integrity(root),
+        integrity::PROBE_AREA => integrity::print_sha2_throughput(),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity)"),
     }
 }
 
