@@ -200,7 +200,12 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr so that `events_log = "-"` keeps stdout for events.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// `{"hostname", "aggregate", "collectors": {name: {"digest", "items", "errors": [{"id", "error"}]}}}`.
