@@ -157,6 +157,10 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 56 + 8 + 32 + 8);
 pub const DIRECTION_OUT: u8 = 0;
 pub const DIRECTION_IN: u8 = 1;
+/// A TCP socket entered LISTEN (`sport`/`saddr` are the listening address).
+pub const DIRECTION_LISTEN: u8 = 2;
+/// A TCP socket left LISTEN.
+pub const DIRECTION_UNLISTEN: u8 = 3;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u8 = 6;

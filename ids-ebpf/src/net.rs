@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
-    macros::{lsm, raw_tracepoint, xdp},
-    programs::{LsmContext, RawTracePointContext, XdpContext},
+    macros::{lsm, raw_tracepoint, tracepoint, xdp},
+    programs::{LsmContext, RawTracePointContext, TracePointContext, XdpContext},
 };
 use ids_common::{
-    AF_INET, AF_INET6, ConnectEvent, DIRECTION_IN, DIRECTION_OUT, IPPROTO_TCP, IPPROTO_UDP,
+    AF_INET, AF_INET6, ConnectEvent, DIRECTION_IN, DIRECTION_LISTEN, DIRECTION_OUT, DIRECTION_UNLISTEN, IPPROTO_TCP, IPPROTO_UDP,
     Signal, kind,
 };
 
@@ -112,6 +112,59 @@ pub fn connect_lsm(ctx: LsmContext) -> i32 {
     let addr: *const u8 = ctx.arg(1);
     let _ = emit_connect(socket, addr, AddrSpace::Kernel);
     0
+}
+
+// ---------------------------------------------------------------- listening sockets
+
+const TCP_LISTEN: i32 = 10;
+
+/// A TCP socket entering or leaving LISTEN: lets the daemon re-run its listening-socket
+/// collector when the set changes instead of polling for it.
+#[tracepoint]
+pub fn listen_tp(ctx: TracePointContext) -> u32 {
+    let _ = try_listen_tp(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
+    let old: i32 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
+    let new: i32 = unsafe { ctx.read_at(20) }.map_err(|e| e as i64)?;
+    let direction = if new == TCP_LISTEN {
+        DIRECTION_LISTEN
+    } else if old == TCP_LISTEN {
+        DIRECTION_UNLISTEN
+    } else {
+        return Ok(());
+    };
+    let protocol: u16 = unsafe { ctx.read_at(30) }.map_err(|e| e as i64)?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let family: u16 = unsafe { ctx.read_at(28) }.map_err(|e| e as i64)?;
+    let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
+        count_lost(Signal::Connect);
+        return Ok(());
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    kernel::fill_header(&mut event.header, kind::CONNECT, core::mem::size_of::<ConnectEvent>());
+    event.direction = direction;
+    event.protocol = IPPROTO_TCP;
+    event.family = family;
+    event.sport = unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0);
+    event.dport = 0;
+    event.saddr = [0; 16];
+    event.daddr = [0; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+        event.saddr[..4].copy_from_slice(&v4);
+    } else {
+        event.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+    }
+    event.ifindex = 0;
+    event._pad = 0;
+    entry.submit(0);
+    Ok(())
 }
 
 // ---------------------------------------------------------------- XDP: incoming SYNs

@@ -163,8 +163,10 @@ fn write_events(
                 RawEvent::File(e) => watch.to_event(&clock, e),
             };
             if let Some(event) = event {
-                if let Detail::File { op, path, new_path, .. } = &event.detail {
-                    file_events.note(op, path, new_path.as_deref());
+                match &event.detail {
+                    Detail::File { op, path, new_path, .. } => file_events.note(op, path, new_path.as_deref()),
+                    Detail::Listen { .. } => file_events.note_sockets_changed(),
+                    _ => {}
                 }
                 line.clear();
                 serde_json::to_writer(&mut line, &event)?;

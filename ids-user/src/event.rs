@@ -3,7 +3,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use ids_common::{AF_INET, ConnectEvent, DIRECTION_IN, EventHeader, ExecEvent, FileOp, IPPROTO_TCP};
+use ids_common::{
+    AF_INET, ConnectEvent, DIRECTION_IN, DIRECTION_LISTEN, DIRECTION_UNLISTEN, EventHeader, ExecEvent, FileOp,
+    IPPROTO_TCP,
+};
 use serde::Serialize;
 
 use crate::sensor::decode::{arguments, c_string};
@@ -38,6 +41,12 @@ pub enum Detail {
         new_path: Option<PathBuf>,
         dev: u64,
         ino: u64,
+    },
+    Listen {
+        state: &'static str,
+        protocol: &'static str,
+        addr: IpAddr,
+        port: u16,
     },
     Connect {
         direction: &'static str,
@@ -123,6 +132,15 @@ fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
 
 pub fn connect(clock: &Clock, event: &ConnectEvent) -> Event {
     let saddr = address(event.family, &event.saddr);
+    if event.direction == DIRECTION_LISTEN || event.direction == DIRECTION_UNLISTEN {
+        let detail = Detail::Listen {
+            state: if event.direction == DIRECTION_LISTEN { "listen" } else { "closed" },
+            protocol: "tcp",
+            addr: saddr,
+            port: event.sport,
+        };
+        return with_header(clock, &event.header, "listen", detail);
+    }
     let detail = Detail::Connect {
         direction: if event.direction == DIRECTION_IN { "in" } else { "out" },
         protocol: if event.protocol == IPPROTO_TCP { "tcp" } else { "udp" },
@@ -157,6 +175,19 @@ mod tests {
         raw.argc = 2;
         let json = serde_json::to_value(exec(&Clock::new(), &raw)).unwrap();
         assert_eq!(json["argv"], serde_json::json!(["/bin/true", "a"]));
+    }
+
+    #[test]
+    fn listen_json_names_the_socket() {
+        let mut raw = connect_event();
+        raw.direction = DIRECTION_LISTEN;
+        raw.sport = 8080;
+        raw.saddr = raw.daddr;
+        let json = serde_json::to_value(connect(&Clock::new(), &raw)).unwrap();
+        assert_eq!(json["kind"], "listen");
+        assert_eq!(json["state"], "listen");
+        assert_eq!(json["addr"], "127.0.0.1");
+        assert_eq!(json["port"], 8080);
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Shared {
     alerts: AtomicU64,
     overflowed: AtomicBool,
     ready: AtomicBool,
+    /// A TCP socket entered or left LISTEN since the socket collectors last ran.
+    sockets_changed: AtomicBool,
 }
 
 impl Shared {
@@ -111,6 +113,11 @@ pub struct FileEvents {
 }
 
 impl FileEvents {
+    /// A socket entered or left LISTEN: the socket collectors re-run at the worker's next turn.
+    pub fn note_sockets_changed(&self) {
+        self.shared.sockets_changed.store(true, Ordering::SeqCst);
+    }
+
     /// Queues the paths of a file event if one of them is under a file collector's paths.
     pub fn note(&self, op: &'static str, path: &Path, new_path: Option<&Path>) {
         let concerned = |p: &Path| self.roots.iter().any(|root| p.starts_with(root) || root.starts_with(p));
@@ -316,6 +323,10 @@ impl Monitor {
                 self.shared.overflowed.store(false, Ordering::SeqCst);
             }
             self.rehash_due(false);
+            if self.shared.sockets_changed.swap(false, Ordering::SeqCst) {
+                let changes = self.rescan_matching(|c| c.follows_listening_sockets());
+                self.record(changes, "integrity");
+            }
             let now = Instant::now();
             if now >= next_integrity {
                 self.rescan(false, true, "integrity");
@@ -481,10 +492,17 @@ impl Monitor {
     }
 
     fn rescan_changes(&mut self, files: bool, others: bool) -> Vec<Change> {
+        self.rescan_matching(|c| {
+            let is_file = !c.paths().is_empty();
+            (is_file && files) || (!is_file && others)
+        })
+    }
+
+    /// Re-runs the collectors `select` picks; returns what changed.
+    fn rescan_matching(&mut self, select: impl Fn(&dyn Collector) -> bool) -> Vec<Change> {
         let mut changes = Vec::new();
         for index in 0..self.collectors.len() {
-            let is_file = !self.collectors[index].paths().is_empty();
-            if (is_file && !files) || (!is_file && !others) {
+            if !select(self.collectors[index].as_ref()) {
                 continue;
             }
             let name = self.collectors[index].name().to_string();

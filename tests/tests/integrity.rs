@@ -302,6 +302,27 @@ fn integrity_follows_concurrent_changes_and_matches_a_fresh_hash() {
 }
 
 #[test]
+fn a_new_listening_socket_is_hashed_when_the_kernel_reports_it() {
+    // The interval is far away: only the sensor's LISTEN report can explain a prompt alert.
+    let extra = "integrity_interval = 3600\n[[collectors]]\nkind = \"listening_sockets\"\n";
+    let daemon = Daemon::start_with("listen", &[], &[], extra);
+    wait_consistent(&daemon, "after start");
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let id = format!("listen:tcp:127.0.0.1:{port}");
+    let listen = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port && e["state"] == "listen");
+    assert_eq!(listen.len(), 1, "no listen event for port {port}: {:?}", daemon.events());
+    let added = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(added.len(), 1, "no integrity alert for {id}: {:?}", daemon.events());
+    assert_eq!(added[0]["change"], "added", "{}", added[0]);
+    drop(listener);
+    let removed = daemon.wait_for(2, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(removed.len(), 2, "closing the listener was not noticed: {:?}", daemon.events());
+    assert_eq!(removed[1]["change"], "removed", "{}", removed[1]);
+    daemon.stop();
+}
+
+#[test]
 fn a_change_the_sensor_cannot_see_is_reported_by_verification_as_sensor_miss() {
     let watched = Scratch::new("/var/tmp", "integrity-verify");
     let outside = Scratch::new("/var/tmp", "integrity-outside");

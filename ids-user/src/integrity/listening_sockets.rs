@@ -59,6 +59,10 @@ impl ListeningSockets {
 }
 
 impl Collector for ListeningSockets {
+    fn follows_listening_sockets(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

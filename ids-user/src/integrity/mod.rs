@@ -243,6 +243,12 @@ pub trait Collector: Send + Sync {
     fn collect_at(&self, _target: &std::path::Path, _deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
         None
     }
+
+    /// Whether the daemon should re-run this collector when a TCP socket enters or leaves LISTEN
+    /// (the sensor reports it), rather than only every `integrity_interval`.
+    fn follows_listening_sockets(&self) -> bool {
+        false
+    }
 }
 
 /// Builds a collector from its `[[collectors]]` table.

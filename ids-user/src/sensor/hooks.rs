@@ -45,6 +45,10 @@ const fn optional(program: &'static str, attach: Attach) -> ProgramSpec {
     ProgramSpec { program, attach, optional: true }
 }
 
+/// Sockets entering and leaving LISTEN, with either connect hook set (optional: the integrity
+/// worker falls back to its interval without it).
+const LISTEN: ProgramSpec = optional("listen_tp", Attach::TracePoint(&[("sock", "inet_sock_set_state")]));
+
 pub const HOOK_TABLE: &[SignalHooks] = &[
     SignalHooks {
         signal: Signal::Exec,
@@ -93,11 +97,11 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
         preference: &[
             HookSet {
                 name: "lsm:socket_connect",
-                programs: &[required("connect_lsm", Attach::Lsm("socket_connect"))],
+                programs: &[required("connect_lsm", Attach::Lsm("socket_connect")), LISTEN],
             },
             HookSet {
                 name: "tracepoint:raw_syscalls:connect",
-                programs: &[required("connect_sys_enter", Attach::RawTracePoint("sys_enter"))],
+                programs: &[required("connect_sys_enter", Attach::RawTracePoint("sys_enter")), LISTEN],
             },
         ],
     },
