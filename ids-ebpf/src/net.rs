@@ -39,6 +39,21 @@ fn copy_addr(space: AddrSpace, src: *const u8, dst: &mut [u8]) -> Result<(), i64
     r.map_err(|e| e as i64)
 }
 
+/// Header of the current task and every field zeroed but the three given.
+#[inline(always)]
+fn start_process_event(event: &mut ConnectEvent, direction: u8, protocol: u8, family: u16) {
+    kernel::fill_header(&mut event.header, kind::CONNECT, core::mem::size_of::<ConnectEvent>());
+    event.direction = direction;
+    event.protocol = protocol;
+    event.family = family;
+    event.sport = 0;
+    event.dport = 0;
+    event.saddr = [0; 16];
+    event.daddr = [0; 16];
+    event.ifindex = 0;
+    event._pad = 0;
+}
+
 /// Reports an outgoing connect on `socket` (a `struct socket *`) to `addr`.
 #[inline(always)]
 fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i64> {
@@ -58,16 +73,8 @@ fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i
         return Ok(());
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
-    kernel::fill_header(&mut event.header, kind::CONNECT, core::mem::size_of::<ConnectEvent>());
-    event.direction = DIRECTION_OUT;
-    event.protocol = protocol;
-    event.family = family;
-    event.sport = 0;
+    start_process_event(event, DIRECTION_OUT, protocol, family);
     event.dport = u16::from_be_bytes([head[2], head[3]]);
-    event.saddr = [0; 16];
-    event.daddr = [0; 16];
-    event.ifindex = 0;
-    event._pad = 0;
     // sockaddr_in: address at 4; sockaddr_in6: address at 8.
     let ok = if family == AF_INET {
         copy_addr(space, addr.wrapping_add(4), &mut event.daddr[..4])
@@ -147,22 +154,14 @@ fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
-    kernel::fill_header(&mut event.header, kind::CONNECT, core::mem::size_of::<ConnectEvent>());
-    event.direction = direction;
-    event.protocol = IPPROTO_TCP;
-    event.family = family;
+    start_process_event(event, direction, IPPROTO_TCP, family);
     event.sport = unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0);
-    event.dport = 0;
-    event.saddr = [0; 16];
-    event.daddr = [0; 16];
     if family == AF_INET {
         let v4: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
         event.saddr[..4].copy_from_slice(&v4);
     } else {
         event.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
     }
-    event.ifindex = 0;
-    event._pad = 0;
     entry.submit(0);
     Ok(())
 }

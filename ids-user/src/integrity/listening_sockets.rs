@@ -162,7 +162,7 @@ fn parse_address(text: &str) -> Option<(String, u16)> {
 }
 
 /// Socket inode → executables of the processes holding it. Processes that vanish or cannot be
-/// read during the scan are skipped: ownership is a best effort.
+/// read during the scan are left out: ownership is a best effort.
 fn socket_owners(proc_root: &Path) -> BTreeMap<u64, BTreeSet<String>> {
     let mut owners: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let Ok(processes) = std::fs::read_dir(proc_root) else { return owners };
