@@ -36,9 +36,14 @@ pub enum Detail {
     },
     File {
         op: &'static str,
+        /// A path that is not UTF-8 is written percent-encoded (see `crate::integrity::escape_path`)
+        /// and `paths_escaped` is set.
+        #[serde(serialize_with = "escaped_path")]
         path: PathBuf,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "escaped_new_path")]
         new_path: Option<PathBuf>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        paths_escaped: bool,
         dev: u64,
         ino: u64,
     },
@@ -56,6 +61,22 @@ pub enum Detail {
         daddr: IpAddr,
         dport: u16,
     },
+}
+
+fn escaped_path<S: serde::Serializer>(path: &std::path::Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::integrity::escape_path(path).1)
+}
+
+fn escaped_new_path<S: serde::Serializer>(path: &Option<PathBuf>, serializer: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => escaped_path(path, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Whether `path` (or `new_path`) needs percent-encoding in JSON: it is not UTF-8.
+pub fn paths_escaped(path: &std::path::Path, new_path: Option<&std::path::Path>) -> bool {
+    std::iter::once(path).chain(new_path).any(|p| p.to_str().is_none())
 }
 
 pub fn file_op_name(op: FileOp) -> &'static str {

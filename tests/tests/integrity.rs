@@ -391,3 +391,29 @@ fn baseline_and_diff_without_a_daemon_scan_now() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains(&p("a")) && table.contains("1 added, 1 removed, 1 changed"), "{table}");
 }
+
+#[test]
+fn a_change_to_a_file_whose_name_is_not_utf8_is_seen_by_the_sensor() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let watched = Scratch::new("/var/tmp", "integrity-non-utf8");
+    let file = watched.0.join(std::ffi::OsStr::from_bytes(b"caf\xe9-%41"));
+    fs::write(&file, b"before").unwrap();
+    // Verification is a day away: only the sensor's report can explain a prompt alert.
+    let extra = format!(
+        "[[collectors]]\nkind = \"file_contents\"\nname = \"c\"\npaths = [{:?}]\n",
+        watched.0.display().to_string()
+    );
+    let daemon = Daemon::start_with("non-utf8", &[], &[], &extra);
+    wait_consistent(&daemon, "after start");
+    fs::write(&file, b"after").unwrap();
+    let id = format!("file%:{}/caf%E9-%2541", watched.0.display());
+    let changed = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(changed.len(), 1, "no integrity alert for {id}: {:?}", daemon.events());
+    assert_eq!(changed[0]["change"], "changed", "{}", changed[0]);
+    let file_events = daemon.wait_for(1, |e| {
+        e["kind"] == "file" && e["paths_escaped"] == true && e["path"] == id.strip_prefix("file%:").unwrap()
+    });
+    assert!(!file_events.is_empty(), "no escaped file event: {:?}", daemon.events());
+    wait_consistent(&daemon, "after the change");
+    daemon.stop();
+}

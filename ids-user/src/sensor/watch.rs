@@ -13,7 +13,6 @@ use ids_common::{
 use tracing::{debug, warn};
 
 use crate::event::{Clock, Detail, Event, file_op_name, with_header};
-use crate::sensor::decode::c_string;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -180,13 +179,16 @@ impl WatchSet {
     }
 
     fn resolve_one(&self, source: u32, dir_dev: u32, dir_ino: u64, name: &[u8; PATH_LEN], target: InodeKey) -> Option<PathBuf> {
-        let name = c_string(name);
+        // The name's bytes as the kernel gave them: a name that is not UTF-8 stays exact, so the
+        // integrity worker rehashes the right file.
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let name = Path::new(std::ffi::OsStr::from_bytes(&name[..end]));
         let dir = InodeKey { dev: dir_dev, _pad: 0, ino: dir_ino };
         match source {
-            path_source::ABSOLUTE => Some(normalize(Path::new(&name))),
-            path_source::RELATIVE => self.dirs.get(&dir).map(|d| normalize(&d.join(&name))),
+            path_source::ABSOLUTE => Some(normalize(name)),
+            path_source::RELATIVE => self.dirs.get(&dir).map(|d| normalize(&d.join(name))),
             path_source::DENTRY => match self.dirs.get(&dir) {
-                Some(d) => Some(d.join(&name)),
+                Some(d) => Some(d.join(name)),
                 None => self.root_files.get(&target).cloned(),
             },
             _ => None,
@@ -220,7 +222,8 @@ impl WatchSet {
             }
         }
         self.follow(op, &path, new_path.as_deref());
-        let detail = Detail::File { op: file_op_name(op), path, new_path, dev: user_dev(dev), ino };
+        let paths_escaped = crate::event::paths_escaped(&path, new_path.as_deref());
+        let detail = Detail::File { op: file_op_name(op), path, new_path, paths_escaped, dev: user_dev(dev), ino };
         Some(with_header(clock, &raw.header, "file", detail))
     }
 
