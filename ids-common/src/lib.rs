@@ -27,6 +27,7 @@ pub mod kind {
     pub const EXEC: u32 = 1;
     pub const FILE_CHANGE: u32 = 100;
     pub const CONNECT: u32 = 200;
+    pub const MODULE: u32 = 300;
 }
 
 /// Common header of every record.
@@ -165,6 +166,23 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+
+/// A kernel module was loaded or freed (`module:module_load`, `module:module_free`); carried on
+/// the exec ring buffer, since loading one takes a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleEvent {
+    pub header: EventHeader,
+    /// `MODULE_LOAD` or `MODULE_FREE`.
+    pub op: u32,
+    pub _pad: u32,
+    /// The module's name, NUL-terminated (the kernel's limit is 56 bytes).
+    pub name: [u8; MODULE_NAME_LEN],
+}
+pub const MODULE_NAME_LEN: usize = 64;
+const _: () = assert!(core::mem::size_of::<ModuleEvent>() == 56 + 8 + MODULE_NAME_LEN);
+pub const MODULE_LOAD: u32 = 0;
+pub const MODULE_FREE: u32 = 1;
 
 /// Key of the watched-inode map. `dev` as the kernel encodes it (major << 20 | minor).
 #[repr(C)]

@@ -8,6 +8,7 @@ mod exec;
 mod file;
 mod kernel;
 mod maps;
+mod module;
 mod net;
 
 #[cfg(not(test))]

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, EventsLog};
 use crate::control::{self, Reply, Request};
 use crate::event::{self, Clock, Detail};
+use crate::integrity::Trigger;
 use crate::monitor::{self, Control, FileEvents, SharedOutput};
 use crate::sensor::decode::RawEvent;
 use crate::sensor::hooks::signal_name;
@@ -160,12 +161,14 @@ fn write_events(
             let event = match &raw {
                 RawEvent::Exec(e) => Some(event::exec(&clock, e)),
                 RawEvent::Connect(e) => Some(event::connect(&clock, e)),
+                RawEvent::Module(e) => Some(event::module(&clock, e)),
                 RawEvent::File(e) => watch.to_event(&clock, e),
             };
             if let Some(event) = event {
                 match &event.detail {
                     Detail::File { op, path, new_path, .. } => file_events.note(op, path, new_path.as_deref()),
-                    Detail::Listen { .. } => file_events.note_sockets_changed(),
+                    Detail::Listen { .. } => file_events.note_trigger(Trigger::ListeningSockets),
+                    Detail::Module { .. } => file_events.note_trigger(Trigger::KernelModules),
                     _ => {}
                 }
                 line.clear();

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use ids_common::{
     AF_INET, ConnectEvent, DIRECTION_IN, DIRECTION_LISTEN, DIRECTION_UNLISTEN, EventHeader, ExecEvent, FileOp,
-    IPPROTO_TCP,
+    IPPROTO_TCP, MODULE_LOAD, ModuleEvent,
 };
 use serde::Serialize;
 
@@ -46,6 +46,11 @@ pub enum Detail {
         paths_escaped: bool,
         dev: u64,
         ino: u64,
+    },
+    Module {
+        /// `load` or `unload`.
+        op: &'static str,
+        module: String,
     },
     Listen {
         state: &'static str,
@@ -141,6 +146,11 @@ pub fn exec(clock: &Clock, event: &ExecEvent) -> Event {
         argv_truncated: event.truncated & ids_common::EXEC_ARGS_TRUNCATED != 0,
     };
     with_header(clock, &event.header, "exec", detail)
+}
+
+pub fn module(clock: &Clock, event: &ModuleEvent) -> Event {
+    let op = if event.op == MODULE_LOAD { "load" } else { "unload" };
+    with_header(clock, &event.header, "module", Detail::Module { op, module: c_string(&event.name) })
 }
 
 fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {

@@ -10,7 +10,9 @@
 //!   sensor watched it) and, for create/unlink/rename, the parent directory, whose metadata
 //!   changed. A dirty path is rehashed once no event named it for [`QUIET`]; only the items at
 //!   (and, when deep, below) it are recomputed, with the collectors' `collect_at`.
-//! - **Other collectors** (modules, sockets, commands) re-run every `integrity_interval`.
+//! - **Other collectors** (modules, sockets, commands) re-run every `integrity_interval`, and
+//!   `listening_sockets` / `kernel_modules` also when the sensor reports a socket entering or
+//!   leaving LISTEN / a module loaded or freed (`integrity::Trigger`).
 //! - **Verification**: every `verify_interval`, everything is rescanned; a file item that differs
 //!   from what the worker holds, with no event pending for its path, is a change the sensor
 //!   missed (alert kind `sensor_miss`). At start, the items stored by the previous run are
@@ -26,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::control::Reply;
 use crate::integrity::diff::{self, Change};
-use crate::integrity::{self, Collector, Digest, Item, Registry};
+use crate::integrity::{self, Collector, Digest, Item, Registry, Trigger};
 use crate::store::{AlertRow, Store, StoredItem};
 
 /// A dirty path is rehashed once no event has named it for this long.
@@ -80,8 +82,8 @@ pub struct Shared {
     alerts: AtomicU64,
     overflowed: AtomicBool,
     ready: AtomicBool,
-    /// A TCP socket entered or left LISTEN since the socket collectors last ran.
-    sockets_changed: AtomicBool,
+    /// Bits of the `integrity::Trigger`s the sensor reported since their collectors last ran.
+    triggered: AtomicU32,
 }
 
 impl Shared {
@@ -113,9 +115,9 @@ pub struct FileEvents {
 }
 
 impl FileEvents {
-    /// A socket entered or left LISTEN: the socket collectors re-run at the worker's next turn.
-    pub fn note_sockets_changed(&self) {
-        self.shared.sockets_changed.store(true, Ordering::SeqCst);
+    /// The sensor reported `trigger`: the collectors that follow it re-run at the worker's next turn.
+    pub fn note_trigger(&self, trigger: Trigger) {
+        self.shared.triggered.fetch_or(trigger.bit(), Ordering::SeqCst);
     }
 
     /// Queues the paths of a file event if one of them is under a file collector's paths.
@@ -287,6 +289,9 @@ pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
     })
 }
 
+/// How long after a trigger its collectors re-run (see `Monitor::run`).
+const TRIGGER_SETTLE: Duration = Duration::from_millis(50);
+
 impl Monitor {
     fn run(mut self, rx: Receiver<FileChange>, control: Receiver<Control>, stop: &AtomicBool) {
         let started = Instant::now();
@@ -295,9 +300,17 @@ impl Monitor {
         self.shared.ready.store(true, Ordering::SeqCst);
         let mut next_integrity = Instant::now() + self.integrity_interval;
         let mut next_verify = Instant::now() + self.verify_interval;
+        // Trigger bits reported by the sensor and when their collectors re-run.
+        let mut pending_triggers: Option<(u32, Instant)> = None;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let next_due = self.dirty.values().map(|d| d.due).min().unwrap_or(now + Duration::from_millis(100));
+            let next_due = self
+                .dirty
+                .values()
+                .map(|d| d.due)
+                .chain(pending_triggers.map(|(_, due)| due))
+                .min()
+                .unwrap_or(now + Duration::from_millis(100));
             let wait = next_due.min(now + Duration::from_millis(100)).saturating_duration_since(now);
             match rx.recv_timeout(wait) {
                 Ok(change) => {
@@ -323,9 +336,18 @@ impl Monitor {
                 self.shared.overflowed.store(false, Ordering::SeqCst);
             }
             self.rehash_due(false);
-            if self.shared.sockets_changed.swap(false, Ordering::SeqCst) {
-                let changes = self.rescan_matching(|c| c.follows_listening_sockets());
-                self.record(changes, "integrity");
+            // A report can come a little before the state it announces is visible (a module is
+            // reported freed just before it leaves /proc/modules): wait TRIGGER_SETTLE first.
+            let triggered = self.shared.triggered.swap(0, Ordering::SeqCst);
+            if triggered != 0 {
+                pending_triggers.get_or_insert((0, Instant::now() + TRIGGER_SETTLE)).0 |= triggered;
+            }
+            if let Some((bits, _)) = pending_triggers.filter(|(_, due)| Instant::now() >= *due) {
+                pending_triggers = None;
+                for trigger in Trigger::ALL.into_iter().filter(|t| bits & t.bit() != 0) {
+                    let changes = self.rescan_matching(|c| c.follows(trigger));
+                    self.record(changes, "integrity");
+                }
             }
             let now = Instant::now();
             if now >= next_integrity {

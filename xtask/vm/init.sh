@@ -39,6 +39,11 @@ cat > /etc/ids.toml <<'EOF'
 watch = ["/tmp/watched"]
 events_log = "/tmp/events.jsonl"
 state_dir = "/tmp/ids-state"
+# Only the module tracepoints can make kernel_modules re-run within the scenario.
+integrity_interval = 3600
+
+[[collectors]]
+kind = "kernel_modules"
 
 [[collectors]]
 kind = "file_contents"
@@ -195,6 +200,14 @@ echo "===INTEGRITY-TREE==="
 ls -lR "$INTEGRITY_DIR"
 echo "===END==="
 echo "===INTEGRITY-DONE uptime $(uptime_s)==="
+
+# A module loaded and removed: the kernel_modules collector must report both within the poll.
+insmod /lib/modules/dummy.ko || echo "vm: insmod dummy.ko failed"
+poll_status '"dirty": 0([^0-9]|$)' 2 >/dev/null
+usleep 500000
+rmmod dummy || echo "vm: rmmod dummy failed"
+usleep 500000
+echo "===MODULES-DONE==="
 
 echo "===EVENTS==="
 [ -f /tmp/events.jsonl ] && cat /tmp/events.jsonl

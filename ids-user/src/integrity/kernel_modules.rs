@@ -36,6 +36,10 @@ impl KernelModules {
 }
 
 impl Collector for KernelModules {
+    fn follows(&self, trigger: super::Trigger) -> bool {
+        trigger == super::Trigger::KernelModules
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -59,8 +59,8 @@ impl ListeningSockets {
 }
 
 impl Collector for ListeningSockets {
-    fn follows_listening_sockets(&self) -> bool {
-        true
+    fn follows(&self, trigger: super::Trigger) -> bool {
+        trigger == super::Trigger::ListeningSockets
     }
 
     fn name(&self) -> &str {

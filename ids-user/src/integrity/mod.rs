@@ -244,10 +244,27 @@ pub trait Collector: Send + Sync {
         None
     }
 
-    /// Whether the daemon should re-run this collector when a TCP socket enters or leaves LISTEN
-    /// (the sensor reports it), rather than only every `integrity_interval`.
-    fn follows_listening_sockets(&self) -> bool {
+    /// Whether the daemon should re-run this collector when the sensor reports `trigger`, rather
+    /// than only every `integrity_interval`.
+    fn follows(&self, _trigger: Trigger) -> bool {
         false
+    }
+}
+
+/// Kernel reports that make the daemon re-run the collectors that follow them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A TCP socket entered or left LISTEN.
+    ListeningSockets,
+    /// A kernel module was loaded or freed.
+    KernelModules,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 2] = [Trigger::ListeningSockets, Trigger::KernelModules];
+
+    pub fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 

@@ -1,6 +1,6 @@
 //! Decoding ring-buffer records: the header first, its length checked against the kind, then the
 //! payload, copied out unaligned. Never trusts a length it has not measured.
-use ids_common::{ConnectEvent, EventHeader, ExecEvent, FileEvent, FileOp, kind};
+use ids_common::{ConnectEvent, EventHeader, ExecEvent, FileEvent, FileOp, ModuleEvent, kind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -14,6 +14,8 @@ pub enum DecodeError {
     SizeDisagrees { said: u32, len: usize },
     #[error("file record has unknown operation {op}")]
     UnknownFileOp { op: u32 },
+    #[error("module record has unknown operation {op}")]
+    UnknownModuleOp { op: u32 },
 }
 
 /// A record as the kernel sent it.
@@ -22,6 +24,7 @@ pub enum RawEvent {
     Exec(ExecEvent),
     File(FileEvent),
     Connect(ConnectEvent),
+    Module(ModuleEvent),
 }
 
 /// Reads a `T` from the first `size_of::<T>()` bytes; the caller checked the length.
@@ -41,6 +44,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::EXEC => std::mem::size_of::<ExecEvent>(),
         kind::FILE_CHANGE => std::mem::size_of::<FileEvent>(),
         kind::CONNECT => std::mem::size_of::<ConnectEvent>(),
+        kind::MODULE => std::mem::size_of::<ModuleEvent>(),
         other => return Err(DecodeError::UnknownKind { kind: other }),
     };
     // Ring-buffer records are padded to 8 bytes; anything else is a mismatch.
@@ -62,6 +66,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 return Err(DecodeError::UnknownFileOp { op: event.op });
             }
             RawEvent::File(event)
+        }
+        kind::MODULE => {
+            let event: ModuleEvent = read_record(bytes);
+            if event.op != ids_common::MODULE_LOAD && event.op != ids_common::MODULE_FREE {
+                return Err(DecodeError::UnknownModuleOp { op: event.op });
+            }
+            RawEvent::Module(event)
         }
         _ => RawEvent::Connect(read_record(bytes)),
     })
@@ -174,6 +185,22 @@ pub(crate) mod tests {
     fn connect_round_trip() {
         let event = connect_event();
         assert_eq!(decode(&as_bytes(&event)).unwrap(), RawEvent::Connect(event));
+    }
+
+    #[test]
+    fn module_round_trip_and_bad_operation() {
+        let mut event = ids_common::ModuleEvent {
+            header: header(kind::MODULE, std::mem::size_of::<ids_common::ModuleEvent>()),
+            op: ids_common::MODULE_FREE,
+            _pad: 0,
+            name: [0; ids_common::MODULE_NAME_LEN],
+        };
+        event.name[..5].copy_from_slice(b"dummy");
+        assert_eq!(decode(&as_bytes(&event)).unwrap(), RawEvent::Module(event));
+        let json = serde_json::to_value(crate::event::module(&crate::event::Clock::new(), &event)).unwrap();
+        assert_eq!((json["kind"].as_str(), json["op"].as_str(), json["module"].as_str()), (Some("module"), Some("unload"), Some("dummy")));
+        event.op = 7;
+        assert_eq!(decode(&as_bytes(&event)), Err(DecodeError::UnknownModuleOp { op: 7 }));
     }
 
     #[test]

@@ -49,17 +49,26 @@ const fn optional(program: &'static str, attach: Attach) -> ProgramSpec {
 /// worker falls back to its interval without it).
 const LISTEN: ProgramSpec = optional("listen_tp", Attach::TracePoint(&[("sock", "inet_sock_set_state")]));
 
+/// Kernel modules loaded and freed, with either exec hook set (optional: kernels built without
+/// module support have no such tracepoints, and the worker falls back to its interval).
+const MODULE_LOAD: ProgramSpec = optional("module_load_tp", Attach::TracePoint(&[("module", "module_load")]));
+const MODULE_FREE: ProgramSpec = optional("module_free_tp", Attach::TracePoint(&[("module", "module_free")]));
+
 pub const HOOK_TABLE: &[SignalHooks] = &[
     SignalHooks {
         signal: Signal::Exec,
         preference: &[
             HookSet {
                 name: "lsm:bprm_committed_creds",
-                programs: &[required("exec_lsm", Attach::Lsm("bprm_committed_creds"))],
+                programs: &[required("exec_lsm", Attach::Lsm("bprm_committed_creds")), MODULE_LOAD, MODULE_FREE],
             },
             HookSet {
                 name: "tracepoint:sched_process_exec",
-                programs: &[required("exec_tp", Attach::TracePoint(&[("sched", "sched_process_exec")]))],
+                programs: &[
+                    required("exec_tp", Attach::TracePoint(&[("sched", "sched_process_exec")])),
+                    MODULE_LOAD,
+                    MODULE_FREE,
+                ],
             },
         ],
     },

@@ -248,12 +248,17 @@ fn attach_program(ebpf: &mut Ebpf, btf: &aya::Btf, name: &str, attach: Attach) -
         Attach::TracePoint(points) => {
             let program: &mut TracePoint = program_mut(ebpf, name)?;
             program.load()?;
+            let mut attached = 0;
             for (category, point) in points {
                 if !Path::new("/sys/kernel/tracing/events").join(category).join(point).exists() {
                     debug!(category, point, "tracepoint absent on this kernel");
                     continue;
                 }
                 program.attach(category, point).with_context(|| format!("attaching {category}:{point}"))?;
+                attached += 1;
+            }
+            if attached == 0 {
+                bail!("none of its tracepoints exists on this kernel: {points:?}");
             }
         }
         Attach::RawTracePoint(point) => {
