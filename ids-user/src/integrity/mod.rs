@@ -348,8 +348,8 @@ pub enum ScanError {
     Hostname(std::io::Error),
 }
 
-/// Builds the configured collectors and runs them; collectors run one after the other, and
-/// the file collectors spread their own work over every core.
+/// Builds the configured collectors and runs them; collectors run side by side (one walking a
+/// tree while another hashes), and the file collectors spread their own work over every core.
 pub fn scan(registry: &Registry, configs: &[CollectorConfig]) -> Result<ScanReport, ScanError> {
     let collectors = configs.iter().map(|config| registry.build(config)).collect::<Result<Vec<_>, _>>()?;
     let hostname = hostname().map_err(ScanError::Hostname)?;
@@ -358,12 +358,15 @@ pub fn scan(registry: &Registry, configs: &[CollectorConfig]) -> Result<ScanRepo
 
 /// Runs already built collectors; `hostname` goes into the aggregate.
 pub fn scan_collectors(hostname: &str, collectors: &[Box<dyn Collector>]) -> Result<ScanReport, ScanError> {
-    let mut reports = Vec::with_capacity(collectors.len());
-    for collector in collectors {
-        let mut items = collector.collect()?;
-        sort_items(&mut items);
-        reports.push(CollectorReport { name: collector.name().to_string(), digest: collector_digest(&items), items });
-    }
+    use rayon::prelude::*;
+    let reports = collectors
+        .par_iter()
+        .map(|collector| {
+            let mut items = collector.collect()?;
+            sort_items(&mut items);
+            Ok(CollectorReport { name: collector.name().to_string(), digest: collector_digest(&items), items })
+        })
+        .collect::<Result<Vec<_>, ScanError>>()?;
     let aggregate = aggregate_digest(hostname, reports.iter().flat_map(|report| report.items.iter()));
     Ok(ScanReport { hostname: hostname.to_string(), aggregate, collectors: reports })
 }
