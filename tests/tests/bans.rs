@@ -42,8 +42,8 @@ impl Net {
         let ns = format!("idsb{id}{tag}");
         let host_if = format!("idsbh{id}{tag}");
         let ns_if = format!("idsbn{id}{tag}");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).stderr(std::process::Stdio::null()).status();
         sh("ip", &["netns", "add", &ns]);
         let net = Self { ns: ns.clone(), host_if: host_if.clone() };
         sh("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
