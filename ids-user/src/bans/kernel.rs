@@ -194,8 +194,21 @@ pub struct XdpAttachments {
 }
 
 impl XdpAttachments {
+    /// Also removes pinned links of interfaces no longer configured (the program leaves them).
     pub fn new(pin_dir: &Path, want: &[String]) -> Self {
-        Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() }
+        let attachments = Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() };
+        if !want.is_empty() {
+            for entry in std::fs::read_dir(pin_dir.join("links")).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !want.contains(&name) {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => info!(interface = name, "XDP ban filter detached: interface no longer configured"),
+                        Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove pinned link"),
+                    }
+                }
+            }
+        }
+        attachments
     }
 
     fn link_path(&self, interface: &str) -> PathBuf {

@@ -155,9 +155,7 @@ impl Bans {
                 message: "must be lowercase letters, digits and '-'".into(),
             });
         }
-        if let BanDuration::For(d) | BanDuration::Escalating(d) = request.duration
-            && d.is_zero()
-        {
+        if matches!(request.duration, BanDuration::For(d) | BanDuration::Escalating(d) if d.is_zero()) {
             return Err(BanError::Invalid { what: "duration", value: "0s".into(), message: "zero".into() });
         }
         if let Some(trusted) = self.trusted.iter().find(|t| request.net.within(t)) {
@@ -204,14 +202,14 @@ impl Bans {
         let stored = self.store.add_bans(&new)?;
         let mut outcomes = Vec::with_capacity(stored.len());
         for (request, (row, created)) in requests.iter().zip(stored) {
-            if let Some(kernel) = &mut self.kernel
-                && let Err(e) = kernel.insert(&request.net, kernel_id(&row))
-            {
-                // Keep store and map equal: a ban the kernel could not take is not recorded.
-                if created {
-                    let _ = self.store.remove_ban(&row.net);
+            if let Some(kernel) = &mut self.kernel {
+                if let Err(e) = kernel.insert(&request.net, kernel_id(&row)) {
+                    // Keep store and map equal: a ban the kernel could not take is not recorded.
+                    if created {
+                        let _ = self.store.remove_ban(&row.net);
+                    }
+                    return Err(BanError::Kernel(e));
                 }
-                return Err(BanError::Kernel(e));
             }
             if created && request.source != "manual" {
                 let alert = AlertRow {
