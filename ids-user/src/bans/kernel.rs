@@ -137,6 +137,14 @@ impl BanMaps {
         out
     }
 
+    /// Drops the hit counters of ids not in `ids` (bans lifted while the daemon was down).
+    pub fn retain_hits(&mut self, ids: &std::collections::HashSet<BanId>) {
+        let stale: Vec<BanId> = self.hits.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
+        for id in stale {
+            let _ = self.hits.remove(&id);
+        }
+    }
+
     /// Replaces the trusted prefixes with `trusted`.
     pub fn set_trusted(&mut self, trusted: &[BanNet]) -> anyhow::Result<()> {
         let old4: Vec<Key<[u8; 4]>> = self.trusted_v4.keys().filter_map(Result::ok).collect();
