@@ -515,6 +515,32 @@ fn a_scan_of_a_hundred_ports_gets_the_source_banned() {
 }
 
 #[test]
+fn a_syn_flood_to_one_port_gets_the_source_banned_and_normal_use_does_not() {
+    let net = Net::new("f");
+    let setup = Setup::new("flood", &net.host_if, "scan_ports = 0\nflood_syns = 40\nscan_window = \"30s\"", "");
+    let daemon = setup.start();
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    // A few connections from one source are not a flood.
+    for _ in 0..5 {
+        assert!(net.tcp_passes(GOOD4, tcp_to));
+    }
+    let source: IpAddr = BAD4.parse().unwrap();
+    net.run(move || {
+        for _ in 0..60 {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+            let _ = socket.connect_timeout(&tcp_to.into(), Duration::from_millis(100));
+        }
+    });
+    wait_until("the flooder banned", Duration::from_secs(5), || setup.bans().iter().any(|b| b["net"] == BAD4));
+    let bans = setup.bans();
+    assert_eq!(bans.len(), 1, "only the flooder is banned: {bans:?}");
+    assert_eq!(bans[0]["source"], "syn-flood", "{bans:?}");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked");
+    daemon.stop();
+}
+
+#[test]
 fn bad_ban_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let net = Net::new("b");
     let setup = Setup::new("bad", &net.host_if, "", "");
