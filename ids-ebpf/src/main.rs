@@ -10,6 +10,7 @@ mod kernel;
 mod maps;
 mod module;
 mod net;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]
