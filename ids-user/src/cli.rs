@@ -1,4 +1,5 @@
-//! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`.
+//! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
+//! and the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,6 +65,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a TinyIDS server (protocol revision 2).
+    Serve(crate::tinyids::cli::ServeArgs),
+    /// TinyIDS client: send TEST, CHECK, UPDATE, DELETE or CHANGEPHRASE to the servers.
+    Client(crate::tinyids::cli::ClientArgs),
+    /// Administer a TinyIDS server's records on its host: list, show, delete, reset-passphrase.
+    Server(crate::tinyids::cli::AdminArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -145,6 +152,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 print!("{}", crate::integrity::diff::human(&diff));
             }
         }
+        Command::Serve(args) => {
+            init_logging();
+            return crate::tinyids::cli::serve(args);
+        }
+        Command::Client(args) => return crate::tinyids::cli::client(args),
+        Command::Server(args) => return crate::tinyids::cli::admin(args),
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
             Config::load(common.config.as_deref())?;

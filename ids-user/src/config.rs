@@ -38,6 +38,12 @@ struct RawConfig {
     verify_interval: u64,
     #[serde(default)]
     collectors: Vec<toml::Spanned<RawCollector>>,
+    #[serde(default)]
+    servers: Vec<crate::tinyids::settings::RawServer>,
+    #[serde(default)]
+    serve: crate::tinyids::settings::RawServe,
+    #[serde(default = "default_remote_check_interval")]
+    remote_check_interval: u64,
 }
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
@@ -76,6 +82,9 @@ fn default_integrity_interval() -> u64 {
 fn default_verify_interval() -> u64 {
     86_400
 }
+fn default_remote_check_interval() -> u64 {
+    300
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventsLog {
@@ -99,6 +108,12 @@ pub struct Config {
     pub integrity_interval: std::time::Duration,
     /// How often the daemon rescans everything to catch changes the sensor missed.
     pub verify_interval: std::time::Duration,
+    /// TinyIDS servers (`[[servers]]`) that `ids client` and the daemon CHECK the aggregate with.
+    pub servers: Vec<crate::tinyids::settings::ServerEntry>,
+    /// `ids serve` settings (`[serve]`).
+    pub serve: crate::tinyids::settings::ServeConfig,
+    /// How often the daemon CHECKs its aggregate with the servers besides after each change.
+    pub remote_check_interval: std::time::Duration,
 }
 
 /// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
@@ -159,6 +174,11 @@ impl Config {
         if raw.verify_interval == 0 {
             return Err(invalid("verify_interval", "must be at least 1 (seconds)".into()));
         }
+        if raw.remote_check_interval == 0 {
+            return Err(invalid("remote_check_interval", "must be at least 1 (seconds)".into()));
+        }
+        let servers = crate::tinyids::settings::validate_servers(&raw.servers).map_err(|m| invalid("servers", m))?;
+        let serve = crate::tinyids::settings::validate_serve(&raw.serve).map_err(|m| invalid("serve", m))?;
         if raw.max_watched_inodes == 0 {
             return Err(invalid("max_watched_inodes", "must be at least 1".into()));
         }
@@ -190,6 +210,9 @@ impl Config {
             collectors,
             integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
             verify_interval: std::time::Duration::from_secs(raw.verify_interval),
+            servers,
+            serve,
+            remote_check_interval: std::time::Duration::from_secs(raw.remote_check_interval),
         })
     }
 

@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
     integrity.begin();
     let integrity_shared = integrity.shared.clone();
+    let remote_check = crate::tinyids::remote_check::spawn(&config, integrity_shared.watch_aggregate(), output.clone())?;
     let file_events = integrity.files;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -89,6 +90,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("shutting down");
     control_task.abort();
+    if let Some(remote_check) = remote_check {
+        remote_check.abort();
+    }
     // Detach first, then let the readers empty what is already in the ring buffers.
     drop(sensor);
     tokio::time::sleep(Duration::from_millis(100)).await;
