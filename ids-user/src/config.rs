@@ -310,6 +310,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tinyids_servers_and_serve_tables_are_read() {
+        const MINIMAL: &str = "watch = []\nevents_log = \"-\"\nstate_dir = \"/x\"";
+        let text = format!(
+            "{}\nremote_check_interval = 7\n[[servers]]\nname = \"a\"\nhost = \"127.0.0.1\"\n[servers.tls]\nfingerprint = \"{}\"\n\n[serve]\nlisten = \"127.0.0.1:10500\"\nread_timeout = 2.5\n[serve.tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            MINIMAL,
+            "ab".repeat(32)
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(config.remote_check_interval, std::time::Duration::from_secs(7));
+        assert_eq!(config.servers.len(), 1);
+        assert_eq!(config.servers[0].port, crate::tinyids::DEFAULT_PORT);
+        assert_eq!(config.servers[0].tls.as_ref().unwrap().fingerprint, Some([0xab; 32]));
+        assert_eq!(config.serve.read_timeout, std::time::Duration::from_millis(2500));
+        assert!(config.serve.tls.is_some());
+        let bad = format!("{MINIMAL}\n[[servers]]\nname = \"a\"\nhost = \"h\"\nsecret = 1\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("secret"));
+        let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 0\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("serve.max_connections"));
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = Config::load(None).unwrap();
         assert_eq!(config.events_log, EventsLog::Stdout);
