@@ -328,6 +328,8 @@ mod tests {
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("secret"));
         let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 0\n");
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("serve.max_connections"));
+        let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 100000000\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("outside"));
     }
 
     #[test]

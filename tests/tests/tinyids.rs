@@ -444,7 +444,8 @@ fn every_acknowledged_update_survives_kill_9() {
     let at = server.address();
     const WRITERS: u8 = 6;
     // Per writer: the last hash acknowledged with 20 OK and the one in flight.
-    let state: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::new(Mutex::new(vec![(None, None); WRITERS as usize]));
+    type Acked = (Option<String>, Option<String>);
+    let state: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(vec![(None, None); WRITERS as usize]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {

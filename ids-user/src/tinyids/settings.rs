@@ -243,8 +243,8 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
         config.read_timeout = Duration::from_secs_f64(timeout);
     }
     if let Some(max) = raw.max_connections {
-        if max == 0 {
-            return Err("serve.max_connections: must be at least 1".into());
+        if !(1..=1_000_000).contains(&max) {
+            return Err(format!("serve.max_connections: {max} is outside 1..=1000000"));
         }
         config.max_connections = max;
     }

@@ -372,6 +372,7 @@ fn measure_throughput(ids: &Path, dir: &Path, pki: Option<&Pki>) -> anyhow::Resu
 }
 
 struct Idle {
+    wave: usize,
     rss_before_kib: u64,
     rss_open_kib: u64,
     rss_after_kib: u64,
@@ -382,9 +383,15 @@ struct Idle {
     check_ok: bool,
 }
 
-fn measure_idle(ids: &Path, dir: &Path) -> anyhow::Result<Idle> {
+/// Two waves of idle connections against one server: the second shows whether the memory of the
+/// first is reused (bounded) or grows.
+fn measure_idle(ids: &Path, dir: &Path) -> anyhow::Result<Vec<Idle>> {
     let server = IdsServer::start(ids, dir, None, IDLE_TIMEOUT)?;
     std::thread::sleep(Duration::from_millis(300));
+    (1..=2).map(|wave| idle_wave(&server, wave)).collect()
+}
+
+fn idle_wave(server: &IdsServer, wave: usize) -> anyhow::Result<Idle> {
     let rss_before_kib = server.rss_kib()?;
     let rt = runtime(2)?;
     let address = server.address;
@@ -434,6 +441,7 @@ fn measure_idle(ids: &Path, dir: &Path) -> anyhow::Result<Idle> {
     std::thread::sleep(Duration::from_millis(500));
     let rss_after_kib = server.rss_kib()?;
     Ok(Idle {
+        wave,
         rss_before_kib,
         rss_open_kib,
         rss_after_kib,
@@ -495,7 +503,7 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**not met**" }
 }
 
-fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &Idle) -> String {
+fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &[Idle]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## {} — server\n", utc_timestamp());
     let _ = writeln!(out, "- Command: `cargo xtask bench server` (release build, as root)");
@@ -543,26 +551,31 @@ fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &Idle) 
         thousands(IDLE as u64),
         IDLE_TIMEOUT.as_secs()
     );
-    let _ = writeln!(out, "| measure | value |");
-    let _ = writeln!(out, "|---|---:|");
-    let _ = writeln!(out, "| server RSS before | {:.1} MiB |", mib(idle.rss_before_kib));
-    let _ = writeln!(
-        out,
-        "| server RSS with {} open | {:.1} MiB ({:.1} KiB per connection) |",
-        thousands(idle.opened as u64),
-        mib(idle.rss_open_kib),
-        (idle.rss_open_kib.saturating_sub(idle.rss_before_kib)) as f64 / idle.opened as f64
-    );
-    let _ = writeln!(out, "| server RSS after they were closed | {:.1} MiB |", mib(idle.rss_after_kib));
-    let _ = writeln!(out, "| closed by the server's timeout | {} of {} |", thousands(idle.closed_by_server as u64), thousands(idle.opened as u64));
-    let _ = writeln!(out, "| last closed, after the last was opened | {:.1} s |", idle.last_closed_after.as_secs_f64());
-    let _ = writeln!(
-        out,
-        "| a real CHECK meanwhile (connect to reply) | {:.1} ms, {} (target < {} s: {}) |",
-        idle.check_latency.as_secs_f64() * 1000.0,
-        if idle.check_ok { "answered" } else { "**not answered**" },
-        TARGET_IDLE_CHECK.as_secs(),
-        verdict(idle.check_ok && idle.check_latency < TARGET_IDLE_CHECK)
-    );
+    let _ = writeln!(out, "Two waves, one after the other, against the same server process.\n");
+    let _ = writeln!(out, "| measure | {} |", idle.iter().map(|w| format!("wave {}", w.wave)).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(idle.len()));
+    let row = |out: &mut String, name: &str, cell: &dyn Fn(&Idle) -> String| {
+        let _ = writeln!(out, "| {name} | {} |", idle.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    };
+    row(&mut out, "server RSS before", &|w| format!("{:.1} MiB", mib(w.rss_before_kib)));
+    row(&mut out, "server RSS with all open", &|w| {
+        format!(
+            "{:.1} MiB ({:+.1} KiB per connection)",
+            mib(w.rss_open_kib),
+            (w.rss_open_kib as f64 - w.rss_before_kib as f64) / w.opened as f64
+        )
+    });
+    row(&mut out, "server RSS after they were closed", &|w| format!("{:.1} MiB", mib(w.rss_after_kib)));
+    row(&mut out, "closed by the server's timeout", &|w| format!("{} of {}", thousands(w.closed_by_server as u64), thousands(w.opened as u64)));
+    row(&mut out, "last closed, after the last was opened", &|w| format!("{:.1} s", w.last_closed_after.as_secs_f64()));
+    row(&mut out, "a real CHECK meanwhile (connect to reply)", &|w| {
+        format!(
+            "{:.1} ms, {} (target < {} s: {})",
+            w.check_latency.as_secs_f64() * 1000.0,
+            if w.check_ok { "answered" } else { "**not answered**" },
+            TARGET_IDLE_CHECK.as_secs(),
+            verdict(w.check_ok && w.check_latency < TARGET_IDLE_CHECK)
+        )
+    });
     out
 }
