@@ -27,6 +27,11 @@ use super::codec::{self, ReadOutcome, Request};
 use super::settings::{AuditLog, ServeConfig};
 use super::store::{self, RecordStore, Written};
 
+/// After an over-long line, at most this much more input is read and dropped before closing,
+/// for at most this long.
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// Everything a connection task needs.
 struct Server {
     config: ServeConfig,
@@ -283,6 +288,7 @@ impl Server {
                 return;
             }
         };
+        let unread_input = outcome == ReadOutcome::TooLong;
         let (command, reply, result, throttled, error) = match outcome {
             ReadOutcome::Closed => {
                 self.audit(Some(&client), peer, None, None, "closed", false, None, started);
@@ -312,7 +318,23 @@ impl Server {
         let written = async {
             stream.write_all(reply.wire()).await?;
             stream.flush().await?;
-            stream.shutdown().await
+            stream.shutdown().await?;
+            if unread_input {
+                // Closing with unread input makes the kernel send a reset, which can destroy the
+                // reply before the client reads it: read (and drop) a bounded amount first.
+                let mut sink = [0u8; 4096];
+                let mut drained = 0usize;
+                let drain = async {
+                    while drained < DRAIN_LIMIT {
+                        match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => drained += n,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            }
+            Ok::<(), std::io::Error>(())
         };
         let write_error = match tokio::time::timeout(self.config.read_timeout, written).await {
             Ok(Ok(())) => None,
@@ -496,5 +518,17 @@ async fn flush_checks_every_second(server: Arc<Server>) {
             server.prune_throttle();
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_identity_is_the_address_with_mapped_ipv6_as_ipv4() {
+        assert_eq!(ip_identity("10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(ip_identity("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(ip_identity("fd00::7".parse().unwrap()), "fd00::7");
     }
 }
