@@ -90,7 +90,9 @@ fn open_audit(log: &AuditLog) -> anyhow::Result<Option<Mutex<Box<dyn std::io::Wr
         AuditLog::Off => None,
         AuditLog::Stdout => Some(Mutex::new(Box::new(std::io::stdout()))),
         AuditLog::File(path) => {
+            use std::os::unix::fs::OpenOptionsExt as _;
             let file = std::fs::OpenOptions::new()
+                .mode(0o600)
                 .create(true)
                 .append(true)
                 .open(path)

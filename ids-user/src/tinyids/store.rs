@@ -83,8 +83,18 @@ fn open_connection(path: &Path) -> Result<Connection, RecordStoreError> {
 }
 
 impl RecordStore {
-    /// Opens (creating and migrating if needed) the database at `path`.
+    /// Opens (creating and migrating if needed) the database at `path`. A new file is made
+    /// readable by its owner only (SQLite gives its -wal and -shm files the same mode).
     pub fn open(path: &Path) -> Result<Self, RecordStoreError> {
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| RecordStoreError::Open { path: path.into(), source: rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()) })?;
+        }
         let mut writer = open_connection(path)?;
         migrate(&mut writer, path)?;
         let reader = open_connection(path)?;
@@ -303,6 +313,18 @@ mod tests {
         assert!(store.reset_passphrase("a", &hash_passphrase("q").unwrap()).unwrap());
         assert!(store.delete("a").unwrap());
         assert!(!store.delete("a").unwrap());
+    }
+
+    #[test]
+    fn a_new_database_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.db");
+        RecordStore::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let missing_dir = dir.path().join("absent/records.db");
+        let error = RecordStore::open(&missing_dir).err().unwrap().to_string();
+        assert!(error.contains("absent/records.db"), "{error}");
     }
 
     #[test]
