@@ -192,23 +192,23 @@ fn plain_client_commands_follow_the_protocol() {
     };
     assert_eq!(run(&["test"], None).0, 0);
     let (code, results) = run(&["check", "--hash", "aaaa"], None);
-    assert_eq!((code, code_of(&results)), (1, vec![Value::from(31)]), "CHECK before any UPDATE is NOT FOUND");
+    assert_eq!((code, code_of(&results)), (3, vec![Value::from(31)]), "CHECK before any UPDATE is NOT FOUND");
     assert_eq!(run(&["update", "--hash", "aaaa"], Some("first")).0, 0);
     assert_eq!(run(&["check", "--hash", "aaaa"], None).0, 0);
     let (code, results) = run(&["check", "--hash", "bbbb"], None);
-    assert_eq!((code, results[0]["result"].as_str()), (1, Some("mismatch")));
+    assert_eq!((code, results[0]["result"].as_str()), (3, Some("mismatch")));
     // A later UPDATE needs the passphrase; a wrong one leaves the record as it was.
     let (code, results) = run(&["update", "--hash", "cccc"], Some("wrong"));
-    assert_eq!((code, code_of(&results)), (2, vec![Value::from(42)]));
+    assert_eq!((code, code_of(&results)), (4, vec![Value::from(42)]));
     assert_eq!(run(&["check", "--hash", "aaaa"], None).0, 0);
     assert_eq!(run(&["update", "--hash", "cccc"], Some("first")).0, 0);
     assert_eq!(run(&["check", "--hash", "cccc"], None).0, 0);
     // CHANGEPHRASE: wrong old passphrase 42, right one 20; then only the new one works.
     let out = client(&["changephrase", "--server", &at, "--new-passphrase-arg", "second", "--json"], Some("wrong"));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
     let out = client(&["changephrase", "--server", &at, "--new-passphrase-arg", "second"], Some("first"));
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(run(&["delete"], Some("first")).0, 2);
+    assert_eq!(run(&["delete"], Some("first")).0, 4);
     assert_eq!(run(&["delete"], Some("second")).0, 0);
     assert_eq!(run(&["check", "--hash", "cccc"], None).1[0]["code"], 31);
     assert_eq!(run(&["delete"], Some("second")).1[0]["code"], 31, "DELETE without a record is NOT FOUND");
@@ -240,7 +240,7 @@ fn client_reports_each_server_and_exits_with_the_worst() {
     )
     .unwrap();
     let (code, results) = client_json(&["test", "--config", config.to_str().unwrap()], None);
-    assert_eq!(code, 3, "an unreachable server is the worst outcome: {results:?}");
+    assert_eq!(code, 5, "an unreachable server is the worst outcome: {results:?}");
     assert_eq!(results.len(), 2, "the disabled server is not contacted: {results:?}");
     assert_eq!((results[0]["server"].as_str(), results[0]["code"].as_u64()), (Some("up"), Some(20)));
     assert_eq!((results[1]["server"].as_str(), results[1]["result"].as_str()), (Some("down"), Some("unreachable")));
@@ -646,7 +646,7 @@ fn tls_with_ca_or_pinned_fingerprint_works_and_wrong_ones_fail_the_handshake() {
     assert_eq!(code, 0, "{results:?}");
     for config in [&wrong_ca, &wrong_pin] {
         let (code, results) = client_json(&["update", "--hash", "evil", "--config", &cfg(config)], Some("pw"));
-        assert_eq!(code, 3, "{results:?}");
+        assert_eq!(code, 5, "{results:?}");
         let error = results[0]["error"].as_str().unwrap();
         assert!(error.contains("TLS handshake") && error.contains("certificate"), "{error}");
     }
@@ -674,7 +674,7 @@ fn mtls_identifies_clients_by_certificate_and_refuses_clients_without_one() {
     let (code, results) = client_json(&["update", "--hash", "m1", "--config", with_cert.to_str().unwrap()], Some("pw"));
     assert_eq!(code, 0, "{results:?}");
     let (code, results) = client_json(&["update", "--hash", "m2", "--config", without.to_str().unwrap()], Some("pw"));
-    assert_eq!(code, 3, "a client without a certificate was served: {results:?}");
+    assert_eq!(code, 5, "a client without a certificate was served: {results:?}");
     let records = server.records();
     assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
     assert_eq!(records[0]["client"], format!("cert:{}", pki.client_fingerprint));

@@ -23,14 +23,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Exit-code severity: 0 OK, 1 MISMATCH or NOT FOUND, 2 a 4x refusal, 3 unreachable or a
-    /// TLS or protocol failure.
+    /// Exit code of `ids client`, larger for worse: 0 OK, 3 MISMATCH or NOT FOUND, 4 a 4x
+    /// refusal, 5 unreachable or a TLS or protocol failure (1 and 2 are left to errors before
+    /// anything is sent and to usage errors).
     pub fn severity(&self) -> u8 {
         match self.result {
             Ok(Reply::Ok) => 0,
-            Ok(Reply::Mismatch | Reply::NotFound) => 1,
-            Ok(_) => 2,
-            Err(_) => 3,
+            Ok(Reply::Mismatch | Reply::NotFound) => 3,
+            Ok(_) => 4,
+            Err(_) => 5,
         }
     }
 
