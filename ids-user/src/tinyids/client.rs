@@ -160,3 +160,61 @@ pub fn targets(servers: &[ServerEntry]) -> anyhow::Result<Vec<Target>> {
 
 /// Shared so the daemon's task and the CLI can hold targets cheaply.
 pub type Targets = Arc<Vec<Target>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server that reads the request line and answers `reply` (nothing if empty).
+    async fn answering(reply: &'static [u8]) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let line = match super::super::codec::read_line(&mut stream, 8192, Duration::from_secs(5)).await.unwrap() {
+                super::super::codec::ReadOutcome::Line(line) => line,
+                other => panic!("no request line: {other:?}"),
+            };
+            stream.write_all(reply).await.unwrap();
+            line
+        });
+        (address, task)
+    }
+
+    fn target(address: std::net::SocketAddr) -> Target {
+        Target::new(ServerEntry::from_address(&address.to_string()).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sends_one_crlf_line_and_parses_the_reply() {
+        let (address, server) = answering(b"30 MISMATCH\r\n").await;
+        let reply = target(address).send(&Request::Check { hash: "ab".into() }, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(reply, Reply::Mismatch);
+        assert_eq!(server.await.unwrap(), b"CHECK ab\r\n");
+    }
+
+    #[tokio::test]
+    async fn unknown_reply_and_silent_close_are_errors_naming_the_server() {
+        let (address, _server) = answering(b"99 WHAT\r\n").await;
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: Some("2".into()) }, Duration::from_secs(5)).await.unwrap_err());
+        assert!(error.contains("unexpected reply") && error.contains("99 WHAT") && error.contains(&address.to_string()), "{error}");
+        let (address, _server) = answering(b"").await;
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_secs(5)).await.unwrap_err());
+        assert!(error.contains("without a reply"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(stream);
+        });
+        let started = std::time::Instant::now();
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_millis(300)).await.unwrap_err());
+        assert!(error.contains("no reply in time"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
