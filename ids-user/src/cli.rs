@@ -1,5 +1,6 @@
 //! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
-//! and the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`).
+//! the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`)
+//! and the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -118,6 +119,12 @@ enum Command {
         #[command(subcommand)]
         command: XdpCommand,
     },
+    /// Run a TinyIDS server (protocol revision 2).
+    Serve(crate::tinyids::cli::ServeArgs),
+    /// TinyIDS client: send TEST, CHECK, UPDATE, DELETE or CHANGEPHRASE to the servers.
+    Client(crate::tinyids::cli::ClientArgs),
+    /// Administer a TinyIDS server's records on its host: list, show, delete, reset-passphrase.
+    Server(crate::tinyids::cli::AdminArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -225,6 +232,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
             return crate::bans::cli::detach(&Config::load(common.config.as_deref())?, json);
         }
+        Command::Serve(args) => {
+            init_logging();
+            return crate::tinyids::cli::serve(args);
+        }
+        Command::Client(args) => return crate::tinyids::cli::client(args),
+        Command::Server(args) => return crate::tinyids::cli::admin(args),
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
             Config::load(common.config.as_deref())?;

@@ -40,6 +40,11 @@ struct RawConfig {
     xdp: crate::bans::config::RawXdp,
     #[serde(default)]
     bans: crate::bans::config::RawBans,
+    servers: Vec<crate::tinyids::settings::RawServer>,
+    #[serde(default)]
+    serve: crate::tinyids::settings::RawServe,
+    #[serde(default = "default_remote_check_interval")]
+    remote_check_interval: u64,
 }
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
@@ -78,6 +83,9 @@ fn default_integrity_interval() -> u64 {
 fn default_verify_interval() -> u64 {
     86_400
 }
+fn default_remote_check_interval() -> u64 {
+    300
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventsLog {
@@ -104,6 +112,12 @@ pub struct Config {
     pub integrity_interval: std::time::Duration,
     /// How often the daemon rescans everything to catch changes the sensor missed.
     pub verify_interval: std::time::Duration,
+    /// TinyIDS servers (`[[servers]]`) that `ids client` and the daemon CHECK the aggregate with.
+    pub servers: Vec<crate::tinyids::settings::ServerEntry>,
+    /// `ids serve` settings (`[serve]`).
+    pub serve: crate::tinyids::settings::ServeConfig,
+    /// How often the daemon CHECKs its aggregate with the servers besides after each change.
+    pub remote_check_interval: std::time::Duration,
 }
 
 /// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
@@ -164,6 +178,11 @@ impl Config {
         if raw.verify_interval == 0 {
             return Err(invalid("verify_interval", "must be at least 1 (seconds)".into()));
         }
+        if raw.remote_check_interval == 0 {
+            return Err(invalid("remote_check_interval", "must be at least 1 (seconds)".into()));
+        }
+        let servers = crate::tinyids::settings::validate_servers(&raw.servers).map_err(|m| invalid("servers", m))?;
+        let serve = crate::tinyids::settings::validate_serve(&raw.serve).map_err(|m| invalid("serve", m))?;
         if raw.max_watched_inodes == 0 {
             return Err(invalid("max_watched_inodes", "must be at least 1".into()));
         }
@@ -198,6 +217,9 @@ impl Config {
             collectors,
             integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
             verify_interval: std::time::Duration::from_secs(raw.verify_interval),
+            servers,
+            serve,
+            remote_check_interval: std::time::Duration::from_secs(raw.remote_check_interval),
         })
     }
 
@@ -293,6 +315,29 @@ fn validate_collector(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tinyids_servers_and_serve_tables_are_read() {
+        const MINIMAL: &str = "watch = []\nevents_log = \"-\"\nstate_dir = \"/x\"";
+        let text = format!(
+            "{}\nremote_check_interval = 7\n[[servers]]\nname = \"a\"\nhost = \"127.0.0.1\"\n[servers.tls]\nfingerprint = \"{}\"\n\n[serve]\nlisten = \"127.0.0.1:10500\"\nread_timeout = 2.5\n[serve.tls]\ncert = \"/c\"\nkey = \"/k\"\n",
+            MINIMAL,
+            "ab".repeat(32)
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(config.remote_check_interval, std::time::Duration::from_secs(7));
+        assert_eq!(config.servers.len(), 1);
+        assert_eq!(config.servers[0].port, crate::tinyids::DEFAULT_PORT);
+        assert_eq!(config.servers[0].tls.as_ref().unwrap().fingerprint, Some([0xab; 32]));
+        assert_eq!(config.serve.read_timeout, std::time::Duration::from_millis(2500));
+        assert!(config.serve.tls.is_some());
+        let bad = format!("{MINIMAL}\n[[servers]]\nname = \"a\"\nhost = \"h\"\nsecret = 1\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("secret"));
+        let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 0\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("serve.max_connections"));
+        let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 100000000\n");
+        assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("outside"));
+    }
 
     #[test]
     fn embedded_default_parses() {

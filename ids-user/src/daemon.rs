@@ -60,6 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     integrity.begin();
     let integrity_shared = integrity.shared.clone();
+    let remote_check = crate::tinyids::remote_check::spawn(&config, integrity_shared.watch_aggregate(), output.clone())?;
     let file_events = integrity.files;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -132,6 +133,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(ban_tx);
     let _ = bans.snapshot_hits();
     control_task.abort();
+    if let Some(remote_check) = remote_check {
+        remote_check.abort();
+    }
     // Detach first, then let the readers empty what is already in the ring buffers.
     drop(sensor);
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -9,3 +9,4 @@ pub mod integrity;
 pub mod monitor;
 pub mod sensor;
 pub mod store;
+pub mod tinyids;

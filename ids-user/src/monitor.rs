@@ -74,6 +74,8 @@ struct FileChange {
 #[derive(Debug, Default)]
 pub struct Shared {
     aggregate: Mutex<Option<Digest>>,
+    /// The aggregate again, for tasks that act when it changes (remote CHECKs).
+    aggregate_changes: tokio::sync::watch::Sender<Option<Digest>>,
     /// File events queued for the worker and not yet received.
     queued: AtomicU64,
     /// Dirty paths waiting for their quiet period or being rehashed.
@@ -87,6 +89,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Sees the aggregate each time it changes (and its current value).
+    pub fn watch_aggregate(&self) -> tokio::sync::watch::Receiver<Option<Digest>> {
+        self.aggregate_changes.subscribe()
+    }
+
     /// The `aggregate` field and `integrity` object of `ids status --json`.
     pub fn status(&self) -> (serde_json::Value, serde_json::Value) {
         let aggregate = match *self.aggregate.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -400,6 +407,11 @@ impl Monitor {
         }
         let aggregate = integrity::aggregate_digest(&self.hostname, self.current.values());
         *self.shared.aggregate.lock().unwrap_or_else(|p| p.into_inner()) = Some(aggregate);
+        self.shared.aggregate_changes.send_if_modified(|seen| {
+            let changed = *seen != Some(aggregate);
+            *seen = Some(aggregate);
+            changed
+        });
         self.shared.items.store(self.current.len() as u64, Ordering::Relaxed);
         self.shared.pending.store(self.dirty.len() as u64, Ordering::SeqCst);
     }

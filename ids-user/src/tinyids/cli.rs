@@ -1,0 +1,290 @@
+//! Command lines of `ids serve`, `ids client ...` and `ids server ...` (local administration of
+//! a server's records), and where passphrases come from: `--passphrase-arg` (only when asked
+//! for explicitly), `--passphrase-file`, the `IDS_PASSPHRASE` environment variable, or a prompt.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::client::{self, Outcome};
+use super::codec::{Request, valid_token};
+use super::settings::{AuditLog, ServerEntry};
+use crate::config::Config;
+
+/// Longest passphrase accepted (the request line is at most 8192 bytes).
+const MAX_PASSPHRASE: usize = 1024;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (overrides serve.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The records database, created if missing (overrides serve.db).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Audit log: a file, "-" for standard output, "" for none (overrides serve.audit_log).
+    #[arg(long)]
+    audit_log: Option<String>,
+    /// Configuration file: its [serve] table gives TLS and limits.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// Read the passphrase from the first line of this file.
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// The passphrase itself (visible to other users in the process list: prefer a file).
+    #[arg(long, global = true)]
+    passphrase_arg: Option<String>,
+    /// CHANGEPHRASE: read the new passphrase from this file.
+    #[arg(long, global = true)]
+    new_passphrase_file: Option<PathBuf>,
+    /// CHANGEPHRASE: the new passphrase itself.
+    #[arg(long, global = true)]
+    new_passphrase_arg: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    command: ClientCommand,
+    /// Talk to this plain-TCP server (HOST:PORT) instead of the configured [[servers]].
+    #[arg(long, global = true)]
+    server: Vec<String>,
+    /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "error"}]}.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Configuration file ([[servers]], [[collectors]]); the embedded default when absent.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Seconds to wait for each server.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout: f64,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// TEST 2: is the server there and does it speak revision 2?
+    Test,
+    /// CHECK the aggregate hash of the configured collectors.
+    Check {
+        /// Send this hash instead of scanning.
+        #[arg(long)]
+        hash: Option<String>,
+    },
+    /// UPDATE the stored hash (the first UPDATE also sets the passphrase).
+    Update {
+        /// Send this hash instead of scanning.
+        #[arg(long)]
+        hash: Option<String>,
+    },
+    /// DELETE this host's record.
+    Delete,
+    /// CHANGEPHRASE: replace the passphrase.
+    Changephrase,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    command: AdminCommand,
+    /// The server's records database (overrides serve.db).
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// Configuration file whose serve.db names the database.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// List every client's record.
+    List,
+    /// Show one client's record.
+    Show { client: String },
+    /// Delete one client's record.
+    Delete { client: String },
+    /// Set a new passphrase for a client (the passphrase from --passphrase-file, IDS_PASSPHRASE or a prompt).
+    ResetPassphrase { client: String },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut serve = match &args.config {
+        Some(path) => Config::load(Some(path))?.serve,
+        None => super::settings::ServeConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        serve.listen = Some(listen);
+    }
+    if let Some(db) = args.db {
+        serve.db = Some(db);
+    }
+    if let Some(audit) = args.audit_log {
+        serve.audit_log = match audit.as_str() {
+            "-" => AuditLog::Stdout,
+            "" => AuditLog::Off,
+            path => AuditLog::File(path.into()),
+        };
+    }
+    runtime()?.block_on(super::server::run(serve))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One passphrase from the first source given: argument, file, environment, prompt.
+fn passphrase(arg: Option<&str>, file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> anyhow::Result<String> {
+    let (value, origin) = if let Some(arg) = arg {
+        (arg.to_string(), "the command line".to_string())
+    } else if let Some(file) = file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading passphrase file {}", file.display()))?;
+        (text.lines().next().unwrap_or("").to_string(), format!("passphrase file {}", file.display()))
+    } else if let Ok(value) = std::env::var(env) {
+        (value, format!("environment variable {env}"))
+    } else {
+        let value = rpassword::prompt_password(format!("{prompt}: ")).context("reading a passphrase from the terminal")?;
+        if confirm {
+            let again = rpassword::prompt_password(format!("{prompt} (again): ")).context("reading a passphrase from the terminal")?;
+            if again != value {
+                anyhow::bail!("the passphrases typed do not match");
+            }
+        }
+        (value, "the prompt".to_string())
+    };
+    if value.is_empty() {
+        anyhow::bail!("empty passphrase from {origin}");
+    }
+    if value.len() > MAX_PASSPHRASE || !valid_token(&value) {
+        anyhow::bail!(
+            "passphrase from {origin}: must be 1-{MAX_PASSPHRASE} bytes without spaces or control characters (the protocol splits on whitespace)"
+        );
+    }
+    Ok(value)
+}
+
+fn old_passphrase(args: &PassphraseArgs, confirm: bool) -> anyhow::Result<String> {
+    passphrase(args.passphrase_arg.as_deref(), args.passphrase_file.as_deref(), "IDS_PASSPHRASE", "Passphrase", confirm)
+}
+
+fn new_passphrase(args: &PassphraseArgs) -> anyhow::Result<String> {
+    passphrase(args.new_passphrase_arg.as_deref(), args.new_passphrase_file.as_deref(), "IDS_NEW_PASSPHRASE", "New passphrase", true)
+}
+
+/// The aggregate hash: given, or computed by scanning the configured collectors.
+fn aggregate(config: &Config, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(hash) = given {
+        if !valid_token(&hash) || hash.len() > 512 {
+            anyhow::bail!("--hash {hash:?}: must be 1-512 bytes without spaces or control characters");
+        }
+        return Ok(hash);
+    }
+    let report = crate::integrity::scan(&crate::integrity::Registry::with_builtin(), &config.collectors)?;
+    Ok(crate::integrity::hex(&report.aggregate))
+}
+
+pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let servers: Vec<ServerEntry> = if args.server.is_empty() {
+        config.servers.clone()
+    } else {
+        args.server.iter().map(|s| ServerEntry::from_address(s).map_err(|e| anyhow::anyhow!("--server {e}"))).collect::<Result<_, _>>()?
+    };
+    let targets = client::targets(&servers)?;
+    if targets.is_empty() {
+        anyhow::bail!("no enabled server: give --server HOST:PORT or [[servers]] in the configuration");
+    }
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        anyhow::bail!("--timeout {}: must be in (0, 3600] seconds", args.timeout);
+    }
+    let request = match args.command {
+        ClientCommand::Test => Request::Test { revision: Some(super::REVISION.into()) },
+        ClientCommand::Check { hash } => Request::Check { hash: aggregate(&config, hash)? },
+        ClientCommand::Update { hash } => {
+            let hash = aggregate(&config, hash)?;
+            Request::Update { hash, passphrase: old_passphrase(&args.passphrase, false)? }
+        }
+        ClientCommand::Delete => Request::Delete { passphrase: old_passphrase(&args.passphrase, false)? },
+        ClientCommand::Changephrase => {
+            let old = old_passphrase(&args.passphrase, false)?;
+            Request::ChangePhrase { old, new: new_passphrase(&args.passphrase)? }
+        }
+    };
+    let outcomes = runtime()?.block_on(client::send_all(&targets, &request, Duration::from_secs_f64(args.timeout)));
+    if args.json {
+        let results: Vec<serde_json::Value> = outcomes.iter().map(Outcome::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"command": request.command(), "results": results}))?);
+    } else {
+        for outcome in &outcomes {
+            match &outcome.result {
+                Ok(reply) => println!("{:<16} {:<24} {}", outcome.server, outcome.address, reply.text()),
+                Err(error) => println!("{:<16} {:<24} unreachable: {error}", outcome.server, outcome.address),
+            }
+        }
+    }
+    let worst = outcomes.iter().map(Outcome::severity).max().unwrap_or(0);
+    Ok(ExitCode::from(worst))
+}
+
+pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let db = match (&args.db, &args.config) {
+        (Some(db), _) => db.clone(),
+        (None, Some(path)) => Config::load(Some(path))?.serve.db.context("the configuration has no serve.db; give --db")?,
+        (None, None) => anyhow::bail!("give --db PATH (or --config with serve.db)"),
+    };
+    if !db.exists() {
+        anyhow::bail!("server database {} does not exist", db.display());
+    }
+    let store = super::store::RecordStore::open(&db)?;
+    match args.command {
+        AdminCommand::List => {
+            let records = store.list()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print!("{}", super::admin::table(&records));
+            }
+        }
+        AdminCommand::Show { client } => {
+            let record = store.get(&client)?.with_context(|| format!("no record for client {client:?} in {}", db.display()))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                print!("{}", super::admin::details(&record));
+            }
+        }
+        AdminCommand::Delete { client } => {
+            if !store.delete(&client)? {
+                anyhow::bail!("no record for client {client:?} in {}", db.display());
+            }
+            super::admin::log_action("delete", &client, &db);
+            println!("deleted the record of {client}");
+        }
+        AdminCommand::ResetPassphrase { client } => {
+            if store.get(&client)?.is_none() {
+                anyhow::bail!("no record for client {client:?} in {}", db.display());
+            }
+            let new = old_passphrase(&args.passphrase, true)?;
+            let phc = super::store::hash_passphrase(&new)?;
+            if !store.reset_passphrase(&client, &phc)? {
+                anyhow::bail!("the record of {client:?} was deleted meanwhile");
+            }
+            super::admin::log_action("reset_passphrase", &client, &db);
+            println!("passphrase of {client} reset");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

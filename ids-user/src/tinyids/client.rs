@@ -1,0 +1,220 @@
+//! The TinyIDS client side: sends one request to one server (plain TCP or TLS 1.3) and reads the
+//! one-line reply; [`send_all`] asks every given server at once.
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use super::Reply;
+use super::codec::Request;
+use super::settings::ServerEntry;
+
+/// Longest reply line read from a server.
+const MAX_REPLY: usize = 1024;
+
+/// What one server answered, or why it could not answer.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub server: String,
+    pub address: String,
+    pub result: Result<Reply, String>,
+}
+
+impl Outcome {
+    /// Exit code of `ids client`, larger for worse: 0 OK, 3 MISMATCH or NOT FOUND, 4 a 4x
+    /// refusal, 5 unreachable or a TLS or protocol failure (1 and 2 are left to errors before
+    /// anything is sent and to usage errors).
+    pub fn severity(&self) -> u8 {
+        match self.result {
+            Ok(Reply::Ok) => 0,
+            Ok(Reply::Mismatch | Reply::NotFound) => 3,
+            Ok(_) => 4,
+            Err(_) => 5,
+        }
+    }
+
+    /// `{"server", "address", "ok", "code", "reply", "result"}` or, on failure,
+    /// `{"server", "address", "ok": false, "result": "unreachable", "error"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.result {
+            Ok(reply) => serde_json::json!({
+                "server": self.server,
+                "address": self.address,
+                "ok": *reply == Reply::Ok,
+                "code": reply.code(),
+                "reply": reply.text(),
+                "result": reply.name(),
+            }),
+            Err(error) => serde_json::json!({
+                "server": self.server,
+                "address": self.address,
+                "ok": false,
+                "result": "unreachable",
+                "error": error,
+            }),
+        }
+    }
+}
+
+/// A prepared connection to one server (its TLS configuration loaded once).
+#[derive(Clone)]
+pub struct Target {
+    pub entry: ServerEntry,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+impl Target {
+    pub fn new(entry: ServerEntry) -> anyhow::Result<Self> {
+        let tls = match &entry.tls {
+            Some(tls) => {
+                let config = super::tls::client_config(tls).with_context(|| format!("server {:?}", entry.name))?;
+                let name = super::tls::server_name(tls, &entry.host).with_context(|| format!("server {:?}", entry.name))?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+            None => None,
+        };
+        Ok(Self { entry, tls })
+    }
+
+    /// Sends `request` and returns the reply; connecting, the handshake and the exchange each
+    /// get `timeout`.
+    pub async fn send(&self, request: &Request, timeout: Duration) -> anyhow::Result<Reply> {
+        let address = self.entry.address();
+        let stream = tokio::time::timeout(timeout, TcpStream::connect((self.entry.host.as_str(), self.entry.port)))
+            .await
+            .with_context(|| format!("connecting to {address}: timed out"))?
+            .with_context(|| format!("connecting to {address}"))?;
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => exchange(stream, request, timeout).await,
+            Some((connector, name)) => {
+                let stream = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .with_context(|| format!("TLS handshake with {address}: timed out"))?
+                    .with_context(|| format!("TLS handshake with {address}"))?;
+                exchange(stream, request, timeout).await
+            }
+        }
+        .with_context(|| format!("server {:?} ({address})", self.entry.name))
+    }
+}
+
+/// Writes the request line, reads until the server closes or a line end, parses the reply.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &Request, timeout: Duration) -> anyhow::Result<Reply> {
+    let exchange = async {
+        stream.write_all(request.to_line().as_bytes()).await.context("sending the request")?;
+        stream.flush().await.context("sending the request")?;
+        let mut reply = Vec::with_capacity(32);
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(n) => n,
+                // A server that closes without TLS close_notify has still said what it had to.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => 0,
+                Err(e) => return Err(anyhow::Error::new(e).context("reading the reply")),
+            };
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || reply.contains(&b'\n') || reply.len() > MAX_REPLY {
+                break;
+            }
+        }
+        let _ = stream.shutdown().await;
+        anyhow::Ok(reply)
+    };
+    let reply = tokio::time::timeout(timeout, exchange).await.context("no reply in time")??;
+    if reply.is_empty() {
+        anyhow::bail!("the server closed the connection without a reply");
+    }
+    let text = String::from_utf8_lossy(&reply);
+    Reply::parse(&text).with_context(|| format!("unexpected reply {:?}", text.trim_end()))
+}
+
+/// Sends `request` to every target at once; outcomes in the targets' order.
+pub async fn send_all(targets: &[Target], request: &Request, timeout: Duration) -> Vec<Outcome> {
+    let tasks: Vec<_> = targets
+        .iter()
+        .map(|target| {
+            let target = target.clone();
+            let request = request.clone();
+            tokio::spawn(async move { target.send(&request, timeout).await })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(targets.len());
+    for (target, task) in targets.iter().zip(tasks) {
+        let result = match task.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(format!("internal error: {e}")),
+        };
+        outcomes.push(Outcome { server: target.entry.name.clone(), address: target.entry.address(), result });
+    }
+    outcomes
+}
+
+/// The targets for `servers` (only enabled ones).
+pub fn targets(servers: &[ServerEntry]) -> anyhow::Result<Vec<Target>> {
+    servers.iter().filter(|s| s.enabled).cloned().map(Target::new).collect()
+}
+
+/// Shared so the daemon's task and the CLI can hold targets cheaply.
+pub type Targets = Arc<Vec<Target>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server that reads the request line and answers `reply` (nothing if empty).
+    async fn answering(reply: &'static [u8]) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let line = match super::super::codec::read_line(&mut stream, 8192, Duration::from_secs(5)).await.unwrap() {
+                super::super::codec::ReadOutcome::Line(line) => line,
+                other => panic!("no request line: {other:?}"),
+            };
+            stream.write_all(reply).await.unwrap();
+            line
+        });
+        (address, task)
+    }
+
+    fn target(address: std::net::SocketAddr) -> Target {
+        Target::new(ServerEntry::from_address(&address.to_string()).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sends_one_crlf_line_and_parses_the_reply() {
+        let (address, server) = answering(b"30 MISMATCH\r\n").await;
+        let reply = target(address).send(&Request::Check { hash: "ab".into() }, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(reply, Reply::Mismatch);
+        assert_eq!(server.await.unwrap(), b"CHECK ab\r\n");
+    }
+
+    #[tokio::test]
+    async fn unknown_reply_and_silent_close_are_errors_naming_the_server() {
+        let (address, _server) = answering(b"99 WHAT\r\n").await;
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: Some("2".into()) }, Duration::from_secs(5)).await.unwrap_err());
+        assert!(error.contains("unexpected reply") && error.contains("99 WHAT") && error.contains(&address.to_string()), "{error}");
+        let (address, _server) = answering(b"").await;
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_secs(5)).await.unwrap_err());
+        assert!(error.contains("without a reply"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(stream);
+        });
+        let started = std::time::Instant::now();
+        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_millis(300)).await.unwrap_err());
+        assert!(error.contains("no reply in time"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
