@@ -40,6 +40,7 @@ struct RawConfig {
     xdp: crate::bans::config::RawXdp,
     #[serde(default)]
     bans: crate::bans::config::RawBans,
+    #[serde(default)]
     servers: Vec<crate::tinyids::settings::RawServer>,
     #[serde(default)]
     serve: crate::tinyids::settings::RawServe,
