@@ -231,6 +231,77 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
 
+// ---------------------------------------------------------------- XDP bans
+
+/// Value of the ban maps (`BAN_V4`, `BAN_V6`, `BAN_NET_V4`, `BAN_NET_V6`): the ban's id in the
+/// store, which also keys its hit counters in `BAN_HITS`.
+pub type BanId = u32;
+
+/// Per-CPU hit counters of one ban (`BAN_HITS`, keyed by `BanId`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanHits {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<BanHits>() == 16);
+
+/// Port-scan and SYN-flood thresholds, set by the daemon as a read-only global before load.
+/// A threshold of 0 turns its detector off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpSettings {
+    /// Distinct destination ports one source may try within `window_ns` before it is reported.
+    pub scan_ports: u32,
+    /// TCP SYNs one source may send within `window_ns` before it is reported.
+    pub flood_syns: u32,
+    pub window_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<XdpSettings>() == 16);
+
+/// Per-source state of the scan detector (`SCAN_SOURCES`, keyed by the IPv6 or IPv4-mapped address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanState {
+    pub window_start_ns: u64,
+    pub ports: u32,
+    pub syns: u32,
+    /// Non-zero once this window was reported.
+    pub reported: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ScanState>() == 24);
+
+/// Key of `SCAN_PORTS`: one (source, destination port) pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanPortKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ScanPortKey>() == 24);
+
+/// What a `ScanEvent` reports.
+pub const SCAN_PORTS: u32 = 1;
+pub const SCAN_SYN_FLOOD: u32 = 2;
+
+/// A source over a scan threshold, sent once per window on the `XDP_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanEvent {
+    /// `SCAN_PORTS` or `SCAN_SYN_FLOOD`.
+    pub what: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u32,
+    /// Network byte order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+    pub ports: u32,
+    pub syns: u32,
+    pub window_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ScanEvent>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -238,4 +309,6 @@ mod pod {
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for PathPrefix {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for BanHits {}
+    unsafe impl aya::Pod for XdpSettings {}
 }

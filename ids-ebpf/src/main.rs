@@ -9,6 +9,7 @@ mod file;
 mod kernel;
 mod maps;
 mod net;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,9 +2,9 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
-use ids_common::{FileEvent, InodeKey, PathPrefix, SIGNAL_COUNT, Signal};
+use ids_common::{BanHits, BanId, FileEvent, InodeKey, PathPrefix, SIGNAL_COUNT, ScanPortKey, ScanState, Signal};
 
 /// Exec records.
 #[map]
@@ -46,6 +46,41 @@ pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(
 /// Per-CPU room for an LPM lookup key.
 #[map]
 pub static PREFIX_SCRATCH: PerCpuArray<Key<PathPrefix>> = PerCpuArray::with_max_entries(1, 0);
+
+// ---------------------------------------------------------------- XDP bans
+// The daemon pins the ban, trusted and hit maps under `[xdp] pin_dir`, so they (and the program
+// that uses them) outlive it. Sizes are the most entries each may hold.
+
+/// Banned single IPv4 addresses (network byte order) → ban id.
+#[map]
+pub static BAN_V4: HashMap<[u8; 4], BanId> = HashMap::with_max_entries(1 << 21, BPF_F_NO_PREALLOC);
+/// Banned single IPv6 addresses → ban id.
+#[map]
+pub static BAN_V6: HashMap<[u8; 16], BanId> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+/// Banned IPv4 prefixes → ban id.
+#[map]
+pub static BAN_NET_V4: LpmTrie<[u8; 4], BanId> = LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+/// Banned IPv6 prefixes → ban id.
+#[map]
+pub static BAN_NET_V6: LpmTrie<[u8; 16], BanId> = LpmTrie::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+/// Packets and bytes dropped per ban id.
+#[map]
+pub static BAN_HITS: PerCpuHashMap<BanId, BanHits> = PerCpuHashMap::with_max_entries(1 << 21, BPF_F_NO_PREALLOC);
+/// Trusted IPv4 addresses and prefixes: never dropped, never counted as scanners.
+#[map]
+pub static TRUSTED_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+#[map]
+pub static TRUSTED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Scan detector: state per source (IPv6 or IPv4-mapped address).
+#[map]
+pub static SCAN_SOURCES: LruHashMap<[u8; 16], ScanState> = LruHashMap::with_max_entries(65536, 0);
+/// Scan detector: the window in which each (source, port) pair was last counted.
+#[map]
+pub static SCAN_PORTS: LruHashMap<ScanPortKey, u64> = LruHashMap::with_max_entries(262144, 0);
+/// Sources over a scan threshold (`ScanEvent`).
+#[map]
+pub static XDP_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 #[inline(always)]
 pub fn count_lost(signal: Signal) {

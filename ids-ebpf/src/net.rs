@@ -1,14 +1,12 @@
 //! Connection attempts. Outgoing: LSM `socket_connect` where LSM programs load, otherwise the
-//! `sys_enter_connect` tracepoint. Incoming: an XDP program on each interface reports TCP SYNs
-//! (to open and closed ports alike) and always passes the packet.
+//! `sys_enter_connect` tracepoint. Incoming SYNs are reported by the XDP program in `xdp.rs`.
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
-    macros::{lsm, raw_tracepoint, tracepoint, xdp},
-    programs::{LsmContext, RawTracePointContext, TracePointContext, XdpContext},
+    macros::{lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, TracePointContext},
 };
 use ids_common::{
-    AF_INET, AF_INET6, ConnectEvent, DIRECTION_IN, DIRECTION_LISTEN, DIRECTION_OUT, DIRECTION_UNLISTEN, IPPROTO_TCP, IPPROTO_UDP,
+    AF_INET, AF_INET6, ConnectEvent, DIRECTION_LISTEN, DIRECTION_OUT, DIRECTION_UNLISTEN, IPPROTO_TCP, IPPROTO_UDP,
     Signal, kind,
 };
 
@@ -162,105 +160,6 @@ fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         event.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
     }
-    entry.submit(0);
-    Ok(())
-}
-
-// ---------------------------------------------------------------- XDP: incoming SYNs
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
-
-#[xdp]
-pub fn syn_watch(ctx: XdpContext) -> u32 {
-    let _ = try_syn_watch(&ctx);
-    xdp_action::XDP_PASS
-}
-
-/// Pointer to `len` bytes at `offset` of the packet, if they are inside it.
-#[inline(always)]
-fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, i64> {
-    let start = ctx.data() + offset;
-    if start + len > ctx.data_end() {
-        return Err(-1);
-    }
-    Ok(start as *const u8)
-}
-
-#[inline(always)]
-fn try_syn_watch(ctx: &XdpContext) -> Result<(), i64> {
-    let eth = bytes_at(ctx, 0, ETH_HLEN + 4)?;
-    let mut l3 = ETH_HLEN;
-    let mut proto = u16::from_be_bytes(unsafe { [*eth.add(12), *eth.add(13)] });
-    if proto == ETH_P_8021Q {
-        proto = u16::from_be_bytes(unsafe { [*eth.add(16), *eth.add(17)] });
-        l3 += 4;
-    }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    let (family, l4) = match proto {
-        ETH_P_IP => {
-            let ip = bytes_at(ctx, l3, 20)?;
-            if unsafe { *ip.add(9) } != IPPROTO_TCP {
-                return Ok(());
-            }
-            // Only first fragments carry the TCP header.
-            if u16::from_be_bytes(unsafe { [*ip.add(6), *ip.add(7)] }) & 0x1fff != 0 {
-                return Ok(());
-            }
-            let ihl = ((unsafe { *ip } & 0x0f) as usize) * 4;
-            if ihl < 20 {
-                return Ok(());
-            }
-            for i in 0..4 {
-                saddr[i] = unsafe { *ip.add(12 + i) };
-                daddr[i] = unsafe { *ip.add(16 + i) };
-            }
-            (AF_INET, l3 + ihl)
-        }
-        ETH_P_IPV6 => {
-            let ip = bytes_at(ctx, l3, 40)?;
-            // Extension headers are not followed: SYNs behind them are not reported.
-            if unsafe { *ip.add(6) } != IPPROTO_TCP {
-                return Ok(());
-            }
-            for i in 0..16 {
-                saddr[i] = unsafe { *ip.add(8 + i) };
-                daddr[i] = unsafe { *ip.add(24 + i) };
-            }
-            (AF_INET6, l3 + 40)
-        }
-        _ => return Ok(()),
-    };
-    let tcp = bytes_at(ctx, l4 & 0xff, 14)?;
-    let flags = unsafe { *tcp.add(13) };
-    if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
-        return Ok(());
-    }
-    let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
-        count_lost(Signal::Connect);
-        return Ok(());
-    };
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    event.header = ids_common::EventHeader {
-        kind: kind::CONNECT,
-        size: core::mem::size_of::<ConnectEvent>() as u32,
-        time_ns: unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() },
-        ..Default::default()
-    };
-    event.direction = DIRECTION_IN;
-    event.protocol = IPPROTO_TCP;
-    event.family = family;
-    event.sport = u16::from_be_bytes(unsafe { [*tcp, *tcp.add(1)] });
-    event.dport = u16::from_be_bytes(unsafe { [*tcp.add(2), *tcp.add(3)] });
-    event.saddr = saddr;
-    event.daddr = daddr;
-    event.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    event._pad = 0;
     entry.submit(0);
     Ok(())
 }

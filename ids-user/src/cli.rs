@@ -1,4 +1,5 @@
-//! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`.
+//! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
+//! and the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,10 +65,74 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ban an address or prefix (dropped in XDP); through the daemon, or in the store when it is down.
+    Ban {
+        #[command(flatten)]
+        common: Common,
+        /// ADDR or ADDR/PREFIX, IPv4 or IPv6 (several allowed).
+        nets: Vec<String>,
+        /// Also ban every address or prefix listed in FILE (one per line, `#` comments).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// How long: 90s, 10m, 1h, 7d, permanent; default `[bans] default_duration`.
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
+        duration: Option<String>,
+        /// Why (shown by `ids bans`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow prefixes broader than /8 (IPv4) or /16 (IPv6).
+        #[arg(long)]
+        force: bool,
+        /// Print {"ok", "data": [ban...]} or {"ok": false, "error"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban of an address or prefix.
+    Unban {
+        #[command(flatten)]
+        common: Common,
+        #[arg(required = true)]
+        nets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List bans with their hit counters.
+    Bans {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the most recent alerts.
+    Alerts {
+        #[command(flatten)]
+        common: Common,
+        /// How many.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The XDP program's pinned state.
+    Xdp {
+        #[command(subcommand)]
+        command: XdpCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Remove the pinned attachments and maps (every ban stops being enforced); the daemon must be stopped.
+    Detach {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -144,6 +209,21 @@ pub fn run() -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", crate::integrity::diff::human(&diff));
             }
+        }
+        Command::Ban { common, nets, file, duration, reason, force, json } => {
+            let config = Config::load(common.config.as_deref())?;
+            let args = crate::bans::cli::BanArgs { nets, file, duration, reason, force };
+            return crate::bans::cli::ban(&config, args, json);
+        }
+        Command::Unban { common, nets, json } => {
+            return crate::bans::cli::unban(&Config::load(common.config.as_deref())?, nets, json);
+        }
+        Command::Bans { common, json } => return crate::bans::cli::list(&Config::load(common.config.as_deref())?, json),
+        Command::Alerts { common, n, json } => {
+            return crate::bans::cli::alerts(&Config::load(common.config.as_deref())?, n, json);
+        }
+        Command::Xdp { command: XdpCommand::Detach { common, json } } => {
+            return crate::bans::cli::detach(&Config::load(common.config.as_deref())?, json);
         }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
@@ -272,6 +352,13 @@ fn human_status(status: &serde_json::Value) -> String {
         .filter_map(|i| i.as_str())
         .collect();
     out += &format!("incoming  {} on {}\n", status["incoming"]["hook"].as_str().unwrap_or("?"), interfaces.join(", "));
+    let modes: Vec<String> = status["xdp"]["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} ({})", i["name"].as_str().unwrap_or("?"), i["mode"].as_str().unwrap_or("?")))
+        .collect();
+    out += &format!("bans      {} enforced in XDP on {}\n", status["xdp"]["bans"], modes.join(", "));
     out += &format!(
         "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\n",
         status["watch"]["roots"].as_array().map_or(0, |r| r.len()),

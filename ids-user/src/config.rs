@@ -29,8 +29,6 @@ struct RawConfig {
     #[serde(default = "default_channel_capacity")]
     channel_capacity: usize,
     #[serde(default)]
-    interfaces: Vec<String>,
-    #[serde(default)]
     exclude_hooks: Vec<String>,
     #[serde(default = "default_integrity_interval")]
     integrity_interval: u64,
@@ -38,6 +36,10 @@ struct RawConfig {
     verify_interval: u64,
     #[serde(default)]
     collectors: Vec<toml::Spanned<RawCollector>>,
+    #[serde(default)]
+    xdp: crate::bans::config::RawXdp,
+    #[serde(default)]
+    bans: crate::bans::config::RawBans,
 }
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
@@ -90,7 +92,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub max_watched_inodes: u32,
     pub channel_capacity: usize,
-    pub interfaces: Vec<String>,
+    /// `[xdp]`: interfaces of the XDP ban filter and SYN watcher, trusted addresses, pins.
+    pub xdp: crate::bans::config::XdpConfig,
+    /// `[bans]`: ban durations.
+    pub bans: crate::bans::config::BansConfig,
     /// Hook sets whose name starts with one of these are never tried (e.g. "lsm", "tracepoint").
     pub exclude_hooks: Vec<String>,
     /// The `[[collectors]]` tables of `ids hash`, in file order; empty when there are none.
@@ -179,13 +184,16 @@ impl Config {
                 });
             }
         }
+        let (xdp, bans) = crate::bans::config::validate(raw.xdp, raw.bans)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(Self {
             watch: raw.watch,
             events_log,
             state_dir: raw.state_dir,
             max_watched_inodes: raw.max_watched_inodes,
             channel_capacity: raw.channel_capacity,
-            interfaces: raw.interfaces,
+            xdp,
+            bans,
             exclude_hooks: raw.exclude_hooks,
             collectors,
             integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
@@ -323,6 +331,24 @@ mod tests {
     }
 
     const BASE: &str = "watch = []\nevents_log = \"-\"\nstate_dir = \"/x\"\n";
+
+    #[test]
+    fn xdp_and_bans_sections_are_read_and_bad_values_named() {
+        let config = Config::parse(
+            &format!("{BASE}[xdp]\ninterfaces = [\"eth0\"]\ntrusted = [\"10.0.0.0/8\"]\n[bans]\ndefault_duration = \"10m\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.xdp.interfaces, ["eth0"]);
+        assert_eq!(config.xdp.trusted[0].to_string(), "10.0.0.0/8");
+        assert_eq!(config.bans.default_duration, Some(std::time::Duration::from_secs(600)));
+        let defaults = Config::parse(BASE, "t").unwrap();
+        assert!(defaults.xdp.trusted.iter().any(|t| t.to_string() == "127.0.0.0/8"));
+        let err = Config::parse(&format!("{BASE}[xdp]\ntrusted = [\"10.0.0.0/33\"]\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("xdp.trusted") && err.contains("33"), "{err}");
+        let err = Config::parse(&format!("{BASE}[bans]\ndefault_duration = \"-1h\"\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("bans.default_duration") && err.contains("negative"), "{err}");
+    }
 
     #[test]
     fn no_collectors_means_none() {

@@ -19,6 +19,14 @@ pub enum Request {
     Baseline,
     /// The differences between the baseline and the daemon's current items.
     Diff,
+    /// Ban addresses or prefixes (`crate::bans::cli`); `duration` as `parse_duration` reads it,
+    /// `None`: `[bans] default_duration`.
+    Ban { nets: Vec<String>, duration: Option<String>, reason: String, force: bool },
+    Unban { nets: Vec<String> },
+    /// Every ban with its hit counters.
+    Bans,
+    /// The `limit` most recent alerts.
+    Alerts { limit: usize },
 }
 
 pub type Reply = oneshot::Sender<serde_json::Value>;
@@ -92,6 +100,18 @@ pub async fn try_call(path: &PathBuf, request: &Request) -> anyhow::Result<Optio
         Ok(stream) => exchange(stream, request).await.map(Some),
         Err(_) => Ok(None),
     }
+}
+
+/// Like [`try_call`], but returns a refusal (`"ok": false`) as the value instead of an error.
+pub async fn try_exchange(path: &Path, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
+    let Ok(stream) = UnixStream::connect(path).await else { return Ok(None) };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut response = String::new();
+    BufReader::new(read).read_line(&mut response).await?;
+    Ok(Some(serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))?))
 }
 
 async fn exchange(stream: UnixStream, request: &Request) -> anyhow::Result<serde_json::Value> {

@@ -1,5 +1,6 @@
 //! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`),
-//! answers the control socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
+//! applies bans (`crate::bans`: control requests, detectors' requests, expiry), answers the
+//! control socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
 //! log and returns.
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -12,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog};
 use crate::control::{self, Reply, Request};
 use crate::event::{self, Clock, Detail};
@@ -44,6 +46,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sensor_config = config.clone();
     sensor_config.watch = integrity.watch.clone();
     let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
+    // The pinned maps may have outlived an earlier run: make them equal to the store before the
+    // new program takes over the interfaces.
+    let mut bans = Bans::open(&config, sensor.ban_maps.take())?;
+    bans.reconcile()?;
+    sensor.attach_new_interfaces();
+    // Detectors send ban requests here (`crate::bans::BanSender`).
+    let (ban_tx, mut ban_rx) = mpsc::channel::<BanRequest>(4096);
+    let scan_stats = Arc::new(crate::bans::scan::ScanStats::default());
+    let scan_reader = sensor.scan_reports.take().map(|ring| {
+        tokio::spawn(crate::bans::scan::read(ring, ban_tx.clone(), config.bans.scan_duration, scan_stats.clone()))
+    });
     integrity.begin();
     let integrity_shared = integrity.shared.clone();
     let file_events = integrity.files;
@@ -69,6 +82,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    // Expired bans leave within a second of expiry.
+    let mut expiry = tokio::time::interval(Duration::from_millis(250));
+    let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
     info!(socket = %config.control_socket().display(), "sensor running");
     loop {
         tokio::select! {
@@ -77,7 +93,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some((request, reply)) = control_rx.recv() => {
                 match request {
                     Request::Status => {
-                        let _ = reply.send(status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started));
+                        let mut answer = status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started);
+                        answer["xdp"] = xdp_status(&sensor, &mut bans, &scan_stats, &config);
+                        let _ = reply.send(answer);
+                    }
+                    request @ (Request::Ban { .. } | Request::Unban { .. } | Request::Bans | Request::Alerts { .. }) => {
+                        let _ = reply.send(crate::bans::cli::answer(&mut bans, &request));
                     }
                     // The worker answers these itself, so a long rehash never blocks this loop.
                     Request::Baseline => forward(&integrity.control, Control::Baseline, reply),
@@ -85,9 +106,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = rescan.tick() => sensor.attach_new_interfaces(),
+            Some(request) = ban_rx.recv() => {
+                let net = request.net;
+                if let Err(e) = bans.ban(request) {
+                    warn!(%net, error = %e, "ban request refused");
+                }
+            }
+            _ = expiry.tick() => {
+                if let Err(e) = bans.expire() {
+                    warn!(error = %e, "expiring bans");
+                }
+            }
+            _ = hits_snapshot.tick() => {
+                if let Err(e) = bans.snapshot_hits() {
+                    warn!(error = %e, "storing ban hit counters");
+                }
+            }
         }
     }
     info!("shutting down");
+    if let Some(reader) = scan_reader {
+        reader.abort();
+    }
+    drop(ban_tx);
+    let _ = bans.snapshot_hits();
     control_task.abort();
     // Detach first, then let the readers empty what is already in the ring buffers.
     drop(sensor);
@@ -108,6 +150,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || worker.join())).await;
     let _ = std::fs::remove_file(config.control_socket());
     Ok(())
+}
+
+/// `status.xdp`: where the ban filter runs, how many bans it holds, what the scan detector reported.
+fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanStats, config: &Config) -> serde_json::Value {
+    let interfaces: Vec<serde_json::Value> = sensor
+        .xdp
+        .attached
+        .iter()
+        .map(|(name, mode)| serde_json::json!({"name": name, "mode": mode.name()}))
+        .collect();
+    let count = bans.store().bans().map(|b| b.len()).unwrap_or(0);
+    serde_json::json!({
+        "interfaces": interfaces,
+        "pin_dir": config.xdp.pin_dir,
+        "bans": count,
+        "scan_reports": scan.reports.load(Ordering::Relaxed),
+        "scan_reports_dropped": scan.dropped.load(Ordering::Relaxed),
+    })
 }
 
 fn forward(worker: &std::sync::mpsc::Sender<Control>, request: fn(control::Reply) -> Control, reply: control::Reply) {
@@ -219,7 +279,7 @@ fn status(
         "pid": std::process::id(),
         "uptime_s": started.elapsed().as_secs(),
         "signals": signals,
-        "incoming": {"hook": "xdp:syn_watch", "interfaces": sensor.syn_interfaces},
+        "incoming": {"hook": format!("xdp:{}", crate::bans::kernel::PROGRAM), "interfaces": sensor.syn_interfaces()},
         "watch": {
             "roots": roots,
             "inodes": writer.watched_inodes.load(Ordering::Relaxed),

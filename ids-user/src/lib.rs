@@ -1,4 +1,5 @@
 //! The `ids` sensor as a library: the binary's `main` only calls `cli::run`.
+pub mod bans;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -115,5 +115,5 @@ pub fn signal_name(signal: Signal) -> &'static str {
     }
 }
 
-/// Name of the XDP program that reports incoming SYNs.
-pub const SYN_PROGRAM: &str = "syn_watch";
+/// Name of the XDP program that reports incoming SYNs (and enforces bans, `crate::bans::kernel`).
+pub const SYN_PROGRAM: &str = crate::bans::kernel::PROGRAM;

@@ -1,6 +1,6 @@
 //! The kernel side of the daemon: loads the eBPF object with the running kernel's offsets, attaches
-//! the best hook set per signal (see `hooks`), attaches the SYN watcher to interfaces, and reads the
-//! ring buffers into a bounded channel, counting every record it could not pass on.
+//! the best hook set per signal (see `hooks`), loads the XDP program (`crate::bans::kernel`:
+//! ban filter, SYN watcher, scan detector) with its pinned maps, and reads the ring buffers into a bounded channel, counting every record it could not pass on.
 pub mod btf;
 pub mod decode;
 pub mod hooks;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
-use aya::programs::{FEntry, Lsm, RawTracePoint, TracePoint, Xdp, xdp::XdpMode};
+use aya::programs::{FEntry, Lsm, RawTracePoint, TracePoint, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use ids_common::{SIGNAL_COUNT, Signal};
 use tokio::io::unix::AsyncFd;
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use self::decode::{RawEvent, decode};
 use self::hooks::{Attach, HOOK_TABLE, HookSet, SYN_PROGRAM, signal_name};
+use crate::bans::kernel::{BanMaps, PINNED_MAPS, XdpAttachments};
 use self::watch::WatchSet;
 use crate::config::Config;
 
@@ -55,8 +56,11 @@ pub struct Sensor {
     /// Hook set in use per signal.
     pub hooks: BTreeMap<&'static str, &'static str>,
     lost: PerCpuArray<MapData, u64>,
-    pub syn_interfaces: Vec<String>,
-    want_interfaces: Vec<String>,
+    pub xdp: XdpAttachments,
+    /// The pinned ban maps, for `crate::bans::Bans` to take.
+    pub ban_maps: Option<BanMaps>,
+    /// Reports of the scan detector (`crate::bans::scan`), for the daemon to take.
+    pub scan_reports: Option<RingBuf<MapData>>,
 }
 
 /// Mounts tracefs and bpffs where they are missing (aya needs tracefs for tracepoints).
@@ -91,12 +95,28 @@ impl Sensor {
         let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
         let offsets = btf.kernel_offsets().context("finding kernel structure offsets")?;
         debug!(?offsets, "kernel offsets");
+        let pin_dir = &config.xdp.pin_dir;
+        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating [xdp] pin_dir {}", pin_dir.display()))?;
+        let settings = ids_common::XdpSettings {
+            scan_ports: config.xdp.scan_ports,
+            flood_syns: config.xdp.flood_syns,
+            window_ns: config.xdp.scan_window.as_nanos().min(u64::MAX as u128) as u64,
+        };
+        let mut loader = EbpfLoader::new();
         #[allow(deprecated)]
-        let mut ebpf = EbpfLoader::new()
+        loader
             .set_global("KERNEL_OFFSETS", &offsets, true)
-            .set_max_entries("WATCHED_INODES", config.max_watched_inodes)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .set_global("XDP_SETTINGS", &settings, true)
+            .set_max_entries("WATCHED_INODES", config.max_watched_inodes);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(OBJECT).with_context(|| {
+            format!(
+                "loading the eBPF object (maps pinned under {} from another version are refused: `ids xdp detach` removes them)",
+                pin_dir.display()
+            )
+        })?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for LSM/fentry")?;
 
         let inodes: BpfHashMap<MapData, _, _> =
@@ -133,51 +153,37 @@ impl Sensor {
         }
 
         let program: &mut Xdp = program_mut(&mut ebpf, SYN_PROGRAM)?;
-        program.load().context("loading XDP program syn_watch")?;
+        program.load().with_context(|| format!("loading XDP program {SYN_PROGRAM}"))?;
+        let ban_maps = BanMaps::take(&mut ebpf)?;
+        let scan_reports = RingBuf::try_from(take_map(&mut ebpf, "XDP_EVENTS")?)?;
 
         let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?;
         let mut rings = Vec::new();
         for (signal, map) in [(Signal::Exec, "EXEC_EVENTS"), (Signal::File, "FILE_EVENTS"), (Signal::Connect, "NET_EVENTS")] {
             rings.push((signal, RingBuf::try_from(take_map(&mut ebpf, map)?)?));
         }
-        let mut sensor = Self {
+        // The XDP program is attached by the daemon (`attach_new_interfaces`) once the ban maps
+        // hold the store's bans.
+        let sensor = Self {
             ebpf,
             hooks,
             lost,
-            syn_interfaces: Vec::new(),
-            want_interfaces: config.interfaces.clone(),
+            xdp: XdpAttachments::new(pin_dir, &config.xdp.interfaces),
+            ban_maps: Some(ban_maps),
+            scan_reports: Some(scan_reports),
         };
-        sensor.attach_new_interfaces();
         Ok((sensor, watch, rings))
     }
 
-    /// Attaches the SYN watcher to interfaces that appeared since the last call.
+    /// Attaches the XDP program to interfaces that appeared since the last call.
     pub fn attach_new_interfaces(&mut self) {
-        let mut present: Vec<String> = match std::fs::read_dir("/sys/class/net") {
-            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-            Err(e) => {
-                warn!(error = %e, "cannot list /sys/class/net");
-                return;
-            }
-        };
-        present.sort();
-        // Interfaces that went away lose their links with them.
-        self.syn_interfaces.retain(|i| present.contains(i));
         let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, SYN_PROGRAM) else { return };
-        for interface in present {
-            if self.syn_interfaces.contains(&interface)
-                || (!self.want_interfaces.is_empty() && !self.want_interfaces.contains(&interface))
-            {
-                continue;
-            }
-            match program.attach(&interface, XdpMode::Skb) {
-                Ok(_) => {
-                    info!(interface, "SYN watcher attached");
-                    self.syn_interfaces.push(interface);
-                }
-                Err(e) => warn!(interface, error = %e, "SYN watcher not attached"),
-            }
-        }
+        self.xdp.attach_new(program);
+    }
+
+    /// Interfaces the XDP program is on.
+    pub fn syn_interfaces(&self) -> Vec<String> {
+        self.xdp.attached.iter().map(|(i, _)| i.clone()).collect()
     }
 
     /// Records the kernel could not put in a ring buffer, per signal.

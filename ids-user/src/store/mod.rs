@@ -7,6 +7,11 @@
 //! - `alerts`: `time`, `kind` (`integrity` | `sensor_miss`), `item_id`, `collector`, `what` (JSON:
 //!   the change, the attributes that changed, old and new digest and detail).
 //!
+//! - `bans` (version 2, `bans_table.rs`): `id` (also the kernel's ban id), `net` (canonical address or
+//!   prefix, unique), `reason`, `source`, `created`, `expires` (RFC 3339 UTC; NULL: permanent),
+//!   `packets`/`bytes` (hit counters as last read from the kernel); `offenders`: `net` → number of
+//!   bans it has received (escalating durations) and the time of the last.
+//!
 //! The schema is versioned with `PRAGMA user_version`: [`MIGRATIONS`]`[n]` takes a database from
 //! version `n` to `n + 1`, each in its own transaction, so a database of any earlier version (an
 //! empty file is version 0) is brought up to date when it is opened.
@@ -18,6 +23,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::integrity::{Digest, Item, hex};
+
+pub mod bans_table;
+pub use bans_table::BanRow;
 
 /// Schema migrations, in order; never edit one that was released, append a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -47,6 +55,23 @@ pub const MIGRATIONS: &[&str] = &[
          what      TEXT NOT NULL
      );
      CREATE INDEX alerts_by_time ON alerts (time);",
+    // 1 → 2: bans (see `bans`)
+    "CREATE TABLE bans (
+         id      INTEGER PRIMARY KEY AUTOINCREMENT,
+         net     TEXT NOT NULL UNIQUE,
+         reason  TEXT NOT NULL,
+         source  TEXT NOT NULL,
+         created TEXT NOT NULL,
+         expires TEXT,
+         packets INTEGER NOT NULL DEFAULT 0,
+         bytes   INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX bans_by_expiry ON bans (expires) WHERE expires IS NOT NULL;
+     CREATE TABLE offenders (
+         net   TEXT PRIMARY KEY,
+         bans  INTEGER NOT NULL,
+         last  TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Errors of the store, naming the database file and what was being done.

@@ -1,0 +1,169 @@
+//! The `[xdp]` and `[bans]` config sections, raw (serde) and validated.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::net::BanNet;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawXdp {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default = "default_trusted")]
+    trusted: Vec<String>,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: PathBuf,
+    #[serde(default = "default_scan_ports")]
+    scan_ports: u32,
+    #[serde(default = "default_flood_syns")]
+    flood_syns: u32,
+    #[serde(default = "default_scan_window")]
+    scan_window: String,
+}
+
+impl Default for RawXdp {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            trusted: default_trusted(),
+            pin_dir: default_pin_dir(),
+            scan_ports: default_scan_ports(),
+            flood_syns: default_flood_syns(),
+            scan_window: default_scan_window(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBans {
+    #[serde(default = "default_duration")]
+    default_duration: String,
+    #[serde(default = "default_duration")]
+    scan_duration: String,
+    #[serde(default = "default_max_duration")]
+    max_duration: String,
+}
+
+impl Default for RawBans {
+    fn default() -> Self {
+        Self { default_duration: default_duration(), scan_duration: default_duration(), max_duration: default_max_duration() }
+    }
+}
+
+fn default_trusted() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1".into()]
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/ids")
+}
+fn default_scan_ports() -> u32 {
+    50
+}
+fn default_flood_syns() -> u32 {
+    0
+}
+fn default_scan_window() -> String {
+    "10s".into()
+}
+fn default_duration() -> String {
+    "1h".into()
+}
+fn default_max_duration() -> String {
+    "30d".into()
+}
+
+/// `[xdp]`: where the ban filter runs and what it trusts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdpConfig {
+    /// Interfaces the XDP program is attached to; empty means every interface, new ones included.
+    pub interfaces: Vec<String>,
+    /// Never dropped, never banned.
+    pub trusted: Vec<BanNet>,
+    /// bpffs directory of the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Distinct ports per source and window that count as a port scan (0: off).
+    pub scan_ports: u32,
+    /// TCP SYNs per source and window that count as a SYN flood (0: off).
+    pub flood_syns: u32,
+    pub scan_window: Duration,
+}
+
+/// `[bans]`: durations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BansConfig {
+    /// Of a ban that names no duration; `None` is permanent.
+    pub default_duration: Option<Duration>,
+    /// Of the automatic ban of a port scanner or SYN flooder; `None` is permanent.
+    pub scan_duration: Option<Duration>,
+    /// Longest duration an escalating ban reaches.
+    pub max_duration: Duration,
+}
+
+/// A duration as people write it (`90s`, `10m`, `1h 30m`, `7d`), or `permanent`/`forever`
+/// (`None`). Zero and negative durations are refused.
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("permanent") || text.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    if text.starts_with('-') {
+        return Err(format!("duration {text:?} is negative"));
+    }
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("duration {text:?}: {e} (examples: 90s, 10m, 1h, 7d, permanent)"))?;
+    if duration.is_zero() {
+        return Err(format!("duration {text:?} is zero"));
+    }
+    Ok(Some(duration))
+}
+
+pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansConfig), (&'static str, String)> {
+    let mut trusted = Vec::new();
+    for entry in &xdp.trusted {
+        trusted.push(BanNet::parse(entry).map_err(|e| ("xdp.trusted", e.to_string()))?);
+    }
+    for name in &xdp.interfaces {
+        if name.is_empty() || name.len() > 15 || name.contains('/') {
+            return Err(("xdp.interfaces", format!("{name:?} is not an interface name")));
+        }
+    }
+    if !xdp.pin_dir.is_absolute() {
+        return Err(("xdp.pin_dir", format!("{} is not an absolute path", xdp.pin_dir.display())));
+    }
+    let scan_window = parse_duration(&xdp.scan_window)
+        .map_err(|e| ("xdp.scan_window", e))?
+        .ok_or(("xdp.scan_window", "must be a finite duration".to_string()))?;
+    let default_duration = parse_duration(&bans.default_duration).map_err(|e| ("bans.default_duration", e))?;
+    let scan_duration = parse_duration(&bans.scan_duration).map_err(|e| ("bans.scan_duration", e))?;
+    let max_duration = parse_duration(&bans.max_duration)
+        .map_err(|e| ("bans.max_duration", e))?
+        .ok_or(("bans.max_duration", "must be a finite duration".to_string()))?;
+    Ok((
+        XdpConfig {
+            interfaces: xdp.interfaces,
+            trusted,
+            pin_dir: xdp.pin_dir,
+            scan_ports: xdp.scan_ports,
+            flood_syns: xdp.flood_syns,
+            scan_window,
+        },
+        BansConfig { default_duration, scan_duration, max_duration },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_duration("10m").unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("permanent").unwrap(), None);
+        assert!(parse_duration("-5m").unwrap_err().contains("negative"));
+        assert!(parse_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
+    }
+}

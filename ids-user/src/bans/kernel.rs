@@ -1,0 +1,298 @@
+//! The kernel side of bans: the pinned maps of `xdp_guard` (bans, trusted prefixes, hit
+//! counters) and the program's attachments, whose links are pinned too so that the program stays
+//! on its interfaces while the daemon is down.
+//!
+//! Layout of `[xdp] pin_dir` (bpffs): one file per map (`BAN_V4`, `BAN_V6`, `BAN_NET_V4`,
+//! `BAN_NET_V6`, `BAN_HITS`, `TRUSTED_V4`, `TRUSTED_V6`) and `links/<interface>`, the XDP link.
+//! At start the loader reuses the pinned maps, and a pinned link is moved to the new program
+//! with `BPF_LINK_UPDATE`, an atomic swap: no packet meets an interface without the filter.
+use std::collections::HashMap as StdHashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::{XdpLink, XdpMode};
+use aya::programs::Xdp;
+use ids_common::{BanHits, BanId};
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use super::net::BanNet;
+
+/// Maps of `xdp_guard` that are pinned, by name.
+pub const PINNED_MAPS: [&str; 7] = ["BAN_V4", "BAN_V6", "BAN_NET_V4", "BAN_NET_V6", "BAN_HITS", "TRUSTED_V4", "TRUSTED_V6"];
+/// The XDP program.
+pub const PROGRAM: &str = "xdp_guard";
+
+/// Handles on the pinned maps.
+pub struct BanMaps {
+    v4: HashMap<MapData, [u8; 4], BanId>,
+    v6: HashMap<MapData, [u8; 16], BanId>,
+    net_v4: LpmTrie<MapData, [u8; 4], BanId>,
+    net_v6: LpmTrie<MapData, [u8; 16], BanId>,
+    hits: PerCpuHashMap<MapData, BanId, BanHits>,
+    trusted_v4: LpmTrie<MapData, [u8; 4], u32>,
+    trusted_v6: LpmTrie<MapData, [u8; 16], u32>,
+}
+
+fn v4(net: &BanNet) -> [u8; 4] {
+    let o = net.octets();
+    [o[0], o[1], o[2], o[3]]
+}
+
+fn v6(net: &BanNet) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&net.octets());
+    a
+}
+
+fn net_of(addr: IpAddr, len: u32) -> Option<BanNet> {
+    IpNet::new(addr, len as u8).ok().map(BanNet::from_ipnet)
+}
+
+impl BanMaps {
+    /// Takes the maps out of the loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"));
+        Ok(Self {
+            v4: HashMap::try_from(take("BAN_V4")?)?,
+            v6: HashMap::try_from(take("BAN_V6")?)?,
+            net_v4: LpmTrie::try_from(take("BAN_NET_V4")?)?,
+            net_v6: LpmTrie::try_from(take("BAN_NET_V6")?)?,
+            hits: PerCpuHashMap::try_from(take("BAN_HITS")?)?,
+            trusted_v4: LpmTrie::try_from(take("TRUSTED_V4")?)?,
+            trusted_v6: LpmTrie::try_from(take("TRUSTED_V6")?)?,
+        })
+    }
+
+    /// Enforces ban `id` on `net` (replacing any entry for the same net).
+    pub fn insert(&mut self, net: &BanNet, id: BanId) -> anyhow::Result<()> {
+        let len = net.prefix_len() as u32;
+        let result = match (net.is_ipv4(), net.is_single()) {
+            (true, true) => self.v4.insert(v4(net), id, 0),
+            (false, true) => self.v6.insert(v6(net), id, 0),
+            (true, false) => self.net_v4.insert(&Key::new(len, v4(net)), id, 0),
+            (false, false) => self.net_v6.insert(&Key::new(len, v6(net)), id, 0),
+        };
+        result.with_context(|| format!("adding the ban of {net} to the kernel map"))
+    }
+
+    /// Stops enforcing the ban on `net`; a net not in the maps is not an error.
+    pub fn remove(&mut self, net: &BanNet, id: BanId) -> anyhow::Result<()> {
+        let len = net.prefix_len() as u32;
+        let result = match (net.is_ipv4(), net.is_single()) {
+            (true, true) => self.v4.remove(&v4(net)),
+            (false, true) => self.v6.remove(&v6(net)),
+            (true, false) => self.net_v4.remove(&Key::new(len, v4(net))),
+            (false, false) => self.net_v6.remove(&Key::new(len, v6(net))),
+        };
+        let _ = self.hits.remove(&id);
+        match result {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the ban of {net} from the kernel map")),
+        }
+    }
+
+    /// Every ban the maps enforce: net → id.
+    pub fn entries(&self) -> anyhow::Result<StdHashMap<BanNet, BanId>> {
+        let mut out = StdHashMap::new();
+        for item in self.v4.iter() {
+            let (k, id) = item.context("reading BAN_V4")?;
+            out.extend(net_of(IpAddr::V4(Ipv4Addr::from(k)), 32).map(|n| (n, id)));
+        }
+        for item in self.v6.iter() {
+            let (k, id) = item.context("reading BAN_V6")?;
+            out.extend(net_of(IpAddr::V6(Ipv6Addr::from(k)), 128).map(|n| (n, id)));
+        }
+        for item in self.net_v4.iter() {
+            let (k, id) = item.context("reading BAN_NET_V4")?;
+            out.extend(net_of(IpAddr::V4(Ipv4Addr::from(k.data())), k.prefix_len()).map(|n| (n, id)));
+        }
+        for item in self.net_v6.iter() {
+            let (k, id) = item.context("reading BAN_NET_V6")?;
+            out.extend(net_of(IpAddr::V6(Ipv6Addr::from(k.data())), k.prefix_len()).map(|n| (n, id)));
+        }
+        Ok(out)
+    }
+
+    /// Packets and bytes dropped for every ban that dropped any: id → (packets, bytes).
+    pub fn hits(&self) -> StdHashMap<BanId, (u64, u64)> {
+        let mut out = StdHashMap::new();
+        for item in self.hits.iter() {
+            match item {
+                Ok((id, values)) => {
+                    let sum = values.iter().fold((0u64, 0u64), |(p, b), h| (p + h.packets, b + h.bytes));
+                    out.insert(id, sum);
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading BAN_HITS");
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces the trusted prefixes with `trusted`.
+    pub fn set_trusted(&mut self, trusted: &[BanNet]) -> anyhow::Result<()> {
+        let old4: Vec<Key<[u8; 4]>> = self.trusted_v4.keys().filter_map(Result::ok).collect();
+        let old6: Vec<Key<[u8; 16]>> = self.trusted_v6.keys().filter_map(Result::ok).collect();
+        for net in trusted {
+            let len = net.prefix_len() as u32;
+            if net.is_ipv4() {
+                self.trusted_v4.insert(&Key::new(len, v4(net)), 1, 0)
+            } else {
+                self.trusted_v6.insert(&Key::new(len, v6(net)), 1, 0)
+            }
+            .with_context(|| format!("adding trusted {net} to the kernel map"))?;
+        }
+        for key in old4 {
+            if !trusted.iter().any(|t| t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v4(t) == key.data()) {
+                let _ = self.trusted_v4.remove(&key);
+            }
+        }
+        for key in old6 {
+            if !trusted.iter().any(|t| !t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v6(t) == key.data()) {
+                let _ = self.trusted_v6.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the program came to be on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, attached now.
+    Native,
+    /// Generic (skb) mode, attached now: the driver has no native XDP.
+    Generic,
+    /// A pinned attachment from an earlier run, moved to this program (its mode kept).
+    Replaced,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// Attachments of `xdp_guard` to interfaces.
+pub struct XdpAttachments {
+    pin_dir: PathBuf,
+    /// Interfaces to attach to; empty means all.
+    want: Vec<String>,
+    pub attached: Vec<(String, AttachMode)>,
+}
+
+impl XdpAttachments {
+    pub fn new(pin_dir: &Path, want: &[String]) -> Self {
+        Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() }
+    }
+
+    fn link_path(&self, interface: &str) -> PathBuf {
+        self.pin_dir.join("links").join(interface)
+    }
+
+    /// Attaches the program to wanted interfaces that appeared since the last call.
+    pub fn attach_new(&mut self, program: &mut Xdp) {
+        let mut present: Vec<String> = match std::fs::read_dir("/sys/class/net") {
+            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list /sys/class/net");
+                return;
+            }
+        };
+        present.sort();
+        self.attached.retain(|(i, _)| present.contains(i));
+        if let Err(e) = std::fs::create_dir_all(self.pin_dir.join("links")) {
+            warn!(dir = %self.pin_dir.display(), error = %e, "cannot create the link pin directory");
+        }
+        for interface in present {
+            if self.attached.iter().any(|(i, _)| *i == interface)
+                || (!self.want.is_empty() && !self.want.contains(&interface))
+            {
+                continue;
+            }
+            match self.attach(program, &interface) {
+                Ok(mode) => {
+                    info!(interface, mode = mode.name(), "XDP ban filter attached");
+                    self.attached.push((interface, mode));
+                }
+                Err(e) => warn!(interface, error = format!("{e:#}"), "XDP ban filter not attached"),
+            }
+        }
+    }
+
+    fn attach(&self, program: &mut Xdp, interface: &str) -> anyhow::Result<AttachMode> {
+        let path = self.link_path(interface);
+        if path.exists() {
+            match replace_pinned(program, &path) {
+                Ok(()) => return Ok(AttachMode::Replaced),
+                Err(e) => {
+                    // A link of an interface that went away (or another kernel object): start over.
+                    warn!(interface, error = format!("{e:#}"), "pinned XDP link not reusable; attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (id, mode) = match program.attach(interface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(native) => {
+                let id = program.attach(interface, XdpMode::Skb).with_context(|| {
+                    format!("attaching to {interface} (native mode failed too: {native})")
+                })?;
+                (id, AttachMode::Generic)
+            }
+        };
+        let link = program.take_link(id).context("taking the XDP link")?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                fd_link.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            }
+            Err(e) => warn!(interface, error = %e, "kernel gave a netlink attachment; it will not outlive the daemon"),
+        }
+        Ok(mode)
+    }
+}
+
+fn replace_pinned(program: &mut Xdp, path: &Path) -> anyhow::Result<()> {
+    let pinned = PinnedLink::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let fd_link: FdLink = pinned.into();
+    let link = XdpLink::try_from(fd_link).context("the pinned object is not an XDP link")?;
+    program.attach_to_link(link).context("replacing the program of the pinned link")?;
+    Ok(())
+}
+
+/// Removes every pin under `pin_dir` (links first, so the program leaves the interfaces), then
+/// the directory. Returns what was removed.
+pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let links = pin_dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            removed.push(format!("links/{}", entry.file_name().to_string_lossy()));
+        }
+        std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    for name in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(name.to_string());
+        }
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    Ok(removed)
+}

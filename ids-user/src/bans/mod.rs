@@ -1,0 +1,407 @@
+//! Bans: the one path by which anything in `ids` bans or unbans an address or prefix.
+//!
+//! # API for detectors
+//! - [`BanRequest`] names what to ban ([`BanNet`], parsed with [`BanNet::parse`]), why (`reason`,
+//!   free text, not empty), who asks (`source`: `manual`, `port-scan`, `syn-flood`,
+//!   `ssh-bruteforce`, `web-attack`, ...: lowercase letters, digits and `-`), and for how long
+//!   ([`BanDuration`]: the configured default, a fixed duration, permanent, or
+//!   [`BanDuration::Escalating`]`(base)`: `base × 2^(earlier bans of this net)`, at most
+//!   `[bans] max_duration`; the store counts every net's bans in `offenders`).
+//! - Inside the daemon, a detector holds a [`BanSender`] (the daemon owns the receiver) and calls
+//!   `sender.try_send(request)`; the daemon applies each request with [`Bans::ban`], which refuses
+//!   trusted addresses, records the ban and an alert (kind `ban`), and puts it in the kernel map.
+//! - Code that owns a [`Bans`] (the daemon; the CLI when no daemon runs, with no kernel maps)
+//!   calls [`Bans::ban`], [`Bans::ban_all`], [`Bans::unban`], [`Bans::list`], [`Bans::offences`].
+//!
+//! Bans live in the store (`bans` table) and, while the daemon runs, in the pinned maps of the
+//! XDP program ([`kernel`]). [`Bans::expire`] removes expired bans from both; [`Bans::reconcile`]
+//! makes the maps equal to the store at start (the maps survived the daemon; the store may have
+//! been edited while it was down).
+pub mod cli;
+pub mod config;
+pub mod kernel;
+pub mod net;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tracing::{info, warn};
+
+pub use self::config::{BansConfig, XdpConfig, parse_duration};
+pub use self::kernel::BanMaps;
+pub use self::net::BanNet;
+use crate::config::Config;
+use crate::store::{AlertRow, BanRow, Store, StoreError};
+use crate::store::bans_table::NewBan;
+
+/// How long a ban lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanDuration {
+    /// `[bans] default_duration`.
+    Default,
+    For(Duration),
+    Permanent,
+    /// `base × 2^n` where `n` is how many times the net was banned before, capped at
+    /// `[bans] max_duration`.
+    Escalating(Duration),
+}
+
+/// A request to ban one address or prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRequest {
+    pub net: BanNet,
+    pub reason: String,
+    pub source: String,
+    pub duration: BanDuration,
+    /// Allow prefixes broader than /8 (IPv4) or /16 (IPv6).
+    pub force: bool,
+}
+
+impl BanRequest {
+    pub fn new(net: BanNet, reason: impl Into<String>, source: impl Into<String>, duration: BanDuration) -> Self {
+        Self { net, reason: reason.into(), source: source.into(), duration, force: false }
+    }
+}
+
+/// Where detectors send ban requests; the daemon owns the receiving end.
+pub type BanSender = tokio::sync::mpsc::Sender<BanRequest>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error("{0}")]
+    Net(#[from] net::NetParseError),
+    #[error("{what} {value:?}: {message}")]
+    Invalid { what: &'static str, value: String, message: String },
+    #[error("{net} is trusted (by [xdp] trusted entry {trusted}); trusted addresses are never banned")]
+    Trusted { net: BanNet, trusted: BanNet },
+    #[error("{net} covers more than a /{limit} of the address space; pass --force to ban it anyway")]
+    TooBroad { net: BanNet, limit: u8 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("kernel map: {0:#}")]
+    Kernel(anyhow::Error),
+}
+
+/// The result of a ban: the stored row and whether it is new (false: it was banned already).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BanOutcome {
+    #[serde(flatten)]
+    pub ban: BanRow,
+    pub created: bool,
+}
+
+/// What [`Bans::reconcile`] changed in the kernel maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconciled {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+    pub expired: usize,
+}
+
+pub struct Bans {
+    store: Store,
+    kernel: Option<BanMaps>,
+    trusted: Vec<BanNet>,
+    config: BansConfig,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+fn kernel_id(row: &BanRow) -> u32 {
+    row.id.clamp(0, u32::MAX as i64) as u32
+}
+
+impl Bans {
+    /// The bans of `config`'s database; `kernel`: the maps to enforce them in (`None` when no
+    /// daemon runs: only the store changes).
+    pub fn open(config: &Config, kernel: Option<BanMaps>) -> Result<Self, BanError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| BanError::Invalid {
+            what: "state_dir",
+            value: config.state_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let store = Store::open(&config.database())?;
+        Ok(Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone()))
+    }
+
+    pub fn with_store(store: Store, kernel: Option<BanMaps>, trusted: Vec<BanNet>, config: BansConfig) -> Self {
+        Self { store, kernel, trusted, config }
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Refuses what may not be banned; changes nothing.
+    pub fn check(&self, request: &BanRequest) -> Result<(), BanError> {
+        if request.reason.trim().is_empty() {
+            return Err(BanError::Invalid { what: "reason", value: request.reason.clone(), message: "empty".into() });
+        }
+        if request.source.is_empty()
+            || !request.source.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(BanError::Invalid {
+                what: "source",
+                value: request.source.clone(),
+                message: "must be lowercase letters, digits and '-'".into(),
+            });
+        }
+        if let BanDuration::For(d) | BanDuration::Escalating(d) = request.duration
+            && d.is_zero()
+        {
+            return Err(BanError::Invalid { what: "duration", value: "0s".into(), message: "zero".into() });
+        }
+        if let Some(trusted) = self.trusted.iter().find(|t| request.net.within(t)) {
+            return Err(BanError::Trusted { net: request.net, trusted: *trusted });
+        }
+        if request.net.is_broad() && !request.force {
+            let limit = if request.net.is_ipv4() { net::BROAD_V4 } else { net::BROAD_V6 };
+            return Err(BanError::TooBroad { net: request.net, limit });
+        }
+        Ok(())
+    }
+
+    fn expires(&self, request: &BanRequest) -> Result<Option<String>, BanError> {
+        let duration = match request.duration {
+            BanDuration::Default => self.config.default_duration,
+            BanDuration::For(d) => Some(d),
+            BanDuration::Permanent => None,
+            BanDuration::Escalating(base) => {
+                let earlier = self.store.offences(&request.net.to_string())?;
+                let factor = 1u32.checked_shl(earlier.min(31)).unwrap_or(u32::MAX);
+                Some(base.saturating_mul(factor).min(self.config.max_duration).max(base.min(self.config.max_duration)))
+            }
+        };
+        Ok(duration.map(|d| rfc3339(SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)))))
+    }
+
+    /// Bans one net (see the module doc).
+    pub fn ban(&mut self, request: BanRequest) -> Result<BanOutcome, BanError> {
+        Ok(self.ban_all(vec![request])?.remove(0))
+    }
+
+    /// Bans every request, in one store transaction; if any request is refused, nothing changes.
+    pub fn ban_all(&mut self, requests: Vec<BanRequest>) -> Result<Vec<BanOutcome>, BanError> {
+        let mut rows = Vec::with_capacity(requests.len());
+        for request in &requests {
+            self.check(request)?;
+            rows.push((request.net.to_string(), self.expires(request)?));
+        }
+        let new: Vec<NewBan<'_>> = requests
+            .iter()
+            .zip(&rows)
+            .map(|(r, (net, expires))| NewBan { net, reason: &r.reason, source: &r.source, expires: expires.clone() })
+            .collect();
+        let stored = self.store.add_bans(&new)?;
+        let mut outcomes = Vec::with_capacity(stored.len());
+        for (request, (row, created)) in requests.iter().zip(stored) {
+            if let Some(kernel) = &mut self.kernel
+                && let Err(e) = kernel.insert(&request.net, kernel_id(&row))
+            {
+                // Keep store and map equal: a ban the kernel could not take is not recorded.
+                if created {
+                    let _ = self.store.remove_ban(&row.net);
+                }
+                return Err(BanError::Kernel(e));
+            }
+            if created && request.source != "manual" {
+                let alert = AlertRow {
+                    time: row.created.clone(),
+                    kind: "ban".into(),
+                    item_id: row.net.clone(),
+                    collector: row.source.clone(),
+                    what: json!({"reason": row.reason, "expires": row.expires}),
+                };
+                if let Err(e) = self.store.add_alert(&alert) {
+                    warn!(error = %e, "recording the alert of a ban");
+                }
+            }
+            if created && requests.len() == 1 {
+                info!(net = %row.net, source = %row.source, reason = %row.reason, expires = ?row.expires, "banned");
+            }
+            outcomes.push(BanOutcome { ban: row, created });
+        }
+        Ok(outcomes)
+    }
+
+    /// Lifts the ban of `net`; `None` when it was not banned.
+    pub fn unban(&mut self, net: &BanNet) -> Result<Option<BanRow>, BanError> {
+        let Some(mut row) = self.store.remove_ban(&net.to_string())? else { return Ok(None) };
+        if let Some(kernel) = &mut self.kernel {
+            if let Some((packets, bytes)) = kernel.hits().get(&kernel_id(&row)) {
+                row.packets = *packets;
+                row.bytes = *bytes;
+            }
+            kernel.remove(net, kernel_id(&row)).map_err(BanError::Kernel)?;
+        }
+        info!(net = %row.net, "unbanned");
+        Ok(Some(row))
+    }
+
+    /// Every ban, with the kernel's hit counters when the daemon runs (the last stored ones otherwise).
+    pub fn list(&mut self) -> Result<Vec<BanRow>, BanError> {
+        let mut rows = self.store.bans()?;
+        if let Some(kernel) = &self.kernel {
+            let hits = kernel.hits();
+            for row in &mut rows {
+                if let Some((packets, bytes)) = hits.get(&kernel_id(row)) {
+                    row.packets = *packets;
+                    row.bytes = *bytes;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// How many times `net` has been banned.
+    pub fn offences(&self, net: &BanNet) -> Result<u32, BanError> {
+        Ok(self.store.offences(&net.to_string())?)
+    }
+
+    /// Removes expired bans from the store and the maps; returns them.
+    pub fn expire(&mut self) -> Result<Vec<BanRow>, BanError> {
+        let expired = self.store.remove_expired_bans(&crate::store::now())?;
+        if let Some(kernel) = &mut self.kernel {
+            for row in &expired {
+                match BanNet::parse(&row.net) {
+                    Ok(net) => kernel.remove(&net, kernel_id(row)).map_err(BanError::Kernel)?,
+                    Err(e) => warn!(error = %e, "stored ban does not parse"),
+                }
+            }
+        }
+        for row in &expired {
+            info!(net = %row.net, "ban expired");
+        }
+        Ok(expired)
+    }
+
+    /// Stores the kernel's hit counters (so `ids bans` shows them while the daemon is down).
+    pub fn snapshot_hits(&mut self) -> Result<(), BanError> {
+        let Some(kernel) = &self.kernel else { return Ok(()) };
+        let hits: Vec<(i64, u64, u64)> = kernel.hits().into_iter().map(|(id, (p, b))| (id as i64, p, b)).collect();
+        if !hits.is_empty() {
+            self.store.record_ban_hits(&hits)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel maps hold exactly the store's unexpired bans and the configured trusted
+    /// prefixes.
+    pub fn reconcile(&mut self) -> Result<Reconciled, BanError> {
+        let expired = self.store.remove_expired_bans(&crate::store::now())?.len();
+        let Some(kernel) = &mut self.kernel else { return Ok(Reconciled { expired, ..Default::default() }) };
+        kernel.set_trusted(&self.trusted).map_err(BanError::Kernel)?;
+        let mut want: HashMap<BanNet, u32> = HashMap::new();
+        for row in self.store.bans()? {
+            match BanNet::parse(&row.net) {
+                Ok(net) => {
+                    want.insert(net, kernel_id(&row));
+                }
+                Err(e) => warn!(error = %e, "stored ban does not parse; not enforced"),
+            }
+        }
+        let have = kernel.entries().map_err(BanError::Kernel)?;
+        let mut report = Reconciled { expired, ..Default::default() };
+        for (net, id) in &have {
+            if want.get(net) != Some(id) {
+                kernel.remove(net, *id).map_err(BanError::Kernel)?;
+                report.removed += 1;
+            }
+        }
+        for (net, id) in &want {
+            if have.get(net) == Some(id) {
+                report.kept += 1;
+            } else {
+                kernel.insert(net, *id).map_err(BanError::Kernel)?;
+                report.added += 1;
+            }
+        }
+        info!(added = report.added, removed = report.removed, kept = report.kept, expired, "ban maps reconciled with the store");
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bans() -> Bans {
+        let config = BansConfig {
+            default_duration: Some(Duration::from_secs(3600)),
+            scan_duration: Some(Duration::from_secs(3600)),
+            max_duration: Duration::from_secs(86_400),
+        };
+        let trusted = vec![BanNet::parse("127.0.0.0/8").unwrap(), BanNet::parse("10.9.9.9").unwrap()];
+        Bans::with_store(Store::open_in_memory().unwrap(), None, trusted, config)
+    }
+
+    fn request(net: &str) -> BanRequest {
+        BanRequest::new(BanNet::parse(net).unwrap(), "test", "manual", BanDuration::Default)
+    }
+
+    #[test]
+    fn ban_of_trusted_address_is_refused() {
+        let mut bans = bans();
+        let err = bans.ban(request("127.0.0.5")).unwrap_err().to_string();
+        assert!(err.contains("127.0.0.5") && err.contains("trusted"), "{err}");
+        // A prefix that merely contains a trusted address is allowed: the trusted one still passes.
+        bans.ban(request("10.0.0.0/8")).unwrap();
+        assert_eq!(bans.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn broad_prefix_needs_force_and_empty_reason_is_refused() {
+        let mut bans = bans();
+        let err = bans.ban(request("::/0")).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        let mut forced = request("::/0");
+        forced.force = true;
+        bans.ban(forced).unwrap();
+        let mut empty = request("10.1.1.1");
+        empty.reason = " ".into();
+        assert!(bans.ban(empty).unwrap_err().to_string().contains("reason"));
+        assert_eq!(bans.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_bad_request_in_a_batch_changes_nothing() {
+        let mut bans = bans();
+        let err = bans.ban_all(vec![request("10.1.1.1"), request("127.0.0.1")]).unwrap_err();
+        assert!(matches!(err, BanError::Trusted { .. }));
+        assert!(bans.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn escalating_bans_double_for_repeat_offenders() {
+        let mut bans = bans();
+        let base = Duration::from_secs(600);
+        let mut escalating = request("10.2.2.2");
+        escalating.duration = BanDuration::Escalating(base);
+        let expires = |outcome: &BanOutcome| {
+            humantime::parse_rfc3339(outcome.ban.expires.as_deref().unwrap()).unwrap().duration_since(SystemTime::now()).unwrap()
+        };
+        let first = bans.ban(escalating.clone()).unwrap();
+        assert!(expires(&first) <= base);
+        bans.unban(&escalating.net).unwrap();
+        let second = bans.ban(escalating.clone()).unwrap();
+        assert!(expires(&second) > base && expires(&second) <= 2 * base, "{second:?}");
+        assert_eq!(bans.offences(&escalating.net).unwrap(), 2);
+    }
+
+    #[test]
+    fn unban_is_idempotent() {
+        let mut bans = bans();
+        bans.ban(request("10.3.3.3")).unwrap();
+        assert!(bans.unban(&BanNet::parse("10.3.3.3").unwrap()).unwrap().is_some());
+        assert!(bans.unban(&BanNet::parse("10.3.3.3").unwrap()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,247 @@
+//! The `bans` and `offenders` tables, and alert queries used by `ids alerts`. The rules (what may
+//! be banned, durations, the kernel maps) live in `crate::bans`; this is storage only.
+use rusqlite::{OptionalExtension as _, Row, params};
+
+use super::{AlertRow, Store, StoreError};
+
+/// A ban as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BanRow {
+    /// Also the ban's id in the kernel maps.
+    pub id: i64,
+    /// Canonical address (`10.0.0.1`) or prefix (`10.0.0.0/8`).
+    pub net: String,
+    pub reason: String,
+    pub source: String,
+    /// RFC 3339 UTC.
+    pub created: String,
+    /// RFC 3339 UTC; `None`: permanent.
+    pub expires: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const COLUMNS: &str = "id, net, reason, source, created, expires, packets, bytes";
+
+fn ban_row(row: &Row<'_>) -> rusqlite::Result<BanRow> {
+    Ok(BanRow {
+        id: row.get(0)?,
+        net: row.get(1)?,
+        reason: row.get(2)?,
+        source: row.get(3)?,
+        created: row.get(4)?,
+        expires: row.get(5)?,
+        packets: row.get::<_, i64>(6)?.max(0) as u64,
+        bytes: row.get::<_, i64>(7)?.max(0) as u64,
+    })
+}
+
+/// One ban to record.
+#[derive(Debug, Clone)]
+pub struct NewBan<'a> {
+    pub net: &'a str,
+    pub reason: &'a str,
+    pub source: &'a str,
+    pub expires: Option<String>,
+}
+
+/// `expires` values compare as text: RFC 3339 UTC with microseconds has a fixed width.
+fn later(a: &Option<String>, b: &Option<String>) -> Option<String> {
+    match (a, b) {
+        (None, _) | (_, None) => None,
+        (Some(a), Some(b)) => Some(if a >= b { a.clone() } else { b.clone() }),
+    }
+}
+
+impl Store {
+    /// Records bans in one transaction. A net already banned keeps its row (and id); its expiry
+    /// becomes the later of the two. Returns each row and whether it is new. New bans count
+    /// toward their net's offences.
+    pub fn add_bans(&mut self, bans: &[NewBan<'_>]) -> Result<Vec<(BanRow, bool)>, StoreError> {
+        let path = self.path.clone();
+        let error = |what| {
+            let path = path.clone();
+            move |source| StoreError::Query { path, what, source }
+        };
+        let created = super::now();
+        let tx = self.conn.transaction().map_err(error("starting a transaction"))?;
+        let mut out = Vec::with_capacity(bans.len());
+        {
+            let mut find = tx
+                .prepare(&format!("SELECT {COLUMNS} FROM bans WHERE net = ?1"))
+                .map_err(error("preparing ban lookup"))?;
+            let mut extend = tx
+                .prepare("UPDATE bans SET expires = ?2 WHERE id = ?1")
+                .map_err(error("preparing ban update"))?;
+            let mut insert = tx
+                .prepare(&format!(
+                    "INSERT INTO bans (net, reason, source, created, expires) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING {COLUMNS}"
+                ))
+                .map_err(error("preparing ban insert"))?;
+            let mut offence = tx
+                .prepare(
+                    "INSERT INTO offenders (net, bans, last) VALUES (?1, 1, ?2)
+                     ON CONFLICT (net) DO UPDATE SET bans = bans + 1, last = excluded.last",
+                )
+                .map_err(error("preparing offender update"))?;
+            for ban in bans {
+                let existing = find.query_row([ban.net], ban_row).optional().map_err(error("looking up a ban"))?;
+                match existing {
+                    Some(mut row) => {
+                        let expires = later(&row.expires, &ban.expires);
+                        if expires != row.expires {
+                            extend.execute(params![row.id, expires]).map_err(error("extending a ban"))?;
+                            row.expires = expires;
+                        }
+                        out.push((row, false));
+                    }
+                    None => {
+                        let row = insert
+                            .query_row(params![ban.net, ban.reason, ban.source, created, ban.expires], ban_row)
+                            .map_err(error("inserting a ban"))?;
+                        offence.execute(params![ban.net, created]).map_err(error("counting an offence"))?;
+                        out.push((row, true));
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(error("committing bans"))?;
+        Ok(out)
+    }
+
+    /// Removes the ban of `net`; `None` when there was none.
+    pub fn remove_ban(&mut self, net: &str) -> Result<Option<BanRow>, StoreError> {
+        self.conn
+            .query_row(&format!("DELETE FROM bans WHERE net = ?1 RETURNING {COLUMNS}"), [net], ban_row)
+            .optional()
+            .map_err(|source| self.query_error("removing a ban", source))
+    }
+
+    /// Every ban, oldest first.
+    pub fn bans(&self) -> Result<Vec<BanRow>, StoreError> {
+        let error = |source| self.query_error("reading bans", source);
+        let mut select = self.conn.prepare(&format!("SELECT {COLUMNS} FROM bans ORDER BY id")).map_err(error)?;
+        let rows = select.query_map([], ban_row).map_err(error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+    }
+
+    /// Removes and returns the bans whose expiry is at or before `now` (RFC 3339).
+    pub fn remove_expired_bans(&mut self, now: &str) -> Result<Vec<BanRow>, StoreError> {
+        let error = |source| self.query_error("removing expired bans", source);
+        let mut delete = self
+            .conn
+            .prepare(&format!("DELETE FROM bans WHERE expires IS NOT NULL AND expires <= ?1 RETURNING {COLUMNS}"))
+            .map_err(error)?;
+        let rows = delete.query_map([now], ban_row).map_err(error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+    }
+
+    /// The earliest expiry of any ban, if one expires.
+    pub fn next_ban_expiry(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT min(expires) FROM bans WHERE expires IS NOT NULL", [], |row| row.get(0))
+            .map_err(|source| self.query_error("reading the next ban expiry", source))
+    }
+
+    /// How many bans `net` has received so far.
+    pub fn offences(&self, net: &str) -> Result<u32, StoreError> {
+        let count: Option<i64> = self
+            .conn
+            .query_row("SELECT bans FROM offenders WHERE net = ?1", [net], |row| row.get(0))
+            .optional()
+            .map_err(|source| self.query_error("reading offences", source))?;
+        Ok(count.unwrap_or(0).clamp(0, u32::MAX as i64) as u32)
+    }
+
+    /// Stores the kernel's hit counters of bans: `(id, packets, bytes)`.
+    pub fn record_ban_hits(&mut self, hits: &[(i64, u64, u64)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let error = move |source| StoreError::Query { path: path.clone(), what: "recording ban hits", source };
+        let tx = self.conn.transaction().map_err(error.clone())?;
+        {
+            let mut update = tx.prepare("UPDATE bans SET packets = ?2, bytes = ?3 WHERE id = ?1").map_err(error.clone())?;
+            for (id, packets, bytes) in hits {
+                update.execute(params![id, *packets as i64, *bytes as i64]).map_err(error.clone())?;
+            }
+        }
+        tx.commit().map_err(error)
+    }
+
+    pub fn add_alert(&mut self, alert: &AlertRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO alerts (time, kind, item_id, collector, what) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![alert.time, alert.kind, alert.item_id, alert.collector, alert.what.to_string()],
+            )
+            .map(drop)
+            .map_err(|source| self.query_error("recording an alert", source))
+    }
+
+    /// The `limit` most recent alerts, oldest first.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+        let error = |source| self.query_error("reading alerts", source);
+        let mut select = self
+            .conn
+            .prepare(
+                "SELECT time, kind, item_id, collector, what FROM
+                 (SELECT id, time, kind, item_id, collector, what FROM alerts ORDER BY id DESC LIMIT ?1)
+                 ORDER BY id",
+            )
+            .map_err(error)?;
+        let rows = select
+            .query_map([limit.min(i64::MAX as usize) as i64], |row| {
+                let what: String = row.get(4)?;
+                Ok(AlertRow {
+                    time: row.get(0)?,
+                    kind: row.get(1)?,
+                    item_id: row.get(2)?,
+                    collector: row.get(3)?,
+                    what: serde_json::from_str(&what).unwrap_or(serde_json::Value::String(what)),
+                })
+            })
+            .map_err(error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban<'a>(net: &'a str, expires: Option<&str>) -> NewBan<'a> {
+        NewBan { net, reason: "test", source: "manual", expires: expires.map(String::from) }
+    }
+
+    #[test]
+    fn bans_are_idempotent_keep_their_id_and_extend() {
+        let mut store = Store::open_in_memory().unwrap();
+        let first = store.add_bans(&[ban("10.0.0.1", Some("2030-01-01T00:00:00.000000Z"))]).unwrap();
+        assert!(first[0].1);
+        let again = store.add_bans(&[ban("10.0.0.1", Some("2031-01-01T00:00:00.000000Z"))]).unwrap();
+        assert!(!again[0].1);
+        assert_eq!(again[0].0.id, first[0].0.id);
+        assert_eq!(again[0].0.expires.as_deref(), Some("2031-01-01T00:00:00.000000Z"));
+        // A shorter ban does not shorten it; a permanent one makes it permanent.
+        let shorter = store.add_bans(&[ban("10.0.0.1", Some("2029-01-01T00:00:00.000000Z"))]).unwrap();
+        assert_eq!(shorter[0].0.expires.as_deref(), Some("2031-01-01T00:00:00.000000Z"));
+        assert_eq!(store.add_bans(&[ban("10.0.0.1", None)]).unwrap()[0].0.expires, None);
+        assert_eq!(store.bans().unwrap().len(), 1);
+        assert_eq!(store.offences("10.0.0.1").unwrap(), 1);
+    }
+
+    #[test]
+    fn expired_bans_leave_and_offences_are_remembered() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .add_bans(&[ban("10.0.0.1", Some("2000-01-01T00:00:00.000000Z")), ban("10.0.0.2", None)])
+            .unwrap();
+        let gone = store.remove_expired_bans(&crate::store::now()).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].net, "10.0.0.1");
+        assert_eq!(store.bans().unwrap().len(), 1);
+        store.add_bans(&[ban("10.0.0.1", None)]).unwrap();
+        assert_eq!(store.offences("10.0.0.1").unwrap(), 2);
+        assert!(store.remove_ban("10.0.0.1").unwrap().is_some());
+        assert!(store.remove_ban("10.0.0.1").unwrap().is_none());
+    }
+}
