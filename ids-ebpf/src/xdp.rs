@@ -1,10 +1,10 @@
 //! `xdp_guard`, the one XDP program on each configured interface. For every frame (802.1Q and
 //! 802.1ad tags are followed, up to two) it reads the IPv4 or IPv6 source and:
-//! 1. passes it if the source is trusted (`TRUSTED_V4`/`TRUSTED_V6`, checked first);
-//! 2. drops it if the source is banned, as a single address (`BAN_V4`/`BAN_V6`, hash) or by a
+//! 1. never drops it if the source is trusted (`TRUSTED_V4`/`TRUSTED_V6`, checked first);
+//! 2. otherwise drops it if the source is banned, as a single address (`BAN_V4`/`BAN_V6`, hash) or by a
 //!    prefix (`BAN_NET_V4`/`BAN_NET_V6`, LPM trie), counting packets and bytes per ban;
 //! 3. for a TCP SYN (no ACK): reports it on `NET_EVENTS` and counts it in the per-source scan
-//!    detector, which reports a source on `XDP_EVENTS` once per window when it tried more distinct
+//!    detector (untrusted sources only), which reports a source on `XDP_EVENTS` once per window when it tried more distinct
 //!    ports, or sent more SYNs, than the thresholds in `XDP_SETTINGS`.
 //!
 //! Anything it cannot parse passes.
@@ -91,21 +91,22 @@ fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, ()> {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     // Source as an IPv6 or IPv4-mapped address (scan detector key), and the L4 header.
     let mut source = [0u8; 16];
+    let trusted;
     let (family, l4, l4_proto) = match proto {
         ETH_P_IP => {
             let ip = bytes_at(ctx, l3, 20)?;
             let saddr: [u8; 4] = unsafe { [*ip.add(12), *ip.add(13), *ip.add(14), *ip.add(15)] };
-            if TRUSTED_V4.get(Key::new(32, saddr)).is_some() {
-                return Ok(xdp_action::XDP_PASS);
-            }
-            // SAFETY: hash lookup by value; the value is only read.
-            if let Some(id) = unsafe { BAN_V4.get(saddr) } {
-                count_hit(*id, bytes);
-                return Ok(xdp_action::XDP_DROP);
-            }
-            if let Some(id) = BAN_NET_V4.get(Key::new(32, saddr)) {
-                count_hit(*id, bytes);
-                return Ok(xdp_action::XDP_DROP);
+            trusted = TRUSTED_V4.get(Key::new(32, saddr)).is_some();
+            if !trusted {
+                // SAFETY: hash lookup by value; the value is only read.
+                if let Some(id) = unsafe { BAN_V4.get(saddr) } {
+                    count_hit(*id, bytes);
+                    return Ok(xdp_action::XDP_DROP);
+                }
+                if let Some(id) = BAN_NET_V4.get(Key::new(32, saddr)) {
+                    count_hit(*id, bytes);
+                    return Ok(xdp_action::XDP_DROP);
+                }
             }
             // Only first fragments carry the L4 header.
             if be16(ip, 6) & 0x1fff != 0 {
@@ -125,17 +126,17 @@ fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, ()> {
             for i in 0..16 {
                 source[i] = unsafe { *ip.add(8 + i) };
             }
-            if TRUSTED_V6.get(Key::new(128, source)).is_some() {
-                return Ok(xdp_action::XDP_PASS);
-            }
-            // SAFETY: as above.
-            if let Some(id) = unsafe { BAN_V6.get(source) } {
-                count_hit(*id, bytes);
-                return Ok(xdp_action::XDP_DROP);
-            }
-            if let Some(id) = BAN_NET_V6.get(Key::new(128, source)) {
-                count_hit(*id, bytes);
-                return Ok(xdp_action::XDP_DROP);
+            trusted = TRUSTED_V6.get(Key::new(128, source)).is_some();
+            if !trusted {
+                // SAFETY: as above.
+                if let Some(id) = unsafe { BAN_V6.get(source) } {
+                    count_hit(*id, bytes);
+                    return Ok(xdp_action::XDP_DROP);
+                }
+                if let Some(id) = BAN_NET_V6.get(Key::new(128, source)) {
+                    count_hit(*id, bytes);
+                    return Ok(xdp_action::XDP_DROP);
+                }
             }
             // Extension headers are not followed: SYNs behind them are not reported.
             (AF_INET6, l3 + 40, unsafe { *ip.add(6) })
@@ -152,7 +153,9 @@ fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let dport = be16(tcp, 2);
     report_syn(ctx, family, l3, be16(tcp, 0), dport);
-    count_scan(&source, family, dport);
+    if !trusted {
+        count_scan(&source, family, dport);
+    }
     Ok(xdp_action::XDP_PASS)
 }
 

@@ -32,20 +32,41 @@ impl Drop for Scratch {
     }
 }
 
+/// Removes a daemon's pinned XDP state (`ids xdp detach`) on drop, so no test leaves its
+/// program on an interface or its maps in bpffs for the next one.
+pub struct Pins {
+    pub config: PathBuf,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new(ids_bin()).args(["xdp", "detach", "--config"]).arg(&self.config).stdout(Stdio::null()).status();
+    }
+}
+
+/// A bpffs directory for one test's pins.
+pub fn test_pin_dir(name: &str) -> String {
+    format!("/sys/fs/bpf/ids-test-{}-{name}", std::process::id())
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub config: PathBuf,
     pub events: PathBuf,
-    _state: Scratch,
+    // Dropped before the state (the detach reads the config file in it).
+    _pins: Option<Pins>,
+    _state: Option<Scratch>,
 }
 
 impl Daemon {
     /// Starts `ids run` watching `watch`, with XDP on `interfaces`, and waits until it answers.
+    /// Without interfaces it attaches to `lo` only, so that tests never touch the host's own NICs.
     pub fn start(name: &str, watch: &[&Path], interfaces: &[&str]) -> Self {
         Self::start_with(name, watch, interfaces, "")
     }
 
     pub fn start_with(name: &str, watch: &[&Path], interfaces: &[&str], extra: &str) -> Self {
+        let interfaces = if interfaces.is_empty() { &["lo"][..] } else { interfaces };
         let state = Scratch::new("/var/tmp", &format!("state-{name}"));
         let events = state.0.join("events.jsonl");
         let config = state.0.join("ids.toml");
@@ -54,24 +75,43 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "watch = [{}]\nevents_log = {:?}\nstate_dir = {:?}\ninterfaces = [{}]\n{extra}\n",
+                "watch = [{}]\nevents_log = {:?}\nstate_dir = {:?}\n{extra}\n[xdp]\ninterfaces = [{}]\npin_dir = {:?}\n",
                 watch.join(", "),
                 events.display().to_string(),
                 state.0.join("state").display().to_string(),
                 interfaces.join(", "),
+                test_pin_dir(name),
             ),
         )
         .unwrap();
+        let mut daemon = Self::spawn(&config, &events);
+        daemon._pins = Some(Pins { config: config.clone() });
+        daemon._state = Some(state);
+        daemon
+    }
+
+    /// Starts `ids run --config config` and waits until it answers; the caller owns the state
+    /// directory and the pins.
+    pub fn spawn(config: &Path, events: &Path) -> Self {
         let child = Command::new(ids_bin())
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", ids_bin().display()));
-        let mut daemon = Self { child: Some(child), config, events, _state: state };
+        let mut daemon =
+            Self { child: Some(child), config: config.into(), events: events.into(), _pins: None, _state: None };
         daemon.wait_ready();
         daemon
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean anything up.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn wait_ready(&mut self) {

@@ -45,11 +45,13 @@ fn a_signal_without_a_working_hook_stops_the_daemon_naming_it() {
     fs::write(
         &config,
         format!(
-            "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\nexclude_hooks = [\"tracepoint\"]\n",
-            state.0.join("state").display().to_string()
+            "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\nexclude_hooks = [\"tracepoint\"]\n[xdp]\npin_dir = {:?}\n",
+            state.0.join("state").display().to_string(),
+            ids_tests::test_pin_dir("nohook"),
         ),
     )
     .unwrap();
+    let _pins = ids_tests::Pins { config: config.clone() };
     let out = Command::new(ids_tests::ids_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "daemon started without any hook: {stderr}");

@@ -1,0 +1,456 @@
+//! Bans enforced in XDP, end to end: a network namespace joined to this host by a veth pair, the
+//! daemon's XDP program on the host side, traffic from addresses inside the namespace.
+//! They need root; CI runs them as root (`cargo xtask test`).
+use std::fs;
+use std::io::Read as _;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ids_tests::{Daemon, Pins, Scratch, ids_bin, sh, test_pin_dir};
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+const HOST4: &str = "10.232.0.1";
+/// Banned in most tests.
+const BAD4: &str = "10.232.0.2";
+/// Never banned by address: the other source that must keep passing.
+const GOOD4: &str = "10.232.0.3";
+/// Trusted in the prefix test.
+const TRUSTED4: &str = "10.232.0.4";
+const HOST6: &str = "fd00:232::1";
+const BAD6: &str = "fd00:232::2";
+const GOOD6: &str = "fd00:232::3";
+
+/// A namespace with four IPv4 and three IPv6 addresses, joined to the host by a veth pair whose
+/// host side carries the daemon's XDP program. Neighbours are static, so that dropped ARP/ND
+/// answers of a banned address cannot break the other addresses. Removed on drop.
+struct Net {
+    ns: String,
+    host_if: String,
+}
+
+fn mac(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string()
+}
+
+impl Net {
+    fn new(tag: &str) -> Self {
+        let id = std::process::id() % 1000;
+        let ns = format!("idsb{id}{tag}");
+        let host_if = format!("idsbh{id}{tag}");
+        let ns_if = format!("idsbn{id}{tag}");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).stderr(std::process::Stdio::null()).status();
+        sh("ip", &["netns", "add", &ns]);
+        let net = Self { ns: ns.clone(), host_if: host_if.clone() };
+        sh("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        sh("ip", &["link", "set", &ns_if, "netns", &ns]);
+        sh("ip", &["addr", "add", &format!("{HOST4}/24"), "dev", &host_if]);
+        sh("ip", &["addr", "add", &format!("{HOST6}/64"), "dev", &host_if, "nodad"]);
+        sh("ip", &["link", "set", &host_if, "up"]);
+        for a in [BAD4, GOOD4, TRUSTED4] {
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", &ns_if]);
+        }
+        for a in [BAD6, GOOD6] {
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{a}/64"), "dev", &ns_if, "nodad"]);
+        }
+        sh("ip", &["-n", &ns, "link", "set", &ns_if, "up"]);
+        sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        let host_mac = mac(&format!("/sys/class/net/{host_if}/address"));
+        let ns_mac = sh("ip", &["netns", "exec", &ns, "cat", &format!("/sys/class/net/{ns_if}/address")]).trim().to_string();
+        for a in [HOST4, HOST6] {
+            sh("ip", &["-n", &ns, "neigh", "replace", a, "lladdr", &host_mac, "dev", &ns_if, "nud", "permanent"]);
+        }
+        for a in [BAD4, GOOD4, TRUSTED4, BAD6, GOOD6] {
+            sh("ip", &["neigh", "replace", a, "lladdr", &ns_mac, "dev", &host_if, "nud", "permanent"]);
+        }
+        net
+    }
+
+    /// Runs `f` on a thread that entered the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let handle = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    // SAFETY: a valid namespace fd; only this thread changes namespace.
+                    let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
+    /// Whether a TCP connection from `source` (in the namespace) to `to` (on the host) completes.
+    fn tcp_passes(&self, source: &str, to: SocketAddr) -> bool {
+        let source: IpAddr = source.parse().unwrap();
+        self.run(move || {
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+            socket.connect_timeout(&to.into(), Duration::from_millis(700)).is_ok()
+        })
+    }
+
+    /// Whether a UDP datagram from `source` reaches `receiver` on the host.
+    fn udp_passes(&self, source: &str, receiver: &UdpSocket) -> bool {
+        let to = receiver.local_addr().unwrap();
+        let payload = format!("ids-ban-test {source} {}", Instant::now().elapsed().as_nanos());
+        let source: IpAddr = source.parse().unwrap();
+        let sent = payload.clone();
+        self.run(move || {
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
+            for _ in 0..3 {
+                socket.send_to(sent.as_bytes(), to).unwrap();
+            }
+        });
+        receiver.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = receiver.recv_from(&mut buf)
+                && buf[..n] == *payload.as_bytes()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether an ICMP echo from `source` is answered.
+    fn ping_passes(&self, source: &str, to: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, "ping", "-c", "1", "-W", "1", "-I", source, to])
+            .output()
+            .unwrap_or_else(|e| panic!("ping: {e}"))
+            .status
+            .success()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A daemon's config and state that outlive daemon restarts; pins removed on drop.
+struct Setup {
+    config: PathBuf,
+    events: PathBuf,
+    _pins: Pins,
+    _state: Scratch,
+}
+
+impl Setup {
+    fn new(name: &str, interface: &str, xdp_extra: &str, bans_extra: &str) -> Self {
+        let state = Scratch::new("/var/tmp", &format!("bans-{name}"));
+        let config = state.0.join("ids.toml");
+        let events = state.0.join("events.jsonl");
+        fs::write(
+            &config,
+            format!(
+                "watch = []\nevents_log = {:?}\nstate_dir = {:?}\n[xdp]\ninterfaces = [{interface:?}]\npin_dir = {:?}\n{xdp_extra}\n[bans]\n{bans_extra}\n",
+                events.display().to_string(),
+                state.0.join("state").display().to_string(),
+                test_pin_dir(name),
+            ),
+        )
+        .unwrap();
+        Self { _pins: Pins { config: config.clone() }, config, events, _state: state }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::spawn(&self.config, &self.events)
+    }
+
+    /// `ids <args> --json --config ...`: (exit success, JSON printed).
+    fn ids(&self, args: &[&str]) -> (bool, Value) {
+        let out = Command::new(ids_bin()).args(args).args(["--json", "--config"]).arg(&self.config).output().unwrap();
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ids {args:?} printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), json)
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        let (success, json) = self.ids(args);
+        assert!(success && json["ok"] == true, "ids {args:?} failed: {json}");
+        json
+    }
+
+    fn bans(&self) -> Vec<Value> {
+        self.ok(&["bans"])["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn tcp_listener(addr: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind((addr.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    let local = listener.local_addr().unwrap();
+    (listener, local)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn banned_source_is_dropped_for_tcp_udp_icmp_and_ipv6_while_another_source_passes() {
+    let net = Net::new("a");
+    let setup = Setup::new("drop", &net.host_if, "", "");
+    let daemon = setup.start();
+    let status = daemon.status();
+    let interfaces = &status["xdp"]["interfaces"];
+    assert_eq!(interfaces[0]["name"], net.host_if.as_str(), "{status}");
+    assert_eq!(interfaces[0]["mode"], "native", "veth supports native XDP: {status}");
+
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let (_tcp6, tcp6_to) = tcp_listener(HOST6);
+    let udp = UdpSocket::bind((HOST4.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    for source in [BAD4, GOOD4] {
+        assert!(net.tcp_passes(source, tcp_to), "TCP from {source} blocked before any ban");
+    }
+    assert!(net.tcp_passes(BAD6, tcp6_to), "IPv6 TCP blocked before any ban");
+
+    let banned = setup.ok(&["ban", BAD4, "--reason", "test", "--for", "1h"]);
+    assert_eq!(banned["data"][0]["net"], BAD4, "{banned}");
+    assert_eq!(banned["data"][0]["created"], true, "{banned}");
+    setup.ok(&["ban", BAD6, "--reason", "test v6"]);
+
+    assert!(!net.tcp_passes(BAD4, tcp_to), "TCP from banned {BAD4} passed");
+    assert!(!net.udp_passes(BAD4, &udp), "UDP from banned {BAD4} passed");
+    assert!(!net.ping_passes(BAD4, HOST4), "ICMP from banned {BAD4} answered");
+    assert!(!net.tcp_passes(BAD6, tcp6_to), "IPv6 TCP from banned {BAD6} passed");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "TCP from {GOOD4} blocked by the ban of {BAD4}");
+    assert!(net.udp_passes(GOOD4, &udp), "UDP from {GOOD4} blocked");
+    assert!(net.ping_passes(GOOD4, HOST4), "ICMP from {GOOD4} blocked");
+    assert!(net.tcp_passes(GOOD6, tcp6_to), "IPv6 TCP from {GOOD6} blocked");
+
+    // Idempotent: banning again changes nothing and says so.
+    let again = setup.ok(&["ban", BAD4, "--reason", "test"]);
+    assert_eq!(again["data"][0]["created"], false, "{again}");
+    let bans = setup.bans();
+    assert_eq!(bans.len(), 2, "{bans:?}");
+    let bad = bans.iter().find(|b| b["net"] == BAD4).expect("ban listed");
+    assert!(bad["packets"].as_u64().unwrap() >= 3, "hit counters not counted: {bad}");
+    assert!(bad["bytes"].as_u64().unwrap() > bad["packets"].as_u64().unwrap() * 20, "{bad}");
+    assert_eq!(bad["source"], "manual");
+
+    let unbanned = setup.ok(&["unban", BAD4]);
+    assert_eq!(unbanned["data"][0]["removed"], true, "{unbanned}");
+    assert_eq!(setup.ok(&["unban", BAD4])["data"][0]["removed"], false, "unban is not idempotent");
+    assert!(net.tcp_passes(BAD4, tcp_to), "TCP from {BAD4} still blocked after unban");
+    daemon.stop();
+}
+
+#[test]
+fn prefix_ban_drops_the_prefix_but_a_trusted_address_inside_it_passes() {
+    let net = Net::new("p");
+    let setup = Setup::new("prefix", &net.host_if, &format!("trusted = [\"127.0.0.0/8\", \"::1\", \"{TRUSTED4}\"]"), "");
+    let daemon = setup.start();
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let (_tcp6, tcp6_to) = tcp_listener(HOST6);
+    setup.ok(&["ban", "10.232.0.0/16", "--reason", "prefix"]);
+    setup.ok(&["ban", "fd00:232::/64", "--reason", "prefix v6"]);
+    assert!(!net.tcp_passes(BAD4, tcp_to), "{BAD4} passed a /16 ban");
+    assert!(!net.tcp_passes(GOOD4, tcp_to), "{GOOD4} passed a /16 ban");
+    assert!(!net.tcp_passes(GOOD6, tcp6_to), "{GOOD6} passed a /64 ban");
+    assert!(net.tcp_passes(TRUSTED4, tcp_to), "trusted {TRUSTED4} dropped by the prefix ban");
+    assert!(net.ping_passes(TRUSTED4, HOST4), "trusted {TRUSTED4} ICMP dropped");
+
+    let (success, refused) = setup.ids(&["ban", TRUSTED4]);
+    assert!(!success && refused["ok"] == false, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("trusted"), "{refused}");
+    assert_eq!(setup.bans().len(), 2);
+    daemon.stop();
+}
+
+#[test]
+fn expiry_lifts_the_ban_within_a_second() {
+    let net = Net::new("e");
+    let setup = Setup::new("expiry", &net.host_if, "", "");
+    let daemon = setup.start();
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let banned = setup.ok(&["ban", BAD4, "--for", "3s", "--reason", "short"]);
+    let expires = humantime_parse(banned["data"][0]["expires"].as_str().expect("expiry set"));
+    assert!(!net.tcp_passes(BAD4, tcp_to), "ban not enforced");
+    while std::time::SystemTime::now() < expires {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Within a second of the expiry, both the map and the store have let it go.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(setup.bans().is_empty(), "expired ban still in the store: {:?}", setup.bans());
+    assert!(net.tcp_passes(BAD4, tcp_to), "expired ban still enforced");
+    daemon.stop();
+}
+
+fn humantime_parse(text: &str) -> std::time::SystemTime {
+    // RFC 3339 UTC with microseconds, as the daemon writes it: 2026-01-02T03:04:05.678901Z.
+    let (date, time) = text.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (hms, micros) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_micros(micros.parse().unwrap())
+}
+
+#[test]
+fn bans_hold_after_kill_9_and_a_restart_reconciles_the_maps_with_the_store() {
+    let net = Net::new("k");
+    let setup = Setup::new("restart", &net.host_if, "", "");
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let daemon = setup.start();
+    setup.ok(&["ban", BAD4, "--for", "permanent", "--reason", "kill test"]);
+    assert!(!net.tcp_passes(BAD4, tcp_to));
+    daemon.kill();
+
+    // The pinned program and maps keep the ban while no daemon runs.
+    assert!(!net.tcp_passes(BAD4, tcp_to), "ban lost when the daemon was killed");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked with the daemon down");
+
+    // With the daemon down, ban and unban edit the store and say so.
+    let added = setup.ok(&["ban", GOOD4, "--reason", "while down"]);
+    assert_eq!(added["daemon"], false, "{added}");
+    let removed = setup.ok(&["unban", BAD4]);
+    assert_eq!(removed["daemon"], false, "{removed}");
+    let human = Command::new(ids_bin()).args(["ban", "10.232.0.9", "--config"]).arg(&setup.config).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("the daemon is not running"), "{human:?}");
+    setup.ok(&["unban", "10.232.0.9"]);
+    // They take effect at the next start, not before.
+    assert!(!net.tcp_passes(BAD4, tcp_to), "offline unban reached the kernel before the restart");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "offline ban reached the kernel before the restart");
+
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"][0]["mode"], "replaced", "pinned link not reused: {status}");
+    assert_eq!(status["xdp"]["bans"], 1, "{status}");
+    assert!(net.tcp_passes(BAD4, tcp_to), "ban removed while down is still in the map");
+    assert!(!net.tcp_passes(GOOD4, tcp_to), "ban added while down not applied");
+    let bans = setup.bans();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["net"], GOOD4);
+    daemon.stop();
+    // A clean stop keeps the filter too.
+    assert!(!net.tcp_passes(GOOD4, tcp_to), "ban lost at a clean stop");
+    // `ids xdp detach` removes everything.
+    let detached = setup.ok(&["xdp", "detach"]);
+    assert!(detached["data"]["removed"].as_array().unwrap().len() >= 8, "{detached}");
+    assert!(!Path::new(&test_pin_dir("restart")).exists(), "pin directory left behind");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "filter still attached after `ids xdp detach`");
+}
+
+#[test]
+fn a_hundred_thousand_bans_load_and_are_enforced() {
+    let net = Net::new("m");
+    let setup = Setup::new("many", &net.host_if, "", "");
+    let list = setup.config.with_file_name("bans.txt");
+    let mut text = String::from("# 100,000 addresses of 198.18.0.0/15 and one of the namespace\n");
+    for i in 0..100_000u32 {
+        text += &format!("198.{}.{}.{}\n", 18 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+    }
+    text += &format!("{BAD4}\n");
+    fs::write(&list, text).unwrap();
+    // Into the store while the daemon is down, applied to the maps at start.
+    let loaded = setup.ok(&["ban", "--file", list.to_str().unwrap(), "--reason", "bulk"]);
+    assert_eq!(loaded["data"].as_array().unwrap().len(), 100_001);
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["bans"], 100_001, "{status}");
+    assert!(!net.tcp_passes(BAD4, tcp_to), "ban from the bulk list not enforced");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked");
+    // And through the running daemon.
+    let more = setup.config.with_file_name("more.txt");
+    fs::write(&more, (0..2000).map(|i| format!("fd00:9::{i:x}\n")).collect::<String>() + GOOD4 + "\n").unwrap();
+    let added = setup.ok(&["ban", "--file", more.to_str().unwrap(), "--reason", "bulk v6"]);
+    assert_eq!(added["data"].as_array().unwrap().len(), 2001);
+    assert!(!net.tcp_passes(GOOD4, tcp_to), "ban from the second list not enforced");
+    assert_eq!(setup.bans().len(), 102_002);
+    daemon.stop();
+}
+
+#[test]
+fn a_scan_of_a_hundred_ports_gets_the_source_banned() {
+    let net = Net::new("s");
+    let setup = Setup::new("scan", &net.host_if, "scan_ports = 50\nscan_window = \"30s\"", "scan_duration = \"10m\"");
+    let daemon = setup.start();
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let host: IpAddr = HOST4.parse().unwrap();
+    let source: IpAddr = BAD4.parse().unwrap();
+    net.run(move || {
+        for port in 20_000..20_100u16 {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+            let _ = socket.connect_timeout(&SocketAddr::new(host, port).into(), Duration::from_millis(100));
+        }
+    });
+    wait_until("the scanner banned", Duration::from_secs(5), || setup.bans().iter().any(|b| b["net"] == BAD4));
+    let bans = setup.bans();
+    assert_eq!(bans.len(), 1, "only the scanner is banned: {bans:?}");
+    assert_eq!(bans[0]["source"], "port-scan", "{bans:?}");
+    assert!(bans[0]["expires"].is_string(), "scan_duration not applied: {bans:?}");
+    assert!(!net.tcp_passes(BAD4, tcp_to), "scanner not blocked");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked");
+    let alerts = setup.ok(&["alerts", "-n", "5"]);
+    let alert = alerts["data"].as_array().unwrap().iter().find(|a| a["item"] == BAD4).cloned();
+    assert!(alert.as_ref().is_some_and(|a| a["kind"] == "ban" && a["source"] == "port-scan"), "{alerts}");
+    let status = daemon.status();
+    assert!(status["xdp"]["scan_reports"].as_u64().unwrap() >= 1, "{status}");
+    daemon.stop();
+}
+
+#[test]
+fn bad_ban_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let net = Net::new("b");
+    let setup = Setup::new("bad", &net.host_if, "", "");
+    let cases: [(&[&str], &str); 6] = [
+        (&["ban", "999.1.1.1"], "not an IPv4 or IPv6 address"),
+        (&["ban", "198.18.0.0/33"], "longer than 32"),
+        (&["ban", "::/0"], "--force"),
+        (&["ban", "198.18.0.1", "--reason", ""], "reason"),
+        (&["ban", "198.18.0.1", "--for", "-5m"], "negative"),
+        (&["unban", "10.0.0.300"], "not an IPv4 or IPv6 address"),
+    ];
+    let check = |when: &str| {
+        for (args, expected) in cases {
+            let (success, json) = setup.ids(args);
+            assert!(!success, "{when}: ids {args:?} succeeded: {json}");
+            assert_eq!(json["ok"], false, "{when}: {json}");
+            let error = json["error"].as_str().unwrap_or("");
+            assert!(error.contains(expected), "{when}: ids {args:?}: error {error:?} does not say {expected:?}");
+            // People get the error on stderr, not a panic.
+            let human = Command::new(ids_bin()).args(args).arg("--config").arg(&setup.config).output().unwrap();
+            let stderr = String::from_utf8_lossy(&human.stderr);
+            assert!(!human.status.success() && stderr.contains(expected) && !stderr.contains("panicked"), "{stderr}");
+        }
+        assert!(setup.bans().is_empty(), "{when}: refused input changed the bans: {:?}", setup.bans());
+    };
+    check("daemon down");
+    let daemon = setup.start();
+    check("daemon running");
+    // With --force the broad prefix is accepted.
+    setup.ok(&["ban", "::/0", "--force", "--reason", "everything v6"]);
+    let mut stderr = String::new();
+    let _ = daemon.stop().as_bytes().read_to_string(&mut stderr);
+}
