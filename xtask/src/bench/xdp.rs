@@ -115,6 +115,7 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
     let ids = build_release(root)?;
     let machine = Machine::describe(&ids)?;
     let scratch = BenchDir::create()?;
+    remove_stale_namespaces();
     let topo = Topology::create()?;
     eprintln!("bench: namespaces {} → {}, veth {} → {}", topo.gen_ns.name, topo.target_ns.name, topo.gen_dev, topo.target_dev);
     let started = Instant::now();
@@ -274,6 +275,20 @@ impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = run_quiet(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("bench: could not delete network namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Deletes namespaces left by an earlier run of this bench that was killed (a signal skips the
+/// drop guards): their names end in the pid of a process that no longer exists.
+fn remove_stale_namespaces() {
+    let Ok(entries) = fs::read_dir("/run/netns") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("idsb-gen-").or_else(|| name.strip_prefix("idsb-tgt-")) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            eprintln!("bench: deleting network namespace {name} left by a killed run");
+            drop(Netns { name });
         }
     }
 }
@@ -1271,17 +1286,28 @@ struct TcpThroughput {
     ids: Vec<f64>,
     nft: Vec<f64>,
     banned_entries: usize,
+    /// `tcp-segmentation-offload` of the generator end, with nothing attached and with `ids` attached.
+    tso_detached: String,
+    tso_with_ids: Option<String>,
 }
 
 fn measure_tcp(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursSupport, plan: &Plan) -> anyhow::Result<TcpThroughput> {
     let entries = 100_000;
     let set = banned_set(entries);
     let secs = if plan.quick { 1.0 } else { TCP_SECS };
-    let mut result = TcpThroughput { detached: vec![], ids: vec![], nft: vec![], banned_entries: entries };
+    let mut result = TcpThroughput {
+        detached: vec![],
+        ids: vec![],
+        nft: vec![],
+        banned_entries: entries,
+        tso_detached: generator_tso(topo)?,
+        tso_with_ids: None,
+    };
     for rep in 0..plan.repetitions {
         result.detached.push(tcp_bits_per_second(topo, secs)?);
         if ours.available() {
             let installed = Installed::install(Contender::Ids, topo, ids, dir, &set)?;
+            result.tso_with_ids = Some(generator_tso(topo)?);
             result.ids.push(tcp_bits_per_second(topo, secs)?);
             installed.remove(topo)?;
         }
@@ -1300,11 +1326,22 @@ fn measure_tcp(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursSupport, 
     Ok(result)
 }
 
+/// `on` or `off`: TCP segmentation offload of the generator end, as `ethtool -k` shows it.
+fn generator_tso(topo: &Topology) -> anyhow::Result<String> {
+    let text = command_stdout(topo.gen_ns.command("ethtool").args(["-k", &topo.gen_dev]))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("tcp-segmentation-offload:"))
+        .map(|v| v.split_whitespace().next().unwrap_or("?").to_string())
+        .with_context(|| format!("no tcp-segmentation-offload in `ethtool -k {}`", topo.gen_dev))
+}
+
 /// One TCP connection from the generator end to the target end, written to for `secs`; returns
-/// the bits per second the receiver read.
+/// the bits per second the receiver read. The sender runs on the generator CPU, the receiver on
+/// CPU 0 (when there are two), both at nice −20, so that runs compare.
 fn tcp_bits_per_second(topo: &Topology, secs: f64) -> anyhow::Result<f64> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = topo.target_ns.spawn_in(move || {
+        dedicate_this_thread(0)?;
         let listener = TcpListener::bind(SocketAddrV4::new(TARGET_ADDR, TCP_PORT)).context("listening for the TCP test")?;
         let _ = ready_tx.send(());
         let (mut stream, _) = listener.accept().context("accepting the TCP test connection")?;
@@ -1325,6 +1362,7 @@ fn tcp_bits_per_second(topo: &Topology, secs: f64) -> anyhow::Result<f64> {
     ready_rx.recv_timeout(Duration::from_secs(5)).context("the TCP receiver did not start")?;
     let duration = Duration::from_secs_f64(secs);
     topo.gen_ns.run_in(move || {
+        dedicate_this_thread(generator_cpu())?;
         let socket = std::net::TcpStream::connect_timeout(&SocketAddrV4::new(TARGET_ADDR, TCP_PORT).into(), Duration::from_secs(5))
             .context("connecting the TCP test stream")?;
         let mut stream: TcpStream = socket;
@@ -1600,10 +1638,13 @@ impl Report {
         let _ = writeln!(
             s,
             "One TCP connection from an unbanned source, generator end → target end, {} set entries loaded; \
-             medians of {} run(s). Attaching an XDP program to a veth end turns off TSO/GSO on its peer, so \
-             the sender segments in software.\n",
+             medians of {} run(s); sender and receiver pinned to different CPUs. TCP segmentation offload of \
+             the generator end: {} with nothing attached, {} with ids' XDP program on its peer (veth turns \
+             TSO/GSO off on the peer of an end with XDP, so the sender segments in software).\n",
             thousands(tcp.banned_entries as u64),
-            self.plan.repetitions
+            self.plan.repetitions,
+            tcp.tso_detached,
+            tcp.tso_with_ids.as_deref().unwrap_or("not measured"),
         );
         let _ = writeln!(s, "| target end | Gbit/s | ratio to detached |");
         let _ = writeln!(s, "|---|---:|---:|");
