@@ -300,3 +300,54 @@ pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bans::BansConfig;
+    use crate::store::Store;
+    use std::time::Duration;
+
+    fn bans() -> Bans {
+        let config = BansConfig {
+            default_duration: None,
+            scan_duration: None,
+            max_duration: Duration::from_secs(86_400),
+        };
+        Bans::with_store(Store::open_in_memory().unwrap(), None, vec![BanNet::parse("127.0.0.0/8").unwrap()], config)
+    }
+
+    fn ban(nets: &[&str], duration: Option<&str>, reason: &str) -> Request {
+        Request::Ban {
+            nets: nets.iter().map(|n| n.to_string()).collect(),
+            duration: duration.map(String::from),
+            reason: reason.into(),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn answers_are_ok_and_data_or_an_error() {
+        let mut bans = bans();
+        let banned = answer(&mut bans, &ban(&["10.0.0.1", "fd00::/64"], Some("10m"), "test"));
+        assert_eq!(banned["ok"], true, "{banned}");
+        assert_eq!(banned["data"][0]["net"], "10.0.0.1");
+        assert_eq!(banned["data"][0]["created"], true);
+        assert!(banned["data"][0]["expires"].is_string());
+        assert_eq!(banned["data"][1]["net"], "fd00::/64");
+        let listed = answer(&mut bans, &Request::Bans);
+        assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+        assert_eq!(listed["data"][0]["packets"], 0);
+        let refused = answer(&mut bans, &ban(&["10.0.0.2", "127.0.0.1"], None, "test"));
+        assert_eq!(refused["ok"], false);
+        assert!(refused["error"].as_str().unwrap().contains("trusted"), "{refused}");
+        let refused = answer(&mut bans, &ban(&["10.0.0.2"], Some("-1h"), "test"));
+        assert!(refused["error"].as_str().unwrap().contains("negative"), "{refused}");
+        assert_eq!(answer(&mut bans, &Request::Bans)["data"].as_array().unwrap().len(), 2);
+        let unbanned = answer(&mut bans, &Request::Unban { nets: vec!["10.0.0.1".into()] });
+        assert_eq!(unbanned["data"][0]["removed"], true, "{unbanned}");
+        let alerts = answer(&mut bans, &Request::Alerts { limit: 5 });
+        assert_eq!(alerts["ok"], true);
+        assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
+    }
+}

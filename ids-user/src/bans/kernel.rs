@@ -137,6 +137,14 @@ impl BanMaps {
         out
     }
 
+    /// Drops the hit counters of ids not in `ids` (bans lifted while the daemon was down).
+    pub fn retain_hits(&mut self, ids: &std::collections::HashSet<BanId>) {
+        let stale: Vec<BanId> = self.hits.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
+        for id in stale {
+            let _ = self.hits.remove(&id);
+        }
+    }
+
     /// Replaces the trusted prefixes with `trusted`.
     pub fn set_trusted(&mut self, trusted: &[BanNet]) -> anyhow::Result<()> {
         let old4: Vec<Key<[u8; 4]>> = self.trusted_v4.keys().filter_map(Result::ok).collect();
@@ -194,8 +202,21 @@ pub struct XdpAttachments {
 }
 
 impl XdpAttachments {
+    /// Also removes pinned links of interfaces no longer configured (the program leaves them).
     pub fn new(pin_dir: &Path, want: &[String]) -> Self {
-        Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() }
+        let attachments = Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() };
+        if !want.is_empty() {
+            for entry in std::fs::read_dir(pin_dir.join("links")).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !want.contains(&name) {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => info!(interface = name, "XDP ban filter detached: interface no longer configured"),
+                        Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove pinned link"),
+                    }
+                }
+            }
+        }
+        attachments
     }
 
     fn link_path(&self, interface: &str) -> PathBuf {

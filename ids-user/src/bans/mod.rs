@@ -106,6 +106,9 @@ pub struct Bans {
     kernel: Option<BanMaps>,
     trusted: Vec<BanNet>,
     config: BansConfig,
+    /// The earliest expiry in the store (`None`: none expires), so that [`Bans::expire`] touches
+    /// the database only when a ban is due.
+    next_expiry: Option<String>,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -130,7 +133,8 @@ impl Bans {
     }
 
     pub fn with_store(store: Store, kernel: Option<BanMaps>, trusted: Vec<BanNet>, config: BansConfig) -> Self {
-        Self { store, kernel, trusted, config }
+        let next_expiry = store.next_ban_expiry().unwrap_or(Some(String::new()));
+        Self { store, kernel, trusted, config, next_expiry }
     }
 
     pub fn enforcing(&self) -> bool {
@@ -155,9 +159,7 @@ impl Bans {
                 message: "must be lowercase letters, digits and '-'".into(),
             });
         }
-        if let BanDuration::For(d) | BanDuration::Escalating(d) = request.duration
-            && d.is_zero()
-        {
+        if matches!(request.duration, BanDuration::For(d) | BanDuration::Escalating(d) if d.is_zero()) {
             return Err(BanError::Invalid { what: "duration", value: "0s".into(), message: "zero".into() });
         }
         if let Some(trusted) = self.trusted.iter().find(|t| request.net.within(t)) {
@@ -202,16 +204,23 @@ impl Bans {
             .map(|(r, (net, expires))| NewBan { net, reason: &r.reason, source: &r.source, expires: expires.clone() })
             .collect();
         let stored = self.store.add_bans(&new)?;
+        for (row, _) in &stored {
+            if let Some(expires) = &row.expires {
+                if self.next_expiry.as_ref().is_none_or(|next| expires < next) {
+                    self.next_expiry = Some(expires.clone());
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(stored.len());
         for (request, (row, created)) in requests.iter().zip(stored) {
-            if let Some(kernel) = &mut self.kernel
-                && let Err(e) = kernel.insert(&request.net, kernel_id(&row))
-            {
-                // Keep store and map equal: a ban the kernel could not take is not recorded.
-                if created {
-                    let _ = self.store.remove_ban(&row.net);
+            if let Some(kernel) = &mut self.kernel {
+                if let Err(e) = kernel.insert(&request.net, kernel_id(&row)) {
+                    // Keep store and map equal: a ban the kernel could not take is not recorded.
+                    if created {
+                        let _ = self.store.remove_ban(&row.net);
+                    }
+                    return Err(BanError::Kernel(e));
                 }
-                return Err(BanError::Kernel(e));
             }
             if created && request.source != "manual" {
                 let alert = AlertRow {
@@ -269,7 +278,12 @@ impl Bans {
 
     /// Removes expired bans from the store and the maps; returns them.
     pub fn expire(&mut self) -> Result<Vec<BanRow>, BanError> {
-        let expired = self.store.remove_expired_bans(&crate::store::now())?;
+        let now = crate::store::now();
+        if self.next_expiry.as_ref().is_none_or(|next| *next > now) {
+            return Ok(Vec::new());
+        }
+        let expired = self.store.remove_expired_bans(&now)?;
+        self.next_expiry = self.store.next_ban_expiry()?;
         if let Some(kernel) = &mut self.kernel {
             for row in &expired {
                 match BanNet::parse(&row.net) {
@@ -325,6 +339,8 @@ impl Bans {
                 report.added += 1;
             }
         }
+        let ids: std::collections::HashSet<u32> = want.values().copied().collect();
+        kernel.retain_hits(&ids);
         info!(added = report.added, removed = report.removed, kept = report.kept, expired, "ban maps reconciled with the store");
         Ok(report)
     }
@@ -395,6 +411,22 @@ mod tests {
         let second = bans.ban(escalating.clone()).unwrap();
         assert!(expires(&second) > base && expires(&second) <= 2 * base, "{second:?}");
         assert_eq!(bans.offences(&escalating.net).unwrap(), 2);
+    }
+
+    #[test]
+    fn expire_removes_due_bans_only() {
+        let mut bans = bans();
+        assert!(bans.expire().unwrap().is_empty());
+        let mut short = request("10.4.4.4");
+        short.duration = BanDuration::For(Duration::from_millis(20));
+        bans.ban(short).unwrap();
+        bans.ban(request("10.4.4.5")).unwrap();
+        assert!(bans.expire().unwrap().is_empty(), "expired early");
+        std::thread::sleep(Duration::from_millis(40));
+        let expired = bans.expire().unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].net, "10.4.4.4");
+        assert_eq!(bans.list().unwrap().len(), 1);
     }
 
     #[test]
