@@ -21,12 +21,15 @@
 //!   path a real NIC's driver gives. The source address rotates over [`FRAME_SOURCES`] banned
 //!   addresses between calls.
 //!
-//! Contenders on the target end, each alone in turn: `ids run` with `[xdp] interfaces` naming the
-//! target end (driver mode, and generic mode for reference) and the banned set installed through
-//! `ids ban`; nftables; iptables + ipset. For each contender, set size and generator: CPU
-//! nanoseconds per dropped packet (system + irq + softirq time of all CPUs from `/proc/stat`,
-//! divided by the packets the contender's own counters say it dropped) and the drop rate,
-//! medians over [`REPETITIONS`] runs. Then: time to install [`INSTALL_ENTRIES`] entries, TCP
+//! Contenders on the target end, each alone in turn: `ids run` in the target namespace with
+//! `[xdp] interfaces` naming the target end (it attaches in driver mode there; it has no switch
+//! for generic mode) and the banned set installed with `ids ban --file`; nftables; iptables +
+//! ipset; and, as the floor any XDP program sits on, a bare `r0 = XDP_DROP; exit`. The generator
+//! threads are pinned to one CPU, where the veth's receive work runs too, in softirq. For each
+//! contender, set size and generator: softirq nanoseconds of that CPU per dropped packet (from
+//! `/proc/stat`, divided by the packets the contender's own counters say it dropped), the same
+//! with system time (the generator's) included, and the drop rate, medians over [`REPETITIONS`]
+//! runs; ratios of ids to the peers. Then: time to install [`INSTALL_ENTRIES`] entries, TCP
 //! throughput of legitimate traffic with and without the program attached, and the time from a
 //! ban command returning to the first dropped packet.
 //!
@@ -97,7 +100,9 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
         "the xdp bench needs root (network namespaces, XDP, nftables): run `sudo -E cargo xtask bench xdp`"
     );
     let quick = match std::env::var("IDS_BENCH_QUICK") {
-        Ok(v) => v == "1",
+        Ok(v) if v == "1" => true,
+        Ok(v) if v.is_empty() || v == "0" => false,
+        Ok(v) => bail!("IDS_BENCH_QUICK={v:?}: expected 1 (quick run) or 0"),
         Err(std::env::VarError::NotPresent) => false,
         Err(e) => return Err(e).context("reading IDS_BENCH_QUICK"),
     };
