@@ -22,8 +22,9 @@
 //!   addresses between calls.
 //!
 //! Contenders on the target end, each alone in turn: `ids run` in the target namespace with
-//! `[xdp] interfaces` naming the target end (it attaches in driver mode there; it has no switch
-//! for generic mode) and the banned set installed with `ids ban --file`; nftables; iptables +
+//! `[xdp] interfaces` naming the target end (driver mode; then generic mode, into which it falls
+//! back when the generator end's MTU is too large for native XDP on its peer) and the banned set
+//! installed with `ids ban --file`; nftables; iptables +
 //! ipset; and, as the floor any XDP program sits on, a bare `r0 = XDP_DROP; exit`. The generator
 //! threads are pinned to one CPU, where the veth's receive work runs too, in softirq. For each
 //! contender, set size and generator: softirq nanoseconds of that CPU per dropped packet (from
@@ -129,7 +130,7 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
     let ours = OursSupport::probe(&ids);
     let mut contenders = Vec::new();
     match &ours {
-        OursSupport::Available => contenders.push(Contender::Ids),
+        OursSupport::Available => contenders.extend([Contender::Ids, Contender::IdsGeneric]),
         OursSupport::Missing(why) => eprintln!("bench: ids contender left out: {why}"),
     }
     contenders.push(Contender::Nft);
@@ -167,7 +168,7 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
                 }
                 cells.push(Cell { contender, size, generator, runs });
             }
-            if let Installed::Ids(daemon) = &installed
+            if let Installed::Ids { daemon, .. } = &installed
                 && size <= CROSS_CHECK_MAX
             {
                 let (by_map, by_cli) = (daemon.dropped()?, daemon.dropped_by_cli()?);
@@ -670,6 +671,9 @@ fn send_frames(ifindex: u32, src_mac: [u8; 6], dst_mac: [u8; 6], first: usize, d
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contender {
     Ids,
+    /// `ids` made to fall back to generic mode: the generator end's MTU is raised past what veth
+    /// allows for native XDP on its peer, so the native attach is refused.
+    IdsGeneric,
     Nft,
     Ipset,
     /// Reference: the two-instruction program `r0 = XDP_DROP; exit` in driver mode, the least
@@ -681,6 +685,7 @@ impl Contender {
     fn label(self) -> &'static str {
         match self {
             Self::Ids => "ids XDP (driver)",
+            Self::IdsGeneric => "ids XDP (generic, for reference)",
             Self::Nft => "nftables netdev set",
             Self::Ipset => "iptables raw + ipset",
             Self::XdpDropFloor => "reference: bare XDP_DROP (driver)",
@@ -718,7 +723,7 @@ const IPSET_NAME: &str = "idsbench";
 
 /// One contender installed on the target end with a banned set.
 enum Installed {
-    Ids(IdsDaemon),
+    Ids { daemon: IdsDaemon, generic: bool },
     Nft { target_ns: String },
     Ipset { target_ns: String },
     /// The attachment lasts as long as the link descriptor.
@@ -729,10 +734,17 @@ impl Installed {
     fn install(contender: Contender, topo: &Topology, ids: &Path, dir: &BenchDir, set: &[Ipv4Addr]) -> anyhow::Result<Self> {
         let started = Instant::now();
         let installed = match contender {
-            Contender::Ids => {
+            Contender::Ids | Contender::IdsGeneric => {
+                let generic = contender == Contender::IdsGeneric;
+                if generic {
+                    set_gen_mtu(topo, JUMBO_MTU)?;
+                }
                 let daemon = IdsDaemon::start(ids, dir, topo)?;
+                let want = if generic { XDP_ATTACHED_SKB } else { XDP_ATTACHED_DRV };
+                let mode = attached_xdp_mode(topo)?;
+                ensure!(mode == Some(want), "ids attached XDP in mode {mode:?} to {}, expected {want}", topo.target_dev);
                 daemon.ban_all(set, dir)?;
-                Self::Ids(daemon)
+                Self::Ids { daemon, generic }
             }
             Contender::Nft => {
                 nft_create(topo)?;
@@ -763,7 +775,7 @@ impl Installed {
     /// Packets dropped so far, by the contender's own counters.
     fn dropped(&self) -> anyhow::Result<u64> {
         match self {
-            Self::Ids(daemon) => daemon.dropped(),
+            Self::Ids { daemon, .. } => daemon.dropped(),
             Self::Nft { target_ns } => {
                 let text = command_stdout(ns_command(target_ns, "nft").args(["list", "chain", "netdev", NFT_TABLE, "ingress"]))?;
                 parse_nft_counter(&text).with_context(|| format!("no counter in `nft list chain`: {text}"))
@@ -787,7 +799,11 @@ impl Installed {
 
     fn remove(self, topo: &Topology) -> anyhow::Result<()> {
         match self {
-            Self::Ids(daemon) => daemon.stop().and_then(|()| ensure_no_xdp(topo)),
+            Self::Ids { daemon, generic } => {
+                daemon.stop()?;
+                ensure_no_xdp(topo)?;
+                if generic { set_gen_mtu(topo, 1500) } else { Ok(()) }
+            }
             Self::Nft { target_ns } => run_quiet(ns_command(&target_ns, "nft").args(["delete", "table", "netdev", NFT_TABLE])),
             Self::Ipset { target_ns } => {
                 run_quiet(ns_command(&target_ns, "iptables").args(["-t", "raw", "-F", "PREROUTING"]))?;
@@ -1268,6 +1284,23 @@ fn measure_install_times(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &Our
 }
 
 /// Fails when an XDP program is still attached to the target end (a contender left it behind).
+/// An MTU above what veth takes for native XDP on the peer (a page less headroom).
+const JUMBO_MTU: u32 = 9000;
+/// `IFLA_XDP_ATTACHED` values, as `ip -j link` shows them in `xdp.mode`.
+const XDP_ATTACHED_DRV: u64 = 1;
+const XDP_ATTACHED_SKB: u64 = 2;
+
+fn set_gen_mtu(topo: &Topology, mtu: u32) -> anyhow::Result<()> {
+    run_quiet(Command::new("ip").args(["-n", &topo.gen_ns.name, "link", "set", "dev", &topo.gen_dev, "mtu", &mtu.to_string()]))
+}
+
+/// The mode of the XDP program on the target end, if one is attached.
+fn attached_xdp_mode(topo: &Topology) -> anyhow::Result<Option<u64>> {
+    let text = command_stdout(Command::new("ip").args(["-n", &topo.target_ns.name, "-j", "link", "show", "dev", &topo.target_dev]))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
+    Ok(json[0]["xdp"]["mode"].as_u64())
+}
+
 /// The kernel releases a link whose last holder went away shortly after, so this waits up to 2 s.
 fn ensure_no_xdp(topo: &Topology) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -1404,7 +1437,7 @@ fn measure_ban_latency(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursS
     let mut result = BanLatency { ids: vec![], nft: vec![], ipset: vec![] };
     if ours.available() {
         let installed = Installed::install(Contender::Ids, topo, ids, dir, &set)?;
-        let Installed::Ids(daemon) = &installed else { unreachable!("an ids contender") };
+        let Installed::Ids { daemon, .. } = &installed else { unreachable!("an ids contender") };
         for trial in 0..plan.latency_trials {
             result.ids.push(ban_latency_trial(topo, sources(trial), || daemon.ban_one(sources(trial)))?);
         }
@@ -1562,7 +1595,10 @@ impl Report {
              and accepts XDP frames). Contenders on the target end, each alone in turn: `ids run` with \
              `[xdp] interfaces` = the target end and the set loaded with `ids ban`; an nftables `netdev` ingress \
              chain `ip saddr @set counter drop`; iptables `raw PREROUTING -m set --match-set S src -j DROP` with \
-             an ipset `hash:ip`. Set = the generators' banned sources ({FRAME_SOURCES} + 1) plus filler from 10.0.0.0/8."
+             an ipset `hash:ip`. Set = the generators' banned sources ({FRAME_SOURCES} + 1) plus filler from 10.0.0.0/8. \
+             ids attaches in driver mode on veth; for the generic-mode rows the generator end's MTU is raised to \
+             {JUMBO_MTU}, so veth refuses native XDP on its peer and ids falls back to generic mode (the bench checks \
+             the mode `ip link` reports). The bare `r0 = XDP_DROP` program (driver mode) is the floor of any XDP program."
         );
         let _ = writeln!(
             s,
