@@ -18,8 +18,8 @@
 //!   an XDP program of two instructions, `r0 = XDP_TX; exit`, runs over a prebuilt
 //!   Ethernet/IPv4/UDP frame with the generator end as ingress device, so every repetition is
 //!   transmitted through the veth and arrives at the target as an XDP frame with headroom, the
-//!   path a real NIC's driver gives. The source address rotates over [`FRAME_SOURCES`] banned
-//!   addresses between calls.
+//!   path a real NIC's driver gives. Each call sends from the next of [`FRAME_SOURCES`] banned
+//!   source addresses; [`FRAME_THREADS`] threads share the generator CPU.
 //!
 //! Contenders on the target end, each alone in turn: `ids run` in the target namespace with
 //! `[xdp] interfaces` naming the target end (driver mode; then generic mode, into which it falls
@@ -1604,7 +1604,8 @@ impl Report {
         let _ = writeln!(
             s,
             "- Generators: **frame** = `BPF_PROG_TEST_RUN` live frames (`r0 = XDP_TX`) on the generator end, \
-             {} frames per call, source rotating over {FRAME_SOURCES} banned addresses: frames arrive as XDP frames \
+             {FRAME_THREADS} threads on one CPU, {} frames per call, each call from the next of {FRAME_SOURCES} banned \
+             source addresses: frames arrive as XDP frames \
              with headroom, as from a NIC driver. **socket** = `sendmmsg(2)` of 18-byte UDP datagrams, batches of \
              {SOCKET_BATCH}, from one banned source: socket buffers without XDP headroom, so XDP on veth copies each.",
             thousands(u64::from(FRAMES_PER_CALL))
