@@ -1612,7 +1612,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- Each generator is one thread pinned to the last CPU at nice −20; the veth's receive work runs \
+            "- The generators' threads are pinned to the last CPU at nice −20 (and the bench's autogroup at −20); the veth's receive work runs \
              in softirq on that same CPU. softirq ns/packet = that CPU's softirq time (`/proc/stat`) over \
              the run ÷ packets the \
              contender's own counter dropped (ids: its per-ban counters, the pinned `BAN_HITS` map that \
@@ -1622,7 +1622,7 @@ impl Report {
              work is system time. all kernel = system + irq + softirq of that CPU ÷ dropped: the generator's \
              kernel time included. The kernel accounts CPU time by ticks (250 Hz here), so a share below \
              a few percent of a run reads as 0. \
-             Rate = dropped ÷ run time at full generator speed (one generator thread). \
+             Rate = dropped ÷ run time with the generator saturating its CPU. \
              Medians of {} run(s) of {:.1} s per cell.",
             self.plan.repetitions, self.plan.run_secs
         );
