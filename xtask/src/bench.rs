@@ -33,6 +33,7 @@ use anyhow::{Context as _, bail, ensure};
 
 mod integrity;
 mod server;
+mod xdp;
 
 /// Baseline rounds, and as many attached rounds.
 const ROUNDS: usize = 7;
@@ -70,8 +71,9 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "sensor" => bench_sensor(root),
         "integrity" => integrity::bench_integrity(root),
         "server" => server::bench_server(root),
+        "xdp" => xdp::bench_xdp(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server)"),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp)"),
     }
 }
 

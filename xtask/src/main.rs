@@ -11,8 +11,13 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the tests use: ip/netns/veth, ping (ICMP through the ban filter), the VM tier, and bash's /dev/tcp in namespaces.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
+/// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
+/// the VM tier, bash's /dev/tcp in namespaces, and the XDP bench's peers (nftables, ipset,
+/// iptables) and GRO switch (ethtool).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2", "iputils-ping", "qemu-system-x86", "busybox-static", "cpio", "xz-utils", "nftables", "ipset", "iptables",
+    "ethtool",
+];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
