@@ -1,5 +1,6 @@
-//! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`),
-//! answers the control socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
+//! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`) and
+//! the detect worker (`crate::detect`), receives the detectors' ban requests, answers the control
+//! socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
 //! log and returns.
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -14,12 +15,16 @@ use tracing::{info, warn};
 
 use crate::config::{Config, EventsLog};
 use crate::control::{self, Reply, Request};
+use crate::detect::{self, BanRequest, DetectEvents};
 use crate::event::{self, Clock, Detail};
 use crate::monitor::{self, Control, FileEvents, SharedOutput};
 use crate::sensor::decode::RawEvent;
 use crate::sensor::hooks::signal_name;
 use crate::sensor::watch::WatchSet;
 use crate::sensor::{self, Sensor, Stats};
+
+/// Ban requests the detectors may queue before they report a request as not delivered.
+const BAN_QUEUE: usize = 1024;
 
 /// Counters of the events writer.
 #[derive(Debug, Default)]
@@ -41,8 +46,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The worker is built first (collectors, database) so that a bad one stops the start; it
     // scans once the sensor is attached, so no change made during the scan is missed.
     let mut integrity = monitor::spawn(&config, output.clone())?;
+    // Ban requests of the detectors; the receiving end is the ban path's.
+    let (ban_tx, mut ban_rx) = mpsc::channel::<BanRequest>(BAN_QUEUE);
+    let detect = detect::spawn(&config, output.clone(), ban_tx)?;
     let mut sensor_config = config.clone();
     sensor_config.watch = integrity.watch.clone();
+    for path in &detect.watch {
+        if !sensor_config.watch.iter().any(|w| path.starts_with(w)) {
+            sensor_config.watch.push(path.clone());
+        }
+    }
+    let detect_shared = detect.shared.clone();
+    let detect_events = detect.events;
     let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
     integrity.begin();
     let integrity_shared = integrity.shared.clone();
@@ -61,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(tx);
     let writer = tokio::task::spawn_blocking({
         let writer_stats = writer_stats.clone();
-        move || write_events(rx, watch, output, file_events, &writer_stats)
+        move || write_events(rx, watch, output, file_events, detect_events, &writer_stats)
     });
 
     let (control_tx, mut control_rx) = mpsc::channel::<(Request, Reply)>(16);
@@ -77,12 +92,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some((request, reply)) = control_rx.recv() => {
                 match request {
                     Request::Status => {
-                        let _ = reply.send(status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started));
+                        let mut status = status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started);
+                        status["detect"] = detect_shared.status();
+                        let _ = reply.send(status);
                     }
                     // The worker answers these itself, so a long rehash never blocks this loop.
                     Request::Baseline => forward(&integrity.control, Control::Baseline, reply),
                     Request::Diff => forward(&integrity.control, Control::Diff, reply),
                 }
+            }
+            Some(ban) = ban_rx.recv() => {
+                info!(addr = %ban.addr, rule = %ban.rule, source = ban.source, duration_s = ban.duration.as_secs(), "ban requested");
             }
             _ = rescan.tick() => sensor.attach_new_interfaces(),
         }
@@ -104,6 +124,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The writer dropped its handle, so the worker stops after its current step; a long scan
     // is not waited for.
     integrity.stop.store(true, Ordering::Relaxed);
+    detect.stop.store(true, Ordering::Relaxed);
+    let detect_thread = detect.thread;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || detect_thread.join())).await;
     let worker = integrity.thread;
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || worker.join())).await;
     let _ = std::fs::remove_file(config.control_socket());
@@ -142,6 +165,7 @@ fn write_events(
     mut watch: WatchSet,
     output: SharedOutput,
     file_events: FileEvents,
+    detect_events: DetectEvents,
     stats: &WriterStats,
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
@@ -164,7 +188,11 @@ fn write_events(
             };
             if let Some(event) = event {
                 match &event.detail {
-                    Detail::File { op, path, new_path, .. } => file_events.note(op, path, new_path.as_deref()),
+                    Detail::File { op, path, new_path, .. } => {
+                        file_events.note(op, path, new_path.as_deref());
+                        detect_events.note_file(op, path, new_path.as_deref());
+                    }
+                    Detail::Exec { .. } => detect_events.note_exec(&event),
                     Detail::Listen { .. } => file_events.note_sockets_changed(),
                     _ => {}
                 }

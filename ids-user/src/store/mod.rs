@@ -5,7 +5,12 @@
 //!   (JSON text), `updated` (RFC 3339, UTC). `current_items` is what the daemon last hashed;
 //!   `baseline_items` is the state accepted by `ids baseline`.
 //! - `alerts`: `time`, `kind` (`integrity` | `sensor_miss`), `item_id`, `collector`, `what` (JSON:
-//!   the change, the attributes that changed, old and new digest and detail).
+//!   the change, the attributes that changed, old and new digest and detail). Detection alerts
+//!   have kind `detect`, the rule id as `item_id`, the detector as `collector` and the whole alert
+//!   object as `what`.
+//! - `log_offsets`: per followed log path, the file (`dev`, `ino`), the offset after the last
+//!   complete line read, and the length and SHA-256 of the file's first bytes (truncation check).
+//! - `offences`: per address, how many bans the detectors requested (escalating durations).
 //!
 //! The schema is versioned with `PRAGMA user_version`: [`MIGRATIONS`]`[n]` takes a database from
 //! version `n` to `n + 1`, each in its own transaction, so a database of any earlier version (an
@@ -18,6 +23,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::integrity::{Digest, Item, hex};
+
+mod detect;
+pub use detect::LogOffset;
 
 /// Schema migrations, in order; never edit one that was released, append a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -47,6 +55,20 @@ pub const MIGRATIONS: &[&str] = &[
          what      TEXT NOT NULL
      );
      CREATE INDEX alerts_by_time ON alerts (time);",
+    // 1 → 2: the detectors' log positions and offence counts (`detect`).
+    "CREATE TABLE log_offsets (
+         path      TEXT PRIMARY KEY,
+         dev       INTEGER NOT NULL,
+         ino       INTEGER NOT NULL,
+         offset    INTEGER NOT NULL,
+         head_len  INTEGER NOT NULL,
+         head_hash TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE offences (
+         addr  TEXT PRIMARY KEY,
+         count INTEGER NOT NULL,
+         last  TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Errors of the store, naming the database file and what was being done.
