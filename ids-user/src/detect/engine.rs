@@ -85,3 +85,110 @@ impl Engine {
         self.windows.prune(now, longest);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RulesMode;
+    use crate::detect::MAX_LINE;
+
+    fn engine() -> Engine {
+        Engine::new(RuleSet::load(None, RulesMode::Extend).unwrap())
+    }
+
+    fn kind_of(name: &str) -> LogKind {
+        match name {
+            "sshd" => LogKind::Sshd,
+            "nginx" => LogKind::Nginx,
+            "apache" => LogKind::Apache,
+            other => panic!("corpus: unknown kind {other}"),
+        }
+    }
+
+    #[test]
+    fn corpus_lines_give_their_expected_result() {
+        let mut engine = engine();
+        let corpus = include_str!("testdata/corpus.txt");
+        let mut checked = 0;
+        for (number, entry) in corpus.lines().enumerate() {
+            if entry.starts_with('#') || entry.is_empty() {
+                continue;
+            }
+            let mut parts = entry.splitn(3, '\t');
+            let (kind, expected, line) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            // `\n` in a corpus line stands for a newline an attacker tried to smuggle in: the
+            // log holds it escaped, as the two characters.
+            let found = engine.classify(kind_of(kind), line.as_bytes(), false);
+            let got = match found.addr {
+                None => "-".to_string(),
+                Some(addr) => {
+                    let ids: Vec<&str> = found.rules.iter().map(|&r| engine.rules.rules[r].id.as_str()).collect();
+                    format!("{}@{addr}", ids.join(","))
+                }
+            };
+            assert_eq!(got, expected, "corpus line {}: {line}", number + 1);
+            checked += 1;
+        }
+        assert!(checked >= 50, "corpus has {checked} entries");
+    }
+
+    #[test]
+    fn five_failures_make_one_trigger_with_the_lines_as_evidence() {
+        let mut engine = engine();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..7 {
+            let line = format!("Nov 21 03:33:4{i} h sshd[1]: Failed password for root from 192.0.2.1 port {i} ssh2\x1b[2J");
+            // The control sequence is not part of the matched message's end: add a plain line too.
+            let plain = format!("Nov 21 03:33:4{i} h sshd[1]: Failed password for root from 192.0.2.1 port {i} ssh2");
+            assert!(!engine.line(LogKind::Sshd, line.as_bytes(), false, now, &mut out));
+            assert!(engine.line(LogKind::Sshd, plain.as_bytes(), false, now, &mut out));
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(out[0].burst.count, 5);
+        assert_eq!(out[0].burst.evidence.len(), 5);
+    }
+
+    #[test]
+    fn evidence_holds_no_control_characters() {
+        let mut engine = engine();
+        let mut out = Vec::new();
+        let line = "198.51.100.9 - - [21/Nov/2026:03:33:41 +0000] \"GET /.env HTTP/1.1\" 404 1 \"-\" \"sqlmap\x1b]0;owned\x07\u{202e}\u{85}\"";
+        for _ in 0..5 {
+            engine.line(LogKind::Nginx, line.as_bytes(), false, Instant::now(), &mut out);
+        }
+        assert!(!out.is_empty());
+        for evidence in out.iter().flat_map(|t| &t.burst.evidence) {
+            assert!(!evidence.chars().any(|c| c.is_control() || c == '\u{202e}'), "{evidence:?}");
+            assert!(evidence.contains("\\x1b") && evidence.contains("\\u{202e}"), "{evidence:?}");
+            let json = serde_json::to_string(evidence).unwrap();
+            assert!(!json.bytes().any(|b| b < 0x20), "{json}");
+        }
+    }
+
+    #[test]
+    fn hostile_long_lines_are_matched_in_one_linear_pass() {
+        // Inputs that make backtracking engines explode (nested repetition near-misses) are
+        // handled by finite automata: each line below, up to the cap, completes; the work grows
+        // with the length, which the regex crate guarantees (O(m·n)), not with the nesting.
+        let mut engine = engine();
+        let long_user = "x from 6.6.6.6 port 22 ".repeat(MAX_LINE / 23);
+        let sshd = format!("Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {long_user}from 192.0.2.3 port 1 ssh2");
+        let found = engine.classify(LogKind::Sshd, sshd[..sshd.len().min(MAX_LINE)].as_bytes(), sshd.len() > MAX_LINE);
+        assert_eq!(found.addr, None, "a cut sshd line must not yield an address");
+        let short_user = "x from 6.6.6.6 port 22 ".repeat(300);
+        let sshd = format!("Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {short_user}from 192.0.2.3 port 1 ssh2");
+        assert!(sshd.len() < MAX_LINE);
+        assert_eq!(engine.classify(LogKind::Sshd, sshd.as_bytes(), false).addr, Some("192.0.2.3".parse().unwrap()));
+        let nested = format!(
+            "198.51.100.9 - - [21/Nov/2026:03:33:41 +0000] \"GET /?q={}*/select%201 HTTP/1.1\" 200 1 \"-\" \"{}\"",
+            "union/*".repeat(900),
+            "'or'".repeat(200)
+        );
+        assert!(nested.len() < MAX_LINE);
+        let found = engine.classify(LogKind::Nginx, nested.as_bytes(), false);
+        assert_eq!(found.rules.iter().map(|&r| engine.rules.rules[r].id.as_str()).collect::<Vec<_>>(), ["web-sql-injection"]);
+        assert_eq!(found.addr.map(|a| a.to_string()).as_deref(), Some("198.51.100.9"));
+    }
+}

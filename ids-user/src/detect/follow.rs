@@ -345,3 +345,186 @@ impl Follower {
         (self.splitter.lines, self.splitter.cut)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    fn append(path: &Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn poll(follower: &mut Follower, into: &mut Vec<String>) {
+        follower.poll(&mut |line, _| into.push(String::from_utf8_lossy(line).into_owned())).unwrap();
+    }
+
+    fn open(path: &Path, stored: Option<&LogOffset>, into: &mut Vec<String>) -> Follower {
+        Follower::open(path, stored, &mut |line, _| into.push(String::from_utf8_lossy(line).into_owned())).unwrap()
+    }
+
+    #[test]
+    fn first_run_starts_at_the_end_and_partial_lines_wait_for_their_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.log");
+        append(&path, "old 1\nold 2\n");
+        let mut lines = Vec::new();
+        let mut follower = open(&path, None, &mut lines);
+        assert!(lines.is_empty());
+        append(&path, "new 1\nnew 2 beg");
+        poll(&mut follower, &mut lines);
+        assert_eq!(lines, ["new 1"]);
+        append(&path, "inning\r\n");
+        poll(&mut follower, &mut lines);
+        assert_eq!(lines, ["new 1", "new 2 beginning"]);
+    }
+
+    #[test]
+    fn a_restart_resumes_where_the_last_complete_line_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.log");
+        append(&path, "before\n");
+        let mut lines = Vec::new();
+        let mut follower = open(&path, None, &mut lines);
+        append(&path, "a\nb\nhalf");
+        poll(&mut follower, &mut lines);
+        let stored = follower.position().unwrap();
+        drop(follower);
+        append(&path, " done\nc\n");
+        let mut after = Vec::new();
+        let mut follower = open(&path, Some(&stored), &mut after);
+        poll(&mut follower, &mut after);
+        assert_eq!(lines, ["a", "b"]);
+        assert_eq!(after, ["half done", "c"]);
+    }
+
+    #[test]
+    fn a_log_rotated_while_stopped_is_finished_from_its_rotated_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.log");
+        append(&path, "x\n");
+        let mut lines = Vec::new();
+        let follower = open(&path, None, &mut lines);
+        let stored = follower.position().unwrap();
+        drop(follower);
+        append(&path, "tail of old\n");
+        std::fs::rename(&path, rotated_name(&path)).unwrap();
+        append(&path, "first of new\n");
+        open(&path, Some(&stored), &mut lines);
+        assert_eq!(lines, ["tail of old", "first of new"]);
+        // Truncated in place (copytruncate) while stopped.
+        let mut follower = open(&path, None, &mut lines);
+        append(&path, "unread\n");
+        poll(&mut follower, &mut lines);
+        let stored = follower.position().unwrap();
+        drop(follower);
+        append(&path, "written before the copy\n");
+        std::fs::copy(&path, rotated_name(&path)).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
+        append(&path, "after truncation\n");
+        let mut after = Vec::new();
+        open(&path, Some(&stored), &mut after);
+        assert_eq!(after, ["written before the copy", "after truncation"]);
+    }
+
+    #[test]
+    fn lines_over_the_cap_are_cut_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        append(&path, "");
+        let mut follower = Follower::open(&path, None, &mut |_, _| {}).unwrap();
+        let huge = "A".repeat(MAX_LINE * 3);
+        // Written in pieces so the cut happens across reads too.
+        append(&path, &huge[..MAX_LINE / 2]);
+        let mut seen: Vec<(usize, bool)> = Vec::new();
+        follower.poll(&mut |line, cut| seen.push((line.len(), cut))).unwrap();
+        append(&path, &huge[MAX_LINE / 2..]);
+        append(&path, "\nshort\n");
+        append(&path, &format!("{huge}\n"));
+        follower.poll(&mut |line, cut| seen.push((line.len(), cut))).unwrap();
+        assert_eq!(seen, [(MAX_LINE, true), (5, false), (MAX_LINE, true)]);
+        assert_eq!(follower.counts(), (3, 2));
+        assert_eq!(follower.position().unwrap().offset, std::fs::metadata(&path).unwrap().len());
+    }
+
+    /// Appends numbered lines from another thread while the test rotates the log `rotations`
+    /// times with `rotate` (under the writer's lock, as logrotate's copy+truncate or rename+create
+    /// is atomic for a writer that reopens per line); returns every line the follower read.
+    fn follow_while_rotating(rotate: fn(&Path)) -> (Vec<String>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.log");
+        append(&path, "before start\n");
+        let lock = Arc::new(Mutex::new(()));
+        let done = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = std::thread::spawn({
+            let (path, lock, done, written) = (path.clone(), lock.clone(), done.clone(), written.clone());
+            move || {
+                let mut n = 0u64;
+                while !done.load(Ordering::SeqCst) || n < 2000 {
+                    let _guard = lock.lock().unwrap();
+                    append(&path, &format!("line {n}\n"));
+                    n += 1;
+                    written.store(n, Ordering::SeqCst);
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let mut follower = open(&path, None, &mut lines);
+        for _ in 0..30 {
+            // Read at least one line of the current file before the next rotation.
+            let target = lines.len() + 1;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while lines.len() < target {
+                poll(&mut follower, &mut lines);
+                assert!(std::time::Instant::now() < deadline, "follower read nothing new");
+            }
+            {
+                let _guard = lock.lock().unwrap();
+                rotate(&path);
+            }
+            poll(&mut follower, &mut lines);
+        }
+        done.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        for _ in 0..3 {
+            poll(&mut follower, &mut lines);
+        }
+        (lines, written.load(Ordering::SeqCst))
+    }
+
+    fn assert_each_line_once(lines: &[String], written: u64) {
+        let expected: Vec<String> = (0..written).map(|n| format!("line {n}")).collect();
+        if lines != expected {
+            let first_bad = lines.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(lines.len().min(expected.len()));
+            panic!(
+                "read {} lines, {} written; first difference at {first_bad}: {:?} vs {:?}",
+                lines.len(),
+                written,
+                lines.get(first_bad),
+                expected.get(first_bad)
+            );
+        }
+    }
+
+    #[test]
+    fn rename_and_create_rotation_loses_and_repeats_nothing() {
+        let (lines, written) = follow_while_rotating(|path| {
+            std::fs::rename(path, rotated_name(path)).unwrap();
+            std::fs::File::create(path).unwrap();
+        });
+        assert_each_line_once(&lines, written);
+    }
+
+    #[test]
+    fn copytruncate_rotation_loses_and_repeats_nothing() {
+        let (lines, written) = follow_while_rotating(|path| {
+            std::fs::copy(path, rotated_name(path)).unwrap();
+            std::fs::File::options().write(true).open(path).unwrap().set_len(0).unwrap();
+        });
+        assert_each_line_once(&lines, written);
+    }
+}

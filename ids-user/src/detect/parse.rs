@@ -53,7 +53,7 @@ pub fn access_line(line: &str) -> Option<AccessLine<'_>> {
     let open = rest.find(" [")?;
     let rest = &rest[open + 2..];
     let close = rest.find("] \"")?;
-    let rest = &rest[close + 3..];
+    let rest = &rest[close + 2..];
     let (request, rest) = quoted(rest)?;
     let rest = rest.strip_prefix(' ')?;
     let (status, rest) = rest.split_once(' ').unwrap_or((rest, ""));

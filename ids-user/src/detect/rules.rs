@@ -12,8 +12,18 @@ use crate::config::RulesMode;
 /// The shipped rules, embedded in the binary.
 pub const SHIPPED_RULES: &str = include_str!("rules.toml");
 
-/// What `<ADDR>` in an sshd pattern stands for; the capture is then checked with std's parser.
-const ADDR_PATTERN: &str = "(?P<addr>[0-9A-Fa-f:.]{2,45}?)";
+/// What the `n`th `<ADDR>` in an sshd pattern stands for (alternatives may each hold one); the
+/// capture is then checked with std's parser.
+fn with_addr_groups(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 64);
+    for (n, part) in pattern.split("<ADDR>").enumerate() {
+        if n > 0 {
+            out.push_str(&format!("(?P<addr{}>[0-9A-Fa-f:.]{{2,45}}?)", n - 1));
+        }
+        out.push_str(part);
+    }
+    out
+}
 
 pub const DEFAULT_THRESHOLD: u32 = 5;
 pub const DEFAULT_WINDOW_S: u64 = 300;
@@ -131,7 +141,7 @@ impl RuleSet {
         let mut sshd_patterns = Vec::new();
         let mut sshd_rules = Vec::new();
         for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.kind == RuleKind::Sshd) {
-            let anchored = format!("^(?:{})$", rule.pattern.replace("<ADDR>", ADDR_PATTERN));
+            let anchored = format!("^(?:{})$", with_addr_groups(&rule.pattern));
             let regex = Regex::new(&anchored).map_err(|e| invalid(&rule.id, e.to_string()))?;
             sshd_patterns.push(anchored);
             sshd_rules.push((index, regex));
@@ -155,12 +165,21 @@ impl RuleSet {
     }
 
     /// The rule an sshd message matches (the first in file order) and the address it names.
-    /// The address is the `<ADDR>` capture, accepted only if std parses it as an IP address.
+    /// The address is the `<ADDR>` capture that took part in the match, accepted only if std
+    /// parses it as an IP address.
     pub fn match_sshd(&self, message: &str) -> Option<(usize, std::net::IpAddr)> {
         let matched = self.sshd_set.matches(message);
         let first = matched.iter().next()?;
         let (index, regex) = &self.sshd_rules[first];
-        let addr = regex.captures(message)?.name("addr")?.as_str().parse().ok()?;
+        let captures = regex.captures(message)?;
+        let addr = regex
+            .capture_names()
+            .flatten()
+            .filter(|name| name.starts_with("addr"))
+            .find_map(|name| captures.name(name))?
+            .as_str()
+            .parse()
+            .ok()?;
         Some((*index, addr))
     }
 
@@ -221,7 +240,7 @@ fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
         if window == 0 {
             return Err(invalid("window must be at least 1 (seconds)".into()));
         }
-        let test = raw.pattern.replace("<ADDR>", ADDR_PATTERN);
+        let test = with_addr_groups(&raw.pattern);
         Regex::new(&test).map_err(|e| invalid(format!("pattern: {e}")))?;
         rules.push(Rule {
             id: raw.id,
