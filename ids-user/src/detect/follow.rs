@@ -460,6 +460,8 @@ mod tests {
         let lock = Arc::new(Mutex::new(()));
         let done = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
+        let mut lines = Vec::new();
+        let mut follower = open(&path, None, &mut lines);
         let writer = std::thread::spawn({
             let (path, lock, done, written) = (path.clone(), lock.clone(), done.clone(), written.clone());
             move || {
@@ -472,8 +474,6 @@ mod tests {
                 }
             }
         });
-        let mut lines = Vec::new();
-        let mut follower = open(&path, None, &mut lines);
         for _ in 0..30 {
             // Read at least one line of the current file before the next rotation.
             let target = lines.len() + 1;
