@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 
+mod detect;
 mod integrity;
 
 /// Baseline rounds, and as many attached rounds.
@@ -68,8 +69,9 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
     match area {
         "sensor" => bench_sensor(root),
         "integrity" => integrity::bench_integrity(root),
+        "detect" => detect::bench_detect(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity)"),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity, detect)"),
     }
 }
 

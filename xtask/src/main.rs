@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the tests use: ip/netns/veth, the VM tier, and bash's /dev/tcp in namespaces.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
+/// Debian packages the tests use: ip/netns/veth, the VM tier, and bash's /dev/tcp in namespaces;
+/// fail2ban for `fail2ban-regex`, the peer of the detect bench.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "qemu-system-x86", "busybox-static", "cpio", "xz-utils", "fail2ban"];
 
 #[derive(Parser)]
 #[command(name = "xtask")]

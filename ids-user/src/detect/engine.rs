@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::parse::{access_line, decode_request, escape_evidence, sshd_message};
 use super::rules::RuleSet;
 use super::window::{Burst, Windows};
-use super::MAX_EVIDENCE;
+use super::{MAX_EVIDENCE, MAX_LINE};
 use crate::config::LogKind;
 
 /// A rule's threshold crossed by an address.
@@ -86,11 +86,59 @@ impl Engine {
     }
 }
 
+/// What `ids rules test` reports: the lines of a log file run through the rules (no windows).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TestReport {
+    pub path: String,
+    pub kind: &'static str,
+    pub lines: u64,
+    pub lines_cut: u64,
+    pub matched_lines: u64,
+    /// Rule id → lines it matched, rules in file order, only those that matched.
+    pub rules: Vec<(String, u64)>,
+    pub seconds: f64,
+}
+
+/// Runs every line of `path` through the rules of `kind` (read in one pass, lines over
+/// [`MAX_LINE`] cut as when following).
+pub fn test_file(rules: RuleSet, kind: LogKind, path: &std::path::Path) -> std::io::Result<TestReport> {
+    let mut engine = Engine::new(rules);
+    let mut counts = vec![0u64; engine.rules.rules.len()];
+    let (mut lines, mut cut, mut matched) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let data = std::fs::read(path)?;
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        lines += 1;
+        let is_cut = line.len() > MAX_LINE;
+        cut += is_cut as u64;
+        let found = engine.classify(kind, &line[..line.len().min(MAX_LINE)], is_cut);
+        if found.addr.is_some() {
+            matched += 1;
+            for rule in found.rules {
+                counts[rule] += 1;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rules = engine
+        .rules
+        .rules
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .map(|(rule, n)| (rule.id.clone(), n))
+        .collect();
+    Ok(TestReport { path: path.display().to_string(), kind: kind.name(), lines, lines_cut: cut, matched_lines: matched, rules, seconds })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RulesMode;
-    use crate::detect::MAX_LINE;
 
     fn engine() -> Engine {
         Engine::new(RuleSet::load(None, RulesMode::Extend).unwrap())
