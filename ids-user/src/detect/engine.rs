@@ -39,13 +39,16 @@ impl Engine {
     /// The rules a line matches and the address they would count against, without windows.
     /// A cut sshd line matches nothing: its end, where sshd writes the address, is gone.
     pub fn classify(&mut self, kind: LogKind, line: &[u8], cut: bool) -> LineMatch {
-        let line = String::from_utf8_lossy(line);
+        let line: Cow<str> = match std::str::from_utf8(line) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         match kind {
             LogKind::Sshd => {
                 if cut {
                     return LineMatch { rules: Vec::new(), addr: None };
                 }
-                match sshd_message(&line).and_then(|m| self.rules.match_sshd(m)) {
+                match sshd_message(&line).and_then(|m| self.rules.match_sshd(m.as_bytes())) {
                     Some((rule, addr)) => LineMatch { rules: vec![rule], addr: Some(addr) },
                     None => LineMatch { rules: Vec::new(), addr: None },
                 }
@@ -54,10 +57,14 @@ impl Engine {
                 let Some(access) = access_line(&line) else {
                     return LineMatch { rules: Vec::new(), addr: None };
                 };
+                // Servers decode the request target, not the headers: only the request is decoded.
                 let request = decode_request(access.request);
-                let user_agent: Cow<str> = decode_request(access.user_agent);
-                let referer = decode_request(access.referer);
-                self.rules.match_web(&request, &user_agent, &referer, &mut self.matched);
+                self.rules.match_web(
+                    request.as_bytes(),
+                    access.user_agent.as_bytes(),
+                    access.referer.as_bytes(),
+                    &mut self.matched,
+                );
                 let addr = (!self.matched.is_empty()).then_some(access.addr);
                 LineMatch { rules: self.matched.clone(), addr }
             }
@@ -107,7 +114,11 @@ pub fn test_file(rules: RuleSet, kind: LogKind, path: &std::path::Path) -> std::
     let (mut lines, mut cut, mut matched) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     let data = std::fs::read(path)?;
-    for line in data.split(|&b| b == b'\n') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', &data).chain(std::iter::once(data.len()));
+    for end in ends {
+        let line = &data[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;

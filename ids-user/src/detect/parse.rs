@@ -49,11 +49,11 @@ pub struct AccessLine<'a> {
 pub fn access_line(line: &str) -> Option<AccessLine<'_>> {
     let (addr, rest) = line.split_once(' ')?;
     let addr: IpAddr = addr.parse().ok()?;
-    // ident and user, then the bracketed time (written by the server, never holds "] \"").
-    let open = rest.find(" [")?;
-    let rest = &rest[open + 2..];
-    let close = rest.find("] \"")?;
-    let rest = &rest[close + 2..];
+    // ident and user, then the bracketed time (written by the server: no brackets inside).
+    let open = memchr::memchr(b'[', rest.as_bytes())?;
+    let rest = &rest[open + 1..];
+    let close = memchr::memchr(b']', rest.as_bytes())?;
+    let rest = rest.get(close + 1..)?.strip_prefix(' ')?;
     let (request, rest) = quoted(rest)?;
     let rest = rest.strip_prefix(' ')?;
     let (status, rest) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -75,11 +75,14 @@ fn quoted(text: &str) -> Option<(&str, &str)> {
     let body = text.strip_prefix('"')?;
     let bytes = body.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some((&body[..i], &body[i + 1..])),
-            _ => i += 1,
+    while let Some(found) = memchr::memchr2(b'\\', b'"', &bytes[i..]) {
+        i += found;
+        if bytes[i] == b'"' {
+            return Some((&body[..i], &body[i + 1..]));
+        }
+        i += 2;
+        if i >= bytes.len() {
+            break;
         }
     }
     None
@@ -88,7 +91,7 @@ fn quoted(text: &str) -> Option<(&str, &str)> {
 /// Percent-decodes `text` (and `+` as a space) as a browser would send it, then once more if
 /// that left escapes (double encoding is a common evasion). Invalid UTF-8 is replaced.
 pub fn decode_request(text: &str) -> Cow<'_, str> {
-    if !text.contains(['%', '+']) && !text.contains("\\x") {
+    if memchr::memchr3(b'%', b'+', b'\\', text.as_bytes()).is_none() {
         return Cow::Borrowed(text);
     }
     let once = percent_decode(text);

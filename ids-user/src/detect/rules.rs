@@ -1,10 +1,13 @@
 //! Detection rules: the shipped rules file (embedded), an optional operator file that extends or
 //! replaces it, and their compiled form — one `RegexSet` per log kind and field, so a line is
 //! matched against every rule in one pass of a finite automaton (linear in the line's length).
+//!
+//! Patterns are compiled for bytes with Unicode off: `\w`, `\d`, `\s`, `\b` and `(?i)` are
+//! ASCII, which keeps the automata small and fast; log lines that are not UTF-8 still match.
 use std::path::Path;
 use std::time::Duration;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RulesMode;
@@ -102,13 +105,40 @@ pub struct Rule {
     pub window: Duration,
 }
 
+/// Room for each lazy DFA's cache: enough that matching never falls back to a slower engine.
+const DFA_SIZE: usize = 32 << 20;
+
+fn build(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).unicode(false).dfa_size_limit(DFA_SIZE).build()
+}
+
+fn build_set(patterns: &[String]) -> Result<RegexSet, regex::Error> {
+    RegexSetBuilder::new(patterns).unicode(false).dfa_size_limit(DFA_SIZE).build()
+}
+
+/// How the address of an sshd rule is found once the rule is known to match.
+#[derive(Debug, Clone)]
+enum SshdRule {
+    /// One `<ADDR>`: the pattern split around it, each half anchored at both ends. The address
+    /// is the rightmost address-shaped token with the text before it matching `head` and the
+    /// text after it matching `tail` (a few DFA scans instead of a capturing search).
+    Split { head: Regex, tail: Regex },
+    /// Several `<ADDR>` (alternatives): the capture that took part in the match.
+    Captures(Regex),
+}
+
+/// Bytes an address token is made of.
+fn is_addr_byte(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b':' || b == b'.'
+}
+
 /// The compiled rules.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// sshd: every rule's anchored pattern in one set, and each one alone (for its `addr` capture).
     sshd_set: RegexSet,
-    sshd_rules: Vec<(usize, Regex)>,
+    sshd_rules: Vec<(usize, SshdRule)>,
     /// Web: one set per field, with the rule index of each pattern.
     web_sets: Vec<(Field, RegexSet, Vec<usize>)>,
 }
@@ -142,49 +172,62 @@ impl RuleSet {
         let mut sshd_rules = Vec::new();
         for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.kind == RuleKind::Sshd) {
             let anchored = format!("^(?:{})$", with_addr_groups(&rule.pattern));
-            let regex = Regex::new(&anchored).map_err(|e| invalid(&rule.id, e.to_string()))?;
+            let compiled = match rule.pattern.split_once("<ADDR>") {
+                Some((head, tail)) if !tail.contains("<ADDR>") => SshdRule::Split {
+                    head: build(&format!("^(?:{head})$")).map_err(|e| invalid(&rule.id, e.to_string()))?,
+                    tail: build(&format!("^(?:{tail})$")).map_err(|e| invalid(&rule.id, e.to_string()))?,
+                },
+                _ => SshdRule::Captures(build(&anchored).map_err(|e| invalid(&rule.id, e.to_string()))?),
+            };
             sshd_patterns.push(anchored);
-            sshd_rules.push((index, regex));
+            sshd_rules.push((index, compiled));
         }
-        let sshd_set = RegexSet::new(&sshd_patterns).map_err(|e| invalid("(sshd set)", e.to_string()))?;
+        let sshd_set = build_set(&sshd_patterns).map_err(|e| invalid("(sshd set)", e.to_string()))?;
         let mut web_sets = Vec::new();
         for field in [Field::Request, Field::UserAgent, Field::Referer] {
             let mut patterns = Vec::new();
             let mut indexes = Vec::new();
             for (index, rule) in rules.iter().enumerate() {
                 if rule.kind == RuleKind::Web && (rule.field == field || rule.field == Field::Any) {
-                    Regex::new(&rule.pattern).map_err(|e| invalid(&rule.id, e.to_string()))?;
+                    build(&rule.pattern).map_err(|e| invalid(&rule.id, e.to_string()))?;
                     patterns.push(rule.pattern.clone());
                     indexes.push(index);
                 }
             }
-            let set = RegexSet::new(&patterns).map_err(|e| invalid("(web set)", e.to_string()))?;
+            let set = build_set(&patterns).map_err(|e| invalid("(web set)", e.to_string()))?;
             web_sets.push((field, set, indexes));
         }
         Ok(Self { rules, sshd_set, sshd_rules, web_sets })
     }
 
-    /// The rule an sshd message matches (the first in file order) and the address it names.
-    /// The address is the `<ADDR>` capture that took part in the match, accepted only if std
-    /// parses it as an IP address.
-    pub fn match_sshd(&self, message: &str) -> Option<(usize, std::net::IpAddr)> {
+    /// The rule an sshd message matches (the first in file order) and the address it names:
+    /// for a pattern with one `<ADDR>`, the rightmost token that std parses as an IP address
+    /// with the text before it matching the pattern's head and the text after it its tail; for
+    /// several, the `<ADDR>` capture that took part in the match.
+    pub fn match_sshd(&self, message: &[u8]) -> Option<(usize, std::net::IpAddr)> {
+        if !self.sshd_set.is_match(message) {
+            return None;
+        }
         let matched = self.sshd_set.matches(message);
         let first = matched.iter().next()?;
-        let (index, regex) = &self.sshd_rules[first];
+        let (index, compiled) = &self.sshd_rules[first];
+        let regex = match compiled {
+            SshdRule::Split { head, tail } => return Some((*index, split_address(message, head, tail)?)),
+            SshdRule::Captures(regex) => regex,
+        };
         let captures = regex.captures(message)?;
         let addr = regex
             .capture_names()
             .flatten()
             .filter(|name| name.starts_with("addr"))
             .find_map(|name| captures.name(name))?
-            .as_str()
-            .parse()
-            .ok()?;
+            .as_bytes();
+        let addr = std::str::from_utf8(addr).ok()?.parse().ok()?;
         Some((*index, addr))
     }
 
     /// Every web rule that matches the given fields, in file order, without repeats.
-    pub fn match_web(&self, request: &str, user_agent: &str, referer: &str, out: &mut Vec<usize>) {
+    pub fn match_web(&self, request: &[u8], user_agent: &[u8], referer: &[u8], out: &mut Vec<usize>) {
         out.clear();
         for (field, set, indexes) in &self.web_sets {
             let text = match field {
@@ -196,6 +239,10 @@ impl RuleSet {
             if text.is_empty() {
                 continue;
             }
+            // Most lines match nothing: an early-exit test first, the full set only on a hit.
+            if !set.is_match(text) {
+                continue;
+            }
             for m in set.matches(text).iter() {
                 out.push(indexes[m]);
             }
@@ -203,6 +250,28 @@ impl RuleSet {
         out.sort_unstable();
         out.dedup();
     }
+}
+
+/// The rightmost address-shaped token of `message` between a `head` and a `tail` match.
+fn split_address(message: &[u8], head: &Regex, tail: &Regex) -> Option<std::net::IpAddr> {
+    let mut end = message.len();
+    while end > 0 {
+        if !is_addr_byte(message[end - 1]) {
+            end -= 1;
+            continue;
+        }
+        let start = message[..end].iter().rposition(|&b| !is_addr_byte(b)).map_or(0, |p| p + 1);
+        let token = &message[start..end];
+        if token.len() >= 2 {
+            if let Some(addr) = std::str::from_utf8(token).ok().and_then(|t| t.parse().ok()) {
+                if tail.is_match(&message[end..]) && head.is_match(&message[..start]) {
+                    return Some(addr);
+                }
+            }
+        }
+        end = start;
+    }
+    None
 }
 
 fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
@@ -241,7 +310,7 @@ fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
             return Err(invalid("window must be at least 1 (seconds)".into()));
         }
         let test = with_addr_groups(&raw.pattern);
-        Regex::new(&test).map_err(|e| invalid(format!("pattern: {e}")))?;
+        build(&test).map_err(|e| invalid(format!("pattern: {e}")))?;
         rules.push(Rule {
             id: raw.id,
             description: raw.description,
@@ -298,7 +367,7 @@ mod tests {
         let replaced = RuleSet::load(Some(&path), RulesMode::Replace).unwrap();
         assert_eq!(replaced.rules.len(), 2);
         let mut hits = Vec::new();
-        replaced.match_web("POST /wp-login.php HTTP/1.1", "", "", &mut hits);
+        replaced.match_web(b"POST /wp-login.php HTTP/1.1", b"", b"", &mut hits);
         assert_eq!(hits, [1]);
     }
 
