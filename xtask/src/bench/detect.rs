@@ -239,7 +239,7 @@ pub(super) fn bench_detect(root: &Path) -> anyhow::Result<()> {
     let idle_without = idle_cpu(&ids, &scratch, &base)?;
 
     let mut section = String::new();
-    let _ = writeln!(section, "\n## detect — {}\n", utc_timestamp());
+    let _ = writeln!(section, "\n## {} — detect\n", utc_timestamp());
     let _ = writeln!(section, "Command: `cargo xtask bench detect` (as root). Machine: {} ({} cores), kernel {}, load before {} / after {}. {}; {fail2ban_version}.\n",
         machine.cpu, machine.cores, machine.kernel, machine.load_before, load_average(), machine.ids_version);
     let _ = writeln!(section, "Rule throughput, one core, {} generated lines per log, median of {RUNS} alternating runs (`ids rules test` vs `fail2ban-regex`'s own processing time):\n", thousands(LINES as u64));
