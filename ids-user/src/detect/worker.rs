@@ -529,3 +529,124 @@ impl Worker {
         info!(rule = %alert.rule, detector = alert.detector, "detection alert");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An events log in memory.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        fn alerts(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    fn failure(addr: &str, n: u32) -> String {
+        format!("Nov 21 03:33:41 h sshd[9]: Failed password for root from {addr} port {n} ssh2\n")
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(handles: DetectHandles) {
+        handles.stop.store(true, Ordering::Relaxed);
+        handles.thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_worker_resumes_after_a_restart_and_escalates_repeat_bans() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        let rules = dir.path().join("rules.toml");
+        append(&log, &failure("192.0.2.1", 0));
+        std::fs::write(
+            &rules,
+            "[[rules]]\nid = \"sshd-failed-password\"\ndescription = \"d\"\nseverity = \"medium\"\nkind = \"sshd\"\n\
+             pattern = 'Failed password for .* from <ADDR> port \\d+ ssh2'\nthreshold = 5\nwindow = 1\n",
+        )
+        .unwrap();
+        let text = format!(
+            "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\nrules = {:?}\nban_duration = 60\n\
+             [[logs]]\nkind = \"sshd\"\npath = {:?}\n[xdp]\ntrusted = [\"192.0.2.200\"]\n",
+            dir.path().join("state").display().to_string(),
+            rules.display().to_string(),
+            log.display().to_string(),
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let buffer = Buffer::default();
+        let output: SharedOutput = Arc::new(Mutex::new(Box::new(buffer.clone())));
+        let (ban_tx, mut ban_rx) = tokio::sync::mpsc::channel(16);
+
+        // First run: starts at the end, reads three new lines.
+        let handles = spawn(&config, output.clone(), ban_tx.clone()).unwrap();
+        for n in 1..=3 {
+            append(&log, &failure("192.0.2.1", n));
+        }
+        handles.events.note_file("write", &log, None);
+        let shared = handles.shared.clone();
+        wait_until("three lines", || shared.lines.load(Ordering::Relaxed) == 3);
+        stop(handles);
+
+        // Written while stopped: read once by the next run, nothing before it again.
+        append(&log, &failure("192.0.2.1", 4));
+        append(&log, &failure("192.0.2.1", 5));
+        let handles = spawn(&config, output.clone(), ban_tx.clone()).unwrap();
+        let shared = handles.shared.clone();
+        wait_until("two lines", || shared.lines.load(Ordering::Relaxed) == 2);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(shared.lines.load(Ordering::Relaxed), 2);
+
+        // Two bursts (the window is 1 s): the second ban is twice as long.
+        for burst in 0..2 {
+            if burst == 1 {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+            for n in 0..5 {
+                append(&log, &failure("192.0.2.1", 10 * burst + n));
+                append(&log, &failure("192.0.2.200", 10 * burst + n));
+            }
+            handles.events.note_file("write", &log, None);
+            wait_until("ban request", || shared.bans_requested.load(Ordering::Relaxed) == burst as u64 + 1);
+        }
+        let first = ban_rx.try_recv().unwrap();
+        let second = ban_rx.try_recv().unwrap();
+        assert_eq!(first.addr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!((first.source, first.rule.as_str()), ("ssh-bruteforce", "sshd-failed-password"));
+        assert_eq!((first.duration.as_secs(), second.duration.as_secs()), (60, 120));
+        assert!(ban_rx.try_recv().is_err(), "the trusted address was sent to the ban path");
+        wait_until("trusted alerts", || shared.alerts.load(Ordering::Relaxed) == 4);
+        stop(handles);
+        let alerts = buffer.alerts();
+        let trusted: Vec<_> = alerts.iter().filter(|a| a["source"] == "192.0.2.200").collect();
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted.iter().all(|a| a["action"]["type"] == "not_banned_trusted"));
+        let store = Store::open(&config.database()).unwrap();
+        assert_eq!(store.alerts().unwrap().iter().filter(|a| a.kind == "detect").count(), 4);
+    }
+}
