@@ -130,11 +130,11 @@ fn log_attacks_webshells_and_web_server_shells_are_detected() {
     // The same alerts are in the store (read while the daemon runs: WAL).
     let db = daemon.events.parent().unwrap().join("state/ids.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let stored: i64 = conn
-        .query_row("SELECT count(*) FROM alerts WHERE kind = 'detect'", [], |row| row.get(0))
-        .unwrap();
+    let stored: i64 =
+        conn.query_row("SELECT count(*) FROM alerts WHERE kind = 'detect'", [], |row| row.get(0)).unwrap();
     assert_eq!(stored as usize, all.len());
-    let offences: i64 = conn.query_row("SELECT count FROM offences WHERE addr = '10.200.0.2'", [], |row| row.get(0)).unwrap();
+    let offences: i64 =
+        conn.query_row("SELECT count FROM offences WHERE addr = '10.200.0.2'", [], |row| row.get(0)).unwrap();
     assert_eq!(offences, 1);
     drop(conn);
     let stderr = daemon.stop();

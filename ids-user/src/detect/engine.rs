@@ -135,15 +135,17 @@ pub fn test_file(rules: RuleSet, kind: LogKind, path: &std::path::Path) -> std::
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let rules = engine
-        .rules
-        .rules
-        .iter()
-        .zip(counts)
-        .filter(|(_, n)| *n > 0)
-        .map(|(rule, n)| (rule.id.clone(), n))
-        .collect();
-    Ok(TestReport { path: path.display().to_string(), kind: kind.name(), lines, lines_cut: cut, matched_lines: matched, rules, seconds })
+    let rules =
+        engine.rules.rules.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(rule, n)| (rule.id.clone(), n)).collect();
+    Ok(TestReport {
+        path: path.display().to_string(),
+        kind: kind.name(),
+        lines,
+        lines_cut: cut,
+        matched_lines: matched,
+        rules,
+        seconds,
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +199,8 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for i in 0..7 {
-            let line = format!("Nov 21 03:33:4{i} h sshd[1]: Failed password for root from 192.0.2.1 port {i} ssh2\x1b[2J");
+            let line =
+                format!("Nov 21 03:33:4{i} h sshd[1]: Failed password for root from 192.0.2.1 port {i} ssh2\x1b[2J");
             // The control sequence is not part of the matched message's end: add a plain line too.
             let plain = format!("Nov 21 03:33:4{i} h sshd[1]: Failed password for root from 192.0.2.1 port {i} ssh2");
             assert!(!engine.line(LogKind::Sshd, line.as_bytes(), false, now, &mut out));
@@ -233,11 +236,15 @@ mod tests {
         // with the length, which the regex crate guarantees (O(m·n)), not with the nesting.
         let mut engine = engine();
         let long_user = "x from 6.6.6.6 port 22 ".repeat(MAX_LINE / 23);
-        let sshd = format!("Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {long_user}from 192.0.2.3 port 1 ssh2");
+        let sshd = format!(
+            "Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {long_user}from 192.0.2.3 port 1 ssh2"
+        );
         let found = engine.classify(LogKind::Sshd, sshd[..sshd.len().min(MAX_LINE)].as_bytes(), sshd.len() > MAX_LINE);
         assert_eq!(found.addr, None, "a cut sshd line must not yield an address");
         let short_user = "x from 6.6.6.6 port 22 ".repeat(300);
-        let sshd = format!("Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {short_user}from 192.0.2.3 port 1 ssh2");
+        let sshd = format!(
+            "Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {short_user}from 192.0.2.3 port 1 ssh2"
+        );
         assert!(sshd.len() < MAX_LINE);
         assert_eq!(engine.classify(LogKind::Sshd, sshd.as_bytes(), false).addr, Some("192.0.2.3".parse().unwrap()));
         let nested = format!(
@@ -247,7 +254,10 @@ mod tests {
         );
         assert!(nested.len() < MAX_LINE);
         let found = engine.classify(LogKind::Nginx, nested.as_bytes(), false);
-        assert_eq!(found.rules.iter().map(|&r| engine.rules.rules[r].id.as_str()).collect::<Vec<_>>(), ["web-sql-injection"]);
+        assert_eq!(
+            found.rules.iter().map(|&r| engine.rules.rules[r].id.as_str()).collect::<Vec<_>>(),
+            ["web-sql-injection"]
+        );
         assert_eq!(found.addr.map(|a| a.to_string()).as_deref(), Some("198.51.100.9"));
     }
 }

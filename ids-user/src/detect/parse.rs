@@ -95,11 +95,7 @@ pub fn decode_request(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let once = percent_decode(text);
-    if once.contains('%') {
-        Cow::Owned(percent_decode(&once))
-    } else {
-        Cow::Owned(once)
-    }
+    if once.contains('%') { Cow::Owned(percent_decode(&once)) } else { Cow::Owned(once) }
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -123,10 +119,9 @@ fn percent_decode(text: &str) -> String {
             _ => None,
         };
         if let Some(skip) = escape {
-            if let (Some(hi), Some(lo)) = (
-                bytes.get(i + skip).copied().and_then(hex_value),
-                bytes.get(i + skip + 1).copied().and_then(hex_value),
-            ) {
+            if let (Some(hi), Some(lo)) =
+                (bytes.get(i + skip).copied().and_then(hex_value), bytes.get(i + skip + 1).copied().and_then(hex_value))
+            {
                 out.push(hi << 4 | lo);
                 i += skip + 2;
                 continue;

@@ -9,7 +9,8 @@ use std::path::Path;
 /// Ancestors looked at above the new process.
 pub const MAX_DEPTH: usize = 6;
 
-const WEB_SERVERS: &[&str] = &["nginx", "apache2", "httpd", "lighttpd", "caddy", "uwsgi", "hiawatha", "openlitespeed", "litespeed", "lshttpd"];
+const WEB_SERVERS: &[&str] =
+    &["nginx", "apache2", "httpd", "lighttpd", "caddy", "uwsgi", "hiawatha", "openlitespeed", "litespeed", "lshttpd"];
 const WEB_SERVER_PREFIXES: &[&str] = &["php-fpm", "php-cgi", "lsphp"];
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox"];
 
@@ -17,7 +18,9 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tc
 pub fn is_web_server(name: &str) -> bool {
     let name = name.trim();
     WEB_SERVERS.contains(&name)
-        || WEB_SERVER_PREFIXES.iter().any(|p| name.starts_with(p) && (name.len() == p.len() || !name.as_bytes()[p.len()].is_ascii_alphabetic()))
+        || WEB_SERVER_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p) && (name.len() == p.len() || !name.as_bytes()[p.len()].is_ascii_alphabetic()))
 }
 
 pub fn is_shell(program: &str) -> bool {
@@ -98,10 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = dir.path().join("nginx");
         std::fs::copy("/bin/sh", &server).unwrap();
-        let mut child = std::process::Command::new(&server)
-            .args(["-c", "sleep 5; true"])
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new(&server).args(["-c", "sleep 5; true"]).spawn().unwrap();
         let server_pid = child.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let sleeper = loop {

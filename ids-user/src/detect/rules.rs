@@ -374,10 +374,22 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_naming_file_and_rule() {
         let cases = [
-            ("[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"sshd\"\npattern = 'Failed'\n", "<ADDR>"),
-            ("[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\npattern = '(unclosed'\n", "pattern"),
-            ("[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"bad\"\nkind = \"web\"\npattern = 'x'\n", "severity"),
-            ("[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\npattern = 'x'\nthreshold = 0\n", "threshold"),
+            (
+                "[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"sshd\"\npattern = 'Failed'\n",
+                "<ADDR>",
+            ),
+            (
+                "[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\npattern = '(unclosed'\n",
+                "pattern",
+            ),
+            (
+                "[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"bad\"\nkind = \"web\"\npattern = 'x'\n",
+                "severity",
+            ),
+            (
+                "[[rules]]\nid = \"a\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\npattern = 'x'\nthreshold = 0\n",
+                "threshold",
+            ),
             ("[[rules]]\nid = \"a b\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\npattern = 'x'\n", "id"),
         ];
         let dir = tempfile::tempdir().unwrap();

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -267,7 +267,8 @@ impl Worker {
                     self.save(index);
                 }
             }
-            let ready: Vec<PathBuf> = self.scans.iter().filter(|(_, due)| **due <= now).map(|(p, _)| p.clone()).collect();
+            let ready: Vec<PathBuf> =
+                self.scans.iter().filter(|(_, due)| **due <= now).map(|(p, _)| p.clone()).collect();
             for path in ready {
                 self.scans.remove(&path);
                 self.scan(&path);
@@ -297,7 +298,9 @@ impl Worker {
                 }
                 let target = if op == "rename" { new_path.as_ref() } else { Some(&path) };
                 if let Some(target) = target {
-                    if matches!(op, "create" | "write" | "rename") && self.web_roots.iter().any(|r| target.starts_with(r)) {
+                    if matches!(op, "create" | "write" | "rename")
+                        && self.web_roots.iter().any(|r| target.starts_with(r))
+                    {
                         self.scans.insert(target.clone(), Instant::now() + QUIET);
                     }
                 }
@@ -435,11 +438,8 @@ impl Worker {
         }
         self.scanned.insert(path.to_path_buf(), scan.digest.clone());
         let first = &scan.findings[0];
-        let evidence = scan
-            .findings
-            .iter()
-            .map(|f| format!("{}: {}", f.id, escape_evidence(&f.excerpt, MAX_EVIDENCE)))
-            .collect();
+        let evidence =
+            scan.findings.iter().map(|f| format!("{}: {}", f.id, escape_evidence(&f.excerpt, MAX_EVIDENCE))).collect();
         self.emit(Alert {
             time: crate::store::now(),
             kind: "detect",
@@ -451,7 +451,9 @@ impl Worker {
             path: Some(escape_evidence(&path.display().to_string(), MAX_EVIDENCE)),
             count: None,
             window_s: None,
-            process: Some(serde_json::json!({"size": scan.size, "scanned_truncated": scan.truncated, "sha256": scan.digest})),
+            process: Some(
+                serde_json::json!({"size": scan.size, "scanned_truncated": scan.truncated, "sha256": scan.digest}),
+            ),
             evidence,
             action: Action::AlertOnly,
         });
@@ -474,10 +476,8 @@ impl Worker {
         }
         self.exec_seen.insert(key, Instant::now());
         let command = escape_evidence(&argv.join(" "), MAX_EVIDENCE);
-        let ancestors: Vec<serde_json::Value> = chain
-            .iter()
-            .map(|a| serde_json::json!({"pid": a.pid, "comm": escape_evidence(&a.comm, 64)}))
-            .collect();
+        let ancestors: Vec<serde_json::Value> =
+            chain.iter().map(|a| serde_json::json!({"pid": a.pid, "comm": escape_evidence(&a.comm, 64)})).collect();
         self.emit(Alert {
             time: crate::store::now(),
             kind: "detect",

@@ -18,19 +18,15 @@ pub struct LogOffset {
 impl Store {
     pub fn log_offset(&self, path: &str) -> Result<Option<LogOffset>, StoreError> {
         self.conn
-            .query_row(
-                "SELECT dev, ino, offset, head_len, head_hash FROM log_offsets WHERE path = ?1",
-                [path],
-                |row| {
-                    Ok(LogOffset {
-                        dev: row.get::<_, i64>(0)? as u64,
-                        ino: row.get::<_, i64>(1)? as u64,
-                        offset: row.get::<_, i64>(2)? as u64,
-                        head_len: row.get::<_, i64>(3)? as u64,
-                        head_hash: row.get(4)?,
-                    })
-                },
-            )
+            .query_row("SELECT dev, ino, offset, head_len, head_hash FROM log_offsets WHERE path = ?1", [path], |row| {
+                Ok(LogOffset {
+                    dev: row.get::<_, i64>(0)? as u64,
+                    ino: row.get::<_, i64>(1)? as u64,
+                    offset: row.get::<_, i64>(2)? as u64,
+                    head_len: row.get::<_, i64>(3)? as u64,
+                    head_hash: row.get(4)?,
+                })
+            })
             .optional()
             .map_err(|source| self.query_error("reading a log offset", source))
     }

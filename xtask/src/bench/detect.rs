@@ -145,7 +145,8 @@ fn ids_rules_test(ids: &Path, config: &Path, kind: &str, file: &Path) -> anyhow:
     let out = command_stdout(
         Command::new(ids).args(["rules", "test", "--kind", kind, "--json", "--config"]).arg(config).arg(file),
     )?;
-    let report: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ids rules test printed {out:?}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("ids rules test printed {out:?}"))?;
     let lines = report["lines"].as_f64().context("no lines in the report")?;
     let seconds = report["seconds"].as_f64().context("no seconds in the report")?;
     ensure!(lines as usize == LINES, "ids read {lines} lines of {LINES}");
@@ -160,10 +161,7 @@ fn fail2ban_regex(file: &Path, filter: &Path) -> anyhow::Result<(f64, u64)> {
         .find_map(|l| l.trim().strip_prefix("[processed in ")?.strip_suffix(" sec]")?.parse::<f64>().ok())
         .with_context(|| format!("fail2ban-regex printed no `processed in` time: {out}"))?;
     let summary = out.lines().find(|l| l.starts_with("Lines: ")).context("fail2ban-regex printed no Lines: summary")?;
-    let matched = summary
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" matched")?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let matched = summary.split(", ").find_map(|part| part.strip_suffix(" matched")?.parse::<u64>().ok()).unwrap_or(0);
     Ok((LINES as f64 / processed.max(1e-9), matched))
 }
 
@@ -240,12 +238,30 @@ pub(super) fn bench_detect(root: &Path) -> anyhow::Result<()> {
 
     let mut section = String::new();
     let _ = writeln!(section, "\n## {} — detect\n", utc_timestamp());
-    let _ = writeln!(section, "Command: `cargo xtask bench detect` (as root). Machine: {} ({} cores), kernel {}, load before {} / after {}. {}; {fail2ban_version}.\n",
-        machine.cpu, machine.cores, machine.kernel, machine.load_before, load_average(), machine.ids_version);
-    let _ = writeln!(section, "Rule throughput, one core, {} generated lines per log, median of {RUNS} alternating runs (`ids rules test` vs `fail2ban-regex`'s own processing time):\n", thousands(LINES as u64));
-    let _ = writeln!(section, "| log | rules | ids lines/s | fail2ban-regex lines/s | ratio | target ≥{TARGET_RATIO}× | matched (ids / fail2ban) |");
+    let _ = writeln!(
+        section,
+        "Command: `cargo xtask bench detect` (as root). Machine: {} ({} cores), kernel {}, load before {} / after {}. {}; {fail2ban_version}.\n",
+        machine.cpu,
+        machine.cores,
+        machine.kernel,
+        machine.load_before,
+        load_average(),
+        machine.ids_version
+    );
+    let _ = writeln!(
+        section,
+        "Rule throughput, one core, {} generated lines per log, median of {RUNS} alternating runs (`ids rules test` vs `fail2ban-regex`'s own processing time):\n",
+        thousands(LINES as u64)
+    );
+    let _ = writeln!(
+        section,
+        "| log | rules | ids lines/s | fail2ban-regex lines/s | ratio | target ≥{TARGET_RATIO}× | matched (ids / fail2ban) |"
+    );
     let _ = writeln!(section, "|---|---|---:|---:|---:|---|---|");
-    for (name, filter, t) in [("sshd", "shipped sshd rules vs filter.d/sshd.conf", &sshd), ("nginx combined", "shipped web rules vs the same rules as failregexes", &web)] {
+    for (name, filter, t) in [
+        ("sshd", "shipped sshd rules vs filter.d/sshd.conf", &sshd),
+        ("nginx combined", "shipped web rules vs the same rules as failregexes", &web),
+    ] {
         let ratio = t.ids_lines_per_s / t.fail2ban_lines_per_s;
         let _ = writeln!(
             section,
@@ -257,8 +273,15 @@ pub(super) fn bench_detect(root: &Path) -> anyhow::Result<()> {
             thousands(t.fail2ban_matched),
         );
     }
-    let _ = writeln!(section, "\nMatched counts differ where the rules differ: Debian's sshd filter and the shipped sshd rules do not cover the same messages, and ids percent-decodes the request before the web rules look at it while the failregexes see it raw. A line counts once however many rules it matches.\n");
-    let _ = writeln!(section, "Daemon CPU over {IDLE_SECS} s with nothing written: {:.3} s with an sshd log, an access log and a web root followed; {:.3} s with no detection configured (target: none beyond the sensor's).", idle_with, idle_without);
+    let _ = writeln!(
+        section,
+        "\nMatched counts differ where the rules differ: Debian's sshd filter and the shipped sshd rules do not cover the same messages, and ids percent-decodes the request before the web rules look at it while the failregexes see it raw. A line counts once however many rules it matches.\n"
+    );
+    let _ = writeln!(
+        section,
+        "Daemon CPU over {IDLE_SECS} s with nothing written: {:.3} s with an sshd log, an access log and a web root followed; {:.3} s with no detection configured (target: none beyond the sensor's).",
+        idle_with, idle_without
+    );
     append_to_benchmarks(&root.join("BENCHMARKS.md"), &section)?;
     print!("{section}");
     Ok(())
