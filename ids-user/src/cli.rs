@@ -191,7 +191,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
-            Config::load(common.config.as_deref())?;
+            let config = Config::load(common.config.as_deref())?;
+            // The rules file is part of the configuration: check that it loads too.
+            crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
             println!("ok");
         }
     }

@@ -33,8 +33,8 @@ pub const DEFAULT_WINDOW_S: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
-    #[error("reading rules file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("reading rules file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("rules {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("rules {origin}: rule {id:?}: {message}")]
@@ -149,7 +149,7 @@ impl RuleSet {
         let mut rules = parse_rules(SHIPPED_RULES, "(shipped)")?;
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
-                .map_err(|source| RuleError::Read { path: path.display().to_string(), source })?;
+                .map_err(|error| RuleError::Read { path: path.display().to_string(), error })?;
             let extra = parse_rules(&text, &path.display().to_string())?;
             match mode {
                 RulesMode::Replace => rules = extra,
