@@ -125,6 +125,11 @@ enum Command {
     Client(crate::tinyids::cli::ClientArgs),
     /// Administer a TinyIDS server's records on its host: list, show, delete, reset-passphrase.
     Server(crate::tinyids::cli::AdminArgs),
+    /// Detection rules: `ids rules test --kind sshd FILE` runs a log through them.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -138,6 +143,22 @@ enum XdpCommand {
     Detach {
         #[command(flatten)]
         common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run every line of a log file through the rules of its kind (the configured `rules` and
+    /// `rules_mode` apply) and count what each rule matched; no alert, no ban.
+    Test {
+        #[command(flatten)]
+        common: Common,
+        /// The log's format: sshd, nginx or apache.
+        #[arg(long)]
+        kind: String,
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -238,9 +259,34 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Client(args) => return crate::tinyids::cli::client(args),
         Command::Server(args) => return crate::tinyids::cli::admin(args),
+        Command::Rules { command: RulesCommand::Test { common, kind, file, json } } => {
+            let config = Config::load(common.config.as_deref())?;
+            let kind = match kind.as_str() {
+                "sshd" => crate::config::LogKind::Sshd,
+                "nginx" => crate::config::LogKind::Nginx,
+                "apache" => crate::config::LogKind::Apache,
+                other => anyhow::bail!("--kind {other:?}: expected sshd, nginx or apache"),
+            };
+            let rules = crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
+            let report = crate::detect::engine::test_file(rules, kind, &file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: {} lines ({} cut), {} matched, {:.3} s",
+                    report.path, report.lines, report.lines_cut, report.matched_lines, report.seconds
+                );
+                for (rule, n) in &report.rules {
+                    println!("  {rule}: {n}");
+                }
+            }
+        }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
-            Config::load(common.config.as_deref())?;
+            let config = Config::load(common.config.as_deref())?;
+            // The rules file is part of the configuration: check that it loads too.
+            crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
             println!("ok");
         }
     }

@@ -46,6 +46,79 @@ struct RawConfig {
     serve: crate::tinyids::settings::RawServe,
     #[serde(default = "default_remote_check_interval")]
     remote_check_interval: u64,
+    #[serde(default)]
+    logs: Vec<RawLog>,
+    #[serde(default)]
+    web_roots: Vec<PathBuf>,
+    rules: Option<PathBuf>,
+    #[serde(default)]
+    rules_mode: RulesMode,
+}
+
+/// One `[[logs]]` table: a log file the detectors follow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    kind: LogKind,
+    path: PathBuf,
+}
+
+
+/// The format of a followed log, which decides the rules that apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    Sshd,
+    Nginx,
+    Apache,
+}
+
+impl LogKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogKind::Sshd => "sshd",
+            LogKind::Nginx => "nginx",
+            LogKind::Apache => "apache",
+        }
+    }
+}
+
+/// Whether a `rules` file adds to the shipped rules (a rule with a shipped rule's id replaces
+/// it) or replaces them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesMode {
+    #[default]
+    Extend,
+    Replace,
+}
+
+/// A validated `[[logs]]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub kind: LogKind,
+    pub path: PathBuf,
+}
+
+/// Settings of the detectors (`crate::detect`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectConfig {
+    pub logs: Vec<LogConfig>,
+    pub web_roots: Vec<PathBuf>,
+    pub rules: Option<PathBuf>,
+    pub rules_mode: RulesMode,
+    /// Duration of a first ban by a detector (`[bans] detect_duration`); each further offence of
+    /// the same address doubles it, up to `ban_duration_max` (`[bans] max_duration`).
+    pub ban_duration: std::time::Duration,
+    pub ban_duration_max: std::time::Duration,
+    /// `[xdp] trusted`: addresses and networks never banned.
+    pub trusted: Vec<ipnet::IpNet>,
+}
+
+/// `"10.0.0.0/8"` or a plain address (a /32 or /128).
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
@@ -119,6 +192,8 @@ pub struct Config {
     pub serve: crate::tinyids::settings::ServeConfig,
     /// How often the daemon CHECKs its aggregate with the servers besides after each change.
     pub remote_check_interval: std::time::Duration,
+    /// Log sources, web roots, rules and ban settings of the detectors (`crate::detect`).
+    pub detect: DetectConfig,
 }
 
 /// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
@@ -206,7 +281,31 @@ impl Config {
         }
         let (xdp, bans) = crate::bans::config::validate(raw.xdp, raw.bans)
             .map_err(|(key, message)| invalid(key, message))?;
+        for log in &raw.logs {
+            if !log.path.is_absolute() {
+                return Err(invalid("logs", format!("path {} is not an absolute path", log.path.display())));
+            }
+        }
+        for root in &raw.web_roots {
+            if !root.is_absolute() {
+                return Err(invalid("web_roots", format!("{} is not an absolute path", root.display())));
+            }
+        }
+        if bans.detect_duration > bans.max_duration {
+            return Err(invalid("bans.detect_duration", "must not be longer than bans.max_duration".into()));
+        }
+        let trusted = xdp.trusted.iter().map(|net| net.ipnet()).collect();
+        let detect = DetectConfig {
+            logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
+            web_roots: raw.web_roots,
+            rules: raw.rules,
+            rules_mode: raw.rules_mode,
+            ban_duration: bans.detect_duration,
+            ban_duration_max: bans.max_duration,
+            trusted,
+        };
         Ok(Self {
+            detect,
             watch: raw.watch,
             events_log,
             state_dir: raw.state_dir,
@@ -427,6 +526,25 @@ mod tests {
         assert_eq!(collectors[1].commands, [vec!["iptables-save", "-t", "filter"], vec!["nft", "list ruleset"]]);
         assert_eq!(collectors[1].timeout, std::time::Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_S));
         assert_eq!(collectors[2].name, "modules");
+    }
+
+    #[test]
+    fn detection_settings_are_read_and_checked() {
+        let text = format!(
+            "{BASE}web_roots = [\"/srv/www\"]\nrules = \"/etc/ids/rules.toml\"\nrules_mode = \"replace\"\n\
+             [[logs]]\nkind = \"sshd\"\npath = \"/var/log/auth.log\"\n[xdp]\ntrusted = [\"10.1.0.0/16\", \"192.0.2.7\"]\n"
+        );
+        let detect = Config::parse(&text, "t").unwrap().detect;
+        assert_eq!(detect.logs, [LogConfig { kind: LogKind::Sshd, path: "/var/log/auth.log".into() }]);
+        assert_eq!(detect.rules_mode, RulesMode::Replace);
+        assert_eq!(detect.trusted.len(), 2);
+        assert!(detect.trusted[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        let default = Config::parse(BASE, "t").unwrap().detect;
+        assert!(default.trusted.iter().any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
+        let err = Config::parse(&format!("{BASE}[xdp]\ntrusted = [\"10.0.0.0/99\"]\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("xdp.trusted") && err.contains("10.0.0.0/99"), "{err}");
+        let err = Config::parse(&format!("{BASE}[[logs]]\nkind = \"ftp\"\npath = \"/x\"\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("ftp"), "{err}");
     }
 
     fn collector_error(table: &str) -> String {

@@ -1,6 +1,7 @@
-//! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`),
-//! applies bans (`crate::bans`: control requests, detectors' requests, expiry), answers the
-//! control socket, and on SIGINT/SIGTERM detaches the programs, flushes the events
+//! `ids run`: starts the sensor, writes events, runs the integrity worker (`crate::monitor`) and
+//! the detect worker (`crate::detect`), applies bans (`crate::bans`: control requests, the port
+//! scan detector's and the log detectors' requests, expiry), answers the control socket, and on
+//! SIGINT/SIGTERM detaches the programs, flushes the events
 //! log and returns.
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog};
 use crate::control::{self, Reply, Request};
+use crate::detect::{self, DetectEvents};
 use crate::event::{self, Clock, Detail};
 use crate::integrity::Trigger;
 use crate::monitor::{self, Control, FileEvents, SharedOutput};
@@ -23,6 +25,9 @@ use crate::sensor::decode::RawEvent;
 use crate::sensor::hooks::signal_name;
 use crate::sensor::watch::WatchSet;
 use crate::sensor::{self, Sensor, Stats};
+
+/// Ban requests the detectors may queue before they report a request as not delivered.
+const BAN_QUEUE: usize = 1024;
 
 /// Counters of the events writer.
 #[derive(Debug, Default)]
@@ -44,8 +49,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The worker is built first (collectors, database) so that a bad one stops the start; it
     // scans once the sensor is attached, so no change made during the scan is missed.
     let mut integrity = monitor::spawn(&config, output.clone())?;
+    // Ban requests of the log detectors; the main loop hands them to the ban path.
+    let (detect_tx, mut detect_rx) = mpsc::channel::<detect::BanRequest>(BAN_QUEUE);
+    let detect = detect::spawn(&config, output.clone(), detect_tx)?;
     let mut sensor_config = config.clone();
     sensor_config.watch = integrity.watch.clone();
+    for path in &detect.watch {
+        if !sensor_config.watch.iter().any(|w| path.starts_with(w)) {
+            sensor_config.watch.push(path.clone());
+        }
+    }
+    let detect_shared = detect.shared.clone();
+    let detect_events = detect.events;
     let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
     // The pinned maps may have outlived an earlier run: make them equal to the store before the
     // new program takes over the interfaces.
@@ -76,7 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(tx);
     let writer = tokio::task::spawn_blocking({
         let writer_stats = writer_stats.clone();
-        move || write_events(rx, watch, output, file_events, &writer_stats)
+        move || write_events(rx, watch, output, file_events, detect_events, &writer_stats)
     });
 
     let (control_tx, mut control_rx) = mpsc::channel::<(Request, Reply)>(16);
@@ -97,6 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Request::Status => {
                         let mut answer = status(&sensor, &stats, &writer_stats, &integrity_shared, &roots, started);
                         answer["xdp"] = xdp_status(&sensor, &mut bans, &scan_stats, &config);
+                        answer["detect"] = detect_shared.status();
                         let _ = reply.send(answer);
                     }
                     request @ (Request::Ban { .. } | Request::Unban { .. } | Request::Bans | Request::Alerts { .. }) => {
@@ -105,6 +121,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // The worker answers these itself, so a long rehash never blocks this loop.
                     Request::Baseline => forward(&integrity.control, Control::Baseline, reply),
                     Request::Diff => forward(&integrity.control, Control::Diff, reply),
+                }
+            }
+            Some(request) = detect_rx.recv() => {
+                let addr = request.addr;
+                if let Err(e) = bans.ban(detect_ban(request)) {
+                    warn!(%addr, error = %e, "ban request of a log detector refused");
                 }
             }
             _ = rescan.tick() => sensor.attach_new_interfaces(),
@@ -151,6 +173,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The writer dropped its handle, so the worker stops after its current step; a long scan
     // is not waited for.
     integrity.stop.store(true, Ordering::Relaxed);
+    detect.stop.store(true, Ordering::Relaxed);
+    let detect_thread = detect.thread;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || detect_thread.join())).await;
     let worker = integrity.thread;
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || worker.join())).await;
     let _ = std::fs::remove_file(config.control_socket());
@@ -173,6 +198,14 @@ fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanSt
         "scan_reports": scan.reports.load(Ordering::Relaxed),
         "scan_reports_dropped": scan.dropped.load(Ordering::Relaxed),
     })
+}
+
+/// A log detector's request in the ban path's terms: the address alone, the rule as the reason,
+/// the duration the detector escalated already.
+fn detect_ban(request: detect::BanRequest) -> BanRequest {
+    let net = crate::bans::BanNet::from_ipnet(ipnet::IpNet::from(request.addr));
+    let reason = format!("rule {}", request.rule);
+    BanRequest::new(net, reason, request.source, crate::bans::BanDuration::For(request.duration))
 }
 
 fn forward(worker: &std::sync::mpsc::Sender<Control>, request: fn(control::Reply) -> Control, reply: control::Reply) {
@@ -207,6 +240,7 @@ fn write_events(
     mut watch: WatchSet,
     output: SharedOutput,
     file_events: FileEvents,
+    detect_events: DetectEvents,
     stats: &WriterStats,
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
@@ -230,7 +264,11 @@ fn write_events(
             };
             if let Some(event) = event {
                 match &event.detail {
-                    Detail::File { op, path, new_path, .. } => file_events.note(op, path, new_path.as_deref()),
+                    Detail::File { op, path, new_path, .. } => {
+                        file_events.note(op, path, new_path.as_deref());
+                        detect_events.note_file(op, path, new_path.as_deref());
+                    }
+                    Detail::Exec { .. } => detect_events.note_exec(&event),
                     Detail::Listen { .. } => file_events.note_trigger(Trigger::ListeningSockets),
                     Detail::Module { .. } => file_events.note_trigger(Trigger::KernelModules),
                     _ => {}

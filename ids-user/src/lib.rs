@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod detect;
 pub mod event;
 pub mod integrity;
 pub mod monitor;

@@ -75,7 +75,8 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "watch = [{}]\nevents_log = {:?}\nstate_dir = {:?}\n{extra}\n[xdp]\ninterfaces = [{}]\npin_dir = {:?}\n",
+                // Dotted keys, so that `extra` may add `xdp.trusted = ...` before its own tables.
+                "watch = [{}]\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [{}]\nxdp.pin_dir = {:?}\n{extra}\n",
                 watch.join(", "),
                 events.display().to_string(),
                 state.0.join("state").display().to_string(),

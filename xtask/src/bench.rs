@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 
+mod detect;
 mod integrity;
 mod server;
 mod xdp;
@@ -72,8 +73,9 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "integrity" => integrity::bench_integrity(root),
         "server" => server::bench_server(root),
         "xdp" => xdp::bench_xdp(root),
+        "detect" => detect::bench_detect(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp)"),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect)"),
     }
 }
 

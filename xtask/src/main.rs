@@ -12,11 +12,11 @@ use clap::{Parser, Subcommand};
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
-/// the VM tier, bash's /dev/tcp in namespaces, and the XDP bench's peers (nftables, ipset,
-/// iptables) and GRO switch (ethtool).
+/// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
+/// and GRO switch (ethtool), and fail2ban for `fail2ban-regex`, the peer of the detect bench.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2", "iputils-ping", "qemu-system-x86", "busybox-static", "cpio", "xz-utils", "nftables", "ipset", "iptables",
-    "ethtool",
+    "ethtool", "fail2ban",
 ];
 
 #[derive(Parser)]

@@ -313,6 +313,7 @@ mod tests {
             default_duration: None,
             scan_duration: None,
             max_duration: Duration::from_secs(86_400),
+            detect_duration: Duration::from_secs(600),
         };
         Bans::with_store(Store::open_in_memory().unwrap(), None, vec![BanNet::parse("127.0.0.0/8").unwrap()], config)
     }

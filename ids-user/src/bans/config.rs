@@ -45,11 +45,18 @@ pub(crate) struct RawBans {
     scan_duration: String,
     #[serde(default = "default_max_duration")]
     max_duration: String,
+    #[serde(default = "default_detect_duration")]
+    detect_duration: String,
 }
 
 impl Default for RawBans {
     fn default() -> Self {
-        Self { default_duration: default_duration(), scan_duration: default_duration(), max_duration: default_max_duration() }
+        Self {
+            default_duration: default_duration(),
+            scan_duration: default_duration(),
+            max_duration: default_max_duration(),
+            detect_duration: default_detect_duration(),
+        }
     }
 }
 
@@ -70,6 +77,9 @@ fn default_scan_window() -> String {
 }
 fn default_duration() -> String {
     "1h".into()
+}
+fn default_detect_duration() -> String {
+    "10m".into()
 }
 fn default_max_duration() -> String {
     "30d".into()
@@ -100,6 +110,9 @@ pub struct BansConfig {
     pub scan_duration: Option<Duration>,
     /// Longest duration an escalating ban reaches.
     pub max_duration: Duration,
+    /// First ban of an address by a log detector (`crate::detect`); doubled for each earlier
+    /// offence, up to `max_duration`.
+    pub detect_duration: Duration,
 }
 
 /// A duration as people write it (`90s`, `10m`, `1h 30m`, `7d`), or `permanent`/`forever`
@@ -141,6 +154,9 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     let max_duration = parse_duration(&bans.max_duration)
         .map_err(|e| ("bans.max_duration", e))?
         .ok_or(("bans.max_duration", "must be a finite duration".to_string()))?;
+    let detect_duration = parse_duration(&bans.detect_duration)
+        .map_err(|e| ("bans.detect_duration", e))?
+        .ok_or(("bans.detect_duration", "must be a finite duration".to_string()))?;
     Ok((
         XdpConfig {
             interfaces: xdp.interfaces,
@@ -150,7 +166,7 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             flood_syns: xdp.flood_syns,
             scan_window,
         },
-        BansConfig { default_duration, scan_duration, max_duration },
+        BansConfig { default_duration, scan_duration, max_duration, detect_duration },
     ))
 }
 

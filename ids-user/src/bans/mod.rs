@@ -355,6 +355,7 @@ mod tests {
             default_duration: Some(Duration::from_secs(3600)),
             scan_duration: Some(Duration::from_secs(3600)),
             max_duration: Duration::from_secs(86_400),
+            detect_duration: Duration::from_secs(600),
         };
         let trusted = vec![BanNet::parse("127.0.0.0/8").unwrap(), BanNet::parse("10.9.9.9").unwrap()];
         Bans::with_store(Store::open_in_memory().unwrap(), None, trusted, config)

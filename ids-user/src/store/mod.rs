@@ -5,12 +5,17 @@
 //!   (JSON text), `updated` (RFC 3339, UTC). `current_items` is what the daemon last hashed;
 //!   `baseline_items` is the state accepted by `ids baseline`.
 //! - `alerts`: `time`, `kind` (`integrity` | `sensor_miss`), `item_id`, `collector`, `what` (JSON:
-//!   the change, the attributes that changed, old and new digest and detail).
-//!
+//!   the change, the attributes that changed, old and new digest and detail). Detection alerts
+//!   have kind `detect`, the rule id as `item_id`, the detector as `collector` and the whole alert
+//!   object as `what`.
 //! - `bans` (version 2, `bans_table.rs`): `id` (also the kernel's ban id), `net` (canonical address or
 //!   prefix, unique), `reason`, `source`, `created`, `expires` (RFC 3339 UTC; NULL: permanent),
 //!   `packets`/`bytes` (hit counters as last read from the kernel); `offenders`: `net` → number of
 //!   bans it has received (escalating durations) and the time of the last.
+//! - `log_offsets` (version 3, `detect.rs`): per followed log path, the file (`dev`, `ino`), the
+//!   offset after the last complete line read, and the length and SHA-256 of the file's first bytes
+//!   (truncation check); `offences`: per address, how many bans the log detectors requested (their
+//!   escalating durations).
 //!
 //! The schema is versioned with `PRAGMA user_version`: [`MIGRATIONS`]`[n]` takes a database from
 //! version `n` to `n + 1`, each in its own transaction, so a database of any earlier version (an
@@ -26,6 +31,8 @@ use crate::integrity::{Digest, Item, hex};
 
 pub mod bans_table;
 pub use bans_table::BanRow;
+mod detect;
+pub use detect::LogOffset;
 
 /// Schema migrations, in order; never edit one that was released, append a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -70,6 +77,20 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE offenders (
          net   TEXT PRIMARY KEY,
          bans  INTEGER NOT NULL,
+         last  TEXT NOT NULL
+     ) WITHOUT ROWID;",
+    // 2 → 3: the detectors' log positions and offence counts (`detect`).
+    "CREATE TABLE log_offsets (
+         path      TEXT PRIMARY KEY,
+         dev       INTEGER NOT NULL,
+         ino       INTEGER NOT NULL,
+         offset    INTEGER NOT NULL,
+         head_len  INTEGER NOT NULL,
+         head_hash TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE offences (
+         addr  TEXT PRIMARY KEY,
+         count INTEGER NOT NULL,
          last  TEXT NOT NULL
      ) WITHOUT ROWID;",
 ];

@@ -429,7 +429,7 @@ fn status_events_received(status: &serde_json::Value) -> u64 {
 }
 
 /// utime + stime of process `pid` in seconds, from `/proc/<pid>/stat`.
-fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(super) fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let ticks = parse_stat_cpu_ticks(&stat).with_context(|| format!("{path} has no utime/stime: {stat:?}"))?;
