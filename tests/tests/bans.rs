@@ -4,141 +4,14 @@
 use std::fs;
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ids_tests::netns::{BAD4, BAD6, GOOD4, GOOD6, HOST4, HOST6, Net, TRUSTED4, mac};
 use ids_tests::{Daemon, Pins, Scratch, ids_bin, sh, test_pin_dir};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
-
-const HOST4: &str = "10.232.0.1";
-/// Banned in most tests.
-const BAD4: &str = "10.232.0.2";
-/// Never banned by address: the other source that must keep passing.
-const GOOD4: &str = "10.232.0.3";
-/// Trusted in the prefix test.
-const TRUSTED4: &str = "10.232.0.4";
-const HOST6: &str = "fd00:232::1";
-const BAD6: &str = "fd00:232::2";
-const GOOD6: &str = "fd00:232::3";
-
-/// A namespace with four IPv4 and three IPv6 addresses, joined to the host by a veth pair whose
-/// host side carries the daemon's XDP program. Neighbours are static, so that dropped ARP/ND
-/// answers of a banned address cannot break the other addresses. Removed on drop.
-struct Net {
-    ns: String,
-    host_if: String,
-}
-
-fn mac(path: &str) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_string()
-}
-
-impl Net {
-    fn new(tag: &str) -> Self {
-        let id = std::process::id() % 1000;
-        let ns = format!("idsb{id}{tag}");
-        let host_if = format!("idsbh{id}{tag}");
-        let ns_if = format!("idsbn{id}{tag}");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(std::process::Stdio::null()).status();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).stderr(std::process::Stdio::null()).status();
-        sh("ip", &["netns", "add", &ns]);
-        let net = Self { ns: ns.clone(), host_if: host_if.clone() };
-        sh("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
-        sh("ip", &["link", "set", &ns_if, "netns", &ns]);
-        sh("ip", &["addr", "add", &format!("{HOST4}/24"), "dev", &host_if]);
-        sh("ip", &["addr", "add", &format!("{HOST6}/64"), "dev", &host_if, "nodad"]);
-        sh("ip", &["link", "set", &host_if, "up"]);
-        for a in [BAD4, GOOD4, TRUSTED4] {
-            sh("ip", &["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", &ns_if]);
-        }
-        for a in [BAD6, GOOD6] {
-            sh("ip", &["-n", &ns, "addr", "add", &format!("{a}/64"), "dev", &ns_if, "nodad"]);
-        }
-        sh("ip", &["-n", &ns, "link", "set", &ns_if, "up"]);
-        sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        let host_mac = mac(&format!("/sys/class/net/{host_if}/address"));
-        let ns_mac = sh("ip", &["netns", "exec", &ns, "cat", &format!("/sys/class/net/{ns_if}/address")]).trim().to_string();
-        for a in [HOST4, HOST6] {
-            sh("ip", &["-n", &ns, "neigh", "replace", a, "lladdr", &host_mac, "dev", &ns_if, "nud", "permanent"]);
-        }
-        for a in [BAD4, GOOD4, TRUSTED4, BAD6, GOOD6] {
-            sh("ip", &["neigh", "replace", a, "lladdr", &ns_mac, "dev", &host_if, "nud", "permanent"]);
-        }
-        net
-    }
-
-    /// Runs `f` on a thread that entered the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.ns);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let handle = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    // SAFETY: a valid namespace fd; only this thread changes namespace.
-                    let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("namespace thread panicked")
-        })
-    }
-
-    /// Whether a TCP connection from `source` (in the namespace) to `to` (on the host) completes.
-    fn tcp_passes(&self, source: &str, to: SocketAddr) -> bool {
-        let source: IpAddr = source.parse().unwrap();
-        self.run(move || {
-            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
-            socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-            socket.connect_timeout(&to.into(), Duration::from_millis(700)).is_ok()
-        })
-    }
-
-    /// Whether a UDP datagram from `source` reaches `receiver` on the host.
-    fn udp_passes(&self, source: &str, receiver: &UdpSocket) -> bool {
-        let to = receiver.local_addr().unwrap();
-        let payload = format!("ids-ban-test {source} {}", Instant::now().elapsed().as_nanos());
-        let source: IpAddr = source.parse().unwrap();
-        let sent = payload.clone();
-        self.run(move || {
-            let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
-            for _ in 0..3 {
-                socket.send_to(sent.as_bytes(), to).unwrap();
-            }
-        });
-        receiver.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        let mut buf = [0u8; 256];
-        let deadline = Instant::now() + Duration::from_millis(700);
-        while Instant::now() < deadline {
-            if let Ok((n, _)) = receiver.recv_from(&mut buf) {
-                if buf[..n] == *payload.as_bytes() {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Whether an ICMP echo from `source` is answered.
-    fn ping_passes(&self, source: &str, to: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, "ping", "-c", "1", "-W", "1", "-I", source, to])
-            .output()
-            .unwrap_or_else(|e| panic!("ping: {e}"))
-            .status
-            .success()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
 
 /// A daemon's config and state that outlive daemon restarts; pins removed on drop.
 struct Setup {
