@@ -105,24 +105,22 @@ pub async fn try_call(path: &PathBuf, request: &Request) -> anyhow::Result<Optio
 /// Like [`try_call`], but returns a refusal (`"ok": false`) as the value instead of an error.
 pub async fn try_exchange(path: &Path, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
     let Ok(stream) = UnixStream::connect(path).await else { return Ok(None) };
+    send(stream, request).await.map(Some)
+}
+
+/// Writes one request line and reads the response line.
+async fn send(stream: UnixStream, request: &Request) -> anyhow::Result<serde_json::Value> {
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut response = String::new();
     BufReader::new(read).read_line(&mut response).await?;
-    Ok(Some(serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))?))
+    serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))
 }
 
 async fn exchange(stream: UnixStream, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut response = String::new();
-    BufReader::new(read).read_line(&mut response).await?;
-    let value: serde_json::Value =
-        serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))?;
+    let value = send(stream, request).await?;
     if value["ok"] == false {
         bail!("daemon refused: {}", value["error"]);
     }

@@ -369,24 +369,7 @@ impl Store {
 
     /// Every alert, oldest first.
     pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
-        let error = |source| self.query_error("reading alerts", source);
-        let mut select = self
-            .conn
-            .prepare("SELECT time, kind, item_id, collector, what FROM alerts ORDER BY id")
-            .map_err(error)?;
-        let rows = select
-            .query_map([], |row| {
-                let what: String = row.get(4)?;
-                Ok(AlertRow {
-                    time: row.get(0)?,
-                    kind: row.get(1)?,
-                    item_id: row.get(2)?,
-                    collector: row.get(3)?,
-                    what: serde_json::from_str(&what).unwrap_or(serde_json::Value::String(what)),
-                })
-            })
-            .map_err(error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+        self.recent_alerts(usize::MAX)
     }
 }
 

@@ -535,8 +535,13 @@ fn build_release_sha2_probe(root: &Path) -> anyhow::Result<Option<PathBuf>> {
     if !cfg!(debug_assertions) {
         return Ok(None);
     }
+    release_xtask(root, "the sha2 measurement needs optimized code").map(Some)
+}
+
+/// Builds xtask in release mode (`why` says what for) and returns the path of the binary.
+pub(super) fn release_xtask(root: &Path, why: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p xtask (the sha2 measurement needs optimized code)");
+    eprintln!("bench: cargo build --release -p xtask ({why})");
     let status = Command::new(&cargo)
         .current_dir(root)
         .args(["build", "--release", "-p", "xtask"])
@@ -546,7 +551,7 @@ fn build_release_sha2_probe(root: &Path) -> anyhow::Result<Option<PathBuf>> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir));
     let xtask = target.join("release").join("xtask");
     ensure!(xtask.is_file(), "the build succeeded but {} is missing", xtask.display());
-    Ok(Some(xtask))
+    Ok(xtask)
 }
 
 /// Bench area run by the integrity bench in a release build of xtask; not meant to be run by hand.

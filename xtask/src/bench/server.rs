@@ -457,16 +457,7 @@ fn idle_wave(server: &IdsServer, wave: usize) -> anyhow::Result<Idle> {
 /// tokio) would be unoptimized while `ids` is a release build: this builds xtask in release mode
 /// and runs the bench there.
 fn rerun_in_release(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p xtask (the load generator and the peer need optimized code)");
-    let status = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "xtask"])
-        .status()
-        .with_context(|| format!("running {}", Path::new(&cargo).display()))?;
-    ensure!(status.success(), "cargo build --release -p xtask failed ({status})");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir));
-    let xtask = target.join("release").join("xtask");
+    let xtask = super::integrity::release_xtask(root, "the load generator and the peer need optimized code")?;
     let status = Command::new(&xtask).current_dir(root).args(["bench", "server"]).status().with_context(|| format!("running {}", xtask.display()))?;
     ensure!(status.success(), "{} bench server failed ({status})", xtask.display());
     Ok(())
