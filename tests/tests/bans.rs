@@ -82,6 +82,23 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 }
 
 #[test]
+fn generic_mode_when_configured_drops_the_same() {
+    let net = Net::new("g");
+    let setup = Setup::new("generic", &net.host_if, "mode = \"generic\"", "");
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"][0]["mode"], "generic", "{status}");
+    let link = sh("ip", &["-d", "link", "show", &net.host_if]);
+    assert!(link.contains("xdpgeneric"), "the kernel does not show a generic attachment: {link}");
+    let (_tcp, to) = tcp_listener(HOST4);
+    assert!(net.tcp_passes(BAD4, to), "TCP from {BAD4} blocked before any ban");
+    setup.ok(&["ban", BAD4, "--reason", "generic mode test"]);
+    assert!(!net.tcp_passes(BAD4, to), "banned {BAD4} passed in generic mode");
+    assert!(net.tcp_passes(GOOD4, to), "{GOOD4} blocked in generic mode");
+    daemon.stop();
+}
+
+#[test]
 fn banned_source_is_dropped_for_tcp_udp_icmp_and_ipv6_while_another_source_passes() {
     let net = Net::new("a");
     let setup = Setup::new("drop", &net.host_if, "", "");

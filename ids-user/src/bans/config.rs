@@ -21,6 +21,8 @@ pub(crate) struct RawXdp {
     flood_syns: u32,
     #[serde(default = "default_scan_window")]
     scan_window: String,
+    #[serde(default)]
+    mode: XdpModeSetting,
 }
 
 impl Default for RawXdp {
@@ -32,6 +34,7 @@ impl Default for RawXdp {
             scan_ports: default_scan_ports(),
             flood_syns: default_flood_syns(),
             scan_window: default_scan_window(),
+            mode: XdpModeSetting::default(),
         }
     }
 }
@@ -86,6 +89,19 @@ fn default_max_duration() -> String {
 }
 
 /// `[xdp]`: where the ban filter runs and what it trusts.
+/// `[xdp] mode`: how the program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode where the driver has it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native only: an interface whose driver lacks it is left without the program (logged).
+    Native,
+    /// Generic (skb) mode everywhere, for drivers whose native XDP misbehaves.
+    Generic,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct XdpConfig {
     /// Interfaces the XDP program is attached to; empty means every interface, new ones included.
@@ -99,6 +115,7 @@ pub struct XdpConfig {
     /// TCP SYNs per source and window that count as a SYN flood (0: off).
     pub flood_syns: u32,
     pub scan_window: Duration,
+    pub mode: XdpModeSetting,
 }
 
 /// `[bans]`: durations.
@@ -165,6 +182,7 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             scan_ports: xdp.scan_ports,
             flood_syns: xdp.flood_syns,
             scan_window,
+            mode: xdp.mode,
         },
         BansConfig { default_duration, scan_duration, max_duration, detect_duration },
     ))
@@ -173,6 +191,16 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xdp_mode_is_auto_by_default_and_named_modes_parse() {
+        let (xdp, _) = validate(RawXdp::default(), RawBans::default()).unwrap();
+        assert_eq!(xdp.mode, XdpModeSetting::Auto);
+        let raw: RawXdp = toml::from_str("mode = \"generic\"").unwrap();
+        assert_eq!(validate(raw, RawBans::default()).unwrap().0.mode, XdpModeSetting::Generic);
+        let error = toml::from_str::<RawXdp>("mode = \"fast\"").unwrap_err().to_string();
+        assert!(error.contains("unknown variant") && error.contains("native"), "{error}");
+    }
 
     #[test]
     fn durations_parse_and_bad_ones_are_named() {

@@ -15,6 +15,8 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
+
+use super::config::XdpModeSetting;
 use aya::programs::Xdp;
 use ids_common::{BanHits, BanId};
 use ipnet::IpNet;
@@ -198,13 +200,14 @@ pub struct XdpAttachments {
     pin_dir: PathBuf,
     /// Interfaces to attach to; empty means all.
     want: Vec<String>,
+    mode: XdpModeSetting,
     pub attached: Vec<(String, AttachMode)>,
 }
 
 impl XdpAttachments {
     /// Also removes pinned links of interfaces no longer configured (the program leaves them).
-    pub fn new(pin_dir: &Path, want: &[String]) -> Self {
-        let attachments = Self { pin_dir: pin_dir.into(), want: want.to_vec(), attached: Vec::new() };
+    pub fn new(pin_dir: &Path, want: &[String], mode: XdpModeSetting) -> Self {
+        let attachments = Self { pin_dir: pin_dir.into(), want: want.to_vec(), mode, attached: Vec::new() };
         if !want.is_empty() {
             for entry in std::fs::read_dir(pin_dir.join("links")).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -265,14 +268,26 @@ impl XdpAttachments {
                 }
             }
         }
-        let (id, mode) = match program.attach(interface, XdpMode::Driver) {
-            Ok(id) => (id, AttachMode::Native),
-            Err(native) => {
-                let id = program.attach(interface, XdpMode::Skb).with_context(|| {
-                    format!("attaching to {interface} (native mode failed too: {native})")
-                })?;
-                (id, AttachMode::Generic)
+        let generic = |program: &mut Xdp| program.attach(interface, XdpMode::Skb);
+        let (id, mode) = match self.mode {
+            XdpModeSetting::Generic => {
+                (generic(program).with_context(|| format!("attaching to {interface} in generic mode"))?, AttachMode::Generic)
             }
+            XdpModeSetting::Native => (
+                program
+                    .attach(interface, XdpMode::Driver)
+                    .with_context(|| format!("attaching to {interface} in native mode ([xdp] mode = \"native\")"))?,
+                AttachMode::Native,
+            ),
+            XdpModeSetting::Auto => match program.attach(interface, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Native),
+                Err(native) => {
+                    let id = generic(program).with_context(|| {
+                        format!("attaching to {interface} (native mode failed too: {native})")
+                    })?;
+                    (id, AttachMode::Generic)
+                }
+            },
         };
         let link = program.take_link(id).context("taking the XDP link")?;
         match FdLink::try_from(link) {

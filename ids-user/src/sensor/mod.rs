@@ -168,7 +168,7 @@ impl Sensor {
             ebpf,
             hooks,
             lost,
-            xdp: XdpAttachments::new(pin_dir, &config.xdp.interfaces),
+            xdp: XdpAttachments::new(pin_dir, &config.xdp.interfaces, config.xdp.mode),
             ban_maps: Some(ban_maps),
             scan_reports: Some(scan_reports),
         };
