@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Some(request) = detect_rx.recv() => {
                 let addr = request.addr;
-                if let Err(e) = bans.ban(detect_ban(request)) {
+                if let Err(e) = bans.ban(request.to_ban()) {
                     warn!(%addr, error = %e, "ban request of a log detector refused");
                 }
             }
@@ -198,14 +198,6 @@ fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanSt
         "scan_reports": scan.reports.load(Ordering::Relaxed),
         "scan_reports_dropped": scan.dropped.load(Ordering::Relaxed),
     })
-}
-
-/// A log detector's request in the ban path's terms: the address alone, the rule as the reason,
-/// the duration the detector escalated already.
-fn detect_ban(request: detect::BanRequest) -> BanRequest {
-    let net = crate::bans::BanNet::from_ipnet(ipnet::IpNet::from(request.addr));
-    let reason = format!("rule {}", request.rule);
-    BanRequest::new(net, reason, request.source, crate::bans::BanDuration::For(request.duration))
 }
 
 fn forward(worker: &std::sync::mpsc::Sender<Control>, request: fn(control::Reply) -> Control, reply: control::Reply) {

@@ -137,7 +137,7 @@ fn log_attacks_webshells_and_web_server_shells_are_detected() {
         conn.query_row("SELECT count(*) FROM alerts WHERE kind = 'detect'", [], |row| row.get(0)).unwrap();
     assert_eq!(stored as usize, all.len());
     let offences: i64 =
-        conn.query_row("SELECT count FROM offences WHERE addr = '10.200.0.2'", [], |row| row.get(0)).unwrap();
+        conn.query_row("SELECT bans FROM offenders WHERE net = '10.200.0.2'", [], |row| row.get(0)).unwrap();
     assert_eq!(offences, 1);
     drop(conn);
     // The requests went through the ban path: banned by the detector, the trusted one not at all.

@@ -46,6 +46,24 @@ pub struct BanRequest {
     pub evidence: Vec<String>,
 }
 
+impl BanRequest {
+    /// The request in the ban path's terms (`crate::bans`): the address alone, the rule as the
+    /// reason, the duration the detector escalated already.
+    pub fn to_ban(&self) -> crate::bans::BanRequest {
+        crate::bans::BanRequest::new(
+            ban_net(self.addr),
+            format!("rule {}", self.rule),
+            self.source,
+            crate::bans::BanDuration::For(self.duration),
+        )
+    }
+}
+
+/// The ban path's name for a single address (the key of its `offenders` count).
+pub fn ban_net(addr: IpAddr) -> crate::bans::BanNet {
+    crate::bans::BanNet::from_ipnet(ipnet::IpNet::from(addr))
+}
+
 fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(duration.as_secs())
 }

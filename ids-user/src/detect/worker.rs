@@ -380,10 +380,12 @@ impl Worker {
         let action = if self.trusted(trigger.addr) {
             Action::NotBannedTrusted
         } else {
-            let offence = self.store.record_offence(&trigger.addr.to_string()).unwrap_or_else(|e| {
-                warn!(error = %e, "counting an offence");
-                1
+            // The ban path counts every ban an address received (`offenders`): this is one more.
+            let earlier = self.store.offences(&super::ban_net(trigger.addr).to_string()).unwrap_or_else(|e| {
+                warn!(error = %e, "reading the address's earlier bans");
+                0
             });
+            let offence = earlier.saturating_add(1);
             let duration = escalated(self.config.ban_duration, self.config.ban_duration_max, offence);
             let request = BanRequest {
                 addr: trigger.addr,
@@ -623,6 +625,7 @@ mod tests {
         assert_eq!(shared.lines.load(Ordering::Relaxed), 2);
 
         // Two bursts (the window is 1 s): the second ban is twice as long.
+        let mut ban_rx_seen = Vec::new();
         for burst in 0..2 {
             if burst == 1 {
                 std::thread::sleep(Duration::from_millis(1100));
@@ -633,8 +636,14 @@ mod tests {
             }
             handles.events.note_file("write", &log, None);
             wait_until("ban request", || shared.bans_requested.load(Ordering::Relaxed) == burst as u64 + 1);
+            if burst == 0 {
+                // The daemon applies the request through the ban path, which counts the offence.
+                let first = ban_rx.try_recv().unwrap();
+                crate::bans::Bans::open(&config, None).unwrap().ban(first.to_ban()).unwrap();
+                ban_rx_seen.push(first);
+            }
         }
-        let first = ban_rx.try_recv().unwrap();
+        let first = ban_rx_seen.remove(0);
         let second = ban_rx.try_recv().unwrap();
         assert_eq!(first.addr, "192.0.2.1".parse::<IpAddr>().unwrap());
         assert_eq!((first.source, first.rule.as_str()), ("ssh-bruteforce", "sshd-failed-password"));

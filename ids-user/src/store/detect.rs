@@ -1,4 +1,4 @@
-//! The detectors' tables: log offsets, offence counts, and detection alerts.
+//! The detectors' tables: log offsets and detection alerts.
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{AlertRow, Store, StoreError};
@@ -42,20 +42,6 @@ impl Store {
             .map_err(|source| self.query_error("storing a log offset", source))
     }
 
-    /// Counts one more offence of `addr`; returns the new count (1 for a first offence).
-    pub fn record_offence(&self, addr: &str) -> Result<u32, StoreError> {
-        self.conn
-            .query_row(
-                "INSERT INTO offences (addr, count, last) VALUES (?1, 1, ?2)
-                 ON CONFLICT (addr) DO UPDATE SET count = count + 1, last = excluded.last
-                 RETURNING count",
-                params![addr, super::now()],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|count| count.clamp(1, u32::MAX as i64) as u32)
-            .map_err(|source| self.query_error("counting an offence", source))
-    }
-
     pub fn add_alerts(&self, alerts: &[AlertRow]) -> Result<(), StoreError> {
         let error = |source| self.query_error("recording an alert", source);
         let mut insert = self
@@ -76,19 +62,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_and_offences_persist() {
+    fn offsets_persist() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.db");
         let store = Store::open(&path).unwrap();
         assert_eq!(store.log_offset("/var/log/auth.log").unwrap(), None);
         let at = LogOffset { dev: 2049, ino: 77, offset: 1234, head_len: 256, head_hash: "ab".into() };
         store.set_log_offset("/var/log/auth.log", &at).unwrap();
-        assert_eq!(store.record_offence("192.0.2.1").unwrap(), 1);
-        assert_eq!(store.record_offence("192.0.2.1").unwrap(), 2);
-        assert_eq!(store.record_offence("192.0.2.2").unwrap(), 1);
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.log_offset("/var/log/auth.log").unwrap(), Some(at));
-        assert_eq!(store.record_offence("192.0.2.1").unwrap(), 3);
     }
 }

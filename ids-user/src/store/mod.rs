@@ -14,8 +14,7 @@
 //!   bans it has received (escalating durations) and the time of the last.
 //! - `log_offsets` (version 3, `detect.rs`): per followed log path, the file (`dev`, `ino`), the
 //!   offset after the last complete line read, and the length and SHA-256 of the file's first bytes
-//!   (truncation check); `offences`: per address, how many bans the log detectors requested (their
-//!   escalating durations).
+//!   (truncation check). The log detectors escalate their bans from `offenders`.
 //!
 //! The schema is versioned with `PRAGMA user_version`: [`MIGRATIONS`]`[n]` takes a database from
 //! version `n` to `n + 1`, each in its own transaction, so a database of any earlier version (an
@@ -79,7 +78,7 @@ pub const MIGRATIONS: &[&str] = &[
          bans  INTEGER NOT NULL,
          last  TEXT NOT NULL
      ) WITHOUT ROWID;",
-    // 2 → 3: the detectors' log positions and offence counts (`detect`).
+    // 2 → 3: the detectors' log positions (`detect`).
     "CREATE TABLE log_offsets (
          path      TEXT PRIMARY KEY,
          dev       INTEGER NOT NULL,
@@ -87,11 +86,6 @@ pub const MIGRATIONS: &[&str] = &[
          offset    INTEGER NOT NULL,
          head_len  INTEGER NOT NULL,
          head_hash TEXT NOT NULL
-     ) WITHOUT ROWID;
-     CREATE TABLE offences (
-         addr  TEXT PRIMARY KEY,
-         count INTEGER NOT NULL,
-         last  TEXT NOT NULL
      ) WITHOUT ROWID;",
 ];
 
