@@ -219,15 +219,25 @@ impl Scratch {
         File::create(&watched_file).with_context(|| format!("creating {}", watched_file.display()))?;
         let config = dir.join("ids.toml");
         let toml_string = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("a string serializes");
+        let mut scratch = Self { dir, config, daemon_log: PathBuf::new(), unwatched, watched_file };
+        scratch.daemon_log = scratch.dir.join("daemon.log");
         let text = format!(
-            "watch = [{}]\nevents_log = {}\nstate_dir = {}\n",
+            "watch = [{}]\nevents_log = {}\nstate_dir = {}\n{}",
             toml_string(&watched),
-            toml_string(&dir.join("events.jsonl")),
-            toml_string(&dir.join("state")),
+            toml_string(&scratch.dir.join("events.jsonl")),
+            toml_string(&scratch.dir.join("state")),
+            scratch.xdp_keys(),
         );
-        fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        let daemon_log = dir.join("daemon.log");
-        Ok(Self { dir, config, daemon_log, unwatched, watched_file })
+        fs::write(&scratch.config, text).with_context(|| format!("writing {}", scratch.config.display()))?;
+        Ok(scratch)
+    }
+
+    /// Top-level `[xdp]` keys for a bench daemon: its XDP program on `lo` only, pinned in a bpffs
+    /// directory of its own (removed by `Daemon` when it stops), so a bench neither touches the
+    /// host's interfaces nor the pins and bans of an installed `ids`.
+    fn xdp_keys(&self) -> String {
+        let name = self.dir.file_name().map_or_else(|| "ids-bench".into(), |n| n.to_string_lossy().into_owned());
+        format!("xdp.interfaces = [\"lo\"]\nxdp.pin_dir = \"/sys/fs/bpf/{name}\"\n")
     }
 }
 
@@ -334,6 +344,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.terminate();
+        }
+        // The XDP attachment and maps outlive the daemon by design: remove this bench's.
+        let detached = Command::new(&self.ids)
+            .args(["xdp", "detach", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .status();
+        if !detached.is_ok_and(|s| s.success()) {
+            eprintln!("bench: `ids xdp detach --config {}` failed; remove its pin_dir by hand", self.config.display());
         }
     }
 }

@@ -130,11 +130,12 @@ fn toml_string(s: &str) -> String {
 fn write_ids_config(path: &Path, scratch: &Scratch, paths: &[&str]) -> anyhow::Result<()> {
     let list = paths.iter().map(|p| toml_string(p)).collect::<Vec<_>>().join(", ");
     let text = format!(
-        "watch = [{list}]\nevents_log = {}\nstate_dir = {}\n\n\
+        "watch = [{list}]\nevents_log = {}\nstate_dir = {}\n{}\n\
          [[collectors]]\nkind = \"file_contents\"\npaths = [{list}]\nrecursive = true\n\n\
          [[collectors]]\nkind = \"file_metadata\"\npaths = [{list}]\nrecursive = true\n",
         toml_string(&scratch.dir.join("events.jsonl").display().to_string()),
         toml_string(&scratch.dir.join("state").display().to_string()),
+        scratch.xdp_keys(),
     );
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
