@@ -434,8 +434,10 @@ fn a_syn_flood_to_one_port_gets_the_source_banned_and_normal_use_does_not() {
 fn bad_ban_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let net = Net::new("b");
     let setup = Setup::new("bad", &net.host_if, "", "");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["ban", "999.1.1.1"], "not an IPv4 or IPv6 address"),
+        // The host's own address on the veth: trusted by `[xdp] trust_local` (default on).
+        (&["ban", HOST4], "an address of this host"),
         (&["ban", "198.18.0.0/33"], "longer than 32"),
         (&["ban", "::/0"], "--force"),
         (&["ban", "198.18.0.1", "--reason", ""], "reason"),

@@ -23,6 +23,8 @@ pub(crate) struct RawXdp {
     scan_window: String,
     #[serde(default)]
     mode: XdpModeSetting,
+    #[serde(default = "default_trust_local")]
+    trust_local: bool,
 }
 
 impl Default for RawXdp {
@@ -35,6 +37,7 @@ impl Default for RawXdp {
             flood_syns: default_flood_syns(),
             scan_window: default_scan_window(),
             mode: XdpModeSetting::default(),
+            trust_local: default_trust_local(),
         }
     }
 }
@@ -65,6 +68,9 @@ impl Default for RawBans {
 
 fn default_trusted() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1".into()]
+}
+fn default_trust_local() -> bool {
+    true
 }
 fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/ids")
@@ -116,6 +122,8 @@ pub struct XdpConfig {
     pub flood_syns: u32,
     pub scan_window: Duration,
     pub mode: XdpModeSetting,
+    /// Trust the addresses of this host's interfaces (as found when the daemon or CLI starts).
+    pub trust_local: bool,
 }
 
 /// `[bans]`: durations.
@@ -183,6 +191,7 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             flood_syns: xdp.flood_syns,
             scan_window,
             mode: xdp.mode,
+            trust_local: xdp.trust_local,
         },
         BansConfig { default_duration, scan_duration, max_duration, detect_duration },
     ))

@@ -74,7 +74,7 @@ pub enum BanError {
     Net(#[from] net::NetParseError),
     #[error("{what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
-    #[error("{net} is trusted (by [xdp] trusted entry {trusted}); trusted addresses are never banned")]
+    #[error("{net} is trusted (by {trusted}: an [xdp] trusted entry, or an address of this host with [xdp] trust_local); trusted addresses are never banned")]
     Trusted { net: BanNet, trusted: BanNet },
     #[error("{net} covers more than a /{limit} of the address space; pass --force to ban it anyway")]
     TooBroad { net: BanNet, limit: u8 },
@@ -111,6 +111,41 @@ pub struct Bans {
     next_expiry: Option<String>,
 }
 
+/// The addresses of this host's interfaces (`getifaddrs`); empty if the call fails.
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "listing this host's addresses");
+        return out;
+    }
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which sockaddr_* it is.
+            match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
@@ -129,7 +164,16 @@ impl Bans {
             message: e.to_string(),
         })?;
         let store = Store::open(&config.database())?;
-        Ok(Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone()))
+        let mut trusted = config.xdp.trusted.clone();
+        if config.xdp.trust_local {
+            for addr in local_addresses() {
+                let net = BanNet::from_ipnet(ipnet::IpNet::from(addr));
+                if !trusted.iter().any(|t| net.within(t)) {
+                    trusted.push(net);
+                }
+            }
+        }
+        Ok(Self::with_store(store, kernel, trusted, config.bans.clone()))
     }
 
     pub fn with_store(store: Store, kernel: Option<BanMaps>, trusted: Vec<BanNet>, config: BansConfig) -> Self {
@@ -363,6 +407,12 @@ mod tests {
 
     fn request(net: &str) -> BanRequest {
         BanRequest::new(BanNet::parse(net).unwrap(), "test", "manual", BanDuration::Default)
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let addresses = local_addresses();
+        assert!(addresses.contains(&"127.0.0.1".parse().unwrap()), "{addresses:?}");
     }
 
     #[test]
