@@ -1,7 +1,8 @@
 //! `file_contents`: SHA-256 of the contents of the regular files under `paths`
 //! (see [`super::paths`] for globs, directories and `recursive`). Item id `file:<path>`
 //! (`file%:` and percent-encoding for a name that is not UTF-8: see *Paths in ids* in
-//! [`super`]), detail `{"size": bytes}`, contents streamed in 64 KiB blocks.
+//! [`super`]), detail `{"size": bytes}`, contents streamed in 64 KiB blocks, several files per core at once
+//! (see [`hash_files`]).
 //!
 //! A path named in the configuration (exactly or by a glob) is followed if it is a symbolic link
 //! (`/etc/resolv.conf` hashes what it points at; a loop is an error item `symbolic link loop:
@@ -13,13 +14,14 @@
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
-use super::paths::{self, FoundPath};
 use super::file_metadata::type_name;
+use super::paths::{self, FoundPath};
+use super::sha_lanes;
 use super::{Collector, CollectorError, Digest, Item, KindSpec, io_error_text, path_id};
 use crate::config::CollectorConfig;
 
@@ -115,79 +117,229 @@ impl Collector for FileContents {
 impl FileContents {
     fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
         let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file", scope)?;
-        // rayon rather than std::thread::scope over fixed chunks: file sizes are very uneven (a
-        // 100 MB binary next to thousands of small files), and work stealing keeps every core
-        // busy until the end where fixed chunks would leave all but one waiting.
-        let hashed: Vec<Item> = found.par_iter().filter_map(hash_found).collect();
-        items.extend(hashed);
+        let mut jobs = Vec::new();
+        let mut job_ids = Vec::new();
+        for found in &found {
+            match plan(found) {
+                Plan::Skip => {}
+                Plan::Done(item) => items.push(item),
+                Plan::Hash { id, no_follow } => {
+                    jobs.push(Job { path: &found.path, no_follow });
+                    job_ids.push(id);
+                }
+            }
+        }
+        for (id, result) in job_ids.into_iter().zip(hash_files(&jobs)) {
+            items.push(match result {
+                Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
+                Err(e) => Item::error(id, io_error_text(&e, true)),
+            });
+        }
         Ok(items)
     }
 }
 
-fn hash_found(found: &FoundPath) -> Option<Item> {
+/// What to do with a path found by the expansion.
+enum Plan {
+    /// A directory or a link found in a walk: nothing (they are `file_metadata`'s).
+    Skip,
+    /// An item known without reading anything: a FIFO, socket or device, or an error.
+    Done(Item),
+    /// A regular file to hash.
+    Hash { id: String, no_follow: bool },
+}
+
+fn plan(found: &FoundPath) -> Plan {
     let id = path_id("file", &found.path);
     let file_type = if found.named {
         // Follow a named link (stat, which opens nothing).
         match std::fs::metadata(&found.path) {
             Ok(metadata) => metadata.file_type(),
             // A dangling link was never there to vanish; anything else was there at the lstat.
-            Err(e) => return Some(Item::error(id, io_error_text(&e, !found.file_type.is_symlink()))),
+            Err(e) => {
+                return Plan::Done(Item::error(id, io_error_text(&e, !found.file_type.is_symlink())));
+            }
         }
     } else {
         found.file_type
     };
     if file_type.is_dir() || file_type.is_symlink() {
-        return None;
+        return Plan::Skip;
     }
     if !file_type.is_file() {
         // FIFO, socket, device: opening one may block or have side effects; say what it is.
-        return Some(Item::of_detail(id, SpecialDetail { file_type: type_name(file_type) }));
+        return Plan::Done(Item::of_detail(id, SpecialDetail { file_type: type_name(file_type) }));
     }
-    Some(match hash_file(&found.path, !found.named) {
-        Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
-        Err(e) => Item::error(id, io_error_text(&e, true)),
-    })
+    Plan::Hash { id, no_follow: !found.named }
 }
 
-/// Bytes per read: small enough to stay in the L2 cache between the copy and the hash.
-const READ_BLOCK: usize = 128 * 1024;
-
-thread_local! {
-    /// One read buffer per thread, reused for every file (a fresh zeroed one per file costs a
-    /// memset of the whole block).
-    static BUFFER: std::cell::RefCell<Option<Box<[u8]>>> = const { std::cell::RefCell::new(None) };
+/// A regular file to hash; `no_follow` refuses a symbolic link swapped in since the walk.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub path: &'a Path,
+    pub no_follow: bool,
 }
 
-/// SHA-256 and length of a file's contents, read in `READ_BLOCK` blocks.
-/// `O_NONBLOCK` keeps a FIFO swapped in after the type check from blocking the scan, and the
-/// type is checked again on the open descriptor: nothing but a regular file is read.
+/// SHA-256 and length of the contents of every job, in the order of `jobs`.
+///
+/// One worker per thread of the rayon pool takes the next job from a shared counter, so that a
+/// 100 MB binary next to thousands of small files keeps every core busy to the end. Each worker
+/// hashes up to [`sha_lanes::MAX_LANES`] files at once, one per lane, their SHA-256 rounds
+/// interleaved on one core (see [`sha_lanes`]); a lane that finishes its file opens the next job.
+pub fn hash_files(jobs: &[Job<'_>]) -> Vec<std::io::Result<(Digest, u64)>> {
+    let next = AtomicUsize::new(0);
+    let lanes = if sha_lanes::interleaves() { sha_lanes::MAX_LANES } else { 1 };
+    let workers = rayon::current_num_threads().min(jobs.len()).max(1);
+    let done: Vec<Vec<Hashed>> =
+        (0..workers).into_par_iter().with_max_len(1).map(|_| hash_worker(jobs, &next, lanes)).collect();
+    let mut results: Vec<Option<std::io::Result<(Digest, u64)>>> = jobs.iter().map(|_| None).collect();
+    for (job, result) in done.into_iter().flatten() {
+        results[job] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err(std::io::Error::other("not hashed (internal error)"))))
+        .collect()
+}
+
+/// SHA-256 and length of one file's contents (see [`hash_files`]).
 pub fn hash_file(path: &Path, no_follow: bool) -> std::io::Result<(Digest, u64)> {
+    hash_files(&[Job { path, no_follow }]).pop().expect("one result per job")
+}
+
+/// The result of one job: its index in the jobs, its digest and length or why not.
+type Hashed = (usize, std::io::Result<(Digest, u64)>);
+
+/// Bytes buffered per lane: the lanes' buffers together stay in the L2 cache between the copy
+/// out of the page cache and the hash.
+const LANE_BUFFER: usize = 64 * 1024;
+
+/// A lane of a worker: its buffer, reused for every file, and the file it is hashing.
+struct Lane {
+    buffer: Box<[u8]>,
+    file: Option<LaneFile>,
+}
+
+struct LaneFile {
+    job: usize,
+    file: std::fs::File,
+    state: sha_lanes::State,
+    /// Bytes read so far.
+    total: u64,
+    /// Bytes read but not compressed yet: `buffer[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+fn hash_worker(jobs: &[Job<'_>], next: &AtomicUsize, lanes: usize) -> Vec<Hashed> {
+    let mut results = Vec::new();
+    let mut lanes: Vec<Lane> =
+        (0..lanes).map(|_| Lane { buffer: vec![0u8; LANE_BUFFER].into_boxed_slice(), file: None }).collect();
+    let mut drained = false;
+    loop {
+        // Every lane gets at least one whole block to compress, or is idle with no job left.
+        for lane in &mut lanes {
+            fill(lane, jobs, next, &mut drained, &mut results);
+        }
+        let mut states = Vec::with_capacity(lanes.len());
+        let mut blocks = Vec::with_capacity(lanes.len());
+        for Lane { buffer, file } in &mut lanes {
+            if let Some(file) = file {
+                states.push(&mut file.state);
+                blocks.push(sha_lanes::as_blocks(&buffer[file.start..file.end]));
+            }
+        }
+        let Some(run) = blocks.iter().map(|blocks| blocks.len()).min() else {
+            return results;
+        };
+        let blocks: Vec<&[[u8; 64]]> = blocks.into_iter().map(|blocks| &blocks[..run]).collect();
+        sha_lanes::compress(&mut states, &blocks);
+        for file in lanes.iter_mut().filter_map(|lane| lane.file.as_mut()) {
+            file.start += run * 64;
+        }
+    }
+}
+
+/// Reads into `lane` until it holds a whole block, finishing files (and opening the next job)
+/// on the way; leaves it idle once no job is left.
+fn fill(
+    lane: &mut Lane,
+    jobs: &[Job<'_>],
+    next: &AtomicUsize,
+    drained: &mut bool,
+    results: &mut Vec<Hashed>,
+) {
+    loop {
+        let Some(file) = lane.file.as_mut() else {
+            if *drained {
+                return;
+            }
+            let job = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&Job { path, no_follow }) = jobs.get(job) else {
+                *drained = true;
+                return;
+            };
+            match open_regular(path, no_follow) {
+                Ok(file) => {
+                    lane.file =
+                        Some(LaneFile { job, file, state: sha_lanes::INITIAL, total: 0, start: 0, end: 0, eof: false })
+                }
+                Err(e) => results.push((job, Err(e))),
+            }
+            continue;
+        };
+        if file.end - file.start >= 64 {
+            return;
+        }
+        if !file.eof {
+            lane.buffer.copy_within(file.start..file.end, 0);
+            file.end -= file.start;
+            file.start = 0;
+            match read_some(&mut file.file, &mut lane.buffer[file.end..]) {
+                Ok(0) => file.eof = true,
+                Ok(read) => {
+                    file.end += read;
+                    file.total += read as u64;
+                }
+                Err(e) => {
+                    results.push((file.job, Err(e)));
+                    lane.file = None;
+                }
+            }
+            continue;
+        }
+        let (last, count) = sha_lanes::final_blocks(&lane.buffer[file.start..file.end], file.total);
+        sha_lanes::compress(&mut [&mut file.state], &[&last[..count]]);
+        crate::integrity::progress::add_file(file.total);
+        results.push((file.job, Ok((sha_lanes::digest(&file.state), file.total))));
+        lane.file = None;
+    }
+}
+
+/// Opens a file to hash. `O_NONBLOCK` keeps a FIFO swapped in after the type check from blocking
+/// the scan, and the type is checked again on the open descriptor: nothing but a regular file is
+/// read.
+fn open_regular(path: &Path, no_follow: bool) -> std::io::Result<std::fs::File> {
     let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if no_follow {
         flags |= libc::O_NOFOLLOW;
     }
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
-    if !file.metadata()?.is_file() {
-        let file_type = type_name(file.metadata()?.file_type());
-        return Err(std::io::Error::other(format!("not a regular file (now a {file_type})")));
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        return Err(std::io::Error::other(format!("not a regular file (now a {})", type_name(file_type))));
     }
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    BUFFER.with_borrow_mut(|buffer| -> std::io::Result<()> {
-        let buffer = buffer.get_or_insert_with(|| vec![0u8; READ_BLOCK].into_boxed_slice());
-        loop {
-            let read = match file.read(buffer) {
-                Ok(0) => return Ok(()),
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buffer[..read]);
-            size += read as u64;
+    Ok(file)
+}
+
+fn read_some(file: &mut std::fs::File, into: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match file.read(into) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
-    })?;
-    crate::integrity::progress::add_file(size);
-    Ok((hasher.finalize().into(), size))
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +485,18 @@ mod tests {
         }
     }
 
+    /// The item of one found path, as a scan makes it.
+    fn hash_found(found: &FoundPath) -> Option<Item> {
+        match plan(found) {
+            Plan::Skip => None,
+            Plan::Done(item) => Some(item),
+            Plan::Hash { id, no_follow } => Some(match hash_file(&found.path, no_follow) {
+                Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
+                Err(e) => Item::error(id, io_error_text(&e, true)),
+            }),
+        }
+    }
+
     /// A file deleted between the listing and the hashing is an error item saying so (the
     /// listing is `paths::expand`, the hashing `hash_found`: the test deletes in between).
     #[test]
@@ -398,6 +562,79 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         churn.join().unwrap();
         assert!(scans > 0);
+    }
+
+    /// Many files of mixed sizes (empty, around the block and padding boundaries, larger than a
+    /// lane's buffer) hashed together, several per core in lanes: each result is its file's
+    /// SHA-256 from the sha2 crate and its length, in the order of the jobs; a missing file in
+    /// the middle is its own error and shifts nothing.
+    #[test]
+    fn lanes_hash_many_files_exactly_as_sha2() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sizes: Vec<usize> = vec![0, 1, 55, 56, 63, 64, 65, 119, 120, 4096, 65_535, 65_536, 65_537, 300_001];
+        sizes.extend((0..150).map(|i| (i * 7919) % 200_000));
+        let mut expected = Vec::new();
+        let mut paths = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            let contents: Vec<u8> = (0..size).map(|j| (j * 31 + i * 7) as u8).collect();
+            std::fs::write(&path, &contents).unwrap();
+            expected.push(Some((<[u8; 32]>::from(sha2::Sha256::digest(&contents)), size as u64)));
+            paths.push(path);
+        }
+        paths.insert(77, dir.path().join("missing"));
+        expected.insert(77, None);
+        let jobs: Vec<Job> = paths.iter().map(|path| Job { path, no_follow: true }).collect();
+        let results = hash_files(&jobs);
+        assert_eq!(results.len(), expected.len());
+        for ((result, expected), path) in results.iter().zip(&expected).zip(&paths) {
+            match (result, expected) {
+                (Ok(got), Some(expected)) => assert_eq!(got, expected, "{}", path.display()),
+                (Err(e), None) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
+                (got, expected) => panic!("{}: {got:?} vs {expected:?}", path.display()),
+            }
+        }
+    }
+
+    /// Files truncated and rewritten while lanes hash them: every result is a digest and a
+    /// length or an error, the scan ends, and once the writers stop the digests are right.
+    #[test]
+    fn files_shrinking_while_hashed_end_cleanly() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = (0..8).map(|i| dir.path().join(format!("g{i}"))).collect();
+        for path in &paths {
+            std::fs::write(path, vec![7u8; 1 << 20]).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (paths, stop) = (paths.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0usize;
+                while !stop.load(Ordering::Relaxed) && round < 20_000 {
+                    let path = &paths[round % paths.len()];
+                    let len = if round & 1 == 0 { 100 } else { 1 << 20 };
+                    let _ = std::fs::write(path, vec![round as u8; len]);
+                    round += 1;
+                }
+            })
+        };
+        for _ in 0..20 {
+            let paths = paths.clone();
+            let ended = within(30, move || {
+                let jobs: Vec<Job> = paths.iter().map(|path| Job { path, no_follow: true }).collect();
+                hash_files(&jobs).len()
+            });
+            assert_eq!(ended, 8);
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let jobs: Vec<Job> = paths.iter().map(|path| Job { path, no_follow: true }).collect();
+        for (path, result) in paths.iter().zip(hash_files(&jobs)) {
+            let contents = std::fs::read(path).unwrap();
+            assert_eq!(result.unwrap(), (sha2::Sha256::digest(&contents).into(), contents.len() as u64));
+        }
     }
 
     /// A 4 GiB sparse file is hashed in full (its contents are 4 GiB of zeros), streamed: the

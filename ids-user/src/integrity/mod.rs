@@ -91,6 +91,7 @@ pub mod kernel_modules;
 pub mod listening_sockets;
 pub mod paths;
 pub mod progress;
+pub mod sha_lanes;
 
 /// The id of `path` for a collector of kind prefix `kind` (`"file"`, `"meta"`): see
 /// *Paths in ids* in the module documentation.
