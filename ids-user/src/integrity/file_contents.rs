@@ -70,30 +70,23 @@ pub(super) fn check_patterns(collector: &str, patterns: &[String]) -> Result<(),
 }
 
 /// Expands the patterns (all of them, or only at `scope.0` and, when `scope.1`, below it: see
-/// [`paths::expand_at`]); the paths that could not be examined are returned as error items
-/// with ids [`path_id`]`(kind, path)`.
+/// [`paths::expand_at`]).
 pub(super) fn expand_patterns(
     collector: &str,
     patterns: &[String],
     recursive: bool,
-    kind: &str,
     scope: Option<(&Path, bool)>,
-) -> Result<(Vec<FoundPath>, Vec<Item>), CollectorError> {
+) -> Result<paths::Expanded, CollectorError> {
     let expanded = match scope {
         None => paths::expand(patterns, recursive),
         Some((target, deep)) => paths::expand_at(patterns, recursive, target, deep),
     };
-    let expanded = expanded.map_err(|e| CollectorError::Setting {
-        collector: collector.to_string(),
-        key: "paths",
-        message: e.to_string(),
-    })?;
-    let errors = expanded
-        .unreadable
-        .into_iter()
-        .map(|unreadable| Item::error(path_id(kind, &unreadable.path), unreadable.error))
-        .collect();
-    Ok((expanded.found, errors))
+    expanded.map_err(|e| CollectorError::Setting { collector: collector.to_string(), key: "paths", message: e.to_string() })
+}
+
+/// The paths that could not be examined, as error items with ids [`path_id`]`(kind, path)`.
+pub(super) fn unreadable_items(expanded: &paths::Expanded, kind: &str) -> Vec<Item> {
+    expanded.unreadable.iter().map(|unreadable| Item::error(path_id(kind, &unreadable.path), &unreadable.error)).collect()
 }
 
 impl Collector for FileContents {
@@ -112,31 +105,44 @@ impl Collector for FileContents {
     fn collect_at(&self, target: &Path, deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
         Some(self.collect_scoped(Some((target, deep))))
     }
+
+    fn walk_recursive(&self) -> Option<bool> {
+        Some(self.recursive)
+    }
+
+    fn collect_expanded(&self, expanded: &paths::Expanded) -> Result<Vec<Item>, CollectorError> {
+        Ok(items_of(expanded))
+    }
 }
 
 impl FileContents {
     fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
-        let (found, mut items) = expand_patterns(&self.name, &self.patterns, self.recursive, "file", scope)?;
-        let mut jobs = Vec::new();
-        let mut job_ids = Vec::new();
-        for found in &found {
-            match plan(found) {
-                Plan::Skip => {}
-                Plan::Done(item) => items.push(item),
-                Plan::Hash { id, no_follow } => {
-                    jobs.push(Job { path: &found.path, no_follow });
-                    job_ids.push(id);
-                }
+        Ok(items_of(&expand_patterns(&self.name, &self.patterns, self.recursive, scope)?))
+    }
+}
+
+/// The items of an expansion: one per regular file or special file, one per error.
+fn items_of(expanded: &paths::Expanded) -> Vec<Item> {
+    let mut items = unreadable_items(expanded, "file");
+    let mut jobs = Vec::new();
+    let mut job_ids = Vec::new();
+    for found in &expanded.found {
+        match plan(found) {
+            Plan::Skip => {}
+            Plan::Done(item) => items.push(item),
+            Plan::Hash { id, no_follow } => {
+                jobs.push(Job { path: &found.path, no_follow });
+                job_ids.push(id);
             }
         }
-        for (id, result) in job_ids.into_iter().zip(hash_files(&jobs)) {
-            items.push(match result {
-                Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
-                Err(e) => Item::error(id, io_error_text(&e, true)),
-            });
-        }
-        Ok(items)
     }
+    for (id, result) in job_ids.into_iter().zip(hash_files(&jobs)) {
+        items.push(match result {
+            Ok((digest, size)) => Item::new(id, digest, ContentsDetail { size }),
+            Err(e) => Item::error(id, io_error_text(&e, true)),
+        });
+    }
+    items
 }
 
 /// What to do with a path found by the expansion.

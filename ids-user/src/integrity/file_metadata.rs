@@ -12,7 +12,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::file_contents::{check_patterns, expand_patterns};
+use super::file_contents::{check_patterns, expand_patterns, unreadable_items};
+use super::paths;
 use super::{Collector, CollectorError, Item, KindSpec, escape_path, io_error_text, path_id};
 use crate::config::CollectorConfig;
 
@@ -77,29 +78,43 @@ impl Collector for FileMetadata {
     fn collect_at(&self, target: &Path, deep: bool) -> Option<Result<Vec<Item>, CollectorError>> {
         Some(self.collect_scoped(Some((target, deep))))
     }
+
+    fn walk_recursive(&self) -> Option<bool> {
+        Some(self.recursive)
+    }
+
+    fn collect_expanded(&self, expanded: &paths::Expanded) -> Result<Vec<Item>, CollectorError> {
+        Ok(items_of(expanded))
+    }
 }
 
 impl FileMetadata {
     fn collect_scoped(&self, scope: Option<(&Path, bool)>) -> Result<Vec<Item>, CollectorError> {
-        let (found, errors) = expand_patterns(&self.name, &self.patterns, self.recursive, "meta", scope)?;
-        // A directory that was found but could not be listed is one item, not two: its lstat
-        // detail with the listing error added.
-        let mut errors: HashMap<String, Item> = errors.into_iter().map(|item| (item.id.clone(), item)).collect();
-        let listing_errors: HashMap<String, String> = found
-            .iter()
-            .filter_map(|found| {
-                let id = path_id("meta", &found.path);
-                let error = errors.remove(&id)?.error_text()?.to_string();
-                Some((id, error))
-            })
-            .collect();
-        // rayon for the same reason as file_contents: lstat on a cold cache waits on the disk.
-        let stated: Vec<Item> =
-            found.par_iter().map(|found| metadata_item(&found.path, &listing_errors)).collect();
-        let mut items: Vec<Item> = errors.into_values().collect();
-        items.extend(stated);
-        Ok(items)
+        Ok(items_of(&expand_patterns(&self.name, &self.patterns, self.recursive, scope)?))
     }
+}
+
+/// The items of an expansion: one per path found, one per path that could not be examined.
+fn items_of(expanded: &paths::Expanded) -> Vec<Item> {
+    let found = &expanded.found;
+    // A directory that was found but could not be listed is one item, not two: its lstat
+    // detail with the listing error added.
+    let mut errors: HashMap<String, Item> =
+        unreadable_items(expanded, "meta").into_iter().map(|item| (item.id.clone(), item)).collect();
+    let mut listing_errors: HashMap<String, String> = HashMap::new();
+    if !errors.is_empty() {
+        for found in found.iter().filter(|found| found.file_type.is_dir()) {
+            let id = path_id("meta", &found.path);
+            if let Some(error) = errors.remove(&id).and_then(|item| item.error_text().map(str::to_string)) {
+                listing_errors.insert(id, error);
+            }
+        }
+    }
+    // rayon for the same reason as file_contents: lstat on a cold cache waits on the disk.
+    let stated: Vec<Item> = found.par_iter().map(|found| metadata_item(&found.path, &listing_errors)).collect();
+    let mut items: Vec<Item> = errors.into_values().collect();
+    items.extend(stated);
+    items
 }
 
 fn metadata_item(path: &Path, listing_errors: &HashMap<String, String>) -> Item {

@@ -245,6 +245,19 @@ pub trait Collector: Send + Sync {
         None
     }
 
+    /// For a collector of files, its `recursive` setting (`None` for any other). A full scan
+    /// expands each ([`Collector::paths`], recursive) that several collectors share only once
+    /// and hands the result to each of them through [`Collector::collect_expanded`].
+    fn walk_recursive(&self) -> Option<bool> {
+        None
+    }
+
+    /// What [`Collector::collect`] returns, from an expansion of the collector's paths made once
+    /// for the whole scan.
+    fn collect_expanded(&self, _expanded: &paths::Expanded) -> Result<Vec<Item>, CollectorError> {
+        self.collect()
+    }
+
     /// Whether the daemon should re-run this collector when the sensor reports `trigger`, rather
     /// than only every `integrity_interval`.
     fn follows(&self, _trigger: Trigger) -> bool {
@@ -360,10 +373,29 @@ pub fn scan(registry: &Registry, configs: &[CollectorConfig]) -> Result<ScanRepo
 /// Runs already built collectors; `hostname` goes into the aggregate.
 pub fn scan_collectors(hostname: &str, collectors: &[Box<dyn Collector>]) -> Result<ScanReport, ScanError> {
     use rayon::prelude::*;
+    // One walk for the trees that several file collectors share (contents and metadata of the
+    // same paths, typically); it lists the tree on every core itself.
+    fn walk_key(collector: &dyn Collector) -> Option<(&[String], bool)> {
+        collector.walk_recursive().map(|recursive| (collector.paths(), recursive))
+    }
+    let mut shared: Vec<(&[String], bool)> = Vec::new();
+    for (i, key) in collectors.iter().enumerate().filter_map(|(i, c)| Some((i, walk_key(c.as_ref())?))) {
+        if !shared.contains(&key) && collectors[i + 1..].iter().any(|later| walk_key(later.as_ref()) == Some(key)) {
+            shared.push(key);
+        }
+    }
+    let expansions: Vec<Option<paths::Expanded>> =
+        shared.par_iter().map(|(patterns, recursive)| paths::expand(patterns, *recursive).ok()).collect();
     let reports = collectors
         .par_iter()
         .map(|collector| {
-            let mut items = collector.collect()?;
+            let expanded = walk_key(collector.as_ref())
+                .and_then(|key| shared.iter().position(|shared| *shared == key))
+                .and_then(|index| expansions[index].as_ref());
+            let mut items = match expanded {
+                Some(expanded) => collector.collect_expanded(expanded)?,
+                None => collector.collect()?,
+            };
             sort_items(&mut items);
             Ok(CollectorReport { name: collector.name().to_string(), digest: collector_digest(&items), items })
         })
@@ -520,6 +552,41 @@ mod tests {
     fn hex_is_lower_case_and_64_long() {
         let text = hex(&sha256(b""));
         assert_eq!(text, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    /// Collectors sharing one walk (contents and metadata of the same tree, twice over) report
+    /// exactly what each finds on its own, unreadable paths included.
+    #[test]
+    fn shared_walk_gives_each_collector_what_it_finds_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/f"), "f").unwrap();
+        std::fs::write(dir.path().join("a/b/g"), "g").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("a/link")).unwrap();
+        let registry = Registry::with_builtin();
+        let paths = vec![root.clone(), format!("{root}/missing"), format!("{root}/a/*")];
+        let configs: Vec<CollectorConfig> = ["file_contents", "file_metadata", "file_metadata", "file_contents"]
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| CollectorConfig {
+                name: format!("{kind}{i}"),
+                paths: paths.clone(),
+                recursive: i < 2,
+                ..test_support::config(kind)
+            })
+            .collect();
+        let report = scan(&registry, &configs).unwrap();
+        for (config, shared) in configs.iter().zip(&report.collectors) {
+            let mut alone = registry.build(config).unwrap().collect().unwrap();
+            sort_items(&mut alone);
+            assert_eq!(shared.items, alone, "{}", config.name);
+            assert!(alone.iter().any(|item| item.id.ends_with("/missing")), "{alone:?}");
+        }
+        // Contents: a/f, a/b/g, a/link (named by the glob: followed), missing.
+        assert_eq!(report.collectors[0].items.len(), 4);
+        // Metadata: the root, a, a/b, a/f, a/b/g, a/link, missing.
+        assert_eq!(report.collectors[1].items.len(), 7);
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //!   a named link to a directory is not walked either (name the directory itself).
 //!
 //! Paths are kept as given (not canonicalised); duplicates from overlapping patterns are merged.
-use std::collections::BTreeMap;
 use std::fs::FileType;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 /// A `paths` entry that is not a valid glob.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +67,11 @@ pub fn check_pattern(pattern: &str) -> Result<(), PathsError> {
 
 /// Expands `patterns` as described in the module documentation.
 pub fn expand(patterns: &[String], recursive: bool) -> Result<Expanded, PathsError> {
-    let mut found = BTreeMap::new();
-    let mut unreadable = BTreeMap::new();
+    let mut out = Collected::default();
     for pattern in patterns {
         let named: Vec<PathBuf> = if is_glob(pattern) {
             let (named, errors) = glob_matches(pattern)?;
-            unreadable.extend(errors);
+            out.unreadable.extend(errors);
             named
         } else {
             vec![PathBuf::from(pattern)]
@@ -80,33 +81,27 @@ pub fn expand(patterns: &[String], recursive: bool) -> Result<Expanded, PathsErr
                 Ok(metadata) => {
                     let file_type = metadata.file_type();
                     if file_type.is_dir() {
-                        walk(&path, recursive, &mut found, &mut unreadable);
+                        walk(&path, recursive, &mut out);
                     }
-                    found.insert(path.clone(), FoundPath { path, named: true, file_type });
+                    out.found.push(FoundPath { path, named: true, file_type });
                 }
-                Err(e) => {
-                    unreadable.insert(path, e.to_string());
-                }
+                Err(e) => out.unreadable.push(Unreadable { path, error: e.to_string() }),
             }
         }
     }
-    Ok(Expanded {
-        found: found.into_values().collect(),
-        unreadable: unreadable.into_iter().map(|(path, error)| Unreadable { path, error }).collect(),
-    })
+    Ok(out.finish())
 }
 
 /// The part of [`expand`]`(patterns, recursive)` that is `target` itself and, when `deep`, what
 /// is below it: what a full expansion would find there, without walking anything else. The
 /// daemon calls it for the paths a file event names. Paths are compared as given.
 pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool) -> Result<Expanded, PathsError> {
-    let mut found = BTreeMap::new();
-    let mut unreadable = BTreeMap::new();
+    let mut out = Collected::default();
     let in_scope = |path: &Path| path == target || (deep && path.starts_with(target));
     for pattern in patterns {
         let named: Vec<PathBuf> = if is_glob(pattern) {
             let (named, errors) = glob_matches(pattern)?;
-            unreadable.extend(errors.into_iter().filter(|(path, _)| in_scope(path)));
+            out.unreadable.extend(errors.into_iter().filter(|unreadable| in_scope(&unreadable.path)));
             named
         } else {
             vec![PathBuf::from(pattern)]
@@ -118,13 +113,11 @@ pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool
                     Ok(metadata) => {
                         let file_type = metadata.file_type();
                         if file_type.is_dir() && deep {
-                            walk(&path, recursive, &mut found, &mut unreadable);
+                            walk(&path, recursive, &mut out);
                         }
-                        found.insert(path.clone(), FoundPath { path, named: true, file_type });
+                        out.found.push(FoundPath { path, named: true, file_type });
                     }
-                    Err(e) => {
-                        unreadable.insert(path, e.to_string());
-                    }
+                    Err(e) => out.unreadable.push(Unreadable { path, error: e.to_string() }),
                 }
             } else if target.starts_with(&path) && target != path {
                 // The target would be found by walking the named directory `path`: only if
@@ -144,30 +137,52 @@ pub fn expand_at(patterns: &[String], recursive: bool, target: &Path, deep: bool
                 let Ok(metadata) = std::fs::symlink_metadata(target) else { continue };
                 let file_type = metadata.file_type();
                 if deep && recursive && file_type.is_dir() {
-                    walk(target, recursive, &mut found, &mut unreadable);
+                    walk(target, recursive, &mut out);
                 }
-                let target = target.to_path_buf();
-                found.entry(target.clone()).or_insert(FoundPath { path: target, named: false, file_type });
+                out.found.push(FoundPath { path: target.to_path_buf(), named: false, file_type });
             }
         }
     }
-    Ok(Expanded {
-        found: found.into_values().collect(),
-        unreadable: unreadable.into_iter().map(|(path, error)| Unreadable { path, error }).collect(),
-    })
+    Ok(out.finish())
+}
+
+/// What an expansion has found so far, in any order and with duplicates.
+#[derive(Debug, Default)]
+struct Collected {
+    found: Vec<FoundPath>,
+    unreadable: Vec<Unreadable>,
+}
+
+impl Collected {
+    /// Sorted by the bytes of the path, one entry per path: a path both named and found in a
+    /// walk is named; of two errors for one path the first is kept.
+    fn finish(mut self) -> Expanded {
+        self.found.sort_by(|a, b| {
+            a.path.as_os_str().as_bytes().cmp(b.path.as_os_str().as_bytes()).then(b.named.cmp(&a.named))
+        });
+        self.found.dedup_by(|later, kept| later.path == kept.path);
+        self.unreadable.sort_by(|a, b| a.path.as_os_str().as_bytes().cmp(b.path.as_os_str().as_bytes()));
+        self.unreadable.dedup_by(|later, kept| later.path == kept.path);
+        Expanded { found: self.found, unreadable: self.unreadable }
+    }
+
+    fn append(&mut self, mut other: Collected) {
+        self.found.append(&mut other.found);
+        self.unreadable.append(&mut other.unreadable);
+    }
 }
 
 /// The paths matching the glob `pattern`, and the paths that could not be read while matching.
-fn glob_matches(pattern: &str) -> Result<(Vec<PathBuf>, BTreeMap<PathBuf, String>), PathsError> {
+fn glob_matches(pattern: &str) -> Result<(Vec<PathBuf>, Vec<Unreadable>), PathsError> {
     let bad = |message: &str| PathsError { pattern: pattern.to_string(), message: message.to_string() };
     let mut named = Vec::new();
-    let mut unreadable = BTreeMap::new();
+    let mut unreadable = Vec::new();
     if !pattern.contains("**") {
         for entry in glob::glob(pattern).map_err(|e| bad(e.msg))? {
             match entry {
                 Ok(path) => named.push(path),
                 Err(e) => {
-                    unreadable.insert(e.path().to_path_buf(), e.error().to_string());
+                    unreadable.push(Unreadable { path: e.path().to_path_buf(), error: e.error().to_string() });
                 }
             }
         }
@@ -181,11 +196,12 @@ fn glob_matches(pattern: &str) -> Result<(Vec<PathBuf>, BTreeMap<PathBuf, String
         prefix if prefix.is_empty() => PathBuf::from(if pattern.starts_with('/') { "/" } else { "." }),
         prefix => PathBuf::from(prefix),
     };
-    let mut found = BTreeMap::new();
+    let mut walked = Collected::default();
     if std::fs::metadata(&start).is_ok_and(|m| m.is_dir()) {
-        walk(&start, true, &mut found, &mut unreadable);
+        walk(&start, true, &mut walked);
     }
-    let candidates = std::iter::once(start.clone()).chain(found.into_keys());
+    unreadable.append(&mut walked.unreadable);
+    let candidates = std::iter::once(start.clone()).chain(walked.found.into_iter().map(|found| found.path));
     for path in candidates {
         if compiled.matches_with(&path.to_string_lossy(), options) {
             named.push(path);
@@ -195,18 +211,24 @@ fn glob_matches(pattern: &str) -> Result<(Vec<PathBuf>, BTreeMap<PathBuf, String
 }
 
 /// Adds the entries under `dir` (its whole tree when `recursive`), without following links.
-fn walk(
-    dir: &Path,
-    recursive: bool,
-    found: &mut BTreeMap<PathBuf, FoundPath>,
-    unreadable: &mut BTreeMap<PathBuf, String>,
-) {
-    let mut pending = vec![dir.to_path_buf()];
+fn walk(dir: &Path, recursive: bool, into: &mut Collected) {
+    into.append(walk_tree(dir.to_path_buf(), recursive, 0));
+}
+
+/// Levels of a tree whose subdirectories are listed side by side on the rayon pool; deeper
+/// ones are listed by a loop on one thread, so that no depth of nesting can exhaust a stack.
+const PARALLEL_LEVELS: usize = 12;
+
+/// The entries under `dir`: its own entries, then (when `recursive`) its subdirectories' trees.
+fn walk_tree(dir: PathBuf, recursive: bool, level: usize) -> Collected {
+    let mut out = Collected::default();
+    let mut pending = vec![dir];
+    let mut subdirs = Vec::new();
     while let Some(dir) = pending.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) => {
-                unreadable.insert(dir, e.to_string());
+                out.unreadable.push(Unreadable { path: dir, error: e.to_string() });
                 continue;
             }
         };
@@ -214,7 +236,7 @@ fn walk(
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    unreadable.insert(dir.clone(), e.to_string());
+                    out.unreadable.push(Unreadable { path: dir.clone(), error: e.to_string() });
                     continue;
                 }
             };
@@ -222,17 +244,19 @@ fn walk(
             match entry.file_type() {
                 Ok(file_type) => {
                     if recursive && file_type.is_dir() {
-                        pending.push(path.clone());
+                        if level < PARALLEL_LEVELS { subdirs.push(path.clone()) } else { pending.push(path.clone()) }
                     }
-                    // A path already named by the configuration keeps `named: true`.
-                    found.entry(path.clone()).or_insert(FoundPath { path, named: false, file_type });
+                    out.found.push(FoundPath { path, named: false, file_type });
                 }
-                Err(e) => {
-                    unreadable.insert(path, e.to_string());
-                }
+                Err(e) => out.unreadable.push(Unreadable { path, error: e.to_string() }),
             }
         }
     }
+    let trees: Vec<Collected> = subdirs.into_par_iter().map(|dir| walk_tree(dir, true, level + 1)).collect();
+    for tree in trees {
+        out.append(tree);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -299,6 +323,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A tree deeper than the levels listed side by side is walked whole, in byte order.
+    #[test]
+    fn deep_trees_are_walked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deepest = dir.path().to_path_buf();
+        for level in 0..(PARALLEL_LEVELS * 3) {
+            deepest.push(format!("d{level}"));
+            std::fs::create_dir(&deepest).unwrap();
+            std::fs::write(deepest.join("f"), "").unwrap();
+        }
+        let expanded = expand(&[dir.path().display().to_string()], true).unwrap();
+        assert_eq!(expanded.found.len(), 1 + PARALLEL_LEVELS * 3 * 2);
+        assert!(expanded.found.iter().any(|found| found.path == deepest.join("f")));
+        let bytes: Vec<&[u8]> = expanded.found.iter().map(|found| found.path.as_os_str().as_bytes()).collect();
+        assert!(bytes.windows(2).all(|pair| pair[0] < pair[1]), "sorted, no duplicates");
     }
 
     /// `**` does not follow links: a link to an ancestor does not make the match recurse.
