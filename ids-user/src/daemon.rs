@@ -99,11 +99,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
-    // Expired bans leave within a second of expiry.
-    let mut expiry = tokio::time::interval(Duration::from_millis(250));
     let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
     info!(socket = %config.control_socket().display(), "sensor running");
     loop {
+        // Expired bans leave at their expiry: the loop sleeps until the next one is due (at
+        // most a minute, so that a clock step is caught up with; at least 50 ms, so that a failing
+        // store is not retried in a busy loop), and not at all for none.
+        let expiry = bans
+            .until_next_expiry()
+            .map_or(Duration::from_secs(3600), |wait| wait.clamp(Duration::from_millis(50), Duration::from_secs(60)));
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -119,8 +123,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         let _ = reply.send(crate::bans::cli::answer(&mut bans, &request));
                     }
                     // The worker answers these itself, so a long rehash never blocks this loop.
-                    Request::Baseline => forward(&integrity.control, Control::Baseline, reply),
-                    Request::Diff => forward(&integrity.control, Control::Diff, reply),
+                    Request::Baseline => forward(&integrity.waker, Control::Baseline, reply),
+                    Request::Diff => forward(&integrity.waker, Control::Diff, reply),
                 }
             }
             Some(request) = detect_rx.recv() => {
@@ -136,7 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     warn!(%net, error = %e, "ban request refused");
                 }
             }
-            _ = expiry.tick() => {
+            _ = tokio::time::sleep(expiry) => {
                 if let Err(e) = bans.expire() {
                     warn!(error = %e, "expiring bans");
                 }
@@ -172,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // The writer dropped its handle, so the worker stops after its current step; a long scan
     // is not waited for.
-    integrity.stop.store(true, Ordering::Relaxed);
+    integrity.waker.stop();
     detect.stop.store(true, Ordering::Relaxed);
     let detect_thread = detect.thread;
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || detect_thread.join())).await;
@@ -200,9 +204,9 @@ fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanSt
     })
 }
 
-fn forward(worker: &std::sync::mpsc::Sender<Control>, request: fn(control::Reply) -> Control, reply: control::Reply) {
-    if let Err(unsent) = worker.send(request(reply)) {
-        let (Control::Baseline(reply) | Control::Diff(reply)) = unsent.0;
+fn forward(worker: &monitor::Waker, request: fn(control::Reply) -> Control, reply: control::Reply) {
+    if let Err(unsent) = worker.request(request(reply)) {
+        let (Control::Baseline(reply) | Control::Diff(reply)) = unsent;
         let _ = reply.send(serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}));
     }
 }

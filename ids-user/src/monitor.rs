@@ -62,6 +62,17 @@ pub enum Control {
     Diff(Reply),
 }
 
+/// What wakes the worker: a file change, or a poke to look at its other inputs (a control
+/// request, a trigger, `stop`) at once rather than at its next timer.
+#[derive(Debug)]
+enum Wake {
+    Change(FileChange),
+    Poke,
+}
+
+/// The longest the worker sleeps when nothing is due; everything that needs it sooner pokes it.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
 /// A file event under a collector's paths.
 #[derive(Debug)]
 struct FileChange {
@@ -115,7 +126,7 @@ impl Shared {
 
 /// The events writer's handle: decides cheaply whether a file event concerns a collector.
 pub struct FileEvents {
-    tx: SyncSender<FileChange>,
+    tx: SyncSender<Wake>,
     /// Canonical forms of the collectors' literal path prefixes.
     roots: Vec<PathBuf>,
     shared: Arc<Shared>,
@@ -125,6 +136,8 @@ impl FileEvents {
     /// The sensor reported `trigger`: the collectors that follow it re-run at the worker's next turn.
     pub fn note_trigger(&self, trigger: Trigger) {
         self.shared.triggered.fetch_or(trigger.bit(), Ordering::SeqCst);
+        // A full queue wakes the worker anyway.
+        let _ = self.tx.try_send(Wake::Poke);
     }
 
     /// Queues the paths of a file event if one of them is under a file collector's paths.
@@ -136,7 +149,7 @@ impl FileEvents {
         // Counted before it is sent, so `ids status` never shows 0 while a change is in flight.
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         let change = FileChange { op, path: path.to_path_buf(), new_path: new_path.map(Path::to_path_buf) };
-        match self.tx.try_send(change) {
+        match self.tx.try_send(Wake::Change(change)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.shared.overflowed.store(true, Ordering::SeqCst);
@@ -215,12 +228,34 @@ pub struct Monitor {
 /// Everything `daemon::run` needs to drive the worker.
 pub struct Handles {
     pub files: FileEvents,
-    pub control: std::sync::mpsc::Sender<Control>,
+    pub waker: Waker,
     pub shared: Arc<Shared>,
     pub watch: Vec<PathBuf>,
     pub thread: std::thread::JoinHandle<()>,
-    pub stop: Arc<AtomicBool>,
     begin: Option<SyncSender<()>>,
+}
+
+/// Control requests and `stop` for the worker, each waking it.
+pub struct Waker {
+    control: std::sync::mpsc::Sender<Control>,
+    poke: SyncSender<Wake>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Waker {
+    /// Hands a control request to the worker and wakes it; gives the request back if the worker
+    /// has stopped.
+    pub fn request(&self, request: Control) -> Result<(), Control> {
+        self.control.send(request).map_err(|unsent| unsent.0)?;
+        let _ = self.poke.try_send(Wake::Poke);
+        Ok(())
+    }
+
+    /// Asks the worker to stop and wakes it.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.poke.try_send(Wake::Poke);
+    }
 }
 
 impl Handles {
@@ -252,7 +287,11 @@ pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
         let mut translate = Vec::new();
         for pattern in collector.paths() {
             let literal = literal_prefix(pattern);
-            let canonical = std::fs::canonicalize(&literal).unwrap_or_else(|_| literal.clone());
+            // An absent path: its existing part resolved, as the sensor reports it once created.
+            let canonical = std::fs::canonicalize(&literal)
+                .ok()
+                .or_else(|| crate::sensor::watch::absent_root(&literal).map(|(root, _)| root))
+                .unwrap_or_else(|| literal.clone());
             if canonical != literal {
                 translate.push((canonical.clone(), literal));
             }
@@ -286,12 +325,11 @@ pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
         }
     })?;
     Ok(Handles {
-        files: FileEvents { tx, roots, shared: shared.clone() },
-        control: control_tx,
+        files: FileEvents { tx: tx.clone(), roots, shared: shared.clone() },
+        waker: Waker { control: control_tx, poke: tx, stop },
         shared,
         watch,
         thread,
-        stop,
         begin: Some(begin),
     })
 }
@@ -300,7 +338,7 @@ pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
 const TRIGGER_SETTLE: Duration = Duration::from_millis(50);
 
 impl Monitor {
-    fn run(mut self, rx: Receiver<FileChange>, control: Receiver<Control>, stop: &AtomicBool) {
+    fn run(mut self, rx: Receiver<Wake>, control: Receiver<Control>, stop: &AtomicBool) {
         let started = Instant::now();
         self.initial_scan();
         info!(items = self.current.len(), elapsed_ms = started.elapsed().as_millis() as u64, "integrity scan done");
@@ -317,15 +355,18 @@ impl Monitor {
                 .map(|d| d.due)
                 .chain(pending_triggers.map(|(_, due)| due))
                 .min()
-                .unwrap_or(now + Duration::from_millis(100));
-            let wait = next_due.min(now + Duration::from_millis(100)).saturating_duration_since(now);
+                .unwrap_or(now + IDLE_WAKE);
+            let wait = next_due.min(now + IDLE_WAKE).saturating_duration_since(now);
             match rx.recv_timeout(wait) {
-                Ok(change) => {
-                    self.mark(change);
+                Ok(wake) => {
+                    if let Wake::Change(change) = wake {
+                        self.mark(change);
+                    }
                     // Drain what else is queued, bounded so control requests are not starved.
                     for _ in 0..10_000 {
                         match rx.try_recv() {
-                            Ok(change) => self.mark(change),
+                            Ok(Wake::Change(change)) => self.mark(change),
+                            Ok(Wake::Poke) => {}
                             Err(_) => break,
                         }
                     }
@@ -497,13 +538,15 @@ impl Monitor {
 
     /// The periodic verification: everything is rescanned; a change no pending event explains
     /// is one the sensor missed (`sensor_miss`). The other collectors' changes are ordinary.
-    fn verify(&mut self, rx: &Receiver<FileChange>) {
+    fn verify(&mut self, rx: &Receiver<Wake>) {
         self.rehash_due(true);
         self.rescan(false, true, "integrity");
         let changes = self.rescan_changes(true, false);
         // Events that arrived during the scan explain the changes at their paths.
-        while let Ok(change) = rx.try_recv() {
-            self.mark(change);
+        while let Ok(wake) = rx.try_recv() {
+            if let Wake::Change(change) = wake {
+                self.mark(change);
+            }
         }
         let (explained, missed): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|change| {
             crate::integrity::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path))
@@ -716,7 +759,7 @@ mod tests {
         assert_eq!(status().0, scan(()));
 
         let (reply, answer) = tokio::sync::oneshot::channel();
-        handles.control.send(Control::Baseline(reply)).unwrap();
+        handles.waker.request(Control::Baseline(reply)).unwrap();
         assert_eq!(answer.blocking_recv().unwrap()["ok"], true);
 
         let file = watched.path().join("f");
@@ -737,13 +780,13 @@ mod tests {
         assert_eq!(alert["attributes"], serde_json::json!(["content"]));
 
         let (reply, answer) = tokio::sync::oneshot::channel();
-        handles.control.send(Control::Diff(reply)).unwrap();
+        handles.waker.request(Control::Diff(reply)).unwrap();
         let diff = answer.blocking_recv().unwrap();
         assert_eq!(diff["diff"]["changed"][0]["id"], format!("file:{root}/f"), "{diff}");
         let store = Store::open(&config.database()).unwrap();
         assert_eq!(store.alerts().unwrap().len(), 1);
 
-        handles.stop.store(true, Ordering::Relaxed);
+        handles.waker.stop();
         drop(handles.files);
         handles.thread.join().unwrap();
     }

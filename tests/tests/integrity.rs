@@ -417,3 +417,46 @@ fn a_change_to_a_file_whose_name_is_not_utf8_is_seen_by_the_sensor() {
     wait_consistent(&daemon, "after the change");
     daemon.stop();
 }
+
+/// Collector paths that do not exist when the daemon starts are watched for their creation: a
+/// file created through an absolute path, one created through a relative path from its
+/// directory, and a directory with a file made inside it are each hashed on the sensor's report,
+/// long before the daily verification.
+#[test]
+fn collector_paths_absent_at_start_are_hashed_once_created() {
+    let watched = Scratch::new("/var/tmp", "integrity-absent");
+    let absolute = watched.0.join("later.conf");
+    let relative = watched.0.join("later-relative.conf");
+    let tree = watched.0.join("later.d");
+    let extra = format!(
+        "[[collectors]]\nkind = \"file_contents\"\nname = \"c\"\nrecursive = true\npaths = [{:?}, {:?}, {:?}]\n",
+        absolute.display().to_string(),
+        relative.display().to_string(),
+        tree.display().to_string()
+    );
+    let daemon = Daemon::start_with("absent", &[], &[], &extra);
+    wait_consistent(&daemon, "after start");
+    let alert_for = |path: &Path| {
+        let id = format!("file:{}", path.display());
+        let alerts = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+        assert!(!alerts.is_empty(), "no integrity alert for {id}: {:?}", daemon.events());
+    };
+
+    fs::write(&absolute, b"created").unwrap();
+    alert_for(&absolute);
+
+    let status = std::process::Command::new("sh")
+        .current_dir(&watched.0)
+        .args(["-c", "echo created > later-relative.conf"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    alert_for(&relative);
+
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("inner"), b"inside").unwrap();
+    alert_for(&tree.join("inner"));
+
+    wait_consistent(&daemon, "after the creations");
+    daemon.stop();
+}

@@ -320,6 +320,18 @@ impl Bans {
         Ok(self.store.offences(&net.to_string())?)
     }
 
+    /// How long until the next stored ban expires (zero if one is due or its time does not
+    /// parse); `None` when no ban expires.
+    pub fn until_next_expiry(&self) -> Option<Duration> {
+        let next = self.next_expiry.as_deref()?;
+        Some(
+            humantime::parse_rfc3339(next)
+                .ok()
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
     /// Removes expired bans from the store and the maps; returns them.
     pub fn expire(&mut self) -> Result<Vec<BanRow>, BanError> {
         let now = crate::store::now();

@@ -42,6 +42,8 @@ const SETTLE: Duration = Duration::from_millis(2);
 const FOLLOW_UP: Duration = Duration::from_millis(50);
 /// Positions are stored at most this often per log (and at shutdown).
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest the worker sleeps before it looks at `stop` again.
+const STOP_POLL: Duration = Duration::from_secs(1);
 /// The same process-tree finding (rule, web server, program) alerts once per this long.
 const EXEC_REPEAT: Duration = Duration::from_secs(300);
 const QUEUE: usize = 16_384;
@@ -233,16 +235,17 @@ impl Worker {
         let mut next_prune = Instant::now() + Duration::from_secs(60);
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            // The safety poll only matters for followed logs.
+            let safety_due = (!self.logs.is_empty()).then_some(next_safety);
             let next = self
                 .logs
                 .iter()
                 .filter_map(|l| l.due)
                 .chain(self.scans.values().copied())
-                .chain([next_safety])
+                .chain(safety_due)
                 .min()
-                .unwrap_or(next_safety);
-            // Wake at least every 500 ms to see `stop`.
-            let wait = next.saturating_duration_since(now).min(Duration::from_millis(500));
+                .unwrap_or(now + STOP_POLL);
+            let wait = next.saturating_duration_since(now).min(STOP_POLL);
             match rx.recv_timeout(wait) {
                 Ok(input) => {
                     self.input(input);

@@ -82,9 +82,26 @@ impl WatchSet {
             max_inodes,
             unresolved: 0,
         };
+        // Absent roots and their nearest existing directory, which is watched for their creation.
+        let mut absent = Vec::new();
         for path in paths {
             let root = match std::fs::canonicalize(path) {
                 Ok(root) => root,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_absolute() => {
+                    let Some((root, existing)) = absent_root(path) else {
+                        warn!(path = %path.display(), error = %e, "watch path skipped");
+                        continue;
+                    };
+                    debug!(path = %root.display(), parent = %existing.display(), "watching for an absent path");
+                    // Both prefixes (it may come as a file or a directory); no inodes yet.
+                    for prefix in prefixes_of(&root, true)? {
+                        let key = Key::new((prefix.1 * 8) as u32, prefix.0);
+                        prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
+                    }
+                    absent.push(existing);
+                    set.roots.push(root);
+                    continue;
+                }
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "watch path skipped");
                     continue;
@@ -106,6 +123,13 @@ impl WatchSet {
         let roots = set.roots.clone();
         for root in &roots {
             set.add_ancestors(root)?;
+        }
+        // New names in the directory above an absent root are reported (the daemon keeps those
+        // inside a root), so that its creation, even through a relative path, adds it.
+        for existing in absent {
+            if let Ok(meta) = std::fs::metadata(&existing) {
+                set.insert_inode_as(key_of(&meta), WATCHED_DIR, &existing)?;
+            }
         }
         Ok(set)
     }
@@ -264,6 +288,16 @@ impl WatchSet {
     }
 }
 
+/// For an absolute `path` that does not exist: the path it will have once created (its nearest
+/// existing ancestor resolved, the rest as given, `.` and `..` removed) and that ancestor.
+pub fn absent_root(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let path = normalize(path);
+    let existing = path.ancestors().skip(1).find(|ancestor| ancestor.is_dir())?;
+    let rest = path.strip_prefix(existing).ok()?;
+    let existing = std::fs::canonicalize(existing).ok()?;
+    Some((existing.join(rest), existing))
+}
+
 /// LPM prefixes (bytes, length) for a watched path: a directory matches itself and what is under it.
 fn prefixes_of(root: &Path, is_dir: bool) -> Result<Vec<(PathPrefix, usize)>, WatchError> {
     let bytes = root.as_os_str().as_bytes();
@@ -287,6 +321,17 @@ fn prefixes_of(root: &Path, is_dir: bool) -> Result<Vec<(PathPrefix, usize)>, Wa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absent_root_resolves_its_existing_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::os::unix::fs::symlink(&real, real.join("link")).unwrap();
+        let (root, existing) = absent_root(&real.join("link/./later/x.conf")).unwrap();
+        assert_eq!(root, real.join("later/x.conf"));
+        assert_eq!(existing, real);
+        assert!(absent_root(Path::new("/")).is_none());
+    }
 
     #[test]
     fn normalize_removes_dots() {
