@@ -239,7 +239,7 @@ mod tests {
         let sshd = format!(
             "Nov 21 03:33:41 h sshd[1]: Failed password for invalid user {long_user}from 192.0.2.3 port 1 ssh2"
         );
-        let found = engine.classify(LogKind::Sshd, sshd[..sshd.len().min(MAX_LINE)].as_bytes(), sshd.len() > MAX_LINE);
+        let found = engine.classify(LogKind::Sshd, &sshd.as_bytes()[..sshd.len().min(MAX_LINE)], sshd.len() > MAX_LINE);
         assert_eq!(found.addr, None, "a cut sshd line must not yield an address");
         let short_user = "x from 6.6.6.6 port 22 ".repeat(300);
         let sshd = format!(

@@ -19,6 +19,9 @@ pub enum DecodeError {
 }
 
 /// A record as the kernel sent it.
+// Decoded into a stack value and consumed at once by the reader: boxing the large variants
+// would cost an allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawEvent {
     Exec(ExecEvent),
