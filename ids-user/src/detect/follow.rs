@@ -7,10 +7,12 @@
 //!   through the descriptor still held (and once more after the new file is opened, for a writer
 //!   that had not yet reopened), then the new file is read from its start.
 //! - **Copytruncate**: a file shorter than the offset, or whose first bytes changed, was truncated
-//!   (or replaced in place); what had not been read yet is read from the copy (`PATH.1`, if its
-//!   first bytes are the ones remembered), then the file is read from its start.
+//!   (or replaced in place); what had not been read yet is read from the copy (see
+//!   [`rotated_candidates`]: `PATH.1`, or a dated `PATH-20261121` and the like, whichever holds
+//!   the first bytes remembered), then the file is read from its start.
 //! - **Restarts**: the stored position resumes the same file at the same offset; if the path
-//!   now names another file, the rest of the old one is read from `PATH.1` when it is there.
+//!   now names another file, the rest of the old one is read from its rotated copy when one of
+//!   the candidates is that file (same inode).
 //!   With no stored position (first run) reading starts at the end.
 //! - A last line without its newline is kept until it is completed; a line longer than
 //!   [`MAX_LINE`] is cut (the rest skipped up to the newline) and counted.
@@ -141,6 +143,45 @@ pub fn rotated_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Rotated copies considered besides `PATH.1`, newest first.
+const MAX_CANDIDATES: usize = 8;
+
+/// Where the rotated copy of `path` may be: `PATH.1` first, then the other uncompressed files of
+/// its directory named `PATH` + `.`, `-` or `_` + anything (`auth.log.0`, logrotate's `dateext`
+/// `auth.log-20261121`), the [`MAX_CANDIDATES`] most recently modified. The caller decides by
+/// inode or by the first bytes which one it is.
+pub fn rotated_candidates(path: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let first = rotated_name(path);
+    let mut candidates = vec![first.clone()];
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else { return candidates };
+    let base = base.as_bytes();
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return candidates;
+    };
+    let compressed = [".gz", ".xz", ".bz2", ".zst", ".lz4", ".Z"];
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            name.len() > base.len() + 1
+                && name.starts_with(base)
+                && matches!(name[base.len()], b'.' | b'-' | b'_')
+                && !compressed.iter().any(|suffix| name.ends_with(suffix.as_bytes()))
+        })
+        .map(|entry| entry.path())
+        .filter(|candidate| *candidate != first)
+        .filter_map(|candidate| {
+            let meta = std::fs::metadata(&candidate).ok().filter(|meta| meta.is_file())?;
+            Some((meta.modified().ok()?, candidate))
+        })
+        .collect();
+    others.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.extend(others.into_iter().take(MAX_CANDIDATES).map(|(_, candidate)| candidate));
+    candidates
+}
+
 impl Follower {
     /// Opens `path` and resumes from `stored` (see the module doc); lines of a file rotated
     /// while no daemon ran are given to `sink` now.
@@ -218,20 +259,26 @@ impl Follower {
         Ok(())
     }
 
-    /// Reads the rest of a rotated copy at `PATH.1`: the same inode as `at` (renamed away), or,
-    /// for copytruncate (`same_inode`), a file whose first bytes are the remembered ones.
+    /// Reads the rest of the rotated copy (the first of [`rotated_candidates`] that is it): the
+    /// same inode as `at` (renamed away), or, for copytruncate (`same_inode`), another file whose
+    /// first bytes are the remembered ones.
     fn drain_copy(&mut self, at: &LogOffset, same_inode: bool, sink: Sink) {
-        let Ok(copy) = File::open(rotated_name(&self.path)) else { return };
-        let Ok(meta) = copy.metadata() else { return };
-        let is_it = if same_inode {
-            meta.ino() != at.ino
-                && meta.len() >= at.offset
-                && at.head_len > 0
-                && head_of(&copy, at.head_len).ok().flatten().as_deref() == Some(&at.head_hash)
-        } else {
-            (meta.dev(), meta.ino()) == (at.dev, at.ino)
+        let is_it = |copy: &File| -> bool {
+            let Ok(meta) = copy.metadata() else { return false };
+            if same_inode {
+                meta.ino() != at.ino
+                    && meta.len() >= at.offset
+                    && at.head_len > 0
+                    && head_of(copy, at.head_len).ok().flatten().as_deref() == Some(&at.head_hash)
+            } else {
+                (meta.dev(), meta.ino()) == (at.dev, at.ino)
+            }
         };
-        if is_it {
+        let copy = rotated_candidates(&self.path)
+            .into_iter()
+            .filter_map(|candidate| File::open(candidate).ok())
+            .find(|copy| is_it(copy));
+        if let Some(copy) = copy {
             let mut pos = at.offset;
             self.splitter.reset();
             let _ = Self::read_file(&copy, &mut pos, &mut self.buf, &mut self.splitter, sink);
@@ -522,6 +569,38 @@ mod tests {
             std::fs::File::create(path).unwrap();
         });
         assert_each_line_once(&lines, written);
+    }
+
+    #[test]
+    fn dated_copies_are_found_whether_renamed_or_copied() {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        fn dated(path: &Path) -> PathBuf {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!("-2026112{}", SERIAL.fetch_add(1, Ordering::SeqCst)));
+            PathBuf::from(name)
+        }
+        // Copytruncate to dated names while following (older copies and a compressed one lie
+        // beside them).
+        let (lines, written) = follow_while_rotating(|path| {
+            std::fs::write(format!("{}.9.gz", path.display()), "not a log").unwrap();
+            std::fs::copy(path, dated(path)).unwrap();
+            std::fs::File::options().write(true).open(path).unwrap().set_len(0).unwrap();
+        });
+        assert_each_line_once(&lines, written);
+        // Renamed to a dated name while stopped.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        append(&path, "x\n");
+        let mut lines = Vec::new();
+        let follower = open(&path, None, &mut lines);
+        let stored = follower.position().unwrap();
+        drop(follower);
+        append(&path, "tail of old\n");
+        std::fs::write(dir.path().join("access.log-decoy"), "x\ndecoy\n").unwrap();
+        std::fs::rename(&path, dated(&path)).unwrap();
+        append(&path, "first of new\n");
+        open(&path, Some(&stored), &mut lines);
+        assert_eq!(lines, ["tail of old", "first of new"]);
     }
 
     #[test]
