@@ -4,7 +4,8 @@
 //! most of each block waiting on the latency of `sha256rnds2`, not on its throughput. Running the
 //! rounds of up to [`MAX_LANES`] independent messages interleaved fills those waits: on the AMD
 //! Zen 4 cores this was measured on, four messages are compressed at about 1.7× the bytes per
-//! second of one (`cargo xtask bench integrity` records both). The blocks of each message are
+//! second of one (`cargo xtask bench integrity` compares one `ids hash` thread, reading files too,
+//! with OpenSSL and sha2 on one buffer). The blocks of each message are
 //! still compressed in order, so every result is exactly the SHA-256 of its message; the tests
 //! compare it with the `sha2` crate for every length around the block and padding boundaries.
 //!
