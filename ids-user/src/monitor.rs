@@ -423,14 +423,7 @@ impl Monitor {
                 self.current.insert((stored.collector, stored.item.id.clone()), stored.item);
             }
         }
-        let mut changes = Vec::new();
-        for index in 0..self.collectors.len() {
-            let name = self.collectors[index].name().to_string();
-            match self.collectors[index].collect() {
-                Ok(items) => changes.extend(self.replace_items(&name, items, |_| true)),
-                Err(e) => warn!(collector = %name, error = %e, "collector failed"),
-            }
-        }
+        let changes = self.rescan_matching(|_| true);
         if let Err(e) = self.store.replace_current(&self.current_items()) {
             warn!(error = %e, "storing the initial scan");
         }
@@ -575,15 +568,15 @@ impl Monitor {
         })
     }
 
-    /// Re-runs the collectors `select` picks; returns what changed.
+    /// Re-runs the collectors `select` picks, side by side as `ids hash` does; returns what changed.
     fn rescan_matching(&mut self, select: impl Fn(&dyn Collector) -> bool) -> Vec<Change> {
+        let selected: Vec<&dyn Collector> =
+            self.collectors.iter().map(|collector| collector.as_ref()).filter(|collector| select(*collector)).collect();
+        let names: Vec<String> = selected.iter().map(|collector| collector.name().to_string()).collect();
+        let results = integrity::collect_all(&selected);
         let mut changes = Vec::new();
-        for index in 0..self.collectors.len() {
-            if !select(self.collectors[index].as_ref()) {
-                continue;
-            }
-            let name = self.collectors[index].name().to_string();
-            match self.collectors[index].collect() {
+        for (name, result) in names.into_iter().zip(results) {
+            match result {
                 Ok(items) => changes.extend(self.replace_items(&name, items, |_| true)),
                 Err(e) => warn!(collector = %name, error = %e, "collector failed"),
             }

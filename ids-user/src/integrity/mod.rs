@@ -373,35 +373,48 @@ pub fn scan(registry: &Registry, configs: &[CollectorConfig]) -> Result<ScanRepo
 /// Runs already built collectors; `hostname` goes into the aggregate.
 pub fn scan_collectors(hostname: &str, collectors: &[Box<dyn Collector>]) -> Result<ScanReport, ScanError> {
     use rayon::prelude::*;
-    // One walk for the trees that several file collectors share (contents and metadata of the
-    // same paths, typically); it lists the tree on every core itself.
-    fn walk_key(collector: &dyn Collector) -> Option<(&[String], bool)> {
-        collector.walk_recursive().map(|recursive| (collector.paths(), recursive))
-    }
-    let mut shared: Vec<(&[String], bool)> = Vec::new();
-    for (i, key) in collectors.iter().enumerate().filter_map(|(i, c)| Some((i, walk_key(c.as_ref())?))) {
-        if !shared.contains(&key) && collectors[i + 1..].iter().any(|later| walk_key(later.as_ref()) == Some(key)) {
-            shared.push(key);
-        }
-    }
-    let expansions: Vec<Option<paths::Expanded>> =
-        shared.par_iter().map(|(patterns, recursive)| paths::expand(patterns, *recursive).ok()).collect();
-    let reports = collectors
-        .par_iter()
-        .map(|collector| {
-            let expanded = walk_key(collector.as_ref())
-                .and_then(|key| shared.iter().position(|shared| *shared == key))
-                .and_then(|index| expansions[index].as_ref());
-            let mut items = match expanded {
-                Some(expanded) => collector.collect_expanded(expanded)?,
-                None => collector.collect()?,
-            };
+    let refs: Vec<&dyn Collector> = collectors.iter().map(|collector| collector.as_ref()).collect();
+    let reports = collect_all(&refs)
+        .into_par_iter()
+        .zip(collectors.par_iter())
+        .map(|(items, collector)| {
+            let mut items = items?;
             sort_items(&mut items);
             Ok(CollectorReport { name: collector.name().to_string(), digest: collector_digest(&items), items })
         })
         .collect::<Result<Vec<_>, ScanError>>()?;
     let aggregate = aggregate_digest(hostname, reports.iter().flat_map(|report| report.items.iter()));
     Ok(ScanReport { hostname: hostname.to_string(), aggregate, collectors: reports })
+}
+
+/// Runs `collectors` side by side, one result each in their order. The trees that several file
+/// collectors share (contents and metadata of the same paths, typically) are walked once, and
+/// that walk lists the tree on every core itself.
+pub fn collect_all(collectors: &[&dyn Collector]) -> Vec<Result<Vec<Item>, CollectorError>> {
+    use rayon::prelude::*;
+    fn walk_key(collector: &dyn Collector) -> Option<(&[String], bool)> {
+        collector.walk_recursive().map(|recursive| (collector.paths(), recursive))
+    }
+    let mut shared: Vec<(&[String], bool)> = Vec::new();
+    for (i, key) in collectors.iter().enumerate().filter_map(|(i, c)| Some((i, walk_key(*c)?))) {
+        if !shared.contains(&key) && collectors[i + 1..].iter().any(|later| walk_key(*later) == Some(key)) {
+            shared.push(key);
+        }
+    }
+    let expansions: Vec<Option<paths::Expanded>> =
+        shared.par_iter().map(|(patterns, recursive)| paths::expand(patterns, *recursive).ok()).collect();
+    collectors
+        .par_iter()
+        .map(|collector| {
+            let expanded = walk_key(*collector)
+                .and_then(|key| shared.iter().position(|shared| *shared == key))
+                .and_then(|index| expansions[index].as_ref());
+            match expanded {
+                Some(expanded) => collector.collect_expanded(expanded),
+                None => collector.collect(),
+            }
+        })
+        .collect()
 }
 
 fn sort_items(items: &mut [Item]) {
