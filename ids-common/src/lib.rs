@@ -200,6 +200,10 @@ pub const WATCHED_DIR: u32 = 2;
 /// A directory above a watched root: relative paths resolved from it may lead into the watch set,
 /// so path-based calls from it go to the daemon, which keeps only those that do.
 pub const WATCHED_ANCESTOR: u32 = 3;
+/// The nearest existing directory above a watched path that does not exist yet: new names in it
+/// are reported (the daemon keeps the one it waits for and adds it), and, unlike a watched
+/// directory, nothing created in it or below it joins the watch set on its own.
+pub const WATCHED_PARENT: u32 = 4;
 
 /// Key of the watched-prefix LPM trie: absolute paths as bytes. A watched directory `/a/b` is stored
 /// as the prefixes `/a/b/` and `/a/b\0`; a watched file `/a/f` as `/a/f\0`.

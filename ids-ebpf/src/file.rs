@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::{FEntryContext, LsmContext, RawTracePointContext},
 };
 use ids_common::{
-    FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, kind, path_source,
+    FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, WATCHED_PARENT, kind, path_source,
 };
 
 use crate::{
@@ -132,6 +132,12 @@ fn is_watched(key: &InodeKey) -> bool {
 #[inline(always)]
 fn is_watched_dir(key: &InodeKey) -> bool {
     matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_DIR))
+}
+
+/// The directory above a watched path that does not exist yet: its new names are reported.
+#[inline(always)]
+fn is_awaited_parent(key: &InodeKey) -> bool {
+    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_PARENT))
 }
 
 /// Anything in the watched-inode map, ancestors of watched roots included.
@@ -364,6 +370,11 @@ fn on_created(dentry: Kptr) -> Result<(), i64> {
     let parent = kernel::dentry_parent(dentry)?;
     let dir = kernel::inode_key(kernel::dentry_inode(parent)?)?;
     if !is_watched_dir(&dir) {
+        if is_awaited_parent(&dir) {
+            // Reported, nothing added: the daemon adds the awaited path itself.
+            emit_dentry(FileOp::Create, dentry);
+            return Ok(());
+        }
         if !has_watched_ancestor(parent)? {
             return Ok(());
         }
@@ -617,7 +628,7 @@ fn on_dentry_removed(dentry: Kptr) {
 #[inline(always)]
 fn on_new_name(dir: Kptr, dentry: Kptr) {
     if let Ok(key) = kernel::inode_key(dir) {
-        if is_watched_dir(&key) {
+        if is_watched_dir(&key) || is_awaited_parent(&key) {
             emit_dentry(FileOp::Create, dentry);
         }
     }
@@ -660,7 +671,8 @@ fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
     let new_dentry: Kptr = ctx.arg(3);
     let moved = kernel::inode_key(kernel::dentry_inode(old_dentry)?)?;
     let into_watched = kernel::inode_key(new_dir).map(|k| is_watched_dir(&k)).unwrap_or(false);
-    if !is_watched(&moved) && !into_watched {
+    let into_awaited = kernel::inode_key(new_dir).map(|k| is_awaited_parent(&k)).unwrap_or(false);
+    if !is_watched(&moved) && !into_watched && !into_awaited {
         return Ok(());
     }
     if into_watched {

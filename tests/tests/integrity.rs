@@ -3,6 +3,7 @@
 //! threads and child processes change files at random. Root only (mount, chown).
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -441,6 +442,26 @@ fn collector_paths_absent_at_start_are_hashed_once_created() {
         let alerts = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
         assert!(!alerts.is_empty(), "no integrity alert for {id}: {:?}", daemon.events());
     };
+
+    // Other new names beside the awaited ones reach the daemon, but do not join the watch set:
+    // writes to them are not reported.
+    let file_received = || -> u64 {
+        let status = daemon.status();
+        let signals = status["signals"].as_array().cloned().unwrap_or_default();
+        signals.iter().find(|s| s["signal"] == "file").and_then(|s| s["received"].as_u64()).unwrap()
+    };
+    let other = watched.0.join("other");
+    fs::write(&other, b"x").unwrap();
+    fs::create_dir(watched.0.join("other.d")).unwrap();
+    fs::write(watched.0.join("other.d/deeper"), b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = file_received();
+    for _ in 0..50 {
+        std::fs::OpenOptions::new().append(true).open(&other).unwrap().write_all(b"more").unwrap();
+        std::fs::OpenOptions::new().append(true).open(watched.0.join("other.d/deeper")).unwrap().write_all(b"more").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(file_received(), before, "writes to files beside an awaited path were reported");
 
     fs::write(&absolute, b"created").unwrap();
     alert_for(&absolute);

@@ -8,7 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use ids_common::{
-    FileEvent, FileOp, InodeKey, PATH_LEN, PathPrefix, WATCHED_ANCESTOR, WATCHED_DIR, WATCHED_FILE, path_source,
+    FileEvent, FileOp, InodeKey, PATH_LEN, PathPrefix, WATCHED_ANCESTOR, WATCHED_DIR, WATCHED_FILE, WATCHED_PARENT,
+    path_source,
 };
 use tracing::{debug, warn};
 
@@ -125,10 +126,14 @@ impl WatchSet {
             set.add_ancestors(root)?;
         }
         // New names in the directory above an absent root are reported (the daemon keeps those
-        // inside a root), so that its creation, even through a relative path, adds it.
+        // inside a root), so that its creation, even through a relative path, adds it. A directory
+        // watched already stays so.
         for existing in absent {
             if let Ok(meta) = std::fs::metadata(&existing) {
-                set.insert_inode_as(key_of(&meta), WATCHED_DIR, &existing)?;
+                let key = key_of(&meta);
+                if !matches!(set.inodes.get(&key, 0), Ok(WATCHED_DIR | WATCHED_FILE)) {
+                    set.insert_inode_as(key, WATCHED_PARENT, &existing)?;
+                }
             }
         }
         Ok(set)
