@@ -49,6 +49,8 @@ struct RawConfig {
     #[serde(default)]
     logs: Vec<RawLog>,
     #[serde(default)]
+    journal: Vec<RawJournal>,
+    #[serde(default)]
     web_roots: Vec<PathBuf>,
     rules: Option<PathBuf>,
     #[serde(default)]
@@ -93,6 +95,23 @@ pub enum RulesMode {
     Replace,
 }
 
+/// One `[[journal]]` table: messages of the systemd journal the detectors follow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    kind: LogKind,
+    namespace: Option<String>,
+}
+
+/// A validated `[[journal]]` table: the messages of the programs of `kind` (sshd: processes
+/// named `sshd` or `sshd-session`, a name the journal takes from the kernel, not from the
+/// message) in the system journal or in journald namespace `namespace`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalConfig {
+    pub kind: LogKind,
+    pub namespace: Option<String>,
+}
+
 /// A validated `[[logs]]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
@@ -104,6 +123,7 @@ pub struct LogConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectConfig {
     pub logs: Vec<LogConfig>,
+    pub journal: Vec<JournalConfig>,
     pub web_roots: Vec<PathBuf>,
     pub rules: Option<PathBuf>,
     pub rules_mode: RulesMode,
@@ -286,6 +306,19 @@ impl Config {
                 return Err(invalid("logs", format!("path {} is not an absolute path", log.path.display())));
             }
         }
+        for journal in &raw.journal {
+            if journal.kind != LogKind::Sshd {
+                return Err(invalid("journal", format!("kind {:?}: only sshd is read from the journal", journal.kind)));
+            }
+            if let Some(namespace) = &journal.namespace {
+                let valid = !namespace.is_empty()
+                    && namespace.len() <= 64
+                    && namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !valid {
+                    return Err(invalid("journal", format!("namespace {namespace:?} is not a journald namespace name")));
+                }
+            }
+        }
         for root in &raw.web_roots {
             if !root.is_absolute() {
                 return Err(invalid("web_roots", format!("{} is not an absolute path", root.display())));
@@ -297,6 +330,7 @@ impl Config {
         let trusted = xdp.trusted.iter().map(|net| net.ipnet()).collect();
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
+            journal: raw.journal.iter().map(|j| JournalConfig { kind: j.kind, namespace: j.namespace.clone() }).collect(),
             web_roots: raw.web_roots,
             rules: raw.rules,
             rules_mode: raw.rules_mode,

@@ -5,7 +5,7 @@
 //! a program named like a web server starting a shell raises a process-tree alert.
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use std::net::TcpListener;
@@ -213,4 +213,154 @@ fn five_failed_logins_get_the_source_dropped_in_xdp_and_a_trusted_source_passes(
 
 fn str_ends(value: &Value, suffix: &str) -> bool {
     value.as_str().is_some_and(|s| s.ends_with(suffix))
+}
+
+/// A private systemd-journald instance (a journald namespace of its own), stopped and removed
+/// on drop.
+struct Journald {
+    namespace: String,
+    child: std::process::Child,
+}
+
+impl Journald {
+    fn start() -> Self {
+        let namespace = format!("idstest{}", std::process::id());
+        let child = std::process::Command::new("/lib/systemd/systemd-journald")
+            .arg(&namespace)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("systemd-journald (Debian package systemd) runs a journal namespace for this test");
+        let journald = Self { namespace, child };
+        // Ready once its socket is there and its journal file holds an entry (journalctl follows
+        // the files that exist when it starts).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries = std::process::Command::new("journalctl")
+                .arg(format!("--namespace={}", journald.namespace))
+                .args(["--quiet", "--lines=1", "--output=cat"])
+                .output()
+                .map(|out| out.stdout)
+                .unwrap_or_default();
+            if journald.dev_log().exists() && !entries.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "journald namespace {} never became ready", journald.namespace);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        journald
+    }
+
+    fn dev_log(&self) -> PathBuf {
+        PathBuf::from(format!("/run/systemd/journal.{}/dev-log", self.namespace))
+    }
+
+    /// Sends `message` with syslog tag sshd from a program named `program` (its process name,
+    /// which journald records as `_COMM`).
+    fn log_as(&self, program: &Path, message: &str) {
+        let status = std::process::Command::new(program)
+            .args(["--socket-errors=on", "-t", "sshd", "-u"])
+            .arg(self.dev_log())
+            .arg(message)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{} could not log to {}", program.display(), self.dev_log().display());
+    }
+
+    /// Waits until a journalctl follows this namespace (what is written before is not read on a
+    /// first run, as for a log file).
+    fn wait_followed(&self) {
+        let needle = format!("--namespace={}", self.namespace);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let followed = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+                std::fs::read(entry.path().join("cmdline"))
+                    .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+            });
+            if followed {
+                // journalctl opens the journal and seeks to its end after it starts.
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+            assert!(Instant::now() < deadline, "no journalctl follows namespace {}", self.namespace);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(format!("/run/systemd/journal.{}", self.namespace));
+        for dir in ["/var/log/journal", "/run/log/journal"] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().ends_with(&format!(".{}", self.namespace)) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// sshd messages in the systemd journal: five failed logins from one address logged by a
+/// process named sshd are one alert naming the journal source, within a second; the same lines
+/// logged by another program under the tag sshd are not counted; entries written while the
+/// daemon is stopped are read after its restart, from journalctl's cursor.
+#[test]
+fn sshd_brute_force_in_the_journal_is_detected_and_tags_are_not_trusted() {
+    let journald = Journald::start();
+    let scratch = Scratch::new("/var/tmp", "journal");
+    // A program named sshd (a copy of logger): journald takes `_COMM` from the kernel.
+    let sshd = scratch.0.join("sshd");
+    fs::copy("/usr/bin/logger", &sshd).unwrap();
+    let state = scratch.0.join("state");
+    let events = scratch.0.join("events.jsonl");
+    let config = scratch.0.join("ids.toml");
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[journal]]\nkind = \"sshd\"\nnamespace = {:?}\n",
+            events.display().to_string(),
+            state.display().to_string(),
+            ids_tests::test_pin_dir("journal"),
+            journald.namespace,
+        ),
+    )
+    .unwrap();
+    let _pins = ids_tests::Pins { config: config.clone() };
+    let origin = format!("journal[{}]:sshd", journald.namespace);
+
+    let daemon = Daemon::spawn(&config, &events);
+    journald.wait_followed();
+    for port in 0..5 {
+        journald.log_as(Path::new("/usr/bin/logger"), &format!("Failed password for root from 192.0.2.88 port {port} ssh2"));
+    }
+    let started = Instant::now();
+    for port in 0..5 {
+        journald.log_as(&sshd, &format!("Failed password for root from 192.0.2.77 port {port} ssh2"));
+    }
+    let (alert, took) = wait_alert(&daemon, started, |a| a["source"] == "192.0.2.77");
+    assert_eq!(alert["path"], origin.as_str(), "{alert}");
+    assert_eq!(alert["detector"], "ssh-bruteforce", "{alert}");
+    assert!(took < Duration::from_secs(1), "alert after {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        detections(&daemon).iter().all(|a| a["source"] != "192.0.2.88"),
+        "lines tagged sshd by another program were counted: {:#?}",
+        detections(&daemon)
+    );
+    daemon.stop();
+
+    // Written while no daemon runs: read from the cursor after the restart.
+    for port in 0..5 {
+        journald.log_as(&sshd, &format!("Failed password for admin from 192.0.2.99 port {port} ssh2"));
+    }
+    let daemon = Daemon::spawn(&config, &events);
+    let (alert, _) = wait_alert(&daemon, Instant::now(), |a| a["source"] == "192.0.2.99");
+    assert_eq!(alert["path"], origin.as_str(), "{alert}");
+    let repeated = detections(&daemon).iter().filter(|a| a["source"] == "192.0.2.77").count();
+    assert_eq!(repeated, 1, "entries before the cursor were read again: {:#?}", detections(&daemon));
+    daemon.stop();
 }

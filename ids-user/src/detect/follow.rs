@@ -177,7 +177,7 @@ pub fn rotated_candidates(path: &Path) -> Vec<PathBuf> {
             Some((meta.modified().ok()?, candidate))
         })
         .collect();
-    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     candidates.extend(others.into_iter().take(MAX_CANDIDATES).map(|(_, candidate)| candidate));
     candidates
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub mod engine;
 pub mod follow;
+pub mod journal;
 pub mod parse;
 pub mod process;
 pub mod rules;

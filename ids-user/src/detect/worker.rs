@@ -53,6 +53,8 @@ const QUEUE: usize = 16_384;
 pub enum Input {
     File { op: &'static str, path: PathBuf, new_path: Option<PathBuf> },
     Exec { pid: u32, ppid: u32, filename: String, argv: Vec<String> },
+    /// A line of `[[journal]]` source number `source` (see [`super::journal`]).
+    Journal { source: usize, line: Vec<u8> },
 }
 
 /// Counters shown by `ids status` under `detect`.
@@ -135,6 +137,8 @@ struct Log {
 
 struct Worker {
     config: DetectConfig,
+    /// The `[[journal]]` sources' readers, in configuration order.
+    readers: Vec<super::journal::Reader>,
     engine: Engine,
     scanner: Scanner,
     logs: Vec<Log>,
@@ -193,7 +197,13 @@ pub fn spawn(
         shared: shared.clone(),
         triggers: Vec::new(),
         config: detect.clone(),
+        readers: Vec::new(),
     };
+    for (source, journal) in detect.journal.iter().enumerate() {
+        let reader = super::journal::spawn(source, journal, &config.state_dir, tx.clone(), stop.clone())
+            .with_context(|| format!("following {}", super::journal::origin(journal)))?;
+        worker.readers.push(reader);
+    }
     for (log, path) in detect.logs.iter().zip(&log_paths) {
         if worker.log_index.contains_key(path) {
             continue;
@@ -286,6 +296,13 @@ impl Worker {
             self.poll(index, false);
             self.save(index);
         }
+        // Readers blocked on a full queue see it closed; the others see journalctl end. Each
+        // stores its cursor before it ends.
+        drop(rx);
+        for reader in std::mem::take(&mut self.readers) {
+            reader.stop();
+            let _ = reader.thread.join();
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -313,6 +330,13 @@ impl Worker {
                 }
             }
             Input::Exec { pid, ppid, filename, argv } => self.exec(pid, ppid, &filename, &argv),
+            Input::Journal { source, line } => {
+                let Some(journal) = self.config.journal.get(source) else { return };
+                let (kind, origin) = (journal.kind, super::journal::origin(journal));
+                self.shared.lines.fetch_add(1, Ordering::Relaxed);
+                // Journal lines are not cut: a message is one entry.
+                self.classify_line(kind, &origin, &line, false);
+            }
         }
     }
 
@@ -357,10 +381,16 @@ impl Worker {
             self.shared.lines_cut.fetch_add(1, Ordering::Relaxed);
         }
         let kind = self.logs[index].kind;
+        let origin = self.logs[index].follower.path().display().to_string();
+        self.classify_line(kind, &origin, line, cut);
+    }
+
+    /// Runs a line of `origin` (a log path or a journal source) through the rules.
+    fn classify_line(&mut self, kind: LogKind, origin: &str, line: &[u8], cut: bool) {
         let mut triggers = std::mem::take(&mut self.triggers);
         self.engine.line(kind, line, cut, Instant::now(), &mut triggers);
         for trigger in triggers.drain(..) {
-            self.raise(index, trigger);
+            self.raise(origin, trigger);
         }
         self.triggers = triggers;
     }
@@ -374,7 +404,7 @@ impl Worker {
     }
 
     /// A threshold crossed: an alert, and a ban request unless the address is trusted.
-    fn raise(&mut self, index: usize, trigger: Trigger) {
+    fn raise(&mut self, origin: &str, trigger: Trigger) {
         let rule = self.engine.rules.rules[trigger.rule].clone();
         let detector = match rule.kind {
             RuleKind::Sshd => "ssh-bruteforce",
@@ -413,7 +443,7 @@ impl Worker {
             detector,
             description: rule.description,
             source: Some(trigger.addr),
-            path: Some(self.logs[index].follower.path().display().to_string()),
+            path: Some(origin.to_string()),
             count: Some(trigger.burst.count),
             window_s: Some(rule.window.as_secs()),
             process: None,
