@@ -13,10 +13,11 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
 /// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
-/// and GRO switch (ethtool), and fail2ban for `fail2ban-regex`, the peer of the detect bench.
+/// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
+/// systemd for journalctl and the private systemd-journald of the journal test (bsdutils for logger).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2", "iputils-ping", "qemu-system-x86", "busybox-static", "cpio", "xz-utils", "nftables", "ipset", "iptables",
-    "ethtool", "fail2ban",
+    "ethtool", "fail2ban", "systemd", "bsdutils",
 ];
 
 #[derive(Parser)]
