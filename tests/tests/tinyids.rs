@@ -28,6 +28,8 @@ struct Server {
     db: PathBuf,
     audit: PathBuf,
     config: PathBuf,
+    /// Whether listen address, database and audit log are given as flags (else the file has them).
+    flags: bool,
 }
 
 impl Server {
@@ -40,17 +42,28 @@ impl Server {
         let audit = dir.join("audit.jsonl");
         let config = dir.join("serve.toml");
         std::fs::write(&config, format!("{}[serve]\n{serve_table}\n", base_config(dir))).unwrap();
-        let mut server = Self { child: None, port, db, audit, config };
+        let mut server = Self { child: None, port, db, audit, config, flags: true };
+        server.spawn();
+        server
+    }
+
+    /// `ids serve --config FILE` alone, with `config` (which must give listen, db and audit_log).
+    fn start_with_file(dir: &Path, port: u16, config: &str) -> Self {
+        let path = dir.join("serve-only.toml");
+        std::fs::write(&path, config).unwrap();
+        let (db, audit) = (dir.join("records.db"), dir.join("audit.jsonl"));
+        let mut server = Self { child: None, port, db, audit, config: path, flags: false };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(ids_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--db"])
-            .arg(&self.db)
-            .arg("--audit-log")
-            .arg(&self.audit)
+        let mut command = Command::new(ids_bin());
+        command.arg("serve");
+        if self.flags {
+            command.args(["--listen", &format!("127.0.0.1:{}", self.port), "--db"]).arg(&self.db).arg("--audit-log").arg(&self.audit);
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -281,6 +294,37 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
     assert_eq!(raw(at, b"TEST 2\r\n"), b"20 OK\r\n");
     assert_eq!(raw(at, b"TEST 1\r\n"), b"40 INVALID CLIENT\r\n");
     assert_eq!(raw(at, b"test 2\n"), b"20 OK\r\n");
+}
+
+/// A configuration for a host that only runs `ids serve`: the `[serve]` table and nothing of
+/// the sensor (`watch`, `events_log`, `state_dir` take their defaults).
+#[test]
+fn server_only_configuration_needs_no_sensor_keys() {
+    let dir = Scratch::new("/tmp", "tinyids-serve-only");
+    let port = free_port();
+    let config = format!(
+        "[serve]\nlisten = \"127.0.0.1:{port}\"\ndb = {:?}\naudit_log = {:?}\n",
+        dir.0.join("records.db").display().to_string(),
+        dir.0.join("audit.jsonl").display().to_string()
+    );
+    let server = Server::start_with_file(&dir.0, port, &config);
+    let check = Command::new(ids_bin()).args(["config", "check", "--config"]).arg(&server.config).output().unwrap();
+    assert!(check.status.success(), "ids config check refused the server-only file: {}", text(&check.stderr));
+    // The server listens where the file says, keeps records where it says, audits where it says.
+    assert_eq!(raw(server.address(), b"UPDATE h1 pw\r\n"), b"20 OK\r\n");
+    let at = server.address().to_string();
+    let config_arg = server.config.to_str().unwrap().to_string();
+    let (code, results) = client_json(&["check", "--hash", "h1", "--server", &at, "--config", &config_arg], None);
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+    assert_eq!(server.records()[0]["hash"], "h1");
+    server.wait_audit(|r| r["command"] == "CHECK" && r["code"] == 20);
+    // The sensor's keys are still checked when they are given.
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, format!("state_dir = \"relative/state\"\n{config}")).unwrap();
+    let out = Command::new(ids_bin()).args(["serve", "--config"]).arg(&bad).stderr(Stdio::piped()).output().unwrap();
+    assert!(!out.status.success(), "ids serve accepted a relative state_dir");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("state_dir") && stderr.contains("not an absolute path"), "{stderr}");
 }
 
 #[test]
