@@ -327,6 +327,175 @@ fn server_only_configuration_needs_no_sensor_keys() {
     assert!(stderr.contains("state_dir") && stderr.contains("not an absolute path"), "{stderr}");
 }
 
+/// A loopback peer that answers as a TinyIDS 0.1.6 server does (`TinyIDS/server.py`,
+/// `TinyIDSCommandHandler`): it reads one line (`readline(8192)`, stripped), splits it on
+/// whitespace, and answers `41 INVALID COMMAND` to an unknown command or to a wrong argument
+/// count, which TEST's is with any argument (`'TEST': (_com_TEST, 0)`); records are keyed by the
+/// client's IP address, passphrases compared as sent. One reply line with CRLF, then it closes.
+/// It keeps every request line it received.
+struct Tinyids016Peer {
+    address: SocketAddr,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tinyids016Peer {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // client IP -> (hash, passphrase)
+                let mut records: std::collections::HashMap<String, (String, String)> = Default::default();
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let client = stream.peer_addr().unwrap().ip().to_string();
+                    let mut line = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while line.len() < 8192 && !line.ends_with(b"\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => line.push(byte[0]),
+                            _ => break,
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    received.lock().unwrap().push(line.clone());
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let command = words.first().map(|w| w.to_uppercase()).unwrap_or_default();
+                    let args = &words[words.len().min(1)..];
+                    let reply = match (command.as_str(), args) {
+                        ("TEST", []) => "20 OK",
+                        ("CHECK", [hash]) => match records.get(&client) {
+                            None => "31 NOT FOUND",
+                            Some((stored, _)) if stored == hash => "20 OK",
+                            Some(_) => "30 MISMATCH",
+                        },
+                        ("UPDATE", [hash, passphrase]) => match records.get(&client) {
+                            Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
+                            _ => {
+                                records.insert(client.clone(), (hash.to_string(), passphrase.to_string()));
+                                "20 OK"
+                            }
+                        },
+                        ("DELETE", [passphrase]) => match records.get(&client) {
+                            None => "31 NOT FOUND",
+                            Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
+                            Some(_) => {
+                                records.remove(&client);
+                                "20 OK"
+                            }
+                        },
+                        ("CHANGEPHRASE", [old, new]) => match records.get_mut(&client) {
+                            None => "31 NOT FOUND",
+                            Some((_, stored)) if stored != old => "42 INVALID PASSPHRASE",
+                            Some((_, stored)) => {
+                                *stored = new.to_string();
+                                "20 OK"
+                            }
+                        },
+                        _ => "41 INVALID COMMAND",
+                    };
+                    let _ = stream.write_all(format!("{reply}\r\n").as_bytes());
+                }
+            })
+        };
+        Self { address, received, stop, thread: Some(thread) }
+    }
+
+    /// The request lines received since the last call.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.received.lock().unwrap())
+    }
+}
+
+impl Drop for Tinyids016Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `ids client test` against a TinyIDS 0.1.6 server: `TEST 2` is answered 41, so the client asks
+/// a bare `TEST` and reports the older revision; the other commands work as with revision 2.
+#[test]
+fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
+    let dir = Scratch::new("/tmp", "tinyids-016");
+    let ours = Server::start(&dir.0, "");
+    let peer = Tinyids016Peer::start();
+    let (ours_at, peer_at) = (ours.address().to_string(), peer.address.to_string());
+    assert_eq!(raw(peer.address, b"TEST 2\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers TEST 2 as 0.1.6 does");
+    peer.take();
+
+    let (code, results) = client_json(&["test", "--server", &ours_at, "--server", &peer_at], None);
+    assert_eq!(code, 0, "{results:?}");
+    assert_eq!((results[0]["code"].as_u64(), results[0]["revision"].as_u64()), (Some(20), Some(2)), "{results:?}");
+    assert_eq!((results[1]["code"].as_u64(), results[1]["revision"].as_u64()), (Some(20), Some(1)), "{results:?}");
+    assert_eq!(peer.take(), ["TEST 2\r\n", "TEST\r\n"], "one connection per command, TEST 2 then a bare TEST");
+    let out = client(&["test", "--server", &peer_at], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("0.1.6"), "{line}");
+    peer.take();
+
+    // CHECK, UPDATE, CHANGEPHRASE and DELETE are sent as revision 2 sends them, one line each.
+    let s = ["--server", peer_at.as_str()];
+    let run = |args: &[&str], pass: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&s);
+        let (code, results) = client_json(&all, pass);
+        (code, results[0]["code"].as_u64())
+    };
+    let (sha_a, sha_b) = ("a".repeat(64), "b".repeat(64));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (3, Some(31)));
+    assert_eq!(run(&["update", "--hash", &sha_a], Some("s3cret")), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_b], None), (3, Some(30)));
+    assert_eq!(run(&["update", "--hash", &sha_b], Some("guess")), (4, Some(42)));
+    let out = client(&["changephrase", "--server", &peer_at, "--new-passphrase-arg", "n3w", "--json"], Some("s3cret"));
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(run(&["delete"], Some("n3w")), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (3, Some(31)));
+    assert_eq!(
+        peer.take(),
+        [
+            format!("CHECK {sha_a}\r\n"),
+            format!("UPDATE {sha_a} s3cret\r\n"),
+            format!("CHECK {sha_a}\r\n"),
+            format!("CHECK {sha_b}\r\n"),
+            format!("UPDATE {sha_b} guess\r\n"),
+            "CHANGEPHRASE s3cret n3w\r\n".to_string(),
+            "DELETE n3w\r\n".to_string(),
+            format!("CHECK {sha_a}\r\n"),
+        ]
+    );
+    // A server that refuses the bare TEST too is reported with that refusal, no revision.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_at = refusing.local_addr().unwrap().to_string();
+    let answerer = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = refusing.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            stream.write_all(b"41 INVALID COMMAND\r\n").unwrap();
+        }
+    });
+    let (code, results) = client_json(&["test", "--server", &refusing_at], None);
+    answerer.join().unwrap();
+    assert_eq!((code, results[0]["code"].as_u64()), (4, Some(41)), "{results:?}");
+    assert!(results[0].get("revision").is_none(), "{results:?}");
+}
+
 #[test]
 fn malformed_requests_get_41_and_the_connection_closes() {
     let dir = Scratch::new("/tmp", "tinyids-bad");

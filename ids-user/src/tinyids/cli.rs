@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::client::{self, Outcome};
+use super::client::{self, Outcome, Revision};
 use super::codec::{Request, valid_token};
 use super::settings::{AuditLog, ServerEntry};
 use crate::config::Config;
@@ -56,7 +56,7 @@ pub struct ClientArgs {
     /// Talk to this plain-TCP server (HOST:PORT) instead of the configured [[servers]].
     #[arg(long, global = true)]
     server: Vec<String>,
-    /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "error"}]}.
+    /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "revision" (TEST), "error"}]}.
     #[arg(long, global = true)]
     json: bool,
     /// Configuration file ([[servers]], [[collectors]]); the embedded default when absent.
@@ -69,9 +69,22 @@ pub struct ClientArgs {
     passphrase: PassphraseArgs,
 }
 
+/// The text line of one outcome: server, address, reply (and the revision a TEST showed).
+fn outcome_line(outcome: &Outcome) -> String {
+    let head = format!("{:<16} {:<24}", outcome.server, outcome.address);
+    match (&outcome.result, outcome.revision) {
+        (Ok(reply), None) => format!("{head} {}", reply.text()),
+        (Ok(reply), Some(Revision::Two)) => format!("{head} {} (revision 2)", reply.text()),
+        (Ok(reply), Some(Revision::One)) => {
+            format!("{head} {} (older revision 1, as TinyIDS 0.1.6: TEST 2 refused with 41, a bare TEST accepted)", reply.text())
+        }
+        (Err(error), _) => format!("{head} unreachable: {error}"),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// TEST 2: is the server there and does it speak revision 2?
+    /// TEST 2: is the server there and does it speak revision 2? (A 41 is retried as a bare TEST, as TinyIDS 0.1.6 takes it.)
     Test,
     /// CHECK the aggregate hash of the configured collectors.
     Check {
@@ -229,10 +242,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"command": request.command(), "results": results}))?);
     } else {
         for outcome in &outcomes {
-            match &outcome.result {
-                Ok(reply) => println!("{:<16} {:<24} {}", outcome.server, outcome.address, reply.text()),
-                Err(error) => println!("{:<16} {:<24} unreachable: {error}", outcome.server, outcome.address),
-            }
+            println!("{}", outcome_line(outcome));
         }
     }
     let worst = outcomes.iter().map(Outcome::severity).max().unwrap_or(0);
