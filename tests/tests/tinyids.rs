@@ -895,6 +895,94 @@ fn mtls_identifies_clients_by_certificate_and_refuses_clients_without_one() {
     assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["client"] == format!("cert:{}", pki.client_fingerprint).as_str()));
 }
 
+/// `ids client --server` with the `--tls-*` flags: the TLS of a `[servers.tls]` table for a
+/// one-off server, and errors naming the flag for bad input, with nothing sent.
+#[test]
+fn server_flag_speaks_tls_with_a_ca_or_a_pinned_fingerprint() {
+    let dir = Scratch::new("/tmp", "tinyids-flag-tls");
+    let pki = pki(&dir.0);
+    let server = Server::start(&dir.0, &serve_tls(&pki, false));
+    let at = server.address().to_string();
+    let (ca, other_ca) = (pki.ca.to_str().unwrap(), pki.other_ca.to_str().unwrap());
+    let tls = |args: &[&str], extra: &[&str], pass: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--server", &at]);
+        all.extend_from_slice(extra);
+        client_json(&all, pass)
+    };
+    let (code, results) = tls(&["test"], &["--tls-ca", ca], None);
+    assert_eq!((code, results[0]["revision"].as_u64()), (0, Some(2)), "{results:?}");
+    let (code, results) = tls(&["update", "--hash", "flag1"], &["--tls-ca", ca, "--tls-server-name", "localhost"], Some("pw"));
+    assert_eq!(code, 0, "{results:?}");
+    let pin = &pki.server_fingerprint;
+    let colons: String = pin.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect::<Vec<_>>().join(":");
+    for fingerprint in [pin.as_str(), colons.as_str()] {
+        let (code, results) = tls(&["check", "--hash", "flag1"], &["--tls-fingerprint", fingerprint], None);
+        assert_eq!(code, 0, "pinned {fingerprint}: {results:?}");
+    }
+    // Wrong CA, wrong pin, wrong name: the handshake fails before anything is sent.
+    let wrong_pin = "ab".repeat(32);
+    for extra in [&["--tls-ca", other_ca][..], &["--tls-fingerprint", &wrong_pin], &["--tls-ca", ca, "--tls-server-name", "elsewhere"]] {
+        let (code, results) = tls(&["update", "--hash", "evil"], extra, Some("pw"));
+        assert_eq!(code, 5, "{extra:?}: {results:?}");
+        let error = results[0]["error"].as_str().unwrap();
+        assert!(error.contains("TLS handshake") && error.contains("certificate"), "{extra:?}: {error}");
+    }
+    // Bad input: exit 1, an error naming the flag, nothing sent.
+    let missing = dir.0.join("no-such-ca.pem");
+    let missing = missing.to_str().unwrap();
+    let not_pem = dir.0.join("not-pem.txt");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--tls-ca", missing], &["--tls-ca", missing, "No such file"]),
+        (&["--tls-ca", not_pem.to_str().unwrap()], &["--tls-ca", "no PEM certificate"]),
+        (&["--tls-fingerprint", "xyz"], &["--tls-fingerprint", "\"xyz\"", "64 hex digits"]),
+        (&["--tls-fingerprint", &"zz".repeat(32)], &["--tls-fingerprint", "not a hex digit"]),
+        (&["--tls-server-name", "localhost"], &["--tls-ca or --tls-fingerprint"]),
+        (&["--tls-ca", ca, "--tls-client-cert", pki.client_cert.to_str().unwrap()], &["--tls-client-cert and --tls-client-key"]),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["update", "--hash", "evil", "--server", &at];
+        args.extend_from_slice(extra);
+        let out = client(&args, Some("pw"));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{extra:?}: the error does not say {part:?}: {stderr}");
+        }
+    }
+    let out = client(&["check", "--hash", "flag1", "--tls-ca", ca], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--tls-ca: only with --server"), "{}", text(&out.stderr));
+    let records = server.records();
+    assert_eq!((records.as_array().unwrap().len(), records[0]["hash"].as_str()), (1, Some("flag1")), "{records}");
+    assert!(server.audit().iter().all(|r| r["transport"] == "tls"));
+}
+
+#[test]
+fn server_flag_presents_a_client_certificate_for_mtls() {
+    let dir = Scratch::new("/tmp", "tinyids-flag-mtls");
+    let pki = pki(&dir.0);
+    let server = Server::start(&dir.0, &serve_tls(&pki, true));
+    let at = server.address().to_string();
+    let (ca, cert, key) = (pki.ca.to_str().unwrap(), pki.client_cert.to_str().unwrap(), pki.client_key.to_str().unwrap());
+    let with_cert = ["--server", at.as_str(), "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", key];
+    let (code, results) = client_json(&[&["update", "--hash", "m1"][..], &with_cert].concat(), Some("pw"));
+    assert_eq!(code, 0, "{results:?}");
+    let (code, results) = client_json(&[&["check", "--hash", "m1"][..], &with_cert].concat(), None);
+    assert_eq!(code, 0, "{results:?}");
+    let (code, results) = client_json(&["update", "--hash", "m2", "--server", &at, "--tls-ca", ca], Some("pw"));
+    assert_eq!(code, 5, "a client without a certificate was served: {results:?}");
+    let missing_key = dir.0.join("no-such.key");
+    let out = client(&["update", "--hash", "m3", "--server", &at, "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", missing_key.to_str().unwrap()], Some("pw"));
+    let stderr = text(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.contains("--tls-client-key") && stderr.contains("no-such.key"), "{stderr}");
+    let records = server.records();
+    assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
+    assert_eq!((records[0]["client"].as_str(), records[0]["hash"].as_str()), (Some(format!("cert:{}", pki.client_fingerprint).as_str()), Some("m1")));
+    assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["command"] == "CHECK" && r["code"] == 20));
+}
+
 /// The running sensor CHECKs its aggregate with the configured server and alerts on MISMATCH,
 /// then on NOT FOUND once the record is gone. Root and BPF: run under `flock /tmp/ids-bpf.lock`.
 #[test]
