@@ -61,7 +61,8 @@ impl Server {
         let mut command = Command::new(ids_bin());
         command.arg("serve");
         if self.flags {
-            command.args(["--listen", &format!("127.0.0.1:{}", self.port), "--db"]).arg(&self.db).arg("--audit-log").arg(&self.audit);
+            command.args(["--listen", &format!("127.0.0.1:{}", self.port), "--db"]).arg(&self.db);
+            command.arg("--audit-log").arg(&self.audit);
         }
         let child = command
             .arg("--config")
@@ -915,14 +916,16 @@ fn server_flag_speaks_tls_with_a_ca_or_a_pinned_fingerprint() {
     let (code, results) = tls(&["update", "--hash", "flag1"], &["--tls-ca", ca, "--tls-server-name", "localhost"], Some("pw"));
     assert_eq!(code, 0, "{results:?}");
     let pin = &pki.server_fingerprint;
-    let colons: String = pin.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect::<Vec<_>>().join(":");
+    let pairs: Vec<String> = pin.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect();
+    let colons = pairs.join(":");
     for fingerprint in [pin.as_str(), colons.as_str()] {
         let (code, results) = tls(&["check", "--hash", "flag1"], &["--tls-fingerprint", fingerprint], None);
         assert_eq!(code, 0, "pinned {fingerprint}: {results:?}");
     }
     // Wrong CA, wrong pin, wrong name: the handshake fails before anything is sent.
     let wrong_pin = "ab".repeat(32);
-    for extra in [&["--tls-ca", other_ca][..], &["--tls-fingerprint", &wrong_pin], &["--tls-ca", ca, "--tls-server-name", "elsewhere"]] {
+    let wrong_name = ["--tls-ca", ca, "--tls-server-name", "elsewhere"];
+    for extra in [&["--tls-ca", other_ca][..], &["--tls-fingerprint", &wrong_pin], &wrong_name] {
         let (code, results) = tls(&["update", "--hash", "evil"], extra, Some("pw"));
         assert_eq!(code, 5, "{extra:?}: {results:?}");
         let error = results[0]["error"].as_str().unwrap();
@@ -974,12 +977,16 @@ fn server_flag_presents_a_client_certificate_for_mtls() {
     let (code, results) = client_json(&["update", "--hash", "m2", "--server", &at, "--tls-ca", ca], Some("pw"));
     assert_eq!(code, 5, "a client without a certificate was served: {results:?}");
     let missing_key = dir.0.join("no-such.key");
-    let out = client(&["update", "--hash", "m3", "--server", &at, "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", missing_key.to_str().unwrap()], Some("pw"));
+    let missing_key = missing_key.to_str().unwrap();
+    let args = ["update", "--hash", "m3", "--server", &at, "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", missing_key];
+    let out = client(&args, Some("pw"));
     let stderr = text(&out.stderr);
-    assert!(out.status.code() == Some(1) && stderr.contains("--tls-client-key") && stderr.contains("no-such.key"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--tls-client-key") && stderr.contains(missing_key), "{stderr}");
     let records = server.records();
     assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
-    assert_eq!((records[0]["client"].as_str(), records[0]["hash"].as_str()), (Some(format!("cert:{}", pki.client_fingerprint).as_str()), Some("m1")));
+    let identity = format!("cert:{}", pki.client_fingerprint);
+    assert_eq!((records[0]["client"].as_str(), records[0]["hash"].as_str()), (Some(identity.as_str()), Some("m1")));
     assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["command"] == "CHECK" && r["code"] == 20));
 }
 

@@ -131,7 +131,10 @@ fn chosen_servers(args: &ClientArgs, config: &Config) -> anyhow::Result<Vec<Serv
         }
         return Ok(config.servers.clone());
     }
-    let tls = tls.map(|raw| super::settings::validate_client_tls(&raw, TlsOrigin::CommandLine)).transpose().map_err(anyhow::Error::msg)?;
+    let tls = tls
+        .map(|raw| super::settings::validate_client_tls(&raw, TlsOrigin::CommandLine))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     args.server
         .iter()
         .map(|address| {
@@ -148,7 +151,8 @@ fn outcome_line(outcome: &Outcome) -> String {
         (Ok(reply), None) => format!("{head} {}", reply.text()),
         (Ok(reply), Some(Revision::Two)) => format!("{head} {} (revision 2)", reply.text()),
         (Ok(reply), Some(Revision::One)) => {
-            format!("{head} {} (older revision 1, as TinyIDS 0.1.6: TEST 2 refused with 41, a bare TEST accepted)", reply.text())
+            let why = "as TinyIDS 0.1.6: TEST 2 refused with 41, a bare TEST accepted";
+            format!("{head} {} (older revision 1, {why})", reply.text())
         }
         (Err(error), _) => format!("{head} unreachable: {error}"),
     }
@@ -156,7 +160,7 @@ fn outcome_line(outcome: &Outcome) -> String {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// TEST 2: is the server there and does it speak revision 2? (A 41 is retried as a bare TEST, as TinyIDS 0.1.6 takes it.)
+    /// TEST 2: is the server there and does it speak revision 2? (41: a bare TEST, as TinyIDS 0.1.6 takes it.)
     Test,
     /// CHECK the aggregate hash of the configured collectors.
     Check {

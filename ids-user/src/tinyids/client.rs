@@ -127,7 +127,10 @@ impl Target {
         match reply {
             Reply::Ok => Ok(Answer { reply, revision: Some(Revision::Two) }),
             Reply::InvalidCommand => {
-                let bare = self.send(&Request::Test { revision: None }, timeout).await.context("bare TEST after 41 to TEST 2")?;
+                let bare = self
+                    .send(&Request::Test { revision: None }, timeout)
+                    .await
+                    .context("bare TEST after 41 to TEST 2")?;
                 Ok(Answer { reply: bare, revision: (bare == Reply::Ok).then_some(Revision::One) })
             }
             _ => Ok(Answer { reply, revision: None }),

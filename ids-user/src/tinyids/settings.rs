@@ -215,7 +215,12 @@ pub fn validate_servers(raw: &[RawServer]) -> Result<Vec<ServerEntry>, String> {
         if server.port == 0 {
             return Err(format!("{at}: port must be 1-65535"));
         }
-        let tls = server.tls.as_ref().map(|tls| validate_client_tls(tls, TlsOrigin::Config)).transpose().map_err(|e| format!("{at}: {e}"))?;
+        let tls = server
+            .tls
+            .as_ref()
+            .map(|tls| validate_client_tls(tls, TlsOrigin::Config))
+            .transpose()
+            .map_err(|e| format!("{at}: {e}"))?;
         out.push(ServerEntry { name: server.name.clone(), host: server.host.clone(), port: server.port, enabled: server.enabled, tls });
     }
     Ok(out)
