@@ -21,8 +21,13 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    // The sensor's three keys default to the embedded default's values, so that a file for a host
+    // that only runs `ids serve` (or `ids client`) needs none of them.
+    #[serde(default = "default_watch")]
     watch: Vec<PathBuf>,
+    #[serde(default = "default_events_log")]
     events_log: String,
+    #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default = "default_max_watched_inodes")]
     max_watched_inodes: u32,
@@ -165,6 +170,21 @@ enum RawCommand {
 /// Seconds a `command` collector waits for each command unless `timeout` says otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT_S: u64 = 10;
 
+/// `watch`, `events_log` and `state_dir` when a file leaves them out: what the embedded default
+/// (`ids config default`) sets (a test keeps the two equal).
+pub const DEFAULT_WATCH: [&str; 5] = ["/etc", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/root/.ssh"];
+pub const DEFAULT_EVENTS_LOG: &str = "-";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ids";
+
+fn default_watch() -> Vec<PathBuf> {
+    DEFAULT_WATCH.iter().map(PathBuf::from).collect()
+}
+fn default_events_log() -> String {
+    DEFAULT_EVENTS_LOG.into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
 fn default_max_watched_inodes() -> u32 {
     262_144
 }
@@ -504,9 +524,26 @@ mod tests {
     }
 
     #[test]
-    fn missing_key_is_named() {
-        let err = Config::parse("watch = []\nstate_dir = \"/x\"", "t").unwrap_err().to_string();
-        assert!(err.contains("events_log"), "{err}");
+    fn sensor_keys_left_out_take_the_embedded_defaults() {
+        let embedded = Config::load(None).unwrap();
+        let config = Config::parse("[serve]\nlisten = \"127.0.0.1:10500\"\n", "server-only.toml").unwrap();
+        assert_eq!(config.watch, embedded.watch);
+        assert_eq!(config.events_log, embedded.events_log);
+        assert_eq!(config.state_dir, embedded.state_dir);
+        assert_eq!(config.state_dir, Path::new("/var/lib/ids"));
+        assert_eq!(Config::parse("", "empty.toml").unwrap().watch, embedded.watch);
+    }
+
+    #[test]
+    fn sensor_keys_given_are_still_checked() {
+        let err = Config::parse("events_log = \"\"\n", "t").unwrap_err().to_string();
+        assert!(err.contains("events_log") && err.contains("empty"), "{err}");
+        let err = Config::parse("state_dir = \"var/lib/ids\"\n", "t").unwrap_err().to_string();
+        assert!(err.contains("state_dir") && err.contains("not an absolute path"), "{err}");
+        let err = Config::parse("watch = \"/etc\"\n", "t").unwrap_err().to_string();
+        assert!(err.contains("watch"), "{err}");
+        let err = Config::parse("state_dir = 3\n", "t").unwrap_err().to_string();
+        assert!(err.contains("state_dir") && err.contains("line 1"), "{err}");
     }
 
     const BASE: &str = "watch = []\nevents_log = \"-\"\nstate_dir = \"/x\"\n";

@@ -28,6 +28,8 @@ struct Server {
     db: PathBuf,
     audit: PathBuf,
     config: PathBuf,
+    /// Whether listen address, database and audit log are given as flags (else the file has them).
+    flags: bool,
 }
 
 impl Server {
@@ -40,17 +42,29 @@ impl Server {
         let audit = dir.join("audit.jsonl");
         let config = dir.join("serve.toml");
         std::fs::write(&config, format!("{}[serve]\n{serve_table}\n", base_config(dir))).unwrap();
-        let mut server = Self { child: None, port, db, audit, config };
+        let mut server = Self { child: None, port, db, audit, config, flags: true };
+        server.spawn();
+        server
+    }
+
+    /// `ids serve --config FILE` alone, with `config` (which must give listen, db and audit_log).
+    fn start_with_file(dir: &Path, port: u16, config: &str) -> Self {
+        let path = dir.join("serve-only.toml");
+        std::fs::write(&path, config).unwrap();
+        let (db, audit) = (dir.join("records.db"), dir.join("audit.jsonl"));
+        let mut server = Self { child: None, port, db, audit, config: path, flags: false };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(ids_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--db"])
-            .arg(&self.db)
-            .arg("--audit-log")
-            .arg(&self.audit)
+        let mut command = Command::new(ids_bin());
+        command.arg("serve");
+        if self.flags {
+            command.args(["--listen", &format!("127.0.0.1:{}", self.port), "--db"]).arg(&self.db);
+            command.arg("--audit-log").arg(&self.audit);
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -281,6 +295,206 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
     assert_eq!(raw(at, b"TEST 2\r\n"), b"20 OK\r\n");
     assert_eq!(raw(at, b"TEST 1\r\n"), b"40 INVALID CLIENT\r\n");
     assert_eq!(raw(at, b"test 2\n"), b"20 OK\r\n");
+}
+
+/// A configuration for a host that only runs `ids serve`: the `[serve]` table and nothing of
+/// the sensor (`watch`, `events_log`, `state_dir` take their defaults).
+#[test]
+fn server_only_configuration_needs_no_sensor_keys() {
+    let dir = Scratch::new("/tmp", "tinyids-serve-only");
+    let port = free_port();
+    let config = format!(
+        "[serve]\nlisten = \"127.0.0.1:{port}\"\ndb = {:?}\naudit_log = {:?}\n",
+        dir.0.join("records.db").display().to_string(),
+        dir.0.join("audit.jsonl").display().to_string()
+    );
+    let server = Server::start_with_file(&dir.0, port, &config);
+    let check = Command::new(ids_bin()).args(["config", "check", "--config"]).arg(&server.config).output().unwrap();
+    assert!(check.status.success(), "ids config check refused the server-only file: {}", text(&check.stderr));
+    // The server listens where the file says, keeps records where it says, audits where it says.
+    assert_eq!(raw(server.address(), b"UPDATE h1 pw\r\n"), b"20 OK\r\n");
+    let at = server.address().to_string();
+    let config_arg = server.config.to_str().unwrap().to_string();
+    let (code, results) = client_json(&["check", "--hash", "h1", "--server", &at, "--config", &config_arg], None);
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+    assert_eq!(server.records()[0]["hash"], "h1");
+    server.wait_audit(|r| r["command"] == "CHECK" && r["code"] == 20);
+    // The sensor's keys are still checked when they are given.
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, format!("state_dir = \"relative/state\"\n{config}")).unwrap();
+    let out = Command::new(ids_bin()).args(["serve", "--config"]).arg(&bad).stderr(Stdio::piped()).output().unwrap();
+    assert!(!out.status.success(), "ids serve accepted a relative state_dir");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("state_dir") && stderr.contains("not an absolute path"), "{stderr}");
+}
+
+/// A loopback peer that answers as a TinyIDS 0.1.6 server does (`TinyIDS/server.py`,
+/// `TinyIDSCommandHandler`): it reads one line (`readline(8192)`, stripped), splits it on
+/// whitespace, and answers `41 INVALID COMMAND` to an unknown command or to a wrong argument
+/// count, which TEST's is with any argument (`'TEST': (_com_TEST, 0)`); records are keyed by the
+/// client's IP address, passphrases compared as sent. One reply line with CRLF, then it closes.
+/// It keeps every request line it received.
+struct Tinyids016Peer {
+    address: SocketAddr,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tinyids016Peer {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // client IP -> (hash, passphrase)
+                let mut records: std::collections::HashMap<String, (String, String)> = Default::default();
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let client = stream.peer_addr().unwrap().ip().to_string();
+                    let mut line = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while line.len() < 8192 && !line.ends_with(b"\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => line.push(byte[0]),
+                            _ => break,
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    received.lock().unwrap().push(line.clone());
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let command = words.first().map(|w| w.to_uppercase()).unwrap_or_default();
+                    let args = &words[words.len().min(1)..];
+                    let reply = match (command.as_str(), args) {
+                        ("TEST", []) => "20 OK",
+                        ("CHECK", [hash]) => match records.get(&client) {
+                            None => "31 NOT FOUND",
+                            Some((stored, _)) if stored == hash => "20 OK",
+                            Some(_) => "30 MISMATCH",
+                        },
+                        ("UPDATE", [hash, passphrase]) => match records.get(&client) {
+                            Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
+                            _ => {
+                                records.insert(client.clone(), (hash.to_string(), passphrase.to_string()));
+                                "20 OK"
+                            }
+                        },
+                        ("DELETE", [passphrase]) => match records.get(&client) {
+                            None => "31 NOT FOUND",
+                            Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
+                            Some(_) => {
+                                records.remove(&client);
+                                "20 OK"
+                            }
+                        },
+                        ("CHANGEPHRASE", [old, new]) => match records.get_mut(&client) {
+                            None => "31 NOT FOUND",
+                            Some((_, stored)) if stored != old => "42 INVALID PASSPHRASE",
+                            Some((_, stored)) => {
+                                *stored = new.to_string();
+                                "20 OK"
+                            }
+                        },
+                        _ => "41 INVALID COMMAND",
+                    };
+                    let _ = stream.write_all(format!("{reply}\r\n").as_bytes());
+                }
+            })
+        };
+        Self { address, received, stop, thread: Some(thread) }
+    }
+
+    /// The request lines received since the last call.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.received.lock().unwrap())
+    }
+}
+
+impl Drop for Tinyids016Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `ids client test` against a TinyIDS 0.1.6 server: `TEST 2` is answered 41, so the client asks
+/// a bare `TEST` and reports the older revision; the other commands work as with revision 2.
+#[test]
+fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
+    let dir = Scratch::new("/tmp", "tinyids-016");
+    let ours = Server::start(&dir.0, "");
+    let peer = Tinyids016Peer::start();
+    let (ours_at, peer_at) = (ours.address().to_string(), peer.address.to_string());
+    assert_eq!(raw(peer.address, b"TEST 2\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers TEST 2 as 0.1.6 does");
+    peer.take();
+
+    let (code, results) = client_json(&["test", "--server", &ours_at, "--server", &peer_at], None);
+    assert_eq!(code, 0, "{results:?}");
+    assert_eq!((results[0]["code"].as_u64(), results[0]["revision"].as_u64()), (Some(20), Some(2)), "{results:?}");
+    assert_eq!((results[1]["code"].as_u64(), results[1]["revision"].as_u64()), (Some(20), Some(1)), "{results:?}");
+    assert_eq!(peer.take(), ["TEST 2\r\n", "TEST\r\n"], "one connection per command, TEST 2 then a bare TEST");
+    let out = client(&["test", "--server", &peer_at], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("0.1.6"), "{line}");
+    peer.take();
+
+    // CHECK, UPDATE, CHANGEPHRASE and DELETE are sent as revision 2 sends them, one line each.
+    let s = ["--server", peer_at.as_str()];
+    let run = |args: &[&str], pass: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&s);
+        let (code, results) = client_json(&all, pass);
+        (code, results[0]["code"].as_u64())
+    };
+    let (sha_a, sha_b) = ("a".repeat(64), "b".repeat(64));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (3, Some(31)));
+    assert_eq!(run(&["update", "--hash", &sha_a], Some("s3cret")), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_b], None), (3, Some(30)));
+    assert_eq!(run(&["update", "--hash", &sha_b], Some("guess")), (4, Some(42)));
+    let out = client(&["changephrase", "--server", &peer_at, "--new-passphrase-arg", "n3w", "--json"], Some("s3cret"));
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(run(&["delete"], Some("n3w")), (0, Some(20)));
+    assert_eq!(run(&["check", "--hash", &sha_a], None), (3, Some(31)));
+    assert_eq!(
+        peer.take(),
+        [
+            format!("CHECK {sha_a}\r\n"),
+            format!("UPDATE {sha_a} s3cret\r\n"),
+            format!("CHECK {sha_a}\r\n"),
+            format!("CHECK {sha_b}\r\n"),
+            format!("UPDATE {sha_b} guess\r\n"),
+            "CHANGEPHRASE s3cret n3w\r\n".to_string(),
+            "DELETE n3w\r\n".to_string(),
+            format!("CHECK {sha_a}\r\n"),
+        ]
+    );
+    // A server that refuses the bare TEST too is reported with that refusal, no revision.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_at = refusing.local_addr().unwrap().to_string();
+    let answerer = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = refusing.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            stream.write_all(b"41 INVALID COMMAND\r\n").unwrap();
+        }
+    });
+    let (code, results) = client_json(&["test", "--server", &refusing_at], None);
+    answerer.join().unwrap();
+    assert_eq!((code, results[0]["code"].as_u64()), (4, Some(41)), "{results:?}");
+    assert!(results[0].get("revision").is_none(), "{results:?}");
 }
 
 #[test]
@@ -680,6 +894,100 @@ fn mtls_identifies_clients_by_certificate_and_refuses_clients_without_one() {
     assert_eq!(records[0]["client"], format!("cert:{}", pki.client_fingerprint));
     assert_eq!(records[0]["hash"], "m1");
     assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["client"] == format!("cert:{}", pki.client_fingerprint).as_str()));
+}
+
+/// `ids client --server` with the `--tls-*` flags: the TLS of a `[servers.tls]` table for a
+/// one-off server, and errors naming the flag for bad input, with nothing sent.
+#[test]
+fn server_flag_speaks_tls_with_a_ca_or_a_pinned_fingerprint() {
+    let dir = Scratch::new("/tmp", "tinyids-flag-tls");
+    let pki = pki(&dir.0);
+    let server = Server::start(&dir.0, &serve_tls(&pki, false));
+    let at = server.address().to_string();
+    let (ca, other_ca) = (pki.ca.to_str().unwrap(), pki.other_ca.to_str().unwrap());
+    let tls = |args: &[&str], extra: &[&str], pass: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--server", &at]);
+        all.extend_from_slice(extra);
+        client_json(&all, pass)
+    };
+    let (code, results) = tls(&["test"], &["--tls-ca", ca], None);
+    assert_eq!((code, results[0]["revision"].as_u64()), (0, Some(2)), "{results:?}");
+    let (code, results) = tls(&["update", "--hash", "flag1"], &["--tls-ca", ca, "--tls-server-name", "localhost"], Some("pw"));
+    assert_eq!(code, 0, "{results:?}");
+    let pin = &pki.server_fingerprint;
+    let pairs: Vec<String> = pin.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect();
+    let colons = pairs.join(":");
+    for fingerprint in [pin.as_str(), colons.as_str()] {
+        let (code, results) = tls(&["check", "--hash", "flag1"], &["--tls-fingerprint", fingerprint], None);
+        assert_eq!(code, 0, "pinned {fingerprint}: {results:?}");
+    }
+    // Wrong CA, wrong pin, wrong name: the handshake fails before anything is sent.
+    let wrong_pin = "ab".repeat(32);
+    let wrong_name = ["--tls-ca", ca, "--tls-server-name", "elsewhere"];
+    for extra in [&["--tls-ca", other_ca][..], &["--tls-fingerprint", &wrong_pin], &wrong_name] {
+        let (code, results) = tls(&["update", "--hash", "evil"], extra, Some("pw"));
+        assert_eq!(code, 5, "{extra:?}: {results:?}");
+        let error = results[0]["error"].as_str().unwrap();
+        assert!(error.contains("TLS handshake") && error.contains("certificate"), "{extra:?}: {error}");
+    }
+    // Bad input: exit 1, an error naming the flag, nothing sent.
+    let missing = dir.0.join("no-such-ca.pem");
+    let missing = missing.to_str().unwrap();
+    let not_pem = dir.0.join("not-pem.txt");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--tls-ca", missing], &["--tls-ca", missing, "No such file"]),
+        (&["--tls-ca", not_pem.to_str().unwrap()], &["--tls-ca", "no PEM certificate"]),
+        (&["--tls-fingerprint", "xyz"], &["--tls-fingerprint", "\"xyz\"", "64 hex digits"]),
+        (&["--tls-fingerprint", &"zz".repeat(32)], &["--tls-fingerprint", "not a hex digit"]),
+        (&["--tls-server-name", "localhost"], &["--tls-ca or --tls-fingerprint"]),
+        (&["--tls-ca", ca, "--tls-client-cert", pki.client_cert.to_str().unwrap()], &["--tls-client-cert and --tls-client-key"]),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["update", "--hash", "evil", "--server", &at];
+        args.extend_from_slice(extra);
+        let out = client(&args, Some("pw"));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{extra:?}: the error does not say {part:?}: {stderr}");
+        }
+    }
+    let out = client(&["check", "--hash", "flag1", "--tls-ca", ca], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--tls-ca: only with --server"), "{}", text(&out.stderr));
+    let records = server.records();
+    assert_eq!((records.as_array().unwrap().len(), records[0]["hash"].as_str()), (1, Some("flag1")), "{records}");
+    assert!(server.audit().iter().all(|r| r["transport"] == "tls"));
+}
+
+#[test]
+fn server_flag_presents_a_client_certificate_for_mtls() {
+    let dir = Scratch::new("/tmp", "tinyids-flag-mtls");
+    let pki = pki(&dir.0);
+    let server = Server::start(&dir.0, &serve_tls(&pki, true));
+    let at = server.address().to_string();
+    let (ca, cert, key) = (pki.ca.to_str().unwrap(), pki.client_cert.to_str().unwrap(), pki.client_key.to_str().unwrap());
+    let with_cert = ["--server", at.as_str(), "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", key];
+    let (code, results) = client_json(&[&["update", "--hash", "m1"][..], &with_cert].concat(), Some("pw"));
+    assert_eq!(code, 0, "{results:?}");
+    let (code, results) = client_json(&[&["check", "--hash", "m1"][..], &with_cert].concat(), None);
+    assert_eq!(code, 0, "{results:?}");
+    let (code, results) = client_json(&["update", "--hash", "m2", "--server", &at, "--tls-ca", ca], Some("pw"));
+    assert_eq!(code, 5, "a client without a certificate was served: {results:?}");
+    let missing_key = dir.0.join("no-such.key");
+    let missing_key = missing_key.to_str().unwrap();
+    let args = ["update", "--hash", "m3", "--server", &at, "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", missing_key];
+    let out = client(&args, Some("pw"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--tls-client-key") && stderr.contains(missing_key), "{stderr}");
+    let records = server.records();
+    assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
+    let identity = format!("cert:{}", pki.client_fingerprint);
+    assert_eq!((records[0]["client"].as_str(), records[0]["hash"].as_str()), (Some(identity.as_str()), Some("m1")));
+    assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["command"] == "CHECK" && r["code"] == 20));
 }
 
 /// The running sensor CHECKs its aggregate with the configured server and alerts on MISMATCH,

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::client::{self, Outcome};
+use super::client::{self, Outcome, Revision};
 use super::codec::{Request, valid_token};
-use super::settings::{AuditLog, ServerEntry};
+use super::settings::{AuditLog, RawClientTls, ServerEntry, TlsOrigin};
 use crate::config::Config;
 
 /// Longest passphrase accepted (the request line is at most 8192 bytes).
@@ -53,10 +53,13 @@ pub struct PassphraseArgs {
 pub struct ClientArgs {
     #[command(subcommand)]
     command: ClientCommand,
-    /// Talk to this plain-TCP server (HOST:PORT) instead of the configured [[servers]].
+    /// Talk to this server (HOST:PORT) instead of the configured [[servers]]: plain TCP, or TLS 1.3
+    /// with --tls-ca and/or --tls-fingerprint.
     #[arg(long, global = true)]
     server: Vec<String>,
-    /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "error"}]}.
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+    /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "revision" (TEST), "error"}]}.
     #[arg(long, global = true)]
     json: bool,
     /// Configuration file ([[servers]], [[collectors]]); the embedded default when absent.
@@ -69,9 +72,95 @@ pub struct ClientArgs {
     passphrase: PassphraseArgs,
 }
 
+/// TLS for the `--server` servers: the settings of a `[servers.tls]` table, as flags.
+#[derive(Debug, Args)]
+pub struct ServerTlsArgs {
+    /// With --server: TLS 1.3, the server's chain and name verified against this PEM CA file.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// With --server: TLS 1.3, the server certificate pinned by the SHA-256 of its DER (64 hex digits, colons allowed).
+    #[arg(long, global = true, value_name = "HEX")]
+    tls_fingerprint: Option<String>,
+    /// With --server and TLS: client certificate chain (PEM) for a server that requires one (mTLS).
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_client_cert: Option<PathBuf>,
+    /// With --server and TLS: the key of --tls-client-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_client_key: Option<PathBuf>,
+    /// With --server and TLS: the name the server certificate must carry (the HOST of --server by default).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl ServerTlsArgs {
+    /// The names of the flags given.
+    fn given(&self) -> Vec<String> {
+        let given = [
+            ("ca", self.tls_ca.is_some()),
+            ("fingerprint", self.tls_fingerprint.is_some()),
+            ("client_cert", self.tls_client_cert.is_some()),
+            ("client_key", self.tls_client_key.is_some()),
+            ("server_name", self.tls_server_name.is_some()),
+        ];
+        given.into_iter().filter(|(_, is_given)| *is_given).map(|(key, _)| TlsOrigin::CommandLine.setting(key)).collect()
+    }
+
+    /// The flags given, as a `[servers.tls]` table; `None` when none is.
+    fn raw(&self) -> Option<RawClientTls> {
+        let raw = RawClientTls {
+            ca: self.tls_ca.clone(),
+            fingerprint: self.tls_fingerprint.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        (!self.given().is_empty()).then_some(raw)
+    }
+}
+
+/// The servers of `ids client`: the `--server` ones (with the `--tls-*` settings, validated as a
+/// `[servers.tls]` table is), or the configured `[[servers]]`.
+fn chosen_servers(args: &ClientArgs, config: &Config) -> anyhow::Result<Vec<ServerEntry>> {
+    let tls = args.tls.raw();
+    if args.server.is_empty() {
+        if tls.is_some() {
+            anyhow::bail!(
+                "{}: only with --server (a [[servers]] entry has its TLS settings in [servers.tls])",
+                args.tls.given().join(", ")
+            );
+        }
+        return Ok(config.servers.clone());
+    }
+    let tls = tls
+        .map(|raw| super::settings::validate_client_tls(&raw, TlsOrigin::CommandLine))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    args.server
+        .iter()
+        .map(|address| {
+            let entry = ServerEntry::from_address(address).map_err(|e| anyhow::anyhow!("--server {e}"))?;
+            Ok(ServerEntry { tls: tls.clone(), ..entry })
+        })
+        .collect()
+}
+
+/// The text line of one outcome: server, address, reply (and the revision a TEST showed).
+fn outcome_line(outcome: &Outcome) -> String {
+    let head = format!("{:<16} {:<24}", outcome.server, outcome.address);
+    match (&outcome.result, outcome.revision) {
+        (Ok(reply), None) => format!("{head} {}", reply.text()),
+        (Ok(reply), Some(Revision::Two)) => format!("{head} {} (revision 2)", reply.text()),
+        (Ok(reply), Some(Revision::One)) => {
+            let why = "as TinyIDS 0.1.6: TEST 2 refused with 41, a bare TEST accepted";
+            format!("{head} {} (older revision 1, {why})", reply.text())
+        }
+        (Err(error), _) => format!("{head} unreachable: {error}"),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// TEST 2: is the server there and does it speak revision 2?
+    /// TEST 2: is the server there and does it speak revision 2? (41: a bare TEST, as TinyIDS 0.1.6 takes it.)
     Test,
     /// CHECK the aggregate hash of the configured collectors.
     Check {
@@ -198,11 +287,7 @@ fn aggregate(config: &Config, given: Option<String>) -> anyhow::Result<String> {
 
 pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let servers: Vec<ServerEntry> = if args.server.is_empty() {
-        config.servers.clone()
-    } else {
-        args.server.iter().map(|s| ServerEntry::from_address(s).map_err(|e| anyhow::anyhow!("--server {e}"))).collect::<Result<_, _>>()?
-    };
+    let servers = chosen_servers(&args, &config)?;
     let targets = client::targets(&servers)?;
     if targets.is_empty() {
         anyhow::bail!("no enabled server: give --server HOST:PORT or [[servers]] in the configuration");
@@ -229,10 +314,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"command": request.command(), "results": results}))?);
     } else {
         for outcome in &outcomes {
-            match &outcome.result {
-                Ok(reply) => println!("{:<16} {:<24} {}", outcome.server, outcome.address, reply.text()),
-                Err(error) => println!("{:<16} {:<24} unreachable: {error}", outcome.server, outcome.address),
-            }
+            println!("{}", outcome_line(outcome));
         }
     }
     let worst = outcomes.iter().map(Outcome::severity).max().unwrap_or(0);

@@ -1,5 +1,9 @@
 //! The TinyIDS client side: sends one request to one server (plain TCP or TLS 1.3) and reads the
 //! one-line reply; [`send_all`] asks every given server at once.
+//!
+//! `TEST 2` answered `41 INVALID COMMAND` is asked again as a bare `TEST` on a new connection: a
+//! TinyIDS 0.1.6 server knows TEST only without an argument and refuses any other argument count
+//! with 41. Its other commands are those of revision 2, sent the same way.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +18,40 @@ use super::settings::ServerEntry;
 /// Longest reply line read from a server.
 const MAX_REPLY: usize = 1024;
 
+/// The protocol revision a server showed by the TEST it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revision {
+    /// `TEST 2` was answered `20 OK`.
+    Two,
+    /// `TEST 2` was answered `41` and a bare `TEST` `20 OK`: the revision before 2, spoken by
+    /// TinyIDS 0.1.6.
+    One,
+}
+
+impl Revision {
+    pub fn number(self) -> u8 {
+        match self {
+            Revision::Two => 2,
+            Revision::One => 1,
+        }
+    }
+}
+
+/// A server's reply, with the revision it showed when the request was a TEST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub reply: Reply,
+    pub revision: Option<Revision>,
+}
+
 /// What one server answered, or why it could not answer.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub server: String,
     pub address: String,
     pub result: Result<Reply, String>,
+    /// Known after a TEST answered `20 OK` (to `TEST 2` or to the bare `TEST` tried after a 41).
+    pub revision: Option<Revision>,
 }
 
 impl Outcome {
@@ -35,18 +67,25 @@ impl Outcome {
         }
     }
 
-    /// `{"server", "address", "ok", "code", "reply", "result"}` or, on failure,
+    /// `{"server", "address", "ok", "code", "reply", "result"}` (a TEST answered 20 adds
+    /// `"revision"`: 2, or 1 for a server that took only a bare `TEST`) or, on failure,
     /// `{"server", "address", "ok": false, "result": "unreachable", "error"}`.
     pub fn to_json(&self) -> serde_json::Value {
         match &self.result {
-            Ok(reply) => serde_json::json!({
-                "server": self.server,
-                "address": self.address,
-                "ok": *reply == Reply::Ok,
-                "code": reply.code(),
-                "reply": reply.text(),
-                "result": reply.name(),
-            }),
+            Ok(reply) => {
+                let mut json = serde_json::json!({
+                    "server": self.server,
+                    "address": self.address,
+                    "ok": *reply == Reply::Ok,
+                    "code": reply.code(),
+                    "reply": reply.text(),
+                    "result": reply.name(),
+                });
+                if let (Some(revision), Some(json)) = (self.revision, json.as_object_mut()) {
+                    json.insert("revision".into(), revision.number().into());
+                }
+                json
+            }
             Err(error) => serde_json::json!({
                 "server": self.server,
                 "address": self.address,
@@ -76,6 +115,26 @@ impl Target {
             None => None,
         };
         Ok(Self { entry, tls })
+    }
+
+    /// Sends `request`; a `TEST 2` answered 41 is sent again as a bare `TEST` (what a TinyIDS
+    /// 0.1.6 server knows), and the answer to a TEST says which revision the server showed.
+    pub async fn ask(&self, request: &Request, timeout: Duration) -> anyhow::Result<Answer> {
+        let reply = self.send(request, timeout).await?;
+        let Request::Test { revision: Some(_) } = request else {
+            return Ok(Answer { reply, revision: None });
+        };
+        match reply {
+            Reply::Ok => Ok(Answer { reply, revision: Some(Revision::Two) }),
+            Reply::InvalidCommand => {
+                let bare = self
+                    .send(&Request::Test { revision: None }, timeout)
+                    .await
+                    .context("bare TEST after 41 to TEST 2")?;
+                Ok(Answer { reply: bare, revision: (bare == Reply::Ok).then_some(Revision::One) })
+            }
+            _ => Ok(Answer { reply, revision: None }),
+        }
     }
 
     /// Sends `request` and returns the reply; connecting, the handshake and the exchange each
@@ -138,17 +197,17 @@ pub async fn send_all(targets: &[Target], request: &Request, timeout: Duration) 
         .map(|target| {
             let target = target.clone();
             let request = request.clone();
-            tokio::spawn(async move { target.send(&request, timeout).await })
+            tokio::spawn(async move { target.ask(&request, timeout).await })
         })
         .collect();
     let mut outcomes = Vec::with_capacity(targets.len());
     for (target, task) in targets.iter().zip(tasks) {
-        let result = match task.await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(e) => Err(format!("internal error: {e}")),
+        let (result, revision) = match task.await {
+            Ok(Ok(answer)) => (Ok(answer.reply), answer.revision),
+            Ok(Err(e)) => (Err(format!("{e:#}")), None),
+            Err(e) => (Err(format!("internal error: {e}")), None),
         };
-        outcomes.push(Outcome { server: target.entry.name.clone(), address: target.entry.address(), result });
+        outcomes.push(Outcome { server: target.entry.name.clone(), address: target.entry.address(), result, revision });
     }
     outcomes
 }
@@ -179,6 +238,75 @@ mod tests {
             line
         });
         (address, task)
+    }
+
+    /// A loopback server that answers one connection after another with the next of `replies`,
+    /// then stops listening; it returns the request lines in order.
+    async fn answering_each(replies: Vec<&'static [u8]>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            for reply in replies {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                match super::super::codec::read_line(&mut stream, 8192, Duration::from_secs(5)).await.unwrap() {
+                    super::super::codec::ReadOutcome::Line(line) => lines.push(String::from_utf8(line).unwrap()),
+                    other => panic!("no request line: {other:?}"),
+                }
+                stream.write_all(reply).await.unwrap();
+            }
+            lines
+        });
+        (address, task)
+    }
+
+    fn test_2() -> Request {
+        Request::Test { revision: Some(super::super::REVISION.into()) }
+    }
+
+    #[tokio::test]
+    async fn test_2_refused_with_41_is_asked_again_as_a_bare_test() {
+        let (address, server) = answering_each(vec![b"41 INVALID COMMAND\r\n", b"20 OK\r\n"]).await;
+        let answer = target(address).ask(&test_2(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, Answer { reply: Reply::Ok, revision: Some(Revision::One) });
+        assert_eq!(server.await.unwrap(), ["TEST 2\r\n", "TEST\r\n"]);
+    }
+
+    #[tokio::test]
+    async fn test_2_accepted_is_revision_2_in_one_connection() {
+        let (address, server) = answering_each(vec![b"20 OK\r\n"]).await;
+        let answer = target(address).ask(&test_2(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, Answer { reply: Reply::Ok, revision: Some(Revision::Two) });
+        assert_eq!(server.await.unwrap(), ["TEST 2\r\n"]);
+    }
+
+    #[tokio::test]
+    async fn bare_test_refused_too_gives_its_reply_and_no_revision() {
+        let (address, server) = answering_each(vec![b"41 INVALID COMMAND\r\n", b"41 INVALID COMMAND\r\n"]).await;
+        let answer = target(address).ask(&test_2(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, Answer { reply: Reply::InvalidCommand, revision: None });
+        assert_eq!(server.await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_refusals_and_other_commands_are_not_retried() {
+        // The server stops listening after one connection: a retry would fail to connect.
+        let (address, server) = answering_each(vec![b"40 INVALID CLIENT\r\n"]).await;
+        let answer = target(address).ask(&test_2(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, Answer { reply: Reply::InvalidClient, revision: None });
+        assert_eq!(server.await.unwrap(), ["TEST 2\r\n"]);
+        let (address, server) = answering_each(vec![b"41 INVALID COMMAND\r\n"]).await;
+        let answer = target(address).ask(&Request::Check { hash: "ab".into() }, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, Answer { reply: Reply::InvalidCommand, revision: None });
+        assert_eq!(server.await.unwrap(), ["CHECK ab\r\n"]);
+    }
+
+    #[test]
+    fn test_results_carry_the_revision_in_json() {
+        let outcome = |revision| Outcome { server: "s".into(), address: "a".into(), result: Ok(Reply::Ok), revision };
+        assert_eq!(outcome(Some(Revision::One)).to_json()["revision"], 1);
+        assert_eq!(outcome(Some(Revision::Two)).to_json()["revision"], 2);
+        assert!(outcome(None).to_json().get("revision").is_none());
     }
 
     fn target(address: std::net::SocketAddr) -> Target {

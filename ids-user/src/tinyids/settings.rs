@@ -83,6 +83,75 @@ pub struct ClientTls {
     pub client_key: Option<PathBuf>,
     /// The name the certificate must carry; the host by default.
     pub server_name: Option<String>,
+    /// Where the settings were given, so that errors name them as the user wrote them.
+    pub origin: TlsOrigin,
+}
+
+/// Where a server's TLS settings come from: a `[servers.tls]` table or the `--tls-*` flags of
+/// `ids client --server`. Both are validated by [`validate_client_tls`] and set up by
+/// `super::tls::client_config`; only the names in errors differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOrigin {
+    Config,
+    CommandLine,
+}
+
+impl TlsOrigin {
+    /// The name of setting `key` (`ca`, `fingerprint`, `client_cert`, `client_key`,
+    /// `server_name`): `tls.ca` in a configuration file, `--tls-ca` on the command line.
+    pub fn setting(self, key: &str) -> String {
+        match self {
+            TlsOrigin::Config => format!("tls.{key}"),
+            TlsOrigin::CommandLine => format!("--tls-{}", key.replace('_', "-")),
+        }
+    }
+}
+
+impl ClientTls {
+    /// The name of one of these settings as the user gave it (see [`TlsOrigin::setting`]).
+    pub fn setting(&self, key: &str) -> String {
+        self.origin.setting(key)
+    }
+}
+
+/// Validates the TLS settings of one server, from a `[servers.tls]` table or from the command
+/// line; the error names the setting as `origin` spells it. Files are read when the connection
+/// is set up (`super::tls::client_config`), whose errors name the setting too.
+pub fn validate_client_tls(raw: &RawClientTls, origin: TlsOrigin) -> Result<ClientTls, String> {
+    let fingerprint = raw
+        .fingerprint
+        .as_deref()
+        .map(parse_fingerprint)
+        .transpose()
+        .map_err(|e| format!("{}: {e}", origin.setting("fingerprint")))?;
+    if raw.ca.is_none() && fingerprint.is_none() {
+        return Err(format!(
+            "TLS needs {} or {} to authenticate the server",
+            origin.setting("ca"),
+            origin.setting("fingerprint")
+        ));
+    }
+    if raw.client_cert.is_some() != raw.client_key.is_some() {
+        return Err(format!("{} and {} go together", origin.setting("client_cert"), origin.setting("client_key")));
+    }
+    for (key, path) in [("ca", &raw.ca), ("client_cert", &raw.client_cert), ("client_key", &raw.client_key)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(format!("{}: empty path", origin.setting(key)));
+        }
+    }
+    if let Some(name) = &raw.server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(format!("{}: {name:?} is not a DNS name or IP address", origin.setting("server_name")));
+        }
+    }
+    Ok(ClientTls {
+        ca: raw.ca.clone(),
+        fingerprint,
+        client_cert: raw.client_cert.clone(),
+        client_key: raw.client_key.clone(),
+        server_name: raw.server_name.clone(),
+        origin,
+    })
 }
 
 impl ServerEntry {
@@ -118,13 +187,13 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
 /// Parses a SHA-256 fingerprint: 64 hex digits, optionally in colon-separated pairs.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
     let digits: String = text.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 {
-        return Err(format!("fingerprint {text:?} is not 64 hex digits (SHA-256 of the certificate's DER)"));
+    if !digits.is_ascii() || digits.len() != 64 {
+        return Err(format!("{text:?} is not 64 hex digits (the SHA-256 of the server certificate's DER)"));
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("fingerprint {text:?} has a character that is not hex"))?;
+            .map_err(|_| format!("{text:?} has a character that is not a hex digit"))?;
     }
     Ok(out)
 }
@@ -146,25 +215,12 @@ pub fn validate_servers(raw: &[RawServer]) -> Result<Vec<ServerEntry>, String> {
         if server.port == 0 {
             return Err(format!("{at}: port must be 1-65535"));
         }
-        let tls = match &server.tls {
-            None => None,
-            Some(tls) => {
-                let fingerprint = tls.fingerprint.as_deref().map(parse_fingerprint).transpose().map_err(|e| format!("{at}: tls.{e}"))?;
-                if tls.ca.is_none() && fingerprint.is_none() {
-                    return Err(format!("{at}: tls needs `ca` or `fingerprint` to authenticate the server"));
-                }
-                if tls.client_cert.is_some() != tls.client_key.is_some() {
-                    return Err(format!("{at}: tls.client_cert and tls.client_key go together"));
-                }
-                Some(ClientTls {
-                    ca: tls.ca.clone(),
-                    fingerprint,
-                    client_cert: tls.client_cert.clone(),
-                    client_key: tls.client_key.clone(),
-                    server_name: tls.server_name.clone(),
-                })
-            }
-        };
+        let tls = server
+            .tls
+            .as_ref()
+            .map(|tls| validate_client_tls(tls, TlsOrigin::Config))
+            .transpose()
+            .map_err(|e| format!("{at}: {e}"))?;
         out.push(ServerEntry { name: server.name.clone(), host: server.host.clone(), port: server.port, enabled: server.enabled, tls });
     }
     Ok(out)
@@ -297,7 +353,33 @@ mod tests {
             enabled: true,
             tls: Some(RawClientTls { ca: None, fingerprint: None, client_cert: None, client_key: None, server_name: None }),
         };
-        assert!(validate_servers(&[raw]).unwrap_err().contains("needs `ca` or `fingerprint`"));
+        assert!(validate_servers(&[raw]).unwrap_err().contains("needs tls.ca or tls.fingerprint"));
+    }
+
+    fn raw_tls() -> RawClientTls {
+        RawClientTls { ca: None, fingerprint: None, client_cert: None, client_key: None, server_name: None }
+    }
+
+    #[test]
+    fn command_line_tls_errors_name_the_flags() {
+        let error = validate_client_tls(&raw_tls(), TlsOrigin::CommandLine).unwrap_err();
+        assert!(error.contains("--tls-ca or --tls-fingerprint"), "{error}");
+        let bad = RawClientTls { fingerprint: Some("12:34".into()), ..raw_tls() };
+        let error = validate_client_tls(&bad, TlsOrigin::CommandLine).unwrap_err();
+        assert!(error.starts_with("--tls-fingerprint: ") && error.contains("\"12:34\""), "{error}");
+        let bad = RawClientTls { fingerprint: Some("é".repeat(32)), ..raw_tls() };
+        assert!(validate_client_tls(&bad, TlsOrigin::CommandLine).unwrap_err().starts_with("--tls-fingerprint: "));
+        let half = RawClientTls { ca: Some("/ca.pem".into()), client_cert: Some("/c.pem".into()), ..raw_tls() };
+        let error = validate_client_tls(&half, TlsOrigin::CommandLine).unwrap_err();
+        assert!(error.contains("--tls-client-cert and --tls-client-key"), "{error}");
+        let bad = RawClientTls { ca: Some("/ca.pem".into()), server_name: Some("not a name".into()), ..raw_tls() };
+        assert!(validate_client_tls(&bad, TlsOrigin::CommandLine).unwrap_err().starts_with("--tls-server-name: "));
+        let good = RawClientTls { ca: Some("/ca.pem".into()), fingerprint: Some("ab".repeat(32)), ..raw_tls() };
+        let tls = validate_client_tls(&good, TlsOrigin::CommandLine).unwrap();
+        assert_eq!((tls.fingerprint, tls.origin), (Some([0xab; 32]), TlsOrigin::CommandLine));
+        // The same settings in a configuration file are named as its keys.
+        let error = validate_client_tls(&half, TlsOrigin::Config).unwrap_err();
+        assert!(error.contains("tls.client_cert and tls.client_key"), "{error}");
     }
 
     #[test]

@@ -79,9 +79,12 @@ pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig
         .context("TLS 1.3 with the ring provider")?;
     let webpki = match &tls.ca {
         Some(ca) => Some(
-            rustls::client::WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, provider())
-                .build()
-                .with_context(|| format!("server CA {}", ca.display()))?,
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                load_roots(ca).with_context(|| tls.setting("ca"))?,
+                provider(),
+            )
+            .build()
+            .with_context(|| format!("{} {}", tls.setting("ca"), ca.display()))?,
         ),
         None => None,
     };
@@ -90,12 +93,18 @@ pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier { fingerprint, webpki, provider: provider() })),
         (None, Some(webpki)) => builder.with_webpki_verifier(webpki),
-        (None, None) => anyhow::bail!("TLS needs a CA or a fingerprint to authenticate the server"),
+        (None, None) => {
+            anyhow::bail!("TLS needs {} or {} to authenticate the server", tls.setting("ca"), tls.setting("fingerprint"))
+        }
     };
     let mut config = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .with_context(|| format!("client certificate {} with key {}", cert.display(), key.display()))?,
+        (Some(cert), Some(key)) => {
+            let certs = load_certs(cert).with_context(|| tls.setting("client_cert"))?;
+            let key_der = load_key(key).with_context(|| tls.setting("client_key"))?;
+            builder.with_client_auth_cert(certs, key_der).with_context(|| {
+                format!("{} {} with {} {}", tls.setting("client_cert"), cert.display(), tls.setting("client_key"), key.display())
+            })?
+        }
         _ => builder.with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::disabled();
@@ -104,8 +113,11 @@ pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig
 
 /// The name to verify and send as SNI: `server_name` if set, else the host.
 pub fn server_name(tls: &ClientTls, host: &str) -> anyhow::Result<ServerName<'static>> {
-    let name = tls.server_name.as_deref().unwrap_or(host);
-    ServerName::try_from(name.to_string()).with_context(|| format!("{name:?} is not a DNS name or IP address"))
+    let (name, setting) = match &tls.server_name {
+        Some(name) => (name.as_str(), tls.setting("server_name")),
+        None => (host, "host".to_string()),
+    };
+    ServerName::try_from(name.to_string()).with_context(|| format!("{setting}: {name:?} is not a DNS name or IP address"))
 }
 
 /// Accepts the server certificate whose SHA-256 is the pinned one (compared in constant time);
