@@ -23,7 +23,7 @@ use crate::control::{self, Request};
 /// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
 const REQUEST_BYTES: usize = 60 * 1024;
 
-/// The first net of each part of a bulk ban: `bulk:TOKEN:PART:PARTS`.
+/// The first net of each part of a bulk ban: `bulk:TOKEN:PART:PARTS[:summary]`.
 pub const BULK_MARKER: &str = "bulk:";
 
 fn error(message: impl std::fmt::Display) -> Value {
@@ -163,13 +163,12 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
             }
             return Ok(response);
         }
-        match response {
-            Value::Object(mut fields) => match fields.remove("data") {
+        if let Value::Object(mut fields) = response {
+            match fields.remove("data") {
                 Some(Value::Array(items)) => data.extend(items),
                 Some(other) => data.push(other),
                 None => {}
-            },
-            _ => {}
+            }
         }
     }
     let mut out = json!({"ok": true, "data": data});

@@ -382,7 +382,8 @@ impl Bans {
             }
             self.bulk = Some(Bulk { token: token.to_string(), parts: 0, requests: Vec::new() });
         }
-        let Some(mut bulk) = self.bulk.take().filter(|b| b.token == token) else {
+        // A part of another bulk leaves the one under way alone.
+        let Some(mut bulk) = self.bulk.take_if(|b| b.token == token) else {
             return Err(invalid(format!("part {part} of {parts} of a bulk ban not under way (another replaced it?); nothing was banned")));
         };
         if part != bulk.parts + 1 || part > parts || bulk.requests.len() + requests.len() > BULK_MAX {
