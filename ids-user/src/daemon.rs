@@ -133,7 +133,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     warn!(%addr, error = %e, "ban request of a log detector refused");
                 }
             }
-            _ = rescan.tick() => sensor.attach_new_interfaces(),
+            _ = rescan.tick() => {
+                sensor.attach_new_interfaces();
+                // `[xdp] trust_local`: addresses added to or removed from this host since.
+                if let Err(e) = bans.refresh_local_addresses() {
+                    warn!(error = %e, "updating this host's trusted addresses");
+                }
+            }
             Some(request) = ban_rx.recv() => {
                 let net = request.net;
                 if let Err(e) = bans.ban(request) {

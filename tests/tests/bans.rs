@@ -466,3 +466,81 @@ fn bad_ban_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let mut stderr = String::new();
     let _ = daemon.stop().as_bytes().read_to_string(&mut stderr);
 }
+
+#[test]
+fn a_bulk_ban_refused_part_way_through_the_daemon_changes_nothing_and_names_the_line() {
+    let net = Net::new("k");
+    let setup = Setup::new("bulk", &net.host_if, "", "");
+    let daemon = setup.start();
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let before = setup.ok(&["ban", BAD4, "--for", "1h", "--reason", "before the list"]);
+    let expires = before["data"][0]["expires"].clone();
+    // 20,000 addresses (several control requests), GOOD4 early, BAD4 again, and on the last line
+    // the host's own address, which `[xdp] trust_local` trusts.
+    let list = setup.config.with_file_name("bulk.txt");
+    let mut text = format!("# bulk\n{GOOD4}\n");
+    for i in 0..20_000u32 {
+        text += &format!("198.18.{}.{}\n", i >> 8, i & 0xff);
+    }
+    text += &format!("{BAD4}\n{HOST4}  # this host\n");
+    fs::write(&list, &text).unwrap();
+    let last_line = text.lines().count();
+    let (success, refused) = setup.ids(&["ban", "--file", list.to_str().unwrap(), "--for", "2h", "--reason", "bulk"]);
+    assert!(!success && refused["ok"] == false, "a list with a trusted address was accepted: {refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains(&format!("line {last_line}:")) && error.contains("trusted"), "error does not name line {last_line}: {error}");
+    let bans = setup.bans();
+    assert_eq!(bans.len(), 1, "the refused list left bans behind: {} bans", bans.len());
+    assert_eq!(bans[0]["expires"], expires, "the refused list extended the earlier ban");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} of the refused list dropped");
+    // Without the trusted line the list applies whole; the human output counts it.
+    fs::write(&list, text.replace(&format!("{HOST4}  # this host\n"), "")).unwrap();
+    let out = Command::new(ids_bin())
+        .args(["ban", "--file", list.to_str().unwrap(), "--for", "2h", "--reason", "bulk", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("banned 20002 (1 already banned)"), "{stdout}");
+    assert_eq!(setup.bans().len(), 20_002);
+    assert!(!net.tcp_passes(GOOD4, tcp_to), "{GOOD4} of the applied list passes");
+    daemon.stop();
+}
+
+#[test]
+fn an_address_added_to_this_host_while_the_daemon_runs_is_trusted_until_removed() {
+    let net = Net::new("l");
+    let setup = Setup::new("local", &net.host_if, "", "");
+    // The namespace sends from TRUSTED4 while the host has it too: the host must take such
+    // datagrams (accept_local) for them to reach the socket once XDP lets them through.
+    sh("sysctl", &["-q", "-w", &format!("net.ipv4.conf.{}.accept_local=1", net.host_if)]);
+    let daemon = setup.start();
+    let udp = UdpSocket::bind((HOST4.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    // A prefix ban around TRUSTED4 (allowed: it is not an address of this host yet).
+    let prefix = "10.232.0.4/30";
+    setup.ok(&["ban", prefix, "--reason", "around the address"]);
+    assert!(!net.udp_passes(TRUSTED4, &udp), "{TRUSTED4} passes inside the banned {prefix}");
+    let local = format!("{TRUSTED4}/32");
+    sh("ip", &["addr", "add", &local, "dev", &net.host_if]);
+    // The daemon rescans every 2 s.
+    wait_until("the new address trusted", Duration::from_secs(6), || {
+        let (success, json) = setup.ids(&["ban", TRUSTED4, "--reason", "own address"]);
+        assert!(success || json["error"].as_str().unwrap_or("").contains("trusted"), "{json}");
+        if success {
+            // Not seen yet: lift the ban again, so that only the prefix ban remains.
+            setup.ok(&["unban", TRUSTED4]);
+        }
+        !success
+    });
+    assert!(net.udp_passes(TRUSTED4, &udp), "{TRUSTED4}, now an address of this host, dropped by the prefix ban");
+    sh("ip", &["addr", "del", &local, "dev", &net.host_if]);
+    wait_until("the removed address no longer trusted", Duration::from_secs(6), || {
+        let (success, json) = setup.ids(&["ban", TRUSTED4, "--reason", "no longer ours"]);
+        assert!(success || json["error"].as_str().unwrap_or("").contains("trusted"), "{json}");
+        success
+    });
+    assert!(!net.udp_passes(TRUSTED4, &udp), "{TRUSTED4}, no longer an address of this host, passes its ban");
+    assert!(net.udp_passes(GOOD4, &udp), "{GOOD4} dropped");
+    daemon.stop();
+}

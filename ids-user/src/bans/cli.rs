@@ -3,6 +3,13 @@
 //!
 //! Every answer is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`; `--json` prints
 //! it as is (plus `"daemon": false` when no daemon answered), otherwise a table is printed.
+//!
+//! A ban list too long for one control request (64 KiB) is sent as a bulk ban in parts: the first
+//! net of each part is a marker `bulk:TOKEN:PART:PARTS[:summary]` ([`BULK_MARKER`]); the daemon
+//! checks each part as it comes and applies the whole list with the last one ([`Bans::ban_part`]),
+//! so a refusal anywhere leaves everything as it was. With `:summary` (the CLI without `--json`,
+//! which prints counts only) the last answer's `data` is `[{"banned": N, "new": M}]` instead of
+//! one row per net.
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,11 +20,26 @@ use super::{BanDuration, BanError, BanNet, BanRequest, Bans, parse_duration};
 use crate::config::Config;
 use crate::control::{self, Request};
 
-/// Nets per control request of a bulk ban (a request line is at most 64 KiB).
-const CHUNK: usize = 500;
+/// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
+const REQUEST_BYTES: usize = 60 * 1024;
+
+/// The first net of each part of a bulk ban: `bulk:TOKEN:PART:PARTS[:summary]`.
+pub const BULK_MARKER: &str = "bulk:";
 
 fn error(message: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": message.to_string()})
+}
+
+/// Why a request was refused; `index`: which net of the request (of the bulk, for a part of one).
+struct Refusal {
+    message: String,
+    index: Option<usize>,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self { message, index: None }
+    }
 }
 
 fn duration_of(text: Option<&str>) -> Result<BanDuration, String> {
@@ -34,17 +56,56 @@ fn parse_nets(nets: &[String]) -> Result<Vec<BanNet>, BanError> {
     nets.iter().map(|n| BanNet::parse(n).map_err(BanError::from)).collect()
 }
 
+/// A bulk marker: `TOKEN:PART:PARTS`, and whether it ends in `:summary`.
+fn parse_bulk_marker(marker: &str) -> Result<((&str, usize, usize), bool), String> {
+    let bad = || format!("bulk ban marker {marker:?}: expected TOKEN:PART:PARTS[:summary]");
+    let (marker, summary) = match marker.strip_suffix(":summary") {
+        Some(marker) => (marker, true),
+        None => (marker, false),
+    };
+    let mut fields = marker.rsplitn(3, ':');
+    let parts = fields.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
+    let part = fields.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
+    let token = fields.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+    if part == 0 || part > parts {
+        return Err(bad());
+    }
+    Ok(((token, part, parts), summary))
+}
+
 /// Answers one ban-related request with `bans` (in the daemon or offline).
 pub fn answer(bans: &mut Bans, request: &Request) -> Value {
-    let result: Result<Value, String> = (|| match request {
+    let result: Result<Value, Refusal> = (|| match request {
         Request::Ban { nets, duration, reason, force } => {
             let duration = duration_of(duration.as_deref())?;
-            let nets = parse_nets(nets).map_err(|e| e.to_string())?;
-            let requests = nets
-                .into_iter()
-                .map(|net| BanRequest { net, reason: reason.clone(), source: "manual".into(), duration, force: *force })
-                .collect();
-            let outcomes = bans.ban_all(requests).map_err(|e| e.to_string())?;
+            let ((bulk, summary), nets) = match nets.first().and_then(|n| n.strip_prefix(BULK_MARKER)) {
+                Some(marker) => {
+                    let (bulk, summary) = parse_bulk_marker(marker)?;
+                    ((Some(bulk), summary), &nets[1..])
+                }
+                None => ((None, false), &nets[..]),
+            };
+            let mut requests = Vec::with_capacity(nets.len());
+            for (index, net) in nets.iter().enumerate() {
+                let net = BanNet::parse(net).map_err(|e| Refusal { message: e.to_string(), index: bulk.is_none().then_some(index) })?;
+                requests.push(BanRequest { net, reason: reason.clone(), source: "manual".into(), duration, force: *force });
+            }
+            let outcomes = match bulk {
+                None => {
+                    bans.check_all(&requests).map_err(|(index, e)| Refusal { message: e.to_string(), index: Some(index) })?;
+                    bans.ban_all(requests).map_err(|e| e.to_string())?
+                }
+                Some((token, part, parts)) => match bans.ban_part(token, part, parts, requests) {
+                    Ok(Some(outcomes)) => outcomes,
+                    // Checked and kept; applied with the last part.
+                    Ok(None) => return Ok(json!([])),
+                    Err((index, e)) => return Err(Refusal { message: e.to_string(), index }),
+                },
+            };
+            if summary {
+                let new = outcomes.iter().filter(|o| o.created).count();
+                return Ok(json!([{"banned": outcomes.len(), "new": new}]));
+            }
             Ok(serde_json::to_value(outcomes).map_err(|e| e.to_string())?)
         }
         Request::Unban { nets } => {
@@ -66,11 +127,12 @@ pub fn answer(bans: &mut Bans, request: &Request) -> Value {
                     .collect(),
             ))
         }
-        other => Err(format!("not a ban request: {other:?}")),
+        other => Err(format!("not a ban request: {other:?}").into()),
     })();
     match result {
         Ok(data) => json!({"ok": true, "data": data}),
-        Err(message) => error(message),
+        Err(Refusal { message, index: None }) => error(message),
+        Err(Refusal { message, index: Some(index) }) => json!({"ok": false, "error": message, "index": index}),
     }
 }
 
@@ -101,10 +163,12 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
             }
             return Ok(response);
         }
-        match response.get("data") {
-            Some(Value::Array(items)) => data.extend(items.iter().cloned()),
-            Some(other) => data.push(other.clone()),
-            None => {}
+        if let Value::Object(mut fields) = response {
+            match fields.remove("data") {
+                Some(Value::Array(items)) => data.extend(items),
+                Some(other) => data.push(other),
+                None => {}
+            }
         }
     }
     let mut out = json!({"ok": true, "data": data});
@@ -144,7 +208,8 @@ fn until(expires: &Value) -> String {
 }
 
 /// Reads a ban list: one address or prefix per line; blank lines and `#` comments are skipped.
-fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
+/// Returns each entry with where it came from (`FILE: line N`).
+fn read_list(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading ban list {}", path.display()))?;
     let mut nets = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -152,10 +217,60 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
         if entry.is_empty() {
             continue;
         }
-        BanNet::parse(entry).map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), number + 1))?;
-        nets.push(entry.to_string());
+        let origin = format!("{}: line {}", path.display(), number + 1);
+        BanNet::parse(entry).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        nets.push((entry.to_string(), origin));
     }
     Ok(nets)
+}
+
+/// Splits `nets` into control requests of at most [`REQUEST_BYTES`]: one plain request when they
+/// fit, otherwise the parts of a bulk ban (see the module doc).
+fn ban_requests(
+    nets: Vec<String>,
+    duration: Option<String>,
+    reason: String,
+    force: bool,
+    summary: bool,
+) -> Result<Vec<Request>, String> {
+    let request = |nets: Vec<String>| Request::Ban { nets, duration: duration.clone(), reason: reason.clone(), force };
+    let size = |nets: &[String]| nets.iter().map(|n| n.len() + 3).sum::<usize>();
+    let empty = serde_json::to_vec(&request(Vec::new())).map_err(|e| e.to_string())?.len();
+    if empty + size(&nets) <= REQUEST_BYTES {
+        return Ok(vec![request(nets)]);
+    }
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+    );
+    // Room for the marker with the longest part numbers.
+    let budget = REQUEST_BYTES.saturating_sub(empty + BULK_MARKER.len() + token.len() + 2 * 20 + 8);
+    if budget < 64 {
+        return Err(format!("reason of {} bytes: too long for a bulk ban", reason.len()));
+    }
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut used = budget;
+    for net in nets {
+        if used + net.len() + 3 > budget {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += net.len() + 3;
+        chunks.last_mut().expect("a chunk was pushed").push(net);
+    }
+    let parts = chunks.len();
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut nets = Vec::with_capacity(chunk.len() + 1);
+            let suffix = if summary { ":summary" } else { "" };
+            nets.push(format!("{BULK_MARKER}{token}:{}:{parts}{suffix}", i + 1));
+            nets.extend(chunk);
+            request(nets)
+        })
+        .collect())
 }
 
 pub struct BanArgs {
@@ -167,39 +282,46 @@ pub struct BanArgs {
 }
 
 pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let mut origins: Vec<String> = Vec::new();
     let prepared = (|| -> Result<Vec<Request>, String> {
-        let mut nets = args.nets;
+        let mut nets = Vec::with_capacity(args.nets.len());
+        for (i, net) in args.nets.into_iter().enumerate() {
+            // Refuse bad input before anything is sent or stored.
+            BanNet::parse(&net).map_err(|e| e.to_string())?;
+            nets.push(net);
+            origins.push(format!("argument {}", i + 1));
+        }
         if let Some(file) = &args.file {
-            nets.extend(read_list(file).map_err(|e| format!("{e:#}"))?);
+            for (net, origin) in read_list(file).map_err(|e| format!("{e:#}"))? {
+                nets.push(net);
+                origins.push(origin);
+            }
         }
         if nets.is_empty() {
             return Err("nothing to ban: give ADDR[/PREFIX] or --file".into());
         }
-        // Refuse bad input before anything is sent or stored.
-        parse_nets(&nets).map_err(|e| e.to_string())?;
         duration_of(args.duration.as_deref())?;
         let reason = args.reason.unwrap_or_else(|| "manual ban".into());
         if reason.trim().is_empty() {
             return Err("reason \"\": empty".into());
         }
-        Ok(nets
-            .chunks(CHUNK)
-            .map(|chunk| Request::Ban {
-                nets: chunk.to_vec(),
-                duration: args.duration.clone(),
-                reason: reason.clone(),
-                force: args.force,
-            })
-            .collect())
+        ban_requests(nets, args.duration, reason, args.force, !json)
     })();
-    let response = match prepared {
+    let mut response = match prepared {
         Ok(requests) => exchange(config, requests)?,
         Err(message) => error(message),
     };
+    // A refusal names the entry: its line in the list, or its place among the arguments.
+    if let Some(origin) = response.get("index").and_then(Value::as_u64).and_then(|i| origins.get(i as usize)) {
+        let message = format!("{origin}: {}; nothing was banned", response["error"].as_str().unwrap_or("refused"));
+        response["error"] = message.into();
+    }
     print(&response, json, |r| {
         let items = r["data"].as_array().cloned().unwrap_or_default();
         let mut out = String::new();
-        if items.len() > 10 {
+        if let (Some(banned), Some(new)) = (items.first().and_then(|i| i["banned"].as_u64()), items.first().and_then(|i| i["new"].as_u64())) {
+            out += &format!("banned {banned} ({} already banned)\n", banned - new);
+        } else if items.len() > 10 {
             let new = items.iter().filter(|i| i["created"] == true).count();
             out += &format!("banned {} ({} already banned)\n", new, items.len() - new);
         } else {
@@ -328,6 +450,61 @@ mod tests {
     }
 
     #[test]
+    fn bulk_ban_refused_in_its_last_part_bans_nothing_and_names_the_entry() {
+        let mut bans = bans();
+        let nets: Vec<String> = (0..20_000).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).chain(["127.0.0.9".into()]).collect();
+        let requests = ban_requests(nets, None, "bulk test".into(), false, false).unwrap();
+        assert!(requests.len() > 2, "20,001 nets fit in {} requests", requests.len());
+        let mut last = Value::Null;
+        for request in &requests {
+            assert!(serde_json::to_vec(request).unwrap().len() < 64 * 1024);
+            last = answer(&mut bans, request);
+            if last["ok"] != true {
+                break;
+            }
+            assert_eq!(last["data"], json!([]), "a part before the last applied something: {last}");
+        }
+        assert_eq!(last["ok"], false, "{last}");
+        assert_eq!(last["index"], 20_000, "{last}");
+        assert!(last["error"].as_str().unwrap().contains("127.0.0.9"), "{last}");
+        assert!(bans.list().unwrap().is_empty(), "a refused bulk ban left bans behind");
+    }
+
+    #[test]
+    fn bulk_ban_applies_whole_with_its_last_part() {
+        let mut bans = bans();
+        let nets: Vec<String> = (0..10_000).map(|i| format!("10.{}.{}.2", i / 256, i % 256)).collect();
+        let requests = ban_requests(nets.clone(), Some("1h".into()), "bulk test".into(), false, true).unwrap();
+        assert!(requests.len() > 1);
+        let answers: Vec<Value> = requests.iter().map(|r| answer(&mut bans, r)).collect();
+        assert_eq!(answers.last().unwrap()["data"], json!([{"banned": 10_000, "new": 10_000}]));
+        assert_eq!(bans.list().unwrap().len(), 10_000);
+        // Again, without the summary: one row per net, none new.
+        let requests = ban_requests(nets, Some("2h".into()), "bulk test".into(), false, false).unwrap();
+        let last = requests.iter().map(|r| answer(&mut bans, r)).last().unwrap();
+        assert_eq!(last["data"].as_array().unwrap().len(), 10_000);
+        assert_eq!(last["data"][0]["created"], false);
+    }
+
+    #[test]
+    fn bulk_ban_parts_out_of_order_or_replaced_are_refused() {
+        let mut bans = bans();
+        let nets: Vec<String> = (0..10_000).map(|i| format!("10.{}.{}.3", i / 256, i % 256)).collect();
+        let first = ban_requests(nets.clone(), None, "a".into(), false, true).unwrap();
+        let second = ban_requests(nets, None, "b".into(), false, true).unwrap();
+        assert_eq!(answer(&mut bans, &first[0])["ok"], true);
+        let skipped = answer(&mut bans, &first[2]);
+        assert!(skipped["error"].as_str().unwrap().contains("part 3"), "{skipped}");
+        assert_eq!(answer(&mut bans, &first[0])["ok"], true);
+        assert_eq!(answer(&mut bans, &second[0])["ok"], true);
+        let replaced = answer(&mut bans, &first[1]);
+        assert!(replaced["error"].as_str().unwrap().contains("not under way"), "{replaced}");
+        let bad = answer(&mut bans, &ban(&["bulk:x:2:1", "10.0.0.1"], None, "test"));
+        assert!(bad["error"].as_str().unwrap().contains("marker"), "{bad}");
+        assert!(bans.list().unwrap().is_empty());
+    }
+
+    #[test]
     fn answers_are_ok_and_data_or_an_error() {
         let mut bans = bans();
         let banned = answer(&mut bans, &ban(&["10.0.0.1", "fd00::/64"], Some("10m"), "test"));
@@ -341,6 +518,7 @@ mod tests {
         assert_eq!(listed["data"][0]["packets"], 0);
         let refused = answer(&mut bans, &ban(&["10.0.0.2", "127.0.0.1"], None, "test"));
         assert_eq!(refused["ok"], false);
+        assert_eq!(refused["index"], 1, "{refused}");
         assert!(refused["error"].as_str().unwrap().contains("trusted"), "{refused}");
         let refused = answer(&mut bans, &ban(&["10.0.0.2"], Some("-1h"), "test"));
         assert!(refused["error"].as_str().unwrap().contains("negative"), "{refused}");

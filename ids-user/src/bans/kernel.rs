@@ -8,6 +8,7 @@
 //! with `BPF_LINK_UPDATE`, an atomic swap: no packet meets an interface without the filter.
 use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
@@ -38,6 +39,53 @@ pub struct BanMaps {
     hits: PerCpuHashMap<MapData, BanId, BanHits>,
     trusted_v4: LpmTrie<MapData, [u8; 4], u32>,
     trusted_v6: LpmTrie<MapData, [u8; 16], u32>,
+    /// Descriptors of `v4` and `v6` for batch updates (aya 0.14 has none).
+    v4_fd: OwnedFd,
+    v6_fd: OwnedFd,
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
+
+/// Puts `keys[i]` → `ids[i]` into the hash map `map` with `BPF_MAP_UPDATE_BATCH`, a few thousand
+/// per system call instead of one; returns how many entries the kernel took before any error.
+fn update_batch<K: Copy>(map: &OwnedFd, keys: &[K], ids: &[BanId]) -> (usize, Option<std::io::Error>) {
+    let mut done = 0;
+    for (keys, ids) in keys.chunks(8192).zip(ids.chunks(8192)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: ids.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` points at `count` keys and values that live through the call; the
+        // kernel writes back only `attr.count`.
+        let result = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, std::mem::size_of::<BatchAttr>() as u32)
+        };
+        if result < 0 {
+            let error = std::io::Error::last_os_error();
+            return (done + (attr.count as usize).min(keys.len()), Some(error));
+        }
+        done += keys.len();
+    }
+    (done, None)
 }
 
 fn v4(net: &BanNet) -> [u8; 4] {
@@ -59,9 +107,19 @@ impl BanMaps {
     /// Takes the maps out of the loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"));
+        let fd_of = |map: &aya::maps::Map, name: &str| match map {
+            aya::maps::Map::HashMap(data) => {
+                data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating the descriptor of {name}"))
+            }
+            _ => Err(anyhow!("map {name} is not a hash map")),
+        };
+        let (v4, v6) = (take("BAN_V4")?, take("BAN_V6")?);
+        let (v4_fd, v6_fd) = (fd_of(&v4, "BAN_V4")?, fd_of(&v6, "BAN_V6")?);
         Ok(Self {
-            v4: HashMap::try_from(take("BAN_V4")?)?,
-            v6: HashMap::try_from(take("BAN_V6")?)?,
+            v4_fd,
+            v6_fd,
+            v4: HashMap::try_from(v4)?,
+            v6: HashMap::try_from(v6)?,
             net_v4: LpmTrie::try_from(take("BAN_NET_V4")?)?,
             net_v6: LpmTrie::try_from(take("BAN_NET_V6")?)?,
             hits: PerCpuHashMap::try_from(take("BAN_HITS")?)?,
@@ -80,6 +138,37 @@ impl BanMaps {
             (false, false) => self.net_v6.insert(&Key::new(len, v6(net)), id, 0),
         };
         result.with_context(|| format!("adding the ban of {net} to the kernel map"))
+    }
+
+    /// Enforces every `(net, id)`: single addresses in batches, prefixes one by one. On an error
+    /// some entries may have been inserted.
+    pub fn insert_all(&mut self, entries: &[(BanNet, BanId)]) -> anyhow::Result<()> {
+        let (mut keys4, mut ids4, mut keys6, mut ids6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (net, id) in entries {
+            match (net.is_ipv4(), net.is_single()) {
+                (true, true) => {
+                    keys4.push(v4(net));
+                    ids4.push(*id);
+                }
+                (false, true) => {
+                    keys6.push(v6(net));
+                    ids6.push(*id);
+                }
+                _ => self.insert(net, *id)?,
+            }
+        }
+        let (done4, failed4) = update_batch(&self.v4_fd, &keys4, &ids4);
+        let (done6, failed6) = update_batch(&self.v6_fd, &keys6, &ids6);
+        if failed4.is_some() || failed6.is_some() {
+            // One by one from where the batch stopped: the error then names the net (a full map,
+            // or a kernel without batch updates, which the slow path serves).
+            let rest4 = keys4[done4..].iter().zip(&ids4[done4..]).map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
+            let rest6 = keys6[done6..].iter().zip(&ids6[done6..]).map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
+            for (net, id) in rest4.chain(rest6) {
+                self.insert(&net, id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops enforcing the ban on `net`; a net not in the maps is not an error.

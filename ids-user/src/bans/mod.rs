@@ -104,12 +104,31 @@ pub struct Reconciled {
 pub struct Bans {
     store: Store,
     kernel: Option<BanMaps>,
+    /// `configured` plus, with `[xdp] trust_local`, the host's addresses as last read.
     trusted: Vec<BanNet>,
+    /// The `[xdp] trusted` entries.
+    configured: Vec<BanNet>,
+    /// With `[xdp] trust_local`: the host's addresses as last read (sorted); `None` without it.
+    local: Option<Vec<std::net::IpAddr>>,
     config: BansConfig,
+    /// The parts received so far of a bulk ban ([`Bans::stage`]).
+    bulk: Option<Bulk>,
     /// The earliest expiry in the store (`None`: none expires), so that [`Bans::expire`] touches
     /// the database only when a ban is due.
     next_expiry: Option<String>,
 }
+
+/// A bulk ban being received in parts: every request checked already, none applied.
+struct Bulk {
+    token: String,
+    /// Parts received so far.
+    parts: usize,
+    requests: Vec<BanRequest>,
+}
+
+/// Most requests one bulk ban may hold (the maps hold at most 2M + 1M single addresses and
+/// 2 × 256k prefixes).
+pub const BULK_MAX: usize = 4 << 20;
 
 /// The addresses of this host's interfaces (`getifaddrs`); empty if the call fails.
 pub fn local_addresses() -> Vec<std::net::IpAddr> {
@@ -164,21 +183,62 @@ impl Bans {
             message: e.to_string(),
         })?;
         let store = Store::open(&config.database())?;
-        let mut trusted = config.xdp.trusted.clone();
+        let mut bans = Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone());
         if config.xdp.trust_local {
-            for addr in local_addresses() {
-                let net = BanNet::from_ipnet(ipnet::IpNet::from(addr));
-                if !trusted.iter().any(|t| net.within(t)) {
-                    trusted.push(net);
-                }
-            }
+            bans.set_local_addresses(local_addresses());
         }
-        Ok(Self::with_store(store, kernel, trusted, config.bans.clone()))
+        Ok(bans)
     }
 
     pub fn with_store(store: Store, kernel: Option<BanMaps>, trusted: Vec<BanNet>, config: BansConfig) -> Self {
         let next_expiry = store.next_ban_expiry().unwrap_or(Some(String::new()));
-        Self { store, kernel, trusted, config, next_expiry }
+        Self { store, kernel, configured: trusted.clone(), trusted, local: None, config, bulk: None, next_expiry }
+    }
+
+    /// Trusts `addresses` (this host's) besides the configured entries, from now on instead of
+    /// the ones given before. Returns whether the set changed; the kernel's trusted maps are
+    /// updated in [`Bans::reconcile`], or here once the maps hold the trusted set.
+    fn set_local_addresses(&mut self, mut addresses: Vec<std::net::IpAddr>) -> bool {
+        addresses.sort();
+        addresses.dedup();
+        if self.local.as_ref() == Some(&addresses) {
+            return false;
+        }
+        let mut trusted = self.configured.clone();
+        for addr in &addresses {
+            let net = BanNet::from_ipnet(ipnet::IpNet::from(*addr));
+            if !trusted.iter().any(|t| net.within(t)) {
+                trusted.push(net);
+            }
+        }
+        self.trusted = trusted;
+        self.local = Some(addresses);
+        true
+    }
+
+    /// With `[xdp] trust_local`: reads this host's addresses again; a new one is trusted from
+    /// now on (never dropped, never banned), a removed one no longer. Cheap when nothing changed
+    /// (one `getifaddrs`), so the daemon calls it with each interface rescan.
+    pub fn refresh_local_addresses(&mut self) -> Result<(), BanError> {
+        if self.local.is_none() {
+            return Ok(());
+        }
+        let before = self.trusted.clone();
+        if !self.set_local_addresses(local_addresses()) {
+            return Ok(());
+        }
+        let added: Vec<String> = self.trusted.iter().filter(|t| !before.contains(t)).map(|t| t.to_string()).collect();
+        let removed: Vec<String> = before.iter().filter(|t| !self.trusted.contains(t)).map(|t| t.to_string()).collect();
+        info!(?added, ?removed, "this host's addresses changed; trusted addresses updated");
+        if let Some(kernel) = &mut self.kernel {
+            kernel.set_trusted(&self.trusted).map_err(BanError::Kernel)?;
+        }
+        Ok(())
+    }
+
+    /// The trusted addresses and prefixes (configured, and this host's with `trust_local`).
+    pub fn trusted(&self) -> &[BanNet] {
+        &self.trusted
     }
 
     pub fn enforcing(&self) -> bool {
@@ -235,7 +295,14 @@ impl Bans {
         Ok(self.ban_all(vec![request])?.remove(0))
     }
 
-    /// Bans every request, in one store transaction; if any request is refused, nothing changes.
+    /// Checks every request; the first refused is returned with its index. Changes nothing.
+    pub fn check_all(&self, requests: &[BanRequest]) -> Result<(), (usize, BanError)> {
+        requests.iter().enumerate().try_for_each(|(index, request)| self.check(request).map_err(|e| (index, e)))
+    }
+
+    /// Bans every request, in one store transaction, then in the kernel maps; if any request is
+    /// refused, or the kernel does not take one, nothing changes (the store's transaction is
+    /// rolled back, the maps lose what this call added).
     pub fn ban_all(&mut self, requests: Vec<BanRequest>) -> Result<Vec<BanOutcome>, BanError> {
         let mut rows = Vec::with_capacity(requests.len());
         for request in &requests {
@@ -247,7 +314,23 @@ impl Bans {
             .zip(&rows)
             .map(|(r, (net, expires))| NewBan { net, reason: &r.reason, source: &r.source, expires: expires.clone() })
             .collect();
-        let stored = self.store.add_bans(&new)?;
+        let kernel = &mut self.kernel;
+        let stored = self.store.add_bans_then(&new, |stored| {
+            let Some(kernel) = kernel else { return Ok(()) };
+            let entries: Vec<(BanNet, u32)> = requests.iter().zip(stored).map(|(r, (row, _))| (r.net, kernel_id(row))).collect();
+            kernel.insert_all(&entries).map_err(|e| {
+                // Keep store and maps equal: undo what this call added (a net banned before keeps
+                // its entry, which has the same id).
+                for ((net, id), (_, created)) in entries.iter().zip(stored) {
+                    if *created {
+                        if let Err(e) = kernel.remove(net, *id) {
+                            warn!(%net, error = format!("{e:#}"), "undoing a ban in the kernel map");
+                        }
+                    }
+                }
+                BanError::Kernel(e)
+            })
+        })?;
         for (row, _) in &stored {
             if let Some(expires) = &row.expires {
                 if self.next_expiry.as_ref().is_none_or(|next| expires < next) {
@@ -255,17 +338,12 @@ impl Bans {
                 }
             }
         }
+        if requests.len() > 1 {
+            let new = stored.iter().filter(|(_, created)| *created).count();
+            info!(bans = stored.len(), new, "banned in bulk");
+        }
         let mut outcomes = Vec::with_capacity(stored.len());
         for (request, (row, created)) in requests.iter().zip(stored) {
-            if let Some(kernel) = &mut self.kernel {
-                if let Err(e) = kernel.insert(&request.net, kernel_id(&row)) {
-                    // Keep store and map equal: a ban the kernel could not take is not recorded.
-                    if created {
-                        let _ = self.store.remove_ban(&row.net);
-                    }
-                    return Err(BanError::Kernel(e));
-                }
-            }
             if created && request.source != "manual" {
                 let alert = AlertRow {
                     time: row.created.clone(),
@@ -284,6 +362,45 @@ impl Bans {
             outcomes.push(BanOutcome { ban: row, created });
         }
         Ok(outcomes)
+    }
+
+    /// Receives part `part` (from 1) of the `parts` of bulk ban `token` (a list too long for one
+    /// control request): checks its requests and keeps them; the last part applies them all with
+    /// [`Bans::ban_all`], so the bulk is banned whole or not at all. A refusal (the index counts
+    /// from the bulk's first request) drops the bulk. A new bulk replaces one left unfinished.
+    pub fn ban_part(
+        &mut self,
+        token: &str,
+        part: usize,
+        parts: usize,
+        requests: Vec<BanRequest>,
+    ) -> Result<Option<Vec<BanOutcome>>, (Option<usize>, BanError)> {
+        let invalid = |message: String| (None, BanError::Invalid { what: "bulk ban", value: token.to_string(), message });
+        if part == 1 {
+            if let Some(old) = self.bulk.take() {
+                warn!(token = old.token, parts = old.parts, "an unfinished bulk ban is dropped for a new one");
+            }
+            self.bulk = Some(Bulk { token: token.to_string(), parts: 0, requests: Vec::new() });
+        }
+        // A part of another bulk leaves the one under way alone.
+        let Some(mut bulk) = self.bulk.take_if(|b| b.token == token) else {
+            return Err(invalid(format!("part {part} of {parts} of a bulk ban not under way (another replaced it?); nothing was banned")));
+        };
+        if part != bulk.parts + 1 || part > parts || bulk.requests.len() + requests.len() > BULK_MAX {
+            return Err(invalid(format!(
+                "part {part} of {parts} after {} parts, {} requests (at most {BULK_MAX}); nothing was banned",
+                bulk.parts,
+                bulk.requests.len()
+            )));
+        }
+        self.check_all(&requests).map_err(|(index, e)| (Some(bulk.requests.len() + index), e))?;
+        bulk.parts = part;
+        bulk.requests.extend(requests);
+        if part < parts {
+            self.bulk = Some(bulk);
+            return Ok(None);
+        }
+        self.ban_all(bulk.requests).map(Some).map_err(|e| (None, e))
     }
 
     /// Lifts the ban of `net`; `None` when it was not banned.
@@ -490,6 +607,19 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].net, "10.4.4.4");
         assert_eq!(bans.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn local_addresses_are_trusted_until_they_go() {
+        let mut bans = bans();
+        assert!(bans.set_local_addresses(vec!["192.0.2.10".parse().unwrap(), "127.0.0.1".parse().unwrap()]));
+        assert!(!bans.set_local_addresses(vec!["127.0.0.1".parse().unwrap(), "192.0.2.10".parse().unwrap()]));
+        let err = bans.ban(request("192.0.2.10")).unwrap_err();
+        assert!(matches!(err, BanError::Trusted { .. }), "{err}");
+        assert!(bans.set_local_addresses(vec!["127.0.0.1".parse().unwrap()]));
+        bans.ban(request("192.0.2.10")).unwrap();
+        // The configured entries stay whatever the host's addresses are.
+        assert!(bans.ban(request("10.9.9.9")).is_err());
     }
 
     #[test]

@@ -58,6 +58,16 @@ impl Store {
     /// becomes the later of the two. Returns each row and whether it is new. New bans count
     /// toward their net's offences.
     pub fn add_bans(&mut self, bans: &[NewBan<'_>]) -> Result<Vec<(BanRow, bool)>, StoreError> {
+        self.add_bans_then(bans, |_| Ok::<(), StoreError>(()))
+    }
+
+    /// Like [`Store::add_bans`], but `apply` sees the rows before the commit; if it fails, the
+    /// transaction is rolled back and nothing is recorded.
+    pub fn add_bans_then<E: From<StoreError>>(
+        &mut self,
+        bans: &[NewBan<'_>],
+        apply: impl FnOnce(&[(BanRow, bool)]) -> Result<(), E>,
+    ) -> Result<Vec<(BanRow, bool)>, E> {
         let path = self.path.clone();
         let error = |what| {
             let path = path.clone();
@@ -73,38 +83,53 @@ impl Store {
             let mut extend = tx
                 .prepare("UPDATE bans SET expires = ?2 WHERE id = ?1")
                 .map_err(error("preparing ban update"))?;
+            // A new net takes one statement; only a net banned already is looked up.
             let mut insert = tx
-                .prepare(&format!(
-                    "INSERT INTO bans (net, reason, source, created, expires) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING {COLUMNS}"
-                ))
-                .map_err(error("preparing ban insert"))?;
-            let mut offence = tx
                 .prepare(
-                    "INSERT INTO offenders (net, bans, last) VALUES (?1, 1, ?2)
-                     ON CONFLICT (net) DO UPDATE SET bans = bans + 1, last = excluded.last",
+                    "INSERT INTO bans (net, reason, source, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (net) DO NOTHING",
                 )
-                .map_err(error("preparing offender update"))?;
+                .map_err(error("preparing ban insert"))?;
+            let mut first_new = None;
             for ban in bans {
-                let existing = find.query_row([ban.net], ban_row).optional().map_err(error("looking up a ban"))?;
-                match existing {
-                    Some(mut row) => {
-                        let expires = later(&row.expires, &ban.expires);
-                        if expires != row.expires {
-                            extend.execute(params![row.id, expires]).map_err(error("extending a ban"))?;
-                            row.expires = expires;
-                        }
-                        out.push((row, false));
-                    }
-                    None => {
-                        let row = insert
-                            .query_row(params![ban.net, ban.reason, ban.source, created, ban.expires], ban_row)
-                            .map_err(error("inserting a ban"))?;
-                        offence.execute(params![ban.net, created]).map_err(error("counting an offence"))?;
-                        out.push((row, true));
-                    }
+                let inserted = insert
+                    .execute(params![ban.net, ban.reason, ban.source, created, ban.expires])
+                    .map_err(error("inserting a ban"))?;
+                if inserted == 1 {
+                    let id = tx.last_insert_rowid();
+                    first_new.get_or_insert(id);
+                    let row = BanRow {
+                        id,
+                        net: ban.net.to_string(),
+                        reason: ban.reason.to_string(),
+                        source: ban.source.to_string(),
+                        created: created.clone(),
+                        expires: ban.expires.clone(),
+                        packets: 0,
+                        bytes: 0,
+                    };
+                    out.push((row, true));
+                    continue;
                 }
+                let mut row = find.query_row([ban.net], ban_row).map_err(error("looking up a ban"))?;
+                let expires = later(&row.expires, &ban.expires);
+                if expires != row.expires {
+                    extend.execute(params![row.id, expires]).map_err(error("extending a ban"))?;
+                    row.expires = expires;
+                }
+                out.push((row, false));
+            }
+            // Ids only grow (AUTOINCREMENT): the new rows are those from the first new id on.
+            if let Some(first_new) = first_new {
+                tx.execute(
+                    "INSERT INTO offenders (net, bans, last) SELECT net, 1, ?2 FROM bans WHERE id >= ?1
+                     ON CONFLICT (net) DO UPDATE SET bans = bans + 1, last = excluded.last",
+                    params![first_new, created],
+                )
+                .map_err(error("counting offences"))?;
             }
         }
+        apply(&out)?;
         tx.commit().map_err(error("committing bans"))?;
         Ok(out)
     }
@@ -227,6 +252,23 @@ mod tests {
         assert_eq!(store.add_bans(&[ban("10.0.0.1", None)]).unwrap()[0].0.expires, None);
         assert_eq!(store.bans().unwrap().len(), 1);
         assert_eq!(store.offences("10.0.0.1").unwrap(), 1);
+    }
+
+    #[test]
+    fn bans_are_not_recorded_when_apply_fails() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.add_bans(&[ban("10.0.0.1", None)]).unwrap();
+        let seen = std::cell::Cell::new(0);
+        let failed = store.add_bans_then(&[ban("10.0.0.2", None), ban("10.0.0.1", Some("2030-01-01T00:00:00.000000Z"))], |rows| {
+            seen.set(rows.len());
+            Err(StoreError::Query { path: "test".into(), what: "refusing", source: rusqlite::Error::InvalidQuery })
+        });
+        assert!(failed.is_err());
+        assert_eq!(seen.get(), 2);
+        let bans = store.bans().unwrap();
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        assert_eq!(bans[0].expires, None);
+        assert_eq!(store.offences("10.0.0.2").unwrap(), 0);
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //!   source addresses; [`FRAME_THREADS`] threads share the generator CPU.
 //!
 //! Contenders on the target end, each alone in turn: `ids run` in the target namespace with
-//! `[xdp] interfaces` naming the target end (driver mode; then generic mode, into which it falls
-//! back when the generator end's MTU is too large for native XDP on its peer) and the banned set
+//! `[xdp] interfaces` naming the target end (driver mode; then generic mode, chosen with
+//! `[xdp] mode = "generic"`) and the banned set
 //! installed with `ids ban --file`; nftables; iptables +
 //! ipset; and, as the floor any XDP program sits on, a bare `r0 = XDP_DROP; exit`. The generator
 //! threads are pinned to one CPU, where the veth's receive work runs too, in softirq. For each
@@ -672,8 +672,7 @@ fn send_frames(ifindex: u32, src_mac: [u8; 6], dst_mac: [u8; 6], first: usize, d
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contender {
     Ids,
-    /// `ids` made to fall back to generic mode: the generator end's MTU is raised past what veth
-    /// allows for native XDP on its peer, so the native attach is refused.
+    /// `ids` in generic mode: `[xdp] mode = "generic"` in its config.
     IdsGeneric,
     Nft,
     Ipset,
@@ -724,7 +723,7 @@ const IPSET_NAME: &str = "idsbench";
 
 /// One contender installed on the target end with a banned set.
 enum Installed {
-    Ids { daemon: IdsDaemon, generic: bool },
+    Ids { daemon: IdsDaemon },
     Nft { target_ns: String },
     Ipset { target_ns: String },
     /// The attachment lasts as long as the link descriptor.
@@ -737,15 +736,12 @@ impl Installed {
         let installed = match contender {
             Contender::Ids | Contender::IdsGeneric => {
                 let generic = contender == Contender::IdsGeneric;
-                if generic {
-                    set_gen_mtu(topo, JUMBO_MTU)?;
-                }
-                let daemon = IdsDaemon::start(ids, dir, topo)?;
+                let daemon = IdsDaemon::start(ids, dir, topo, generic)?;
                 let want = if generic { XDP_ATTACHED_SKB } else { XDP_ATTACHED_DRV };
                 let mode = attached_xdp_mode(topo)?;
                 ensure!(mode == Some(want), "ids attached XDP in mode {mode:?} to {}, expected {want}", topo.target_dev);
                 daemon.ban_all(set, dir)?;
-                Self::Ids { daemon, generic }
+                Self::Ids { daemon }
             }
             Contender::Nft => {
                 nft_create(topo)?;
@@ -800,10 +796,9 @@ impl Installed {
 
     fn remove(self, topo: &Topology) -> anyhow::Result<()> {
         match self {
-            Self::Ids { daemon, generic } => {
+            Self::Ids { daemon, .. } => {
                 daemon.stop()?;
-                ensure_no_xdp(topo)?;
-                if generic { set_gen_mtu(topo, 1500) } else { Ok(()) }
+                ensure_no_xdp(topo)
             }
             Self::Nft { target_ns } => run_quiet(ns_command(&target_ns, "nft").args(["delete", "table", "netdev", NFT_TABLE])),
             Self::Ipset { target_ns } => {
@@ -914,8 +909,9 @@ struct IdsDaemon {
 const IDS_PIN_DIR: &str = "/sys/fs/bpf/ids-bench";
 
 impl IdsDaemon {
-    /// `ids` picks the XDP mode itself: driver (native) where the driver has it, as veth does.
-    fn start(ids: &Path, dir: &BenchDir, topo: &Topology) -> anyhow::Result<Self> {
+    /// `ids` picks the XDP mode itself: driver (native) where the driver has it, as veth does;
+    /// `generic`: `[xdp] mode = "generic"`.
+    fn start(ids: &Path, dir: &BenchDir, topo: &Topology, generic: bool) -> anyhow::Result<Self> {
         let state = dir.dir.join("ids-state");
         // A fresh store each time: no bans left from the previous contender run.
         let _ = fs::remove_dir_all(&state);
@@ -926,12 +922,13 @@ impl IdsDaemon {
         let toml_string = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("a string serializes");
         // The port-scan detector is off: the TCP test's SYNs must not get its source banned.
         let text = format!(
-            "watch = [{}]\nevents_log = {}\nstate_dir = {}\n\n[xdp]\ninterfaces = [{}]\npin_dir = {}\nscan_ports = 0\n",
+            "watch = [{}]\nevents_log = {}\nstate_dir = {}\n\n[xdp]\ninterfaces = [{}]\npin_dir = {}\nscan_ports = 0\nmode = {}\n",
             toml_string(&watched),
             toml_string(&dir.dir.join("events.jsonl")),
             toml_string(&state),
             serde_json::to_string(&topo.target_dev).expect("a string serializes"),
             toml_string(&pin_dir),
+            if generic { "\"generic\"" } else { "\"auto\"" },
         );
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.dir.join("ids.log");
@@ -1266,7 +1263,7 @@ fn measure_install_times(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &Our
         times.ipset.push(ipset_restore(topo, dir, &set)?.as_secs_f64());
         run_quiet(topo.target_ns.command("ipset").args(["destroy", IPSET_NAME]))?;
         if ours.available() {
-            let daemon = IdsDaemon::start(ids, dir, topo)?;
+            let daemon = IdsDaemon::start(ids, dir, topo, false)?;
             times.ids.push(daemon.ban_all(&set, dir)?.as_secs_f64());
             daemon.stop()?;
             ensure_no_xdp(topo)?;
@@ -1284,16 +1281,9 @@ fn measure_install_times(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &Our
     Ok(times)
 }
 
-/// Fails when an XDP program is still attached to the target end (a contender left it behind).
-/// An MTU above what veth takes for native XDP on the peer (a page less headroom).
-const JUMBO_MTU: u32 = 9000;
 /// `IFLA_XDP_ATTACHED` values, as `ip -j link` shows them in `xdp.mode`.
 const XDP_ATTACHED_DRV: u64 = 1;
 const XDP_ATTACHED_SKB: u64 = 2;
-
-fn set_gen_mtu(topo: &Topology, mtu: u32) -> anyhow::Result<()> {
-    run_quiet(Command::new("ip").args(["-n", &topo.gen_ns.name, "link", "set", "dev", &topo.gen_dev, "mtu", &mtu.to_string()]))
-}
 
 /// The mode of the XDP program on the target end, if one is attached.
 fn attached_xdp_mode(topo: &Topology) -> anyhow::Result<Option<u64>> {
@@ -1302,6 +1292,7 @@ fn attached_xdp_mode(topo: &Topology) -> anyhow::Result<Option<u64>> {
     Ok(json[0]["xdp"]["mode"].as_u64())
 }
 
+/// Fails when an XDP program is still attached to the target end (a contender left it behind).
 /// The kernel releases a link whose last holder went away shortly after, so this waits up to 2 s.
 fn ensure_no_xdp(topo: &Topology) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -1597,9 +1588,8 @@ impl Report {
              `[xdp] interfaces` = the target end and the set loaded with `ids ban`; an nftables `netdev` ingress \
              chain `ip saddr @set counter drop`; iptables `raw PREROUTING -m set --match-set S src -j DROP` with \
              an ipset `hash:ip`. Set = the generators' banned sources ({FRAME_SOURCES} + 1) plus filler from 10.0.0.0/8. \
-             ids attaches in driver mode on veth; for the generic-mode rows the generator end's MTU is raised to \
-             {JUMBO_MTU}, so veth refuses native XDP on its peer and ids falls back to generic mode (the bench checks \
-             the mode `ip link` reports). The bare `r0 = XDP_DROP` program (driver mode) is the floor of any XDP program."
+             ids attaches in driver mode on veth; for the generic-mode rows its config says `[xdp] mode = \"generic\"` \
+             (the bench checks the mode `ip link` reports). The bare `r0 = XDP_DROP` program (driver mode) is the floor of any XDP program."
         );
         let _ = writeln!(
             s,
