@@ -330,8 +330,11 @@ impl XdpAttachments {
             warn!(dir = %self.pin_dir.display(), error = %e, "cannot create the link pin directory");
         }
         for interface in present {
+            // "All interfaces" leaves loopback out: what arrives there comes from this host, and
+            // generic-mode XDP would tax every local connection. Named, it is attached.
             if self.attached.iter().any(|(i, _)| *i == interface)
                 || (!self.want.is_empty() && !self.want.contains(&interface))
+                || (self.want.is_empty() && is_loopback(&interface))
             {
                 continue;
             }
@@ -420,4 +423,31 @@ pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
         std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     Ok(removed)
+}
+
+/// Whether `interface` is a loopback device (`IFF_LOOPBACK` in its sysfs flags).
+fn is_loopback(interface: &str) -> bool {
+    const IFF_LOOPBACK: u32 = 0x8;
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/flags"))
+        .ok()
+        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_told_apart_by_its_flags() {
+        assert!(is_loopback("lo"));
+        assert!(!is_loopback("no-such-interface"));
+        let others: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "lo")
+            .collect();
+        assert!(others.iter().all(|name| !is_loopback(name) || name.starts_with("lo")), "{others:?}");
+    }
 }

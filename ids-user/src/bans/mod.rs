@@ -368,6 +368,8 @@ impl Bans {
     /// control request): checks its requests and keeps them; the last part applies them all with
     /// [`Bans::ban_all`], so the bulk is banned whole or not at all. A refusal (the index counts
     /// from the bulk's first request) drops the bulk. A new bulk replaces one left unfinished.
+    // Once per control request: the size of the error costs nothing that matters.
+    #[allow(clippy::result_large_err)]
     pub fn ban_part(
         &mut self,
         token: &str,

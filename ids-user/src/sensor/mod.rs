@@ -87,9 +87,12 @@ fn is_mount_point(path: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The ring buffers of the signals, for the readers.
+pub type Rings = Vec<(Signal, RingBuf<MapData>)>;
+
 impl Sensor {
     /// Loads and attaches everything; fails naming the signal that has no working hook.
-    pub fn start(config: &Config) -> anyhow::Result<(Self, WatchSet, Vec<(Signal, RingBuf<MapData>)>)> {
+    pub fn start(config: &Config) -> anyhow::Result<(Self, WatchSet, Rings)> {
         ensure_kernel_filesystems();
         raise_memlock_limit();
         let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
