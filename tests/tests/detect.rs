@@ -255,16 +255,39 @@ impl Journald {
         PathBuf::from(format!("/run/systemd/journal.{}/dev-log", self.namespace))
     }
 
-    /// Sends `message` with syslog tag sshd from a program named `program` (its process name,
-    /// which journald records as `_COMM`).
-    fn log_as(&self, program: &Path, message: &str) {
-        let status = std::process::Command::new(program)
+    /// Sends `messages` with syslog tag sshd from one process of a program named `program` (its
+    /// process name, which journald records as `_COMM`), and keeps that process alive until
+    /// journald has stored them all: journald reads the name of a sender from /proc, which it
+    /// cannot once the sender has exited.
+    fn log_as(&self, program: &Path, messages: &[String]) {
+        let mut child = std::process::Command::new(program)
             .args(["--socket-errors=on", "-t", "sshd", "-u"])
             .arg(self.dev_log())
-            .arg(message)
-            .status()
+            .stdin(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(status.success(), "{} could not log to {}", program.display(), self.dev_log().display());
+        let mut stdin = child.stdin.take().unwrap();
+        for message in messages {
+            writeln!(stdin, "{message}").unwrap();
+        }
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored = std::process::Command::new("journalctl")
+                .arg(format!("--namespace={}", self.namespace))
+                .arg(format!("_PID={}", child.id()))
+                .args(["--quiet", "--output=cat"])
+                .output()
+                .unwrap()
+                .stdout;
+            if stored.split(|&b| b == b'\n').filter(|line| !line.is_empty()).count() >= messages.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "journald did not store the messages of {}", program.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success(), "{} could not log to {}", program.display(), self.dev_log().display());
     }
 
     /// Waits until a journalctl follows this namespace (what is written before is not read on a
@@ -334,13 +357,13 @@ fn sshd_brute_force_in_the_journal_is_detected_and_tags_are_not_trusted() {
 
     let daemon = Daemon::spawn(&config, &events);
     journald.wait_followed();
-    for port in 0..5 {
-        journald.log_as(Path::new("/usr/bin/logger"), &format!("Failed password for root from 192.0.2.88 port {port} ssh2"));
-    }
+    let failures = |addr: &str| -> Vec<String> {
+        (0..5).map(|port| format!("Failed password for root from {addr} port {port} ssh2")).collect()
+    };
+    journald.log_as(Path::new("/usr/bin/logger"), &failures("192.0.2.88"));
+    journald.log_as(&sshd, &failures("192.0.2.77"));
+    // The five are in the journal now: the alert follows within a second.
     let started = Instant::now();
-    for port in 0..5 {
-        journald.log_as(&sshd, &format!("Failed password for root from 192.0.2.77 port {port} ssh2"));
-    }
     let (alert, took) = wait_alert(&daemon, started, |a| a["source"] == "192.0.2.77");
     assert_eq!(alert["path"], origin.as_str(), "{alert}");
     assert_eq!(alert["detector"], "ssh-bruteforce", "{alert}");
@@ -354,9 +377,7 @@ fn sshd_brute_force_in_the_journal_is_detected_and_tags_are_not_trusted() {
     daemon.stop();
 
     // Written while no daemon runs: read from the cursor after the restart.
-    for port in 0..5 {
-        journald.log_as(&sshd, &format!("Failed password for admin from 192.0.2.99 port {port} ssh2"));
-    }
+    journald.log_as(&sshd, &failures("192.0.2.99"));
     let daemon = Daemon::spawn(&config, &events);
     let (alert, _) = wait_alert(&daemon, Instant::now(), |a| a["source"] == "192.0.2.99");
     assert_eq!(alert["path"], origin.as_str(), "{alert}");
