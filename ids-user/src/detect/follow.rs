@@ -452,16 +452,23 @@ mod tests {
         assert_eq!(after, ["half done", "c"]);
     }
 
+    /// A log followed from its first line, the follower stopped (its position kept), then a line
+    /// `tail of old` appended while no follower runs.
+    fn stopped_after_one_line(path: &Path) -> (LogOffset, Vec<String>) {
+        append(path, "x\n");
+        let mut lines = Vec::new();
+        let follower = open(path, None, &mut lines);
+        let stored = follower.position().unwrap();
+        drop(follower);
+        append(path, "tail of old\n");
+        (stored, lines)
+    }
+
     #[test]
     fn a_log_rotated_while_stopped_is_finished_from_its_rotated_copy() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.log");
-        append(&path, "x\n");
-        let mut lines = Vec::new();
-        let follower = open(&path, None, &mut lines);
-        let stored = follower.position().unwrap();
-        drop(follower);
-        append(&path, "tail of old\n");
+        let (stored, mut lines) = stopped_after_one_line(&path);
         std::fs::rename(&path, rotated_name(&path)).unwrap();
         append(&path, "first of new\n");
         open(&path, Some(&stored), &mut lines);
@@ -590,12 +597,7 @@ mod tests {
         // Renamed to a dated name while stopped.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        append(&path, "x\n");
-        let mut lines = Vec::new();
-        let follower = open(&path, None, &mut lines);
-        let stored = follower.position().unwrap();
-        drop(follower);
-        append(&path, "tail of old\n");
+        let (stored, mut lines) = stopped_after_one_line(&path);
         std::fs::write(dir.path().join("access.log-decoy"), "x\ndecoy\n").unwrap();
         std::fs::rename(&path, dated(&path)).unwrap();
         append(&path, "first of new\n");
