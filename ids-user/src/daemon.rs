@@ -98,7 +98,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let control_task = tokio::spawn(control::serve(listener, control_tx));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    // Links and addresses are looked at again when the kernel reports a change (and every minute
+    // in case a report was lost); without the notifications, every 2 s.
+    let mut links = crate::bans::links::LinkChanges::open()
+        .map_err(|e| warn!(error = %e, "no link notifications; interfaces and addresses are polled every 2 s"))
+        .ok();
+    let mut rescan = tokio::time::interval(if links.is_some() { Duration::from_secs(60) } else { Duration::from_secs(2) });
     let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
     info!(socket = %config.control_socket().display(), "sensor running");
     loop {
@@ -133,13 +138,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     warn!(%addr, error = %e, "ban request of a log detector refused");
                 }
             }
-            _ = rescan.tick() => {
-                sensor.attach_new_interfaces();
-                // `[xdp] trust_local`: addresses added to or removed from this host since.
-                if let Err(e) = bans.refresh_local_addresses() {
-                    warn!(error = %e, "updating this host's trusted addresses");
+            changed = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
+                if let Err(e) = changed {
+                    warn!(error = %e, "link notifications failed; interfaces and addresses are polled every 2 s");
+                    links = None;
+                    rescan = tokio::time::interval(Duration::from_secs(2));
                 }
+                rescan_links(&mut sensor, &mut bans);
             }
+            _ = rescan.tick() => rescan_links(&mut sensor, &mut bans),
             Some(request) = ban_rx.recv() => {
                 let net = request.net;
                 if let Err(e) = bans.ban(request) {
@@ -208,6 +215,15 @@ fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanSt
         "scan_reports": scan.reports.load(Ordering::Relaxed),
         "scan_reports_dropped": scan.dropped.load(Ordering::Relaxed),
     })
+}
+
+/// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed from
+/// this host since are trusted or no longer.
+fn rescan_links(sensor: &mut sensor::Sensor, bans: &mut crate::bans::Bans) {
+    sensor.attach_new_interfaces();
+    if let Err(e) = bans.refresh_local_addresses() {
+        warn!(error = %e, "updating this host's trusted addresses");
+    }
 }
 
 fn forward(worker: &monitor::Waker, request: fn(control::Reply) -> Control, reply: control::Reply) {

@@ -523,8 +523,9 @@ fn an_address_added_to_this_host_while_the_daemon_runs_is_trusted_until_removed(
     assert!(!net.udp_passes(TRUSTED4, &udp), "{TRUSTED4} passes inside the banned {prefix}");
     let local = format!("{TRUSTED4}/32");
     sh("ip", &["addr", "add", &local, "dev", &net.host_if]);
-    // The daemon rescans every 2 s.
-    wait_until("the new address trusted", Duration::from_secs(6), || {
+    // The kernel reports the new address and the daemon reads the addresses again at once (its
+    // poll without notifications is once a minute).
+    wait_until("the new address trusted", Duration::from_secs(2), || {
         let (success, json) = setup.ids(&["ban", TRUSTED4, "--reason", "own address"]);
         assert!(success || json["error"].as_str().unwrap_or("").contains("trusted"), "{json}");
         if success {
@@ -535,7 +536,7 @@ fn an_address_added_to_this_host_while_the_daemon_runs_is_trusted_until_removed(
     });
     assert!(net.udp_passes(TRUSTED4, &udp), "{TRUSTED4}, now an address of this host, dropped by the prefix ban");
     sh("ip", &["addr", "del", &local, "dev", &net.host_if]);
-    wait_until("the removed address no longer trusted", Duration::from_secs(6), || {
+    wait_until("the removed address no longer trusted", Duration::from_secs(2), || {
         let (success, json) = setup.ids(&["ban", TRUSTED4, "--reason", "no longer ours"]);
         assert!(success || json["error"].as_str().unwrap_or("").contains("trusted"), "{json}");
         success

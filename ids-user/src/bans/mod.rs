@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod kernel;
+pub mod links;
 pub mod net;
 pub mod scan;
 
