@@ -5,9 +5,7 @@ use aya_ebpf::{
     macros::{lsm, tracepoint},
     programs::{LsmContext, TracePointContext},
 };
-use ids_common::{
-    ARGS_LEN, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, ExecEvent, PATH_LEN, Signal, kind,
-};
+use ids_common::{ARGS_LEN, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, ExecEvent, PATH_LEN, Signal, kind};
 
 use crate::{
     kernel::{self, Kptr, offset, read, read_ptr},
@@ -52,11 +50,7 @@ fn emit_exec(filename: Kptr, args: Result<(u64, u64), i64>, argc: u32) -> Result
     event.argc = argc;
     event._pad = 0;
     let read = unsafe {
-        generated::bpf_probe_read_kernel_str(
-            event.filename.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            filename.cast(),
-        )
+        generated::bpf_probe_read_kernel_str(event.filename.as_mut_ptr().cast(), PATH_LEN as u32, filename.cast())
     };
     if read < 0 {
         event.filename[0] = 0;
@@ -71,9 +65,7 @@ fn emit_exec(filename: Kptr, args: Result<(u64, u64), i64>, argc: u32) -> Result
             ((len as u32) & (ARGS_LEN as u32 - 1), false)
         };
         if n > 0 {
-            let ok = unsafe {
-                generated::bpf_probe_read_user(event.args.as_mut_ptr().cast(), n, start as *const _)
-            };
+            let ok = unsafe { generated::bpf_probe_read_user(event.args.as_mut_ptr().cast(), n, start as *const _) };
             if ok == 0 {
                 event.args_len = n;
                 if cut {

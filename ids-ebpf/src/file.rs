@@ -21,8 +21,8 @@ use ids_common::{
 use crate::{
     kernel::{self, Kptr, offset, read},
     maps::{
-        FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH,
-        WATCHED_INODES, WATCHED_PREFIXES, count_lost,
+        FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH, WATCHED_INODES,
+        WATCHED_PREFIXES, count_lost,
     },
 };
 
@@ -154,9 +154,7 @@ fn tid_key() -> u64 {
 /// Copies a kernel string into `dst`; returns whether it was cut.
 #[inline(always)]
 fn read_kernel_str(dst: &mut [u8; PATH_LEN], src: Kptr) -> bool {
-    let n = unsafe {
-        generated::bpf_probe_read_kernel_str(dst.as_mut_ptr().cast(), PATH_LEN as u32, src.cast())
-    };
+    let n = unsafe { generated::bpf_probe_read_kernel_str(dst.as_mut_ptr().cast(), PATH_LEN as u32, src.cast()) };
     if n < 0 {
         dst[0] = 0;
     }
@@ -238,8 +236,17 @@ pub fn file_sys_enter(ctx: RawTracePointContext) -> i32 {
     let call = Syscall::enter(&ctx);
     match call.nr {
         nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_enter(&call),
-        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDFILE
-        | nr::FTRUNCATE | nr::FALLOCATE | nr::COPY_FILE_RANGE | nr::FCHMOD | nr::FCHOWN
+        nr::WRITE
+        | nr::PWRITE64
+        | nr::WRITEV
+        | nr::PWRITEV
+        | nr::PWRITEV2
+        | nr::SENDFILE
+        | nr::FTRUNCATE
+        | nr::FALLOCATE
+        | nr::COPY_FILE_RANGE
+        | nr::FCHMOD
+        | nr::FCHOWN
         | nr::MMAP => {
             let _ = try_file_fd_enter(&call);
         }
@@ -304,8 +311,14 @@ fn is_path_call(nr: i64) -> bool {
 #[inline(always)]
 fn try_file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
     let (op, fd) = match ctx.nr {
-        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDFILE
-        | nr::FTRUNCATE | nr::FALLOCATE => (FileOp::Write, ctx.arg(0)),
+        nr::WRITE
+        | nr::PWRITE64
+        | nr::WRITEV
+        | nr::PWRITEV
+        | nr::PWRITEV2
+        | nr::SENDFILE
+        | nr::FTRUNCATE
+        | nr::FALLOCATE => (FileOp::Write, ctx.arg(0)),
         nr::COPY_FILE_RANGE => (FileOp::Write, ctx.arg(2)),
         nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, ctx.arg(0)),
         nr::MMAP => {
@@ -419,22 +432,14 @@ fn capture_path(
     let key = PREFIX_SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
     let key = unsafe { &mut *key };
     let n = unsafe {
-        generated::bpf_probe_read_user_str(
-            key.data.bytes.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            upath as *const _,
-        )
+        generated::bpf_probe_read_user_str(key.data.bytes.as_mut_ptr().cast(), PATH_LEN as u32, upath as *const _)
     };
     if n <= 1 {
         return Err(-1);
     }
     *truncated = n >= PATH_LEN as i64;
     unsafe {
-        generated::bpf_probe_read_kernel(
-            name.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            key.data.bytes.as_ptr().cast(),
-        )
+        generated::bpf_probe_read_kernel(name.as_mut_ptr().cast(), PATH_LEN as u32, key.data.bytes.as_ptr().cast())
     };
     if key.data.bytes[0] == b'/' {
         key.prefix_len = (PATH_LEN * 8) as u32;
@@ -456,13 +461,7 @@ fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
     // (op, dirfd, path, second dirfd, second path); a zero second path means none.
     let (op, dirfd, path, dirfd2, path2) = match ctx.nr {
         nr::RENAME => (FileOp::Rename, CWD, ctx.arg(0), CWD, ctx.arg(1)),
-        nr::RENAMEAT | nr::RENAMEAT2 => (
-            FileOp::Rename,
-            ctx.arg(0),
-            ctx.arg(1),
-            ctx.arg(2),
-            ctx.arg(3),
-        ),
+        nr::RENAMEAT | nr::RENAMEAT2 => (FileOp::Rename, ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3)),
         nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, ctx.arg(0), 0, 0),
         nr::UNLINKAT => (FileOp::Unlink, ctx.arg(0), ctx.arg(1), 0, 0),
         nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, ctx.arg(0), 0, 0),
@@ -470,9 +469,7 @@ fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
         nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, ctx.arg(1), 0, 0),
         nr::LINKAT => (FileOp::Create, ctx.arg(2), ctx.arg(3), 0, 0),
         nr::SYMLINKAT => (FileOp::Create, ctx.arg(1), ctx.arg(2), 0, 0),
-        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => {
-            (FileOp::Attrib, CWD, ctx.arg(0), 0, 0)
-        }
+        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => (FileOp::Attrib, CWD, ctx.arg(0), 0, 0),
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
             let dirfd = ctx.arg(0);
             let path = ctx.arg(1);
@@ -504,9 +501,7 @@ fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
     if path2 != 0 {
         let mut dir2 = InodeKey::default();
         let mut cut2 = false;
-        if let Ok((source2, watched2)) =
-            capture_path(dirfd2 as i64, path2, &mut event.new_name, &mut dir2, &mut cut2)
-        {
+        if let Ok((source2, watched2)) = capture_path(dirfd2 as i64, path2, &mut event.new_name, &mut dir2, &mut cut2) {
             event.new_source = source2;
             event.new_dir_dev = dir2.dev;
             event.new_dir_ino = dir2.ino;
@@ -564,10 +559,7 @@ pub fn file_mmap_lsm(ctx: LsmContext) -> i32 {
     let prot: u64 = ctx.arg(2);
     let flags: u64 = ctx.arg(3);
     let map_type = flags & MAP_TYPE;
-    if !file.is_null()
-        && prot & PROT_WRITE != 0
-        && (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE)
-    {
+    if !file.is_null() && prot & PROT_WRITE != 0 && (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE) {
         let _ = on_file(FileOp::Write, file);
     }
     0

@@ -1,8 +1,7 @@
 //! Reading kernel structures. The offsets come from the running kernel's BTF, set by the daemon
 //! as the read-only global `KERNEL_OFFSETS` before load, so one object runs on many kernels.
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    bpf_probe_read_kernel, generated,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel, generated,
 };
 use ids_common::{EventHeader, InodeKey, KernelOffsets};
 

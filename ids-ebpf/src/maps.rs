@@ -23,13 +23,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(SIGNAL_COUNT, 
 /// Every inode of the watch set (value `WATCHED_FILE` or `WATCHED_DIR`). The daemon fills it from
 /// the config; the programs add inodes created in watched directories. Its size is set at load.
 #[map]
-pub static WATCHED_INODES: HashMap<InodeKey, u32> =
-    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static WATCHED_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Absolute path prefixes of the watch set, for syscalls that name a path rather than a file.
 #[map]
-pub static WATCHED_PREFIXES: LpmTrie<PathPrefix, u32> =
-    LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
+pub static WATCHED_PREFIXES: LpmTrie<PathPrefix, u32> = LpmTrie::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Flags of an open that may create or truncate, by thread, from enter to exit.
 #[map]

@@ -246,7 +246,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Unban { common, nets, json } => {
             return crate::bans::cli::unban(&Config::load(common.config.as_deref())?, nets, json);
         }
-        Command::Bans { common, json } => return crate::bans::cli::list(&Config::load(common.config.as_deref())?, json),
+        Command::Bans { common, json } => {
+            return crate::bans::cli::list(&Config::load(common.config.as_deref())?, json);
+        }
         Command::Alerts { common, n, json } => {
             return crate::bans::cli::alerts(&Config::load(common.config.as_deref())?, n, json);
         }
@@ -380,7 +382,8 @@ fn human_hash(report: &crate::integrity::ScanReport) -> String {
     out += &format!("{:<20} {:>8} {:>7}  {}\n", "collector", "items", "errors", "digest");
     for collector in &report.collectors {
         let errors = collector.items.iter().filter(|item| item.error_text().is_some()).count();
-        out += &format!("{:<20} {:>8} {:>7}  {}\n", collector.name, collector.items.len(), errors, hex(&collector.digest));
+        out +=
+            &format!("{:<20} {:>8} {:>7}  {}\n", collector.name, collector.items.len(), errors, hex(&collector.digest));
     }
     for collector in &report.collectors {
         for item in &collector.items {
@@ -404,12 +407,8 @@ fn human_status(status: &serde_json::Value) -> String {
             signal["lost"],
         );
     }
-    let interfaces: Vec<&str> = status["incoming"]["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.as_str())
-        .collect();
+    let interfaces: Vec<&str> =
+        status["incoming"]["interfaces"].as_array().into_iter().flatten().filter_map(|i| i.as_str()).collect();
     out += &format!("incoming  {} on {}\n", status["incoming"]["hook"].as_str().unwrap_or("?"), interfaces.join(", "));
     let modes: Vec<String> = status["xdp"]["interfaces"]
         .as_array()

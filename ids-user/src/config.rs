@@ -70,7 +70,6 @@ struct RawLog {
     path: PathBuf,
 }
 
-
 /// The format of a followed log, which decides the rules that apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,8 +256,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 Self::parse(&text, &path.display().to_string())
             }
             None => Self::parse(DEFAULT_CONFIG, "(embedded default)"),
@@ -315,12 +314,15 @@ impl Config {
                     index,
                     line: line_of(text, raw.collectors[index].span().start),
                     key: "name",
-                    message: format!("{:?} is already the name of another collector; set a unique `name`", collector.name),
+                    message: format!(
+                        "{:?} is already the name of another collector; set a unique `name`",
+                        collector.name
+                    ),
                 });
             }
         }
-        let (xdp, bans) = crate::bans::config::validate(raw.xdp, raw.bans)
-            .map_err(|(key, message)| invalid(key, message))?;
+        let (xdp, bans) =
+            crate::bans::config::validate(raw.xdp, raw.bans).map_err(|(key, message)| invalid(key, message))?;
         for log in &raw.logs {
             if !log.path.is_absolute() {
                 return Err(invalid("logs", format!("path {} is not an absolute path", log.path.display())));
@@ -335,7 +337,10 @@ impl Config {
                     && namespace.len() <= 64
                     && namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
                 if !valid {
-                    return Err(invalid("journal", format!("namespace {namespace:?} is not a journald namespace name")));
+                    return Err(invalid(
+                        "journal",
+                        format!("namespace {namespace:?} is not a journald namespace name"),
+                    ));
                 }
             }
         }
@@ -350,7 +355,11 @@ impl Config {
         let trusted = xdp.trusted.iter().map(|net| net.ipnet()).collect();
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
-            journal: raw.journal.iter().map(|j| JournalConfig { kind: j.kind, namespace: j.namespace.clone() }).collect(),
+            journal: raw
+                .journal
+                .iter()
+                .map(|j| JournalConfig { kind: j.kind, namespace: j.namespace.clone() })
+                .collect(),
             web_roots: raw.web_roots,
             rules: raw.rules,
             rules_mode: raw.rules_mode,
@@ -441,8 +450,9 @@ fn validate_collector(
     for (number, command) in raw.commands.iter().flatten().enumerate() {
         let argv = match command {
             RawCommand::Argv(argv) => argv.clone(),
-            RawCommand::Line(line) => shell_words::split(line)
-                .map_err(|e| invalid("commands", format!("entry {number} {line:?}: {e}")))?,
+            RawCommand::Line(line) => {
+                shell_words::split(line).map_err(|e| invalid("commands", format!("entry {number} {line:?}: {e}")))?
+            }
         };
         if argv.first().is_none_or(|program| program.is_empty()) {
             return Err(invalid("commands", format!("entry {number} is empty")));
@@ -517,9 +527,8 @@ mod tests {
 
     #[test]
     fn relative_watch_path_is_refused() {
-        let err = Config::parse("watch = [\"etc\"]\nevents_log = \"-\"\nstate_dir = \"/x\"", "t")
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::parse("watch = [\"etc\"]\nevents_log = \"-\"\nstate_dir = \"/x\"", "t").unwrap_err().to_string();
         assert!(err.contains("watch") && err.contains("not an absolute path"), "{err}");
     }
 
@@ -551,7 +560,9 @@ mod tests {
     #[test]
     fn xdp_and_bans_sections_are_read_and_bad_values_named() {
         let config = Config::parse(
-            &format!("{BASE}[xdp]\ninterfaces = [\"eth0\"]\ntrusted = [\"10.0.0.0/8\"]\n[bans]\ndefault_duration = \"10m\"\n"),
+            &format!(
+                "{BASE}[xdp]\ninterfaces = [\"eth0\"]\ntrusted = [\"10.0.0.0/8\"]\n[bans]\ndefault_duration = \"10m\"\n"
+            ),
             "t",
         )
         .unwrap();
@@ -614,7 +625,8 @@ mod tests {
         assert!(default.trusted.iter().any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
         let err = Config::parse(&format!("{BASE}[xdp]\ntrusted = [\"10.0.0.0/99\"]\n"), "t").unwrap_err().to_string();
         assert!(err.contains("xdp.trusted") && err.contains("10.0.0.0/99"), "{err}");
-        let err = Config::parse(&format!("{BASE}[[logs]]\nkind = \"ftp\"\npath = \"/x\"\n"), "t").unwrap_err().to_string();
+        let err =
+            Config::parse(&format!("{BASE}[[logs]]\nkind = \"ftp\"\npath = \"/x\"\n"), "t").unwrap_err().to_string();
         assert!(err.contains("ftp"), "{err}");
     }
 

@@ -21,12 +21,21 @@ pub enum Request {
     Diff,
     /// Ban addresses or prefixes (`crate::bans::cli`); `duration` as `parse_duration` reads it,
     /// `None`: `[bans] default_duration`.
-    Ban { nets: Vec<String>, duration: Option<String>, reason: String, force: bool },
-    Unban { nets: Vec<String> },
+    Ban {
+        nets: Vec<String>,
+        duration: Option<String>,
+        reason: String,
+        force: bool,
+    },
+    Unban {
+        nets: Vec<String>,
+    },
     /// Every ban with its hit counters.
     Bans,
     /// The `limit` most recent alerts.
-    Alerts { limit: usize },
+    Alerts {
+        limit: usize,
+    },
 }
 
 pub type Reply = oneshot::Sender<serde_json::Value>;

@@ -5,8 +5,8 @@
 //! log and returns.
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -75,7 +75,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     integrity.begin();
     let integrity_shared = integrity.shared.clone();
-    let remote_check = crate::tinyids::remote_check::spawn(&config, integrity_shared.watch_aggregate(), output.clone())?;
+    let remote_check =
+        crate::tinyids::remote_check::spawn(&config, integrity_shared.watch_aggregate(), output.clone())?;
     let file_events = integrity.files;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -103,7 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut links = crate::bans::links::LinkChanges::open()
         .map_err(|e| warn!(error = %e, "no link notifications; interfaces and addresses are polled every 2 s"))
         .ok();
-    let mut rescan = tokio::time::interval(if links.is_some() { Duration::from_secs(60) } else { Duration::from_secs(2) });
+    let mut rescan =
+        tokio::time::interval(if links.is_some() { Duration::from_secs(60) } else { Duration::from_secs(2) });
     let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
     info!(socket = %config.control_socket().display(), "sensor running");
     loop {
@@ -192,7 +194,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     integrity.waker.stop();
     detect.stop.store(true, Ordering::Relaxed);
     let detect_thread = detect.thread;
-    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || detect_thread.join())).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || detect_thread.join())).await;
     let worker = integrity.thread;
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || worker.join())).await;
     let _ = std::fs::remove_file(config.control_socket());
@@ -200,13 +203,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `status.xdp`: where the ban filter runs, how many bans it holds, what the scan detector reported.
-fn xdp_status(sensor: &Sensor, bans: &mut Bans, scan: &crate::bans::scan::ScanStats, config: &Config) -> serde_json::Value {
-    let interfaces: Vec<serde_json::Value> = sensor
-        .xdp
-        .attached
-        .iter()
-        .map(|(name, mode)| serde_json::json!({"name": name, "mode": mode.name()}))
-        .collect();
+fn xdp_status(
+    sensor: &Sensor,
+    bans: &mut Bans,
+    scan: &crate::bans::scan::ScanStats,
+    config: &Config,
+) -> serde_json::Value {
+    let interfaces: Vec<serde_json::Value> =
+        sensor.xdp.attached.iter().map(|(name, mode)| serde_json::json!({"name": name, "mode": mode.name()})).collect();
     let count = bans.store().bans().map(|b| b.len()).unwrap_or(0);
     serde_json::json!({
         "interfaces": interfaces,

@@ -273,8 +273,7 @@ impl Handles {
 /// is dropped or `stop` is set.
 pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
     let registry = Registry::with_builtin();
-    let collectors =
-        config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
+    let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
     let hostname = integrity::hostname().map_err(integrity::ScanError::Hostname)?;
     let store = Store::open(&config.database())?;
     let watch = watch_paths(config, &collectors);
@@ -493,12 +492,8 @@ impl Monitor {
     /// Rehashes the dirty paths whose quiet period is over (all of them when `all`).
     fn rehash_due(&mut self, all: bool) {
         let now = Instant::now();
-        let mut due: Vec<(PathBuf, bool)> = self
-            .dirty
-            .iter()
-            .filter(|(_, d)| all || d.due <= now)
-            .map(|(path, d)| (path.clone(), d.deep))
-            .collect();
+        let mut due: Vec<(PathBuf, bool)> =
+            self.dirty.iter().filter(|(_, d)| all || d.due <= now).map(|(path, d)| (path.clone(), d.deep)).collect();
         if due.is_empty() {
             return;
         }
@@ -541,9 +536,9 @@ impl Monitor {
                 self.mark(change);
             }
         }
-        let (explained, missed): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|change| {
-            crate::integrity::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path))
-        });
+        let (explained, missed): (Vec<Change>, Vec<Change>) = changes
+            .into_iter()
+            .partition(|change| crate::integrity::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path)));
         info!(missed = missed.len(), "verification scan done");
         self.record(explained, "integrity");
         self.record(missed, "sensor_miss");
@@ -599,7 +594,8 @@ impl Monitor {
                 old.insert(key.1, item);
             }
         }
-        let new: BTreeMap<String, Item> = items.into_iter().filter(|i| in_scope(&i.id)).map(|i| (i.id.clone(), i)).collect();
+        let new: BTreeMap<String, Item> =
+            items.into_iter().filter(|i| in_scope(&i.id)).map(|i| (i.id.clone(), i)).collect();
         let ids: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
         let changes: Vec<Change> =
             ids.into_iter().filter_map(|id| diff::change(collector, id, old.get(id), new.get(id))).collect();

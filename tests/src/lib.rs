@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub fn ids_bin() -> PathBuf {
-    std::env::var_os("IDS_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/ids")
-    })
+    std::env::var_os("IDS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/ids"))
 }
 
 /// A scratch directory removed on drop.
@@ -40,7 +40,11 @@ pub struct Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = Command::new(ids_bin()).args(["xdp", "detach", "--config"]).arg(&self.config).stdout(Stdio::null()).status();
+        let _ = Command::new(ids_bin())
+            .args(["xdp", "detach", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -284,7 +288,8 @@ pub mod netns {
             sh("ip", &["-n", &ns, "link", "set", &ns_if, "up"]);
             sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
             let host_mac = mac(&format!("/sys/class/net/{host_if}/address"));
-            let ns_mac = sh("ip", &["netns", "exec", &ns, "cat", &format!("/sys/class/net/{ns_if}/address")]).trim().to_string();
+            let ns_mac =
+                sh("ip", &["netns", "exec", &ns, "cat", &format!("/sys/class/net/{ns_if}/address")]).trim().to_string();
             for a in [HOST4, HOST6] {
                 sh("ip", &["-n", &ns, "neigh", "replace", a, "lladdr", &host_mac, "dev", &ns_if, "nud", "permanent"]);
             }

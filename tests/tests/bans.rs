@@ -244,7 +244,8 @@ fn vlan_and_qinq_tagged_frames_are_parsed_banned_dropped_and_others_reported() {
 #[test]
 fn prefix_ban_drops_the_prefix_but_a_trusted_address_inside_it_passes() {
     let net = Net::new("p");
-    let setup = Setup::new("prefix", &net.host_if, &format!("trusted = [\"127.0.0.0/8\", \"::1\", \"{TRUSTED4}\"]"), "");
+    let setup =
+        Setup::new("prefix", &net.host_if, &format!("trusted = [\"127.0.0.0/8\", \"::1\", \"{TRUSTED4}\"]"), "");
     let daemon = setup.start();
     let (_tcp, tcp_to) = tcp_listener(HOST4);
     let (_tcp6, tcp6_to) = tcp_listener(HOST6);
@@ -488,7 +489,10 @@ fn a_bulk_ban_refused_part_way_through_the_daemon_changes_nothing_and_names_the_
     let (success, refused) = setup.ids(&["ban", "--file", list.to_str().unwrap(), "--for", "2h", "--reason", "bulk"]);
     assert!(!success && refused["ok"] == false, "a list with a trusted address was accepted: {refused}");
     let error = refused["error"].as_str().unwrap();
-    assert!(error.contains(&format!("line {last_line}:")) && error.contains("trusted"), "error does not name line {last_line}: {error}");
+    assert!(
+        error.contains(&format!("line {last_line}:")) && error.contains("trusted"),
+        "error does not name line {last_line}: {error}"
+    );
     let bans = setup.bans();
     assert_eq!(bans.len(), 1, "the refused list left bans behind: {} bans", bans.len());
     assert_eq!(bans[0]["expires"], expires, "the refused list extended the earlier ban");

@@ -154,7 +154,8 @@ fn log_attacks_webshells_and_web_server_shells_are_detected() {
 
 /// Whether a ban's `net` (an address, or an address with a prefix length) is exactly `addr`.
 fn net_is(net: &Value, addr: &str) -> bool {
-    net.as_str().is_some_and(|n| n == addr || n.strip_suffix("/32") == Some(addr) || n.strip_suffix("/128") == Some(addr))
+    net.as_str()
+        .is_some_and(|n| n == addr || n.strip_suffix("/32") == Some(addr) || n.strip_suffix("/128") == Some(addr))
 }
 
 /// The end-to-end case with real packets: a namespace address that fails five SSH logins

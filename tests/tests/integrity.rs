@@ -280,7 +280,10 @@ fn integrity_follows_concurrent_changes_and_matches_a_fresh_hash() {
     let named = diff_ids(&diff);
     let missing: Vec<&String> = expected.difference(&named).collect();
     let extra: Vec<&String> = named.difference(&expected).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "seed {seed}: diff misses {missing:?} and names untouched {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "seed {seed}: diff misses {missing:?} and names untouched {extra:?}"
+    );
     for entry in diff["changed"].as_array().unwrap() {
         assert!(!entry["attributes"].as_array().unwrap().is_empty(), "a change without attributes: {entry}");
     }
@@ -368,7 +371,8 @@ fn baseline_and_diff_without_a_daemon_scan_now() {
     )
     .unwrap();
     let ids = |args: &[&str]| -> Value {
-        let out = Command::new(ids_tests::ids_bin()).args(args).args(["--json", "--config"]).arg(&config).output().unwrap();
+        let out =
+            Command::new(ids_tests::ids_bin()).args(args).args(["--json", "--config"]).arg(&config).output().unwrap();
         assert!(out.status.success(), "ids {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -458,7 +462,12 @@ fn collector_paths_absent_at_start_are_hashed_once_created() {
     let before = file_received();
     for _ in 0..50 {
         std::fs::OpenOptions::new().append(true).open(&other).unwrap().write_all(b"more").unwrap();
-        std::fs::OpenOptions::new().append(true).open(watched.0.join("other.d/deeper")).unwrap().write_all(b"more").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(watched.0.join("other.d/deeper"))
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(file_received(), before, "writes to files beside an awaited path were reported");

@@ -105,7 +105,9 @@ fn expected_file_events(dir: &Path) -> Vec<(String, String, Option<String>)> {
 fn file_events_under(daemon: &Daemon, dir: &Path, count: usize) -> Vec<(String, String, Option<String>)> {
     let prefix = dir.display().to_string();
     daemon
-        .wait_for(count, |e| e["kind"] == "file" && e["pid"].as_u64() == Some(own_pid()) && str_of(e, "path").starts_with(&prefix))
+        .wait_for(count, |e| {
+            e["kind"] == "file" && e["pid"].as_u64() == Some(own_pid()) && str_of(e, "path").starts_with(&prefix)
+        })
         .iter()
         .map(|e| (str_of(e, "op").to_string(), str_of(e, "path").to_string(), e["new_path"].as_str().map(String::from)))
         .collect()
@@ -157,14 +159,22 @@ fn truncate_and_shared_writable_mmap_are_writes() {
     let file = fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
     unsafe {
         use std::os::fd::AsRawFd;
-        let addr = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
         assert_ne!(addr, libc::MAP_FAILED);
         *(addr as *mut u8) = 7;
         libc::munmap(addr, 4096);
     }
     let path = target.display().to_string();
     let seen = file_events_under(&daemon, &root.0, 3);
-    let expected: Vec<(String, String, Option<String>)> = (0..3).map(|_| ("write".to_string(), path.clone(), None)).collect();
+    let expected: Vec<(String, String, Option<String>)> =
+        (0..3).map(|_| ("write".to_string(), path.clone(), None)).collect();
     assert_eq!(seen, expected, "truncate, ftruncate and mmap(MAP_SHARED, PROT_WRITE) must each be one write");
     daemon.stop();
 }
@@ -209,7 +219,9 @@ fn tcp_and_udp_over_loopback_are_reported_in_both_directions() {
     let _v6_client = TcpStream::connect(("::1", v6_port)).unwrap();
 
     let out = |port: u16, protocol: &'static str| {
-        move |e: &Value| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["protocol"] == protocol
+        move |e: &Value| {
+            e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["protocol"] == protocol
+        }
     };
     let found = daemon.wait_for(1, out(open_port, "tcp"));
     assert_eq!(found.len(), 1, "outgoing TCP connect missing: {:?}", daemon.events());
@@ -273,7 +285,8 @@ fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
     assert_eq!(status["incoming"]["interfaces"], serde_json::json!([ns.host_if]), "{status}");
     // Host → namespace: nothing listens there, the namespace answers with a reset.
     let ns_port = 4242;
-    let _ = TcpStream::connect_timeout(&(Ipv4Addr::new(10, 231, 7, 2), ns_port).into(), std::time::Duration::from_secs(2));
+    let _ =
+        TcpStream::connect_timeout(&(Ipv4Addr::new(10, 231, 7, 2), ns_port).into(), std::time::Duration::from_secs(2));
     // Namespace → host: a listener here, a connect from inside the namespace.
     let listener = TcpListener::bind((Ipv4Addr::new(10, 231, 7, 1), 0)).unwrap();
     let host_port = listener.local_addr().unwrap().port();
@@ -282,7 +295,8 @@ fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
     let out = daemon.wait_for(1, |e| e["direction"] == "out" && e["daddr"] == "10.231.7.2" && e["dport"] == ns_port);
     assert_eq!(out.len(), 1, "outgoing connect into the namespace missing: {:?}", daemon.events());
     assert_eq!(out[0]["pid"].as_u64(), Some(own_pid()));
-    let incoming = daemon.wait_for(1, |e| e["direction"] == "in" && e["saddr"] == "10.231.7.2" && e["dport"] == host_port);
+    let incoming =
+        daemon.wait_for(1, |e| e["direction"] == "in" && e["saddr"] == "10.231.7.2" && e["dport"] == host_port);
     assert_eq!(incoming.len(), 1, "SYN from the namespace missing: {:?}", daemon.events());
     assert_eq!(incoming[0]["daddr"], "10.231.7.1");
     drop(listener);

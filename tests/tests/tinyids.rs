@@ -135,7 +135,9 @@ fn raw_from(source: [u8; 4], server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(bytes).unwrap();
     let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap_or_else(|e| panic!("reading the reply to {:?}: {e}", String::from_utf8_lossy(bytes)));
+    stream
+        .read_to_end(&mut reply)
+        .unwrap_or_else(|e| panic!("reading the reply to {:?}: {e}", String::from_utf8_lossy(bytes)));
     reply
 }
 
@@ -526,7 +528,9 @@ fn malformed_requests_get_41_and_the_connection_closes() {
     assert_eq!(reply, b"20 OK\r\n");
     // The server is still healthy.
     assert_eq!(raw(at, b"TEST 2\r\n"), b"20 OK\r\n");
-    assert!(server.audit().iter().any(|r| r["code"] == 41 && r["error"].as_str().unwrap_or("").contains("longer than")));
+    assert!(
+        server.audit().iter().any(|r| r["code"] == 41 && r["error"].as_str().unwrap_or("").contains("longer than"))
+    );
 }
 
 #[test]
@@ -592,7 +596,8 @@ fn repeated_wrong_passphrases_lock_the_client_out() {
     assert_eq!(raw_from(alice, at, b"UPDATE a1 pw\r\n"), b"20 OK\r\n");
     assert_eq!(raw_from(alice, at, b"UPDATE a2 pw\r\n"), b"20 OK\r\n");
     let records = server.records();
-    let hash_of = |client: &str| records.as_array().unwrap().iter().find(|r| r["client"] == client).map(|r| r["hash"].clone());
+    let hash_of =
+        |client: &str| records.as_array().unwrap().iter().find(|r| r["client"] == client).map(|r| r["hash"].clone());
     assert_eq!(hash_of("127.0.0.7"), Some("h1".into()));
     assert_eq!(hash_of("127.0.0.8"), Some("a2".into()));
 }
@@ -638,7 +643,8 @@ fn concurrent_updates_from_many_clients_leave_no_torn_record() {
     assert_eq!(records.len(), CLIENTS as usize + 1);
     for (i, hash) in last.iter().enumerate() {
         let client = format!("127.0.1.{}", 10 + i);
-        let record = records.iter().find(|r| r["client"] == client.as_str()).unwrap_or_else(|| panic!("no record for {client}"));
+        let record =
+            records.iter().find(|r| r["client"] == client.as_str()).unwrap_or_else(|| panic!("no record for {client}"));
         assert_eq!(record["hash"].as_str(), Some(hash.as_str()), "record of {client}");
         assert_eq!(raw_from([127, 0, 1, 10 + i as u8], at, format!("CHECK {hash}\r\n").as_bytes()), b"20 OK\r\n");
     }
@@ -673,7 +679,9 @@ fn every_acknowledged_update_survives_kill_9() {
                     }
                     let hash = format!("w{w}n{n:06}");
                     state.lock().unwrap()[w as usize].1 = Some(hash.clone());
-                    let Ok(reply) = std::panic::catch_unwind(|| raw_from(source, at, format!("UPDATE {hash} pw{w}\r\n").as_bytes())) else {
+                    let Ok(reply) = std::panic::catch_unwind(|| {
+                        raw_from(source, at, format!("UPDATE {hash} pw{w}\r\n").as_bytes())
+                    }) else {
                         break;
                     };
                     if reply == b"20 OK\r\n" {
@@ -688,9 +696,15 @@ fn every_acknowledged_update_survives_kill_9() {
         .collect();
     // Kill in the middle of the burst: once every writer has had a few UPDATEs acknowledged.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let acknowledged = |acked: &Option<String>| acked.as_ref().and_then(|h| h.rsplit('n').next()?.parse::<u32>().ok().map(|n| n + 1)).unwrap_or(0);
+    let acknowledged = |acked: &Option<String>| {
+        acked.as_ref().and_then(|h| h.rsplit('n').next()?.parse::<u32>().ok().map(|n| n + 1)).unwrap_or(0)
+    };
     while state.lock().unwrap().iter().any(|(acked, _)| acknowledged(acked) < 3) {
-        assert!(Instant::now() < deadline, "the writers got too few acknowledgements in 60 s: {:?}", state.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the writers got too few acknowledgements in 60 s: {:?}",
+            state.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -700,7 +714,10 @@ fn every_acknowledged_update_survives_kill_9() {
         let _ = writer.join();
     }
     let state = state.lock().unwrap().clone();
-    assert!(state.iter().all(|(acked, _)| acked.is_some()), "some writer got no acknowledgement before the kill: {state:?}");
+    assert!(
+        state.iter().all(|(acked, _)| acked.is_some()),
+        "some writer got no acknowledgement before the kill: {state:?}"
+    );
     // The database is whole, and every acknowledged UPDATE is there (or the one sent after it,
     // which the kill may or may not have caught before its reply).
     let conn = rusqlite::Connection::open(&server.db).unwrap();
@@ -711,7 +728,12 @@ fn every_acknowledged_update_survives_kill_9() {
     let records = server.records();
     for (w, (acked, in_flight)) in state.iter().enumerate() {
         let client = format!("127.0.3.{}", 1 + w);
-        let stored = records.as_array().unwrap().iter().find(|r| r["client"] == client.as_str()).map(|r| r["hash"].as_str().unwrap().to_string());
+        let stored = records
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["client"] == client.as_str())
+            .map(|r| r["hash"].as_str().unwrap().to_string());
         assert!(
             stored == *acked || stored == *in_flight,
             "{client}: stored {stored:?}, last acknowledged {acked:?}, in flight {in_flight:?}"
@@ -730,7 +752,14 @@ fn local_administration_lists_shows_deletes_and_resets() {
     assert_eq!(raw_from([127, 0, 4, 2], at, b"UPDATE h2 other\r\n"), b"20 OK\r\n");
     assert_eq!(raw_from([127, 0, 4, 1], at, b"CHECK h1\r\n"), b"20 OK\r\n");
     let admin = |args: &[&str]| {
-        Command::new(ids_bin()).arg("server").args(args).arg("--db").arg(&server.db).env_remove("IDS_PASSPHRASE").output().unwrap()
+        Command::new(ids_bin())
+            .arg("server")
+            .args(args)
+            .arg("--db")
+            .arg(&server.db)
+            .env_remove("IDS_PASSPHRASE")
+            .output()
+            .unwrap()
     };
     let list: Value = serde_json::from_slice(&admin(&["list", "--json"]).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
@@ -816,9 +845,20 @@ fn make_ca(dir: &Path, name: &str) -> ((rcgen::Certificate, rcgen::KeyPair), Pat
 fn pki(dir: &Path) -> Pki {
     let (ca, ca_path) = make_ca(dir, "ca");
     let (_, other_ca) = make_ca(dir, "other-ca");
-    let (server_cert, server_key, server_fingerprint) = issue(dir, "server", &ca, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key, client_fingerprint) = issue(dir, "client", &ca, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-    Pki { ca: ca_path, other_ca, server_cert, server_key, server_fingerprint, client_cert, client_key, client_fingerprint }
+    let (server_cert, server_key, server_fingerprint) =
+        issue(dir, "server", &ca, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key, client_fingerprint) =
+        issue(dir, "client", &ca, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    Pki {
+        ca: ca_path,
+        other_ca,
+        server_cert,
+        server_key,
+        server_fingerprint,
+        client_cert,
+        client_key,
+        client_fingerprint,
+    }
 }
 
 fn serve_tls(pki: &Pki, mtls: bool) -> String {
@@ -849,9 +889,11 @@ fn tls_with_ca_or_pinned_fingerprint_works_and_wrong_ones_fail_the_handshake() {
     let pki = pki(&dir.0);
     let server = Server::start(&dir.0, &serve_tls(&pki, false));
     let by_ca = tls_client_config(&dir.0, "by-ca", server.port, &format!("ca = {:?}", pki.ca));
-    let pinned = tls_client_config(&dir.0, "pinned", server.port, &format!("fingerprint = {:?}", pki.server_fingerprint));
+    let pinned =
+        tls_client_config(&dir.0, "pinned", server.port, &format!("fingerprint = {:?}", pki.server_fingerprint));
     let wrong_ca = tls_client_config(&dir.0, "wrong-ca", server.port, &format!("ca = {:?}", pki.other_ca));
-    let wrong_pin = tls_client_config(&dir.0, "wrong-pin", server.port, &format!("fingerprint = {:?}", "ab".repeat(32)));
+    let wrong_pin =
+        tls_client_config(&dir.0, "wrong-pin", server.port, &format!("fingerprint = {:?}", "ab".repeat(32)));
     let cfg = |p: &PathBuf| p.to_str().unwrap().to_string();
 
     let (code, results) = client_json(&["update", "--hash", "tls1", "--config", &cfg(&by_ca)], Some("pw"));
@@ -893,7 +935,12 @@ fn mtls_identifies_clients_by_certificate_and_refuses_clients_without_one() {
     assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
     assert_eq!(records[0]["client"], format!("cert:{}", pki.client_fingerprint));
     assert_eq!(records[0]["hash"], "m1");
-    assert!(server.audit().iter().any(|r| r["transport"] == "mtls" && r["client"] == format!("cert:{}", pki.client_fingerprint).as_str()));
+    assert!(
+        server
+            .audit()
+            .iter()
+            .any(|r| r["transport"] == "mtls" && r["client"] == format!("cert:{}", pki.client_fingerprint).as_str())
+    );
 }
 
 /// `ids client --server` with the `--tls-*` flags: the TLS of a `[servers.tls]` table for a
@@ -913,7 +960,8 @@ fn server_flag_speaks_tls_with_a_ca_or_a_pinned_fingerprint() {
     };
     let (code, results) = tls(&["test"], &["--tls-ca", ca], None);
     assert_eq!((code, results[0]["revision"].as_u64()), (0, Some(2)), "{results:?}");
-    let (code, results) = tls(&["update", "--hash", "flag1"], &["--tls-ca", ca, "--tls-server-name", "localhost"], Some("pw"));
+    let (code, results) =
+        tls(&["update", "--hash", "flag1"], &["--tls-ca", ca, "--tls-server-name", "localhost"], Some("pw"));
     assert_eq!(code, 0, "{results:?}");
     let pin = &pki.server_fingerprint;
     let pairs: Vec<String> = pin.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect();
@@ -942,7 +990,10 @@ fn server_flag_speaks_tls_with_a_ca_or_a_pinned_fingerprint() {
         (&["--tls-fingerprint", "xyz"], &["--tls-fingerprint", "\"xyz\"", "64 hex digits"]),
         (&["--tls-fingerprint", &"zz".repeat(32)], &["--tls-fingerprint", "not a hex digit"]),
         (&["--tls-server-name", "localhost"], &["--tls-ca or --tls-fingerprint"]),
-        (&["--tls-ca", ca, "--tls-client-cert", pki.client_cert.to_str().unwrap()], &["--tls-client-cert and --tls-client-key"]),
+        (
+            &["--tls-ca", ca, "--tls-client-cert", pki.client_cert.to_str().unwrap()],
+            &["--tls-client-cert and --tls-client-key"],
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec!["update", "--hash", "evil", "--server", &at];
@@ -968,7 +1019,8 @@ fn server_flag_presents_a_client_certificate_for_mtls() {
     let pki = pki(&dir.0);
     let server = Server::start(&dir.0, &serve_tls(&pki, true));
     let at = server.address().to_string();
-    let (ca, cert, key) = (pki.ca.to_str().unwrap(), pki.client_cert.to_str().unwrap(), pki.client_key.to_str().unwrap());
+    let (ca, cert, key) =
+        (pki.ca.to_str().unwrap(), pki.client_cert.to_str().unwrap(), pki.client_key.to_str().unwrap());
     let with_cert = ["--server", at.as_str(), "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", key];
     let (code, results) = client_json(&[&["update", "--hash", "m1"][..], &with_cert].concat(), Some("pw"));
     assert_eq!(code, 0, "{results:?}");
@@ -978,7 +1030,19 @@ fn server_flag_presents_a_client_certificate_for_mtls() {
     assert_eq!(code, 5, "a client without a certificate was served: {results:?}");
     let missing_key = dir.0.join("no-such.key");
     let missing_key = missing_key.to_str().unwrap();
-    let args = ["update", "--hash", "m3", "--server", &at, "--tls-ca", ca, "--tls-client-cert", cert, "--tls-client-key", missing_key];
+    let args = [
+        "update",
+        "--hash",
+        "m3",
+        "--server",
+        &at,
+        "--tls-ca",
+        ca,
+        "--tls-client-cert",
+        cert,
+        "--tls-client-key",
+        missing_key,
+    ];
     let out = client(&args, Some("pw"));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -304,7 +304,8 @@ impl Daemon {
 
     /// `ids status --json`, parsed.
     fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let text = command_stdout(Command::new(&self.ids).arg("status").arg("--config").arg(&self.config).arg("--json"))?;
+        let text =
+            command_stdout(Command::new(&self.ids).arg("status").arg("--config").arg(&self.config).arg("--json"))?;
         serde_json::from_str(&text).with_context(|| format!("ids status --json printed bad JSON: {text:?}"))
     }
 
@@ -540,8 +541,7 @@ struct Overhead {
 }
 
 fn measure_overhead(ids: &Path, scratch: &Scratch) -> anyhow::Result<Overhead> {
-    let workloads =
-        Workloads { unwatched_file: scratch.unwatched.join("small"), listener: listen_on_loopback()? };
+    let workloads = Workloads { unwatched_file: scratch.unwatched.join("small"), listener: listen_on_loopback()? };
     let mut rows: Vec<OverheadRow> =
         Workload::ALL.iter().map(|&workload| OverheadRow { workload, baseline: vec![], attached: vec![] }).collect();
     eprintln!("bench: overhead warm-up");
@@ -868,7 +868,11 @@ fn render_section(machine: &Machine, load_after: &str, overhead: &Overhead, capa
             " {exact}/{} {}{} |",
             runs.len(),
             if exact == runs.len() { "yes" } else { "**no**" },
-            if unsettled > 0 { format!(" ({unsettled} did not settle in {} s)", DRAIN_TIMEOUT.as_secs()) } else { String::new() },
+            if unsettled > 0 {
+                format!(" ({unsettled} did not settle in {} s)", DRAIN_TIMEOUT.as_secs())
+            } else {
+                String::new()
+            },
         );
     }
     if !capacity.others_seen.is_empty() {
@@ -888,7 +892,8 @@ fn render_section(machine: &Machine, load_after: &str, overhead: &Overhead, capa
 /// figure is a lower bound.
 fn capacity_verdict(capacity: &Capacity) -> String {
     let target = thousands(CAPACITY_TARGET as u64);
-    let best = capacity.steps.iter().filter(|step| step.lossless()).max_by(|a, b| a.achieved().total_cmp(&b.achieved()));
+    let best =
+        capacity.steps.iter().filter(|step| step.lossless()).max_by(|a, b| a.achieved().total_cmp(&b.achieved()));
     let Some(best) = best else {
         return format!(
             "Capacity: every step lost events, so below the lowest step ({} events/s); target ≥ {target} events/s **not met**.",
@@ -911,11 +916,7 @@ fn capacity_verdict(capacity: &Capacity) -> String {
 }
 
 fn append_to_benchmarks(path: &Path, section: &str) -> anyhow::Result<()> {
-    let mut text = if path.exists() {
-        String::new()
-    } else {
-        BENCHMARKS_HEADER.to_string()
-    };
+    let mut text = if path.exists() { String::new() } else { BENCHMARKS_HEADER.to_string() };
     text.push_str(section);
     OpenOptions::new()
         .create(true)

@@ -16,8 +16,19 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
 /// systemd for journalctl and the private systemd-journald of the journal test (bsdutils for logger).
 const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2", "iputils-ping", "qemu-system-x86", "busybox-static", "cpio", "xz-utils", "nftables", "ipset", "iptables",
-    "ethtool", "fail2ban", "systemd", "bsdutils",
+    "iproute2",
+    "iputils-ping",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "nftables",
+    "ipset",
+    "iptables",
+    "ethtool",
+    "fail2ban",
+    "systemd",
+    "bsdutils",
 ];
 
 #[derive(Parser)]
@@ -76,13 +87,24 @@ fn run() -> Result<()> {
             setup()?;
             build(&root)?;
             // Release profile: shares the build (and its eBPF object) with the binary the tests start.
-            status(Command::new("cargo").current_dir(&root).args(["test", "--release", "-p", "ids-common", "-p", "ids-user", "-p", "xtask"]))?;
-            status(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .env("IDS_BIN", root.join("target/release/ids"))
-                    .args(["test", "--release", "-p", "ids-tests", "--", "--test-threads=1"]),
-            )?;
+            status(Command::new("cargo").current_dir(&root).args([
+                "test",
+                "--release",
+                "-p",
+                "ids-common",
+                "-p",
+                "ids-user",
+                "-p",
+                "xtask",
+            ]))?;
+            status(Command::new("cargo").current_dir(&root).env("IDS_BIN", root.join("target/release/ids")).args([
+                "test",
+                "--release",
+                "-p",
+                "ids-tests",
+                "--",
+                "--test-threads=1",
+            ]))?;
             vm::run(&root)
         }
         Task::VmTest => {
@@ -114,7 +136,8 @@ fn output_of(program: &str, args: &[&str]) -> Option<String> {
 }
 
 fn setup() -> Result<()> {
-    let installed = output_of("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let installed =
+        output_of("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
         status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
@@ -122,7 +145,14 @@ fn setup() -> Result<()> {
     let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
-        status(Command::new("cargo").args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))?;
+        status(Command::new("cargo").args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
     }
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
@@ -134,7 +164,12 @@ fn setup() -> Result<()> {
     if !missing.is_empty() {
         eprintln!("xtask: installing Debian packages {}", missing.join(" "));
         status(Command::new("apt-get").arg("update").arg("-q"))?;
-        status(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q"]).args(&missing))?;
+        status(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q"])
+                .args(&missing),
+        )?;
     }
     Ok(())
 }

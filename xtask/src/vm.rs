@@ -82,19 +82,11 @@ pub fn run(root: &Path) -> Result<()> {
     let ids = ids_binary(root)?;
     let initrd = build_initramfs(&vm_dir, &ids, &kernel)?;
 
-    println!(
-        "vm: booting {} (TCG, timeout {} s)",
-        kernel.package,
-        BOOT_TIMEOUT.as_secs()
-    );
+    println!("vm: booting {} (TCG, timeout {} s)", kernel.package, BOOT_TIMEOUT.as_secs());
     let boot = boot(&kernel.vmlinuz, &initrd, BOOT_TIMEOUT)?;
     let log = vm_dir.join("console.log");
     fs::write(&log, &boot.console).with_context(|| format!("writing {}", log.display()))?;
-    println!(
-        "vm: qemu finished after {:.1} s; console saved to {}",
-        boot.elapsed.as_secs_f64(),
-        log.display()
-    );
+    println!("vm: qemu finished after {:.1} s; console saved to {}", boot.elapsed.as_secs_f64(), log.display());
 
     if boot.timed_out {
         bail!(
@@ -105,15 +97,10 @@ pub fn run(root: &Path) -> Result<()> {
         );
     }
     if !boot.status.success() {
-        bail!(
-            "qemu-system-x86_64 failed ({}): {}\nconsole in {}",
-            boot.status,
-            boot.stderr.trim(),
-            log.display()
-        );
+        bail!("qemu-system-x86_64 failed ({}): {}\nconsole in {}", boot.status, boot.stderr.trim(), log.display());
     }
-    let summary = check_console(&boot.console)
-        .with_context(|| format!("VM check failed; console in {}", log.display()))?;
+    let summary =
+        check_console(&boot.console).with_context(|| format!("VM check failed; console in {}", log.display()))?;
     println!("vm: OK ({summary})");
     Ok(())
 }
@@ -123,17 +110,12 @@ pub fn run(root: &Path) -> Result<()> {
 
 /// Installs qemu, busybox-static and cpio with apt-get unless all three are on PATH.
 fn ensure_host_tools() -> Result<()> {
-    let missing: Vec<&str> = ["qemu-system-x86_64", "busybox", "cpio"]
-        .into_iter()
-        .filter(|tool| find_in_path(tool).is_none())
-        .collect();
+    let missing: Vec<&str> =
+        ["qemu-system-x86_64", "busybox", "cpio"].into_iter().filter(|tool| find_in_path(tool).is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    println!(
-        "vm: installing host tools (missing: {})",
-        missing.join(", ")
-    );
+    println!("vm: installing host tools (missing: {})", missing.join(", "));
     let install = || {
         apt_get()
             // seabios and ipxe-qemu (firmware, NIC ROM) are dependencies; recommends add a GUI.
@@ -161,14 +143,9 @@ fn apt_get() -> Command {
 /// The first executable named `name` in PATH.
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| {
+        candidate.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -192,32 +169,19 @@ fn fetch_kernel(vm_dir: &Path) -> Result<Kernel> {
         println!("vm: downloading {package} into {}", vm_dir.display());
         let deb = download_package(vm_dir, &package)?;
         if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing partial {}", dir.display()))?;
+            fs::remove_dir_all(&dir).with_context(|| format!("removing partial {}", dir.display()))?;
         }
         run_checked(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
-        fs::write(&stamp, format!("{package}\n"))
-            .with_context(|| format!("writing {}", stamp.display()))?;
+        fs::write(&stamp, format!("{package}\n")).with_context(|| format!("writing {}", stamp.display()))?;
         fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
     }
-    let package = fs::read_to_string(&stamp)
-        .with_context(|| format!("reading {}", stamp.display()))?
-        .trim()
-        .to_owned();
+    let package = fs::read_to_string(&stamp).with_context(|| format!("reading {}", stamp.display()))?.trim().to_owned();
 
     let boot = dir.join("boot");
     let vmlinuz = single_entry(&boot, |name| name.starts_with("vmlinuz-"))?;
-    let release = vmlinuz
-        .file_name()
-        .and_then(OsStr::to_str)
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .unwrap_or("");
+    let release = vmlinuz.file_name().and_then(OsStr::to_str).and_then(|n| n.strip_prefix("vmlinuz-")).unwrap_or("");
     let modules = dir.join("lib/modules").join(release);
-    Ok(Kernel {
-        package,
-        vmlinuz,
-        modules,
-    })
+    Ok(Kernel { package, vmlinuz, modules })
 }
 
 /// Name of the package `linux-image-amd64` depends on, e.g. `linux-image-6.1.0-56-amd64`;
@@ -238,8 +202,7 @@ fn kernel_package_from_apt() -> Result<Option<String>> {
             .and_then(|rest| rest.strip_suffix("-amd64"))
             .is_some_and(|abi| !abi.is_empty() && abi.bytes().all(|b| b.is_ascii_digit()))
     };
-    let depends = output_of(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE]))
-        .unwrap_or_default();
+    let depends = output_of(Command::new("apt-cache").args(["depends", KERNEL_METAPACKAGE])).unwrap_or_default();
     let from_depends = depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends:"))
@@ -249,16 +212,10 @@ fn kernel_package_from_apt() -> Result<Option<String>> {
         return Ok(Some(name.to_owned()));
     }
     // Fallback: the highest ABI number among the packages apt knows.
-    let search = output_of(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-    ]))?;
+    let search =
+        output_of(Command::new("apt-cache").args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"]))?;
     let abi = |name: &str| -> u32 {
-        name.trim_start_matches("linux-image-6.1.0-")
-            .trim_end_matches("-amd64")
-            .parse()
-            .unwrap_or(0)
+        name.trim_start_matches("linux-image-6.1.0-").trim_end_matches("-amd64").parse().unwrap_or(0)
     };
     Ok(search
         .lines()
@@ -270,26 +227,16 @@ fn kernel_package_from_apt() -> Result<Option<String>> {
 
 /// `apt-get download <package>` in `dir`; returns the `.deb` it wrote.
 fn download_package(dir: &Path, package: &str) -> Result<PathBuf> {
-    let download = || {
-        apt_get()
-            .args(["download", package])
-            .current_dir(dir)
-            .status()
-            .context("running apt-get download")
-    };
+    let download =
+        || apt_get().args(["download", package]).current_dir(dir).status().context("running apt-get download");
     if !download()?.success() {
         run_checked(apt_get().arg("update"))?;
         let status = download()?;
         if !status.success() {
-            bail!(
-                "apt-get download {package} failed ({status}) in {}",
-                dir.display()
-            );
+            bail!("apt-get download {package} failed ({status}) in {}", dir.display());
         }
     }
-    single_entry(dir, |name| {
-        name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
-    })
+    single_entry(dir, |name| name.starts_with(&format!("{package}_")) && name.ends_with(".deb"))
 }
 
 /// The one entry of `dir` whose file name satisfies `matches`.
@@ -319,19 +266,11 @@ fn ids_binary(root: &Path) -> Result<PathBuf> {
         return Ok(binary);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run_checked(
-        Command::new(cargo)
-            .args(["build", "--release", "-p", "ids-user"])
-            .current_dir(root),
-    )?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    run_checked(Command::new(cargo).args(["build", "--release", "-p", "ids-user"]).current_dir(root))?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let binary = target_dir.join("release/ids");
     if !binary.is_file() {
-        bail!(
-            "cargo build succeeded but {} does not exist",
-            binary.display()
-        );
+        bail!("cargo build succeeded but {} does not exist", binary.display());
     }
     Ok(binary)
 }
@@ -342,17 +281,7 @@ fn build_initramfs(vm_dir: &Path, ids: &Path, kernel: &Kernel) -> Result<PathBuf
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     }
-    for dir in [
-        "bin",
-        "sbin",
-        "dev",
-        "etc",
-        "lib/modules",
-        "proc",
-        "root",
-        "sys",
-        "tmp",
-    ] {
+    for dir in ["bin", "sbin", "dev", "etc", "lib/modules", "proc", "root", "sys", "tmp"] {
         let path = tree.join(dir);
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     }
@@ -378,11 +307,7 @@ fn build_initramfs(vm_dir: &Path, ids: &Path, kernel: &Kernel) -> Result<PathBuf
 fn install_busybox(busybox: &Path, tree: &Path) -> Result<()> {
     copy_file(busybox, &tree.join("bin/busybox"))?;
     let list = output_of(Command::new(busybox).arg("--list"))?;
-    for applet in list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && !a.contains('/'))
-    {
+    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')) {
         let link = tree.join("bin").join(applet);
         if link.symlink_metadata().is_err() {
             symlink("busybox", &link).with_context(|| format!("linking {}", link.display()))?;
@@ -394,10 +319,7 @@ fn install_busybox(busybox: &Path, tree: &Path) -> Result<()> {
 /// Copies the libraries and loader `ldd` names for `binary` into `tree` at the same paths.
 /// A static binary needs none.
 fn copy_shared_libraries(binary: &Path, tree: &Path) -> Result<()> {
-    let output = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
+    let output = Command::new("ldd").arg(binary).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         if text.contains("not a dynamic executable")
@@ -443,8 +365,7 @@ fn install_modules(kernel: &Kernel, tree: &Path) -> Result<()> {
         if plain.is_file() {
             copy_file(&plain, &destination)?;
         } else if compressed.is_file() {
-            let out = File::create(&destination)
-                .with_context(|| format!("creating {}", destination.display()))?;
+            let out = File::create(&destination).with_context(|| format!("creating {}", destination.display()))?;
             run_checked(Command::new("xz").arg("-dc").arg(&compressed).stdout(out))?;
         } else if required {
             bail!("no {name} module in {}", kernel.modules.display());
@@ -461,10 +382,7 @@ fn pack_cpio_gz(tree: &Path, output: &Path) -> Result<()> {
     list_tree(tree, Path::new(""), &mut names)?;
     let mut list = String::new();
     for name in &names {
-        list.push_str(
-            name.to_str()
-                .with_context(|| format!("non-UTF-8 path {name:?} in {}", tree.display()))?,
-        );
+        list.push_str(name.to_str().with_context(|| format!("non-UTF-8 path {name:?} in {}", tree.display()))?);
         list.push('\n');
     }
 
@@ -477,24 +395,12 @@ fn pack_cpio_gz(tree: &Path, output: &Path) -> Result<()> {
         .spawn()
         .context("running cpio")?;
     let cpio_out = cpio.stdout.take().expect("cpio stdout is piped");
-    let mut gzip = Command::new("gzip")
-        .arg("-6")
-        .stdin(cpio_out)
-        .stdout(out)
-        .spawn()
-        .context("running gzip")?;
-    cpio.stdin
-        .take()
-        .expect("cpio stdin is piped")
-        .write_all(list.as_bytes())
-        .context("writing cpio's file list")?;
+    let mut gzip = Command::new("gzip").arg("-6").stdin(cpio_out).stdout(out).spawn().context("running gzip")?;
+    cpio.stdin.take().expect("cpio stdin is piped").write_all(list.as_bytes()).context("writing cpio's file list")?;
     let cpio_status = cpio.wait().context("waiting for cpio")?;
     let gzip_status = gzip.wait().context("waiting for gzip")?;
     if !cpio_status.success() || !gzip_status.success() {
-        bail!(
-            "cpio | gzip into {} failed (cpio {cpio_status}, gzip {gzip_status})",
-            output.display()
-        );
+        bail!("cpio | gzip into {} failed (cpio {cpio_status}, gzip {gzip_status})", output.display());
     }
     Ok(())
 }
@@ -511,11 +417,7 @@ fn list_tree(root: &Path, dir: &Path, names: &mut Vec<PathBuf>) -> Result<()> {
     for entry in entries {
         let relative = dir.join(entry.file_name());
         names.push(relative.clone());
-        if entry
-            .file_type()
-            .with_context(|| format!("stat {}", entry.path().display()))?
-            .is_dir()
-        {
+        if entry.file_type().with_context(|| format!("stat {}", entry.path().display()))?.is_dir() {
             list_tree(root, &relative, names)?;
         }
     }
@@ -527,8 +429,7 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    fs::copy(from, to)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -548,16 +449,7 @@ struct Boot {
 fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
     let start = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
+        .args(["-accel", "tcg,thread=multi", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -599,9 +491,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
         if start.elapsed() > timeout {
             timed_out = true;
             let _ = qemu.kill();
-            break qemu
-                .wait()
-                .context("waiting for the killed qemu-system-x86_64")?;
+            break qemu.wait().context("waiting for the killed qemu-system-x86_64")?;
         }
         thread::sleep(Duration::from_millis(200));
     };
@@ -639,10 +529,7 @@ fn strip_terminal_codes(text: &str) -> String {
             '\u{1b}' => {
                 if chars.next_if_eq(&'[').is_some() {
                     // Parameter and intermediate bytes, then one final byte.
-                    while chars
-                        .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
-                        .is_some()
-                    {}
+                    while chars.next_if(|c| ('\u{20}'..='\u{3f}').contains(c)).is_some() {}
                 }
                 chars.next();
             }
@@ -662,14 +549,9 @@ fn check_console(console: &str) -> Result<String> {
     let status_text = section(console, "STATUS");
     let events_text = section(console, "EVENTS");
     let daemon_log = section(console, "DAEMON-LOG");
-    let exit_code = console.lines().find_map(|line| {
-        line.trim()
-            .strip_prefix("===EXIT ")?
-            .strip_suffix("===")?
-            .trim()
-            .parse::<i32>()
-            .ok()
-    });
+    let exit_code = console
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("===EXIT ")?.strip_suffix("===")?.trim().parse::<i32>().ok());
 
     if status_text.is_none() && events_text.is_none() && exit_code.is_none() {
         bail!(
@@ -680,14 +562,8 @@ fn check_console(console: &str) -> Result<String> {
 
     let mut failures = Vec::new();
 
-    if let Some(line) = console
-        .lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("===NOT READY"))
-    {
-        failures.push(format!(
-            "`ids status` never succeeded while the daemon ran ({line})"
-        ));
+    if let Some(line) = console.lines().map(str::trim).find(|line| line.starts_with("===NOT READY")) {
+        failures.push(format!("`ids status` never succeeded while the daemon ran ({line})"));
     }
 
     // Hooks per signal.
@@ -703,12 +579,10 @@ fn check_console(console: &str) -> Result<String> {
             for name in LSM_SIGNALS {
                 let entry = signals.iter().find(|s| s["signal"] == name);
                 match entry.and_then(|s| s["hook"].as_str()) {
-                    Some(hook) if name == "file" && !hook.contains("fentry") => {
-                        failures.push(format!(
-                            "signal `file` uses hook `{hook}`, expected the LSM+fentry set: {}",
-                            entry.map(Value::to_string).unwrap_or_default()
-                        ))
-                    }
+                    Some(hook) if name == "file" && !hook.contains("fentry") => failures.push(format!(
+                        "signal `file` uses hook `{hook}`, expected the LSM+fentry set: {}",
+                        entry.map(Value::to_string).unwrap_or_default()
+                    )),
                     Some(hook) if hook.starts_with("lsm") => hooks.push(format!("{name}={hook}")),
                     Some(hook) => failures.push(format!(
                         "signal `{name}` uses hook `{hook}`, expected an lsm hook: {}",
@@ -764,32 +638,19 @@ fn check_console(console: &str) -> Result<String> {
         }
         bail!(message);
     }
-    Ok(format!(
-        "{}; {} events; {integrity}",
-        hooks.join(", "),
-        events.len()
-    ))
+    Ok(format!("{}; {} events; {integrity}", hooks.join(", "), events.len()))
 }
 
 /// The expectations of the integrity scenario; appends one message per unmet expectation and
 /// returns a summary for the success line.
 fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) -> String {
-    let marker = |prefix: &str| {
-        console
-            .lines()
-            .map(str::trim)
-            .find(|line| line.starts_with(prefix))
-            .map(str::to_owned)
-    };
+    let marker = |prefix: &str| console.lines().map(str::trim).find(|line| line.starts_with(prefix)).map(str::to_owned);
     let stderr = section(console, "INTEGRITY-STDERR").unwrap_or_default();
     let with_stderr = |message: String| {
         if stderr.trim().is_empty() {
             message
         } else {
-            format!(
-                "{message}\n  stderr of the integrity commands:\n{}",
-                quote(&stderr, 20)
-            )
+            format!("{message}\n  stderr of the integrity commands:\n{}", quote(&stderr, 20))
         }
     };
     // One JSON section; a failure (and `None`) when it is missing or not JSON.
@@ -802,10 +663,7 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
             Some(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(value) => Some(value),
                 Err(e) => {
-                    failures.push(with_stderr(format!(
-                        "`{command}` output is not JSON ({e}):\n{}",
-                        quote(&text, 30)
-                    )));
+                    failures.push(with_stderr(format!("`{command}` output is not JSON ({e}):\n{}", quote(&text, 30))));
                     None
                 }
             },
@@ -817,16 +675,12 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
     let diff = json_section("INTEGRITY-DIFF", "ids diff --json");
 
     if marker("===INTEGRITY-READY").is_none() {
-        failures.push(
-            "the daemon's first integrity scan was not done within 30 s (no ===INTEGRITY-READY===)"
-                .to_owned(),
-        );
+        failures
+            .push("the daemon's first integrity scan was not done within 30 s (no ===INTEGRITY-READY===)".to_owned());
     }
     if let Some(baseline) = &baseline {
         if baseline["ok"] != true || baseline["source"] != "daemon" {
-            failures.push(format!(
-                "`ids baseline --json` was not accepted by the daemon: {baseline}"
-            ));
+            failures.push(format!("`ids baseline --json` was not accepted by the daemon: {baseline}"));
         }
     }
     let clean = marker("===INTEGRITY-CLEAN");
@@ -842,16 +696,10 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
     let fresh_aggregate = hash.as_ref().and_then(|h| h["aggregate"].as_str());
     if let Some(status) = &status {
         if status["integrity"]["dirty"] != 0 {
-            failures.push(format!(
-                "integrity.dirty is not 0 in the final status: {}",
-                status["integrity"]
-            ));
+            failures.push(format!("integrity.dirty is not 0 in the final status: {}", status["integrity"]));
         }
         if daemon_aggregate.is_none() {
-            failures.push(format!(
-                "the final `ids status --json` has no aggregate: {}",
-                status["integrity"]
-            ));
+            failures.push(format!("the final `ids status --json` has no aggregate: {}", status["integrity"]));
         }
     }
     if hash.is_some() && fresh_aggregate.is_none() {
@@ -868,24 +716,12 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
     }
 
     // Alerts.
-    let alerts: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["kind"] == "integrity" || e["kind"] == "sensor_miss")
-        .collect();
-    let in_tree = |id: &str| {
-        id.split_once(':')
-            .is_some_and(|(_, path)| is_under(path, INTEGRITY_DIR))
-    };
-    let misses: Vec<&Value> = alerts
-        .iter()
-        .copied()
-        .filter(|a| a["kind"] == "sensor_miss")
-        .collect();
+    let alerts: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == "integrity" || e["kind"] == "sensor_miss").collect();
+    let in_tree = |id: &str| id.split_once(':').is_some_and(|(_, path)| is_under(path, INTEGRITY_DIR));
+    let misses: Vec<&Value> = alerts.iter().copied().filter(|a| a["kind"] == "sensor_miss").collect();
     if !misses.is_empty() {
-        failures.push(format!(
-            "sensor_miss alerts (changes the sensor did not report):\n{}",
-            quote_events(misses)
-        ));
+        failures.push(format!("sensor_miss alerts (changes the sensor did not report):\n{}", quote_events(misses)));
     }
     let stray: Vec<&Value> = alerts
         .iter()
@@ -893,16 +729,9 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
         .filter(|a| !a["id"].as_str().is_some_and(in_tree) && a["id"] != "module:dummy")
         .collect();
     if !stray.is_empty() {
-        failures.push(format!(
-            "integrity alerts for items outside {INTEGRITY_DIR}:\n{}",
-            quote_events(stray)
-        ));
+        failures.push(format!("integrity alerts for items outside {INTEGRITY_DIR}:\n{}", quote_events(stray)));
     }
-    let alerted = |id: &str| {
-        alerts
-            .iter()
-            .any(|a| a["kind"] == "integrity" && a["id"] == id)
-    };
+    let alerted = |id: &str| alerts.iter().any(|a| a["kind"] == "integrity" && a["id"] == id);
     let mut expected: Vec<String> = (1..=INTEGRITY_LOOPS)
         .flat_map(|w| ["file", "meta"].map(|prefix| format!("{prefix}:{INTEGRITY_DIR}/w{w}/done")))
         .collect();
@@ -922,9 +751,7 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
                                     expected.push(id.to_owned());
                                 }
                             }
-                            _ => failures.push(format!(
-                                "`ids diff` names an item outside {INTEGRITY_DIR}: {entry}"
-                            )),
+                            _ => failures.push(format!("`ids diff` names an item outside {INTEGRITY_DIR}: {entry}")),
                         }
                     }
                 }
@@ -939,12 +766,7 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
         failures.push(format!(
             "no \"kind\":\"integrity\" alert in the events log for {} changed item(s): {}; integrity alerts:\n{}",
             unalerted.len(),
-            unalerted
-                .iter()
-                .take(20)
-                .map(|id| id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            unalerted.iter().take(20).map(|id| id.as_str()).collect::<Vec<_>>().join(", "),
             quote_events(alerts.iter().copied())
         ));
     }
@@ -966,20 +788,13 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
 fn check_events(events: &[Value], failures: &mut Vec<String>) {
     let of_kind = |kind: &'static str| events.iter().filter(move |e| e["kind"] == kind);
 
-    if !of_kind("exec").any(|e| {
-        e["argv"]
-            .as_array()
-            .is_some_and(|argv| argv.iter().any(|a| a == "vmarg1"))
-    }) {
-        failures.push(format!(
-            "no exec event with \"vmarg1\" in argv; exec events:\n{}",
-            quote_events(of_kind("exec"))
-        ));
+    if !of_kind("exec").any(|e| e["argv"].as_array().is_some_and(|argv| argv.iter().any(|a| a == "vmarg1"))) {
+        failures
+            .push(format!("no exec event with \"vmarg1\" in argv; exec events:\n{}", quote_events(of_kind("exec"))));
     }
 
     let watched_op = |op: &str| {
-        of_kind("file")
-            .any(|e| e["op"] == op && e["path"].as_str().is_some_and(|p| is_under(p, WATCHED_DIR)))
+        of_kind("file").any(|e| e["op"] == op && e["path"].as_str().is_some_and(|p| is_under(p, WATCHED_DIR)))
     };
     let missing: Vec<&str> = FILE_OPS.into_iter().filter(|op| !watched_op(op)).collect();
     if !missing.is_empty() {
@@ -991,31 +806,23 @@ fn check_events(events: &[Value], failures: &mut Vec<String>) {
     }
 
     let touches_unwatched = |e: &&Value| {
-        ["path", "new_path"]
-            .iter()
-            .any(|key| e[*key].as_str().is_some_and(|p| is_under(p, UNWATCHED_DIR)))
+        ["path", "new_path"].iter().any(|key| e[*key].as_str().is_some_and(|p| is_under(p, UNWATCHED_DIR)))
     };
     let unwatched: Vec<&Value> = of_kind("file").filter(touches_unwatched).collect();
     if !unwatched.is_empty() {
-        failures.push(format!(
-            "file events under {UNWATCHED_DIR}, which is not watched:\n{}",
-            quote_events(unwatched)
-        ));
+        failures.push(format!("file events under {UNWATCHED_DIR}, which is not watched:\n{}", quote_events(unwatched)));
     }
 
     // `dummy` loaded then removed after the integrity scenario (init.sh, MODULES).
     for op in ["load", "unload"] {
         if !of_kind("module").any(|e| e["op"] == op && e["module"] == "dummy") {
-            failures.push(format!(
-                "no module event {op} of dummy; module events:\n{}",
-                quote_events(of_kind("module"))
-            ));
+            failures
+                .push(format!("no module event {op} of dummy; module events:\n{}", quote_events(of_kind("module"))));
         }
     }
     for change in ["added", "removed"] {
-        let alerted = of_kind("integrity").any(|e| {
-            e["collector"] == "kernel_modules" && e["id"] == "module:dummy" && e["change"] == change
-        });
+        let alerted = of_kind("integrity")
+            .any(|e| e["collector"] == "kernel_modules" && e["id"] == "module:dummy" && e["change"] == change);
         if !alerted {
             failures.push(format!(
                 "no integrity alert {change} for module:dummy (kernel_modules runs every hour here: only the \
@@ -1025,9 +832,7 @@ fn check_events(events: &[Value], failures: &mut Vec<String>) {
         }
     }
 
-    let is_port = |v: &Value| {
-        v.as_u64() == Some(CONNECT_PORT) || v.as_str() == Some(&CONNECT_PORT.to_string())
-    };
+    let is_port = |v: &Value| v.as_u64() == Some(CONNECT_PORT) || v.as_str() == Some(&CONNECT_PORT.to_string());
     if !of_kind("connect").any(|e| e["direction"] == "out" && is_port(&e["dport"])) {
         failures.push(format!(
             "no connect event with direction \"out\" and dport {CONNECT_PORT}; connect events:\n{}",
@@ -1042,26 +847,19 @@ fn section(console: &str, name: &str) -> Option<String> {
     let start = format!("==={name}===");
     let mut lines = console.lines().skip_while(|line| line.trim() != start);
     lines.next()?;
-    let body: Vec<&str> = lines
-        .take_while(|line| line.trim() != "===END===")
-        .collect();
+    let body: Vec<&str> = lines.take_while(|line| line.trim() != "===END===").collect();
     Some(body.join("\n"))
 }
 
 /// Whether `path` is `dir` or inside it.
 fn is_under(path: &str, dir: &str) -> bool {
-    path.strip_prefix(dir)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Up to 20 events, one per indented line, or "(none)".
 fn quote_events<'a>(events: impl IntoIterator<Item = &'a Value>) -> String {
     let lines: Vec<String> = events.into_iter().map(Value::to_string).collect();
-    if lines.is_empty() {
-        "    (none)".to_owned()
-    } else {
-        quote(&lines.join("\n"), 20)
-    }
+    if lines.is_empty() { "    (none)".to_owned() } else { quote(&lines.join("\n"), 20) }
 }
 
 /// The first `max` lines of `text`, indented, with a note of how many were left out, or
@@ -1081,11 +879,7 @@ fn quote(text: &str, max: usize) -> String {
 /// The last `n` lines of `text`, indented.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| indent(l))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| indent(l)).collect::<Vec<_>>().join("\n")
 }
 
 /// One quoted line: indented, cut after [`QUOTE_WIDTH`] characters (console.log has it all).
@@ -1101,9 +895,7 @@ fn indent(line: &str) -> String {
 
 /// Runs `command`, failing with its name and exit status unless it succeeds.
 fn run_checked(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {}", describe(command)))?;
+    let status = command.status().with_context(|| format!("running {}", describe(command)))?;
     if !status.success() {
         bail!("{} failed ({status})", describe(command));
     }
@@ -1113,19 +905,11 @@ fn run_checked(command: &mut Command) -> Result<()> {
 /// Runs `command` and returns its standard output, failing with its stderr unless it
 /// succeeds.
 fn output_of(command: &mut Command) -> Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {}", describe(command)))?;
+    let output = command.output().with_context(|| format!("running {}", describe(command)))?;
     if !output.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            describe(command),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{} failed ({}): {}", describe(command), output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
-    String::from_utf8(output.stdout)
-        .with_context(|| format!("{} printed non-UTF-8 output", describe(command)))
+    String::from_utf8(output.stdout).with_context(|| format!("{} printed non-UTF-8 output", describe(command)))
 }
 
 /// `program arg1 arg2 ...` for error messages.
@@ -1217,10 +1001,7 @@ INFO started
         let summary = check_console(GOOD).unwrap();
         assert!(summary.contains("file=lsm+fentry"), "{summary}");
         assert!(summary.contains("21 events"), "{summary}");
-        assert!(
-            summary.contains("12 alerts, 2 items in the diff"),
-            "{summary}"
-        );
+        assert!(summary.contains("12 alerts, 2 items in the diff"), "{summary}");
     }
 
     #[test]
@@ -1245,25 +1026,18 @@ INFO started
         );
         let message = format!("{:#}", check_console(&bad).unwrap_err());
         assert!(message.contains("1 expectation(s) failed"), "{message}");
-        assert!(
-            message.contains("differs from a fresh `ids hash`"),
-            "{message}"
-        );
+        assert!(message.contains("differs from a fresh `ids hash`"), "{message}");
     }
 
     #[test]
     fn fails_without_the_integrity_sections_or_when_still_dirty() {
         let without_hash = GOOD.replace("===INTEGRITY-HASH===", "===SOMETHING-ELSE===");
         let message = format!("{:#}", check_console(&without_hash).unwrap_err());
-        assert!(
-            message.contains("no ===INTEGRITY-HASH=== section"),
-            "{message}"
-        );
+        assert!(message.contains("no ===INTEGRITY-HASH=== section"), "{message}");
 
-        let dirty = GOOD.replace("\"dirty\": 0", "\"dirty\": 3").replace(
-            "===INTEGRITY-CLEAN after 0.50s===",
-            "===INTEGRITY-NOT-CLEAN after 30s===",
-        );
+        let dirty = GOOD
+            .replace("\"dirty\": 0", "\"dirty\": 3")
+            .replace("===INTEGRITY-CLEAN after 0.50s===", "===INTEGRITY-NOT-CLEAN after 30s===");
         let message = format!("{:#}", check_console(&dirty).unwrap_err());
         assert!(message.contains("did not reach 0"), "{message}");
         assert!(message.contains("integrity.dirty is not 0"), "{message}");
@@ -1301,10 +1075,7 @@ INFO started
             .replace("===EXIT 0===", "===EXIT 137===");
         let message = format!("{:#}", check_console(&bad).unwrap_err());
         assert!(message.contains("4 expectation(s) failed"), "{message}");
-        assert!(
-            message.contains("signal `connect` uses hook `tracepoint"),
-            "{message}"
-        );
+        assert!(message.contains("signal `connect` uses hook `tracepoint"), "{message}");
         assert!(message.contains("op(s) attrib"), "{message}");
         assert!(message.contains("/tmp/unwatched/a"), "{message}");
         assert!(message.contains("exited with 137"), "{message}");
@@ -1312,19 +1083,13 @@ INFO started
 
     #[test]
     fn reports_missing_markers_with_the_console_tail() {
-        let message = format!(
-            "{:#}",
-            check_console("Kernel panic - not syncing: no init found").unwrap_err()
-        );
+        let message = format!("{:#}", check_console("Kernel panic - not syncing: no init found").unwrap_err());
         assert!(message.contains("Kernel panic"), "{message}");
     }
 
     #[test]
     fn strips_terminal_codes() {
-        assert_eq!(
-            strip_terminal_codes("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS\r\n===X==="),
-            "SeaBIOS\n===X==="
-        );
+        assert_eq!(strip_terminal_codes("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS\r\n===X==="), "SeaBIOS\n===X===");
     }
 
     #[test]

@@ -87,12 +87,20 @@ pub fn answer(bans: &mut Bans, request: &Request) -> Value {
             };
             let mut requests = Vec::with_capacity(nets.len());
             for (index, net) in nets.iter().enumerate() {
-                let net = BanNet::parse(net).map_err(|e| Refusal { message: e.to_string(), index: bulk.is_none().then_some(index) })?;
-                requests.push(BanRequest { net, reason: reason.clone(), source: "manual".into(), duration, force: *force });
+                let net = BanNet::parse(net)
+                    .map_err(|e| Refusal { message: e.to_string(), index: bulk.is_none().then_some(index) })?;
+                requests.push(BanRequest {
+                    net,
+                    reason: reason.clone(),
+                    source: "manual".into(),
+                    duration,
+                    force: *force,
+                });
             }
             let outcomes = match bulk {
                 None => {
-                    bans.check_all(&requests).map_err(|(index, e)| Refusal { message: e.to_string(), index: Some(index) })?;
+                    bans.check_all(&requests)
+                        .map_err(|(index, e)| Refusal { message: e.to_string(), index: Some(index) })?;
                     bans.ban_all(requests).map_err(|e| e.to_string())?
                 }
                 Some((token, part, parts)) => match bans.ban_part(token, part, parts, requests) {
@@ -319,7 +327,9 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
     print(&response, json, |r| {
         let items = r["data"].as_array().cloned().unwrap_or_default();
         let mut out = String::new();
-        if let (Some(banned), Some(new)) = (items.first().and_then(|i| i["banned"].as_u64()), items.first().and_then(|i| i["new"].as_u64())) {
+        if let (Some(banned), Some(new)) =
+            (items.first().and_then(|i| i["banned"].as_u64()), items.first().and_then(|i| i["new"].as_u64()))
+        {
             out += &format!("banned {banned} ({} already banned)\n", banned - new);
         } else if items.len() > 10 {
             let new = items.iter().filter(|i| i["created"] == true).count();
@@ -328,7 +338,11 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
             for item in &items {
                 let net = item["net"].as_str().unwrap_or("?");
                 if item["created"] == true {
-                    out += &format!("banned {net} {} ({})\n", until(&item["expires"]), item["reason"].as_str().unwrap_or(""));
+                    out += &format!(
+                        "banned {net} {} ({})\n",
+                        until(&item["expires"]),
+                        item["reason"].as_str().unwrap_or("")
+                    );
                 } else {
                     out += &format!("{net} was already banned; now {}\n", until(&item["expires"]));
                 }
@@ -404,10 +418,7 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
 pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let response = if runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
-        error(format!(
-            "the daemon answers on {}; stop it before detaching",
-            config.control_socket().display()
-        ))
+        error(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
     } else {
         match super::kernel::remove_pins(&config.xdp.pin_dir) {
             Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
@@ -452,7 +463,8 @@ mod tests {
     #[test]
     fn bulk_ban_refused_in_its_last_part_bans_nothing_and_names_the_entry() {
         let mut bans = bans();
-        let nets: Vec<String> = (0..20_000).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).chain(["127.0.0.9".into()]).collect();
+        let nets: Vec<String> =
+            (0..20_000).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).chain(["127.0.0.9".into()]).collect();
         let requests = ban_requests(nets, None, "bulk test".into(), false, false).unwrap();
         assert!(requests.len() > 2, "20,001 nets fit in {} requests", requests.len());
         let mut last = Value::Null;

@@ -26,7 +26,8 @@ use tracing::{info, warn};
 use super::net::BanNet;
 
 /// Maps of `xdp_guard` that are pinned, by name.
-pub const PINNED_MAPS: [&str; 7] = ["BAN_V4", "BAN_V6", "BAN_NET_V4", "BAN_NET_V6", "BAN_HITS", "TRUSTED_V4", "TRUSTED_V6"];
+pub const PINNED_MAPS: [&str; 7] =
+    ["BAN_V4", "BAN_V6", "BAN_NET_V4", "BAN_NET_V6", "BAN_HITS", "TRUSTED_V4", "TRUSTED_V6"];
 /// The XDP program.
 pub const PROGRAM: &str = "xdp_guard";
 
@@ -162,8 +163,14 @@ impl BanMaps {
         if failed4.is_some() || failed6.is_some() {
             // One by one from where the batch stopped: the error then names the net (a full map,
             // or a kernel without batch updates, which the slow path serves).
-            let rest4 = keys4[done4..].iter().zip(&ids4[done4..]).map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
-            let rest6 = keys6[done6..].iter().zip(&ids6[done6..]).map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
+            let rest4 = keys4[done4..]
+                .iter()
+                .zip(&ids4[done4..])
+                .map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
+            let rest6 = keys6[done6..]
+                .iter()
+                .zip(&ids6[done6..])
+                .map(|(k, id)| (BanNet::from_ipnet(IpNet::from(IpAddr::from(*k))), *id));
             for (net, id) in rest4.chain(rest6) {
                 self.insert(&net, id)?;
             }
@@ -250,12 +257,14 @@ impl BanMaps {
             .with_context(|| format!("adding trusted {net} to the kernel map"))?;
         }
         for key in old4 {
-            if !trusted.iter().any(|t| t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v4(t) == key.data()) {
+            if !trusted.iter().any(|t| t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v4(t) == key.data())
+            {
                 let _ = self.trusted_v4.remove(&key);
             }
         }
         for key in old6 {
-            if !trusted.iter().any(|t| !t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v6(t) == key.data()) {
+            if !trusted.iter().any(|t| !t.is_ipv4() && t.prefix_len() as u32 == key.prefix_len() && v6(t) == key.data())
+            {
                 let _ = self.trusted_v6.remove(&key);
             }
         }
@@ -362,9 +371,10 @@ impl XdpAttachments {
         }
         let generic = |program: &mut Xdp| program.attach(interface, XdpMode::Skb);
         let (id, mode) = match self.mode {
-            XdpModeSetting::Generic => {
-                (generic(program).with_context(|| format!("attaching to {interface} in generic mode"))?, AttachMode::Generic)
-            }
+            XdpModeSetting::Generic => (
+                generic(program).with_context(|| format!("attaching to {interface} in generic mode"))?,
+                AttachMode::Generic,
+            ),
             XdpModeSetting::Native => (
                 program
                     .attach(interface, XdpMode::Driver)
@@ -374,9 +384,8 @@ impl XdpAttachments {
             XdpModeSetting::Auto => match program.attach(interface, XdpMode::Driver) {
                 Ok(id) => (id, AttachMode::Native),
                 Err(native) => {
-                    let id = generic(program).with_context(|| {
-                        format!("attaching to {interface} (native mode failed too: {native})")
-                    })?;
+                    let id = generic(program)
+                        .with_context(|| format!("attaching to {interface} (native mode failed too: {native})"))?;
                     (id, AttachMode::Generic)
                 }
             },

@@ -113,7 +113,10 @@ mod tests {
             let name = format!("idsln{}", std::process::id() % 100_000);
             ip(&["link", "add", &name, "type", "veth", "peer", "name", &format!("{name}p")]);
             let _veth = Veth(name.clone());
-            tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.expect("no report of a new link").unwrap();
+            tokio::time::timeout(Duration::from_secs(5), changes.changed())
+                .await
+                .expect("no report of a new link")
+                .unwrap();
 
             // Take what the new link produced, then an address on it.
             while tokio::time::timeout(Duration::from_millis(200), changes.changed()).await.is_ok() {}

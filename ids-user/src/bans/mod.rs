@@ -34,8 +34,8 @@ pub use self::config::{BansConfig, XdpConfig, parse_duration};
 pub use self::kernel::BanMaps;
 pub use self::net::BanNet;
 use crate::config::Config;
-use crate::store::{AlertRow, BanRow, Store, StoreError};
 use crate::store::bans_table::NewBan;
+use crate::store::{AlertRow, BanRow, Store, StoreError};
 
 /// How long a ban lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,9 @@ pub enum BanError {
     Net(#[from] net::NetParseError),
     #[error("{what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
-    #[error("{net} is trusted (by {trusted}: an [xdp] trusted entry, or an address of this host with [xdp] trust_local); trusted addresses are never banned")]
+    #[error(
+        "{net} is trusted (by {trusted}: an [xdp] trusted entry, or an address of this host with [xdp] trust_local); trusted addresses are never banned"
+    )]
     Trusted { net: BanNet, trusted: BanNet },
     #[error("{net} covers more than a /{limit} of the address space; pass --force to ban it anyway")]
     TooBroad { net: BanNet, limit: u8 },
@@ -288,7 +290,11 @@ impl Bans {
                 Some(base.saturating_mul(factor).min(self.config.max_duration).max(base.min(self.config.max_duration)))
             }
         };
-        Ok(duration.map(|d| rfc3339(SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)))))
+        Ok(duration.map(|d| {
+            rfc3339(
+                SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)),
+            )
+        }))
     }
 
     /// Bans one net (see the module doc).
@@ -318,7 +324,8 @@ impl Bans {
         let kernel = &mut self.kernel;
         let stored = self.store.add_bans_then(&new, |stored| {
             let Some(kernel) = kernel else { return Ok(()) };
-            let entries: Vec<(BanNet, u32)> = requests.iter().zip(stored).map(|(r, (row, _))| (r.net, kernel_id(row))).collect();
+            let entries: Vec<(BanNet, u32)> =
+                requests.iter().zip(stored).map(|(r, (row, _))| (r.net, kernel_id(row))).collect();
             kernel.insert_all(&entries).map_err(|e| {
                 // Keep store and maps equal: undo what this call added (a net banned before keeps
                 // its entry, which has the same id).
@@ -378,7 +385,8 @@ impl Bans {
         parts: usize,
         requests: Vec<BanRequest>,
     ) -> Result<Option<Vec<BanOutcome>>, (Option<usize>, BanError)> {
-        let invalid = |message: String| (None, BanError::Invalid { what: "bulk ban", value: token.to_string(), message });
+        let invalid =
+            |message: String| (None, BanError::Invalid { what: "bulk ban", value: token.to_string(), message });
         if part == 1 {
             if let Some(old) = self.bulk.take() {
                 warn!(token = old.token, parts = old.parts, "an unfinished bulk ban is dropped for a new one");
@@ -387,7 +395,9 @@ impl Bans {
         }
         // A part of another bulk leaves the one under way alone.
         let Some(mut bulk) = self.bulk.take_if(|b| b.token == token) else {
-            return Err(invalid(format!("part {part} of {parts} of a bulk ban not under way (another replaced it?); nothing was banned")));
+            return Err(invalid(format!(
+                "part {part} of {parts} of a bulk ban not under way (another replaced it?); nothing was banned"
+            )));
         };
         if part != bulk.parts + 1 || part > parts || bulk.requests.len() + requests.len() > BULK_MAX {
             return Err(invalid(format!(
@@ -517,7 +527,13 @@ impl Bans {
         }
         let ids: std::collections::HashSet<u32> = want.values().copied().collect();
         kernel.retain_hits(&ids);
-        info!(added = report.added, removed = report.removed, kept = report.kept, expired, "ban maps reconciled with the store");
+        info!(
+            added = report.added,
+            removed = report.removed,
+            kept = report.kept,
+            expired,
+            "ban maps reconciled with the store"
+        );
         Ok(report)
     }
 }
@@ -586,7 +602,10 @@ mod tests {
         let mut escalating = request("10.2.2.2");
         escalating.duration = BanDuration::Escalating(base);
         let expires = |outcome: &BanOutcome| {
-            humantime::parse_rfc3339(outcome.ban.expires.as_deref().unwrap()).unwrap().duration_since(SystemTime::now()).unwrap()
+            humantime::parse_rfc3339(outcome.ban.expires.as_deref().unwrap())
+                .unwrap()
+                .duration_since(SystemTime::now())
+                .unwrap()
         };
         let first = bans.ban(escalating.clone()).unwrap();
         assert!(expires(&first) <= base);

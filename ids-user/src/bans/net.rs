@@ -32,17 +32,18 @@ impl BanNet {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr = IpAddr::from_str(addr_text)
-            .map_err(|_| error(format!("{addr_text:?} is not an IPv4 or IPv6 address")))?;
+        let addr =
+            IpAddr::from_str(addr_text).map_err(|_| error(format!("{addr_text:?} is not an IPv4 or IPv6 address")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_text {
             None => max,
             Some(p) => {
-                let length: u8 = p
-                    .parse()
-                    .map_err(|_| error(format!("prefix length {p:?} is not a number from 0 to {max}")))?;
+                let length: u8 =
+                    p.parse().map_err(|_| error(format!("prefix length {p:?} is not a number from 0 to {max}")))?;
                 if length > max {
-                    return Err(error(format!("prefix length {length} is longer than {max}, the length of the address")));
+                    return Err(error(format!(
+                        "prefix length {length} is longer than {max}, the length of the address"
+                    )));
                 }
                 length
             }

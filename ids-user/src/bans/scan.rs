@@ -1,8 +1,8 @@
 //! Port scans and SYN floods found by `xdp_guard`: reads its `XDP_EVENTS` ring buffer and turns
 //! each report into a ban request on the daemon's [`BanSender`](super::BanSender).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::anyhow;
 use aya::maps::{MapData, RingBuf};
@@ -91,7 +91,14 @@ mod tests {
 
     #[test]
     fn reports_decode_to_ban_requests() {
-        let event = ScanEvent { what: SCAN_PORTS, family: AF_INET as u32, addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ports: 51, syns: 60, window_ns: 10_000_000_000 };
+        let event = ScanEvent {
+            what: SCAN_PORTS,
+            family: AF_INET as u32,
+            addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ports: 51,
+            syns: 60,
+            window_ns: 10_000_000_000,
+        };
         let bytes = unsafe {
             std::slice::from_raw_parts(&event as *const ScanEvent as *const u8, std::mem::size_of::<ScanEvent>())
         };

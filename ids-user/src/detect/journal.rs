@@ -19,8 +19,8 @@
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
@@ -248,7 +248,8 @@ impl Position<'_> {
         let Some(cursor) = self.last.take() else { return };
         let mut temporary = self.file.as_os_str().to_owned();
         temporary.push(".new");
-        let written = std::fs::write(&temporary, format!("{cursor}\n")).and_then(|()| std::fs::rename(&temporary, self.file));
+        let written =
+            std::fs::write(&temporary, format!("{cursor}\n")).and_then(|()| std::fs::rename(&temporary, self.file));
         if let Err(e) = written {
             warn!(source = %origin, file = %self.file.display(), error = %e, "storing the journal cursor");
             self.last = Some(cursor);
@@ -276,9 +277,7 @@ pub fn entry_line(json: &[u8]) -> Option<(Vec<u8>, Option<String>)> {
     };
     let time = text("__REALTIME_TIMESTAMP")
         .and_then(|us| us.parse::<u64>().ok())
-        .map(|us| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(us)).to_string()
-        })
+        .map(|us| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(us)).to_string())
         .unwrap_or_else(|| "-".into());
     let mut line = format!(
         "{time} {} {}[{}]: ",

@@ -51,10 +51,22 @@ const QUEUE: usize = 16_384;
 /// What the events writer hands over.
 #[derive(Debug)]
 pub enum Input {
-    File { op: &'static str, path: PathBuf, new_path: Option<PathBuf> },
-    Exec { pid: u32, ppid: u32, filename: String, argv: Vec<String> },
+    File {
+        op: &'static str,
+        path: PathBuf,
+        new_path: Option<PathBuf>,
+    },
+    Exec {
+        pid: u32,
+        ppid: u32,
+        filename: String,
+        argv: Vec<String>,
+    },
     /// A line of `[[journal]]` source number `source` (see [`super::journal`]).
-    Journal { source: usize, line: Vec<u8> },
+    Journal {
+        source: usize,
+        line: Vec<u8>,
+    },
 }
 
 /// Counters shown by `ids status` under `detect`.

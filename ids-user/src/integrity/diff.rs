@@ -234,11 +234,15 @@ mod tests {
         let baseline = scan(&root);
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let after_mode = scan(&root);
-        assert_eq!(named(&diff(&baseline, &after_mode)), [("changed".into(), format!("meta:{root}/f"), vec!["mode".to_string()])]);
+        assert_eq!(
+            named(&diff(&baseline, &after_mode)),
+            [("changed".into(), format!("meta:{root}/f"), vec!["mode".to_string()])]
+        );
 
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(&f).unwrap();
-        std::os::unix::fs::chown(&f, Some(meta.uid() + 1000), Some(meta.gid() + 1000)).expect("chown (tests run as root)");
+        std::os::unix::fs::chown(&f, Some(meta.uid() + 1000), Some(meta.gid() + 1000))
+            .expect("chown (tests run as root)");
         assert_eq!(
             named(&diff(&after_mode, &scan(&root))),
             [("changed".into(), format!("meta:{root}/f"), vec!["gid".to_string(), "uid".to_string()])]

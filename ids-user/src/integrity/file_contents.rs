@@ -81,12 +81,20 @@ pub(super) fn expand_patterns(
         None => paths::expand(patterns, recursive),
         Some((target, deep)) => paths::expand_at(patterns, recursive, target, deep),
     };
-    expanded.map_err(|e| CollectorError::Setting { collector: collector.to_string(), key: "paths", message: e.to_string() })
+    expanded.map_err(|e| CollectorError::Setting {
+        collector: collector.to_string(),
+        key: "paths",
+        message: e.to_string(),
+    })
 }
 
 /// The paths that could not be examined, as error items with ids [`path_id`]`(kind, path)`.
 pub(super) fn unreadable_items(expanded: &paths::Expanded, kind: &str) -> Vec<Item> {
-    expanded.unreadable.iter().map(|unreadable| Item::error(path_id(kind, &unreadable.path), &unreadable.error)).collect()
+    expanded
+        .unreadable
+        .iter()
+        .map(|unreadable| Item::error(path_id(kind, &unreadable.path), &unreadable.error))
+        .collect()
 }
 
 impl Collector for FileContents {
@@ -269,13 +277,7 @@ fn hash_worker(jobs: &[Job<'_>], next: &AtomicUsize, lanes: usize) -> Vec<Hashed
 
 /// Reads into `lane` until it holds a whole block, finishing files (and opening the next job)
 /// on the way; leaves it idle once no job is left.
-fn fill(
-    lane: &mut Lane,
-    jobs: &[Job<'_>],
-    next: &AtomicUsize,
-    drained: &mut bool,
-    results: &mut Vec<Hashed>,
-) {
+fn fill(lane: &mut Lane, jobs: &[Job<'_>], next: &AtomicUsize, drained: &mut bool, results: &mut Vec<Hashed>) {
     loop {
         let Some(file) = lane.file.as_mut() else {
             if *drained {
@@ -692,9 +694,7 @@ mod tests {
         // The named link to a directory is not walked and has no contents.
         assert_eq!(ids(&items), [format!("file:{root}/a"), format!("file:{root}/d/f")]);
 
-        let meta = within(30, move || {
-            crate::integrity::file_metadata::tests::collector(patterns).collect().unwrap()
-        });
+        let meta = within(30, move || crate::integrity::file_metadata::tests::collector(patterns).collect().unwrap());
         assert_eq!(meta.len(), 8, "{meta:#?}");
         assert_eq!(item(&meta, &format!("meta:{root}/a")).detail["symlink_target"], "b");
         assert_eq!(item(&meta, &format!("meta:{root}/d/up")).detail["type"], "symlink");

@@ -221,7 +221,8 @@ pub(crate) mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, "data").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let scan = || aggregate_digest("h", &collector(vec![format!("{root}/f"), format!("{root}/g")]).collect().unwrap());
+        let scan =
+            || aggregate_digest("h", &collector(vec![format!("{root}/f"), format!("{root}/g")]).collect().unwrap());
         let before = scan();
         assert_eq!(before, scan());
 

@@ -264,11 +264,7 @@ mod tests {
     use super::*;
 
     fn paths(expanded: &Expanded, root: &Path) -> Vec<String> {
-        expanded
-            .found
-            .iter()
-            .map(|found| found.path.strip_prefix(root).unwrap().display().to_string())
-            .collect()
+        expanded.found.iter().map(|found| found.path.strip_prefix(root).unwrap().display().to_string()).collect()
     }
 
     #[test]
@@ -318,7 +314,8 @@ mod tests {
                         .filter(|f| f.path == target || (deep && f.path.starts_with(&target)))
                         .map(|f| format!("{} {}", f.path.display(), f.named))
                         .collect();
-                    let got: Vec<String> = part.found.iter().map(|f| format!("{} {}", f.path.display(), f.named)).collect();
+                    let got: Vec<String> =
+                        part.found.iter().map(|f| format!("{} {}", f.path.display(), f.named)).collect();
                     assert_eq!(got, expected, "target {} deep {deep} recursive {recursive}", target.display());
                 }
             }

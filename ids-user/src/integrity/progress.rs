@@ -1,8 +1,8 @@
 //! Process-wide counters of file contents hashed, read by `ids hash` to draw its progress line
 //! on a terminal. Relaxed atomics: the figures are for people, not for synchronisation.
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 static FILES: AtomicU64 = AtomicU64::new(0);

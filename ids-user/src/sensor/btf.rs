@@ -56,9 +56,7 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
@@ -149,9 +147,7 @@ impl Btf {
         for _ in 0..32 {
             let t = self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.type_id
-                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.type_id,
                 _ => return Some(t),
             }
         }
@@ -177,10 +173,7 @@ impl Btf {
     /// Offset in bytes of a dotted member path such as `f_path.dentry` in `struct file`.
     pub fn offset_of(&self, structure: &str, path: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(format!("struct {structure} member {path}"));
-        let id = *self
-            .by_name
-            .get(&(structure.to_string(), KIND_STRUCT))
-            .ok_or_else(missing)?;
+        let id = *self.by_name.get(&(structure.to_string(), KIND_STRUCT)).ok_or_else(missing)?;
         let mut t = self.resolve(id).ok_or_else(missing)?;
         let mut bits = 0;
         for part in path.split('.') {
@@ -196,12 +189,7 @@ impl Btf {
         let missing = || BtfError::Missing(format!("function {func} parameter {param}"));
         let id = *self.by_name.get(&(func.to_string(), KIND_FUNC)).ok_or_else(missing)?;
         let proto = self.types.get(self.types[id as usize].type_id as usize).ok_or_else(missing)?;
-        proto
-            .members
-            .iter()
-            .position(|m| self.name(m.name) == param)
-            .map(|i| i as u32)
-            .ok_or_else(missing)
+        proto.members.iter().position(|m| self.name(m.name) == param).map(|i| i as u32).ok_or_else(missing)
     }
 
     /// The offsets of `KernelOffsets`, all found or an error naming the first missing one.

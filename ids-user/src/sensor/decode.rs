@@ -103,16 +103,24 @@ pub(crate) mod tests {
 
     pub fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) record of integers.
-        unsafe {
-            std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
     }
 
     pub fn header(kind: u32, size: usize) -> EventHeader {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"bash");
-        EventHeader { kind, size: size as u32, time_ns: 42, pid: 10, tid: 11, ppid: 1, uid: 1000, gid: 100, _pad: 0, comm }
+        EventHeader {
+            kind,
+            size: size as u32,
+            time_ns: 42,
+            pid: 10,
+            tid: 11,
+            ppid: 1,
+            uid: 1000,
+            gid: 100,
+            _pad: 0,
+            comm,
+        }
     }
 
     pub fn exec_event(filename: &str, args: &[&str]) -> ExecEvent {
@@ -201,7 +209,10 @@ pub(crate) mod tests {
         event.name[..5].copy_from_slice(b"dummy");
         assert_eq!(decode(&as_bytes(&event)).unwrap(), RawEvent::Module(event));
         let json = serde_json::to_value(crate::event::module(&crate::event::Clock::new(), &event)).unwrap();
-        assert_eq!((json["kind"].as_str(), json["op"].as_str(), json["module"].as_str()), (Some("module"), Some("unload"), Some("dummy")));
+        assert_eq!(
+            (json["kind"].as_str(), json["op"].as_str(), json["module"].as_str()),
+            (Some("module"), Some("unload"), Some("dummy"))
+        );
         event.op = 7;
         assert_eq!(decode(&as_bytes(&event)), Err(DecodeError::UnknownModuleOp { op: 7 }));
     }

@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use self::decode::{RawEvent, decode};
 use self::hooks::{Attach, HOOK_TABLE, HookSet, SYN_PROGRAM, signal_name};
-use crate::bans::kernel::{BanMaps, PINNED_MAPS, XdpAttachments};
 use self::watch::WatchSet;
+use crate::bans::kernel::{BanMaps, PINNED_MAPS, XdpAttachments};
 use crate::config::Config;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ids"));
@@ -65,10 +65,9 @@ pub struct Sensor {
 
 /// Mounts tracefs and bpffs where they are missing (aya needs tracefs for tracepoints).
 pub fn ensure_kernel_filesystems() {
-    for (fstype, target, probe) in [
-        ("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"),
-        ("bpf", "/sys/fs/bpf", "/sys/fs/bpf/."),
-    ] {
+    for (fstype, target, probe) in
+        [("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"), ("bpf", "/sys/fs/bpf", "/sys/fs/bpf/.")]
+    {
         if fstype == "bpf" && is_mount_point(target) || fstype == "tracefs" && Path::new(probe).exists() {
             continue;
         }
@@ -122,8 +121,7 @@ impl Sensor {
         })?;
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for LSM/fentry")?;
 
-        let inodes: BpfHashMap<MapData, _, _> =
-            BpfHashMap::try_from(take_map(&mut ebpf, "WATCHED_INODES")?)?;
+        let inodes: BpfHashMap<MapData, _, _> = BpfHashMap::try_from(take_map(&mut ebpf, "WATCHED_INODES")?)?;
         let mut prefixes: LpmTrie<MapData, _, _> = LpmTrie::try_from(take_map(&mut ebpf, "WATCHED_PREFIXES")?)?;
         // The watch set goes in before any program attaches, so no early change is missed.
         let watch = WatchSet::new(&config.watch, inodes, &mut prefixes, config.max_watched_inodes)?;
@@ -162,7 +160,9 @@ impl Sensor {
 
         let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?;
         let mut rings = Vec::new();
-        for (signal, map) in [(Signal::Exec, "EXEC_EVENTS"), (Signal::File, "FILE_EVENTS"), (Signal::Connect, "NET_EVENTS")] {
+        for (signal, map) in
+            [(Signal::Exec, "EXEC_EVENTS"), (Signal::File, "FILE_EVENTS"), (Signal::Connect, "NET_EVENTS")]
+        {
             rings.push((signal, RingBuf::try_from(take_map(&mut ebpf, map)?)?));
         }
         // The XDP program is attached by the daemon (`attach_new_interfaces`) once the ban maps

@@ -97,7 +97,9 @@ impl WatchSet {
                     // Both prefixes (it may come as a file or a directory); no inodes yet.
                     for prefix in prefixes_of(&root, true)? {
                         let key = Key::new((prefix.1 * 8) as u32, prefix.0);
-                        prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
+                        prefixes
+                            .insert(&key, 1, 0)
+                            .map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
                     }
                     absent.push(existing);
                     set.roots.push(root);
@@ -207,7 +209,14 @@ impl WatchSet {
         self.roots.iter().any(|root| path.starts_with(root))
     }
 
-    fn resolve_one(&self, source: u32, dir_dev: u32, dir_ino: u64, name: &[u8; PATH_LEN], target: InodeKey) -> Option<PathBuf> {
+    fn resolve_one(
+        &self,
+        source: u32,
+        dir_dev: u32,
+        dir_ino: u64,
+        name: &[u8; PATH_LEN],
+        target: InodeKey,
+    ) -> Option<PathBuf> {
         // The name's bytes as the kernel gave them: a name that is not UTF-8 stays exact, so the
         // integrity worker rehashes the right file.
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());

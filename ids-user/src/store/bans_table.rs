@@ -80,9 +80,8 @@ impl Store {
             let mut find = tx
                 .prepare(&format!("SELECT {COLUMNS} FROM bans WHERE net = ?1"))
                 .map_err(error("preparing ban lookup"))?;
-            let mut extend = tx
-                .prepare("UPDATE bans SET expires = ?2 WHERE id = ?1")
-                .map_err(error("preparing ban update"))?;
+            let mut extend =
+                tx.prepare("UPDATE bans SET expires = ?2 WHERE id = ?1").map_err(error("preparing ban update"))?;
             // A new net takes one statement; only a net banned already is looked up.
             let mut insert = tx
                 .prepare(
@@ -184,7 +183,8 @@ impl Store {
         let error = move |source| StoreError::Query { path: path.clone(), what: "recording ban hits", source };
         let tx = self.conn.transaction().map_err(error.clone())?;
         {
-            let mut update = tx.prepare("UPDATE bans SET packets = ?2, bytes = ?3 WHERE id = ?1").map_err(error.clone())?;
+            let mut update =
+                tx.prepare("UPDATE bans SET packets = ?2, bytes = ?3 WHERE id = ?1").map_err(error.clone())?;
             for (id, packets, bytes) in hits {
                 update.execute(params![id, *packets as i64, *bytes as i64]).map_err(error.clone())?;
             }
@@ -259,10 +259,13 @@ mod tests {
         let mut store = Store::open_in_memory().unwrap();
         store.add_bans(&[ban("10.0.0.1", None)]).unwrap();
         let seen = std::cell::Cell::new(0);
-        let failed = store.add_bans_then(&[ban("10.0.0.2", None), ban("10.0.0.1", Some("2030-01-01T00:00:00.000000Z"))], |rows| {
-            seen.set(rows.len());
-            Err(StoreError::Query { path: "test".into(), what: "refusing", source: rusqlite::Error::InvalidQuery })
-        });
+        let failed = store.add_bans_then(
+            &[ban("10.0.0.2", None), ban("10.0.0.1", Some("2030-01-01T00:00:00.000000Z"))],
+            |rows| {
+                seen.set(rows.len());
+                Err(StoreError::Query { path: "test".into(), what: "refusing", source: rusqlite::Error::InvalidQuery })
+            },
+        );
         assert!(failed.is_err());
         assert_eq!(seen.get(), 2);
         let bans = store.bans().unwrap();
@@ -274,9 +277,7 @@ mod tests {
     #[test]
     fn expired_bans_leave_and_offences_are_remembered() {
         let mut store = Store::open_in_memory().unwrap();
-        store
-            .add_bans(&[ban("10.0.0.1", Some("2000-01-01T00:00:00.000000Z")), ban("10.0.0.2", None)])
-            .unwrap();
+        store.add_bans(&[ban("10.0.0.1", Some("2000-01-01T00:00:00.000000Z")), ban("10.0.0.2", None)]).unwrap();
         let gone = store.remove_expired_bans(&crate::store::now()).unwrap();
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].net, "10.0.0.1");

@@ -160,8 +160,8 @@ impl Store {
 
     /// A private database in memory (tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()
-            .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        let conn =
+            Connection::open_in_memory().map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
         Self::setup(conn, Path::new(":memory:"))
     }
 
@@ -272,11 +272,7 @@ impl Store {
 
     /// Applies changes to the current items in one transaction: `Some(item)` inserts or replaces,
     /// `None` removes, and records `alerts`.
-    pub fn apply(
-        &mut self,
-        updates: &[(String, String, Option<Item>)],
-        alerts: &[AlertRow],
-    ) -> Result<(), StoreError> {
+    pub fn apply(&mut self, updates: &[(String, String, Option<Item>)], alerts: &[AlertRow]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let error = |what| {
             let path = path.clone();
@@ -337,11 +333,19 @@ impl Store {
         let error = |source| self.query_error("reading items", source);
         let mut select = self
             .conn
-            .prepare(&format!("SELECT collector, item_id, digest, detail FROM {} ORDER BY collector, item_id", table.name()))
+            .prepare(&format!(
+                "SELECT collector, item_id, digest, detail FROM {} ORDER BY collector, item_id",
+                table.name()
+            ))
             .map_err(error)?;
         let rows = select
             .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
             })
             .map_err(error)?;
         let mut items = Vec::new();

@@ -102,7 +102,11 @@ impl ServerTlsArgs {
             ("client_key", self.tls_client_key.is_some()),
             ("server_name", self.tls_server_name.is_some()),
         ];
-        given.into_iter().filter(|(_, is_given)| *is_given).map(|(key, _)| TlsOrigin::CommandLine.setting(key)).collect()
+        given
+            .into_iter()
+            .filter(|(_, is_given)| *is_given)
+            .map(|(key, _)| TlsOrigin::CommandLine.setting(key))
+            .collect()
     }
 
     /// The flags given, as a `[servers.tls]` table; `None` when none is.
@@ -236,18 +240,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One passphrase from the first source given: argument, file, environment, prompt.
-fn passphrase(arg: Option<&str>, file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> anyhow::Result<String> {
+fn passphrase(
+    arg: Option<&str>,
+    file: Option<&Path>,
+    env: &str,
+    prompt: &str,
+    confirm: bool,
+) -> anyhow::Result<String> {
     let (value, origin) = if let Some(arg) = arg {
         (arg.to_string(), "the command line".to_string())
     } else if let Some(file) = file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading passphrase file {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading passphrase file {}", file.display()))?;
         (text.lines().next().unwrap_or("").to_string(), format!("passphrase file {}", file.display()))
     } else if let Ok(value) = std::env::var(env) {
         (value, format!("environment variable {env}"))
     } else {
-        let value = rpassword::prompt_password(format!("{prompt}: ")).context("reading a passphrase from the terminal")?;
+        let value =
+            rpassword::prompt_password(format!("{prompt}: ")).context("reading a passphrase from the terminal")?;
         if confirm {
-            let again = rpassword::prompt_password(format!("{prompt} (again): ")).context("reading a passphrase from the terminal")?;
+            let again = rpassword::prompt_password(format!("{prompt} (again): "))
+                .context("reading a passphrase from the terminal")?;
             if again != value {
                 anyhow::bail!("the passphrases typed do not match");
             }
@@ -270,7 +283,13 @@ fn old_passphrase(args: &PassphraseArgs, confirm: bool) -> anyhow::Result<String
 }
 
 fn new_passphrase(args: &PassphraseArgs) -> anyhow::Result<String> {
-    passphrase(args.new_passphrase_arg.as_deref(), args.new_passphrase_file.as_deref(), "IDS_NEW_PASSPHRASE", "New passphrase", true)
+    passphrase(
+        args.new_passphrase_arg.as_deref(),
+        args.new_passphrase_file.as_deref(),
+        "IDS_NEW_PASSPHRASE",
+        "New passphrase",
+        true,
+    )
 }
 
 /// The aggregate hash: given, or computed by scanning the configured collectors.
@@ -311,7 +330,10 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let outcomes = runtime()?.block_on(client::send_all(&targets, &request, Duration::from_secs_f64(args.timeout)));
     if args.json {
         let results: Vec<serde_json::Value> = outcomes.iter().map(Outcome::to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"command": request.command(), "results": results}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"command": request.command(), "results": results}))?
+        );
     } else {
         for outcome in &outcomes {
             println!("{}", outcome_line(outcome));
@@ -324,7 +346,9 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
 pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let db = match (&args.db, &args.config) {
         (Some(db), _) => db.clone(),
-        (None, Some(path)) => Config::load(Some(path))?.serve.db.context("the configuration has no serve.db; give --db")?,
+        (None, Some(path)) => {
+            Config::load(Some(path))?.serve.db.context("the configuration has no serve.db; give --db")?
+        }
         (None, None) => anyhow::bail!("give --db PATH (or --config with serve.db)"),
     };
     if !db.exists() {
@@ -341,7 +365,8 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             }
         }
         AdminCommand::Show { client } => {
-            let record = store.get(&client)?.with_context(|| format!("no record for client {client:?} in {}", db.display()))?;
+            let record =
+                store.get(&client)?.with_context(|| format!("no record for client {client:?} in {}", db.display()))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {

@@ -109,7 +109,8 @@ impl Target {
         let tls = match &entry.tls {
             Some(tls) => {
                 let config = super::tls::client_config(tls).with_context(|| format!("server {:?}", entry.name))?;
-                let name = super::tls::server_name(tls, &entry.host).with_context(|| format!("server {:?}", entry.name))?;
+                let name =
+                    super::tls::server_name(tls, &entry.host).with_context(|| format!("server {:?}", entry.name))?;
                 Some((tokio_rustls::TlsConnector::from(config), name))
             }
             None => None,
@@ -161,7 +162,11 @@ impl Target {
 }
 
 /// Writes the request line, reads until the server closes or a line end, parses the reply.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &Request, timeout: Duration) -> anyhow::Result<Reply> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
     let exchange = async {
         stream.write_all(request.to_line().as_bytes()).await.context("sending the request")?;
         stream.flush().await.context("sending the request")?;
@@ -242,7 +247,9 @@ mod tests {
 
     /// A loopback server that answers one connection after another with the next of `replies`,
     /// then stops listening; it returns the request lines in order.
-    async fn answering_each(replies: Vec<&'static [u8]>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    async fn answering_each(
+        replies: Vec<&'static [u8]>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -324,10 +331,22 @@ mod tests {
     #[tokio::test]
     async fn unknown_reply_and_silent_close_are_errors_naming_the_server() {
         let (address, _server) = answering(b"99 WHAT\r\n").await;
-        let error = format!("{:#}", target(address).send(&Request::Test { revision: Some("2".into()) }, Duration::from_secs(5)).await.unwrap_err());
-        assert!(error.contains("unexpected reply") && error.contains("99 WHAT") && error.contains(&address.to_string()), "{error}");
+        let error = format!(
+            "{:#}",
+            target(address)
+                .send(&Request::Test { revision: Some("2".into()) }, Duration::from_secs(5))
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            error.contains("unexpected reply") && error.contains("99 WHAT") && error.contains(&address.to_string()),
+            "{error}"
+        );
         let (address, _server) = answering(b"").await;
-        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_secs(5)).await.unwrap_err());
+        let error = format!(
+            "{:#}",
+            target(address).send(&Request::Test { revision: None }, Duration::from_secs(5)).await.unwrap_err()
+        );
         assert!(error.contains("without a reply"), "{error}");
     }
 
@@ -341,7 +360,10 @@ mod tests {
             drop(stream);
         });
         let started = std::time::Instant::now();
-        let error = format!("{:#}", target(address).send(&Request::Test { revision: None }, Duration::from_millis(300)).await.unwrap_err());
+        let error = format!(
+            "{:#}",
+            target(address).send(&Request::Test { revision: None }, Duration::from_millis(300)).await.unwrap_err()
+        );
         assert!(error.contains("no reply in time"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }

@@ -15,11 +15,23 @@ use super::{REVISION, Reply};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `TEST` or `TEST {revision}` (TinyIDS 0.1.6 clients send `TEST` alone).
-    Test { revision: Option<String> },
-    Check { hash: String },
-    Update { hash: String, passphrase: String },
-    Delete { passphrase: String },
-    ChangePhrase { old: String, new: String },
+    Test {
+        revision: Option<String>,
+    },
+    Check {
+        hash: String,
+    },
+    Update {
+        hash: String,
+        passphrase: String,
+    },
+    Delete {
+        passphrase: String,
+    },
+    ChangePhrase {
+        old: String,
+        new: String,
+    },
 }
 
 impl Request {
@@ -154,7 +166,11 @@ pub async fn read_line<R: AsyncRead + Unpin>(
             let room = (max_line + 1 - line.len()).min(buf.len());
             let n = reader.read(&mut buf[..room]).await?;
             if n == 0 {
-                return Ok(if line.is_empty() { ReadOutcome::Closed } else { ReadOutcome::Line(std::mem::take(&mut line)) });
+                return Ok(if line.is_empty() {
+                    ReadOutcome::Closed
+                } else {
+                    ReadOutcome::Line(std::mem::take(&mut line))
+                });
             }
             let chunk = &buf[..n];
             if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
@@ -198,13 +214,19 @@ mod tests {
     fn command_word_is_case_insensitive_and_arguments_keep_their_case() {
         assert_eq!(parse(b"check AbC\r\n"), Ok(check("AbC")));
         assert_eq!(parse(b"ChEcK AbC\n"), Ok(check("AbC")));
-        assert_eq!(parse(b"changephrase Old New\r\n"), Ok(Request::ChangePhrase { old: "Old".into(), new: "New".into() }));
+        assert_eq!(
+            parse(b"changephrase Old New\r\n"),
+            Ok(Request::ChangePhrase { old: "Old".into(), new: "New".into() })
+        );
     }
 
     #[test]
     fn extra_whitespace_separates_nothing_more() {
         assert_eq!(parse(b"  CHECK   abc  \r\n"), Ok(check("abc")));
-        assert_eq!(parse(b"UPDATE\tabc \t pw\r\n"), Ok(Request::Update { hash: "abc".into(), passphrase: "pw".into() }));
+        assert_eq!(
+            parse(b"UPDATE\tabc \t pw\r\n"),
+            Ok(Request::Update { hash: "abc".into(), passphrase: "pw".into() })
+        );
     }
 
     #[test]
@@ -216,8 +238,21 @@ mod tests {
 
     #[test]
     fn wrong_argument_counts_are_refused() {
-        for line in [&b"CHECK\r\n"[..], b"CHECK a b\r\n", b"UPDATE a\r\n", b"UPDATE a b c\r\n", b"DELETE\r\n", b"DELETE a b\r\n", b"CHANGEPHRASE a\r\n", b"TEST 2 3\r\n"] {
-            assert!(matches!(parse(line), Err(ParseError::ArgumentCount { .. })), "{:?}", String::from_utf8_lossy(line));
+        for line in [
+            &b"CHECK\r\n"[..],
+            b"CHECK a b\r\n",
+            b"UPDATE a\r\n",
+            b"UPDATE a b c\r\n",
+            b"DELETE\r\n",
+            b"DELETE a b\r\n",
+            b"CHANGEPHRASE a\r\n",
+            b"TEST 2 3\r\n",
+        ] {
+            assert!(
+                matches!(parse(line), Err(ParseError::ArgumentCount { .. })),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
@@ -263,7 +298,14 @@ mod tests {
         let wire: Vec<&[u8]> = Reply::ALL.iter().map(|r| r.wire()).collect();
         assert_eq!(
             wire,
-            [&b"20 OK\r\n"[..], b"30 MISMATCH\r\n", b"31 NOT FOUND\r\n", b"40 INVALID CLIENT\r\n", b"41 INVALID COMMAND\r\n", b"42 INVALID PASSPHRASE\r\n"]
+            [
+                &b"20 OK\r\n"[..],
+                b"30 MISMATCH\r\n",
+                b"31 NOT FOUND\r\n",
+                b"40 INVALID CLIENT\r\n",
+                b"41 INVALID COMMAND\r\n",
+                b"42 INVALID PASSPHRASE\r\n"
+            ]
         );
         for reply in Reply::ALL {
             assert_eq!(Reply::parse(std::str::from_utf8(reply.wire()).unwrap()), Some(reply));
@@ -295,7 +337,10 @@ mod tests {
     #[tokio::test]
     async fn line_reader_stops_at_the_line_end() {
         let second = Duration::from_secs(1);
-        assert_eq!(read_from(b"CHECK a\r\nextra", false, 8192, second).await, ReadOutcome::Line(b"CHECK a\r\n".to_vec()));
+        assert_eq!(
+            read_from(b"CHECK a\r\nextra", false, 8192, second).await,
+            ReadOutcome::Line(b"CHECK a\r\n".to_vec())
+        );
         assert_eq!(read_from(b"CHECK a\n", false, 8192, second).await, ReadOutcome::Line(b"CHECK a\n".to_vec()));
     }
 
@@ -314,7 +359,9 @@ mod tests {
         let mut exact = vec![b'A'; 8190];
         exact.extend_from_slice(b"\r\n");
         let exact: &'static [u8] = Box::leak(exact.into_boxed_slice());
-        assert!(matches!(read_from(exact, false, 8192, Duration::from_secs(1)).await, ReadOutcome::Line(l) if l.len() == 8192));
+        assert!(
+            matches!(read_from(exact, false, 8192, Duration::from_secs(1)).await, ReadOutcome::Line(l) if l.len() == 8192)
+        );
     }
 
     #[tokio::test]

@@ -62,7 +62,13 @@ async fn run(
                     what.remove("ok");
                     what.insert("aggregate".into(), hash.clone().into());
                 }
-                AlertRow { time: time.clone(), kind: "remote_check".into(), item_id: outcome.server.clone(), collector: String::new(), what }
+                AlertRow {
+                    time: time.clone(),
+                    kind: "remote_check".into(),
+                    item_id: outcome.server.clone(),
+                    collector: String::new(),
+                    what,
+                }
             })
             .collect();
         let answered_ok = outcomes.len() - rows.len();
@@ -87,7 +93,9 @@ async fn run(
             }
         }
         let database = database.clone();
-        let stored = tokio::task::spawn_blocking(move || Store::open(&database).and_then(|mut store| store.apply(&[], &rows))).await;
+        let stored =
+            tokio::task::spawn_blocking(move || Store::open(&database).and_then(|mut store| store.apply(&[], &rows)))
+                .await;
         match stored {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "storing remote_check alerts"),

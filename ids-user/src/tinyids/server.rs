@@ -108,7 +108,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let db = config.db.clone().context("no database: give --db or serve.db")?;
     let files = raise_open_files_limit();
     if (files as usize) < config.max_connections + 64 {
-        warn!(open_files = files, max_connections = config.max_connections, "the open-files limit is below max_connections");
+        warn!(
+            open_files = files,
+            max_connections = config.max_connections,
+            "the open-files limit is below max_connections"
+        );
     }
     let store = Arc::new(tokio::task::spawn_blocking(move || RecordStore::open(&db)).await??);
     let (tls, mtls) = match &config.tls {
@@ -174,7 +178,16 @@ async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl std::f
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            server.audit(None, peer, None, None, "refused", false, Some("connection limit reached".into()), Instant::now());
+            server.audit(
+                None,
+                peer,
+                None,
+                None,
+                "refused",
+                false,
+                Some("connection limit reached".into()),
+                Instant::now(),
+            );
             drop(stream);
             continue;
         };
@@ -267,9 +280,20 @@ impl Server {
                 };
                 let identity = if self.mtls {
                     match stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()) {
-                        Some(cert) => format!("cert:{}", crate::integrity::hex(&super::tls::fingerprint(cert.as_ref()))),
+                        Some(cert) => {
+                            format!("cert:{}", crate::integrity::hex(&super::tls::fingerprint(cert.as_ref())))
+                        }
                         None => {
-                            self.audit(None, peer, None, None, "tls_error", false, Some("no client certificate".into()), started);
+                            self.audit(
+                                None,
+                                peer,
+                                None,
+                                None,
+                                "tls_error",
+                                false,
+                                Some("no client certificate".into()),
+                                started,
+                            );
                             return;
                         }
                     }
@@ -282,7 +306,13 @@ impl Server {
     }
 
     /// Reads the request, answers it, closes.
-    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(self: &Arc<Self>, mut stream: S, client: String, peer: SocketAddr, started: Instant) {
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        self: &Arc<Self>,
+        mut stream: S,
+        client: String,
+        peer: SocketAddr,
+        started: Instant,
+    ) {
         let outcome = match codec::read_line(&mut stream, self.config.max_line, self.config.read_timeout).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -300,7 +330,13 @@ impl Server {
                 self.audit(Some(&client), peer, None, None, "timeout", false, None, started);
                 return;
             }
-            ReadOutcome::TooLong => (None, Reply::InvalidCommand, "invalid_command", false, Some(format!("line longer than {} bytes", self.config.max_line))),
+            ReadOutcome::TooLong => (
+                None,
+                Reply::InvalidCommand,
+                "invalid_command",
+                false,
+                Some(format!("line longer than {} bytes", self.config.max_line)),
+            ),
             ReadOutcome::Line(line) => match codec::parse(&line) {
                 Err(e) => (None, Reply::InvalidCommand, "invalid_command", false, Some(e.to_string())),
                 Ok(request) => {
@@ -310,7 +346,16 @@ impl Server {
                         Err(e) => {
                             // Nothing was acknowledged; the client sees the connection close.
                             warn!(client, command, error = format!("{e:#}"), "request failed");
-                            self.audit(Some(&client), peer, Some(command), None, "server_error", false, Some(format!("{e:#}")), started);
+                            self.audit(
+                                Some(&client),
+                                peer,
+                                Some(command),
+                                None,
+                                "server_error",
+                                false,
+                                Some(format!("{e:#}")),
+                                started,
+                            );
                             return;
                         }
                     }
@@ -367,7 +412,10 @@ impl Server {
     fn check(&self, client: &str, hash: &str) -> anyhow::Result<Reply> {
         let Some(record) = self.store.get(client)? else { return Ok(Reply::NotFound) };
         let reply = if bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes())) { Reply::Ok } else { Reply::Mismatch };
-        self.checks.lock().unwrap_or_else(|p| p.into_inner()).insert(client.to_string(), (crate::store::now(), reply.name()));
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client.to_string(), (crate::store::now(), reply.name()));
         Ok(reply)
     }
 
@@ -386,7 +434,10 @@ impl Server {
         self.blocking(move || store::verify_passphrase(&passphrase, &stored)).await
     }
 
-    async fn write(&self, work: impl FnOnce(&RecordStore) -> Result<Written, store::RecordStoreError> + Send + 'static) -> anyhow::Result<Written> {
+    async fn write(
+        &self,
+        work: impl FnOnce(&RecordStore) -> Result<Written, store::RecordStoreError> + Send + 'static,
+    ) -> anyhow::Result<Written> {
         let store = self.store.clone();
         Ok(self.blocking(move || work(&store)).await??)
     }

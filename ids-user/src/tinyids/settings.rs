@@ -162,7 +162,11 @@ impl ServerEntry {
     }
 
     pub fn address(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -176,7 +180,8 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
     }
     match address.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && !host.contains(':') => {
-            let port = port.parse::<u16>().map_err(|_| format!("{address:?}: port {port:?} is not a number 0-65535"))?;
+            let port =
+                port.parse::<u16>().map_err(|_| format!("{address:?}: port {port:?} is not a number 0-65535"))?;
             Ok((host.to_string(), port))
         }
         None if !address.is_empty() => Ok((address.to_string(), super::DEFAULT_PORT)),
@@ -221,7 +226,13 @@ pub fn validate_servers(raw: &[RawServer]) -> Result<Vec<ServerEntry>, String> {
             .map(|tls| validate_client_tls(tls, TlsOrigin::Config))
             .transpose()
             .map_err(|e| format!("{at}: {e}"))?;
-        out.push(ServerEntry { name: server.name.clone(), host: server.host.clone(), port: server.port, enabled: server.enabled, tls });
+        out.push(ServerEntry {
+            name: server.name.clone(),
+            host: server.host.clone(),
+            port: server.port,
+            enabled: server.enabled,
+            tls,
+        });
     }
     Ok(out)
 }
@@ -316,7 +327,11 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
     if let Some(lockout) = raw.lockout {
         config.lockout = Duration::from_secs(lockout);
     }
-    config.tls = raw.tls.as_ref().map(|tls| ServeTls { cert: tls.cert.clone(), key: tls.key.clone(), client_ca: tls.client_ca.clone() });
+    config.tls = raw.tls.as_ref().map(|tls| ServeTls {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        client_ca: tls.client_ca.clone(),
+    });
     Ok(config)
 }
 
@@ -351,7 +366,13 @@ mod tests {
             host: "h".into(),
             port: 1,
             enabled: true,
-            tls: Some(RawClientTls { ca: None, fingerprint: None, client_cert: None, client_key: None, server_name: None }),
+            tls: Some(RawClientTls {
+                ca: None,
+                fingerprint: None,
+                client_cert: None,
+                client_key: None,
+                server_name: None,
+            }),
         };
         assert!(validate_servers(&[raw]).unwrap_err().contains("needs tls.ca or tls.fingerprint"));
     }

@@ -88,12 +88,12 @@ impl RecordStore {
     pub fn open(path: &Path) -> Result<Self, RecordStoreError> {
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt as _;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| RecordStoreError::Open { path: path.into(), source: rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()) })?;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+                RecordStoreError::Open {
+                    path: path.into(),
+                    source: rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()),
+                }
+            })?;
         }
         let mut writer = open_connection(path)?;
         migrate(&mut writer, path)?;
@@ -195,7 +195,9 @@ impl RecordStore {
     /// Administration: removes a record whatever its passphrase. Whether one existed.
     pub fn delete(&self, client: &str) -> Result<bool, RecordStoreError> {
         let conn = Self::lock(&self.writer);
-        let n = conn.execute("DELETE FROM records WHERE client = ?1", params![client]).map_err(self.error("deleting a record"))?;
+        let n = conn
+            .execute("DELETE FROM records WHERE client = ?1", params![client])
+            .map_err(self.error("deleting a record"))?;
         Ok(n == 1)
     }
 
@@ -204,7 +206,10 @@ impl RecordStore {
         let now = crate::store::now();
         let conn = Self::lock(&self.writer);
         let n = conn
-            .execute("UPDATE records SET passphrase = ?2, updated = ?3 WHERE client = ?1", params![client, new_hash, now])
+            .execute(
+                "UPDATE records SET passphrase = ?2, updated = ?3 WHERE client = ?1",
+                params![client, new_hash, now],
+            )
             .map_err(self.error("resetting a passphrase"))?;
         Ok(n == 1)
     }
@@ -239,7 +244,8 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), RecordStoreError> {
     let query = |what| move |source| RecordStoreError::Query { path: path.into(), what, source };
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(query("reading the schema version"))?;
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(query("reading the schema version"))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
         return Err(RecordStoreError::TooNew { path: path.into(), found: version, known: MIGRATIONS.len() });

@@ -89,12 +89,18 @@ pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig
         None => None,
     };
     let builder = match (tls.fingerprint, webpki) {
-        (Some(fingerprint), webpki) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier { fingerprint, webpki, provider: provider() })),
+        (Some(fingerprint), webpki) => builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+            fingerprint,
+            webpki,
+            provider: provider(),
+        })),
         (None, Some(webpki)) => builder.with_webpki_verifier(webpki),
         (None, None) => {
-            anyhow::bail!("TLS needs {} or {} to authenticate the server", tls.setting("ca"), tls.setting("fingerprint"))
+            anyhow::bail!(
+                "TLS needs {} or {} to authenticate the server",
+                tls.setting("ca"),
+                tls.setting("fingerprint")
+            )
         }
     };
     let mut config = match (&tls.client_cert, &tls.client_key) {
@@ -102,7 +108,13 @@ pub fn client_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig
             let certs = load_certs(cert).with_context(|| tls.setting("client_cert"))?;
             let key_der = load_key(key).with_context(|| tls.setting("client_key"))?;
             builder.with_client_auth_cert(certs, key_der).with_context(|| {
-                format!("{} {} with {} {}", tls.setting("client_cert"), cert.display(), tls.setting("client_key"), key.display())
+                format!(
+                    "{} {} with {} {}",
+                    tls.setting("client_cert"),
+                    cert.display(),
+                    tls.setting("client_key"),
+                    key.display()
+                )
             })?
         }
         _ => builder.with_no_client_auth(),
@@ -117,7 +129,8 @@ pub fn server_name(tls: &ClientTls, host: &str) -> anyhow::Result<ServerName<'st
         Some(name) => (name.as_str(), tls.setting("server_name")),
         None => (host, "host".to_string()),
     };
-    ServerName::try_from(name.to_string()).with_context(|| format!("{setting}: {name:?} is not a DNS name or IP address"))
+    ServerName::try_from(name.to_string())
+        .with_context(|| format!("{setting}: {name:?} is not a DNS name or IP address"))
 }
 
 /// Accepts the server certificate whose SHA-256 is the pinned one (compared in constant time);

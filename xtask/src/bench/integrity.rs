@@ -78,7 +78,8 @@ pub(super) fn bench_integrity(root: &Path) -> anyhow::Result<()> {
     let hash = measure_hash_throughput(probe.as_deref(), &ids, &scratch)?;
     let load_after = load_average();
 
-    let report = Report { machine, load_after, aide_version, openssl_version, baseline, latency, idle, aide_checks, hash };
+    let report =
+        Report { machine, load_after, aide_version, openssl_version, baseline, latency, idle, aide_checks, hash };
     let section = report.render();
     append_to_benchmarks(&root.join("BENCHMARKS.md"), &section)?;
     print!("{section}");
@@ -89,8 +90,10 @@ pub(super) fn bench_integrity(root: &Path) -> anyhow::Result<()> {
 fn idle_window_secs() -> anyhow::Result<u64> {
     match std::env::var("IDS_BENCH_IDLE_SECS") {
         Ok(value) => {
-            let secs: u64 =
-                value.trim().parse().with_context(|| format!("IDS_BENCH_IDLE_SECS={value:?} is not a whole number of seconds"))?;
+            let secs: u64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("IDS_BENCH_IDLE_SECS={value:?} is not a whole number of seconds"))?;
             ensure!(secs > 0, "IDS_BENCH_IDLE_SECS must be at least 1");
             Ok(secs)
         }
@@ -225,10 +228,14 @@ fn measure_full_baseline(ids: &Path, aide: &Path, scratch: &Scratch, cores: usiz
     for run in 1..=BASELINE_RUNS {
         let (timed, out) = run_timed(Command::new(aide).arg("--config").arg(&aide_config).arg("--init"), &[0])?;
         aide_entries = parse_aide_entries(&out);
-        eprintln!("bench: baseline {run}/{BASELINE_RUNS}: aide --init {:.2} s wall, {:.2} s CPU", timed.wall, timed.cpu);
+        eprintln!(
+            "bench: baseline {run}/{BASELINE_RUNS}: aide --init {:.2} s wall, {:.2} s CPU",
+            timed.wall, timed.cpu
+        );
         aide_runs.push(timed);
 
-        let (timed, out) = run_timed(Command::new(ids).arg("hash").arg("--json").arg("--config").arg(&ids_config), &[0])?;
+        let (timed, out) =
+            run_timed(Command::new(ids).arg("hash").arg("--json").arg("--config").arg(&ids_config), &[0])?;
         (ids_items, ids_errors) = parse_ids_hash_counts(&out)?;
         eprintln!("bench: baseline {run}/{BASELINE_RUNS}: ids hash {:.2} s wall, {:.2} s CPU", timed.wall, timed.cpu);
         ids_runs.push(timed);
@@ -283,7 +290,8 @@ fn parse_aide_entries(report: &str) -> Option<u64> {
 fn parse_ids_hash_counts(json: &str) -> anyhow::Result<(u64, u64)> {
     let value: serde_json::Value =
         serde_json::from_str(json).with_context(|| format!("ids hash --json printed bad JSON: {json:.200}"))?;
-    let collectors = value["collectors"].as_object().with_context(|| format!("ids hash --json has no collectors: {json:.200}"))?;
+    let collectors =
+        value["collectors"].as_object().with_context(|| format!("ids hash --json has no collectors: {json:.200}"))?;
     // `errors` is a list of error items (a count in older builds).
     let count = |v: &serde_json::Value| v.as_array().map_or_else(|| v.as_u64().unwrap_or(0), |a| a.len() as u64);
     let sum = |key: &str| collectors.values().map(|c| count(&c[key])).sum::<u64>();
@@ -307,7 +315,11 @@ struct Idle {
     events_received: u64,
 }
 
-fn measure_detection_latency_and_idle(ids: &Path, scratch: &Scratch, idle_secs: u64) -> anyhow::Result<(Latency, Idle)> {
+fn measure_detection_latency_and_idle(
+    ids: &Path,
+    scratch: &Scratch,
+    idle_secs: u64,
+) -> anyhow::Result<(Latency, Idle)> {
     let tree = latency_tree(scratch);
     fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
     for i in 0..LATENCY_FILES {
@@ -385,7 +397,8 @@ fn wait_for_alert(db: &rusqlite::Connection, after_id: i64, item: &str) -> anyho
         )
         .context("preparing the alerts query")?;
     loop {
-        let found: i64 = query.query_row(rusqlite::params![after_id, item], |row| row.get(0)).context("querying alerts")?;
+        let found: i64 =
+            query.query_row(rusqlite::params![after_id, item], |row| row.get(0)).context("querying alerts")?;
         if found > 0 {
             return Ok(Some(Instant::now()));
         }
@@ -471,7 +484,12 @@ struct AideChecks {
 
 /// `aide --check` on the latency directory (after an `--init` of it) and on the three trees
 /// (against the database of the full-baseline step), [`BASELINE_RUNS`] runs each.
-fn measure_aide_checks(aide: &Path, scratch: &Scratch, baseline: &FullBaseline, cores: usize) -> anyhow::Result<AideChecks> {
+fn measure_aide_checks(
+    aide: &Path,
+    scratch: &Scratch,
+    baseline: &FullBaseline,
+    cores: usize,
+) -> anyhow::Result<AideChecks> {
     let tree = latency_tree(scratch).display().to_string();
     let config = scratch.dir.join("aide-latency.conf");
     let db = scratch.dir.join("aide-latency.db");
@@ -486,7 +504,11 @@ fn measure_aide_checks(aide: &Path, scratch: &Scratch, baseline: &FullBaseline, 
         let (timed, _) = run_timed(Command::new(aide).arg("--config").arg(&config).arg("--check"), &ok)?;
         small.push(timed);
         let (timed, _) = run_timed(Command::new(aide).arg("--config").arg(&baseline.aide_config).arg("--check"), &ok)?;
-        eprintln!("bench: aide --check {run}/{BASELINE_RUNS}: {:.3} s latency dir, {:.2} s trees", small[run - 1].wall, timed.wall);
+        eprintln!(
+            "bench: aide --check {run}/{BASELINE_RUNS}: {:.3} s latency dir, {:.2} s trees",
+            small[run - 1].wall,
+            timed.wall
+        );
         trees.push(timed);
     }
     Ok(AideChecks { small_init, small, trees })
@@ -516,13 +538,14 @@ fn measure_hash_throughput(probe: Option<&Path>, ids: &Path, scratch: &Scratch) 
         "16384",
         "-mr",
     ]))?;
-    let openssl = parse_openssl_speed(&out).with_context(|| format!("no +F: line in openssl speed -mr output: {out:?}"))?;
+    let openssl =
+        parse_openssl_speed(&out).with_context(|| format!("no +F: line in openssl speed -mr output: {out:?}"))?;
 
     let ours = match probe {
         Some(xtask) => {
             let out = command_stdout(Command::new(xtask).args(["bench", PROBE_AREA]))?;
-            let runs: Vec<f64> =
-                serde_json::from_str(&out).with_context(|| format!("{} bench {PROBE_AREA} printed {out:?}", xtask.display()))?;
+            let runs: Vec<f64> = serde_json::from_str(&out)
+                .with_context(|| format!("{} bench {PROBE_AREA} printed {out:?}", xtask.display()))?;
             ensure!(!runs.is_empty(), "{} bench {PROBE_AREA} reported no runs", xtask.display());
             runs
         }
@@ -563,7 +586,12 @@ fn measure_ids_one_thread(ids: &Path, scratch: &Scratch) -> anyhow::Result<Vec<f
         let mut command = Command::new(ids);
         command.env("RAYON_NUM_THREADS", "1").arg("hash").arg("--json").arg("--config").arg(&config);
         let (timed, _) = run_timed(&mut command, &[0])?;
-        eprintln!("bench: ids hash, one thread, {} MiB: {:.3} s wall, {:.3} s CPU", total as usize >> 20, timed.wall, timed.cpu);
+        eprintln!(
+            "bench: ids hash, one thread, {} MiB: {:.3} s wall, {:.3} s CPU",
+            total as usize >> 20,
+            timed.wall,
+            timed.cpu
+        );
         if run > 0 {
             runs.push(total / timed.wall);
         }
@@ -611,7 +639,8 @@ pub(super) fn print_sha2_throughput() -> anyhow::Result<()> {
 /// Bytes per second of `Sha256::digest` over a [`HASH_BUFFER_BYTES`] buffer, one thread, [`HASH_RUNS`] runs.
 fn sha2_throughput_runs() -> Vec<f64> {
     use sha2::{Digest as _, Sha256};
-    let buffer: Vec<u8> = (0..HASH_BUFFER_BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
+    let buffer: Vec<u8> =
+        (0..HASH_BUFFER_BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
     (0..HASH_RUNS)
         .map(|_| {
             let start = Instant::now();
@@ -625,7 +654,10 @@ fn sha2_throughput_runs() -> Vec<f64> {
 
 /// Bytes per second of the single block size in `openssl speed -mr` output (`+F:n:sha256:rate`).
 fn parse_openssl_speed(out: &str) -> Option<f64> {
-    out.lines().find_map(|line| line.strip_prefix("+F:")).and_then(|rest| rest.split(':').nth(2)).and_then(|r| r.trim().parse().ok())
+    out.lines()
+        .find_map(|line| line.strip_prefix("+F:"))
+        .and_then(|rest| rest.split(':').nth(2))
+        .and_then(|r| r.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,7 +808,11 @@ impl Report {
             p99 * 1e3,
             TARGET_LATENCY_P99.as_millis(),
             met(ok),
-            if l.missed > 0 { format!("; {} trials missed (no alert within {} s)", l.missed, LATENCY_TIMEOUT.as_secs()) } else { String::new() }
+            if l.missed > 0 {
+                format!("; {} trials missed (no alert within {} s)", l.missed, LATENCY_TIMEOUT.as_secs())
+            } else {
+                String::new()
+            }
         );
     }
 

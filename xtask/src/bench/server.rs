@@ -297,7 +297,8 @@ fn load_round(server: SocketAddr, tls: Option<tokio_rustls::TlsConnector>) -> an
                     let mut failures = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
-                        let ok = matches!(one_check(server, client_address(client), &line, tls.as_ref()).await, Ok(true));
+                        let ok =
+                            matches!(one_check(server, client_address(client), &line, tls.as_ref()).await, Ok(true));
                         if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                             if ok {
                                 latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -324,7 +325,9 @@ fn load_round(server: SocketAddr, tls: Option<tokio_rustls::TlsConnector>) -> an
             failures += failed;
         }
         all.sort_unstable();
-        let pick = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64;
+        let pick = |q: f64| {
+            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64
+        };
         Ok(Round { rate: all.len() as f64 / elapsed.as_secs_f64(), p50_us: pick(0.5), p99_us: pick(0.99), failures })
     })
 }
@@ -436,7 +439,8 @@ fn idle_wave(server: &IdsServer, wave: usize) -> anyhow::Result<Idle> {
         }
         results
     });
-    let closed: Vec<Instant> = results.into_iter().filter_map(|r| r.ok().and_then(|r| r.ok())).filter(|(c, _)| *c).map(|(_, t)| t).collect();
+    let closed: Vec<Instant> =
+        results.into_iter().filter_map(|r| r.ok().and_then(|r| r.ok())).filter(|(c, _)| *c).map(|(_, t)| t).collect();
     let last = closed.iter().max().copied().unwrap_or(opened_at);
     std::thread::sleep(Duration::from_millis(500));
     let rss_after_kib = server.rss_kib()?;
@@ -458,7 +462,11 @@ fn idle_wave(server: &IdsServer, wave: usize) -> anyhow::Result<Idle> {
 /// and runs the bench there.
 fn rerun_in_release(root: &Path) -> anyhow::Result<()> {
     let xtask = super::integrity::release_xtask(root, "the load generator and the peer need optimized code")?;
-    let status = Command::new(&xtask).current_dir(root).args(["bench", "server"]).status().with_context(|| format!("running {}", xtask.display()))?;
+    let status = Command::new(&xtask)
+        .current_dir(root)
+        .args(["bench", "server"])
+        .status()
+        .with_context(|| format!("running {}", xtask.display()))?;
     ensure!(status.success(), "{} bench server failed ({status})", xtask.display());
     Ok(())
 }
@@ -470,7 +478,11 @@ pub(super) fn bench_server(root: &Path) -> anyhow::Result<()> {
     let ids = build_release(root)?;
     let machine = Machine::describe(&ids)?;
     let files = raise_open_files();
-    ensure!(files as usize >= IDLE + 1_000, "the open-files hard limit ({files}) is below {} connections", IDLE + 1_000);
+    ensure!(
+        files as usize >= IDLE + 1_000,
+        "the open-files hard limit ({files}) is below {} connections",
+        IDLE + 1_000
+    );
     let scratch = Scratch(std::env::temp_dir().join(format!("ids-bench-server-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)?;
     let pki = make_pki(&scratch.0)?;
@@ -507,7 +519,11 @@ fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &[Idle]
         machine.load_before,
         load_average()
     );
-    let _ = writeln!(out, "- Server: {} `ids serve` (audit log to a file); peer: a minimal tokio server that accepts, writes `20 OK` and closes (plain, and with the same rustls TLS 1.3 configuration)", machine.ids_version);
+    let _ = writeln!(
+        out,
+        "- Server: {} `ids serve` (audit log to a file); peer: a minimal tokio server that accepts, writes `20 OK` and closes (plain, and with the same rustls TLS 1.3 configuration)",
+        machine.ids_version
+    );
     let _ = writeln!(
         out,
         "\n### CHECK throughput, one connection per command\n\n{CLIENTS} concurrent clients (distinct 127.0.1.x addresses, each with a stored record), {ROUNDS} rounds of {} s per server after {} s of warm-up, peer and `ids serve` alternating; medians over the rounds. TLS: full TLS 1.3 handshake per command (no resumption), ECDSA P-256 certificate.\n",
@@ -543,7 +559,11 @@ fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &[Idle]
         IDLE_TIMEOUT.as_secs()
     );
     let _ = writeln!(out, "Two waves, one after the other, against the same server process.\n");
-    let _ = writeln!(out, "| measure | {} |", idle.iter().map(|w| format!("wave {}", w.wave)).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        out,
+        "| measure | {} |",
+        idle.iter().map(|w| format!("wave {}", w.wave)).collect::<Vec<_>>().join(" | ")
+    );
     let _ = writeln!(out, "|---|{}", "---:|".repeat(idle.len()));
     let row = |out: &mut String, name: &str, cell: &dyn Fn(&Idle) -> String| {
         let _ = writeln!(out, "| {name} | {} |", idle.iter().map(cell).collect::<Vec<_>>().join(" | "));
@@ -557,7 +577,9 @@ fn render(machine: &Machine, plain: &Throughput, tls: &Throughput, idle: &[Idle]
         )
     });
     row(&mut out, "server RSS after they were closed", &|w| format!("{:.1} MiB", mib(w.rss_after_kib)));
-    row(&mut out, "closed by the server's timeout", &|w| format!("{} of {}", thousands(w.closed_by_server as u64), thousands(w.opened as u64)));
+    row(&mut out, "closed by the server's timeout", &|w| {
+        format!("{} of {}", thousands(w.closed_by_server as u64), thousands(w.opened as u64))
+    });
     row(&mut out, "last closed, after the last was opened", &|w| format!("{:.1} s", w.last_closed_after.as_secs_f64()));
     row(&mut out, "a real CHECK meanwhile (connect to reply)", &|w| {
         format!(

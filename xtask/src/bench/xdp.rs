@@ -49,7 +49,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{Machine, append_to_benchmarks, build_release, command_stdout, load_average, median, thousands, utc_timestamp};
+use super::{
+    Machine, append_to_benchmarks, build_release, command_stdout, load_average, median, thousands, utc_timestamp,
+};
 
 const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const TARGET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -110,7 +112,13 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
     let plan = if quick {
         Plan { sizes: QUICK_SIZES.to_vec(), repetitions: 1, run_secs: QUICK_RUN_SECS, latency_trials: 3, quick }
     } else {
-        Plan { sizes: FULL_SIZES.to_vec(), repetitions: REPETITIONS, run_secs: RUN_SECS, latency_trials: LATENCY_TRIALS, quick }
+        Plan {
+            sizes: FULL_SIZES.to_vec(),
+            repetitions: REPETITIONS,
+            run_secs: RUN_SECS,
+            latency_trials: LATENCY_TRIALS,
+            quick,
+        }
     };
     for tool in ["ip", "nft", "ipset", "iptables", "ethtool"] {
         ensure!(
@@ -123,7 +131,10 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
     let scratch = BenchDir::create()?;
     remove_stale_namespaces();
     let topo = Topology::create()?;
-    eprintln!("bench: namespaces {} → {}, veth {} → {}", topo.gen_ns.name, topo.target_ns.name, topo.gen_dev, topo.target_dev);
+    eprintln!(
+        "bench: namespaces {} → {}, veth {} → {}",
+        topo.gen_ns.name, topo.target_ns.name, topo.gen_dev, topo.target_dev
+    );
     let started = Instant::now();
     raise_session_priority();
 
@@ -145,8 +156,9 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
             for generator in [Generator::Frame, Generator::Socket] {
                 let mut runs = Vec::new();
                 for rep in 0..plan.repetitions {
-                    let run = measure_drop(&topo, &mut installed, generator, plan.run_secs)
-                        .with_context(|| format!("{} with {} entries, {} generator", contender.label(), size, generator.label()))?;
+                    let run = measure_drop(&topo, &mut installed, generator, plan.run_secs).with_context(|| {
+                        format!("{} with {} entries, {} generator", contender.label(), size, generator.label())
+                    })?;
                     eprintln!(
                         "bench: {} {} entries, {} generator, run {}/{}: sent {}, dropped {}, {:.0} softirq ns/packet ({:.0} all kernel), {:.3} Mpps; CPU s user {:.2} kernel {:.2} softirq {:.2} idle {:.2}",
                         contender.label(),
@@ -318,7 +330,17 @@ impl Topology {
         let gen_dev = format!("idsbg{pid}");
         let target_dev = format!("idsbt{pid}");
         run_quiet(Command::new("ip").args([
-            "link", "add", &gen_dev, "netns", &gen_ns.name, "type", "veth", "peer", "name", &target_dev, "netns",
+            "link",
+            "add",
+            &gen_dev,
+            "netns",
+            &gen_ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &target_dev,
+            "netns",
             &target_ns.name,
         ]))?;
         let ip_in = |ns: &Netns, args: &[&str]| run_quiet(Command::new("ip").args(["-n", &ns.name]).args(args));
@@ -337,7 +359,20 @@ impl Topology {
         let (gen_ifindex, gen_mac) = link_info(&gen_ns, &gen_dev)?;
         let (_, target_mac) = link_info(&target_ns, &target_dev)?;
         let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        ip_in(&gen_ns, &["neigh", "replace", &TARGET_ADDR.to_string(), "lladdr", &mac(target_mac), "dev", &gen_dev, "nud", "permanent"])?;
+        ip_in(
+            &gen_ns,
+            &[
+                "neigh",
+                "replace",
+                &TARGET_ADDR.to_string(),
+                "lladdr",
+                &mac(target_mac),
+                "dev",
+                &gen_dev,
+                "nud",
+                "permanent",
+            ],
+        )?;
         Ok(Self { gen_ns, target_ns, gen_dev, target_dev, gen_ifindex, gen_mac, target_mac })
     }
 }
@@ -345,7 +380,8 @@ impl Topology {
 /// Interface index and MAC address of `dev` in `ns`.
 fn link_info(ns: &Netns, dev: &str) -> anyhow::Result<(u32, [u8; 6])> {
     let text = command_stdout(Command::new("ip").args(["-n", &ns.name, "-j", "link", "show", "dev", dev]))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
     let link = &json[0];
     let ifindex = link["ifindex"].as_u64().with_context(|| format!("no ifindex for {dev}: {text}"))? as u32;
     let address = link["address"].as_str().with_context(|| format!("no address for {dev}: {text}"))?;
@@ -467,8 +503,9 @@ fn send_datagrams(source: Ipv4Addr, duration: Duration) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind(SocketAddrV4::new(source, 0)).with_context(|| format!("binding UDP to {source}"))?;
     socket.connect(SocketAddrV4::new(TARGET_ADDR, DISCARD_PORT)).context("connecting the UDP socket")?;
     let payload = [0x5au8; UDP_PAYLOAD];
-    let mut iov: Vec<libc::iovec> =
-        (0..SOCKET_BATCH).map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }).collect();
+    let mut iov: Vec<libc::iovec> = (0..SOCKET_BATCH)
+        .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
+        .collect();
     // SAFETY: mmsghdr is plain data; zero is a valid value.
     let mut msgs: Vec<libc::mmsghdr> = (0..SOCKET_BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     for (msg, iov) in msgs.iter_mut().zip(iov.iter_mut()) {
@@ -577,7 +614,8 @@ fn load_constant_xdp_program(action: i32) -> anyhow::Result<OwnedFd> {
         ..Default::default()
     };
     attr.prog_name[..8].copy_from_slice(b"idsbench");
-    let fd = bpf(BPF_PROG_LOAD, (&raw mut attr).cast(), size_of::<ProgLoadAttr>()).context("bpf(BPF_PROG_LOAD) of the generator's XDP program")?;
+    let fd = bpf(BPF_PROG_LOAD, (&raw mut attr).cast(), size_of::<ProgLoadAttr>())
+        .context("bpf(BPF_PROG_LOAD) of the generator's XDP program")?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -637,7 +675,13 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
 
 /// Runs the `XDP_TX` program in live-frames mode with `ifindex` as ingress device, rotating the
 /// source over the frame sources, for `duration`; returns the frames sent.
-fn send_frames(ifindex: u32, src_mac: [u8; 6], dst_mac: [u8; 6], first: usize, duration: Duration) -> anyhow::Result<u64> {
+fn send_frames(
+    ifindex: u32,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    first: usize,
+    duration: Duration,
+) -> anyhow::Result<u64> {
     let prog = load_constant_xdp_program(XDP_TX)?;
     let frames: Vec<Vec<u8>> = frame_sources().map(|s| udp_frame(src_mac, dst_mac, s, TARGET_ADDR)).collect();
     let mut ctx = XdpMd { ingress_ifindex: ifindex, ..Default::default() };
@@ -723,15 +767,31 @@ const IPSET_NAME: &str = "idsbench";
 
 /// One contender installed on the target end with a banned set.
 enum Installed {
-    Ids { daemon: IdsDaemon },
-    Nft { target_ns: String },
-    Ipset { target_ns: String },
+    Ids {
+        daemon: IdsDaemon,
+    },
+    Nft {
+        target_ns: String,
+    },
+    Ipset {
+        target_ns: String,
+    },
     /// The attachment lasts as long as the link descriptor.
-    Floor { link: OwnedFd, target_ns: String, target_dev: String },
+    Floor {
+        link: OwnedFd,
+        target_ns: String,
+        target_dev: String,
+    },
 }
 
 impl Installed {
-    fn install(contender: Contender, topo: &Topology, ids: &Path, dir: &BenchDir, set: &[Ipv4Addr]) -> anyhow::Result<Self> {
+    fn install(
+        contender: Contender,
+        topo: &Topology,
+        ids: &Path,
+        dir: &BenchDir,
+        set: &[Ipv4Addr],
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let installed = match contender {
             Contender::Ids | Contender::IdsGeneric => {
@@ -739,7 +799,11 @@ impl Installed {
                 let daemon = IdsDaemon::start(ids, dir, topo, generic)?;
                 let want = if generic { XDP_ATTACHED_SKB } else { XDP_ATTACHED_DRV };
                 let mode = attached_xdp_mode(topo)?;
-                ensure!(mode == Some(want), "ids attached XDP in mode {mode:?} to {}, expected {want}", topo.target_dev);
+                ensure!(
+                    mode == Some(want),
+                    "ids attached XDP in mode {mode:?} to {}, expected {want}",
+                    topo.target_dev
+                );
                 daemon.ban_all(set, dir)?;
                 Self::Ids { daemon }
             }
@@ -752,7 +816,17 @@ impl Installed {
                 ipset_create(topo)?;
                 ipset_restore(topo, dir, set)?;
                 run_quiet(topo.target_ns.command("iptables").args([
-                    "-t", "raw", "-A", "PREROUTING", "-m", "set", "--match-set", IPSET_NAME, "src", "-j", "DROP",
+                    "-t",
+                    "raw",
+                    "-A",
+                    "PREROUTING",
+                    "-m",
+                    "set",
+                    "--match-set",
+                    IPSET_NAME,
+                    "src",
+                    "-j",
+                    "DROP",
                 ]))?;
                 Self::Ipset { target_ns: topo.target_ns.name.clone() }
             }
@@ -765,7 +839,12 @@ impl Installed {
                 Self::Floor { link, target_ns: topo.target_ns.name.clone(), target_dev: topo.target_dev.clone() }
             }
         };
-        eprintln!("bench: {} installed with {} entries in {:.2} s", contender.label(), thousands(set.len() as u64), started.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: {} installed with {} entries in {:.2} s",
+            contender.label(),
+            thousands(set.len() as u64),
+            started.elapsed().as_secs_f64()
+        );
         Ok(installed)
     }
 
@@ -774,11 +853,21 @@ impl Installed {
         match self {
             Self::Ids { daemon, .. } => daemon.dropped(),
             Self::Nft { target_ns } => {
-                let text = command_stdout(ns_command(target_ns, "nft").args(["list", "chain", "netdev", NFT_TABLE, "ingress"]))?;
+                let text = command_stdout(
+                    ns_command(target_ns, "nft").args(["list", "chain", "netdev", NFT_TABLE, "ingress"]),
+                )?;
                 parse_nft_counter(&text).with_context(|| format!("no counter in `nft list chain`: {text}"))
             }
             Self::Ipset { target_ns } => {
-                let text = command_stdout(ns_command(target_ns, "iptables").args(["-t", "raw", "-L", "PREROUTING", "-n", "-v", "-x"]))?;
+                let text = command_stdout(ns_command(target_ns, "iptables").args([
+                    "-t",
+                    "raw",
+                    "-L",
+                    "PREROUTING",
+                    "-n",
+                    "-v",
+                    "-x",
+                ]))?;
                 parse_iptables_counter(&text).with_context(|| format!("no rule counter in `iptables -L`: {text}"))
             }
             Self::Floor { target_ns, target_dev, .. } => {
@@ -800,7 +889,9 @@ impl Installed {
                 daemon.stop()?;
                 ensure_no_xdp(topo)
             }
-            Self::Nft { target_ns } => run_quiet(ns_command(&target_ns, "nft").args(["delete", "table", "netdev", NFT_TABLE])),
+            Self::Nft { target_ns } => {
+                run_quiet(ns_command(&target_ns, "nft").args(["delete", "table", "netdev", NFT_TABLE]))
+            }
             Self::Ipset { target_ns } => {
                 run_quiet(ns_command(&target_ns, "iptables").args(["-t", "raw", "-F", "PREROUTING"]))?;
                 run_quiet(ns_command(&target_ns, "ipset").args(["destroy", IPSET_NAME]))
@@ -865,7 +956,9 @@ fn nft_add_elements(topo: &Topology, dir: &BenchDir, set: &[Ipv4Addr]) -> anyhow
 }
 
 fn ipset_create(topo: &Topology) -> anyhow::Result<()> {
-    run_quiet(topo.target_ns.command("ipset").args(["create", IPSET_NAME, "hash:ip", "family", "inet", "maxelem", "4194304"]))
+    run_quiet(
+        topo.target_ns.command("ipset").args(["create", IPSET_NAME, "hash:ip", "family", "inet", "maxelem", "4194304"]),
+    )
 }
 
 /// `ipset restore` of every address of `set`; returns how long ipset took.
@@ -880,7 +973,12 @@ fn ipset_restore(topo: &Topology, dir: &BenchDir, set: &[Ipv4Addr]) -> anyhow::R
     let started = Instant::now();
     let out = topo.target_ns.command("ipset").arg("restore").stdin(input).output().context("running ipset restore")?;
     let elapsed = started.elapsed();
-    ensure!(out.status.success(), "ipset restore failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(
+        out.status.success(),
+        "ipset restore failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(elapsed)
 }
 
@@ -932,7 +1030,11 @@ impl IdsDaemon {
         );
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.dir.join("ids.log");
-        let log_file = OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         // `ip netns exec` gives the daemon a mount namespace with the target namespace's sysfs,
         // where it finds the target end among its interfaces; a bpffs of its own there holds its
         // pins (they go when the daemon exits, and the program leaves the interface), and tracefs
@@ -958,7 +1060,9 @@ impl IdsDaemon {
             match command_stdout(&mut daemon.cli(&["status", "--json"])) {
                 Ok(_) => return Ok(daemon),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!("ids status did not answer; the daemon log ends:\n{}", daemon.log_tail())));
+                    return Err(
+                        e.context(format!("ids status did not answer; the daemon log ends:\n{}", daemon.log_tail()))
+                    );
                 }
                 Err(_) => thread::sleep(Duration::from_millis(100)),
             }
@@ -994,7 +1098,9 @@ impl IdsDaemon {
     fn dropped(&self) -> anyhow::Result<u64> {
         // The pins live in the daemon's mount namespace: reach them through its root.
         let pid = self.child.as_ref().expect("running").id();
-        let path = PathBuf::from(format!("/proc/{pid}/root")).join(self.pin_dir.strip_prefix("/").unwrap_or(&self.pin_dir)).join("BAN_HITS");
+        let path = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(self.pin_dir.strip_prefix("/").unwrap_or(&self.pin_dir))
+            .join("BAN_HITS");
         let map = bpf_obj_get(&path)?;
         let cpus = possible_cpus()?;
         let mut total = 0u64;
@@ -1014,7 +1120,8 @@ impl IdsDaemon {
     /// Cross-checks [`Self::dropped`] against `ids bans --json` (used where the list is short).
     fn dropped_by_cli(&self) -> anyhow::Result<u64> {
         let text = command_stdout(&mut self.cli(&["bans", "--json"]))?;
-        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("ids bans --json printed {text:?}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("ids bans --json printed {text:?}"))?;
         ensure!(json["ok"] == true, "ids bans --json: {text}");
         let bans = json["data"].as_array().with_context(|| format!("ids bans --json has no list in data: {text}"))?;
         Ok(bans.iter().filter_map(|b| b["packets"].as_u64()).sum())
@@ -1155,7 +1262,10 @@ impl CpuTimes {
     fn read() -> anyhow::Result<Self> {
         let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         let prefix = format!("cpu{} ", generator_cpu());
-        let line = text.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("/proc/stat has no {prefix:?} line"))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .with_context(|| format!("/proc/stat has no {prefix:?} line"))?;
         let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
         ensure!(fields.len() >= 7, "/proc/stat cpu line {line:?}");
         // SAFETY: sysconf has no preconditions.
@@ -1203,7 +1313,12 @@ impl DropRun {
     }
 }
 
-fn measure_drop(topo: &Topology, installed: &mut Installed, generator: Generator, secs: f64) -> anyhow::Result<DropRun> {
+fn measure_drop(
+    topo: &Topology,
+    installed: &mut Installed,
+    generator: Generator,
+    secs: f64,
+) -> anyhow::Result<DropRun> {
     let before = installed.dropped()?;
     let cpu_before = CpuTimes::read()?;
     let started = Instant::now();
@@ -1252,7 +1367,13 @@ struct InstallTimes {
     ipset: Vec<f64>,
 }
 
-fn measure_install_times(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursSupport, plan: &Plan) -> anyhow::Result<InstallTimes> {
+fn measure_install_times(
+    topo: &Topology,
+    ids: &Path,
+    dir: &BenchDir,
+    ours: &OursSupport,
+    plan: &Plan,
+) -> anyhow::Result<InstallTimes> {
     let set = banned_set(INSTALL_ENTRIES);
     let mut times = InstallTimes { entries: INSTALL_ENTRIES, ids: vec![], nft: vec![], ipset: vec![] };
     for rep in 0..plan.repetitions {
@@ -1287,8 +1408,17 @@ const XDP_ATTACHED_SKB: u64 = 2;
 
 /// The mode of the XDP program on the target end, if one is attached.
 fn attached_xdp_mode(topo: &Topology) -> anyhow::Result<Option<u64>> {
-    let text = command_stdout(Command::new("ip").args(["-n", &topo.target_ns.name, "-j", "link", "show", "dev", &topo.target_dev]))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
+    let text = command_stdout(Command::new("ip").args([
+        "-n",
+        &topo.target_ns.name,
+        "-j",
+        "link",
+        "show",
+        "dev",
+        &topo.target_dev,
+    ]))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
     Ok(json[0]["xdp"]["mode"].as_u64())
 }
 
@@ -1297,12 +1427,25 @@ fn attached_xdp_mode(topo: &Topology) -> anyhow::Result<Option<u64>> {
 fn ensure_no_xdp(topo: &Topology) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let text = command_stdout(Command::new("ip").args(["-n", &topo.target_ns.name, "-j", "link", "show", "dev", &topo.target_dev]))?;
-        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
+        let text = command_stdout(Command::new("ip").args([
+            "-n",
+            &topo.target_ns.name,
+            "-j",
+            "link",
+            "show",
+            "dev",
+            &topo.target_dev,
+        ]))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("ip -j link show printed {text:?}"))?;
         if json[0]["xdp"].is_null() {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "an XDP program is still attached to {} after its contender was removed: {text}", topo.target_dev);
+        ensure!(
+            Instant::now() < deadline,
+            "an XDP program is still attached to {} after its contender was removed: {text}",
+            topo.target_dev
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -1321,7 +1464,13 @@ struct TcpThroughput {
     tso_with_ids: Option<String>,
 }
 
-fn measure_tcp(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursSupport, plan: &Plan) -> anyhow::Result<TcpThroughput> {
+fn measure_tcp(
+    topo: &Topology,
+    ids: &Path,
+    dir: &BenchDir,
+    ours: &OursSupport,
+    plan: &Plan,
+) -> anyhow::Result<TcpThroughput> {
     let entries = 100_000;
     let set = banned_set(entries);
     let secs = if plan.quick { 1.0 } else { TCP_SECS };
@@ -1372,7 +1521,8 @@ fn tcp_bits_per_second(topo: &Topology, secs: f64) -> anyhow::Result<f64> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = topo.target_ns.spawn_in(move || {
         dedicate_this_thread(0)?;
-        let listener = TcpListener::bind(SocketAddrV4::new(TARGET_ADDR, TCP_PORT)).context("listening for the TCP test")?;
+        let listener =
+            TcpListener::bind(SocketAddrV4::new(TARGET_ADDR, TCP_PORT)).context("listening for the TCP test")?;
         let _ = ready_tx.send(());
         let (mut stream, _) = listener.accept().context("accepting the TCP test connection")?;
         let mut buf = vec![0u8; 1 << 18];
@@ -1393,8 +1543,11 @@ fn tcp_bits_per_second(topo: &Topology, secs: f64) -> anyhow::Result<f64> {
     let duration = Duration::from_secs_f64(secs);
     topo.gen_ns.run_in(move || {
         dedicate_this_thread(generator_cpu())?;
-        let socket = std::net::TcpStream::connect_timeout(&SocketAddrV4::new(TARGET_ADDR, TCP_PORT).into(), Duration::from_secs(5))
-            .context("connecting the TCP test stream")?;
+        let socket = std::net::TcpStream::connect_timeout(
+            &SocketAddrV4::new(TARGET_ADDR, TCP_PORT).into(),
+            Duration::from_secs(5),
+        )
+        .context("connecting the TCP test stream")?;
         let mut stream: TcpStream = socket;
         let buf = vec![0xa5u8; 1 << 16];
         let started = Instant::now();
@@ -1423,7 +1576,13 @@ struct BanLatency {
     ipset: Vec<LatencyTrial>,
 }
 
-fn measure_ban_latency(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursSupport, plan: &Plan) -> anyhow::Result<BanLatency> {
+fn measure_ban_latency(
+    topo: &Topology,
+    ids: &Path,
+    dir: &BenchDir,
+    ours: &OursSupport,
+    plan: &Plan,
+) -> anyhow::Result<BanLatency> {
     let set = banned_set(100_000);
     let sources = |trial: usize| Ipv4Addr::new(198, 18, 0, LATENCY_SOURCE_BASE + trial as u8);
     let mut result = BanLatency { ids: vec![], nft: vec![], ipset: vec![] };
@@ -1461,7 +1620,11 @@ fn measure_ban_latency(topo: &Topology, ids: &Path, dir: &BenchDir, ours: &OursS
 }
 
 /// A paced UDP stream from `source` to a socket on the target end; `ban` runs while it flows.
-fn ban_latency_trial(topo: &Topology, source: Ipv4Addr, ban: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<LatencyTrial> {
+fn ban_latency_trial(
+    topo: &Topology,
+    source: Ipv4Addr,
+    ban: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<LatencyTrial> {
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     // Send time (ns since `base`) of the newest datagram received, and how many arrived.
@@ -1471,7 +1634,8 @@ fn ban_latency_trial(topo: &Topology, source: Ipv4Addr, ban: impl FnOnce() -> an
     let receiver = {
         let (stop, last_received, received) = (stop.clone(), last_received.clone(), received.clone());
         topo.target_ns.spawn_in(move || {
-            let socket = UdpSocket::bind(SocketAddrV4::new(TARGET_ADDR, LATENCY_PORT)).context("binding the latency receiver")?;
+            let socket = UdpSocket::bind(SocketAddrV4::new(TARGET_ADDR, LATENCY_PORT))
+                .context("binding the latency receiver")?;
             socket.set_read_timeout(Some(Duration::from_millis(20)))?;
             let _ = ready_tx.send(());
             let mut buf = [0u8; 64];
@@ -1494,7 +1658,8 @@ fn ban_latency_trial(topo: &Topology, source: Ipv4Addr, ban: impl FnOnce() -> an
     let sender = {
         let stop = stop.clone();
         topo.gen_ns.spawn_in(move || {
-            let socket = UdpSocket::bind(SocketAddrV4::new(source, 0)).with_context(|| format!("binding UDP to {source}"))?;
+            let socket =
+                UdpSocket::bind(SocketAddrV4::new(source, 0)).with_context(|| format!("binding UDP to {source}"))?;
             socket.connect(SocketAddrV4::new(TARGET_ADDR, LATENCY_PORT))?;
             let mut next = Instant::now();
             // Bounded: at most 10 s of datagrams even if the main thread never says stop.
@@ -1577,7 +1742,11 @@ impl Report {
             "- Machine: Linux {}, {}, {} cores; load average {} before, {} after",
             m.kernel, m.cpu, m.cores, m.load_before, self.load_after
         );
-        let _ = writeln!(s, "- Sensor: {}; peers: {}, {} with ipset", m.ids_version, self.nft_version, self.iptables_version);
+        let _ = writeln!(
+            s,
+            "- Sensor: {}; peers: {}, {} with ipset",
+            m.ids_version, self.nft_version, self.iptables_version
+        );
         if let OursSupport::Missing(why) = &self.ours {
             let _ = writeln!(s, "- **`ids` was not measured**: {why}");
         }
@@ -1628,7 +1797,10 @@ impl Report {
         };
         for generator in [Generator::Frame, Generator::Socket] {
             let _ = writeln!(s, "\n### Dropping banned sources, {} generator\n", generator.label());
-            let _ = writeln!(s, "| entries | contender | softirq ns/packet | all kernel ns/packet | drop rate (Mpps) | dropped/sent |");
+            let _ = writeln!(
+                s,
+                "| entries | contender | softirq ns/packet | all kernel ns/packet | drop rate (Mpps) | dropped/sent |"
+            );
             let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
             for &size in &self.plan.sizes {
                 for &contender in &contenders {
@@ -1663,7 +1835,11 @@ impl Report {
                 continue;
             }
             let t = median(times);
-            let _ = writeln!(s, "| {tool} | {how} | {t:.3} | {} |", if ids_time.is_nan() { "–".into() } else { format!("{:.2}", t / ids_time) });
+            let _ = writeln!(
+                s,
+                "| {tool} | {how} | {t:.3} | {} |",
+                if ids_time.is_nan() { "–".into() } else { format!("{:.2}", t / ids_time) }
+            );
         }
 
         let tcp = &self.tcp;
@@ -1682,7 +1858,9 @@ impl Report {
         let _ = writeln!(s, "| target end | Gbit/s | ratio to detached |");
         let _ = writeln!(s, "|---|---:|---:|");
         let detached = median(&tcp.detached);
-        for (label, values) in [("nothing attached", &tcp.detached), ("ids XDP (driver)", &tcp.ids), ("nftables netdev set", &tcp.nft)] {
+        for (label, values) in
+            [("nothing attached", &tcp.detached), ("ids XDP (driver)", &tcp.ids), ("nftables netdev set", &tcp.nft)]
+        {
             if !values.is_empty() {
                 let v = median(values);
                 let _ = writeln!(s, "| {label} | {:.2} | {:.2} |", v / 1e9, v / detached);
@@ -1733,13 +1911,21 @@ impl Report {
         if !self.cells.iter().any(|c| c.contender == ours) {
             return;
         }
-        let _ = writeln!(s, "\nRatios of softirq ns/packet, ids XDP (driver) ÷ peer (below 1: ids spends less CPU per dropped packet):\n");
-        let _ = writeln!(s, "| entries | ids ÷ nftables | ids ÷ ipset | lowest of the three | ≥ {TARGET_XDP_VS_NFT:.0}× below nftables |");
+        let _ = writeln!(
+            s,
+            "\nRatios of softirq ns/packet, ids XDP (driver) ÷ peer (below 1: ids spends less CPU per dropped packet):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| entries | ids ÷ nftables | ids ÷ ipset | lowest of the three | ≥ {TARGET_XDP_VS_NFT:.0}× below nftables |"
+        );
         let _ = writeln!(s, "|---:|---:|---:|---|---|");
         for &size in &self.plan.sizes {
-            let (Some(o), Some(n), Some(i)) =
-                (self.cell(ours, size, generator), self.cell(Contender::Nft, size, generator), self.cell(Contender::Ipset, size, generator))
-            else {
+            let (Some(o), Some(n), Some(i)) = (
+                self.cell(ours, size, generator),
+                self.cell(Contender::Nft, size, generator),
+                self.cell(Contender::Ipset, size, generator),
+            ) else {
                 continue;
             };
             let (rn, ri) = (o.ns_per_packet() / n.ns_per_packet(), o.ns_per_packet() / i.ns_per_packet());
@@ -1757,7 +1943,8 @@ impl Report {
                 }
             );
         }
-        let rates: Vec<f64> = self.plan.sizes.iter().filter_map(|&size| self.cell(ours, size, generator)).map(Cell::rate).collect();
+        let rates: Vec<f64> =
+            self.plan.sizes.iter().filter_map(|&size| self.cell(ours, size, generator)).map(Cell::rate).collect();
         if rates.len() >= 2 {
             let (lo, hi) = rates.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
             let spread = 1.0 - lo / hi;
@@ -1801,7 +1988,8 @@ mod tests {
     fn ipv4_checksum_matches_a_known_header() {
         // A commonly quoted example header (192.168.0.1 → 192.168.0.199, UDP) whose checksum is b861.
         let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         assert_eq!(ipv4_checksum(&header), 0xb861);
     }
@@ -1845,11 +2033,19 @@ mod tests {
         let dir = BenchDir::create().expect("scratch directory");
         let topo = Topology::create().expect("namespaces and veth pair");
         let mut installed =
-            Installed::install(Contender::Nft, &topo, Path::new("/nonexistent/ids"), &dir, &banned_set(1_000)).expect("nftables set");
+            Installed::install(Contender::Nft, &topo, Path::new("/nonexistent/ids"), &dir, &banned_set(1_000))
+                .expect("nftables set");
         for generator in [Generator::Frame, Generator::Socket] {
             let run = measure_drop(&topo, &mut installed, generator, 0.3).expect("a generator run");
             assert!(run.sent > 10_000, "{} generator sent only {} packets in 0.3 s", generator.label(), run.sent);
-            assert_eq!(run.dropped, run.sent, "{} generator: nftables dropped {} of {} sent", generator.label(), run.dropped, run.sent);
+            assert_eq!(
+                run.dropped,
+                run.sent,
+                "{} generator: nftables dropped {} of {} sent",
+                generator.label(),
+                run.dropped,
+                run.sent
+            );
         }
         installed.remove(&topo).expect("removing the nftables table");
         let namespaces = [topo.gen_ns.name.clone(), topo.target_ns.name.clone()];
