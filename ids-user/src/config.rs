@@ -139,11 +139,6 @@ pub struct DetectConfig {
     pub trusted: Vec<ipnet::IpNet>,
 }
 
-/// `"10.0.0.0/8"` or a plain address (a /32 or /128).
-pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
-    let text = text.trim();
-    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
 /// `integrity::KindSpec`.

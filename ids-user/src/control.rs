@@ -57,13 +57,29 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections and forwards their requests to the daemon's main loop.
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<(Request, Reply)>) {
+/// Accepts connections and forwards their requests to the daemon's main loop, until stop.
+/// A failing accept (no descriptor left, say) is retried after a pause that doubles up to a
+/// second, so that it neither spins nor floods the log.
+pub(crate) async fn serve(
+    listener: UnixListener,
+    requests: mpsc::Sender<(Request, Reply)>,
+    stop: crate::harness::Stop,
+) -> anyhow::Result<()> {
+    let mut pause = std::time::Duration::from_millis(10);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let accepted = tokio::select! {
+            _ = stop.stopped() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                pause = std::time::Duration::from_millis(10);
+                stream
+            }
             Err(e) => {
-                warn!(error = %e, "control socket accept failed");
+                warn!(error = %e, retry_ms = pause.as_millis() as u64, "control socket accept failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
                 continue;
             }
         };

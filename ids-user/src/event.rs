@@ -35,7 +35,8 @@ pub enum Detail {
         argv_truncated: bool,
     },
     File {
-        op: &'static str,
+        #[serde(serialize_with = "file_op")]
+        op: FileOp,
         /// A path that is not UTF-8 is written percent-encoded (see `crate::integrity::escape_path`)
         /// and `paths_escaped` is set.
         #[serde(serialize_with = "escaped_path")]
@@ -66,6 +67,10 @@ pub enum Detail {
         daddr: IpAddr,
         dport: u16,
     },
+}
+
+fn file_op<S: serde::Serializer>(op: &FileOp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(file_op_name(*op))
 }
 
 fn escaped_path<S: serde::Serializer>(path: &std::path::Path, serializer: S) -> Result<S::Ok, S::Error> {

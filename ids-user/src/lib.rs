@@ -1,13 +1,15 @@
 //! The `ids` sensor as a library: the binary's `main` only calls `cli::run`.
-pub mod bans;
+pub(crate) mod alert;
+pub(crate) mod bans;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod detect;
-pub mod event;
-pub mod integrity;
-pub mod monitor;
-pub mod sensor;
-pub mod store;
-pub mod tinyids;
+pub(crate) mod config;
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod detect;
+pub(crate) mod event;
+pub(crate) mod harness;
+pub(crate) mod integrity;
+pub(crate) mod sensor;
+pub(crate) mod store;
+pub(crate) mod time;
+pub(crate) mod tinyids;

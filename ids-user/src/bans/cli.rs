@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::{BanDuration, BanError, BanNet, BanRequest, Bans, parse_duration};
+use crate::alert::AlertSink;
 use crate::config::Config;
 use crate::control::{self, Request};
 
@@ -95,6 +96,7 @@ pub fn answer(bans: &mut Bans, request: &Request) -> Value {
                     source: "manual".into(),
                     duration,
                     force: *force,
+                    alert: None,
                 });
             }
             let outcomes = match bulk {
@@ -158,7 +160,7 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
                 Some(response) => response,
                 None => {
                     daemon = false;
-                    let bans = offline.insert(Bans::open(config, None).context("opening the ban store")?);
+                    let bans = offline.insert(Bans::open(config, None, AlertSink::new(None, None)).context("opening the ban store")?);
                     answer(bans, request)
                 }
             },
@@ -448,7 +450,7 @@ mod tests {
             max_duration: Duration::from_secs(86_400),
             detect_duration: Duration::from_secs(600),
         };
-        Bans::with_store(Store::open_in_memory().unwrap(), None, vec![BanNet::parse("127.0.0.0/8").unwrap()], config)
+        Bans::with_store(Store::open_in_memory().unwrap(), None, vec![BanNet::parse("127.0.0.0/8").unwrap()], config, crate::alert::AlertSink::new(None, None))
     }
 
     fn ban(nets: &[&str], duration: Option<&str>, reason: &str) -> Request {

@@ -1,17 +1,19 @@
 //! Bans: the one path by which anything in `ids` bans or unbans an address or prefix.
 //!
-//! # API for detectors
+//! # API
 //! - [`BanRequest`] names what to ban ([`BanNet`], parsed with [`BanNet::parse`]), why (`reason`,
 //!   free text, not empty), who asks (`source`: `manual`, `port-scan`, `syn-flood`,
-//!   `ssh-bruteforce`, `web-attack`, ...: lowercase letters, digits and `-`), and for how long
+//!   `ssh-bruteforce`, `web-attack`, ...: lowercase letters, digits and `-`), for how long
 //!   ([`BanDuration`]: the configured default, a fixed duration, permanent, or
 //!   [`BanDuration::Escalating`]`(base)`: `base × 2^(earlier bans of this net)`, at most
-//!   `[bans] max_duration`; the store counts every net's bans in `offenders`).
-//! - Inside the daemon, a detector holds a [`BanSender`] (the daemon owns the receiver) and calls
-//!   `sender.try_send(request)`; the daemon applies each request with [`Bans::ban`], which refuses
-//!   trusted addresses, records the ban and an alert (kind `ban`), and puts it in the kernel map.
-//! - Code that owns a [`Bans`] (the daemon; the CLI when no daemon runs, with no kernel maps)
-//!   calls [`Bans::ban`], [`Bans::ban_all`], [`Bans::unban`], [`Bans::list`], [`Bans::offences`].
+//!   `[bans] max_duration`; the store counts every net's bans in `offenders`), and optionally the
+//!   detector's alert to raise with the decision ([`BanRequest::raising`]).
+//! - Inside the daemon, every detector holds a [`BanSender`] (the daemon owns the one receiver)
+//!   and calls `sender.try_send(request)`; the daemon hands each request to [`Bans::apply`], which
+//!   decides trust and escalation (here only), records the ban, raises its alert (kind `ban`) and
+//!   the detector's alert with the decision (offence, duration), and puts it in the kernel map.
+//! - Code that owns a [`Bans`] (the daemon for control requests; the CLI when no daemon runs,
+//!   with no kernel maps) calls [`Bans::ban`], [`Bans::ban_all`], [`Bans::unban`], [`Bans::list`].
 //!
 //! Bans live in the store (`bans` table) and, while the daemon runs, in the pinned maps of the
 //! XDP program ([`kernel`]). [`Bans::expire`] removes expired bans from both; [`Bans::reconcile`]
@@ -27,15 +29,15 @@ pub mod scan;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
 use tracing::{info, warn};
 
-pub use self::config::{BansConfig, XdpConfig, parse_duration};
+pub use self::config::{BansConfig, parse_duration};
 pub use self::kernel::BanMaps;
 pub use self::net::BanNet;
 use crate::config::Config;
 use crate::store::bans_table::NewBan;
-use crate::store::{AlertRow, BanRow, Store, StoreError};
+use crate::alert::{Alert, AlertBody, AlertSink, BanAlert, DetectAction};
+use crate::store::{BanRow, Store, StoreError};
 
 /// How long a ban lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,7 @@ pub enum BanDuration {
 }
 
 /// A request to ban one address or prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BanRequest {
     pub net: BanNet,
     pub reason: String,
@@ -58,11 +60,20 @@ pub struct BanRequest {
     pub duration: BanDuration,
     /// Allow prefixes broader than /8 (IPv4) or /16 (IPv6).
     pub force: bool,
+    /// The asking detector's alert: raised by the ban path once it decided, with the decision
+    /// (`DetectAction`) filled in.
+    pub alert: Option<Box<Alert>>,
 }
 
 impl BanRequest {
     pub fn new(net: BanNet, reason: impl Into<String>, source: impl Into<String>, duration: BanDuration) -> Self {
-        Self { net, reason: reason.into(), source: source.into(), duration, force: false }
+        Self { net, reason: reason.into(), source: source.into(), duration, force: false, alert: None }
+    }
+
+    /// Has the ban path raise `alert` with its decision.
+    pub fn raising(mut self, alert: Alert) -> Self {
+        self.alert = Some(Box::new(alert));
+        self
     }
 }
 
@@ -93,6 +104,19 @@ pub struct BanOutcome {
     #[serde(flatten)]
     pub ban: BanRow,
     pub created: bool,
+    /// How many times the net has been banned, this ban included.
+    #[serde(skip)]
+    pub offence: u32,
+    /// How long this ban lasts (`None`: permanent), escalation applied.
+    #[serde(skip)]
+    pub duration: Option<Duration>,
+}
+
+/// What the ban path decided for one request.
+struct Decision {
+    offence: u32,
+    duration: Option<Duration>,
+    expires: Option<String>,
 }
 
 /// What [`Bans::reconcile`] changed in the kernel maps.
@@ -114,6 +138,8 @@ pub struct Bans {
     /// With `[xdp] trust_local`: the host's addresses as last read (sorted); `None` without it.
     local: Option<Vec<std::net::IpAddr>>,
     config: BansConfig,
+    /// Where the alerts of detectors' bans go.
+    sink: AlertSink,
     /// The parts received so far of a bulk ban ([`Bans::stage`]).
     bulk: Option<Bulk>,
     /// The earliest expiry in the store (`None`: none expires), so that [`Bans::expire`] touches
@@ -179,23 +205,29 @@ fn kernel_id(row: &BanRow) -> u32 {
 impl Bans {
     /// The bans of `config`'s database; `kernel`: the maps to enforce them in (`None` when no
     /// daemon runs: only the store changes).
-    pub fn open(config: &Config, kernel: Option<BanMaps>) -> Result<Self, BanError> {
+    pub fn open(config: &Config, kernel: Option<BanMaps>, sink: AlertSink) -> Result<Self, BanError> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| BanError::Invalid {
             what: "state_dir",
             value: config.state_dir.display().to_string(),
             message: e.to_string(),
         })?;
         let store = Store::open(&config.database())?;
-        let mut bans = Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone());
+        let mut bans = Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone(), sink);
         if config.xdp.trust_local {
             bans.set_local_addresses(local_addresses());
         }
         Ok(bans)
     }
 
-    pub fn with_store(store: Store, kernel: Option<BanMaps>, trusted: Vec<BanNet>, config: BansConfig) -> Self {
+    pub fn with_store(
+        store: Store,
+        kernel: Option<BanMaps>,
+        trusted: Vec<BanNet>,
+        config: BansConfig,
+        sink: AlertSink,
+    ) -> Self {
         let next_expiry = store.next_ban_expiry().unwrap_or(Some(String::new()));
-        Self { store, kernel, configured: trusted.clone(), trusted, local: None, config, bulk: None, next_expiry }
+        Self { store, kernel, configured: trusted.clone(), trusted, local: None, config, sink, bulk: None, next_expiry }
     }
 
     /// Trusts `addresses` (this host's) besides the configured entries, from now on instead of
@@ -239,14 +271,7 @@ impl Bans {
         Ok(())
     }
 
-    /// The trusted addresses and prefixes (configured, and this host's with `trust_local`).
-    pub fn trusted(&self) -> &[BanNet] {
-        &self.trusted
-    }
 
-    pub fn enforcing(&self) -> bool {
-        self.kernel.is_some()
-    }
 
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
@@ -279,22 +304,49 @@ impl Bans {
         Ok(())
     }
 
-    fn expires(&self, request: &BanRequest) -> Result<Option<String>, BanError> {
+    /// The decision for `request`: its offence number, its duration (escalation is decided here
+    /// only) and the expiry that follows.
+    fn decide(&self, request: &BanRequest) -> Result<Decision, BanError> {
+        let earlier = self.store.offences(&request.net.to_string())?;
         let duration = match request.duration {
             BanDuration::Default => self.config.default_duration,
             BanDuration::For(d) => Some(d),
             BanDuration::Permanent => None,
             BanDuration::Escalating(base) => {
-                let earlier = self.store.offences(&request.net.to_string())?;
                 let factor = 1u32.checked_shl(earlier.min(31)).unwrap_or(u32::MAX);
                 Some(base.saturating_mul(factor).min(self.config.max_duration).max(base.min(self.config.max_duration)))
             }
         };
-        Ok(duration.map(|d| {
+        let expires = duration.map(|d| {
             rfc3339(
                 SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)),
             )
-        }))
+        });
+        Ok(Decision { offence: earlier.saturating_add(1), duration, expires })
+    }
+
+    /// Applies a request from the ban channel (detectors, the scan detector, fleet decisions)
+    /// and raises the asking detector's alert with the decision.
+    pub fn apply(&mut self, mut request: BanRequest) {
+        let alert = request.alert.take();
+        let net = request.net;
+        let action = match self.ban(request) {
+            Ok(outcome) => DetectAction::BanRequested {
+                duration_s: outcome.duration.map_or(0, |d| d.as_secs()),
+                offence: outcome.offence,
+            },
+            Err(BanError::Trusted { .. }) => DetectAction::NotBannedTrusted,
+            Err(e) => {
+                warn!(%net, error = %e, "ban request refused");
+                DetectAction::BanNotDelivered { reason: e.to_string() }
+            }
+        };
+        if let Some(mut alert) = alert {
+            if let AlertBody::Detect(detect) = &mut alert.body {
+                detect.action = action;
+            }
+            self.sink.emit(*alert);
+        }
     }
 
     /// Bans one net (see the module doc).
@@ -312,9 +364,12 @@ impl Bans {
     /// rolled back, the maps lose what this call added).
     pub fn ban_all(&mut self, requests: Vec<BanRequest>) -> Result<Vec<BanOutcome>, BanError> {
         let mut rows = Vec::with_capacity(requests.len());
+        let mut decisions = Vec::with_capacity(requests.len());
         for request in &requests {
             self.check(request)?;
-            rows.push((request.net.to_string(), self.expires(request)?));
+            let decision = self.decide(request)?;
+            rows.push((request.net.to_string(), decision.expires.clone()));
+            decisions.push(decision);
         }
         let new: Vec<NewBan<'_>> = requests
             .iter()
@@ -351,24 +406,23 @@ impl Bans {
             info!(bans = stored.len(), new, "banned in bulk");
         }
         let mut outcomes = Vec::with_capacity(stored.len());
-        for (request, (row, created)) in requests.iter().zip(stored) {
+        let mut alerts = Vec::new();
+        for ((request, (row, created)), decision) in requests.iter().zip(stored).zip(decisions) {
             if created && request.source != "manual" {
-                let alert = AlertRow {
-                    time: row.created.clone(),
-                    kind: "ban".into(),
-                    item_id: row.net.clone(),
-                    collector: row.source.clone(),
-                    what: json!({"reason": row.reason, "expires": row.expires}),
-                };
-                if let Err(e) = self.store.add_alert(&alert) {
-                    warn!(error = %e, "recording the alert of a ban");
-                }
+                alerts.push(Alert::now(AlertBody::Ban(BanAlert {
+                    net: row.net.clone(),
+                    source: row.source.clone(),
+                    reason: row.reason.clone(),
+                    expires: row.expires.clone(),
+                    offence: decision.offence,
+                })));
             }
             if created && requests.len() == 1 {
                 info!(net = %row.net, source = %row.source, reason = %row.reason, expires = ?row.expires, "banned");
             }
-            outcomes.push(BanOutcome { ban: row, created });
+            outcomes.push(BanOutcome { ban: row, created, offence: decision.offence, duration: decision.duration });
         }
+        self.sink.emit_all(alerts);
         Ok(outcomes)
     }
 
@@ -446,6 +500,7 @@ impl Bans {
     }
 
     /// How many times `net` has been banned.
+    #[cfg(test)]
     pub fn offences(&self, net: &BanNet) -> Result<u32, BanError> {
         Ok(self.store.offences(&net.to_string())?)
     }
@@ -550,7 +605,7 @@ mod tests {
             detect_duration: Duration::from_secs(600),
         };
         let trusted = vec![BanNet::parse("127.0.0.0/8").unwrap(), BanNet::parse("10.9.9.9").unwrap()];
-        Bans::with_store(Store::open_in_memory().unwrap(), None, trusted, config)
+        Bans::with_store(Store::open_in_memory().unwrap(), None, trusted, config, AlertSink::new(None, None))
     }
 
     fn request(net: &str) -> BanRequest {

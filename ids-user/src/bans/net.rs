@@ -84,6 +84,7 @@ impl BanNet {
     }
 
     /// Whether the two share any address.
+    #[cfg(test)]
     pub fn overlaps(&self, other: &BanNet) -> bool {
         self.within(other) || other.within(self)
     }

@@ -53,18 +53,22 @@ pub fn request_of(event: &ScanEvent, duration: Option<std::time::Duration>) -> B
     BanRequest::new(net, reason, source, duration)
 }
 
-/// Reads reports until the channel closes.
-pub async fn read(
+/// Reads reports until stop or until the channel closes.
+pub(crate) async fn read(
     ring: RingBuf<MapData>,
     bans: mpsc::Sender<BanRequest>,
     duration: Option<std::time::Duration>,
     stats: Arc<ScanStats>,
+    stop: crate::harness::Stop,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow!("registering the scan ring buffer with the reactor: {}", e.into_parts().1))?;
     loop {
-        let mut guard = fd.readable_mut().await?;
+        let mut guard = tokio::select! {
+            _ = stop.stopped() => return Ok(()),
+            guard = fd.readable_mut() => guard?,
+        };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             let Some(event) = decode(&item) else {

@@ -20,8 +20,7 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use tracing::warn;
@@ -76,8 +75,8 @@ pub fn spawn(
     source: usize,
     config: &JournalConfig,
     state_dir: &std::path::Path,
-    tx: SyncSender<Input>,
-    stop: Arc<AtomicBool>,
+    tx: crate::harness::Sender<Input>,
+    stop: crate::harness::Stop,
 ) -> std::io::Result<Reader> {
     let cursor = state_dir.join(format!(
         "journal-{}-{}.cursor",
@@ -124,12 +123,12 @@ fn run(
     source: usize,
     config: &JournalConfig,
     cursor: &std::path::Path,
-    tx: &SyncSender<Input>,
-    stop: &AtomicBool,
+    tx: &crate::harness::Sender<Input>,
+    stop: &crate::harness::Stop,
     pid: &AtomicI32,
 ) {
     let origin = origin(config);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         // Where to start: after the stored cursor, or on a first run after the journal's last
         // entry now (`--lines=0` with `--follow` was seen to skip entries written just after).
         let stored = std::fs::read_to_string(cursor).ok().map(|text| text.trim().to_string()).filter(|c| !c.is_empty());
@@ -174,7 +173,7 @@ fn run(
                 }
                 Ok(_) => {
                     let Some((line, cursor)) = entry_line(&entry) else { continue };
-                    if tx.send(Input::Journal { source, line }).is_err() {
+                    if !tx.send_blocking(Input::Journal { source, line }) {
                         // The worker has stopped.
                         position.save(&origin);
                         let _ = child.kill();
@@ -193,7 +192,7 @@ fn run(
         let _ = child.kill();
         let status = child.wait();
         pid.store(0, Ordering::SeqCst);
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return;
         }
         let mut stderr = String::new();
@@ -257,9 +256,9 @@ impl Position<'_> {
     }
 }
 
-fn pause(stop: &AtomicBool) {
+fn pause(stop: &crate::harness::Stop) {
     let until = std::time::Instant::now() + RESTART;
-    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+    while !stop.is_stopped() && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::config::RulesMode;
 
@@ -41,14 +41,7 @@ pub enum RuleError {
     Invalid { origin: String, id: String, message: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
+pub(crate) use crate::alert::Severity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -90,13 +90,11 @@ impl Windows {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.windows.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
-    }
 }
 
 #[cfg(test)]

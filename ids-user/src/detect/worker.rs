@@ -1,4 +1,4 @@
-//! The detect worker: a thread that follows the configured logs when the sensor reports them
+//! The detect worker, a consumer of the event bus: a thread that follows the configured logs when the sensor reports them
 //! written, scans files written under the web roots once they have been quiet for [`QUIET`],
 //! checks exec events against the process tree, and turns what it finds into alerts (events log
 //! and the store's `alerts` table) and ban requests (sent to the daemon).
@@ -9,28 +9,29 @@
 //! (a log that did not exist when the sensor started, a lost event); while nothing is written it
 //! reads nothing.
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ids_common::FileOp;
 use tracing::{info, warn};
 
+use super::MAX_EVIDENCE;
 use super::engine::{Engine, Trigger};
 use super::follow::Follower;
 use super::parse::escape_evidence;
 use super::process::{basename, is_shell, is_web_server, web_server_ancestry};
-use super::rules::{RuleKind, RuleSet, Severity};
+use super::rules::{RuleKind, RuleSet};
 use super::webshell::Scanner;
-use super::{Action, Alert, BanRequest, MAX_EVIDENCE, escalated};
+use crate::alert::{Alert, AlertBody, AlertSink, DetectAction, DetectAlert, Detector, Severity};
+use crate::bans::{BanDuration, BanNet, BanRequest, BanSender};
 use crate::config::{Config, DetectConfig, LogKind};
 use crate::event::{Detail, Event};
-use crate::monitor::{SharedOutput, lock_output};
-use crate::store::{AlertRow, Store};
+use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
+use crate::store::Store;
 
 /// A web file is scanned once no event has named it for this long (so it is scanned complete).
 pub const QUIET: Duration = Duration::from_millis(200);
@@ -48,14 +49,10 @@ const STOP_POLL: Duration = Duration::from_secs(1);
 const EXEC_REPEAT: Duration = Duration::from_secs(300);
 const QUEUE: usize = 16_384;
 
-/// What the events writer hands over.
+/// What the worker's queue carries.
 #[derive(Debug)]
-pub enum Input {
-    File {
-        op: &'static str,
-        path: PathBuf,
-        new_path: Option<PathBuf>,
-    },
+pub(crate) enum Input {
+    File { op: FileOp, path: PathBuf, new_path: Option<PathBuf> },
     Exec {
         pid: u32,
         ppid: u32,
@@ -71,70 +68,88 @@ pub enum Input {
 
 /// Counters shown by `ids status` under `detect`.
 #[derive(Debug, Default)]
-pub struct Shared {
-    pub lines: AtomicU64,
-    pub lines_cut: AtomicU64,
-    pub alerts: AtomicU64,
-    pub bans_requested: AtomicU64,
-    pub files_scanned: AtomicU64,
-    pub dropped: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) lines: AtomicU64,
+    pub(crate) lines_cut: AtomicU64,
+    pub(crate) alerts: AtomicU64,
+    pub(crate) bans_requested: AtomicU64,
+    pub(crate) files_scanned: AtomicU64,
+    queue: Arc<QueueStats>,
+}
+
+/// The worker's part of `ids status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub(crate) struct DetectStatus {
+    pub(crate) lines: u64,
+    pub(crate) lines_cut: u64,
+    pub(crate) alerts: u64,
+    pub(crate) bans_requested: u64,
+    pub(crate) files_scanned: u64,
+    /// Events its queue had no room for.
+    pub(crate) dropped: u64,
 }
 
 impl Shared {
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "lines": self.lines.load(Ordering::Relaxed),
-            "lines_cut": self.lines_cut.load(Ordering::Relaxed),
-            "alerts": self.alerts.load(Ordering::Relaxed),
-            "bans_requested": self.bans_requested.load(Ordering::Relaxed),
-            "files_scanned": self.files_scanned.load(Ordering::Relaxed),
-            "dropped": self.dropped.load(Ordering::Relaxed),
-        })
+    pub(crate) fn status(&self) -> DetectStatus {
+        DetectStatus {
+            lines: self.lines.load(Ordering::Relaxed),
+            lines_cut: self.lines_cut.load(Ordering::Relaxed),
+            alerts: self.alerts.load(Ordering::Relaxed),
+            bans_requested: self.bans_requested.load(Ordering::Relaxed),
+            files_scanned: self.files_scanned.load(Ordering::Relaxed),
+            dropped: self.queue.dropped(),
+        }
     }
 }
 
-/// The events writer's handle.
-pub struct DetectEvents {
-    tx: SyncSender<Input>,
+/// Which events the worker takes from the bus: file events naming a followed log or a path
+/// under a web root, and every exec.
+pub(crate) struct Interest {
     logs: Vec<PathBuf>,
     web_roots: Vec<PathBuf>,
-    shared: Arc<Shared>,
 }
 
-impl DetectEvents {
-    fn send(&self, input: Input) {
-        match self.tx.try_send(input) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+impl Interest {
+    pub(crate) fn wants(&self, event: &Event) -> bool {
+        match &event.detail {
+            Detail::File { path, new_path, .. } => {
+                let concerned =
+                    |p: &Path| self.logs.iter().any(|l| l == p) || self.web_roots.iter().any(|r| p.starts_with(r));
+                concerned(path) || new_path.as_deref().is_some_and(concerned)
             }
-        }
-    }
-
-    /// Queues a file event that names a followed log or a path under a web root.
-    pub fn note_file(&self, op: &'static str, path: &Path, new_path: Option<&Path>) {
-        let concerned = |p: &Path| self.logs.iter().any(|l| l == p) || self.web_roots.iter().any(|r| p.starts_with(r));
-        if concerned(path) || new_path.is_some_and(concerned) {
-            self.send(Input::File { op, path: path.to_path_buf(), new_path: new_path.map(Path::to_path_buf) });
-        }
-    }
-
-    /// Queues an exec event (the worker looks at the process tree).
-    pub fn note_exec(&self, event: &Event) {
-        if let Detail::Exec { filename, argv, .. } = &event.detail {
-            self.send(Input::Exec { pid: event.pid, ppid: event.ppid, filename: filename.clone(), argv: argv.clone() });
+            Detail::Exec { .. } => true,
+            _ => false,
         }
     }
 }
 
-/// Everything `daemon::run` needs to drive the worker.
-pub struct DetectHandles {
-    pub events: DetectEvents,
+/// An event of the bus as the worker's input.
+pub(crate) fn input(event: &Event) -> Option<Input> {
+    match &event.detail {
+        Detail::File { op, path, new_path, .. } => {
+            Some(Input::File { op: *op, path: path.clone(), new_path: new_path.clone() })
+        }
+        Detail::Exec { filename, argv, .. } => {
+            Some(Input::Exec { pid: event.pid, ppid: event.ppid, filename: filename.clone(), argv: argv.clone() })
+        }
+        _ => None,
+    }
+}
+
+/// The worker built (rules loaded, logs opened, journal readers started), not yet running.
+pub(crate) struct Prepared {
+    worker: Worker,
+    sender: harness::Sender<Input>,
+    inbox: Inbox<Input>,
+    interest: Interest,
     /// Log paths and web roots: the sensor must watch them.
-    pub watch: Vec<PathBuf>,
-    pub shared: Arc<Shared>,
-    pub thread: std::thread::JoinHandle<()>,
-    pub stop: Arc<AtomicBool>,
+    pub(crate) watch: Vec<PathBuf>,
+}
+
+/// The running worker, as the daemon holds it.
+pub(crate) struct Handle {
+    pub(crate) events: harness::Sender<Input>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// A followed log.
@@ -162,8 +177,8 @@ struct Worker {
     scanned: HashMap<PathBuf, String>,
     exec_seen: HashMap<(String, u32, String), Instant>,
     store: Store,
-    output: SharedOutput,
-    bans: tokio::sync::mpsc::Sender<BanRequest>,
+    sink: AlertSink,
+    bans: BanSender,
     shared: Arc<Shared>,
     triggers: Vec<Trigger>,
 }
@@ -177,23 +192,18 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
-/// Loads the rules and opens the store (errors name the file); the thread starts reading at once.
-pub fn spawn(
-    config: &Config,
-    output: SharedOutput,
-    bans: tokio::sync::mpsc::Sender<BanRequest>,
-) -> anyhow::Result<DetectHandles> {
+/// Loads the rules, opens the store and the logs, starts the journal readers (errors name the
+/// file or source).
+pub(crate) fn prepare(config: &Config, sink: AlertSink, bans: BanSender, stop: Stop) -> anyhow::Result<Prepared> {
     let detect = config.detect.clone();
     let rules = RuleSet::load(detect.rules.as_deref(), detect.rules_mode)?;
     let store = Store::open(&config.database())?;
-    let shared = Arc::new(Shared::default());
     let log_paths: Vec<PathBuf> = detect.logs.iter().map(|l| resolved(&l.path)).collect();
     let web_roots: Vec<PathBuf> =
         detect.web_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
     let mut watch: Vec<PathBuf> = log_paths.clone();
     watch.extend(web_roots.iter().cloned());
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    let stop = Arc::new(AtomicBool::new(false));
+    let (sender, inbox) = harness::queue(QUEUE);
     let mut worker = Worker {
         engine: Engine::new(rules),
         scanner: Scanner::new(),
@@ -204,15 +214,15 @@ pub fn spawn(
         scanned: HashMap::new(),
         exec_seen: HashMap::new(),
         store,
-        output,
+        sink,
         bans,
-        shared: shared.clone(),
+        shared: Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() }),
         triggers: Vec::new(),
         config: detect.clone(),
         readers: Vec::new(),
     };
     for (source, journal) in detect.journal.iter().enumerate() {
-        let reader = super::journal::spawn(source, journal, &config.state_dir, tx.clone(), stop.clone())
+        let reader = super::journal::spawn(source, journal, &config.state_dir, sender.clone(), stop.clone())
             .with_context(|| format!("following {}", super::journal::origin(journal)))?;
         worker.readers.push(reader);
     }
@@ -222,17 +232,21 @@ pub fn spawn(
         }
         worker.open_log(log.kind, path).with_context(|| format!("following log {}", log.path.display()))?;
     }
-    let thread = std::thread::Builder::new().name("detect".into()).spawn({
-        let stop = stop.clone();
-        move || worker.run(rx, &stop)
-    })?;
-    Ok(DetectHandles {
-        events: DetectEvents { tx, logs: log_paths, web_roots, shared: shared.clone() },
-        watch,
-        shared,
-        thread,
-        stop,
-    })
+    Ok(Prepared { worker, sender, inbox, interest: Interest { logs: log_paths, web_roots }, watch })
+}
+
+impl Prepared {
+    /// Starts the worker's thread; returns it with the events it wants from the bus.
+    pub(crate) fn start(self, workers: &mut Workers) -> anyhow::Result<(Handle, Interest)> {
+        let Prepared { worker, sender, inbox, interest, .. } = self;
+        let shared = worker.shared.clone();
+        let waker = sender.clone();
+        workers.spawn_thread("detect", move || waker.wake(), move |stop| {
+            worker.run(inbox, &stop);
+            Ok(())
+        })?;
+        Ok((Handle { events: sender, shared }, interest))
+    }
 }
 
 impl Worker {
@@ -252,10 +266,10 @@ impl Worker {
         Ok(())
     }
 
-    fn run(mut self, rx: Receiver<Input>, stop: &AtomicBool) {
+    fn run(mut self, mut inbox: Inbox<Input>, stop: &Stop) {
         let mut next_safety = Instant::now() + SAFETY_POLL;
         let mut next_prune = Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_stopped() {
             let now = Instant::now();
             // The safety poll only matters for followed logs.
             let safety_due = (!self.logs.is_empty()).then_some(next_safety);
@@ -268,15 +282,15 @@ impl Worker {
                 .min()
                 .unwrap_or(now + STOP_POLL);
             let wait = next.saturating_duration_since(now).min(STOP_POLL);
-            match rx.recv_timeout(wait) {
-                Ok(input) => {
+            match inbox.recv_timeout(wait) {
+                Received::Item(input) => {
                     self.input(input);
-                    while let Ok(input) = rx.try_recv() {
+                    while let Received::Item(input) = inbox.try_recv() {
                         self.input(input);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Received::Idle => {}
+                Received::Closed => break,
             }
             let now = Instant::now();
             let safety = now >= next_safety;
@@ -310,7 +324,7 @@ impl Worker {
         }
         // Readers blocked on a full queue see it closed; the others see journalctl end. Each
         // stores its cursor before it ends.
-        drop(rx);
+        drop(inbox);
         for reader in std::mem::take(&mut self.readers) {
             reader.stop();
             let _ = reader.thread.join();
@@ -328,15 +342,15 @@ impl Worker {
                         log.follow_up = true;
                     }
                 }
-                let target = if op == "rename" { new_path.as_ref() } else { Some(&path) };
+                let target = if op == FileOp::Rename { new_path.as_ref() } else { Some(&path) };
                 if let Some(target) = target {
-                    if matches!(op, "create" | "write" | "rename")
+                    if matches!(op, FileOp::Create | FileOp::Write | FileOp::Rename)
                         && self.web_roots.iter().any(|r| target.starts_with(r))
                     {
                         self.scans.insert(target.clone(), Instant::now() + QUIET);
                     }
                 }
-                if op == "unlink" {
+                if op == FileOp::Unlink {
                     self.scans.remove(&path);
                     self.scanned.remove(&path);
                 }
@@ -407,50 +421,21 @@ impl Worker {
         self.triggers = triggers;
     }
 
-    fn trusted(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
-        self.config.trusted.iter().any(|net| net.contains(&addr))
-    }
-
-    /// A threshold crossed: an alert, and a ban request unless the address is trusted.
+    /// A log rule's threshold was crossed: the ban path is asked to ban the address and raises
+    /// this alert with its decision (banned for how long, trusted, or refused).
     fn raise(&mut self, origin: &str, trigger: Trigger) {
         let rule = self.engine.rules.rules[trigger.rule].clone();
         let detector = match rule.kind {
-            RuleKind::Sshd => "ssh-bruteforce",
-            RuleKind::Web => "web-attack",
+            RuleKind::Sshd => Detector::SshBruteforce,
+            RuleKind::Web => Detector::WebAttack,
         };
-        let action = if self.trusted(trigger.addr) {
-            Action::NotBannedTrusted
-        } else {
-            // The ban path counts every ban an address received (`offenders`): this is one more.
-            let earlier = self.store.offences(&super::ban_net(trigger.addr).to_string()).unwrap_or_else(|e| {
-                warn!(error = %e, "reading the address's earlier bans");
-                0
-            });
-            let offence = earlier.saturating_add(1);
-            let duration = escalated(self.config.ban_duration, self.config.ban_duration_max, offence);
-            let request = BanRequest {
-                addr: trigger.addr,
-                rule: rule.id.clone(),
-                source: detector,
-                duration,
-                evidence: trigger.burst.evidence.clone(),
-            };
-            match self.bans.try_send(request) {
-                Ok(()) => {
-                    self.shared.bans_requested.fetch_add(1, Ordering::Relaxed);
-                    Action::BanRequested { duration_s: duration.as_secs(), offence }
-                }
-                Err(e) => Action::BanNotDelivered { reason: e.to_string() },
-            }
+        // An IPv4 client of a dual-stack socket is logged as ::ffff:a.b.c.d: banned as itself.
+        let addr = match trigger.addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(trigger.addr, IpAddr::V4),
+            v4 => v4,
         };
-        let alert = Alert {
-            time: crate::store::now(),
-            kind: "detect",
-            rule: rule.id,
+        let alert = Alert::now(AlertBody::Detect(DetectAlert {
+            rule: rule.id.clone(),
             severity: rule.severity,
             detector,
             description: rule.description,
@@ -460,9 +445,30 @@ impl Worker {
             window_s: Some(rule.window.as_secs()),
             process: None,
             evidence: trigger.burst.evidence,
-            action,
-        };
-        self.emit(alert);
+            action: DetectAction::AlertOnly,
+        }));
+        let request = BanRequest::new(
+            BanNet::from_ipnet(ipnet::IpNet::from(addr)),
+            format!("rule {}", rule.id),
+            detector.name(),
+            BanDuration::Escalating(self.config.ban_duration),
+        )
+        .raising(alert);
+        match self.bans.try_send(request) {
+            Ok(()) => {
+                self.shared.bans_requested.fetch_add(1, Ordering::Relaxed);
+                self.shared.alerts.fetch_add(1, Ordering::Relaxed);
+                info!(rule = %rule.id, detector = detector.name(), "detection alert; ban requested");
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let Some(mut alert) = e.into_inner().alert else { return };
+                if let AlertBody::Detect(detect) = &mut alert.body {
+                    detect.action = DetectAction::BanNotDelivered { reason };
+                }
+                self.emit(*alert);
+            }
+        }
     }
 
     fn scan(&mut self, path: &Path) {
@@ -487,12 +493,10 @@ impl Worker {
         let first = &scan.findings[0];
         let evidence =
             scan.findings.iter().map(|f| format!("{}: {}", f.id, escape_evidence(&f.excerpt, MAX_EVIDENCE))).collect();
-        self.emit(Alert {
-            time: crate::store::now(),
-            kind: "detect",
+        self.emit(Alert::now(AlertBody::Detect(DetectAlert {
             rule: first.id.to_string(),
             severity: Severity::Critical,
-            detector: "webshell",
+            detector: Detector::Webshell,
             description: first.description.to_string(),
             source: None,
             path: Some(escape_evidence(&path.display().to_string(), MAX_EVIDENCE)),
@@ -502,8 +506,8 @@ impl Worker {
                 serde_json::json!({"size": scan.size, "scanned_truncated": scan.truncated, "sha256": scan.digest}),
             ),
             evidence,
-            action: Action::AlertOnly,
-        });
+            action: DetectAction::AlertOnly,
+        })));
     }
 
     fn exec(&mut self, pid: u32, ppid: u32, filename: &str, argv: &[String]) {
@@ -525,12 +529,10 @@ impl Worker {
         let command = escape_evidence(&argv.join(" "), MAX_EVIDENCE);
         let ancestors: Vec<serde_json::Value> =
             chain.iter().map(|a| serde_json::json!({"pid": a.pid, "comm": escape_evidence(&a.comm, 64)})).collect();
-        self.emit(Alert {
-            time: crate::store::now(),
-            kind: "detect",
+        self.emit(Alert::now(AlertBody::Detect(DetectAlert {
             rule: rule.into(),
             severity,
-            detector: "webserver-exec",
+            detector: Detector::WebserverExec,
             description: description.into(),
             source: None,
             path: None,
@@ -543,43 +545,23 @@ impl Worker {
                 "ancestors": ancestors,
             })),
             evidence: vec![command],
-            action: Action::AlertOnly,
-        });
+            action: DetectAction::AlertOnly,
+        })));
     }
 
     fn emit(&mut self, alert: Alert) {
-        let what = match serde_json::to_value(&alert) {
-            Ok(what) => what,
-            Err(e) => {
-                warn!(error = %e, "encoding an alert");
-                return;
-            }
-        };
-        let row = AlertRow {
-            time: alert.time.clone(),
-            kind: "detect".into(),
-            item_id: alert.rule.clone(),
-            collector: alert.detector.into(),
-            what: what.clone(),
-        };
-        if let Err(e) = self.store.add_alerts(std::slice::from_ref(&row)) {
-            warn!(error = %e, "storing a detection alert");
+        if let AlertBody::Detect(detect) = &alert.body {
+            info!(rule = %detect.rule, detector = detect.detector.name(), "detection alert");
         }
-        let mut line = what.to_string().into_bytes();
-        line.push(b'\n');
-        let mut out = lock_output(&self.output);
-        if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
-            warn!(error = %e, "writing a detection alert to the events log");
-        }
-        drop(out);
+        self.sink.emit(alert);
         self.shared.alerts.fetch_add(1, Ordering::Relaxed);
-        info!(rule = %alert.rule, detector = alert.detector, "detection alert");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
     use std::sync::Mutex;
 
     /// An events log in memory.
@@ -620,13 +602,28 @@ mod tests {
         }
     }
 
-    fn stop(handles: DetectHandles) {
-        handles.stop.store(true, Ordering::Relaxed);
-        handles.thread.join().unwrap();
+    /// The worker as the daemon runs it: on a harness, offered events by hand as the bus would,
+    /// with the ban path applying its requests.
+    struct Running {
+        workers: Workers,
+        events: harness::Sender<Input>,
+        shared: Arc<Shared>,
     }
 
-    #[test]
-    fn the_worker_resumes_after_a_restart_and_escalates_repeat_bans() {
+    fn start(config: &Config, sink: &AlertSink, bans: &BanSender) -> Running {
+        let workers = Workers::default();
+        let prepared = prepare(config, sink.clone(), bans.clone(), workers.stop_token()).unwrap();
+        let mut workers = workers;
+        let (handle, _) = prepared.start(&mut workers).unwrap();
+        Running { workers, events: handle.events, shared: handle.shared }
+    }
+
+    fn written(path: &Path) -> Input {
+        Input::File { op: FileOp::Write, path: path.to_path_buf(), new_path: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_resumes_after_a_restart_and_the_ban_path_escalates_repeat_bans() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("auth.log");
         let rules = dir.path().join("rules.toml");
@@ -639,7 +636,8 @@ mod tests {
         .unwrap();
         let text = format!(
             "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\nrules = {:?}\n\
-             [[logs]]\nkind = \"sshd\"\npath = {:?}\n[xdp]\ntrusted = [\"192.0.2.200\"]\n[bans]\ndetect_duration = \"60s\"\n",
+             [[logs]]\nkind = \"sshd\"\npath = {:?}\n[xdp]\ntrusted = [\"192.0.2.200\"]\ntrust_local = false\n\
+             [bans]\ndetect_duration = \"60s\"\n",
             dir.path().join("state").display().to_string(),
             rules.display().to_string(),
             log.display().to_string(),
@@ -647,59 +645,71 @@ mod tests {
         let config = Config::parse(&text, "test").unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
         let buffer = Buffer::default();
-        let output: SharedOutput = Arc::new(Mutex::new(Box::new(buffer.clone())));
+        let sink = AlertSink::new(
+            Some(Store::open(&config.database()).unwrap()),
+            Some(crate::alert::EventsLog::new(Box::new(buffer.clone()))),
+        );
         let (ban_tx, mut ban_rx) = tokio::sync::mpsc::channel(16);
+        let mut bans = crate::bans::Bans::open(&config, None, sink.clone()).unwrap();
 
         // First run: starts at the end, reads three new lines.
-        let handles = spawn(&config, output.clone(), ban_tx.clone()).unwrap();
+        let running = start(&config, &sink, &ban_tx);
         for n in 1..=3 {
             append(&log, &failure("192.0.2.1", n));
         }
-        handles.events.note_file("write", &log, None);
-        let shared = handles.shared.clone();
-        wait_until("three lines", || shared.lines.load(Ordering::Relaxed) == 3);
-        stop(handles);
+        running.events.offer(written(&log));
+        let shared = running.shared.clone();
+        tokio::task::spawn_blocking(move || wait_until("three lines", || shared.lines.load(Ordering::Relaxed) == 3))
+            .await
+            .unwrap();
+        running.workers.shutdown(Duration::from_secs(10)).await;
 
         // Written while stopped: read once by the next run, nothing before it again.
         append(&log, &failure("192.0.2.1", 4));
         append(&log, &failure("192.0.2.1", 5));
-        let handles = spawn(&config, output.clone(), ban_tx.clone()).unwrap();
-        let shared = handles.shared.clone();
-        wait_until("two lines", || shared.lines.load(Ordering::Relaxed) == 2);
-        std::thread::sleep(Duration::from_millis(100));
+        let running = start(&config, &sink, &ban_tx);
+        let shared = running.shared.clone();
+        let lines = shared.clone();
+        tokio::task::spawn_blocking(move || wait_until("two lines", || lines.lines.load(Ordering::Relaxed) == 2))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(shared.lines.load(Ordering::Relaxed), 2);
 
-        // Two bursts (the window is 1 s): the second ban is twice as long.
-        let mut ban_rx_seen = Vec::new();
-        for burst in 0..2 {
+        // Two bursts (the window is 1 s), each applied by the ban path: the second ban is twice as long.
+        let mut bans_made = Vec::new();
+        for burst in 0..2u32 {
             if burst == 1 {
-                std::thread::sleep(Duration::from_millis(1100));
+                tokio::time::sleep(Duration::from_millis(1100)).await;
             }
             for n in 0..5 {
                 append(&log, &failure("192.0.2.1", 10 * burst + n));
                 append(&log, &failure("192.0.2.200", 10 * burst + n));
             }
-            handles.events.note_file("write", &log, None);
-            wait_until("ban request", || shared.bans_requested.load(Ordering::Relaxed) == burst as u64 + 1);
-            if burst == 0 {
-                // The daemon applies the request through the ban path, which counts the offence.
-                let first = ban_rx.try_recv().unwrap();
-                crate::bans::Bans::open(&config, None).unwrap().ban(first.to_ban()).unwrap();
-                ban_rx_seen.push(first);
+            running.events.offer(written(&log));
+            for _ in 0..2 {
+                let request = tokio::time::timeout(Duration::from_secs(10), ban_rx.recv()).await.unwrap().unwrap();
+                bans_made.push((request.net.to_string(), request.source.clone(), request.reason.clone()));
+                bans.apply(request);
             }
         }
-        let first = ban_rx_seen.remove(0);
-        let second = ban_rx.try_recv().unwrap();
-        assert_eq!(first.addr, "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!((first.source, first.rule.as_str()), ("ssh-bruteforce", "sshd-failed-password"));
-        assert_eq!((first.duration.as_secs(), second.duration.as_secs()), (60, 120));
-        assert!(ban_rx.try_recv().is_err(), "the trusted address was sent to the ban path");
-        wait_until("trusted alerts", || shared.alerts.load(Ordering::Relaxed) == 4);
-        stop(handles);
+        running.workers.shutdown(Duration::from_secs(10)).await;
+        assert!(bans_made.iter().all(|(_, source, reason)| source == "ssh-bruteforce" && reason == "rule sshd-failed-password"));
         let alerts = buffer.alerts();
-        let trusted: Vec<_> = alerts.iter().filter(|a| a["source"] == "192.0.2.200").collect();
+        let detect = |addr: &str| -> Vec<serde_json::Value> {
+            alerts.iter().filter(|a| a["kind"] == "detect" && a["source"] == addr).cloned().collect()
+        };
+        let banned = detect("192.0.2.1");
+        assert_eq!(banned.len(), 2, "{alerts:?}");
+        assert_eq!(banned[0]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 60, "offence": 1}));
+        assert_eq!(banned[1]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 120, "offence": 2}));
+        let trusted = detect("192.0.2.200");
         assert_eq!(trusted.len(), 2);
-        assert!(trusted.iter().all(|a| a["action"]["type"] == "not_banned_trusted"));
+        assert!(trusted.iter().all(|a| a["action"]["type"] == "not_banned_trusted"), "{trusted:?}");
+        // The ban path banned the attacker only (created once; the second burst found it banned).
+        let ban_alerts: Vec<_> = alerts.iter().filter(|a| a["kind"] == "ban").collect();
+        assert_eq!(ban_alerts.len(), 1, "{ban_alerts:?}");
+        assert_eq!(ban_alerts[0]["net"], "192.0.2.1");
         let store = Store::open(&config.database()).unwrap();
         assert_eq!(store.alerts().unwrap().iter().filter(|a| a.kind == "detect").count(), 4);
     }

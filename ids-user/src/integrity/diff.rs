@@ -54,11 +54,9 @@ pub struct Diff {
 }
 
 impl Diff {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
 
     /// Every change, added then removed then changed.
+    #[cfg(test)]
     pub fn all(&self) -> impl Iterator<Item = &Change> {
         self.added.iter().chain(&self.removed).chain(&self.changed)
     }

@@ -217,6 +217,7 @@ pub fn hash_files(jobs: &[Job<'_>]) -> Vec<std::io::Result<(Digest, u64)>> {
 }
 
 /// SHA-256 and length of one file's contents (see [`hash_files`]).
+#[cfg(test)]
 pub fn hash_file(path: &Path, no_follow: bool) -> std::io::Result<(Digest, u64)> {
     hash_files(&[Job { path, no_follow }]).pop().expect("one result per job")
 }

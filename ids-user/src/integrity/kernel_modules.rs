@@ -30,6 +30,7 @@ struct ModuleDetail<'a> {
 }
 
 impl KernelModules {
+    #[cfg(test)]
     pub fn from_file(name: &str, source: impl Into<PathBuf>) -> Self {
         Self { name: name.to_string(), source: source.into() }
     }

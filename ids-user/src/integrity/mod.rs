@@ -92,6 +92,7 @@ pub mod listening_sockets;
 pub mod paths;
 pub mod progress;
 pub mod sha_lanes;
+pub mod worker;
 
 /// The id of `path` for a collector of kind prefix `kind` (`"file"`, `"meta"`): see
 /// *Paths in ids* in the module documentation.
@@ -222,8 +223,6 @@ pub enum CollectorError {
     Setting { collector: String, key: &'static str, message: String },
     #[error("collector {collector}: reading {path}: {source}")]
     Read { collector: String, path: String, source: std::io::Error },
-    #[error("collector {collector}: {message}")]
-    Other { collector: String, message: String },
 }
 
 /// A source of hashed items.

@@ -297,21 +297,20 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Reads one ring buffer until the channel closes. Never blocks on the channel: a full channel
-/// counts the record as dropped.
-pub async fn read_ring(
+/// Reads one ring buffer until stop (then empties it once more) or until the channel closes.
+/// Never blocks on the channel: a full channel counts the record as dropped.
+pub(crate) async fn read_ring(
     signal: Signal,
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<RawEvent>,
     stats: Arc<Stats>,
+    stop: crate::harness::Stop,
 ) -> anyhow::Result<()> {
     let counters = stats.of(signal);
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow!("registering ring buffer with the reactor: {}", e.into_parts().1))?;
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+    let drain = |ring: &mut RingBuf<MapData>| -> bool {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => match tx.try_send(event) {
@@ -321,7 +320,7 @@ pub async fn read_ring(
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 },
                 Err(e) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -329,7 +328,23 @@ pub async fn read_ring(
                 }
             }
         }
-        guard.clear_ready();
+        true
+    };
+    loop {
+        tokio::select! {
+            // The daemon detached the programs before stopping: what is left is read once more.
+            _ = stop.stopped() => {
+                drain(fd.get_mut());
+                return Ok(());
+            }
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                if !drain(guard.get_inner_mut()) {
+                    return Ok(());
+                }
+                guard.clear_ready();
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use ids_common::{
 };
 use tracing::{debug, warn};
 
-use crate::event::{Clock, Detail, Event, file_op_name, with_header};
+use crate::event::{Clock, Detail, Event, with_header};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -261,7 +261,7 @@ impl WatchSet {
         }
         self.follow(op, &path, new_path.as_deref());
         let paths_escaped = crate::event::paths_escaped(&path, new_path.as_deref());
-        let detail = Detail::File { op: file_op_name(op), path, new_path, paths_escaped, dev: user_dev(dev), ino };
+        let detail = Detail::File { op, path, new_path, paths_escaped, dev: user_dev(dev), ino };
         Some(with_header(clock, &raw.header, "file", detail))
     }
 

@@ -57,6 +57,7 @@ impl Store {
     /// Records bans in one transaction. A net already banned keeps its row (and id); its expiry
     /// becomes the later of the two. Returns each row and whether it is new. New bans count
     /// toward their net's offences.
+    #[cfg(test)]
     pub fn add_bans(&mut self, bans: &[NewBan<'_>]) -> Result<Vec<(BanRow, bool)>, StoreError> {
         self.add_bans_then(bans, |_| Ok::<(), StoreError>(()))
     }
@@ -192,15 +193,6 @@ impl Store {
         tx.commit().map_err(error)
     }
 
-    pub fn add_alert(&mut self, alert: &AlertRow) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO alerts (time, kind, item_id, collector, what) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![alert.time, alert.kind, alert.item_id, alert.collector, alert.what.to_string()],
-            )
-            .map(drop)
-            .map_err(|source| self.query_error("recording an alert", source))
-    }
 
     /// The `limit` most recent alerts, oldest first.
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {

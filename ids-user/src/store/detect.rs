@@ -1,7 +1,7 @@
 //! The detectors' tables: log offsets and detection alerts.
 use rusqlite::{OptionalExtension as _, params};
 
-use super::{AlertRow, Store, StoreError};
+use super::{Store, StoreError};
 
 /// Where a followed log was left: the file, the offset after its last complete line, and the
 /// digest of its first `head_len` bytes (a different digest means the file was replaced or
@@ -42,19 +42,6 @@ impl Store {
             .map_err(|source| self.query_error("storing a log offset", source))
     }
 
-    pub fn add_alerts(&self, alerts: &[AlertRow]) -> Result<(), StoreError> {
-        let error = |source| self.query_error("recording an alert", source);
-        let mut insert = self
-            .conn
-            .prepare_cached("INSERT INTO alerts (time, kind, item_id, collector, what) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(error)?;
-        for row in alerts {
-            insert
-                .execute(params![row.time, row.kind, row.item_id, row.collector, row.what.to_string()])
-                .map_err(error)?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

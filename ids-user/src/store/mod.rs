@@ -24,7 +24,9 @@
 //! (`ids baseline` offline) otherwise. Readers may open the file at any time (WAL).
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+#[cfg(test)]
+use rusqlite::OptionalExtension as _;
+use rusqlite::{Connection, params};
 
 use crate::integrity::{Digest, Item, hex};
 
@@ -159,6 +161,7 @@ impl Store {
     }
 
     /// A private database in memory (tests).
+    #[cfg(test)]
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn =
             Connection::open_in_memory().map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
@@ -251,6 +254,7 @@ impl Store {
     }
 
     /// Copies the current items to the baseline (`ids baseline`); returns how many.
+    #[cfg(test)]
     pub fn baseline_from_current(&mut self) -> Result<usize, StoreError> {
         let path = self.path.clone();
         let error = |what| {
@@ -320,6 +324,7 @@ impl Store {
     }
 
     /// Whether the baseline holds any item.
+    #[cfg(test)]
     pub fn has_baseline(&self) -> Result<bool, StoreError> {
         let any: Option<i64> = self
             .conn
@@ -366,6 +371,7 @@ impl Store {
     }
 
     /// Every alert, oldest first.
+    #[cfg(test)]
     pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
         self.recent_alerts(usize::MAX)
     }

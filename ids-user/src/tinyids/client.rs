@@ -4,7 +4,6 @@
 //! `TEST 2` answered `41 INVALID COMMAND` is asked again as a bare `TEST` on a new connection: a
 //! TinyIDS 0.1.6 server knows TEST only without an argument and refuses any other argument count
 //! with 41. Its other commands are those of revision 2, sent the same way.
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -222,8 +221,6 @@ pub fn targets(servers: &[ServerEntry]) -> anyhow::Result<Vec<Target>> {
     servers.iter().filter(|s| s.enabled).cloned().map(Target::new).collect()
 }
 
-/// Shared so the daemon's task and the CLI can hold targets cheaply.
-pub type Targets = Arc<Vec<Target>>;
 
 #[cfg(test)]
 mod tests {

@@ -86,8 +86,6 @@ pub enum ParseError {
     UnknownCommand,
     #[error("{command} takes {expected} argument(s), got {got}")]
     ArgumentCount { command: &'static str, expected: &'static str, got: usize },
-    #[error("line longer than {0} bytes")]
-    TooLong(usize),
 }
 
 /// A token that may be sent as one argument: not empty, no whitespace or control characters.

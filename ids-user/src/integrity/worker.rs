@@ -1,15 +1,15 @@
-//! Change-driven integrity in the daemon: the integrity worker.
+//! Change-driven integrity in the daemon: the integrity worker, a consumer of the event bus.
 //!
 //! At start the worker runs every configured collector once and stores the items
 //! (`crate::store`, table `current_items`). After that:
 //!
-//! - **File events.** The events writer hands the paths of file events under a file collector's
-//!   `paths` to [`FileEvents::note`] (a prefix test and a `try_send`: no hashing on the hot path).
-//!   The worker marks them dirty: the path itself (for create, unlink and rename, old and new
-//!   path, everything below it too, since a new directory may have been filled before the
-//!   sensor watched it) and, for create/unlink/rename, the parent directory, whose metadata
-//!   changed. A dirty path is rehashed once no event named it for [`QUIET`]; only the items at
-//!   (and, when deep, below) it are recomputed, with the collectors' `collect_at`.
+//! - **File events.** The bus hands it the file events under a file collector's `paths`
+//!   ([`Interest::wants`]: a prefix test, no hashing on the hot path). The worker marks them
+//!   dirty: the path itself (for create, unlink and rename, old and new path, everything below
+//!   it too, since a new directory may have been filled before the sensor watched it) and, for
+//!   create/unlink/rename, the parent directory, whose metadata changed. A dirty path is
+//!   rehashed once no event named it for [`QUIET`]; only the items at (and, when deep, below) it
+//!   are recomputed, with the collectors' `collect_at`.
 //! - **Other collectors** (modules, sockets, commands) re-run every `integrity_interval`, and
 //!   `listening_sockets` / `kernel_modules` also when the sensor reports a socket entering or
 //!   leaving LISTEN / a module loaded or freed (`integrity::Trigger`).
@@ -17,147 +17,135 @@
 //!   from what the worker holds, with no event pending for its path, is a change the sensor
 //!   missed (alert kind `sensor_miss`). At start, the items stored by the previous run are
 //!   compared with the first scan the same way (changes made while no daemon ran).
-//! - If the channel from the writer overflows, every file collector is rescanned (kind
-//!   `integrity`), since some events were not queued.
+//! - If its queue overflows, every file collector is rescanned (kind `integrity`), since some
+//!   events were not queued.
 //!
-//! Each change becomes an alert: a JSON line in the events log and a row in `alerts`. The
-//! aggregate (as `ids hash` computes it) is recomputed after each batch and shown by `ids status`.
+//! Each change becomes an alert through the alert sink, stored in the same transaction as the
+//! item it changed. The aggregate (as `ids hash` computes it) is recomputed after each batch and
+//! shown by `ids status`.
 //!
-//! The worker is the store's only writer while the daemon runs; `ids baseline` and `ids diff`
-//! reach it through the control socket ([`Control`]).
+//! The worker is the store's only writer of items while the daemon runs; `ids baseline` and
+//! `ids diff` reach it through the control socket ([`Control`]).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ids_common::FileOp;
 use tracing::{info, warn};
 
+use super::diff::{self, Change};
+use super::{Collector, Digest, Item, Registry, Trigger};
 use crate::config::Config;
-use crate::control::Reply;
-use crate::integrity::diff::{self, Change};
-use crate::integrity::{self, Collector, Digest, Item, Registry, Trigger};
-use crate::store::{AlertRow, Store, StoredItem};
+use crate::alert::{Alert, AlertBody, AlertSink, IntegrityAlert, ItemState};
+use crate::event::{Detail, Event};
+use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
+use crate::store::{Store, StoredItem};
 
 /// A dirty path is rehashed once no event has named it for this long.
-pub const QUIET: Duration = Duration::from_millis(200);
+pub(crate) const QUIET: Duration = Duration::from_millis(200);
 
-/// File events the writer may queue for the worker before it falls back to a full rescan.
+/// Events the bus may queue for the worker before it falls back to a full rescan.
 const QUEUE: usize = 65_536;
 
-/// The events log, shared by the events writer and the worker (each writes whole lines).
-pub type SharedOutput = Arc<Mutex<Box<dyn Write + Send>>>;
-
-/// Locks the output even if a writer panicked while holding it.
-pub fn lock_output(output: &SharedOutput) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
-    output.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A request from the control socket.
-#[derive(Debug)]
-pub enum Control {
-    Baseline(Reply),
-    Diff(Reply),
-}
-
-/// What wakes the worker: a file change, or a poke to look at its other inputs (a control
-/// request, a trigger, `stop`) at once rather than at its next timer.
-#[derive(Debug)]
-enum Wake {
-    Change(FileChange),
-    Poke,
-}
-
-/// The longest the worker sleeps when nothing is due; everything that needs it sooner pokes it.
+/// The longest the worker sleeps when nothing is due; everything that needs it sooner wakes it.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
-/// A file event under a collector's paths.
+/// A request from the control socket, answered by the worker itself so that a long rehash never
+/// blocks the daemon's loop.
 #[derive(Debug)]
-struct FileChange {
-    op: &'static str,
-    path: PathBuf,
-    new_path: Option<PathBuf>,
+pub(crate) enum Control {
+    Baseline(tokio::sync::oneshot::Sender<Result<BaselineAccepted, String>>),
+    Diff(tokio::sync::oneshot::Sender<Result<diff::Diff, String>>),
+}
+
+/// The answer to [`Control::Baseline`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub(crate) struct BaselineAccepted {
+    pub(crate) items: usize,
+    pub(crate) aggregate: String,
+}
+
+/// Which kind of alert a batch of changes raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChangeAlert {
+    Integrity,
+    SensorMiss,
+}
+
+/// Which collectors a rescan re-runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rescan {
+    Files,
+    Others,
 }
 
 /// What `ids status` shows of the worker.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     aggregate: Mutex<Option<Digest>>,
     /// The aggregate again, for tasks that act when it changes (remote CHECKs).
     aggregate_changes: tokio::sync::watch::Sender<Option<Digest>>,
-    /// File events queued for the worker and not yet received.
-    queued: AtomicU64,
     /// Dirty paths waiting for their quiet period or being rehashed.
     pending: AtomicU64,
     items: AtomicU64,
     alerts: AtomicU64,
+    /// Set when the queue dropped events, until the rescan that makes up for them is done.
     overflowed: AtomicBool,
     ready: AtomicBool,
-    /// Bits of the `integrity::Trigger`s the sensor reported since their collectors last ran.
-    triggered: AtomicU32,
+    queue: Arc<QueueStats>,
+}
+
+/// The worker's part of `ids status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub(crate) struct IntegrityStatus {
+    pub(crate) ready: bool,
+    /// Events queued, paths waiting to be rehashed, and a pending rescan after an overflow.
+    pub(crate) dirty: u64,
+    pub(crate) items: u64,
+    pub(crate) alerts: u64,
 }
 
 impl Shared {
     /// Sees the aggregate each time it changes (and its current value).
-    pub fn watch_aggregate(&self) -> tokio::sync::watch::Receiver<Option<Digest>> {
+    pub(crate) fn watch_aggregate(&self) -> tokio::sync::watch::Receiver<Option<Digest>> {
         self.aggregate_changes.subscribe()
     }
 
-    /// The `aggregate` field and `integrity` object of `ids status --json`.
-    pub fn status(&self) -> (serde_json::Value, serde_json::Value) {
-        let aggregate = match *self.aggregate.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(digest) => serde_json::Value::String(integrity::hex(&digest)),
-            None => serde_json::Value::Null,
-        };
-        let queued = self.queued.load(Ordering::SeqCst);
+    pub(crate) fn aggregate(&self) -> Option<Digest> {
+        *self.aggregate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn status(&self) -> IntegrityStatus {
+        let queued = self.queue.queued();
         let pending = self.pending.load(Ordering::SeqCst);
         let overflowed = u64::from(self.overflowed.load(Ordering::SeqCst));
-        let integrity = serde_json::json!({
-            "ready": self.ready.load(Ordering::SeqCst),
-            "dirty": queued + pending + overflowed,
-            "items": self.items.load(Ordering::Relaxed),
-            "alerts": self.alerts.load(Ordering::Relaxed),
-        });
-        (aggregate, integrity)
+        IntegrityStatus {
+            ready: self.ready.load(Ordering::SeqCst),
+            dirty: queued + pending + overflowed,
+            items: self.items.load(Ordering::Relaxed),
+            alerts: self.alerts.load(Ordering::Relaxed),
+        }
     }
 }
 
-/// The events writer's handle: decides cheaply whether a file event concerns a collector.
-pub struct FileEvents {
-    tx: SyncSender<Wake>,
+/// Which events the worker takes from the bus: file events under a file collector's paths, and
+/// the listen and module events its triggers follow.
+pub(crate) struct Interest {
     /// Canonical forms of the collectors' literal path prefixes.
     roots: Vec<PathBuf>,
-    shared: Arc<Shared>,
 }
 
-impl FileEvents {
-    /// The sensor reported `trigger`: the collectors that follow it re-run at the worker's next turn.
-    pub fn note_trigger(&self, trigger: Trigger) {
-        self.shared.triggered.fetch_or(trigger.bit(), Ordering::SeqCst);
-        // A full queue wakes the worker anyway.
-        let _ = self.tx.try_send(Wake::Poke);
-    }
-
-    /// Queues the paths of a file event if one of them is under a file collector's paths.
-    pub fn note(&self, op: &'static str, path: &Path, new_path: Option<&Path>) {
-        let concerned = |p: &Path| self.roots.iter().any(|root| p.starts_with(root) || root.starts_with(p));
-        if !concerned(path) && !new_path.is_some_and(concerned) {
-            return;
-        }
-        // Counted before it is sent, so `ids status` never shows 0 while a change is in flight.
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        let change = FileChange { op, path: path.to_path_buf(), new_path: new_path.map(Path::to_path_buf) };
-        match self.tx.try_send(Wake::Change(change)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.shared.overflowed.store(true, Ordering::SeqCst);
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+impl Interest {
+    pub(crate) fn wants(&self, event: &Event) -> bool {
+        match &event.detail {
+            Detail::File { path, new_path, .. } => {
+                let concerned = |p: &Path| self.roots.iter().any(|root| p.starts_with(root) || root.starts_with(p));
+                concerned(path) || new_path.as_deref().is_some_and(concerned)
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            }
+            Detail::Listen { .. } | Detail::Module { .. } => true,
+            _ => false,
         }
     }
 }
@@ -165,12 +153,12 @@ impl FileEvents {
 /// The literal directory or file a `paths` pattern starts with: the pattern itself, or for a
 /// glob the components before the first one holding a wildcard.
 pub fn literal_prefix(pattern: &str) -> PathBuf {
-    if !integrity::paths::is_glob(pattern) {
+    if !super::paths::is_glob(pattern) {
         return PathBuf::from(pattern);
     }
     let mut prefix = PathBuf::from("/");
     for component in Path::new(pattern).components().skip(1) {
-        if integrity::paths::is_glob(&component.as_os_str().to_string_lossy()) {
+        if super::paths::is_glob(&component.as_os_str().to_string_lossy()) {
             break;
         }
         prefix.push(component);
@@ -211,7 +199,7 @@ struct Dirty {
     deep: bool,
 }
 
-pub struct Monitor {
+pub(crate) struct Worker {
     collectors: Vec<Box<dyn Collector>>,
     files: Vec<FileCollector>,
     hostname: String,
@@ -219,62 +207,46 @@ pub struct Monitor {
     /// (collector, item id) → item: what the worker last hashed, mirrored in `current_items`.
     current: BTreeMap<(String, String), Item>,
     dirty: HashMap<PathBuf, Dirty>,
-    output: SharedOutput,
+    sink: AlertSink,
     shared: Arc<Shared>,
     integrity_interval: Duration,
     verify_interval: Duration,
+    /// Queue drops already made up for by a rescan.
+    dropped_seen: u64,
 }
 
-/// Everything `daemon::run` needs to drive the worker.
-pub struct Handles {
-    pub files: FileEvents,
-    pub waker: Waker,
-    pub shared: Arc<Shared>,
-    pub watch: Vec<PathBuf>,
-    pub thread: std::thread::JoinHandle<()>,
-    begin: Option<SyncSender<()>>,
+/// The worker built, not yet started: the daemon attaches the sensor to `watch` first, so that
+/// no change made during the first scan is missed.
+pub(crate) struct Prepared {
+    worker: Worker,
+    interest: Interest,
+    /// The paths the sensor must watch for the collectors.
+    pub(crate) watch: Vec<PathBuf>,
 }
 
-/// Control requests and `stop` for the worker, each waking it.
-pub struct Waker {
+/// The running worker, as the daemon holds it.
+pub(crate) struct Handle {
+    /// The worker's queue; the bus offers it the events [`Interest::wants`].
+    pub(crate) events: harness::Sender<Arc<Event>>,
     control: std::sync::mpsc::Sender<Control>,
-    poke: SyncSender<Wake>,
-    stop: Arc<AtomicBool>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-impl Waker {
+impl Handle {
     /// Hands a control request to the worker and wakes it; gives the request back if the worker
     /// has stopped.
-    pub fn request(&self, request: Control) -> Result<(), Control> {
+    pub(crate) fn request(&self, request: Control) -> Result<(), Control> {
         self.control.send(request).map_err(|unsent| unsent.0)?;
-        let _ = self.poke.try_send(Wake::Poke);
+        self.events.wake();
         Ok(())
     }
-
-    /// Asks the worker to stop and wakes it.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.poke.try_send(Wake::Poke);
-    }
 }
 
-impl Handles {
-    /// Lets the worker start its first scan: called once the sensor is attached, so that a
-    /// change made during the scan is reported and rehashed.
-    pub fn begin(&mut self) {
-        if let Some(begin) = self.begin.take() {
-            let _ = begin.send(());
-        }
-    }
-}
-
-/// Builds the collectors and opens the store (errors name the collector or the file); the
-/// worker thread waits for [`Handles::begin`], then scans and serves until the writer's handle
-/// is dropped or `stop` is set.
-pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
+/// Builds the collectors and opens the store (errors name the collector or the file).
+pub(crate) fn prepare(config: &Config, sink: AlertSink) -> anyhow::Result<Prepared> {
     let registry = Registry::with_builtin();
     let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
-    let hostname = integrity::hostname().map_err(integrity::ScanError::Hostname)?;
+    let hostname = super::hostname().map_err(super::ScanError::Hostname)?;
     let store = Store::open(&config.database())?;
     let watch = watch_paths(config, &collectors);
     let mut files = Vec::new();
@@ -298,46 +270,45 @@ pub fn spawn(config: &Config, output: SharedOutput) -> anyhow::Result<Handles> {
         }
         files.push(FileCollector { index, translate });
     }
-    let shared = Arc::new(Shared::default());
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    let (control_tx, control_rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (begin, begun) = std::sync::mpsc::sync_channel(1);
-    let monitor = Monitor {
+    let worker = Worker {
         collectors,
         files,
         hostname,
         store,
         current: BTreeMap::new(),
         dirty: HashMap::new(),
-        output,
-        shared: shared.clone(),
+        sink,
+        shared: Arc::new(Shared::default()),
         integrity_interval: config.integrity_interval,
         verify_interval: config.verify_interval,
+        dropped_seen: 0,
     };
-    let thread = std::thread::Builder::new().name("integrity".into()).spawn({
-        let stop = stop.clone();
-        move || {
-            if begun.recv().is_ok() {
-                monitor.run(rx, control_rx, &stop);
-            }
-        }
-    })?;
-    Ok(Handles {
-        files: FileEvents { tx: tx.clone(), roots, shared: shared.clone() },
-        waker: Waker { control: control_tx, poke: tx, stop },
-        shared,
-        watch,
-        thread,
-        begin: Some(begin),
-    })
+    Ok(Prepared { worker, interest: Interest { roots }, watch })
+}
+
+impl Prepared {
+    /// Starts the worker's thread (it scans, then serves until stop); returns it with the events
+    /// it wants from the bus.
+    pub(crate) fn start(self, workers: &mut Workers) -> anyhow::Result<(Handle, Interest)> {
+        let (events, inbox) = harness::queue(QUEUE);
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let mut worker = self.worker;
+        worker.shared = Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() });
+        let shared = worker.shared.clone();
+        let waker = events.clone();
+        workers.spawn_thread("integrity", move || waker.wake(), move |stop| {
+            worker.run(inbox, control_rx, &stop);
+            Ok(())
+        })?;
+        Ok((Handle { events, control, shared }, self.interest))
+    }
 }
 
 /// How long after a trigger its collectors re-run (see `Monitor::run`).
 const TRIGGER_SETTLE: Duration = Duration::from_millis(50);
 
-impl Monitor {
-    fn run(mut self, rx: Receiver<Wake>, control: Receiver<Control>, stop: &AtomicBool) {
+impl Worker {
+    fn run(mut self, mut inbox: Inbox<Arc<Event>>, control: std::sync::mpsc::Receiver<Control>, stop: &Stop) {
         let started = Instant::now();
         self.initial_scan();
         info!(items = self.current.len(), elapsed_ms = started.elapsed().as_millis() as u64, "integrity scan done");
@@ -346,7 +317,8 @@ impl Monitor {
         let mut next_verify = Instant::now() + self.verify_interval;
         // Trigger bits reported by the sensor and when their collectors re-run.
         let mut pending_triggers: Option<(u32, Instant)> = None;
-        while !stop.load(Ordering::Relaxed) {
+        let mut triggered = 0u32;
+        while !stop.is_stopped() {
             let now = Instant::now();
             let next_due = self
                 .dirty
@@ -356,53 +328,53 @@ impl Monitor {
                 .min()
                 .unwrap_or(now + IDLE_WAKE);
             let wait = next_due.min(now + IDLE_WAKE).saturating_duration_since(now);
-            match rx.recv_timeout(wait) {
-                Ok(wake) => {
-                    if let Wake::Change(change) = wake {
-                        self.mark(change);
-                    }
+            match inbox.recv_timeout(wait) {
+                Received::Item(event) => {
+                    self.take(&event, &mut triggered);
                     // Drain what else is queued, bounded so control requests are not starved.
                     for _ in 0..10_000 {
-                        match rx.try_recv() {
-                            Ok(Wake::Change(change)) => self.mark(change),
-                            Ok(Wake::Poke) => {}
-                            Err(_) => break,
+                        match inbox.try_recv() {
+                            Received::Item(event) => self.take(&event, &mut triggered),
+                            Received::Idle => break,
+                            Received::Closed => return,
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Received::Idle => {}
+                Received::Closed => return,
             }
             while let Ok(request) = control.try_recv() {
                 self.control(request);
             }
-            if self.shared.overflowed.load(Ordering::SeqCst) {
-                warn!("file events were dropped between the writer and the integrity worker; rescanning files");
+            let dropped = inbox.stats().dropped();
+            if dropped != self.dropped_seen {
+                self.shared.overflowed.store(true, Ordering::SeqCst);
+                warn!(dropped = dropped - self.dropped_seen, "events were dropped before the integrity worker; rescanning files");
+                self.dropped_seen = dropped;
                 self.dirty.clear();
-                self.rescan(true, false, "integrity");
+                self.rescan(Rescan::Files, ChangeAlert::Integrity);
                 self.shared.overflowed.store(false, Ordering::SeqCst);
             }
             self.rehash_due(false);
             // A report can come a little before the state it announces is visible (a module is
             // reported freed just before it leaves /proc/modules): wait TRIGGER_SETTLE first.
-            let triggered = self.shared.triggered.swap(0, Ordering::SeqCst);
             if triggered != 0 {
-                pending_triggers.get_or_insert((0, Instant::now() + TRIGGER_SETTLE)).0 |= triggered;
+                pending_triggers.get_or_insert((0, Instant::now() + TRIGGER_SETTLE)).0 |= std::mem::take(&mut triggered);
             }
             if let Some((bits, _)) = pending_triggers.filter(|(_, due)| Instant::now() >= *due) {
                 pending_triggers = None;
                 for trigger in Trigger::ALL.into_iter().filter(|t| bits & t.bit() != 0) {
                     let changes = self.rescan_matching(|c| c.follows(trigger));
-                    self.record(changes, "integrity");
+                    self.record(changes, ChangeAlert::Integrity);
                 }
             }
             let now = Instant::now();
             if now >= next_integrity {
-                self.rescan(false, true, "integrity");
+                self.rescan(Rescan::Others, ChangeAlert::Integrity);
                 next_integrity = now + self.integrity_interval;
             }
             if now >= next_verify {
-                self.verify(&rx);
+                self.verify(&mut inbox, &mut triggered);
                 next_verify = Instant::now() + self.verify_interval;
             }
         }
@@ -427,7 +399,7 @@ impl Monitor {
             warn!(error = %e, "storing the initial scan");
         }
         if had_state {
-            self.record(changes, "sensor_miss");
+            self.record(changes, ChangeAlert::SensorMiss);
         } else {
             self.publish();
         }
@@ -435,10 +407,10 @@ impl Monitor {
 
     fn publish(&mut self) {
         // Like `ids hash`, the host name of the moment.
-        if let Ok(hostname) = integrity::hostname() {
+        if let Ok(hostname) = super::hostname() {
             self.hostname = hostname;
         }
-        let aggregate = integrity::aggregate_digest(&self.hostname, self.current.values());
+        let aggregate = super::aggregate_digest(&self.hostname, self.current.values());
         *self.shared.aggregate.lock().unwrap_or_else(|p| p.into_inner()) = Some(aggregate);
         self.shared.aggregate_changes.send_if_modified(|seen| {
             let changed = *seen != Some(aggregate);
@@ -458,13 +430,24 @@ impl Monitor {
         path.to_path_buf()
     }
 
-    fn mark(&mut self, change: FileChange) {
+    /// Takes an event from the bus: a file change is marked dirty, a listen or module event
+    /// sets its trigger.
+    fn take(&mut self, event: &Event, triggered: &mut u32) {
+        match &event.detail {
+            Detail::File { op, path, new_path, .. } => self.mark(*op, path, new_path.as_deref()),
+            Detail::Listen { .. } => *triggered |= Trigger::ListeningSockets.bit(),
+            Detail::Module { .. } => *triggered |= Trigger::KernelModules.bit(),
+            _ => {}
+        }
+    }
+
+    fn mark(&mut self, op: FileOp, path: &Path, new_path: Option<&Path>) {
         let due = Instant::now() + QUIET;
         let mut paths: Vec<(PathBuf, bool)> = Vec::new();
-        let structural = matches!(change.op, "create" | "unlink" | "rename");
-        for path in std::iter::once(&change.path).chain(change.new_path.as_ref()) {
+        let structural = matches!(op, FileOp::Create | FileOp::Unlink | FileOp::Rename);
+        for path in std::iter::once(path).chain(new_path) {
             // Every configured spelling of the path (a collector may name it through a link).
-            let mut spellings = vec![path.clone()];
+            let mut spellings = vec![path.to_path_buf()];
             for file in &self.files {
                 let translated = self.translate(file, path);
                 if !spellings.contains(&translated) {
@@ -486,7 +469,6 @@ impl Monitor {
             entry.deep |= deep;
         }
         self.shared.pending.store(self.dirty.len() as u64, Ordering::SeqCst);
-        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Rehashes the dirty paths whose quiet period is over (all of them when `all`).
@@ -509,7 +491,7 @@ impl Monitor {
                 match result {
                     Ok(items) => {
                         let scope = |id: &str| {
-                            crate::integrity::id_path(id)
+                            super::id_path(id)
                                 .is_some_and(|(_, p)| p == *path || (*deep && p.starts_with(path)))
                         };
                         changes.extend(self.replace_items(&name, items, scope));
@@ -521,27 +503,25 @@ impl Monitor {
         for (path, _) in &due {
             self.dirty.remove(path);
         }
-        self.record(changes, "integrity");
+        self.record(changes, ChangeAlert::Integrity);
     }
 
     /// The periodic verification: everything is rescanned; a change no pending event explains
     /// is one the sensor missed (`sensor_miss`). The other collectors' changes are ordinary.
-    fn verify(&mut self, rx: &Receiver<Wake>) {
+    fn verify(&mut self, inbox: &mut Inbox<Arc<Event>>, triggered: &mut u32) {
         self.rehash_due(true);
-        self.rescan(false, true, "integrity");
-        let changes = self.rescan_changes(true, false);
+        self.rescan(Rescan::Others, ChangeAlert::Integrity);
+        let changes = self.rescan_changes(Rescan::Files);
         // Events that arrived during the scan explain the changes at their paths.
-        while let Ok(wake) = rx.try_recv() {
-            if let Wake::Change(change) = wake {
-                self.mark(change);
-            }
+        while let Received::Item(event) = inbox.try_recv() {
+            self.take(&event, triggered);
         }
         let (explained, missed): (Vec<Change>, Vec<Change>) = changes
             .into_iter()
-            .partition(|change| crate::integrity::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path)));
+            .partition(|change| super::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path)));
         info!(missed = missed.len(), "verification scan done");
-        self.record(explained, "integrity");
-        self.record(missed, "sensor_miss");
+        self.record(explained, ChangeAlert::Integrity);
+        self.record(missed, ChangeAlert::SensorMiss);
     }
 
     /// Whether `path` is dirty itself or below a path dirty with its whole tree.
@@ -550,16 +530,16 @@ impl Monitor {
             || path.ancestors().skip(1).any(|ancestor| self.dirty.get(ancestor).is_some_and(|d| d.deep))
     }
 
-    /// Reruns whole collectors: the file ones when `files`, the others when `others`.
-    fn rescan(&mut self, files: bool, others: bool, kind: &str) {
-        let changes = self.rescan_changes(files, others);
-        self.record(changes, kind);
+    /// Reruns whole collectors: the file ones, or the others.
+    fn rescan(&mut self, which: Rescan, alert: ChangeAlert) {
+        let changes = self.rescan_changes(which);
+        self.record(changes, alert);
     }
 
-    fn rescan_changes(&mut self, files: bool, others: bool) -> Vec<Change> {
+    fn rescan_changes(&mut self, which: Rescan) -> Vec<Change> {
         self.rescan_matching(|c| {
             let is_file = !c.paths().is_empty();
-            (is_file && files) || (!is_file && others)
+            is_file == (which == Rescan::Files)
         })
     }
 
@@ -568,7 +548,7 @@ impl Monitor {
         let selected: Vec<&dyn Collector> =
             self.collectors.iter().map(|collector| collector.as_ref()).filter(|collector| select(*collector)).collect();
         let names: Vec<String> = selected.iter().map(|collector| collector.name().to_string()).collect();
-        let results = integrity::collect_all(&selected);
+        let results = super::collect_all(&selected);
         let mut changes = Vec::new();
         for (name, result) in names.into_iter().zip(results) {
             match result {
@@ -605,51 +585,33 @@ impl Monitor {
         changes
     }
 
-    /// Stores the changes, writes their alerts and republishes the aggregate.
-    fn record(&mut self, changes: Vec<Change>, kind: &str) {
+    /// Stores the changes with their alerts (one transaction), raises the alerts and
+    /// republishes the aggregate.
+    fn record(&mut self, changes: Vec<Change>, kind: ChangeAlert) {
         if !changes.is_empty() {
-            let time = crate::store::now();
             let updates: Vec<(String, String, Option<Item>)> =
                 changes.iter().map(|c| (c.collector.clone(), c.id.clone(), c.new.clone())).collect();
-            let rows: Vec<AlertRow> = changes
-                .iter()
-                .map(|c| AlertRow {
-                    time: time.clone(),
-                    kind: kind.to_string(),
-                    item_id: c.id.clone(),
-                    collector: c.collector.clone(),
-                    what: serde_json::json!({
-                        "change": c.change.name(),
-                        "attributes": c.attributes,
-                        "old": c.old.as_ref().map(item_json),
-                        "new": c.new.as_ref().map(item_json),
-                    }),
+            let alerts: Vec<Alert> = changes
+                .into_iter()
+                .map(|c| {
+                    let change = IntegrityAlert {
+                        collector: c.collector,
+                        id: c.id,
+                        change: c.change.name(),
+                        attributes: c.attributes,
+                        old: c.old.as_ref().map(item_state),
+                        new: c.new.as_ref().map(item_state),
+                    };
+                    Alert::now(match kind {
+                        ChangeAlert::Integrity => AlertBody::Integrity(change),
+                        ChangeAlert::SensorMiss => AlertBody::SensorMiss(change),
+                    })
                 })
                 .collect();
-            if let Err(e) = self.store.apply(&updates, &rows) {
-                warn!(error = %e, "storing integrity changes");
-            }
-            let mut lines = Vec::new();
-            for row in &rows {
-                let mut alert = serde_json::json!({
-                    "time": row.time,
-                    "kind": row.kind,
-                    "collector": row.collector,
-                    "id": row.item_id,
-                });
-                if let (Some(alert), Some(what)) = (alert.as_object_mut(), row.what.as_object()) {
-                    alert.extend(what.clone());
-                }
-                if serde_json::to_writer(&mut lines, &alert).is_ok() {
-                    lines.push(b'\n');
-                }
-            }
-            let mut out = lock_output(&self.output);
-            if let Err(e) = out.write_all(&lines).and_then(|()| out.flush()) {
-                warn!(error = %e, "writing integrity alerts to the events log");
-            }
-            drop(out);
-            self.shared.alerts.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            let count = alerts.len() as u64;
+            let store = &mut self.store;
+            self.sink.emit_stored_by(alerts, |rows| store.apply(&updates, rows));
+            self.shared.alerts.fetch_add(count, Ordering::Relaxed);
         }
         self.publish();
     }
@@ -664,48 +626,43 @@ impl Monitor {
     fn control(&mut self, request: Control) {
         // Answer about the present: rehash what is dirty now instead of waiting for quiet.
         self.rehash_due(true);
-        let (reply, response) = match request {
+        match request {
             Control::Baseline(reply) => {
                 let items = self.current_items();
-                let response = match self.store.replace_baseline(&items) {
-                    Ok(()) => serde_json::json!({
-                        "ok": true,
-                        "items": items.len(),
-                        "aggregate": integrity::hex(&integrity::aggregate_digest(&self.hostname, self.current.values())),
-                    }),
-                    Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
-                };
-                (reply, response)
+                let answer = self
+                    .store
+                    .replace_baseline(&items)
+                    .map(|()| BaselineAccepted {
+                        items: items.len(),
+                        aggregate: super::hex(&super::aggregate_digest(&self.hostname, self.current.values())),
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(answer);
             }
             Control::Diff(reply) => {
-                let response = match self.store.baseline() {
-                    Ok(baseline) => {
-                        let diff = diff::diff(&baseline, &self.current_items());
-                        serde_json::json!({"ok": true, "diff": diff.to_json()})
-                    }
-                    Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
-                };
-                (reply, response)
+                let answer =
+                    self.store.baseline().map(|baseline| diff::diff(&baseline, &self.current_items())).map_err(|e| e.to_string());
+                let _ = reply.send(answer);
             }
-        };
-        let _ = reply.send(response);
+        }
     }
 }
 
-/// `{"digest": hex, "detail": ...}` of an item in an alert.
-fn item_json(item: &Item) -> serde_json::Value {
-    serde_json::json!({"digest": integrity::hex(&item.digest), "detail": item.detail})
+/// An item in an alert: its digest in hex and its detail.
+fn item_state(item: &Item) -> ItemState {
+    ItemState { digest: super::hex(&item.digest), detail: item.detail.clone() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::EventsLog;
 
     /// An events log that tests can read.
     #[derive(Clone, Default)]
     struct Log(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Log {
+    impl std::io::Write for Log {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
@@ -723,9 +680,30 @@ mod tests {
         }
     }
 
-    /// The worker without the sensor: events are fed by hand, as the writer would.
-    #[test]
-    fn a_noted_change_is_rehashed_after_the_quiet_period_and_alerted() {
+    fn file_event(path: &Path) -> Arc<Event> {
+        Arc::new(Event {
+            time: String::new(),
+            kind: "file",
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            comm: "test".into(),
+            detail: Detail::File {
+                op: FileOp::Write,
+                path: path.to_path_buf(),
+                new_path: None,
+                paths_escaped: false,
+                dev: 0,
+                ino: 0,
+            },
+        })
+    }
+
+    /// The worker without the sensor: events are offered by hand, as the bus would.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_noted_change_is_rehashed_after_the_quiet_period_and_alerted() {
         let state = tempfile::tempdir().unwrap();
         let watched = tempfile::tempdir().unwrap();
         let root = watched.path().display().to_string();
@@ -736,48 +714,53 @@ mod tests {
         );
         let config = Config::parse(&text, "test").unwrap();
         let log = Log::default();
-        let mut handles = spawn(&config, Arc::new(Mutex::new(Box::new(log.clone())))).unwrap();
-        handles.begin();
-        assert!(handles.watch.iter().any(|p| p == watched.path()), "{:?}", handles.watch);
-        let status = || handles.shared.status();
-        wait_until("the first scan", || status().1["ready"] == true);
-        let scan = |_: ()| {
-            let report = integrity::scan(&Registry::with_builtin(), &config.collectors).unwrap();
-            serde_json::Value::String(integrity::hex(&report.aggregate))
-        };
-        assert_eq!(status().0, scan(()));
+        let sink = AlertSink::new(Some(Store::open(&config.database()).unwrap()), Some(EventsLog::new(Box::new(log.clone()))));
+        let prepared = prepare(&config, sink).unwrap();
+        assert!(prepared.watch.iter().any(|p| p == watched.path()), "{:?}", prepared.watch);
+        let mut workers = Workers::default();
+        let (handle, interest) = prepared.start(&mut workers).unwrap();
+        let interest_elsewhere = interest.wants(&file_event(Path::new("/nonexistent/elsewhere")));
+        let shared = handle.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let status = || shared.status();
+            wait_until("the first scan", || status().ready);
+            let scan = || {
+                let report = super::super::scan(&Registry::with_builtin(), &config.collectors).unwrap();
+                Some(report.aggregate)
+            };
+            assert_eq!(shared.aggregate(), scan());
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        handles.waker.request(Control::Baseline(reply)).unwrap();
-        assert_eq!(answer.blocking_recv().unwrap()["ok"], true);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            handle.request(Control::Baseline(reply)).unwrap();
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().items, 1);
 
-        let file = watched.path().join("f");
-        std::fs::write(&file, "two").unwrap();
-        // An event outside the collectors' paths is not even queued.
-        handles.files.note("write", Path::new("/nonexistent/elsewhere"), None);
-        assert_eq!(status().1["dirty"], 0);
-        let noted = Instant::now();
-        handles.files.note("write", &file, None);
-        assert_eq!(status().1["dirty"], 1);
-        wait_until("the rehash", || status().1["dirty"] == 0);
-        assert!(noted.elapsed() >= QUIET, "rehashed before the quiet period");
-        assert_eq!(status().0, scan(()));
-        let lines = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        let alert: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
-        assert_eq!(alert["kind"], "integrity");
-        assert_eq!(alert["id"], format!("file:{root}/f"));
-        assert_eq!(alert["attributes"], serde_json::json!(["content"]));
+            let file = watched.path().join("f");
+            std::fs::write(&file, "two").unwrap();
+            // An event outside the collectors' paths is not even queued.
+            assert!(!interest_elsewhere);
+            assert_eq!(status().dirty, 0);
+            let noted = Instant::now();
+            assert!(handle.events.offer(file_event(&file)));
+            assert_eq!(status().dirty, 1);
+            wait_until("the rehash", || status().dirty == 0);
+            assert!(noted.elapsed() >= QUIET, "rehashed before the quiet period");
+            assert_eq!(shared.aggregate(), scan());
+            let lines = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+            let alert: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+            assert_eq!(alert["kind"], "integrity");
+            assert_eq!(alert["id"], format!("file:{root}/f"));
+            assert_eq!(alert["attributes"], serde_json::json!(["content"]));
 
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        handles.waker.request(Control::Diff(reply)).unwrap();
-        let diff = answer.blocking_recv().unwrap();
-        assert_eq!(diff["diff"]["changed"][0]["id"], format!("file:{root}/f"), "{diff}");
-        let store = Store::open(&config.database()).unwrap();
-        assert_eq!(store.alerts().unwrap().len(), 1);
-
-        handles.waker.stop();
-        drop(handles.files);
-        handles.thread.join().unwrap();
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            handle.request(Control::Diff(reply)).unwrap();
+            let diff = answer.blocking_recv().unwrap().unwrap();
+            assert_eq!(diff.changed[0].id, format!("file:{root}/f"));
+            let store = Store::open(&config.database()).unwrap();
+            assert_eq!(store.alerts().unwrap().len(), 1);
+        })
+        .await
+        .unwrap();
+        workers.shutdown(Duration::from_secs(10)).await;
     }
 
     #[test]

@@ -1,0 +1,350 @@
+//! `ids run`: the daemon. [`Daemon::start`] builds the alert sink, the workers (integrity,
+//! detect, remote CHECKs) and the ban path, attaches the sensor, and connects the ring-buffer
+//! readers to the event bus ([`bus`]); [`Daemon::run`] serves the control socket, applies ban
+//! requests and expires bans until SIGINT/SIGTERM or a worker's failure; [`Daemon::shutdown`]
+//! detaches the programs and drains every worker through the one harness (`crate::harness`).
+mod bus;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{Signal as UnixSignal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use self::bus::{Bus, WriterStats};
+use crate::alert::{AlertSink, EventsLog};
+use crate::bans::{BanRequest, Bans};
+use crate::config::{Config, EventsLog as EventsLogConfig};
+use crate::control::{self, Reply, Request};
+use crate::harness::Workers;
+use crate::integrity::worker::{self as integrity_worker, Control};
+use crate::sensor::hooks::signal_name;
+use crate::sensor::{self, Sensor, Stats};
+use crate::store::Store;
+
+/// Ban requests the detectors may queue before they report a request as not delivered.
+const BAN_QUEUE: usize = 4096;
+/// How long the workers get to finish at shutdown, in all.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let mut daemon = Daemon::start(config).await?;
+    let outcome = daemon.run().await;
+    daemon.shutdown().await;
+    outcome
+}
+
+/// The running daemon.
+pub(crate) struct Daemon {
+    config: Config,
+    workers: Workers,
+    sensor: Option<Sensor>,
+    bans: Bans,
+    ban_rx: mpsc::Receiver<BanRequest>,
+    control_rx: mpsc::Receiver<(Request, Reply)>,
+    integrity: integrity_worker::Handle,
+    detect: crate::detect::worker::Handle,
+    scan_stats: Arc<crate::bans::scan::ScanStats>,
+    stats: Arc<Stats>,
+    writer_stats: Arc<WriterStats>,
+    roots: Vec<String>,
+    started: Instant,
+    sigterm: UnixSignal,
+    sigint: UnixSignal,
+}
+
+impl Daemon {
+    pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+        let log = EventsLog::new(open_events_log(&config.events_log)?);
+        let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
+        let listener = control::bind(&config.control_socket()).await?;
+        let mut workers = Workers::default();
+        // Every detector sends its ban requests on this one channel; `run` applies them.
+        let (ban_tx, ban_rx) = mpsc::channel::<BanRequest>(BAN_QUEUE);
+
+        // The workers are built first (collectors, database, rules, logs) so that a bad one stops
+        // the start; integrity scans once the sensor is attached, so no change made during the
+        // scan is missed.
+        let integrity = integrity_worker::prepare(&config, sink.clone())?;
+        let detect = crate::detect::worker::prepare(&config, sink.clone(), ban_tx.clone(), workers.stop_token())?;
+        let mut sensor_config = config.clone();
+        sensor_config.watch = integrity.watch.clone();
+        for path in &detect.watch {
+            if !sensor_config.watch.iter().any(|w| path.starts_with(w)) {
+                sensor_config.watch.push(path.clone());
+            }
+        }
+        let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
+        // The pinned maps may have outlived an earlier run: make them equal to the store before
+        // the new program takes over the interfaces.
+        let mut bans = Bans::open(&config, sensor.ban_maps.take(), sink.clone())?;
+        bans.reconcile()?;
+        sensor.attach_new_interfaces();
+        let scan_stats = Arc::new(crate::bans::scan::ScanStats::default());
+        if let Some(ring) = sensor.scan_reports.take() {
+            let (duration, stats) = (config.bans.scan_duration, scan_stats.clone());
+            let ban_tx = ban_tx.clone();
+            workers.spawn_task("scan_reports", move |stop| crate::bans::scan::read(ring, ban_tx, duration, stats, stop));
+        }
+        let (integrity, integrity_interest) = integrity.start(&mut workers)?;
+        let (detect, detect_interest) = detect.start(&mut workers)?;
+        crate::tinyids::remote_check::start(&config, integrity.shared.watch_aggregate(), sink.clone(), &mut workers)?;
+
+        let mut bus = Bus::default();
+        let integrity_events = integrity.events.clone();
+        bus.subscribe(move |event| integrity_interest.wants(event), move |event| {
+            integrity_events.offer(event);
+        });
+        let detect_events = detect.events.clone();
+        bus.subscribe(move |event| detect_interest.wants(event), move |event| {
+            if let Some(input) = crate::detect::worker::input(&event) {
+                detect_events.offer(input);
+            }
+        });
+        let stats = Arc::new(Stats::default());
+        let writer_stats = Arc::new(WriterStats::default());
+        writer_stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
+        let roots: Vec<String> = watch.roots().iter().map(|p| p.display().to_string()).collect();
+        let (tx, rx) = mpsc::channel(config.channel_capacity);
+        for (signal, ring) in rings {
+            let (tx, stats) = (tx.clone(), stats.clone());
+            workers.spawn_task(signal_name(signal), move |stop| sensor::read_ring(signal, ring, tx, stats, stop));
+        }
+        drop(tx);
+        // The writer ends when every reader has (they stop after the programs are detached).
+        let writer_counters = writer_stats.clone();
+        workers.spawn_thread("events", || {}, move |_| bus::write_events(rx, watch, log, bus, &writer_counters))?;
+
+        let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
+        workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
+        info!(socket = %config.control_socket().display(), "sensor running");
+        Ok(Self {
+            config,
+            workers,
+            sensor: Some(sensor),
+            bans,
+            ban_rx,
+            control_rx,
+            integrity,
+            detect,
+            scan_stats,
+            stats,
+            writer_stats,
+            roots,
+            started: Instant::now(),
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Serves until SIGINT/SIGTERM (Ok) or until a worker ends on its own (Err: the daemon does
+    /// not run on half alive).
+    pub(crate) async fn run(&mut self) -> anyhow::Result<()> {
+        // Links and addresses are looked at again when the kernel reports a change (and every
+        // minute in case a report was lost); without the notifications, every 2 s.
+        let mut links = crate::bans::links::LinkChanges::open()
+            .map_err(|e| warn!(error = %e, "no link notifications; interfaces and addresses are polled every 2 s"))
+            .ok();
+        let mut rescan =
+            tokio::time::interval(if links.is_some() { Duration::from_secs(60) } else { Duration::from_secs(2) });
+        let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            // Expired bans leave at their expiry: the loop sleeps until the next one is due (at
+            // most a minute, so that a clock step is caught up with; at least 50 ms, so that a
+            // failing store is not retried in a busy loop), and not at all for none.
+            let expiry = self
+                .bans
+                .until_next_expiry()
+                .map_or(Duration::from_secs(3600), |wait| wait.clamp(Duration::from_millis(50), Duration::from_secs(60)));
+            tokio::select! {
+                _ = self.sigterm.recv() => return Ok(()),
+                _ = self.sigint.recv() => return Ok(()),
+                exited = self.workers.exited() => {
+                    let why = exited.failure.unwrap_or_else(|| "ended".into());
+                    error!(worker = exited.worker, error = %why, "a worker stopped; stopping the daemon");
+                    anyhow::bail!("worker {} stopped: {why}", exited.worker);
+                }
+                Some((request, reply)) = self.control_rx.recv() => self.answer(request, reply),
+                Some(request) = self.ban_rx.recv() => self.bans.apply(request),
+                changed = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
+                    if let Err(e) = changed {
+                        warn!(error = %e, "link notifications failed; interfaces and addresses are polled every 2 s");
+                        links = None;
+                        rescan = tokio::time::interval(Duration::from_secs(2));
+                    }
+                    self.rescan_links();
+                }
+                _ = rescan.tick() => self.rescan_links(),
+                _ = tokio::time::sleep(expiry) => {
+                    if let Err(e) = self.bans.expire() {
+                        warn!(error = %e, "expiring bans");
+                    }
+                }
+                _ = hits_snapshot.tick() => {
+                    if let Err(e) = self.bans.snapshot_hits() {
+                        warn!(error = %e, "storing ban hit counters");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Detaches the programs, then stops and drains every worker (the readers empty what is
+    /// left in the ring buffers, the events writer writes it out).
+    pub(crate) async fn shutdown(mut self) {
+        info!("shutting down");
+        while let Ok(request) = self.ban_rx.try_recv() {
+            self.bans.apply(request);
+        }
+        let _ = self.bans.snapshot_hits();
+        drop(self.sensor.take());
+        self.workers.shutdown(DRAIN).await;
+        let _ = std::fs::remove_file(self.config.control_socket());
+    }
+
+    fn answer(&mut self, request: Request, reply: Reply) {
+        match request {
+            Request::Status => {
+                let mut answer = self.status();
+                answer["xdp"] = self.xdp_status();
+                answer["detect"] = serde_json::to_value(self.detect.shared.status()).unwrap_or_default();
+                let _ = reply.send(answer);
+            }
+            request @ (Request::Ban { .. } | Request::Unban { .. } | Request::Bans | Request::Alerts { .. }) => {
+                let _ = reply.send(crate::bans::cli::answer(&mut self.bans, &request));
+            }
+            // The worker answers these itself, so a long rehash never blocks this loop.
+            Request::Baseline => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.forward(Control::Baseline(tx), reply, rx, |accepted| {
+                    serde_json::json!({"ok": true, "items": accepted.items, "aggregate": accepted.aggregate})
+                });
+            }
+            Request::Diff => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.forward(Control::Diff(tx), reply, rx, |diff| serde_json::json!({"ok": true, "diff": diff.to_json()}));
+            }
+        }
+    }
+
+    /// Hands a request to the integrity worker; its answer goes to `reply` when it comes.
+    fn forward<T: Send + 'static>(
+        &self,
+        request: Control,
+        reply: Reply,
+        answer: tokio::sync::oneshot::Receiver<Result<T, String>>,
+        to_json: impl FnOnce(T) -> serde_json::Value + Send + 'static,
+    ) {
+        if self.integrity.request(request).is_err() {
+            let _ = reply.send(serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}));
+            return;
+        }
+        tokio::spawn(async move {
+            let response = match answer.await {
+                Ok(Ok(value)) => to_json(value),
+                Ok(Err(e)) => serde_json::json!({"ok": false, "error": e}),
+                Err(_) => serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}),
+            };
+            let _ = reply.send(response);
+        });
+    }
+
+    /// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed
+    /// from this host since are trusted or no longer.
+    fn rescan_links(&mut self) {
+        if let Some(sensor) = &mut self.sensor {
+            sensor.attach_new_interfaces();
+        }
+        if let Err(e) = self.bans.refresh_local_addresses() {
+            warn!(error = %e, "updating this host's trusted addresses");
+        }
+    }
+}
+
+fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match log {
+        EventsLogConfig::Stdout => Box::new(std::io::stdout()),
+        EventsLogConfig::File(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening events_log {}", path.display()))?,
+            )
+        }
+    })
+}
+
+
+impl Daemon {
+    /// `ids status --json`, but for `xdp` and `detect`.
+    fn status(&self) -> serde_json::Value {
+        let Some(sensor) = &self.sensor else { return serde_json::json!({"ok": false, "error": "shutting down"}) };
+        let signals: Vec<serde_json::Value> = sensor::all_signals()
+            .into_iter()
+            .map(|signal| {
+                let name = signal_name(signal);
+                let counters = self.stats.of(signal);
+                let lost_in_kernel = sensor.kernel_lost(signal);
+                let dropped = counters.dropped.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "signal": name,
+                    "hook": sensor.hooks.get(name).copied().unwrap_or("none"),
+                    "received": counters.received.load(Ordering::Relaxed),
+                    "lost": lost_in_kernel + dropped,
+                    "lost_in_kernel": lost_in_kernel,
+                    "dropped": dropped,
+                    "malformed": counters.malformed.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let writer = &self.writer_stats;
+        let aggregate = self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest));
+        serde_json::json!({
+            "ok": true,
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "signals": signals,
+            "incoming": {"hook": format!("xdp:{}", crate::bans::kernel::PROGRAM), "interfaces": sensor.syn_interfaces()},
+            "watch": {
+                "roots": self.roots,
+                "inodes": writer.watched_inodes.load(Ordering::Relaxed),
+                "unresolved": writer.unresolved.load(Ordering::Relaxed),
+            },
+            "events_written": writer.written.load(Ordering::Relaxed),
+            "aggregate": aggregate,
+            "integrity": self.integrity.shared.status(),
+        })
+    }
+
+    /// `status.xdp`: where the ban filter runs, how many bans it holds, what the scan detector reported.
+    fn xdp_status(&mut self) -> serde_json::Value {
+        let interfaces: Vec<serde_json::Value> = self
+            .sensor
+            .iter()
+            .flat_map(|sensor| sensor.xdp.attached.iter())
+            .map(|(name, mode)| serde_json::json!({"name": name, "mode": mode.name()}))
+            .collect();
+        let count = self.bans.store().bans().map(|b| b.len()).unwrap_or(0);
+        serde_json::json!({
+            "interfaces": interfaces,
+            "pin_dir": self.config.xdp.pin_dir,
+            "bans": count,
+            "scan_reports": self.scan_stats.reports.load(Ordering::Relaxed),
+            "scan_reports_dropped": self.scan_stats.dropped.load(Ordering::Relaxed),
+        })
+    }
+}
