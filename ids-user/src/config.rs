@@ -139,7 +139,6 @@ pub struct DetectConfig {
     pub trusted: Vec<ipnet::IpNet>,
 }
 
-
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
 /// `integrity::KindSpec`.
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,6 @@ use ids_common::{
 };
 use serde::Serialize;
 
-use crate::sensor::decode::{arguments, c_string};
-
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     pub time: String,
@@ -37,7 +35,7 @@ pub enum Detail {
     File {
         #[serde(serialize_with = "file_op")]
         op: FileOp,
-        /// A path that is not UTF-8 is written percent-encoded (see `crate::integrity::escape_path`)
+        /// A path that is not UTF-8 is written percent-encoded (see `crate::item::escape_path`)
         /// and `paths_escaped` is set.
         #[serde(serialize_with = "escaped_path")]
         path: PathBuf,
@@ -74,7 +72,7 @@ fn file_op<S: serde::Serializer>(op: &FileOp, serializer: S) -> Result<S::Ok, S:
 }
 
 fn escaped_path<S: serde::Serializer>(path: &std::path::Path, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::integrity::escape_path(path).1)
+    serializer.serialize_str(&crate::item::escape_path(path).1)
 }
 
 fn escaped_new_path<S: serde::Serializer>(path: &Option<PathBuf>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -235,4 +233,19 @@ mod tests {
         assert_eq!(json["dport"], 443);
         assert_eq!(json["saddr"], serde_json::Value::Null);
     }
+}
+
+/// The bytes of a NUL-terminated C string in a fixed buffer, lossily as UTF-8.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// NUL-separated arguments.
+pub(crate) fn arguments(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }

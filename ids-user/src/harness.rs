@@ -338,13 +338,17 @@ mod tests {
         let (tx, mut inbox) = queue::<()>(4);
         let waker = tx.clone();
         workers
-            .spawn_thread("waits", move || waker.wake(), move |stop| {
-                while !stop.is_stopped() {
-                    // A long wait: only the wake at stop ends it in time.
-                    let _ = inbox.recv_timeout(Duration::from_secs(60));
-                }
-                Ok(())
-            })
+            .spawn_thread(
+                "waits",
+                move || waker.wake(),
+                move |stop| {
+                    while !stop.is_stopped() {
+                        // A long wait: only the wake at stop ends it in time.
+                        let _ = inbox.recv_timeout(Duration::from_secs(60));
+                    }
+                    Ok(())
+                },
+            )
             .unwrap();
         workers.spawn_task("task", |stop| async move {
             stop.stopped().await;

@@ -9,6 +9,7 @@ pub(crate) mod detect;
 pub(crate) mod event;
 pub(crate) mod harness;
 pub(crate) mod integrity;
+pub(crate) mod item;
 pub(crate) mod sensor;
 pub(crate) mod store;
 pub(crate) mod time;

@@ -49,6 +49,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Formatting and clippy (`-D warnings`) on the host crates and on the eBPF crate for its target.
+    Lint,
     /// Every test tier: unit, host integration (root), and the VM tier.
     Test,
     /// The VM tier alone: Debian's stock kernel under QEMU with LSM and fentry hooks.
@@ -82,6 +84,10 @@ fn run() -> Result<()> {
             let mut command = Command::new(&ids);
             command.arg("run").args(&args);
             status(&mut command)
+        }
+        Task::Lint => {
+            setup()?;
+            lint(&root)
         }
         Task::Test => {
             setup()?;
@@ -142,6 +148,14 @@ fn setup() -> Result<()> {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
         status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
+    for (toolchain, component) in [("stable", "clippy"), ("stable", "rustfmt"), ("nightly", "clippy")] {
+        let installed =
+            output_of("rustup", &["component", "list", "--toolchain", toolchain, "--installed"]).unwrap_or_default();
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("xtask: adding {component} to the {toolchain} toolchain");
+            status(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))?;
+        }
+    }
     let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
@@ -172,6 +186,45 @@ fn setup() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `cargo fmt --check`, clippy on the host crates (every target, warnings denied), and clippy on
+/// ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain, as its build does.
+fn lint(root: &Path) -> Result<()> {
+    status(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    status(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "ids-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    status(
+        Command::new("cargo")
+            .current_dir(root.join("ids-ebpf"))
+            // The toolchain is chosen here, not by the environment xtask runs in.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            // As aya-build compiles it (the registers of the target architecture).
+            .env("CARGO_ENCODED_RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH))
+            .env("CARGO_TARGET_DIR", root.join("target/lint-ebpf"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )
 }
 
 fn build(root: &Path) -> Result<()> {

@@ -296,11 +296,17 @@ mod tests {
         assert_eq!(json["attributes"], serde_json::json!(["content"]));
         assert_eq!(json["old"]["digest"], "00");
         let row = alert.to_row();
-        assert_eq!((row.kind.as_str(), row.item_id.as_str(), row.collector.as_str()), ("sensor_miss", "file:/etc/hosts", "etc"));
+        assert_eq!(
+            (row.kind.as_str(), row.item_id.as_str(), row.collector.as_str()),
+            ("sensor_miss", "file:/etc/hosts", "etc")
+        );
         assert_eq!(row.what["change"], "changed");
         assert!(row.what.get("kind").is_none());
         let detect_row = detect().to_row();
-        assert_eq!((detect_row.item_id.as_str(), detect_row.collector.as_str()), ("sshd-failed-password", "ssh-bruteforce"));
+        assert_eq!(
+            (detect_row.item_id.as_str(), detect_row.collector.as_str()),
+            ("sshd-failed-password", "ssh-bruteforce")
+        );
         assert_eq!(detect_row.what["kind"], "detect");
     }
 }

@@ -69,11 +69,7 @@ impl AlertSink {
 
     /// Raises alerts whose rows the caller stores itself, in a transaction of its own that holds
     /// its other changes too (the integrity worker's item updates), so both land or neither.
-    pub(crate) fn emit_stored_by(
-        &self,
-        alerts: Vec<Alert>,
-        store: impl FnOnce(&[AlertRow]) -> Result<(), StoreError>,
-    ) {
+    pub(crate) fn emit_stored_by(&self, alerts: Vec<Alert>, store: impl FnOnce(&[AlertRow]) -> Result<(), StoreError>) {
         if alerts.is_empty() {
             return;
         }

@@ -97,6 +97,7 @@ pub fn answer(bans: &mut Bans, request: &Request) -> Value {
                     duration,
                     force: *force,
                     alert: None,
+                    banned: None,
                 });
             }
             let outcomes = match bulk {
@@ -160,7 +161,8 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
                 Some(response) => response,
                 None => {
                     daemon = false;
-                    let bans = offline.insert(Bans::open(config, None, AlertSink::new(None, None)).context("opening the ban store")?);
+                    let bans = offline
+                        .insert(Bans::open(config, None, AlertSink::new(None, None)).context("opening the ban store")?);
                     answer(bans, request)
                 }
             },
@@ -450,7 +452,13 @@ mod tests {
             max_duration: Duration::from_secs(86_400),
             detect_duration: Duration::from_secs(600),
         };
-        Bans::with_store(Store::open_in_memory().unwrap(), None, vec![BanNet::parse("127.0.0.0/8").unwrap()], config, crate::alert::AlertSink::new(None, None))
+        Bans::with_store(
+            Store::open_in_memory().unwrap(),
+            None,
+            vec![BanNet::parse("127.0.0.0/8").unwrap()],
+            config,
+            crate::alert::AlertSink::new(None, None),
+        )
     }
 
     fn ban(nets: &[&str], duration: Option<&str>, reason: &str) -> Request {

@@ -27,6 +27,8 @@ pub mod net;
 pub mod scan;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
@@ -34,9 +36,9 @@ use tracing::{info, warn};
 pub use self::config::{BansConfig, parse_duration};
 pub use self::kernel::BanMaps;
 pub use self::net::BanNet;
+use crate::alert::{Alert, AlertBody, AlertSink, BanAlert, DetectAction};
 use crate::config::Config;
 use crate::store::bans_table::NewBan;
-use crate::alert::{Alert, AlertBody, AlertSink, BanAlert, DetectAction};
 use crate::store::{BanRow, Store, StoreError};
 
 /// How long a ban lasts.
@@ -52,7 +54,7 @@ pub enum BanDuration {
 }
 
 /// A request to ban one address or prefix.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BanRequest {
     pub net: BanNet,
     pub reason: String,
@@ -63,16 +65,24 @@ pub struct BanRequest {
     /// The asking detector's alert: raised by the ban path once it decided, with the decision
     /// (`DetectAction`) filled in.
     pub alert: Option<Box<Alert>>,
+    /// The asking detector's count of requests that ended in a ban (`ids status`), counted here.
+    pub banned: Option<Arc<AtomicU64>>,
 }
 
 impl BanRequest {
     pub fn new(net: BanNet, reason: impl Into<String>, source: impl Into<String>, duration: BanDuration) -> Self {
-        Self { net, reason: reason.into(), source: source.into(), duration, force: false, alert: None }
+        Self { net, reason: reason.into(), source: source.into(), duration, force: false, alert: None, banned: None }
     }
 
     /// Has the ban path raise `alert` with its decision.
     pub fn raising(mut self, alert: Alert) -> Self {
         self.alert = Some(Box::new(alert));
+        self
+    }
+
+    /// Has the ban path count the request in `banned` if it bans.
+    pub fn counted_in(mut self, banned: Arc<AtomicU64>) -> Self {
+        self.banned = Some(banned);
         self
     }
 }
@@ -271,8 +281,6 @@ impl Bans {
         Ok(())
     }
 
-
-
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }
@@ -329,12 +337,18 @@ impl Bans {
     /// and raises the asking detector's alert with the decision.
     pub fn apply(&mut self, mut request: BanRequest) {
         let alert = request.alert.take();
+        let banned = request.banned.take();
         let net = request.net;
         let action = match self.ban(request) {
-            Ok(outcome) => DetectAction::BanRequested {
-                duration_s: outcome.duration.map_or(0, |d| d.as_secs()),
-                offence: outcome.offence,
-            },
+            Ok(outcome) => {
+                if let Some(banned) = banned {
+                    banned.fetch_add(1, Ordering::Relaxed);
+                }
+                DetectAction::BanRequested {
+                    duration_s: outcome.duration.map_or(0, |d| d.as_secs()),
+                    offence: outcome.offence,
+                }
+            }
             Err(BanError::Trusted { .. }) => DetectAction::NotBannedTrusted,
             Err(e) => {
                 warn!(%net, error = %e, "ban request refused");

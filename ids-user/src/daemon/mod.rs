@@ -93,7 +93,8 @@ impl Daemon {
         if let Some(ring) = sensor.scan_reports.take() {
             let (duration, stats) = (config.bans.scan_duration, scan_stats.clone());
             let ban_tx = ban_tx.clone();
-            workers.spawn_task("scan_reports", move |stop| crate::bans::scan::read(ring, ban_tx, duration, stats, stop));
+            workers
+                .spawn_task("scan_reports", move |stop| crate::bans::scan::read(ring, ban_tx, duration, stats, stop));
         }
         let (integrity, integrity_interest) = integrity.start(&mut workers)?;
         let (detect, detect_interest) = detect.start(&mut workers)?;
@@ -101,15 +102,21 @@ impl Daemon {
 
         let mut bus = Bus::default();
         let integrity_events = integrity.events.clone();
-        bus.subscribe(move |event| integrity_interest.wants(event), move |event| {
-            integrity_events.offer(event);
-        });
+        bus.subscribe(
+            move |event| integrity_interest.wants(event),
+            move |event| {
+                integrity_events.offer(event);
+            },
+        );
         let detect_events = detect.events.clone();
-        bus.subscribe(move |event| detect_interest.wants(event), move |event| {
-            if let Some(input) = crate::detect::worker::input(&event) {
-                detect_events.offer(input);
-            }
-        });
+        bus.subscribe(
+            move |event| detect_interest.wants(event),
+            move |event| {
+                if let Some(input) = crate::detect::worker::input(&event) {
+                    detect_events.offer(input);
+                }
+            },
+        );
         let stats = Arc::new(Stats::default());
         let writer_stats = Arc::new(WriterStats::default());
         writer_stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
@@ -161,10 +168,9 @@ impl Daemon {
             // Expired bans leave at their expiry: the loop sleeps until the next one is due (at
             // most a minute, so that a clock step is caught up with; at least 50 ms, so that a
             // failing store is not retried in a busy loop), and not at all for none.
-            let expiry = self
-                .bans
-                .until_next_expiry()
-                .map_or(Duration::from_secs(3600), |wait| wait.clamp(Duration::from_millis(50), Duration::from_secs(60)));
+            let expiry = self.bans.until_next_expiry().map_or(Duration::from_secs(3600), |wait| {
+                wait.clamp(Duration::from_millis(50), Duration::from_secs(60))
+            });
             tokio::select! {
                 _ = self.sigterm.recv() => return Ok(()),
                 _ = self.sigint.recv() => return Ok(()),
@@ -231,7 +237,12 @@ impl Daemon {
             }
             Request::Diff => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                self.forward(Control::Diff(tx), reply, rx, |diff| serde_json::json!({"ok": true, "diff": diff.to_json()}));
+                self.forward(
+                    Control::Diff(tx),
+                    reply,
+                    rx,
+                    |diff| serde_json::json!({"ok": true, "diff": diff.to_json()}),
+                );
             }
         }
     }
@@ -287,7 +298,6 @@ fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<Box<dyn std::io::Wri
         }
     })
 }
-
 
 impl Daemon {
     /// `ids status --json`, but for `xdp` and `detect`.

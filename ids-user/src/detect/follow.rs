@@ -391,7 +391,6 @@ impl Follower {
         &self.path
     }
 
-
     /// Lines read and lines cut since start.
     #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {

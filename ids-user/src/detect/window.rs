@@ -94,7 +94,6 @@ impl Windows {
     pub fn len(&self) -> usize {
         self.windows.len()
     }
-
 }
 
 #[cfg(test)]

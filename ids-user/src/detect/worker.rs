@@ -52,7 +52,11 @@ const QUEUE: usize = 16_384;
 /// What the worker's queue carries.
 #[derive(Debug)]
 pub(crate) enum Input {
-    File { op: FileOp, path: PathBuf, new_path: Option<PathBuf> },
+    File {
+        op: FileOp,
+        path: PathBuf,
+        new_path: Option<PathBuf>,
+    },
     Exec {
         pid: u32,
         ppid: u32,
@@ -72,7 +76,8 @@ pub(crate) struct Shared {
     pub(crate) lines: AtomicU64,
     pub(crate) lines_cut: AtomicU64,
     pub(crate) alerts: AtomicU64,
-    pub(crate) bans_requested: AtomicU64,
+    /// Requests of this worker that the ban path turned into a ban (it counts them).
+    pub(crate) bans_requested: Arc<AtomicU64>,
     pub(crate) files_scanned: AtomicU64,
     queue: Arc<QueueStats>,
 }
@@ -241,10 +246,14 @@ impl Prepared {
         let Prepared { worker, sender, inbox, interest, .. } = self;
         let shared = worker.shared.clone();
         let waker = sender.clone();
-        workers.spawn_thread("detect", move || waker.wake(), move |stop| {
-            worker.run(inbox, &stop);
-            Ok(())
-        })?;
+        workers.spawn_thread(
+            "detect",
+            move || waker.wake(),
+            move |stop| {
+                worker.run(inbox, &stop);
+                Ok(())
+            },
+        )?;
         Ok((Handle { events: sender, shared }, interest))
     }
 }
@@ -453,10 +462,10 @@ impl Worker {
             detector.name(),
             BanDuration::Escalating(self.config.ban_duration),
         )
-        .raising(alert);
+        .raising(alert)
+        .counted_in(self.shared.bans_requested.clone());
         match self.bans.try_send(request) {
             Ok(()) => {
-                self.shared.bans_requested.fetch_add(1, Ordering::Relaxed);
                 self.shared.alerts.fetch_add(1, Ordering::Relaxed);
                 info!(rule = %rule.id, detector = detector.name(), "detection alert; ban requested");
             }
@@ -694,7 +703,11 @@ mod tests {
             }
         }
         running.workers.shutdown(Duration::from_secs(10)).await;
-        assert!(bans_made.iter().all(|(_, source, reason)| source == "ssh-bruteforce" && reason == "rule sshd-failed-password"));
+        assert!(
+            bans_made
+                .iter()
+                .all(|(_, source, reason)| source == "ssh-bruteforce" && reason == "rule sshd-failed-password")
+        );
         let alerts = buffer.alerts();
         let detect = |addr: &str| -> Vec<serde_json::Value> {
             alerts.iter().filter(|a| a["kind"] == "detect" && a["source"] == addr).cloned().collect()

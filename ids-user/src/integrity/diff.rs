@@ -54,7 +54,6 @@ pub struct Diff {
 }
 
 impl Diff {
-
     /// Every change, added then removed then changed.
     #[cfg(test)]
     pub fn all(&self) -> impl Iterator<Item = &Change> {

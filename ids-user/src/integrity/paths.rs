@@ -15,7 +15,7 @@
 //! Paths are kept as given (not canonicalised); duplicates from overlapping patterns are merged.
 use std::fs::FileType;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
 
@@ -257,6 +257,32 @@ fn walk_tree(dir: PathBuf, recursive: bool, level: usize) -> Collected {
         out.append(tree);
     }
     out
+}
+
+/// Removes `.`, `..` and repeated separators without touching the file system.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir => out.push("/"),
+            Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+        }
+    }
+    out
+}
+
+/// For an absolute `path` that does not exist: the path it will have once created (its nearest
+/// existing ancestor resolved, the rest as given, `.` and `..` removed) and that ancestor.
+pub(crate) fn absent_root(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let path = normalize(path);
+    let existing = path.ancestors().skip(1).find(|ancestor| ancestor.is_dir())?;
+    let rest = path.strip_prefix(existing).ok()?;
+    let existing = std::fs::canonicalize(existing).ok()?;
+    Some((existing.join(rest), existing))
 }
 
 #[cfg(test)]

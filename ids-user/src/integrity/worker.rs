@@ -37,8 +37,8 @@ use tracing::{info, warn};
 
 use super::diff::{self, Change};
 use super::{Collector, Digest, Item, Registry, Trigger};
-use crate::config::Config;
 use crate::alert::{Alert, AlertBody, AlertSink, IntegrityAlert, ItemState};
+use crate::config::Config;
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::{Store, StoredItem};
@@ -261,7 +261,7 @@ pub(crate) fn prepare(config: &Config, sink: AlertSink) -> anyhow::Result<Prepar
             // An absent path: its existing part resolved, as the sensor reports it once created.
             let canonical = std::fs::canonicalize(&literal)
                 .ok()
-                .or_else(|| crate::sensor::watch::absent_root(&literal).map(|(root, _)| root))
+                .or_else(|| super::paths::absent_root(&literal).map(|(root, _)| root))
                 .unwrap_or_else(|| literal.clone());
             if canonical != literal {
                 translate.push((canonical.clone(), literal));
@@ -296,10 +296,14 @@ impl Prepared {
         worker.shared = Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() });
         let shared = worker.shared.clone();
         let waker = events.clone();
-        workers.spawn_thread("integrity", move || waker.wake(), move |stop| {
-            worker.run(inbox, control_rx, &stop);
-            Ok(())
-        })?;
+        workers.spawn_thread(
+            "integrity",
+            move || waker.wake(),
+            move |stop| {
+                worker.run(inbox, control_rx, &stop);
+                Ok(())
+            },
+        )?;
         Ok((Handle { events, control, shared }, self.interest))
     }
 }
@@ -349,7 +353,10 @@ impl Worker {
             let dropped = inbox.stats().dropped();
             if dropped != self.dropped_seen {
                 self.shared.overflowed.store(true, Ordering::SeqCst);
-                warn!(dropped = dropped - self.dropped_seen, "events were dropped before the integrity worker; rescanning files");
+                warn!(
+                    dropped = dropped - self.dropped_seen,
+                    "events were dropped before the integrity worker; rescanning files"
+                );
                 self.dropped_seen = dropped;
                 self.dirty.clear();
                 self.rescan(Rescan::Files, ChangeAlert::Integrity);
@@ -359,7 +366,8 @@ impl Worker {
             // A report can come a little before the state it announces is visible (a module is
             // reported freed just before it leaves /proc/modules): wait TRIGGER_SETTLE first.
             if triggered != 0 {
-                pending_triggers.get_or_insert((0, Instant::now() + TRIGGER_SETTLE)).0 |= std::mem::take(&mut triggered);
+                pending_triggers.get_or_insert((0, Instant::now() + TRIGGER_SETTLE)).0 |=
+                    std::mem::take(&mut triggered);
             }
             if let Some((bits, _)) = pending_triggers.filter(|(_, due)| Instant::now() >= *due) {
                 pending_triggers = None;
@@ -491,8 +499,7 @@ impl Worker {
                 match result {
                     Ok(items) => {
                         let scope = |id: &str| {
-                            super::id_path(id)
-                                .is_some_and(|(_, p)| p == *path || (*deep && p.starts_with(path)))
+                            super::id_path(id).is_some_and(|(_, p)| p == *path || (*deep && p.starts_with(path)))
                         };
                         changes.extend(self.replace_items(&name, items, scope));
                     }
@@ -640,8 +647,11 @@ impl Worker {
                 let _ = reply.send(answer);
             }
             Control::Diff(reply) => {
-                let answer =
-                    self.store.baseline().map(|baseline| diff::diff(&baseline, &self.current_items())).map_err(|e| e.to_string());
+                let answer = self
+                    .store
+                    .baseline()
+                    .map(|baseline| diff::diff(&baseline, &self.current_items()))
+                    .map_err(|e| e.to_string());
                 let _ = reply.send(answer);
             }
         }
@@ -714,7 +724,8 @@ mod tests {
         );
         let config = Config::parse(&text, "test").unwrap();
         let log = Log::default();
-        let sink = AlertSink::new(Some(Store::open(&config.database()).unwrap()), Some(EventsLog::new(Box::new(log.clone()))));
+        let sink =
+            AlertSink::new(Some(Store::open(&config.database()).unwrap()), Some(EventsLog::new(Box::new(log.clone()))));
         let prepared = prepare(&config, sink).unwrap();
         assert!(prepared.watch.iter().any(|p| p == watched.path()), "{:?}", prepared.watch);
         let mut workers = Workers::default();

@@ -81,24 +81,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     })
 }
 
-/// The bytes of a NUL-terminated C string in a fixed buffer, lossily as UTF-8.
-pub fn c_string(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// NUL-separated arguments.
-pub fn arguments(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::event::{arguments, c_string};
     use ids_common::{ARGS_LEN, PATH_LEN, path_source};
 
     pub fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {

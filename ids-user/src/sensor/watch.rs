@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use ids_common::{
@@ -14,6 +14,7 @@ use ids_common::{
 use tracing::{debug, warn};
 
 use crate::event::{Clock, Detail, Event, with_header};
+use crate::integrity::paths::{absent_root, normalize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -37,22 +38,6 @@ pub fn user_dev(kdev: u32) -> u64 {
 
 fn key_of(meta: &std::fs::Metadata) -> InodeKey {
     InodeKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() }
-}
-
-/// Removes `.`, `..` and repeated separators without touching the file system.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::RootDir => out.push("/"),
-            Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(name) => out.push(name),
-        }
-    }
-    out
 }
 
 pub struct WatchSet {
@@ -300,16 +285,6 @@ impl WatchSet {
             }
         }
     }
-}
-
-/// For an absolute `path` that does not exist: the path it will have once created (its nearest
-/// existing ancestor resolved, the rest as given, `.` and `..` removed) and that ancestor.
-pub fn absent_root(path: &Path) -> Option<(PathBuf, PathBuf)> {
-    let path = normalize(path);
-    let existing = path.ancestors().skip(1).find(|ancestor| ancestor.is_dir())?;
-    let rest = path.strip_prefix(existing).ok()?;
-    let existing = std::fs::canonicalize(existing).ok()?;
-    Some((existing.join(rest), existing))
 }
 
 /// LPM prefixes (bytes, length) for a watched path: a directory matches itself and what is under it.

@@ -193,7 +193,6 @@ impl Store {
         tx.commit().map_err(error)
     }
 
-
     /// The `limit` most recent alerts, oldest first.
     pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
         let error = |source| self.query_error("reading alerts", source);

@@ -41,7 +41,6 @@ impl Store {
             .map(drop)
             .map_err(|source| self.query_error("storing a log offset", source))
     }
-
 }
 
 #[cfg(test)]

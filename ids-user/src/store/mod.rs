@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::OptionalExtension as _;
 use rusqlite::{Connection, params};
 
-use crate::integrity::{Digest, Item, hex};
+use crate::item::{Digest, Item, hex};
 
 pub mod bans_table;
 pub use bans_table::BanRow;
@@ -392,7 +392,7 @@ pub fn parse_hex(text: &str) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::sha256;
+    use crate::item::sha256;
 
     fn stored(collector: &str, id: &str, content: &[u8]) -> StoredItem {
         StoredItem {

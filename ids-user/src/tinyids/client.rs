@@ -221,7 +221,6 @@ pub fn targets(servers: &[ServerEntry]) -> anyhow::Result<Vec<Target>> {
     servers.iter().filter(|s| s.enabled).cloned().map(Target::new).collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
