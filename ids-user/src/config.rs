@@ -3,6 +3,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::detect::config::{DetectConfig, JournalConfig, LogConfig, LogKind, RulesMode};
+pub use crate::integrity::config::CollectorConfig;
+
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -70,73 +73,11 @@ struct RawLog {
     path: PathBuf,
 }
 
-/// The format of a followed log, which decides the rules that apply to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogKind {
-    Sshd,
-    Nginx,
-    Apache,
-}
-
-impl LogKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            LogKind::Sshd => "sshd",
-            LogKind::Nginx => "nginx",
-            LogKind::Apache => "apache",
-        }
-    }
-}
-
-/// Whether a `rules` file adds to the shipped rules (a rule with a shipped rule's id replaces
-/// it) or replaces them all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RulesMode {
-    #[default]
-    Extend,
-    Replace,
-}
-
-/// One `[[journal]]` table: messages of the systemd journal the detectors follow.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJournal {
     kind: LogKind,
     namespace: Option<String>,
-}
-
-/// A validated `[[journal]]` table: the messages of the programs of `kind` (sshd: processes
-/// named `sshd` or `sshd-session`, a name the journal takes from the kernel, not from the
-/// message) in the system journal or in journald namespace `namespace`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JournalConfig {
-    pub kind: LogKind,
-    pub namespace: Option<String>,
-}
-
-/// A validated `[[logs]]` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogConfig {
-    pub kind: LogKind,
-    pub path: PathBuf,
-}
-
-/// Settings of the detectors (`crate::detect`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DetectConfig {
-    pub logs: Vec<LogConfig>,
-    pub journal: Vec<JournalConfig>,
-    pub web_roots: Vec<PathBuf>,
-    pub rules: Option<PathBuf>,
-    pub rules_mode: RulesMode,
-    /// Duration of a first ban by a detector (`[bans] detect_duration`); each further offence of
-    /// the same address doubles it, up to `ban_duration_max` (`[bans] max_duration`).
-    pub ban_duration: std::time::Duration,
-    pub ban_duration_max: std::time::Duration,
-    /// `[xdp] trusted`: addresses and networks never banned.
-    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// One `[[collectors]]` table; which settings a kind accepts is checked against its
@@ -227,22 +168,6 @@ pub struct Config {
     pub remote_check_interval: std::time::Duration,
     /// Log sources, web roots, rules and ban settings of the detectors (`crate::detect`).
     pub detect: DetectConfig,
-}
-
-/// A validated `[[collectors]]` table (see `crate::integrity` for the kinds).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CollectorConfig {
-    pub kind: String,
-    /// Unique among the collectors; the kind by default.
-    pub name: String,
-    /// Absolute paths or globs (file kinds).
-    pub paths: Vec<String>,
-    /// Whether a directory in `paths` means its whole tree rather than its direct entries.
-    pub recursive: bool,
-    /// argv of each command (`command` kind).
-    pub commands: Vec<Vec<String>>,
-    /// Per command (`command` kind).
-    pub timeout: std::time::Duration,
 }
 
 impl Config {
@@ -346,7 +271,6 @@ impl Config {
         if bans.detect_duration > bans.max_duration {
             return Err(invalid("bans.detect_duration", "must not be longer than bans.max_duration".into()));
         }
-        let trusted = xdp.trusted.iter().map(|net| net.ipnet()).collect();
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
             journal: raw
@@ -358,8 +282,6 @@ impl Config {
             rules: raw.rules,
             rules_mode: raw.rules_mode,
             ban_duration: bans.detect_duration,
-            ban_duration_max: bans.max_duration,
-            trusted,
         };
         Ok(Self {
             detect,
@@ -382,6 +304,17 @@ impl Config {
 
     pub fn control_socket(&self) -> PathBuf {
         self.state_dir.join("control.sock")
+    }
+
+    /// What the integrity worker needs.
+    pub fn integrity(&self) -> crate::integrity::config::WorkerSettings {
+        crate::integrity::config::WorkerSettings {
+            collectors: self.collectors.clone(),
+            watch: self.watch.clone(),
+            integrity_interval: self.integrity_interval,
+            verify_interval: self.verify_interval,
+            state_dir: self.state_dir.clone(),
+        }
     }
 
     /// The state database (`crate::store`).
@@ -610,13 +543,16 @@ mod tests {
             "{BASE}web_roots = [\"/srv/www\"]\nrules = \"/etc/ids/rules.toml\"\nrules_mode = \"replace\"\n\
              [[logs]]\nkind = \"sshd\"\npath = \"/var/log/auth.log\"\n[xdp]\ntrusted = [\"10.1.0.0/16\", \"192.0.2.7\"]\n"
         );
-        let detect = Config::parse(&text, "t").unwrap().detect;
+        let config = Config::parse(&text, "t").unwrap();
+        let detect = &config.detect;
         assert_eq!(detect.logs, [LogConfig { kind: LogKind::Sshd, path: "/var/log/auth.log".into() }]);
         assert_eq!(detect.rules_mode, RulesMode::Replace);
-        assert_eq!(detect.trusted.len(), 2);
-        assert!(detect.trusted[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
-        let default = Config::parse(BASE, "t").unwrap().detect;
-        assert!(default.trusted.iter().any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
+        // The detectors' bans are refused for these by the ban path ([xdp] trusted).
+        let trusted: Vec<ipnet::IpNet> = config.xdp.trusted.iter().map(|net| net.ipnet()).collect();
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        let default = Config::parse(BASE, "t").unwrap().xdp;
+        assert!(default.trusted.iter().any(|n| n.ipnet().contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap())));
         let err = Config::parse(&format!("{BASE}[xdp]\ntrusted = [\"10.0.0.0/99\"]\n"), "t").unwrap_err().to_string();
         assert!(err.contains("xdp.trusted") && err.contains("10.0.0.0/99"), "{err}");
         let err =

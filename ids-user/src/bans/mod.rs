@@ -19,7 +19,7 @@
 //! XDP program ([`kernel`]). [`Bans::expire`] removes expired bans from both; [`Bans::reconcile`]
 //! makes the maps equal to the store at start (the maps survived the daemon; the store may have
 //! been edited while it was down).
-pub mod cli;
+
 pub mod config;
 pub mod kernel;
 pub mod links;
@@ -33,11 +33,10 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-pub use self::config::{BansConfig, parse_duration};
+pub use self::config::{BansConfig, XdpConfig, parse_duration};
 pub use self::kernel::BanMaps;
 pub use self::net::BanNet;
 use crate::alert::{Alert, AlertBody, AlertSink, BanAlert, DetectAction};
-use crate::config::Config;
 use crate::store::bans_table::NewBan;
 use crate::store::{BanRow, Store, StoreError};
 
@@ -213,17 +212,23 @@ fn kernel_id(row: &BanRow) -> u32 {
 }
 
 impl Bans {
-    /// The bans of `config`'s database; `kernel`: the maps to enforce them in (`None` when no
-    /// daemon runs: only the store changes).
-    pub fn open(config: &Config, kernel: Option<BanMaps>, sink: AlertSink) -> Result<Self, BanError> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| BanError::Invalid {
+    /// The bans of the database in `state_dir`; `kernel`: the maps to enforce them in (`None`
+    /// when no daemon runs: only the store changes).
+    pub fn open(
+        state_dir: &std::path::Path,
+        xdp: &XdpConfig,
+        bans: &BansConfig,
+        kernel: Option<BanMaps>,
+        sink: AlertSink,
+    ) -> Result<Self, BanError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| BanError::Invalid {
             what: "state_dir",
-            value: config.state_dir.display().to_string(),
+            value: state_dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let store = Store::open(&config.database())?;
-        let mut bans = Self::with_store(store, kernel, config.xdp.trusted.clone(), config.bans.clone(), sink);
-        if config.xdp.trust_local {
+        let store = Store::open(&crate::store::db_path(state_dir))?;
+        let mut bans = Self::with_store(store, kernel, xdp.trusted.clone(), bans.clone(), sink);
+        if xdp.trust_local {
             bans.set_local_addresses(local_addresses());
         }
         Ok(bans)

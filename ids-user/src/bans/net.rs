@@ -56,6 +56,7 @@ impl BanNet {
         Self(net.trunc())
     }
 
+    #[cfg(test)]
     pub fn ipnet(&self) -> IpNet {
         self.0
     }

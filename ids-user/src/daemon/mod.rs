@@ -74,8 +74,14 @@ impl Daemon {
         // The workers are built first (collectors, database, rules, logs) so that a bad one stops
         // the start; integrity scans once the sensor is attached, so no change made during the
         // scan is missed.
-        let integrity = integrity_worker::prepare(&config, sink.clone())?;
-        let detect = crate::detect::worker::prepare(&config, sink.clone(), ban_tx.clone(), workers.stop_token())?;
+        let integrity = integrity_worker::prepare(&config.integrity(), sink.clone())?;
+        let detect = crate::detect::worker::prepare(
+            &config.detect,
+            &config.state_dir,
+            sink.clone(),
+            ban_tx.clone(),
+            workers.stop_token(),
+        )?;
         let mut sensor_config = config.clone();
         sensor_config.watch = integrity.watch.clone();
         for path in &detect.watch {
@@ -86,7 +92,7 @@ impl Daemon {
         let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
         // The pinned maps may have outlived an earlier run: make them equal to the store before
         // the new program takes over the interfaces.
-        let mut bans = Bans::open(&config, sensor.ban_maps.take(), sink.clone())?;
+        let mut bans = Bans::open(&config.state_dir, &config.xdp, &config.bans, sensor.ban_maps.take(), sink.clone())?;
         bans.reconcile()?;
         sensor.attach_new_interfaces();
         let scan_stats = Arc::new(crate::bans::scan::ScanStats::default());
@@ -98,7 +104,13 @@ impl Daemon {
         }
         let (integrity, integrity_interest) = integrity.start(&mut workers)?;
         let (detect, detect_interest) = detect.start(&mut workers)?;
-        crate::tinyids::remote_check::start(&config, integrity.shared.watch_aggregate(), sink.clone(), &mut workers)?;
+        crate::tinyids::remote_check::start(
+            &config.servers,
+            config.remote_check_interval,
+            integrity.shared.watch_aggregate(),
+            sink.clone(),
+            &mut workers,
+        )?;
 
         let mut bus = Bus::default();
         let integrity_events = integrity.events.clone();
@@ -226,7 +238,7 @@ impl Daemon {
                 let _ = reply.send(answer);
             }
             request @ (Request::Ban { .. } | Request::Unban { .. } | Request::Bans | Request::Alerts { .. }) => {
-                let _ = reply.send(crate::bans::cli::answer(&mut self.bans, &request));
+                let _ = reply.send(crate::control::bans::answer(&mut self.bans, &request));
             }
             // The worker answers these itself, so a long rehash never blocks this loop.
             Request::Baseline => {

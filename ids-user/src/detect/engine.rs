@@ -4,11 +4,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::config::LogKind;
 use super::parse::{access_line, decode_request, escape_evidence, sshd_message};
 use super::rules::RuleSet;
 use super::window::{Burst, Windows};
 use super::{MAX_EVIDENCE, MAX_LINE};
-use crate::config::LogKind;
 
 /// A rule's threshold crossed by an address.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +151,7 @@ pub fn test_file(rules: RuleSet, kind: LogKind, path: &std::path::Path) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RulesMode;
+    use crate::detect::config::RulesMode;
 
     fn engine() -> Engine {
         Engine::new(RuleSet::load(None, RulesMode::Extend).unwrap())

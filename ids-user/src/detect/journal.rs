@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::worker::Input;
-use crate::config::{JournalConfig, LogKind};
+use super::Input;
+use super::config::{JournalConfig, LogKind};
 
 /// Longest JSON entry read; a longer one is skipped whole (journald's own default line limit
 /// is 48 KiB).

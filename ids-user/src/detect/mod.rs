@@ -9,6 +9,7 @@
 //! - [`process`]: a web server (or a descendant) executing a program.
 //! - [`worker`]: the detect thread that ties them together, writes alerts to the events log and
 //!   the store, and sends ban requests to the one ban path (`crate::bans`).
+pub mod config;
 pub mod engine;
 pub mod follow;
 pub mod journal;
@@ -19,7 +20,32 @@ pub mod webshell;
 pub mod window;
 pub mod worker;
 
+use std::path::PathBuf;
+
+use ids_common::FileOp;
+
 /// Longest log line the detectors look at; the rest of a longer line is cut off and counted.
 pub const MAX_LINE: usize = 8192;
 /// Longest evidence string in an alert.
 pub const MAX_EVIDENCE: usize = 512;
+
+/// What the worker's queue carries.
+#[derive(Debug)]
+pub(crate) enum Input {
+    File {
+        op: FileOp,
+        path: PathBuf,
+        new_path: Option<PathBuf>,
+    },
+    Exec {
+        pid: u32,
+        ppid: u32,
+        filename: String,
+        argv: Vec<String>,
+    },
+    /// A line of `[[journal]]` source number `source` (see [`journal`]).
+    Journal {
+        source: usize,
+        line: Vec<u8>,
+    },
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
-use crate::config::RulesMode;
+use crate::detect::config::RulesMode;
 
 /// The shipped rules, embedded in the binary.
 pub const SHIPPED_RULES: &str = include_str!("rules.toml");

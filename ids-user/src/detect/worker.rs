@@ -19,16 +19,16 @@ use anyhow::Context as _;
 use ids_common::FileOp;
 use tracing::{info, warn};
 
-use super::MAX_EVIDENCE;
+use super::config::{DetectConfig, LogKind};
 use super::engine::{Engine, Trigger};
 use super::follow::Follower;
 use super::parse::escape_evidence;
 use super::process::{basename, is_shell, is_web_server, web_server_ancestry};
 use super::rules::{RuleKind, RuleSet};
 use super::webshell::Scanner;
+use super::{Input, MAX_EVIDENCE};
 use crate::alert::{Alert, AlertBody, AlertSink, DetectAction, DetectAlert, Detector, Severity};
 use crate::bans::{BanDuration, BanNet, BanRequest, BanSender};
-use crate::config::{Config, DetectConfig, LogKind};
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::Store;
@@ -48,27 +48,6 @@ const STOP_POLL: Duration = Duration::from_secs(1);
 /// The same process-tree finding (rule, web server, program) alerts once per this long.
 const EXEC_REPEAT: Duration = Duration::from_secs(300);
 const QUEUE: usize = 16_384;
-
-/// What the worker's queue carries.
-#[derive(Debug)]
-pub(crate) enum Input {
-    File {
-        op: FileOp,
-        path: PathBuf,
-        new_path: Option<PathBuf>,
-    },
-    Exec {
-        pid: u32,
-        ppid: u32,
-        filename: String,
-        argv: Vec<String>,
-    },
-    /// A line of `[[journal]]` source number `source` (see [`super::journal`]).
-    Journal {
-        source: usize,
-        line: Vec<u8>,
-    },
-}
 
 /// Counters shown by `ids status` under `detect`.
 #[derive(Debug, Default)]
@@ -199,10 +178,17 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// Loads the rules, opens the store and the logs, starts the journal readers (errors name the
 /// file or source).
-pub(crate) fn prepare(config: &Config, sink: AlertSink, bans: BanSender, stop: Stop) -> anyhow::Result<Prepared> {
-    let detect = config.detect.clone();
+/// `state_dir` holds the database (log positions) and the journal cursors.
+pub(crate) fn prepare(
+    detect: &DetectConfig,
+    state_dir: &Path,
+    sink: AlertSink,
+    bans: BanSender,
+    stop: Stop,
+) -> anyhow::Result<Prepared> {
+    let detect = detect.clone();
     let rules = RuleSet::load(detect.rules.as_deref(), detect.rules_mode)?;
-    let store = Store::open(&config.database())?;
+    let store = Store::open(&crate::store::db_path(state_dir))?;
     let log_paths: Vec<PathBuf> = detect.logs.iter().map(|l| resolved(&l.path)).collect();
     let web_roots: Vec<PathBuf> =
         detect.web_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
@@ -227,7 +213,7 @@ pub(crate) fn prepare(config: &Config, sink: AlertSink, bans: BanSender, stop: S
         readers: Vec::new(),
     };
     for (source, journal) in detect.journal.iter().enumerate() {
-        let reader = super::journal::spawn(source, journal, &config.state_dir, sender.clone(), stop.clone())
+        let reader = super::journal::spawn(source, journal, state_dir, sender.clone(), stop.clone())
             .with_context(|| format!("following {}", super::journal::origin(journal)))?;
         worker.readers.push(reader);
     }
@@ -619,9 +605,10 @@ mod tests {
         shared: Arc<Shared>,
     }
 
-    fn start(config: &Config, sink: &AlertSink, bans: &BanSender) -> Running {
+    fn start(config: &crate::config::Config, sink: &AlertSink, bans: &BanSender) -> Running {
         let workers = Workers::default();
-        let prepared = prepare(config, sink.clone(), bans.clone(), workers.stop_token()).unwrap();
+        let prepared =
+            prepare(&config.detect, &config.state_dir, sink.clone(), bans.clone(), workers.stop_token()).unwrap();
         let mut workers = workers;
         let (handle, _) = prepared.start(&mut workers).unwrap();
         Running { workers, events: handle.events, shared: handle.shared }
@@ -651,7 +638,7 @@ mod tests {
             rules.display().to_string(),
             log.display().to_string(),
         );
-        let config = Config::parse(&text, "test").unwrap();
+        let config = crate::config::Config::parse(&text, "test").unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
         let buffer = Buffer::default();
         let sink = AlertSink::new(
@@ -659,7 +646,8 @@ mod tests {
             Some(crate::alert::EventsLog::new(Box::new(buffer.clone()))),
         );
         let (ban_tx, mut ban_rx) = tokio::sync::mpsc::channel(16);
-        let mut bans = crate::bans::Bans::open(&config, None, sink.clone()).unwrap();
+        let mut bans =
+            crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
 
         // First run: starts at the end, reads three new lines.
         let running = start(&config, &sink, &ban_tx);

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{Collector, CollectorError, Digest, Item, KindSpec};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "command", settings: &["commands", "timeout"], construct };
 

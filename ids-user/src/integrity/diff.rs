@@ -180,7 +180,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::config::CollectorConfig;
+    use crate::integrity::config::CollectorConfig;
     use crate::integrity::test_support::config;
     use crate::integrity::{Collector as _, file_contents::FileContents, file_metadata::FileMetadata};
 

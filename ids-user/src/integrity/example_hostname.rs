@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Collector, CollectorError, Item, KindSpec, sha256};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 /// The registration: kind string, accepted settings, constructor.
 pub const SPEC: KindSpec = KindSpec { kind: "example_hostname", settings: &[], construct };

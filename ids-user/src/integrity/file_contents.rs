@@ -23,7 +23,7 @@ use super::file_metadata::type_name;
 use super::paths::{self, FoundPath};
 use super::sha_lanes;
 use super::{Collector, CollectorError, Digest, Item, KindSpec, io_error_text, path_id};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "file_contents", settings: &["paths", "recursive"], construct };
 

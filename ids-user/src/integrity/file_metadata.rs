@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::file_contents::{check_patterns, expand_patterns, unreadable_items};
 use super::paths;
 use super::{Collector, CollectorError, Item, KindSpec, escape_path, io_error_text, path_id};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "file_metadata", settings: &["paths", "recursive"], construct };
 

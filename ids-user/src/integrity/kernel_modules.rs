@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Collector, CollectorError, Item, KindSpec};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "kernel_modules", settings: &[], construct };
 

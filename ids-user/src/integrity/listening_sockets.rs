@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Collector, CollectorError, Item, KindSpec};
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 
 pub const SPEC: KindSpec = KindSpec { kind: "listening_sockets", settings: &[], construct };
 

@@ -80,11 +80,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::CollectorConfig;
+use crate::integrity::config::CollectorConfig;
 pub(crate) use crate::item::{Digest, Item, escape_path, hex, sha256};
 use crate::item::{serialize_hex, unescape};
 
 pub mod command;
+pub mod config;
 pub mod diff;
 pub mod example_hostname;
 pub mod file_contents;

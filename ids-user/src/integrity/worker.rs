@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 use ids_common::FileOp;
 use tracing::{info, warn};
 
+use super::config::WorkerSettings;
 use super::diff::{self, Change};
 use super::{Collector, Digest, Item, Registry, Trigger};
 use crate::alert::{Alert, AlertBody, AlertSink, IntegrityAlert, ItemState};
-use crate::config::Config;
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::{Store, StoredItem};
@@ -168,7 +168,7 @@ pub fn literal_prefix(pattern: &str) -> PathBuf {
 
 /// The paths the sensor must watch: `watch` and the literal prefixes of every file collector's
 /// `paths`, without the ones inside another.
-pub fn watch_paths(config: &Config, collectors: &[Box<dyn Collector>]) -> Vec<PathBuf> {
+pub fn watch_paths(config: &WorkerSettings, collectors: &[Box<dyn Collector>]) -> Vec<PathBuf> {
     let mut all: Vec<PathBuf> = config.watch.clone();
     for collector in collectors {
         all.extend(collector.paths().iter().map(|p| literal_prefix(p)));
@@ -243,11 +243,11 @@ impl Handle {
 }
 
 /// Builds the collectors and opens the store (errors name the collector or the file).
-pub(crate) fn prepare(config: &Config, sink: AlertSink) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(config: &WorkerSettings, sink: AlertSink) -> anyhow::Result<Prepared> {
     let registry = Registry::with_builtin();
     let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
     let hostname = super::hostname().map_err(super::ScanError::Hostname)?;
-    let store = Store::open(&config.database())?;
+    let store = Store::open(&crate::store::db_path(&config.state_dir))?;
     let watch = watch_paths(config, &collectors);
     let mut files = Vec::new();
     let mut roots = Vec::new();
@@ -722,10 +722,12 @@ mod tests {
             "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\n[[collectors]]\nkind = \"file_contents\"\npaths = [{root:?}]\n",
             state.path().display().to_string()
         );
-        let config = Config::parse(&text, "test").unwrap();
+        let config = crate::config::Config::parse(&text, "test").unwrap().integrity();
         let log = Log::default();
-        let sink =
-            AlertSink::new(Some(Store::open(&config.database()).unwrap()), Some(EventsLog::new(Box::new(log.clone()))));
+        let sink = AlertSink::new(
+            Some(Store::open(&crate::store::db_path(&config.state_dir)).unwrap()),
+            Some(EventsLog::new(Box::new(log.clone()))),
+        );
         let prepared = prepare(&config, sink).unwrap();
         assert!(prepared.watch.iter().any(|p| p == watched.path()), "{:?}", prepared.watch);
         let mut workers = Workers::default();
@@ -766,7 +768,7 @@ mod tests {
             handle.request(Control::Diff(reply)).unwrap();
             let diff = answer.blocking_recv().unwrap().unwrap();
             assert_eq!(diff.changed[0].id, format!("file:{root}/f"));
-            let store = Store::open(&config.database()).unwrap();
+            let store = Store::open(&crate::store::db_path(&config.state_dir)).unwrap();
             assert_eq!(store.alerts().unwrap().len(), 1);
         })
         .await

@@ -5,7 +5,7 @@
 //! One command per TCP connection, one reply line, then the server closes. Replies are the six
 //! fixed lines of [`Reply`]. TinyIDS's RSA mode is not implemented; TLS replaces it.
 pub mod admin;
-pub mod cli;
+
 pub mod client;
 pub mod codec;
 pub mod remote_check;

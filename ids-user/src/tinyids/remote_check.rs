@@ -10,7 +10,6 @@ use tracing::info;
 use super::client::{self, Target};
 use super::codec::Request;
 use crate::alert::{Alert, AlertBody, AlertSink, RemoteCheckAlert};
-use crate::config::Config;
 use crate::harness::{Stop, Workers};
 use crate::integrity::Digest;
 
@@ -20,16 +19,16 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts the task when at least one server is enabled; a server whose TLS files do not load
 /// stops the start with an error naming it.
 pub(crate) fn start(
-    config: &Config,
+    servers: &[super::settings::ServerEntry],
+    interval: Duration,
     aggregate: watch::Receiver<Option<Digest>>,
     sink: AlertSink,
     workers: &mut Workers,
 ) -> anyhow::Result<()> {
-    let targets = client::targets(&config.servers)?;
+    let targets = client::targets(servers)?;
     if targets.is_empty() {
         return Ok(());
     }
-    let interval = config.remote_check_interval;
     workers.spawn_task("remote_check", move |stop| run(targets, aggregate, sink, interval, stop));
     Ok(())
 }

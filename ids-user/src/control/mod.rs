@@ -1,6 +1,8 @@
 //! The control socket: a root-only Unix socket in the state directory. One JSON request per line
 //! (`{"command":"status"}`, `{"command":"baseline"}`, `{"command":"diff"}`), one JSON response
 //! per line (`{"ok":true,...}` or `{"ok":false,"error":...}`).
+pub(crate) mod bans;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 

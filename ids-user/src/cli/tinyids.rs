@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::client::{self, Outcome, Revision};
-use super::codec::{Request, valid_token};
-use super::settings::{AuditLog, RawClientTls, ServerEntry, TlsOrigin};
 use crate::config::Config;
+use crate::tinyids::client::{self, Outcome, Revision};
+use crate::tinyids::codec::{Request, valid_token};
+use crate::tinyids::settings::{AuditLog, RawClientTls, ServerEntry, TlsOrigin};
 
 /// Longest passphrase accepted (the request line is at most 8192 bytes).
 const MAX_PASSPHRASE: usize = 1024;
@@ -136,7 +136,7 @@ fn chosen_servers(args: &ClientArgs, config: &Config) -> anyhow::Result<Vec<Serv
         return Ok(config.servers.clone());
     }
     let tls = tls
-        .map(|raw| super::settings::validate_client_tls(&raw, TlsOrigin::CommandLine))
+        .map(|raw| crate::tinyids::settings::validate_client_tls(&raw, TlsOrigin::CommandLine))
         .transpose()
         .map_err(anyhow::Error::msg)?;
     args.server
@@ -220,7 +220,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut serve = match &args.config {
         Some(path) => Config::load(Some(path))?.serve,
-        None => super::settings::ServeConfig::default(),
+        None => crate::tinyids::settings::ServeConfig::default(),
     };
     if let Some(listen) = args.listen {
         serve.listen = Some(listen);
@@ -235,7 +235,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             path => AuditLog::File(path.into()),
         };
     }
-    runtime()?.block_on(super::server::run(serve))?;
+    runtime()?.block_on(crate::tinyids::server::run(serve))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -315,7 +315,7 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--timeout {}: must be in (0, 3600] seconds", args.timeout);
     }
     let request = match args.command {
-        ClientCommand::Test => Request::Test { revision: Some(super::REVISION.into()) },
+        ClientCommand::Test => Request::Test { revision: Some(crate::tinyids::REVISION.into()) },
         ClientCommand::Check { hash } => Request::Check { hash: aggregate(&config, hash)? },
         ClientCommand::Update { hash } => {
             let hash = aggregate(&config, hash)?;
@@ -354,14 +354,14 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if !db.exists() {
         anyhow::bail!("server database {} does not exist", db.display());
     }
-    let store = super::store::RecordStore::open(&db)?;
+    let store = crate::tinyids::store::RecordStore::open(&db)?;
     match args.command {
         AdminCommand::List => {
             let records = store.list()?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
-                print!("{}", super::admin::table(&records));
+                print!("{}", crate::tinyids::admin::table(&records));
             }
         }
         AdminCommand::Show { client } => {
@@ -370,14 +370,14 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
-                print!("{}", super::admin::details(&record));
+                print!("{}", crate::tinyids::admin::details(&record));
             }
         }
         AdminCommand::Delete { client } => {
             if !store.delete(&client)? {
                 anyhow::bail!("no record for client {client:?} in {}", db.display());
             }
-            super::admin::log_action("delete", &client, &db);
+            crate::tinyids::admin::log_action("delete", &client, &db);
             println!("deleted the record of {client}");
         }
         AdminCommand::ResetPassphrase { client } => {
@@ -385,11 +385,11 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no record for client {client:?} in {}", db.display());
             }
             let new = old_passphrase(&args.passphrase, true)?;
-            let phc = super::store::hash_passphrase(&new)?;
+            let phc = crate::tinyids::store::hash_passphrase(&new)?;
             if !store.reset_passphrase(&client, &phc)? {
                 anyhow::bail!("the record of {client:?} was deleted meanwhile");
             }
-            super::admin::log_action("reset_passphrase", &client, &db);
+            crate::tinyids::admin::log_action("reset_passphrase", &client, &db);
             println!("passphrase of {client} reset");
         }
     }

@@ -1,6 +1,9 @@
 //! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
 //! the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`)
 //! and the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`).
+mod bans;
+mod tinyids;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -120,11 +123,11 @@ enum Command {
         command: XdpCommand,
     },
     /// Run a TinyIDS server (protocol revision 2).
-    Serve(crate::tinyids::cli::ServeArgs),
+    Serve(self::tinyids::ServeArgs),
     /// TinyIDS client: send TEST, CHECK, UPDATE, DELETE or CHANGEPHRASE to the servers.
-    Client(crate::tinyids::cli::ClientArgs),
+    Client(self::tinyids::ClientArgs),
     /// Administer a TinyIDS server's records on its host: list, show, delete, reset-passphrase.
-    Server(crate::tinyids::cli::AdminArgs),
+    Server(self::tinyids::AdminArgs),
     /// Detection rules: `ids rules test --kind sshd FILE` runs a log through them.
     Rules {
         #[command(subcommand)]
@@ -240,27 +243,27 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Ban { common, nets, file, duration, reason, force, json } => {
             let config = Config::load(common.config.as_deref())?;
-            let args = crate::bans::cli::BanArgs { nets, file, duration, reason, force };
-            return crate::bans::cli::ban(&config, args, json);
+            let args = self::bans::BanArgs { nets, file, duration, reason, force };
+            return self::bans::ban(&config, args, json);
         }
         Command::Unban { common, nets, json } => {
-            return crate::bans::cli::unban(&Config::load(common.config.as_deref())?, nets, json);
+            return self::bans::unban(&Config::load(common.config.as_deref())?, nets, json);
         }
         Command::Bans { common, json } => {
-            return crate::bans::cli::list(&Config::load(common.config.as_deref())?, json);
+            return self::bans::list(&Config::load(common.config.as_deref())?, json);
         }
         Command::Alerts { common, n, json } => {
-            return crate::bans::cli::alerts(&Config::load(common.config.as_deref())?, n, json);
+            return self::bans::alerts(&Config::load(common.config.as_deref())?, n, json);
         }
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
-            return crate::bans::cli::detach(&Config::load(common.config.as_deref())?, json);
+            return self::bans::detach(&Config::load(common.config.as_deref())?, json);
         }
         Command::Serve(args) => {
             init_logging();
-            return crate::tinyids::cli::serve(args);
+            return self::tinyids::serve(args);
         }
-        Command::Client(args) => return crate::tinyids::cli::client(args),
-        Command::Server(args) => return crate::tinyids::cli::admin(args),
+        Command::Client(args) => return self::tinyids::client(args),
+        Command::Server(args) => return self::tinyids::admin(args),
         Command::Rules { command: RulesCommand::Test { common, kind, file, json } } => {
             let config = Config::load(common.config.as_deref())?;
             let kind = match kind.as_str() {

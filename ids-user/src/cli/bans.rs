@@ -16,136 +16,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use super::{BanDuration, BanError, BanNet, BanRequest, Bans, parse_duration};
 use crate::alert::AlertSink;
+use crate::bans::{BanNet, Bans};
 use crate::config::Config;
+use crate::control::bans::{BULK_MARKER, answer, duration_of, error, parse_nets};
 use crate::control::{self, Request};
 
 /// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
 const REQUEST_BYTES: usize = 60 * 1024;
-
-/// The first net of each part of a bulk ban: `bulk:TOKEN:PART:PARTS[:summary]`.
-pub const BULK_MARKER: &str = "bulk:";
-
-fn error(message: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": message.to_string()})
-}
-
-/// Why a request was refused; `index`: which net of the request (of the bulk, for a part of one).
-struct Refusal {
-    message: String,
-    index: Option<usize>,
-}
-
-impl From<String> for Refusal {
-    fn from(message: String) -> Self {
-        Self { message, index: None }
-    }
-}
-
-fn duration_of(text: Option<&str>) -> Result<BanDuration, String> {
-    match text {
-        None => Ok(BanDuration::Default),
-        Some(text) => Ok(match parse_duration(text)? {
-            Some(d) => BanDuration::For(d),
-            None => BanDuration::Permanent,
-        }),
-    }
-}
-
-fn parse_nets(nets: &[String]) -> Result<Vec<BanNet>, BanError> {
-    nets.iter().map(|n| BanNet::parse(n).map_err(BanError::from)).collect()
-}
-
-/// A bulk marker: `TOKEN:PART:PARTS`, and whether it ends in `:summary`.
-fn parse_bulk_marker(marker: &str) -> Result<((&str, usize, usize), bool), String> {
-    let bad = || format!("bulk ban marker {marker:?}: expected TOKEN:PART:PARTS[:summary]");
-    let (marker, summary) = match marker.strip_suffix(":summary") {
-        Some(marker) => (marker, true),
-        None => (marker, false),
-    };
-    let mut fields = marker.rsplitn(3, ':');
-    let parts = fields.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
-    let part = fields.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
-    let token = fields.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
-    if part == 0 || part > parts {
-        return Err(bad());
-    }
-    Ok(((token, part, parts), summary))
-}
-
-/// Answers one ban-related request with `bans` (in the daemon or offline).
-pub fn answer(bans: &mut Bans, request: &Request) -> Value {
-    let result: Result<Value, Refusal> = (|| match request {
-        Request::Ban { nets, duration, reason, force } => {
-            let duration = duration_of(duration.as_deref())?;
-            let ((bulk, summary), nets) = match nets.first().and_then(|n| n.strip_prefix(BULK_MARKER)) {
-                Some(marker) => {
-                    let (bulk, summary) = parse_bulk_marker(marker)?;
-                    ((Some(bulk), summary), &nets[1..])
-                }
-                None => ((None, false), &nets[..]),
-            };
-            let mut requests = Vec::with_capacity(nets.len());
-            for (index, net) in nets.iter().enumerate() {
-                let net = BanNet::parse(net)
-                    .map_err(|e| Refusal { message: e.to_string(), index: bulk.is_none().then_some(index) })?;
-                requests.push(BanRequest {
-                    net,
-                    reason: reason.clone(),
-                    source: "manual".into(),
-                    duration,
-                    force: *force,
-                    alert: None,
-                    banned: None,
-                });
-            }
-            let outcomes = match bulk {
-                None => {
-                    bans.check_all(&requests)
-                        .map_err(|(index, e)| Refusal { message: e.to_string(), index: Some(index) })?;
-                    bans.ban_all(requests).map_err(|e| e.to_string())?
-                }
-                Some((token, part, parts)) => match bans.ban_part(token, part, parts, requests) {
-                    Ok(Some(outcomes)) => outcomes,
-                    // Checked and kept; applied with the last part.
-                    Ok(None) => return Ok(json!([])),
-                    Err((index, e)) => return Err(Refusal { message: e.to_string(), index }),
-                },
-            };
-            if summary {
-                let new = outcomes.iter().filter(|o| o.created).count();
-                return Ok(json!([{"banned": outcomes.len(), "new": new}]));
-            }
-            Ok(serde_json::to_value(outcomes).map_err(|e| e.to_string())?)
-        }
-        Request::Unban { nets } => {
-            let nets = parse_nets(nets).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for net in nets {
-                let removed = bans.unban(&net).map_err(|e| e.to_string())?;
-                out.push(json!({"net": net.to_string(), "removed": removed.is_some(), "ban": removed}));
-            }
-            Ok(Value::Array(out))
-        }
-        Request::Bans => Ok(serde_json::to_value(bans.list().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
-        Request::Alerts { limit } => {
-            let alerts = bans.store().recent_alerts(*limit).map_err(|e| e.to_string())?;
-            Ok(Value::Array(
-                alerts
-                    .into_iter()
-                    .map(|a| json!({"time": a.time, "kind": a.kind, "item": a.item_id, "source": a.collector, "what": a.what}))
-                    .collect(),
-            ))
-        }
-        other => Err(format!("not a ban request: {other:?}").into()),
-    })();
-    match result {
-        Ok(data) => json!({"ok": true, "data": data}),
-        Err(Refusal { message, index: None }) => error(message),
-        Err(Refusal { message, index: Some(index) }) => json!({"ok": false, "error": message, "index": index}),
-    }
-}
 
 /// Sends `requests` to the daemon, or answers them from the store when none runs. The answers'
 /// `data` arrays are joined; the first refusal stops.
@@ -161,8 +39,10 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
                 Some(response) => response,
                 None => {
                     daemon = false;
-                    let bans = offline
-                        .insert(Bans::open(config, None, AlertSink::new(None, None)).context("opening the ban store")?);
+                    let bans = offline.insert(
+                        Bans::open(&config.state_dir, &config.xdp, &config.bans, None, AlertSink::new(None, None))
+                            .context("opening the ban store")?,
+                    );
                     answer(bans, request)
                 }
             },
@@ -424,7 +304,7 @@ pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let response = if runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
         error(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
     } else {
-        match super::kernel::remove_pins(&config.xdp.pin_dir) {
+        match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
             Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
             Err(e) => error(format!("{e:#}")),
         }
