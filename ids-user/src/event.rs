@@ -186,6 +186,21 @@ pub fn connect(clock: &Clock, event: &ConnectEvent) -> Event {
     with_header(clock, &event.header, "connect", detail)
 }
 
+/// The bytes of a NUL-terminated C string in a fixed buffer, lossily as UTF-8.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// NUL-separated arguments.
+pub(crate) fn arguments(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,19 +248,4 @@ mod tests {
         assert_eq!(json["dport"], 443);
         assert_eq!(json["saddr"], serde_json::Value::Null);
     }
-}
-
-/// The bytes of a NUL-terminated C string in a fixed buffer, lossily as UTF-8.
-pub(crate) fn c_string(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// NUL-separated arguments.
-pub(crate) fn arguments(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }

@@ -80,7 +80,7 @@ pub(crate) fn write_events(
                 RawEvent::Exec(e) => Some(event::exec(&clock, e)),
                 RawEvent::Connect(e) => Some(event::connect(&clock, e)),
                 RawEvent::Module(e) => Some(event::module(&clock, e)),
-                RawEvent::File(e) => watch.to_event(&clock, e),
+                RawEvent::File(e) => watch.event_of(&clock, e),
             };
             if let Some(event) = event {
                 serde_json::to_writer(&mut out, &event)?;

@@ -220,7 +220,7 @@ impl WatchSet {
 
     /// Turns a kernel record into an event, or `None` when it is outside the watch set (relative
     /// paths that climbed out) or its path cannot be rebuilt (counted in `unresolved`).
-    pub fn to_event(&mut self, clock: &Clock, raw: &FileEvent) -> Option<Event> {
+    pub fn event_of(&mut self, clock: &Clock, raw: &FileEvent) -> Option<Event> {
         let op = FileOp::from_u32(raw.op)?;
         let target = InodeKey { dev: raw.dev, _pad: 0, ino: raw.ino };
         let Some(path) = self.resolve_one(raw.source, raw.dir_dev, raw.dir_ino, &raw.name, target) else {
