@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test, vm-test and bench for the `ids` workspace. Installs what
 //! a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages) before it builds.
 mod bench;
+mod modules;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -188,10 +189,11 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check`, clippy on the host crates (every target, warnings denied), and clippy on
+/// `cargo fmt --check`, no import cycle between ids-user's top-level modules, clippy on the host crates (every target, warnings denied), and clippy on
 /// ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain, as its build does.
 fn lint(root: &Path) -> Result<()> {
     status(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    modules::check(root)?;
     status(Command::new("cargo").current_dir(root).args([
         "clippy",
         "--workspace",
