@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::control::{self, Request};
+use crate::control::{self, Answer, BaselineAnswer, DiffAnswer, Request, StatusAnswer};
 use crate::store::{Store, StoredItem};
 
 #[derive(Debug, Parser)]
@@ -188,9 +188,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Status { common, json } => {
             let config = Config::load(common.config.as_deref())?;
-            let status = runtime()?.block_on(control::call(&config.control_socket(), &Request::Status))?;
+            let status: StatusAnswer =
+                runtime()?.block_on(control::call(&config.control_socket(), &Request::Status))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?);
             } else {
                 print!("{}", human_status(&status));
             }
@@ -211,30 +212,31 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Baseline { common, json } => {
             let config = Config::load(common.config.as_deref())?;
-            let response = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Baseline))? {
-                Some(mut response) => {
-                    response["source"] = "daemon".into();
-                    response
-                }
+            let report = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Baseline))? {
+                Some(answer) => BaselineReport { answer, source: BaselineSource::Daemon },
                 None => offline_baseline(&config)?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&response)?);
+                println!("{}", serde_json::to_string_pretty(&Answer::ok(&report))?);
             } else {
                 println!(
                     "baseline of {} items accepted (aggregate {}, from the {})",
-                    response["items"],
-                    response["aggregate"].as_str().unwrap_or("?"),
-                    if response["source"] == "daemon" { "running daemon" } else { "scan just made" },
+                    report.answer.items,
+                    report.answer.aggregate,
+                    match report.source {
+                        BaselineSource::Daemon => "running daemon",
+                        BaselineSource::Scan => "scan just made",
+                    },
                 );
             }
         }
         Command::Diff { common, json } => {
             let config = Config::load(common.config.as_deref())?;
-            let diff = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Diff))? {
-                Some(response) => response["diff"].clone(),
-                None => offline_diff(&config)?,
-            };
+            let diff =
+                match runtime()?.block_on(control::try_call::<DiffAnswer>(&config.control_socket(), &Request::Diff))? {
+                    Some(answer) => answer.diff,
+                    None => offline_diff(&config)?,
+                };
             if json {
                 println!("{}", serde_json::to_string_pretty(&diff)?);
             } else {
@@ -309,20 +311,35 @@ fn scan_items(config: &Config) -> anyhow::Result<(crate::integrity::ScanReport, 
     Ok((report, items))
 }
 
+/// What `ids baseline` accepted, and whose state it was.
+#[derive(Debug, serde::Serialize)]
+struct BaselineReport {
+    #[serde(flatten)]
+    answer: BaselineAnswer,
+    source: BaselineSource,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum BaselineSource {
+    /// The running daemon's current items.
+    Daemon,
+    /// A scan made by the command (no daemon answered).
+    Scan,
+}
+
 /// `ids baseline` with no daemon: scan, and store the scan as both current state and baseline.
-fn offline_baseline(config: &Config) -> anyhow::Result<serde_json::Value> {
+fn offline_baseline(config: &Config) -> anyhow::Result<BaselineReport> {
     let (report, items) = scan_items(config)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let mut store = Store::open(&config.database())?;
     store.replace_current(&items)?;
     store.replace_baseline(&items)?;
-    Ok(serde_json::json!({
-        "ok": true,
-        "items": items.len(),
-        "aggregate": crate::integrity::hex(&report.aggregate),
-        "source": "scan",
-    }))
+    Ok(BaselineReport {
+        answer: BaselineAnswer { items: items.len(), aggregate: crate::integrity::hex(&report.aggregate) },
+        source: BaselineSource::Scan,
+    })
 }
 
 /// `ids diff` with no daemon: the baseline against a scan made now (the database is not changed).
@@ -398,42 +415,30 @@ fn human_hash(report: &crate::integrity::ScanReport) -> String {
     out
 }
 
-fn human_status(status: &serde_json::Value) -> String {
-    let mut out = format!("ids daemon pid {}, up {} s\n", status["pid"], status["uptime_s"]);
+fn human_status(status: &StatusAnswer) -> String {
+    let mut out = format!("ids daemon pid {}, up {} s\n", status.pid, status.uptime_s);
     out += &format!("{:<9} {:<52} {:>10} {:>8}\n", "signal", "hook", "received", "lost");
-    for signal in status["signals"].as_array().into_iter().flatten() {
-        out += &format!(
-            "{:<9} {:<52} {:>10} {:>8}\n",
-            signal["signal"].as_str().unwrap_or("?"),
-            signal["hook"].as_str().unwrap_or("?"),
-            signal["received"],
-            signal["lost"],
-        );
+    for signal in &status.signals {
+        out += &format!("{:<9} {:<52} {:>10} {:>8}\n", signal.signal, signal.hook, signal.received, signal.lost);
     }
-    let interfaces: Vec<&str> =
-        status["incoming"]["interfaces"].as_array().into_iter().flatten().filter_map(|i| i.as_str()).collect();
-    out += &format!("incoming  {} on {}\n", status["incoming"]["hook"].as_str().unwrap_or("?"), interfaces.join(", "));
-    let modes: Vec<String> = status["xdp"]["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| format!("{} ({})", i["name"].as_str().unwrap_or("?"), i["mode"].as_str().unwrap_or("?")))
-        .collect();
-    out += &format!("bans      {} enforced in XDP on {}\n", status["xdp"]["bans"], modes.join(", "));
+    out += &format!("incoming  {} on {}\n", status.incoming.hook, status.incoming.interfaces.join(", "));
+    let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
+    out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
     out += &format!(
         "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\n",
-        status["watch"]["roots"].as_array().map_or(0, |r| r.len()),
-        status["watch"]["inodes"],
-        status["watch"]["unresolved"],
-        status["events_written"],
+        status.watch.roots.len(),
+        status.watch.inodes,
+        status.watch.unresolved,
+        status.events_written,
     );
+    let integrity = &status.integrity;
     out += &format!(
         "integrity aggregate {}, {} items, {} dirty, {} alerts{}\n",
-        status["aggregate"].as_str().unwrap_or("(not yet computed)"),
-        status["integrity"]["items"],
-        status["integrity"]["dirty"],
-        status["integrity"]["alerts"],
-        if status["integrity"]["ready"] == true { "" } else { " (first scan running)" },
+        status.aggregate.as_deref().unwrap_or("(not yet computed)"),
+        integrity.items,
+        integrity.dirty,
+        integrity.alerts,
+        if integrity.ready { "" } else { " (first scan running)" },
     );
     out
 }

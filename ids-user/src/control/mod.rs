@@ -42,6 +42,99 @@ pub enum Request {
 
 pub type Reply = oneshot::Sender<serde_json::Value>;
 
+/// `{"ok": true}` and the fields of a typed answer, as the daemon sends it and the CLI reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Answer<T> {
+    pub(crate) ok: bool,
+    #[serde(flatten)]
+    pub(crate) body: T,
+}
+
+impl<T: Serialize> Answer<T> {
+    pub(crate) fn ok(body: T) -> serde_json::Value {
+        serde_json::to_value(Answer { ok: true, body }).unwrap_or_else(|e| refusal(format!("encoding the answer: {e}")))
+    }
+}
+
+/// `{"ok": false, "error": ...}`.
+pub(crate) fn refusal(error: impl std::fmt::Display) -> serde_json::Value {
+    serde_json::json!({"ok": false, "error": error.to_string()})
+}
+
+/// The answer to [`Request::Status`] (`ids status --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct StatusAnswer {
+    pub(crate) pid: u32,
+    pub(crate) uptime_s: u64,
+    pub(crate) signals: Vec<SignalStatus>,
+    pub(crate) incoming: IncomingStatus,
+    pub(crate) watch: WatchStatus,
+    pub(crate) events_written: u64,
+    /// Hex; `None` until the first scan is done.
+    pub(crate) aggregate: Option<String>,
+    pub(crate) integrity: crate::integrity::worker::IntegrityStatus,
+    pub(crate) xdp: XdpStatus,
+    pub(crate) detect: crate::detect::worker::DetectStatus,
+}
+
+/// One signal's hook and counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SignalStatus {
+    pub(crate) signal: String,
+    pub(crate) hook: String,
+    pub(crate) received: u64,
+    /// `lost_in_kernel` + `dropped`.
+    pub(crate) lost: u64,
+    pub(crate) lost_in_kernel: u64,
+    pub(crate) dropped: u64,
+    pub(crate) malformed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct IncomingStatus {
+    pub(crate) hook: String,
+    pub(crate) interfaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct WatchStatus {
+    pub(crate) roots: Vec<String>,
+    pub(crate) inodes: u64,
+    pub(crate) unresolved: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct XdpStatus {
+    pub(crate) interfaces: Vec<XdpInterface>,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) bans: usize,
+    pub(crate) scan_reports: u64,
+    pub(crate) scan_reports_dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct XdpInterface {
+    pub(crate) name: String,
+    /// `native` or `generic`.
+    pub(crate) mode: String,
+}
+
+/// The answer to [`Request::Baseline`] (`ids baseline --json` adds `source`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct BaselineAnswer {
+    pub(crate) items: usize,
+    pub(crate) aggregate: String,
+}
+
+/// The answer to [`Request::Diff`]: the diff as `ids diff --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct DiffAnswer {
+    pub(crate) diff: serde_json::Value,
+}
+
+/// How long the CLI waits for the daemon's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Longest request line accepted; anything longer is refused.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -113,20 +206,28 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) ->
     Ok(())
 }
 
-/// Sends one request to the daemon and returns its response.
-pub async fn call(path: &PathBuf, request: &Request) -> anyhow::Result<serde_json::Value> {
+/// Sends one request to the daemon and returns its typed answer.
+pub(crate) async fn call<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> anyhow::Result<T> {
     let stream = UnixStream::connect(path)
         .await
         .with_context(|| format!("connecting to the daemon at {} (is `ids run` running?)", path.display()))?;
-    exchange(stream, request).await
+    typed(exchange(stream, request).await?)
 }
 
 /// Like [`call`], but `Ok(None)` when no daemon answers on the socket (nothing listens).
-pub async fn try_call(path: &PathBuf, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
+pub(crate) async fn try_call<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+) -> anyhow::Result<Option<T>> {
     match UnixStream::connect(path).await {
-        Ok(stream) => exchange(stream, request).await.map(Some),
+        Ok(stream) => typed(exchange(stream, request).await?).map(Some),
         Err(_) => Ok(None),
     }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> anyhow::Result<T> {
+    let answer: Answer<T> = serde_json::from_value(value).context("the daemon's answer has an unexpected shape")?;
+    Ok(answer.body)
 }
 
 /// Like [`try_call`], but returns a refusal (`"ok": false`) as the value instead of an error.
@@ -142,8 +243,14 @@ async fn send(stream: UnixStream, request: &Request) -> anyhow::Result<serde_jso
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut response = String::new();
-    BufReader::new(read).read_line(&mut response).await?;
-    serde_json::from_str(&response).with_context(|| format!("daemon sent bad JSON: {response:?}"))
+    // Answers come from memory or one store write; a daemon that takes longer is stuck.
+    tokio::time::timeout(ANSWER_TIMEOUT, BufReader::new(read).read_line(&mut response))
+        .await
+        .map_err(|_| anyhow::anyhow!("the daemon did not answer within {} s", ANSWER_TIMEOUT.as_secs()))??;
+    if response.is_empty() {
+        bail!("the daemon closed the connection without answering (did it stop?)");
+    }
+    serde_json::from_str(&response).with_context(|| format!("the daemon's answer is not JSON: {response:?}"))
 }
 
 async fn exchange(stream: UnixStream, request: &Request) -> anyhow::Result<serde_json::Value> {

@@ -19,7 +19,10 @@ use self::bus::{Bus, WriterStats};
 use crate::alert::{AlertSink, EventsLog};
 use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog as EventsLogConfig};
-use crate::control::{self, Reply, Request};
+use crate::control::{
+    self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, Reply, Request, SignalStatus, StatusAnswer, WatchStatus,
+    XdpInterface, XdpStatus,
+};
 use crate::harness::Workers;
 use crate::integrity::worker::{self as integrity_worker, Control};
 use crate::sensor::hooks::signal_name;
@@ -232,10 +235,10 @@ impl Daemon {
     fn answer(&mut self, request: Request, reply: Reply) {
         match request {
             Request::Status => {
-                let mut answer = self.status();
-                answer["xdp"] = self.xdp_status();
-                answer["detect"] = serde_json::to_value(self.detect.shared.status()).unwrap_or_default();
-                let _ = reply.send(answer);
+                let _ = reply.send(match self.status() {
+                    Some(status) => Answer::ok(status),
+                    None => control::refusal("shutting down"),
+                });
             }
             request @ (Request::Ban { .. } | Request::Unban { .. } | Request::Bans | Request::Alerts { .. }) => {
                 let _ = reply.send(crate::control::bans::answer(&mut self.bans, &request));
@@ -244,17 +247,12 @@ impl Daemon {
             Request::Baseline => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.forward(Control::Baseline(tx), reply, rx, |accepted| {
-                    serde_json::json!({"ok": true, "items": accepted.items, "aggregate": accepted.aggregate})
+                    Answer::ok(BaselineAnswer { items: accepted.items, aggregate: accepted.aggregate })
                 });
             }
             Request::Diff => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                self.forward(
-                    Control::Diff(tx),
-                    reply,
-                    rx,
-                    |diff| serde_json::json!({"ok": true, "diff": diff.to_json()}),
-                );
+                self.forward(Control::Diff(tx), reply, rx, |diff| Answer::ok(DiffAnswer { diff: diff.to_json() }));
             }
         }
     }
@@ -268,14 +266,14 @@ impl Daemon {
         to_json: impl FnOnce(T) -> serde_json::Value + Send + 'static,
     ) {
         if self.integrity.request(request).is_err() {
-            let _ = reply.send(serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}));
+            let _ = reply.send(control::refusal("the integrity worker has stopped"));
             return;
         }
         tokio::spawn(async move {
             let response = match answer.await {
                 Ok(Ok(value)) => to_json(value),
-                Ok(Err(e)) => serde_json::json!({"ok": false, "error": e}),
-                Err(_) => serde_json::json!({"ok": false, "error": "the integrity worker has stopped"}),
+                Ok(Err(e)) => control::refusal(e),
+                Err(_) => control::refusal("the integrity worker has stopped"),
             };
             let _ = reply.send(response);
         });
@@ -312,61 +310,58 @@ fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<Box<dyn std::io::Wri
 }
 
 impl Daemon {
-    /// `ids status --json`, but for `xdp` and `detect`.
-    fn status(&self) -> serde_json::Value {
-        let Some(sensor) = &self.sensor else { return serde_json::json!({"ok": false, "error": "shutting down"}) };
-        let signals: Vec<serde_json::Value> = sensor::all_signals()
+    /// `ids status --json`; `None` once the sensor is detached.
+    fn status(&mut self) -> Option<StatusAnswer> {
+        let sensor = self.sensor.as_ref()?;
+        let signals = sensor::all_signals()
             .into_iter()
             .map(|signal| {
                 let name = signal_name(signal);
                 let counters = self.stats.of(signal);
                 let lost_in_kernel = sensor.kernel_lost(signal);
                 let dropped = counters.dropped.load(Ordering::Relaxed);
-                serde_json::json!({
-                    "signal": name,
-                    "hook": sensor.hooks.get(name).copied().unwrap_or("none"),
-                    "received": counters.received.load(Ordering::Relaxed),
-                    "lost": lost_in_kernel + dropped,
-                    "lost_in_kernel": lost_in_kernel,
-                    "dropped": dropped,
-                    "malformed": counters.malformed.load(Ordering::Relaxed),
-                })
+                SignalStatus {
+                    signal: name.to_string(),
+                    hook: sensor.hooks.get(name).copied().unwrap_or("none").to_string(),
+                    received: counters.received.load(Ordering::Relaxed),
+                    lost: lost_in_kernel + dropped,
+                    lost_in_kernel,
+                    dropped,
+                    malformed: counters.malformed.load(Ordering::Relaxed),
+                }
             })
             .collect();
         let writer = &self.writer_stats;
-        let aggregate = self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest));
-        serde_json::json!({
-            "ok": true,
-            "pid": std::process::id(),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "signals": signals,
-            "incoming": {"hook": format!("xdp:{}", crate::bans::kernel::PROGRAM), "interfaces": sensor.syn_interfaces()},
-            "watch": {
-                "roots": self.roots,
-                "inodes": writer.watched_inodes.load(Ordering::Relaxed),
-                "unresolved": writer.unresolved.load(Ordering::Relaxed),
+        let xdp = XdpStatus {
+            interfaces: sensor
+                .xdp
+                .attached
+                .iter()
+                .map(|(name, mode)| XdpInterface { name: name.clone(), mode: mode.name().to_string() })
+                .collect(),
+            pin_dir: self.config.xdp.pin_dir.clone(),
+            bans: self.bans.store().bans().map(|b| b.len()).unwrap_or(0),
+            scan_reports: self.scan_stats.reports.load(Ordering::Relaxed),
+            scan_reports_dropped: self.scan_stats.dropped.load(Ordering::Relaxed),
+        };
+        Some(StatusAnswer {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            signals,
+            incoming: IncomingStatus {
+                hook: format!("xdp:{}", crate::bans::kernel::PROGRAM),
+                interfaces: sensor.syn_interfaces(),
             },
-            "events_written": writer.written.load(Ordering::Relaxed),
-            "aggregate": aggregate,
-            "integrity": self.integrity.shared.status(),
-        })
-    }
-
-    /// `status.xdp`: where the ban filter runs, how many bans it holds, what the scan detector reported.
-    fn xdp_status(&mut self) -> serde_json::Value {
-        let interfaces: Vec<serde_json::Value> = self
-            .sensor
-            .iter()
-            .flat_map(|sensor| sensor.xdp.attached.iter())
-            .map(|(name, mode)| serde_json::json!({"name": name, "mode": mode.name()}))
-            .collect();
-        let count = self.bans.store().bans().map(|b| b.len()).unwrap_or(0);
-        serde_json::json!({
-            "interfaces": interfaces,
-            "pin_dir": self.config.xdp.pin_dir,
-            "bans": count,
-            "scan_reports": self.scan_stats.reports.load(Ordering::Relaxed),
-            "scan_reports_dropped": self.scan_stats.dropped.load(Ordering::Relaxed),
+            watch: WatchStatus {
+                roots: self.roots.clone(),
+                inodes: writer.watched_inodes.load(Ordering::Relaxed),
+                unresolved: writer.unresolved.load(Ordering::Relaxed),
+            },
+            events_written: writer.written.load(Ordering::Relaxed),
+            aggregate: self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest)),
+            integrity: self.integrity.shared.status(),
+            xdp,
+            detect: self.detect.shared.status(),
         })
     }
 }
