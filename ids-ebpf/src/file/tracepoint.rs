@@ -1,23 +1,15 @@
-//! File changes on watched paths only.
-//!
-//! Two hook sets, chosen by the daemon at start:
-//! - syscall tracepoints (any kernel with CONFIG_FTRACE_SYSCALLS): descriptor-based calls resolve the
-//!   descriptor to its inode and check it against `WATCHED_INODES`; path-based calls check absolute
-//!   paths against `WATCHED_PREFIXES` and relative ones by their base directory, park the record in
-//!   `PENDING_FILE_EVENTS` and send it only when the syscall returns 0;
-//! - LSM `file_open`, `inode_*`, `mmap_file` and fentry `vfs_write`/`vfs_writev`, where those load:
-//!   they see resolved dentries, so no path string is ever guessed.
-//! An unwatched write costs a descriptor walk and one hash lookup, and never reaches the ring buffer.
+//! The syscall-tracepoint family: raw `sys_enter`/`sys_exit`, on any kernel with
+//! CONFIG_FTRACE_SYSCALLS. Descriptor-based calls are checked at entry by the descriptor's inode;
+//! path-based calls are checked by path, parked in `PENDING_FILE_EVENTS` and sent at exit if the
+//! syscall returned 0; opens that may create or truncate remember their flags until exit.
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::{fentry, lsm, raw_tracepoint},
-    programs::{FEntryContext, LsmContext, RawTracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
-use ids_common::{
-    FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, WATCHED_PARENT, kind, path_source,
-};
+use ids_common::{FileEvent, FileOp, InodeKey, PATH_LEN, Signal, kind, path_source};
 
+use super::{FMODE_CREATED, clear_new, is_shared_writable, on_created, on_file};
 use crate::{
     kernel::{self, Kptr, offset, read},
     maps::{
@@ -30,17 +22,6 @@ const AT_FDCWD: i64 = -100;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const O_WRONLY: u64 = 0o1;
-const FMODE_CREATED: u32 = 0x10_0000;
-const PROT_WRITE: u64 = 0x2;
-const MAP_TYPE: u64 = 0x0f;
-const MAP_SHARED: u64 = 0x01;
-const MAP_SHARED_VALIDATE: u64 = 0x03;
-const ATTR_MODE: u32 = 1 << 0;
-const ATTR_UID: u32 = 1 << 1;
-const ATTR_GID: u32 = 1 << 2;
-const ATTR_SIZE: u32 = 1 << 3;
-const ATTR_ATIME: u32 = 1 << 4;
-const ATTR_MTIME: u32 = 1 << 5;
 
 /// x86_64 syscall numbers of the calls this module follows.
 mod nr {
@@ -122,24 +103,6 @@ fn exit_of(ctx: &RawTracePointContext) -> (i64, i64) {
     (read::<i64>(regs, 120).unwrap_or(-1), ctx.arg::<i64>(1))
 }
 
-/// A watched file or directory (not a mere ancestor of one).
-#[inline(always)]
-fn is_watched(key: &InodeKey) -> bool {
-    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_FILE) | Some(&WATCHED_DIR))
-}
-
-/// A watched directory: new names in it are reported.
-#[inline(always)]
-fn is_watched_dir(key: &InodeKey) -> bool {
-    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_DIR))
-}
-
-/// The directory above a watched path that does not exist yet: its new names are reported.
-#[inline(always)]
-fn is_awaited_parent(key: &InodeKey) -> bool {
-    matches!(unsafe { WATCHED_INODES.get(key) }, Some(&WATCHED_PARENT))
-}
-
 /// Anything in the watched-inode map, ancestors of watched roots included.
 #[inline(always)]
 fn is_relevant_base(key: &InodeKey) -> bool {
@@ -150,85 +113,6 @@ fn is_relevant_base(key: &InodeKey) -> bool {
 fn tid_key() -> u64 {
     bpf_get_current_pid_tgid()
 }
-
-/// Copies a kernel string into `dst`; returns whether it was cut.
-#[inline(always)]
-fn read_kernel_str(dst: &mut [u8; PATH_LEN], src: Kptr) -> bool {
-    let n = unsafe { generated::bpf_probe_read_kernel_str(dst.as_mut_ptr().cast(), PATH_LEN as u32, src.cast()) };
-    if n < 0 {
-        dst[0] = 0;
-    }
-    n >= PATH_LEN as i64
-}
-
-/// Fills target, parent directory and last component from a dentry.
-#[inline(always)]
-fn describe_dentry(event: &mut FileEvent, dentry: Kptr) {
-    event.source = path_source::DENTRY;
-    event.dev = 0;
-    event.ino = 0;
-    event.mode = 0;
-    if let Ok(inode) = kernel::dentry_inode(dentry) {
-        if let Ok(key) = kernel::inode_key(inode) {
-            event.dev = key.dev;
-            event.ino = key.ino;
-        }
-        event.mode = kernel::inode_mode(inode);
-    }
-    event.dir_dev = 0;
-    event.dir_ino = 0;
-    if let Ok(parent) = kernel::dentry_parent(dentry) {
-        if let Ok(key) = kernel::dentry_inode(parent).and_then(kernel::inode_key) {
-            event.dir_dev = key.dev;
-            event.dir_ino = key.ino;
-        }
-    }
-    event.truncated = 0;
-    match kernel::dentry_name(dentry) {
-        Ok(name) => {
-            if read_kernel_str(&mut event.name, name) {
-                event.truncated |= 1;
-            }
-        }
-        Err(_) => event.name[0] = 0,
-    }
-}
-
-#[inline(always)]
-fn clear_new(event: &mut FileEvent) {
-    event.new_source = path_source::NONE;
-    event.new_dir_dev = 0;
-    event.new_dir_ino = 0;
-    event.new_name[0] = 0;
-}
-
-/// Sends a record about `dentry` straight to the ring buffer.
-#[inline(always)]
-fn emit_dentry(op: FileOp, dentry: Kptr) {
-    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
-        count_lost(Signal::File);
-        return;
-    };
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
-    event.op = op as u32;
-    describe_dentry(event, dentry);
-    clear_new(event);
-    entry.submit(0);
-}
-
-/// A change through an open file: reported only if its inode is watched.
-#[inline(always)]
-fn on_file(op: FileOp, file: Kptr) -> Result<(), i64> {
-    let key = kernel::inode_key(kernel::file_inode(file)?)?;
-    if !is_watched(&key) {
-        return Ok(());
-    }
-    emit_dentry(op, kernel::file_dentry(file)?);
-    Ok(())
-}
-
-// ---------------------------------------------------------------- syscall tracepoints
 
 /// Every syscall enters here; only the ones below do more than compare a number.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -322,9 +206,7 @@ fn try_file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
         nr::COPY_FILE_RANGE => (FileOp::Write, ctx.arg(2)),
         nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, ctx.arg(0)),
         nr::MMAP => {
-            let prot = ctx.arg(2);
-            let map_type = ctx.arg(3) & MAP_TYPE;
-            if prot & PROT_WRITE == 0 || (map_type != MAP_SHARED && map_type != MAP_SHARED_VALIDATE) {
+            if !is_shared_writable(ctx.arg(2), ctx.arg(3)) {
                 return Ok(());
             }
             (FileOp::Write, ctx.arg(4))
@@ -371,52 +253,6 @@ fn try_file_open_exit(fd: i64) -> Result<(), i64> {
     } else {
         Ok(())
     }
-}
-
-/// A new file: reported if its directory is watched; its inode joins the watch set at once, so
-/// the writes that follow are seen without waiting for the daemon.
-///
-/// The parent may itself be new (a `mkdir` the daemon has not added yet): the walk goes up a few
-/// levels, and directories found below a watched one join the watch set too.
-#[inline(always)]
-fn on_created(dentry: Kptr) -> Result<(), i64> {
-    let parent = kernel::dentry_parent(dentry)?;
-    let dir = kernel::inode_key(kernel::dentry_inode(parent)?)?;
-    if !is_watched_dir(&dir) {
-        if is_awaited_parent(&dir) {
-            // Reported, nothing added: the daemon adds the awaited path itself.
-            emit_dentry(FileOp::Create, dentry);
-            return Ok(());
-        }
-        if !has_watched_ancestor(parent)? {
-            return Ok(());
-        }
-        let _ = WATCHED_INODES.insert(&dir, &WATCHED_DIR, 0);
-    }
-    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
-        let _ = WATCHED_INODES.insert(&key, &WATCHED_FILE, 0);
-    }
-    emit_dentry(FileOp::Create, dentry);
-    Ok(())
-}
-
-/// Levels above a new file's directory searched for a watched directory.
-const NEW_DIR_DEPTH: usize = 6;
-
-#[inline(always)]
-fn has_watched_ancestor(dir: Kptr) -> Result<bool, i64> {
-    let mut current = dir;
-    for _ in 0..NEW_DIR_DEPTH {
-        let parent = kernel::dentry_parent(current)?;
-        if parent == current {
-            return Ok(false);
-        }
-        if is_watched_dir(&kernel::inode_key(kernel::dentry_inode(parent)?)?) {
-            return Ok(true);
-        }
-        current = parent;
-    }
-    Ok(false)
 }
 
 /// Reads a user path into `name` and decides whether it lies in the watch set.
@@ -535,173 +371,4 @@ fn file_path_exit(ret: i64) {
         }
     }
     let _ = PENDING_FILE_EVENTS.remove(&tid);
-}
-
-// ---------------------------------------------------------------- LSM and fentry
-
-#[lsm(hook = "file_open")]
-pub fn file_open_lsm(ctx: LsmContext) -> i32 {
-    let file: Kptr = ctx.arg(0);
-    if let Ok(fmode) = read::<u32>(file, offset!(file_mode)) {
-        if fmode & FMODE_CREATED != 0 {
-            if let Ok(dentry) = kernel::file_dentry(file) {
-                let _ = on_created(dentry);
-            }
-        }
-    }
-    // Truncation by O_TRUNC reaches `inode_setattr` with ATTR_SIZE; reporting it here would double it.
-    0
-}
-
-#[lsm(hook = "mmap_file")]
-pub fn file_mmap_lsm(ctx: LsmContext) -> i32 {
-    let file: Kptr = ctx.arg(0);
-    let prot: u64 = ctx.arg(2);
-    let flags: u64 = ctx.arg(3);
-    let map_type = flags & MAP_TYPE;
-    if !file.is_null() && prot & PROT_WRITE != 0 && (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE) {
-        let _ = on_file(FileOp::Write, file);
-    }
-    0
-}
-
-#[lsm(hook = "inode_setattr")]
-pub fn file_setattr_lsm(ctx: LsmContext) -> i32 {
-    let _ = try_file_setattr_lsm(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_file_setattr_lsm(ctx: &LsmContext) -> Result<(), i64> {
-    // The dentry moved from argument 0 to 1 when the hook gained an idmap argument.
-    // The verifier only allows constant offsets into the context, so the arguments are copied
-    // out with a probe read at the index BTF gave.
-    let args = ctx.as_ptr() as Kptr;
-    let index = offset!(setattr_dentry_arg) & 0x7;
-    let dentry: Kptr = read::<u64>(args, index * 8)? as Kptr;
-    let attr: Kptr = read::<u64>(args, (index + 1) * 8)? as Kptr;
-    let valid: u32 = read(attr, offset!(iattr_valid))?;
-    let op = if valid & ATTR_SIZE != 0 {
-        FileOp::Write
-    } else if valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_ATIME | ATTR_MTIME) != 0 {
-        FileOp::Attrib
-    } else {
-        return Ok(());
-    };
-    let key = kernel::inode_key(kernel::dentry_inode(dentry)?)?;
-    if is_watched(&key) {
-        emit_dentry(op, dentry);
-    }
-    Ok(())
-}
-
-#[lsm(hook = "inode_unlink")]
-pub fn file_unlink_lsm(ctx: LsmContext) -> i32 {
-    on_dentry_removed(ctx.arg(1));
-    0
-}
-
-#[lsm(hook = "inode_rmdir")]
-pub fn file_rmdir_lsm(ctx: LsmContext) -> i32 {
-    on_dentry_removed(ctx.arg(1));
-    0
-}
-
-#[inline(always)]
-fn on_dentry_removed(dentry: Kptr) {
-    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
-        if is_watched(&key) {
-            emit_dentry(FileOp::Unlink, dentry);
-        }
-    }
-}
-
-/// New names in a watched directory: `(dir inode, new dentry)` hooks.
-#[inline(always)]
-fn on_new_name(dir: Kptr, dentry: Kptr) {
-    if let Ok(key) = kernel::inode_key(dir) {
-        if is_watched_dir(&key) || is_awaited_parent(&key) {
-            emit_dentry(FileOp::Create, dentry);
-        }
-    }
-}
-
-#[lsm(hook = "inode_mkdir")]
-pub fn file_mkdir_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
-    0
-}
-
-#[lsm(hook = "inode_mknod")]
-pub fn file_mknod_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
-    0
-}
-
-#[lsm(hook = "inode_symlink")]
-pub fn file_symlink_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
-    0
-}
-
-#[lsm(hook = "inode_link")]
-pub fn file_link_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(1), ctx.arg(2));
-    0
-}
-
-#[lsm(hook = "inode_rename")]
-pub fn file_rename_lsm(ctx: LsmContext) -> i32 {
-    let _ = try_file_rename_lsm(&ctx);
-    0
-}
-
-#[inline(always)]
-fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
-    let old_dentry: Kptr = ctx.arg(1);
-    let new_dir: Kptr = ctx.arg(2);
-    let new_dentry: Kptr = ctx.arg(3);
-    let moved = kernel::inode_key(kernel::dentry_inode(old_dentry)?)?;
-    let into_watched = kernel::inode_key(new_dir).map(|k| is_watched_dir(&k)).unwrap_or(false);
-    let into_awaited = kernel::inode_key(new_dir).map(|k| is_awaited_parent(&k)).unwrap_or(false);
-    if !is_watched(&moved) && !into_watched && !into_awaited {
-        return Ok(());
-    }
-    if into_watched {
-        let _ = WATCHED_INODES.insert(&moved, &WATCHED_FILE, 0);
-    }
-    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
-        count_lost(Signal::File);
-        return Ok(());
-    };
-    let event = unsafe { &mut *entry.as_mut_ptr() };
-    kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
-    event.op = FileOp::Rename as u32;
-    describe_dentry(event, old_dentry);
-    event.new_source = path_source::DENTRY;
-    let new_dir_key = kernel::inode_key(new_dir).unwrap_or_default();
-    event.new_dir_dev = new_dir_key.dev;
-    event.new_dir_ino = new_dir_key.ino;
-    match kernel::dentry_name(new_dentry) {
-        Ok(name) => {
-            if read_kernel_str(&mut event.new_name, name) {
-                event.truncated |= 2;
-            }
-        }
-        Err(_) => event.new_name[0] = 0,
-    }
-    entry.submit(0);
-    Ok(())
-}
-
-#[fentry(function = "vfs_write")]
-pub fn file_vfs_write(ctx: FEntryContext) -> u32 {
-    let _ = on_file(FileOp::Write, ctx.arg(0));
-    0
-}
-
-#[fentry(function = "vfs_writev")]
-pub fn file_vfs_writev(ctx: FEntryContext) -> u32 {
-    let _ = on_file(FileOp::Write, ctx.arg(0));
-    0
 }
