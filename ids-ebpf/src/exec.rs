@@ -8,14 +8,15 @@ use aya_ebpf::{
 use ids_common::{ARGS_LEN, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, ExecEvent, PATH_LEN, Signal, kind};
 
 use crate::{
+    arch::x86_64::tracepoint::sched_process_exec,
     kernel::{self, Kptr, offset, read, read_ptr},
     maps::{EXEC_EVENTS, count_lost},
 };
 
 #[tracepoint]
 pub fn exec_tp(ctx: TracePointContext) -> u32 {
-    // `__data_loc char[] filename` at offset 8: low 16 bits offset into the record, high 16 length.
-    let filename = match unsafe { ctx.read_at::<u32>(8) } {
+    let filename = match unsafe { ctx.read_at::<u32>(sched_process_exec::FILENAME) } {
+        // `__data_loc`: the low 16 bits are the string's offset in the record.
         Ok(loc) => unsafe { (ctx.as_ptr() as Kptr).add((loc & 0xffff) as usize) },
         Err(_) => return 0,
     };

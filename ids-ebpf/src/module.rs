@@ -1,25 +1,25 @@
 //! Kernel modules: `module:module_load` and `module:module_free` report a module entering or
 //! leaving the kernel, so the `kernel_modules` collector re-runs at once instead of on its interval.
-//! Both tracepoints carry the name as `__data_loc char[] name`: at offset 12 in `module_load` (after
-//! `unsigned int taints`) and at offset 8 in `module_free`; the layout has been the same since the
-//! tracepoints were added (2.6.33).
+//! Both tracepoints carry the name as `__data_loc char[] name` (offsets in `arch`); the layout has
+//! been the same since the tracepoints were added (2.6.33).
 use aya_ebpf::{EbpfContext as _, helpers::generated, macros::tracepoint, programs::TracePointContext};
 use ids_common::{MODULE_FREE, MODULE_LOAD, MODULE_NAME_LEN, ModuleEvent, Signal, kind};
 
 use crate::{
+    arch::x86_64::tracepoint::{module_free, module_load},
     kernel::{self, Kptr},
     maps::{EXEC_EVENTS, count_lost},
 };
 
 #[tracepoint]
 pub fn module_load_tp(ctx: TracePointContext) -> u32 {
-    emit_module(&ctx, MODULE_LOAD, 12);
+    emit_module(&ctx, MODULE_LOAD, module_load::NAME);
     0
 }
 
 #[tracepoint]
 pub fn module_free_tp(ctx: TracePointContext) -> u32 {
-    emit_module(&ctx, MODULE_FREE, 8);
+    emit_module(&ctx, MODULE_FREE, module_free::NAME);
     0
 }
 

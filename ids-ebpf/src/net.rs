@@ -11,9 +11,10 @@ use ids_common::{
 };
 
 use crate::{
-    file::Syscall,
+    arch::x86_64::{nr, tracepoint::inet_sock_set_state as field},
     kernel::{self, Kptr, offset, read},
     maps::{NET_EVENTS, count_lost},
+    syscall::Syscall,
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -87,12 +88,10 @@ fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i
     Ok(())
 }
 
-const NR_CONNECT: i64 = 42;
-
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn connect_sys_enter(ctx: RawTracePointContext) -> i32 {
     let call = Syscall::enter(&ctx);
-    if call.nr == NR_CONNECT {
+    if call.nr == nr::CONNECT {
         let _ = try_connect_enter(&call);
     }
     0
@@ -133,8 +132,8 @@ pub fn listen_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let old: i32 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
-    let new: i32 = unsafe { ctx.read_at(20) }.map_err(|e| e as i64)?;
+    let old: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(|e| e as i64)?;
+    let new: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(|e| e as i64)?;
     let direction = if new == TCP_LISTEN {
         DIRECTION_LISTEN
     } else if old == TCP_LISTEN {
@@ -142,23 +141,23 @@ fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         return Ok(());
     };
-    let protocol: u16 = unsafe { ctx.read_at(30) }.map_err(|e| e as i64)?;
+    let protocol: u16 = unsafe { ctx.read_at(field::PROTOCOL) }.map_err(|e| e as i64)?;
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(28) }.map_err(|e| e as i64)?;
+    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.map_err(|e| e as i64)?;
     let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(Signal::Connect);
         return Ok(());
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
     start_process_event(event, direction, IPPROTO_TCP, family);
-    event.sport = unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0);
+    event.sport = unsafe { ctx.read_at::<u16>(field::SPORT) }.unwrap_or(0);
     if family == AF_INET {
-        let v4: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+        let v4: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.unwrap_or([0; 4]);
         event.saddr[..4].copy_from_slice(&v4);
     } else {
-        event.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+        event.saddr = unsafe { ctx.read_at(field::SADDR_V6) }.unwrap_or([0; 16]);
     }
     entry.submit(0);
     Ok(())

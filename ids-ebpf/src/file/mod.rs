@@ -19,7 +19,6 @@ use ids_common::{
     FileEvent, FileOp, InodeKey, PATH_LEN, Signal, WATCHED_DIR, WATCHED_FILE, WATCHED_PARENT, kind, path_source,
 };
 
-pub use self::tracepoint::Syscall;
 use crate::{
     kernel::{self, Kptr},
     maps::{FILE_EVENTS, WATCHED_INODES, count_lost},

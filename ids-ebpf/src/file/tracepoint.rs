@@ -11,97 +11,19 @@ use ids_common::{FileEvent, FileOp, InodeKey, PATH_LEN, Signal, kind, path_sourc
 
 use super::{FMODE_CREATED, clear_new, is_shared_writable, on_created, on_file};
 use crate::{
-    kernel::{self, Kptr, offset, read},
+    arch::x86_64::nr,
+    kernel::{self, offset, read},
     maps::{
         FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH, WATCHED_INODES,
         WATCHED_PREFIXES, count_lost,
     },
+    syscall::{Syscall, exit_of},
 };
 
 const AT_FDCWD: i64 = -100;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const O_WRONLY: u64 = 0o1;
-
-/// x86_64 syscall numbers of the calls this module follows.
-mod nr {
-    pub const WRITE: i64 = 1;
-    pub const OPEN: i64 = 2;
-    pub const MMAP: i64 = 9;
-    pub const PWRITE64: i64 = 18;
-    pub const WRITEV: i64 = 20;
-    pub const SENDFILE: i64 = 40;
-    pub const TRUNCATE: i64 = 76;
-    pub const FTRUNCATE: i64 = 77;
-    pub const RENAME: i64 = 82;
-    pub const MKDIR: i64 = 83;
-    pub const RMDIR: i64 = 84;
-    pub const CREAT: i64 = 85;
-    pub const LINK: i64 = 86;
-    pub const UNLINK: i64 = 87;
-    pub const SYMLINK: i64 = 88;
-    pub const CHMOD: i64 = 90;
-    pub const FCHMOD: i64 = 91;
-    pub const CHOWN: i64 = 92;
-    pub const FCHOWN: i64 = 93;
-    pub const LCHOWN: i64 = 94;
-    pub const UTIME: i64 = 132;
-    pub const MKNOD: i64 = 133;
-    pub const UTIMES: i64 = 235;
-    pub const OPENAT: i64 = 257;
-    pub const MKDIRAT: i64 = 258;
-    pub const MKNODAT: i64 = 259;
-    pub const FCHOWNAT: i64 = 260;
-    pub const FUTIMESAT: i64 = 261;
-    pub const UNLINKAT: i64 = 263;
-    pub const RENAMEAT: i64 = 264;
-    pub const LINKAT: i64 = 265;
-    pub const SYMLINKAT: i64 = 266;
-    pub const FCHMODAT: i64 = 268;
-    pub const UTIMENSAT: i64 = 280;
-    pub const FALLOCATE: i64 = 285;
-    pub const PWRITEV: i64 = 296;
-    pub const RENAMEAT2: i64 = 316;
-    pub const COPY_FILE_RANGE: i64 = 326;
-    pub const PWRITEV2: i64 = 328;
-    pub const OPENAT2: i64 = 437;
-    pub const FCHMODAT2: i64 = 452;
-}
-
-/// A syscall as the raw `sys_enter`/`sys_exit` tracepoints see it: its number and the saved user
-/// registers, from which the arguments are read (x86_64 `struct pt_regs` layout, fixed by the ABI).
-pub struct Syscall {
-    pub nr: i64,
-    pub regs: Kptr,
-}
-
-impl Syscall {
-    #[inline(always)]
-    pub fn enter(ctx: &RawTracePointContext) -> Self {
-        Self { regs: ctx.arg::<u64>(0) as Kptr, nr: ctx.arg::<i64>(1) }
-    }
-
-    /// Argument `n` (0-based): rdi, rsi, rdx, r10, r8, r9.
-    #[inline(always)]
-    pub fn arg(&self, n: usize) -> u64 {
-        let off = match n {
-            0 => 112,
-            1 => 104,
-            2 => 96,
-            3 => 56,
-            4 => 72,
-            _ => 64,
-        };
-        read::<u64>(self.regs, off).unwrap_or(0)
-    }
-}
-
-/// On `sys_exit`: the syscall number (orig_ax) and the return value.
-#[inline(always)]
-fn exit_of(ctx: &RawTracePointContext) -> (i64, i64) {
-    let regs = ctx.arg::<u64>(0) as Kptr;
-    (read::<i64>(regs, 120).unwrap_or(-1), ctx.arg::<i64>(1))
-}
 
 /// Anything in the watched-inode map, ancestors of watched roots included.
 #[inline(always)]
