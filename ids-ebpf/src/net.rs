@@ -120,10 +120,16 @@ pub fn connect_lsm(ctx: LsmContext) -> i32 {
 
 // ---------------------------------------------------------------- listening sockets
 
+const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
 /// A TCP socket entering or leaving LISTEN: lets the daemon re-run its listening-socket
 /// collector when the set changes instead of polling for it.
+///
+/// A listener leaves LISTEN only for CLOSE (close, shutdown, a listen() that failed to get its
+/// port). The socket of every connection it accepts starts as a clone of it, state included, and
+/// the same tracepoint shows that clone going LISTEN -> SYN_RECV: those are the listener's
+/// connections, not listen changes, and must not reach the daemon.
 #[tracepoint]
 pub fn listen_tp(ctx: TracePointContext) -> u32 {
     let _ = try_listen_tp(&ctx);
@@ -136,7 +142,7 @@ fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
     let new: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(|e| e as i64)?;
     let direction = if new == TCP_LISTEN {
         DIRECTION_LISTEN
-    } else if old == TCP_LISTEN {
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
         DIRECTION_UNLISTEN
     } else {
         return Ok(());

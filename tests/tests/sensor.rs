@@ -302,3 +302,61 @@ fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
     drop(listener);
     daemon.stop();
 }
+
+/// Listen events the sensor wrote for `port` on 127.0.0.1: (opened, closed).
+fn listen_counts(daemon: &Daemon, port: u16) -> (usize, usize) {
+    let states: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "listen" && e["port"] == port && e["addr"] == "127.0.0.1")
+        .map(|e| str_of(e, "state").to_string())
+        .collect();
+    (states.iter().filter(|s| *s == "listen").count(), states.iter().filter(|s| *s == "closed").count())
+}
+
+/// The socket of each accepted connection is cloned from its listener and leaves LISTEN on the
+/// same tracepoint as a closing listener: 1,000 connections must still be no listen change.
+#[test]
+fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
+    const CONNECTIONS: usize = 1_000;
+    let daemon = Daemon::start("listen", &[], &[]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let opened = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port);
+    assert_eq!(opened.len(), 1, "opening the listener is not one listen event: {opened:?}");
+    assert_eq!(opened[0]["state"], "listen", "{}", opened[0]);
+
+    for _ in 0..CONNECTIONS {
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(client);
+        drop(accepted);
+    }
+    // Every outgoing connect reached the events log, so the sensor saw all the connections.
+    let connects = daemon.wait_for(CONNECTIONS, |e| {
+        e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["pid"].as_u64() == Some(own_pid())
+    });
+    assert_eq!(connects.len(), CONNECTIONS, "the sensor did not see every connection");
+    // A second listener opened and closed after them: the ring buffer is read in order, so once its
+    // close is written, anything the connections to the first one produced has been written too.
+    let marker = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let marker_port = marker.local_addr().unwrap().port();
+    drop(marker);
+    let marker_states = daemon.wait_for(2, |e| e["kind"] == "listen" && e["port"] == marker_port);
+    assert_eq!(marker_states.len(), 2, "marker listener's open and close missing: {marker_states:?}");
+    assert_eq!(
+        listen_counts(&daemon, port),
+        (1, 0),
+        "(opened, closed) listen events after {CONNECTIONS} connections: each connection was reported as a listen change"
+    );
+
+    drop(listener);
+    let closed = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port && e["state"] == "closed");
+    assert_eq!(closed.len(), 1, "closing the listener is not reported");
+    // Time for a duplicate to arrive before asserting there is none.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(listen_counts(&daemon, port), (1, 1), "(opened, closed) listen events once the listener is closed");
+    let status = daemon.status();
+    assert_eq!(signal(&status, "connect")["lost"], 0, "{status}");
+    daemon.stop();
+}
