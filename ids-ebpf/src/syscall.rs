@@ -22,7 +22,7 @@ impl Syscall {
 
     /// Argument `n` (0-based).
     #[inline(always)]
-    pub fn arg(&self, n: usize) -> u64 {
+    pub fn arg(&self, n: usize) -> Result<u64, i64> {
         let off = match n {
             0 => pt_regs::ARG0,
             1 => pt_regs::ARG1,
@@ -31,13 +31,13 @@ impl Syscall {
             4 => pt_regs::ARG4,
             _ => pt_regs::ARG5,
         };
-        read::<u64>(self.regs, off).unwrap_or(0)
+        read::<u64>(self.regs, off)
     }
 }
 
 /// At `sys_exit`: the syscall number (from `orig_ax`) and the return value.
 #[inline(always)]
-pub fn exit_of(ctx: &RawTracePointContext) -> (i64, i64) {
+pub fn exit_of(ctx: &RawTracePointContext) -> Result<(i64, i64), i64> {
     let regs = ctx.arg::<u64>(0) as Kptr;
-    (read::<i64>(regs, pt_regs::ORIG_AX).unwrap_or(-1), ctx.arg::<i64>(1))
+    Ok((read::<i64>(regs, pt_regs::ORIG_AX)?, ctx.arg::<i64>(1)))
 }

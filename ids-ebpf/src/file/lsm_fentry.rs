@@ -6,15 +6,15 @@ use aya_ebpf::{
     macros::{fentry, lsm},
     programs::{FEntryContext, LsmContext},
 };
-use ids_common::{FileEvent, FileOp, Signal, WATCHED_FILE, kind, path_source};
+use ids_common::{FileEvent, FileOp, ProgramId, Signal, WATCHED_FILE, kind, path_source};
 
 use super::{
-    FMODE_CREATED, describe_dentry, emit_dentry, is_awaited_parent, is_shared_writable, is_watched, is_watched_dir,
-    on_created, on_file, read_kernel_str,
+    FMODE_CREATED, add_to_watch_set, describe_dentry, emit_dentry, is_awaited_parent, is_shared_writable, is_watched,
+    is_watched_dir, on_created, on_file, read_kernel_str,
 };
 use crate::{
     kernel::{self, Kptr, offset, read},
-    maps::{FILE_EVENTS, WATCHED_INODES, count_lost},
+    maps::{FILE_EVENTS, count_failure, count_lost},
 };
 
 const ATTR_MODE: u32 = 1 << 0;
@@ -26,32 +26,42 @@ const ATTR_MTIME: u32 = 1 << 5;
 
 #[lsm(hook = "file_open")]
 pub fn file_open_lsm(ctx: LsmContext) -> i32 {
-    let file: Kptr = ctx.arg(0);
-    if let Ok(fmode) = read::<u32>(file, offset!(file_mode)) {
-        if fmode & FMODE_CREATED != 0 {
-            if let Ok(dentry) = kernel::file_dentry(file) {
-                let _ = on_created(dentry);
-            }
-        }
-    }
-    // Truncation by O_TRUNC reaches `inode_setattr` with ATTR_SIZE; reporting it here would double it.
+    count_failure(ProgramId::FileOpenLsm, try_file_open_lsm(&ctx));
     0
+}
+
+#[inline(always)]
+fn try_file_open_lsm(ctx: &LsmContext) -> Result<(), i64> {
+    let file: Kptr = ctx.arg(0);
+    let fmode: u32 = read(file, offset!(file_mode))?;
+    // Truncation by O_TRUNC reaches `inode_setattr` with ATTR_SIZE; reporting it here would double it.
+    if fmode & FMODE_CREATED == 0 {
+        return Ok(());
+    }
+    on_created(kernel::file_dentry(file)?)
 }
 
 #[lsm(hook = "mmap_file")]
 pub fn file_mmap_lsm(ctx: LsmContext) -> i32 {
+    count_failure(ProgramId::FileMmapLsm, try_file_mmap_lsm(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_file_mmap_lsm(ctx: &LsmContext) -> Result<(), i64> {
     let file: Kptr = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
     let flags: u64 = ctx.arg(3);
-    if !file.is_null() && is_shared_writable(prot, flags) {
-        let _ = on_file(FileOp::Write, file);
+    // Anonymous mappings have no file.
+    if file.is_null() || !is_shared_writable(prot, flags) {
+        return Ok(());
     }
-    0
+    on_file(FileOp::Write, file)
 }
 
 #[lsm(hook = "inode_setattr")]
 pub fn file_setattr_lsm(ctx: LsmContext) -> i32 {
-    let _ = try_file_setattr_lsm(&ctx);
+    count_failure(ProgramId::FileSetattrLsm, try_file_setattr_lsm(&ctx));
     0
 }
 
@@ -79,64 +89,66 @@ fn try_file_setattr_lsm(ctx: &LsmContext) -> Result<(), i64> {
     Ok(())
 }
 
+// The hooks below only hand their arguments to a shared function, which is their `try_` step.
+
 #[lsm(hook = "inode_unlink")]
 pub fn file_unlink_lsm(ctx: LsmContext) -> i32 {
-    on_dentry_removed(ctx.arg(1));
+    count_failure(ProgramId::FileUnlinkLsm, on_dentry_removed(ctx.arg(1)));
     0
 }
 
 #[lsm(hook = "inode_rmdir")]
 pub fn file_rmdir_lsm(ctx: LsmContext) -> i32 {
-    on_dentry_removed(ctx.arg(1));
+    count_failure(ProgramId::FileRmdirLsm, on_dentry_removed(ctx.arg(1)));
     0
 }
 
 #[inline(always)]
-fn on_dentry_removed(dentry: Kptr) {
-    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
-        if is_watched(&key) {
-            emit_dentry(FileOp::Unlink, dentry);
-        }
+fn on_dentry_removed(dentry: Kptr) -> Result<(), i64> {
+    let key = kernel::inode_key(kernel::dentry_inode(dentry)?)?;
+    if is_watched(&key) {
+        emit_dentry(FileOp::Unlink, dentry);
     }
+    Ok(())
 }
 
 /// New names in a watched directory: `(dir inode, new dentry)` hooks.
 #[inline(always)]
-fn on_new_name(dir: Kptr, dentry: Kptr) {
-    if let Ok(key) = kernel::inode_key(dir) {
-        if is_watched_dir(&key) || is_awaited_parent(&key) {
-            emit_dentry(FileOp::Create, dentry);
-        }
+fn on_new_name(dir: Kptr, dentry: Kptr) -> Result<(), i64> {
+    let key = kernel::inode_key(dir)?;
+    if is_watched_dir(&key) || is_awaited_parent(&key) {
+        emit_dentry(FileOp::Create, dentry);
     }
+    Ok(())
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn file_mkdir_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
+    count_failure(ProgramId::FileMkdirLsm, on_new_name(ctx.arg(0), ctx.arg(1)));
     0
 }
 
 #[lsm(hook = "inode_mknod")]
 pub fn file_mknod_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
+    count_failure(ProgramId::FileMknodLsm, on_new_name(ctx.arg(0), ctx.arg(1)));
     0
 }
 
 #[lsm(hook = "inode_symlink")]
 pub fn file_symlink_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(0), ctx.arg(1));
+    count_failure(ProgramId::FileSymlinkLsm, on_new_name(ctx.arg(0), ctx.arg(1)));
     0
 }
 
 #[lsm(hook = "inode_link")]
 pub fn file_link_lsm(ctx: LsmContext) -> i32 {
-    on_new_name(ctx.arg(1), ctx.arg(2));
+    count_failure(ProgramId::FileLinkLsm, on_new_name(ctx.arg(1), ctx.arg(2)));
     0
 }
 
 #[lsm(hook = "inode_rename")]
 pub fn file_rename_lsm(ctx: LsmContext) -> i32 {
-    let _ = try_file_rename_lsm(&ctx);
+    count_failure(ProgramId::FileRenameLsm, try_file_rename_lsm(&ctx));
     0
 }
 
@@ -146,24 +158,26 @@ fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
     let new_dir: Kptr = ctx.arg(2);
     let new_dentry: Kptr = ctx.arg(3);
     let moved = kernel::inode_key(kernel::dentry_inode(old_dentry)?)?;
-    let into_watched = kernel::inode_key(new_dir).map(|k| is_watched_dir(&k)).unwrap_or(false);
-    let into_awaited = kernel::inode_key(new_dir).map(|k| is_awaited_parent(&k)).unwrap_or(false);
+    // Without the destination directory's inode, the move is still reported if the file is watched;
+    // the failed read is returned once that is done.
+    let new_dir_key = kernel::inode_key(new_dir);
+    let into_watched = matches!(&new_dir_key, Ok(key) if is_watched_dir(key));
+    let into_awaited = matches!(&new_dir_key, Ok(key) if is_awaited_parent(key));
+    let new_dir_read = new_dir_key.map(|_| ());
     if !is_watched(&moved) && !into_watched && !into_awaited {
-        return Ok(());
+        return new_dir_read;
     }
-    if into_watched {
-        let _ = WATCHED_INODES.insert(&moved, &WATCHED_FILE, 0);
-    }
+    let added = if into_watched { add_to_watch_set(&moved, WATCHED_FILE) } else { Ok(()) };
     let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
         count_lost(Signal::File);
-        return Ok(());
+        return new_dir_read.and(added);
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
     kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
     event.op = FileOp::Rename as u32;
     describe_dentry(event, old_dentry);
     event.new_source = path_source::DENTRY;
-    let new_dir_key = kernel::inode_key(new_dir).unwrap_or_default();
+    let new_dir_key = new_dir_key.unwrap_or_default();
     event.new_dir_dev = new_dir_key.dev;
     event.new_dir_ino = new_dir_key.ino;
     match kernel::dentry_name(new_dentry) {
@@ -175,17 +189,17 @@ fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
         Err(_) => event.new_name[0] = 0,
     }
     entry.submit(0);
-    Ok(())
+    new_dir_read.and(added)
 }
 
 #[fentry(function = "vfs_write")]
 pub fn file_vfs_write(ctx: FEntryContext) -> u32 {
-    let _ = on_file(FileOp::Write, ctx.arg(0));
+    count_failure(ProgramId::FileVfsWrite, on_file(FileOp::Write, ctx.arg(0)));
     0
 }
 
 #[fentry(function = "vfs_writev")]
 pub fn file_vfs_writev(ctx: FEntryContext) -> u32 {
-    let _ = on_file(FileOp::Write, ctx.arg(0));
+    count_failure(ProgramId::FileVfsWritev, on_file(FileOp::Write, ctx.arg(0)));
     0
 }

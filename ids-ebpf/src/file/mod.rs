@@ -77,7 +77,8 @@ fn describe_dentry(event: &mut FileEvent, dentry: Kptr) {
             event.dev = key.dev;
             event.ino = key.ino;
         }
-        event.mode = kernel::inode_mode(inode);
+        // Informative only: 0 when it cannot be read, as the record documents.
+        event.mode = kernel::inode_mode(inode).unwrap_or(0);
     }
     event.dir_dev = 0;
     event.dir_ino = 0;
@@ -141,6 +142,7 @@ fn on_file(op: FileOp, file: Kptr) -> Result<(), i64> {
 fn on_created(dentry: Kptr) -> Result<(), i64> {
     let parent = kernel::dentry_parent(dentry)?;
     let dir = kernel::inode_key(kernel::dentry_inode(parent)?)?;
+    let mut dir_added = Ok(());
     if !is_watched_dir(&dir) {
         if is_awaited_parent(&dir) {
             // Reported, nothing added: the daemon adds the awaited path itself.
@@ -150,13 +152,20 @@ fn on_created(dentry: Kptr) -> Result<(), i64> {
         if !has_watched_ancestor(parent)? {
             return Ok(());
         }
-        let _ = WATCHED_INODES.insert(&dir, &WATCHED_DIR, 0);
+        dir_added = add_to_watch_set(&dir, WATCHED_DIR);
     }
-    if let Ok(key) = kernel::dentry_inode(dentry).and_then(kernel::inode_key) {
-        let _ = WATCHED_INODES.insert(&key, &WATCHED_FILE, 0);
-    }
+    let file_added =
+        kernel::dentry_inode(dentry).and_then(kernel::inode_key).and_then(|key| add_to_watch_set(&key, WATCHED_FILE));
+    // The creation is reported even when the watch set could not take the new inodes; the writes
+    // that follow will be missed, which the error count makes visible.
     emit_dentry(FileOp::Create, dentry);
-    Ok(())
+    dir_added.and(file_added)
+}
+
+/// Adds an inode to the watch set; fails when the map is full.
+#[inline(always)]
+fn add_to_watch_set(key: &InodeKey, value: u32) -> Result<(), i64> {
+    WATCHED_INODES.insert(key, &value, 0).map_err(|e| e as i64)
 }
 
 /// Levels above a new file's directory searched for a watched directory.

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use ids_common::{FileEvent, FileOp, InodeKey, PATH_LEN, Signal, kind, path_source};
+use ids_common::{FileEvent, FileOp, InodeKey, PATH_LEN, ProgramId, Signal, kind, path_source};
 
 use super::{FMODE_CREATED, clear_new, is_shared_writable, on_created, on_file};
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     kernel::{self, offset, read},
     maps::{
         FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH, WATCHED_INODES,
-        WATCHED_PREFIXES, count_lost,
+        WATCHED_PREFIXES, count_failure, count_lost,
     },
     syscall::{Syscall, exit_of},
 };
@@ -39,7 +39,13 @@ fn tid_key() -> u64 {
 /// Every syscall enters here; only the ones below do more than compare a number.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn file_sys_enter(ctx: RawTracePointContext) -> i32 {
-    let call = Syscall::enter(&ctx);
+    count_failure(ProgramId::FileSysEnter, try_file_sys_enter(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_file_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let call = Syscall::enter(ctx);
     match call.nr {
         nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_enter(&call),
         nr::WRITE
@@ -53,32 +59,26 @@ pub fn file_sys_enter(ctx: RawTracePointContext) -> i32 {
         | nr::COPY_FILE_RANGE
         | nr::FCHMOD
         | nr::FCHOWN
-        | nr::MMAP => {
-            let _ = try_file_fd_enter(&call);
-        }
-        _ => {
-            if is_path_call(call.nr) {
-                let _ = try_file_path_enter(&call);
-            }
-        }
+        | nr::MMAP => file_fd_enter(&call),
+        nr if is_path_call(nr) => file_path_enter(&call),
+        _ => Ok(()),
     }
-    0
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn file_sys_exit(ctx: RawTracePointContext) -> i32 {
-    let (nr, ret) = exit_of(&ctx);
-    match nr {
-        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
-            let _ = try_file_open_exit(ret);
-        }
-        _ => {
-            if is_path_call(nr) {
-                file_path_exit(ret);
-            }
-        }
-    }
+    count_failure(ProgramId::FileSysExit, try_file_sys_exit(&ctx));
     0
+}
+
+#[inline(always)]
+fn try_file_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (nr, ret) = exit_of(ctx)?;
+    match nr {
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_exit(ret),
+        nr if is_path_call(nr) => file_path_exit(ret),
+        _ => Ok(()),
+    }
 }
 
 #[inline(always)]
@@ -115,7 +115,7 @@ fn is_path_call(nr: i64) -> bool {
 
 /// Descriptor-based changes: write family, truncate, fchmod/fchown, shared writable mmap.
 #[inline(always)]
-fn try_file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
+fn file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
     let (op, fd) = match ctx.nr {
         nr::WRITE
         | nr::PWRITE64
@@ -124,61 +124,70 @@ fn try_file_fd_enter(ctx: &Syscall) -> Result<(), i64> {
         | nr::PWRITEV2
         | nr::SENDFILE
         | nr::FTRUNCATE
-        | nr::FALLOCATE => (FileOp::Write, ctx.arg(0)),
-        nr::COPY_FILE_RANGE => (FileOp::Write, ctx.arg(2)),
-        nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, ctx.arg(0)),
+        | nr::FALLOCATE => (FileOp::Write, ctx.arg(0)?),
+        nr::COPY_FILE_RANGE => (FileOp::Write, ctx.arg(2)?),
+        nr::FCHMOD | nr::FCHOWN => (FileOp::Attrib, ctx.arg(0)?),
         nr::MMAP => {
-            if !is_shared_writable(ctx.arg(2), ctx.arg(3)) {
+            if !is_shared_writable(ctx.arg(2)?, ctx.arg(3)?) {
                 return Ok(());
             }
-            (FileOp::Write, ctx.arg(4))
+            (FileOp::Write, ctx.arg(4)?)
         }
         _ => return Ok(()),
     };
-    on_file(op, kernel::file_from_fd(fd as i32 as i64)?)
+    match kernel::file_from_fd(fd as i32 as i64)? {
+        Some(file) => on_file(op, file),
+        None => Ok(()),
+    }
 }
 
 /// Opens that may create or truncate: remember the flags until the syscall returns.
 #[inline(always)]
-fn file_open_enter(ctx: &Syscall) {
+fn file_open_enter(ctx: &Syscall) -> Result<(), i64> {
     let flags = match ctx.nr {
-        nr::OPEN => ctx.arg(1),
-        nr::OPENAT => ctx.arg(2),
+        nr::OPEN => ctx.arg(1)?,
+        nr::OPENAT => ctx.arg(2)?,
         nr::CREAT => O_CREAT | O_WRONLY | O_TRUNC,
         nr::OPENAT2 => {
-            let how = ctx.arg(2) as *const u64;
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0)
+            // `struct open_how` starts with the flags.
+            let how = ctx.arg(2)? as *const u64;
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.map_err(|e| e as i64)?
         }
-        _ => return,
+        _ => return Ok(()),
     };
     if flags & (O_CREAT | O_TRUNC) != 0 {
-        let _ = PENDING_OPENS.insert(&tid_key(), &flags, 0);
+        PENDING_OPENS.insert(&tid_key(), &flags, 0).map_err(|e| e as i64)?;
     }
+    Ok(())
 }
 
 #[inline(always)]
-fn try_file_open_exit(fd: i64) -> Result<(), i64> {
+fn file_open_exit(fd: i64) -> Result<(), i64> {
     let tid = tid_key();
     let Some(flags) = (unsafe { PENDING_OPENS.get(&tid) }).copied() else {
         return Ok(());
     };
-    let _ = PENDING_OPENS.remove(&tid);
+    // Kept to be reported after the open is handled, which does not depend on it.
+    let removed = PENDING_OPENS.remove(&tid).map_err(|e| e as i64);
     if fd < 0 {
-        return Ok(());
+        return removed;
     }
-    let file = kernel::file_from_fd(fd)?;
+    // Another thread may have closed the descriptor already.
+    let Some(file) = kernel::file_from_fd(fd)? else {
+        return removed;
+    };
     let fmode: u32 = read(file, offset!(file_mode))?;
     if fmode & FMODE_CREATED != 0 {
-        on_created(kernel::file_dentry(file)?)
+        on_created(kernel::file_dentry(file)?)?;
     } else if flags & O_TRUNC != 0 {
-        on_file(FileOp::Write, file)
-    } else {
-        Ok(())
+        on_file(FileOp::Write, file)?;
     }
+    removed
 }
 
 /// Reads a user path into `name` and decides whether it lies in the watch set.
-/// Returns (source, watched); fills `dir` for relative paths.
+/// Returns (source, watched); fills `dir` for relative paths. A path that could not be read is an
+/// error: the change it names cannot be checked.
 #[inline(always)]
 fn capture_path(
     dirfd: i64,
@@ -192,13 +201,21 @@ fn capture_path(
     let n = unsafe {
         generated::bpf_probe_read_user_str(key.data.bytes.as_mut_ptr().cast(), PATH_LEN as u32, upath as *const _)
     };
+    if n < 0 {
+        return Err(n);
+    }
     if n <= 1 {
-        return Err(-1);
+        // An empty path names nothing below dirfd (with AT_EMPTY_PATH the call acts on dirfd itself).
+        name[0] = 0;
+        return Ok((path_source::NONE, false));
     }
     *truncated = n >= PATH_LEN as i64;
-    unsafe {
+    let copied = unsafe {
         generated::bpf_probe_read_kernel(name.as_mut_ptr().cast(), PATH_LEN as u32, key.data.bytes.as_ptr().cast())
     };
+    if copied < 0 {
+        return Err(copied);
+    }
     if key.data.bytes[0] == b'/' {
         key.prefix_len = (PATH_LEN * 8) as u32;
         return Ok((path_source::ABSOLUTE, WATCHED_PREFIXES.get(&*key).is_some()));
@@ -206,7 +223,11 @@ fn capture_path(
     let base = if dirfd as i32 as i64 == AT_FDCWD {
         kernel::cwd_dentry()?
     } else {
-        kernel::file_dentry(kernel::file_from_fd(dirfd as i32 as i64)?)?
+        match kernel::file_from_fd(dirfd as i32 as i64)? {
+            Some(file) => kernel::file_dentry(file)?,
+            // The call fails with EBADF: nothing changes.
+            None => return Ok((path_source::RELATIVE, false)),
+        }
     };
     *dir = kernel::inode_key(kernel::dentry_inode(base)?)?;
     Ok((path_source::RELATIVE, is_relevant_base(dir)))
@@ -214,30 +235,33 @@ fn capture_path(
 
 /// Path-based changes: rename, unlink, mkdir, link, chmod, chown, utimes, truncate.
 #[inline(always)]
-fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
+fn file_path_enter(ctx: &Syscall) -> Result<(), i64> {
     const CWD: u64 = AT_FDCWD as u64;
     // (op, dirfd, path, second dirfd, second path); a zero second path means none.
     let (op, dirfd, path, dirfd2, path2) = match ctx.nr {
-        nr::RENAME => (FileOp::Rename, CWD, ctx.arg(0), CWD, ctx.arg(1)),
-        nr::RENAMEAT | nr::RENAMEAT2 => (FileOp::Rename, ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3)),
-        nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, ctx.arg(0), 0, 0),
-        nr::UNLINKAT => (FileOp::Unlink, ctx.arg(0), ctx.arg(1), 0, 0),
-        nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, ctx.arg(0), 0, 0),
-        nr::MKDIRAT | nr::MKNODAT => (FileOp::Create, ctx.arg(0), ctx.arg(1), 0, 0),
-        nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, ctx.arg(1), 0, 0),
-        nr::LINKAT => (FileOp::Create, ctx.arg(2), ctx.arg(3), 0, 0),
-        nr::SYMLINKAT => (FileOp::Create, ctx.arg(1), ctx.arg(2), 0, 0),
-        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => (FileOp::Attrib, CWD, ctx.arg(0), 0, 0),
+        nr::RENAME => (FileOp::Rename, CWD, ctx.arg(0)?, CWD, ctx.arg(1)?),
+        nr::RENAMEAT | nr::RENAMEAT2 => (FileOp::Rename, ctx.arg(0)?, ctx.arg(1)?, ctx.arg(2)?, ctx.arg(3)?),
+        nr::UNLINK | nr::RMDIR => (FileOp::Unlink, CWD, ctx.arg(0)?, 0, 0),
+        nr::UNLINKAT => (FileOp::Unlink, ctx.arg(0)?, ctx.arg(1)?, 0, 0),
+        nr::MKDIR | nr::MKNOD => (FileOp::Create, CWD, ctx.arg(0)?, 0, 0),
+        nr::MKDIRAT | nr::MKNODAT => (FileOp::Create, ctx.arg(0)?, ctx.arg(1)?, 0, 0),
+        nr::LINK | nr::SYMLINK => (FileOp::Create, CWD, ctx.arg(1)?, 0, 0),
+        nr::LINKAT => (FileOp::Create, ctx.arg(2)?, ctx.arg(3)?, 0, 0),
+        nr::SYMLINKAT => (FileOp::Create, ctx.arg(1)?, ctx.arg(2)?, 0, 0),
+        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::UTIME | nr::UTIMES => (FileOp::Attrib, CWD, ctx.arg(0)?, 0, 0),
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            let dirfd = ctx.arg(0);
-            let path = ctx.arg(1);
+            let dirfd = ctx.arg(0)?;
+            let path = ctx.arg(1)?;
             if path == 0 {
                 // utimensat(fd, NULL, ...) changes the open file itself.
-                return on_file(FileOp::Attrib, kernel::file_from_fd(dirfd as i32 as i64)?);
+                return match kernel::file_from_fd(dirfd as i32 as i64)? {
+                    Some(file) => on_file(FileOp::Attrib, file),
+                    None => Ok(()),
+                };
             }
             (FileOp::Attrib, dirfd, path, 0, 0)
         }
-        nr::TRUNCATE => (FileOp::Write, CWD, ctx.arg(0), 0, 0),
+        nr::TRUNCATE => (FileOp::Write, CWD, ctx.arg(0)?, 0, 0),
         _ => return Ok(()),
     };
     let event = FILE_SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
@@ -256,41 +280,48 @@ fn try_file_path_enter(ctx: &Syscall) -> Result<(), i64> {
         unsafe { core::ptr::write_volatile(&mut any_watched, 1) };
     }
     clear_new(event);
+    // A rename whose destination could not be read is still reported when its source is watched;
+    // the failure is returned once that is done.
+    let mut second_path = Ok(());
     if path2 != 0 {
         let mut dir2 = InodeKey::default();
         let mut cut2 = false;
-        if let Ok((source2, watched2)) = capture_path(dirfd2 as i64, path2, &mut event.new_name, &mut dir2, &mut cut2) {
-            event.new_source = source2;
-            event.new_dir_dev = dir2.dev;
-            event.new_dir_ino = dir2.ino;
-            event.truncated |= (cut2 as u32) << 1;
-            if watched2 {
-                unsafe { core::ptr::write_volatile(&mut any_watched, 1) };
+        match capture_path(dirfd2 as i64, path2, &mut event.new_name, &mut dir2, &mut cut2) {
+            Ok((source2, watched2)) => {
+                event.new_source = source2;
+                event.new_dir_dev = dir2.dev;
+                event.new_dir_ino = dir2.ino;
+                event.truncated |= (cut2 as u32) << 1;
+                if watched2 {
+                    unsafe { core::ptr::write_volatile(&mut any_watched, 1) };
+                }
             }
+            Err(e) => second_path = Err(e),
         }
     }
     if unsafe { core::ptr::read_volatile(&any_watched) } == 0 {
-        return Ok(());
+        return second_path;
     }
     kernel::fill_header(&mut event.header, kind::FILE_CHANGE, core::mem::size_of::<FileEvent>());
     event.op = op as u32;
     event.dev = 0;
     event.ino = 0;
     event.mode = 0;
-    PENDING_FILE_EVENTS.insert(&tid_key(), &*event, 0).map_err(|e| e as i64)
+    PENDING_FILE_EVENTS.insert(&tid_key(), &*event, 0).map_err(|e| e as i64)?;
+    second_path
 }
 
 /// Sends a parked path-based record once its syscall returned 0.
 #[inline(always)]
-fn file_path_exit(ret: i64) {
+fn file_path_exit(ret: i64) -> Result<(), i64> {
     let tid = tid_key();
     let Some(event) = PENDING_FILE_EVENTS.get_ptr(&tid) else {
-        return;
+        return Ok(());
     };
     if ret == 0 {
         if FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
             count_lost(Signal::File);
         }
     }
-    let _ = PENDING_FILE_EVENTS.remove(&tid);
+    PENDING_FILE_EVENTS.remove(&tid).map_err(|e| e as i64)
 }
