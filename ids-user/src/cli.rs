@@ -407,6 +407,15 @@ fn human_status(status: &serde_json::Value) -> String {
             signal["lost"],
         );
     }
+    let errors: Vec<String> = status["errors"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, count)| count.as_u64().is_some_and(|n| n > 0))
+        .map(|(program, count)| format!("{program} {count}"))
+        .collect();
+    out +=
+        &format!("eBPF program errors: {}\n", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
     let interfaces: Vec<&str> =
         status["incoming"]["interfaces"].as_array().into_iter().flatten().filter_map(|i| i.as_str()).collect();
     out += &format!("incoming  {} on {}\n", status["incoming"]["hook"].as_str().unwrap_or("?"), interfaces.join(", "));

@@ -341,11 +341,13 @@ fn status(
         })
         .collect();
     let (aggregate, integrity) = integrity.status();
+    let errors: std::collections::BTreeMap<&str, u64> = sensor.program_errors().into_iter().collect();
     serde_json::json!({
         "ok": true,
         "pid": std::process::id(),
         "uptime_s": started.elapsed().as_secs(),
         "signals": signals,
+        "errors": errors,
         "incoming": {"hook": format!("xdp:{}", crate::bans::kernel::PROGRAM), "interfaces": sensor.syn_interfaces()},
         "watch": {
             "roots": roots,

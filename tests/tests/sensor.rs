@@ -360,3 +360,70 @@ fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
     assert_eq!(signal(&status, "connect")["lost"], 0, "{status}");
     daemon.stop();
 }
+
+/// `errors.<program>` of `ids status --json`.
+fn program_errors(status: &Value, program: &str) -> u64 {
+    status["errors"][program].as_u64().unwrap_or_else(|| panic!("status has no error count for {program}: {status}"))
+}
+
+/// A connect whose address lies in a page the process has mapped but never touched: the kernel's
+/// copy faults the page in, but the program reads it at syscall entry, where no fault may be taken.
+/// That connect cannot be reported, and the program's error counter is what tells.
+#[test]
+fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
+    use std::os::fd::AsRawFd;
+    const UNREADABLE: u64 = 3;
+    const ORDINARY: usize = 3;
+    let daemon = Daemon::start("errors", &[], &[]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scratch = Scratch::new("/var/tmp", "errors-addr");
+    let addr_file = scratch.0.join("sockaddr");
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = port.to_be();
+    addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+    // SAFETY: reads the bytes of a plain-data struct.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&addr as *const libc::sockaddr_in).cast::<u8>(), std::mem::size_of_val(&addr))
+    };
+    fs::write(&addr_file, bytes).unwrap();
+    let before = program_errors(&daemon.status(), "connect_sys_enter");
+
+    for _ in 0..ORDINARY {
+        let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        listener.accept().unwrap();
+    }
+    let file = fs::File::open(&addr_file).unwrap();
+    for _ in 0..UNREADABLE {
+        // SAFETY: a fresh private read-only mapping of our own file, unmapped below; the socket is ours.
+        unsafe {
+            let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0);
+            assert_ne!(page, libc::MAP_FAILED);
+            let socket = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(socket >= 0);
+            let rc = libc::connect(socket, page.cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+            assert_eq!(rc, 0, "connect through the mapped address: {}", std::io::Error::last_os_error());
+            libc::close(socket);
+            libc::munmap(page, 4096);
+        }
+        listener.accept().unwrap();
+    }
+    let status = daemon.status();
+    assert_eq!(
+        program_errors(&status, "connect_sys_enter") - before,
+        UNREADABLE,
+        "{ORDINARY} ordinary connects and {UNREADABLE} through an untouched page: {status}"
+    );
+    let reported =
+        daemon.wait_for(ORDINARY, |e| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port);
+    assert_eq!(reported.len(), ORDINARY, "the ordinary connects are reported");
+    let human = Command::new(ids_tests::ids_bin()).args(["status", "--config"]).arg(&daemon.config).output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("connect_sys_enter {}", before + UNREADABLE)),
+        "`ids status` does not show the error count: {human}"
+    );
+    daemon.stop();
+}
