@@ -253,6 +253,109 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
 
+// ---------------------------------------------------------------- program errors
+
+/// The eBPF programs of the sensor, as the keys of the per-CPU error counters `PROGRAM_ERRORS`
+/// (a `PerCpuArray<u64>`, index = the value here, summed over CPUs by the daemon).
+///
+/// A program counts one error per run in which something it needed failed: a read of kernel or
+/// user memory that decides what it reports, a map update (the watch set full, a parked record not
+/// stored) or a helper. It then returns its safe verdict (0; XDP_PASS) or, where the rest of its
+/// work does not depend on the failed step, finishes that work (a ban still drops). Records that
+/// found no room in a ring buffer are counted as lost per `Signal`, not here.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramId {
+    ExecTp = 0,
+    ExecLsm = 1,
+    ModuleLoadTp = 2,
+    ModuleFreeTp = 3,
+    FileSysEnter = 4,
+    FileSysExit = 5,
+    FileOpenLsm = 6,
+    FileMmapLsm = 7,
+    FileSetattrLsm = 8,
+    FileUnlinkLsm = 9,
+    FileRmdirLsm = 10,
+    FileMkdirLsm = 11,
+    FileMknodLsm = 12,
+    FileSymlinkLsm = 13,
+    FileLinkLsm = 14,
+    FileRenameLsm = 15,
+    FileVfsWrite = 16,
+    FileVfsWritev = 17,
+    ConnectSysEnter = 18,
+    ConnectLsm = 19,
+    ListenTp = 20,
+    XdpGuard = 21,
+}
+pub const PROGRAM_COUNT: u32 = 22;
+const _: () = assert!(core::mem::size_of::<ProgramId>() == core::mem::size_of::<u32>());
+
+impl ProgramId {
+    /// Every program, in index order.
+    pub const ALL: [ProgramId; PROGRAM_COUNT as usize] = [
+        Self::ExecTp,
+        Self::ExecLsm,
+        Self::ModuleLoadTp,
+        Self::ModuleFreeTp,
+        Self::FileSysEnter,
+        Self::FileSysExit,
+        Self::FileOpenLsm,
+        Self::FileMmapLsm,
+        Self::FileSetattrLsm,
+        Self::FileUnlinkLsm,
+        Self::FileRmdirLsm,
+        Self::FileMkdirLsm,
+        Self::FileMknodLsm,
+        Self::FileSymlinkLsm,
+        Self::FileLinkLsm,
+        Self::FileRenameLsm,
+        Self::FileVfsWrite,
+        Self::FileVfsWritev,
+        Self::ConnectSysEnter,
+        Self::ConnectLsm,
+        Self::ListenTp,
+        Self::XdpGuard,
+    ];
+
+    /// The program's function name in the eBPF object, which is also how the daemon loads it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ExecTp => "exec_tp",
+            Self::ExecLsm => "exec_lsm",
+            Self::ModuleLoadTp => "module_load_tp",
+            Self::ModuleFreeTp => "module_free_tp",
+            Self::FileSysEnter => "file_sys_enter",
+            Self::FileSysExit => "file_sys_exit",
+            Self::FileOpenLsm => "file_open_lsm",
+            Self::FileMmapLsm => "file_mmap_lsm",
+            Self::FileSetattrLsm => "file_setattr_lsm",
+            Self::FileUnlinkLsm => "file_unlink_lsm",
+            Self::FileRmdirLsm => "file_rmdir_lsm",
+            Self::FileMkdirLsm => "file_mkdir_lsm",
+            Self::FileMknodLsm => "file_mknod_lsm",
+            Self::FileSymlinkLsm => "file_symlink_lsm",
+            Self::FileLinkLsm => "file_link_lsm",
+            Self::FileRenameLsm => "file_rename_lsm",
+            Self::FileVfsWrite => "file_vfs_write",
+            Self::FileVfsWritev => "file_vfs_writev",
+            Self::ConnectSysEnter => "connect_sys_enter",
+            Self::ConnectLsm => "connect_lsm",
+            Self::ListenTp => "listen_tp",
+            Self::XdpGuard => "xdp_guard",
+        }
+    }
+}
+// `ALL[i]` is the counter at index i, so the daemon can name every slot of the map.
+const _: () = {
+    let mut i = 0;
+    while i < ProgramId::ALL.len() {
+        assert!(ProgramId::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 // ---------------------------------------------------------------- XDP bans
 
 /// Value of the ban maps (`BAN_V4`, `BAN_V6`, `BAN_NET_V4`, `BAN_NET_V6`): the ban's id in the

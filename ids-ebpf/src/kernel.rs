@@ -75,20 +75,22 @@ pub fn current_ppid() -> u32 {
     }
 }
 
-/// The `struct file` behind descriptor `fd` of the current process.
+/// The `struct file` behind descriptor `fd` of the current process; `None` when `fd` is not an
+/// open descriptor: the syscall fails with EBADF, which is the caller's mistake, not a read that failed.
 #[inline(always)]
-pub fn file_from_fd(fd: i64) -> Result<Kptr, i64> {
+pub fn file_from_fd(fd: i64) -> Result<Option<Kptr>, i64> {
     if fd < 0 {
-        return Err(-1);
+        return Ok(None);
     }
     let files = read_ptr(current_task(), offset!(task_files))?;
     let fdt = read_ptr(files, offset!(files_fdt))?;
     let max: u32 = read(fdt, offset!(fdt_max_fds))?;
     if fd as u64 >= max as u64 {
-        return Err(-1);
+        return Ok(None);
     }
     let fd_array = read_ptr(fdt, offset!(fdt_fd))?;
-    read_ptr(fd_array, (fd as usize) * 8)
+    let file: u64 = read(fd_array, (fd as usize) * 8)?;
+    Ok(if file == 0 { None } else { Some(file as Kptr) })
 }
 
 #[inline(always)]
@@ -126,8 +128,8 @@ pub fn inode_key(inode: Kptr) -> Result<InodeKey, i64> {
 }
 
 #[inline(always)]
-pub fn inode_mode(inode: Kptr) -> u32 {
-    read::<u16>(inode, offset!(inode_mode)).unwrap_or(0) as u32
+pub fn inode_mode(inode: Kptr) -> Result<u32, i64> {
+    read::<u16>(inode, offset!(inode_mode)).map(u32::from)
 }
 
 /// The current working directory's dentry.

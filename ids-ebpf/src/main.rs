@@ -4,12 +4,14 @@
 #![no_std]
 #![no_main]
 
+mod arch;
 mod exec;
 mod file;
 mod kernel;
 mod maps;
 mod module;
 mod net;
+mod syscall;
 mod xdp;
 
 #[cfg(not(test))]

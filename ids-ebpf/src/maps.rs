@@ -4,7 +4,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
-use ids_common::{BanHits, BanId, FileEvent, InodeKey, PathPrefix, SIGNAL_COUNT, ScanPortKey, ScanState, Signal};
+use ids_common::{
+    BanHits, BanId, FileEvent, InodeKey, PROGRAM_COUNT, PathPrefix, ProgramId, SIGNAL_COUNT, ScanPortKey, ScanState,
+    Signal,
+};
 
 /// Exec records.
 #[map]
@@ -19,6 +22,10 @@ pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Records that did not fit in their ring buffer, per signal (index = `Signal`).
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(SIGNAL_COUNT, 0);
+
+/// Runs that failed, per program (index = `ProgramId`; see there for what counts).
+#[map]
+pub static PROGRAM_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_COUNT, 0);
 
 /// Every inode of the watch set (value `WATCHED_FILE` or `WATCHED_DIR`). The daemon fills it from
 /// the config; the programs add inodes created in watched directories. Its size is set at load.
@@ -85,5 +92,22 @@ pub fn count_lost(signal: Signal) {
     if let Some(counter) = LOST.get_ptr_mut(signal as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_error(program: ProgramId) {
+    if let Some(counter) = PROGRAM_ERRORS.get_ptr_mut(program as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// How a tracing or LSM program entry ends a run: counts its error if it had one. Those programs
+/// only observe, so their verdict is 0 either way.
+#[inline(always)]
+pub fn count_failure(program: ProgramId, run: Result<(), i64>) {
+    if run.is_err() {
+        count_error(program);
     }
 }

@@ -1,35 +1,36 @@
 //! Kernel modules: `module:module_load` and `module:module_free` report a module entering or
 //! leaving the kernel, so the `kernel_modules` collector re-runs at once instead of on its interval.
-//! Both tracepoints carry the name as `__data_loc char[] name`: at offset 12 in `module_load` (after
-//! `unsigned int taints`) and at offset 8 in `module_free`; the layout has been the same since the
-//! tracepoints were added (2.6.33).
+//! Both tracepoints carry the name as `__data_loc char[] name` (offsets in `arch`); the layout has
+//! been the same since the tracepoints were added (2.6.33).
 use aya_ebpf::{EbpfContext as _, helpers::generated, macros::tracepoint, programs::TracePointContext};
-use ids_common::{MODULE_FREE, MODULE_LOAD, MODULE_NAME_LEN, ModuleEvent, Signal, kind};
+use ids_common::{MODULE_FREE, MODULE_LOAD, MODULE_NAME_LEN, ModuleEvent, ProgramId, Signal, kind};
 
 use crate::{
+    arch::x86_64::tracepoint::{module_free, module_load},
     kernel::{self, Kptr},
-    maps::{EXEC_EVENTS, count_lost},
+    maps::{EXEC_EVENTS, count_failure, count_lost},
 };
 
 #[tracepoint]
 pub fn module_load_tp(ctx: TracePointContext) -> u32 {
-    emit_module(&ctx, MODULE_LOAD, 12);
+    count_failure(ProgramId::ModuleLoadTp, emit_module(&ctx, MODULE_LOAD, module_load::NAME));
     0
 }
 
 #[tracepoint]
 pub fn module_free_tp(ctx: TracePointContext) -> u32 {
-    emit_module(&ctx, MODULE_FREE, 8);
+    count_failure(ProgramId::ModuleFreeTp, emit_module(&ctx, MODULE_FREE, module_free::NAME));
     0
 }
 
+/// Sends the module record; a name that could not be read is sent empty and makes it an error.
 #[inline(always)]
-fn emit_module(ctx: &TracePointContext, op: u32, name_loc: usize) {
+fn emit_module(ctx: &TracePointContext, op: u32, name_loc: usize) -> Result<(), i64> {
     // Low 16 bits: offset of the string in the record; high 16: its length.
-    let Ok(loc) = (unsafe { ctx.read_at::<u32>(name_loc) }) else { return };
+    let loc = unsafe { ctx.read_at::<u32>(name_loc) }.map_err(|e| e as i64)?;
     let Some(mut entry) = EXEC_EVENTS.reserve::<ModuleEvent>(0) else {
         count_lost(Signal::Exec);
-        return;
+        return Ok(());
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
     kernel::fill_header(&mut event.header, kind::MODULE, core::mem::size_of::<ModuleEvent>());
@@ -43,4 +44,5 @@ fn emit_module(ctx: &TracePointContext, op: u32, name_loc: usize) {
         event.name[0] = 0;
     }
     entry.submit(0);
+    if read < 0 { Err(read) } else { Ok(()) }
 }

@@ -7,13 +7,14 @@ use aya_ebpf::{
 };
 use ids_common::{
     AF_INET, AF_INET6, ConnectEvent, DIRECTION_LISTEN, DIRECTION_OUT, DIRECTION_UNLISTEN, IPPROTO_TCP, IPPROTO_UDP,
-    Signal, kind,
+    ProgramId, Signal, kind,
 };
 
 use crate::{
-    file::Syscall,
+    arch::x86_64::{nr, tracepoint::inet_sock_set_state as field},
     kernel::{self, Kptr, offset, read},
-    maps::{NET_EVENTS, count_lost},
+    maps::{NET_EVENTS, count_failure, count_lost},
+    syscall::Syscall,
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -81,30 +82,31 @@ fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i
     };
     if ok.is_err() {
         entry.discard(0);
-        return Ok(());
+        return ok;
     }
     entry.submit(0);
     Ok(())
 }
 
-const NR_CONNECT: i64 = 42;
-
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn connect_sys_enter(ctx: RawTracePointContext) -> i32 {
-    let call = Syscall::enter(&ctx);
-    if call.nr == NR_CONNECT {
-        let _ = try_connect_enter(&call);
-    }
+    count_failure(ProgramId::ConnectSysEnter, try_connect_sys_enter(&ctx));
     0
 }
 
 #[inline(always)]
-fn try_connect_enter(call: &Syscall) -> Result<(), i64> {
-    let fd = call.arg(0);
-    let addr = call.arg(1);
-    let file = kernel::file_from_fd(fd as i32 as i64)?;
+fn try_connect_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let call = Syscall::enter(ctx);
+    if call.nr != nr::CONNECT {
+        return Ok(());
+    }
+    let fd = call.arg(0)?;
+    let addr = call.arg(1)?;
+    let Some(file) = kernel::file_from_fd(fd as i32 as i64)? else {
+        return Ok(());
+    };
     // Only a socket's private_data is a `struct socket`.
-    if kernel::inode_mode(kernel::file_inode(file)?) & S_IFMT != S_IFSOCK {
+    if kernel::inode_mode(kernel::file_inode(file)?)? & S_IFMT != S_IFSOCK {
         return Ok(());
     }
     let socket: Kptr = kernel::read_ptr(file, offset!(file_private_data))?;
@@ -113,53 +115,67 @@ fn try_connect_enter(call: &Syscall) -> Result<(), i64> {
 
 #[lsm(hook = "socket_connect")]
 pub fn connect_lsm(ctx: LsmContext) -> i32 {
+    count_failure(ProgramId::ConnectLsm, try_connect_lsm(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_connect_lsm(ctx: &LsmContext) -> Result<(), i64> {
     let socket: Kptr = ctx.arg(0);
     let addr: *const u8 = ctx.arg(1);
-    let _ = emit_connect(socket, addr, AddrSpace::Kernel);
-    0
+    emit_connect(socket, addr, AddrSpace::Kernel)
 }
 
 // ---------------------------------------------------------------- listening sockets
 
+const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
 /// A TCP socket entering or leaving LISTEN: lets the daemon re-run its listening-socket
 /// collector when the set changes instead of polling for it.
+///
+/// A listener leaves LISTEN only for CLOSE (close, shutdown, a listen() that failed to get its
+/// port). The socket of every connection it accepts starts as a clone of it, state included, and
+/// the same tracepoint shows that clone going LISTEN -> SYN_RECV: those are the listener's
+/// connections, not listen changes, and must not reach the daemon.
 #[tracepoint]
 pub fn listen_tp(ctx: TracePointContext) -> u32 {
-    let _ = try_listen_tp(&ctx);
+    count_failure(ProgramId::ListenTp, try_listen_tp(&ctx));
     0
 }
 
 #[inline(always)]
 fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let old: i32 = unsafe { ctx.read_at(16) }.map_err(|e| e as i64)?;
-    let new: i32 = unsafe { ctx.read_at(20) }.map_err(|e| e as i64)?;
+    let old: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(|e| e as i64)?;
+    let new: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(|e| e as i64)?;
     let direction = if new == TCP_LISTEN {
         DIRECTION_LISTEN
-    } else if old == TCP_LISTEN {
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
         DIRECTION_UNLISTEN
     } else {
         return Ok(());
     };
-    let protocol: u16 = unsafe { ctx.read_at(30) }.map_err(|e| e as i64)?;
+    let protocol: u16 = unsafe { ctx.read_at(field::PROTOCOL) }.map_err(|e| e as i64)?;
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(28) }.map_err(|e| e as i64)?;
+    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.map_err(|e| e as i64)?;
+    let sport: u16 = unsafe { ctx.read_at(field::SPORT) }.map_err(|e| e as i64)?;
+    let mut saddr = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.map_err(|e| e as i64)?;
+        saddr[..4].copy_from_slice(&v4);
+    } else {
+        saddr = unsafe { ctx.read_at(field::SADDR_V6) }.map_err(|e| e as i64)?;
+    }
     let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(Signal::Connect);
         return Ok(());
     };
     let event = unsafe { &mut *entry.as_mut_ptr() };
     start_process_event(event, direction, IPPROTO_TCP, family);
-    event.sport = unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0);
-    if family == AF_INET {
-        let v4: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
-        event.saddr[..4].copy_from_slice(&v4);
-    } else {
-        event.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
-    }
+    event.sport = sport;
+    event.saddr = saddr;
     entry.submit(0);
     Ok(())
 }

@@ -7,7 +7,9 @@
 //!    detector (untrusted sources only), which reports a source on `XDP_EVENTS` once per window when it tried more distinct
 //!    ports, or sent more SYNs, than the thresholds in `XDP_SETTINGS`.
 //!
-//! Anything it cannot parse passes.
+//! Anything it cannot parse passes. A failed map update (a ban's hit counter, the scan detector's
+//! state) is counted in `PROGRAM_ERRORS` where it happens and changes nothing else: a banned source
+//! is dropped whether or not its hits could be counted.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_ns},
@@ -16,13 +18,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ids_common::{
-    AF_INET, AF_INET6, BanHits, BanId, ConnectEvent, DIRECTION_IN, IPPROTO_TCP, SCAN_PORTS as WHAT_PORTS,
+    AF_INET, AF_INET6, BanHits, BanId, ConnectEvent, DIRECTION_IN, IPPROTO_TCP, ProgramId, SCAN_PORTS as WHAT_PORTS,
     SCAN_SYN_FLOOD, ScanEvent, ScanPortKey, ScanState, Signal, XdpSettings, kind,
 };
 
 use crate::maps::{
     BAN_HITS, BAN_NET_V4, BAN_NET_V6, BAN_V4, BAN_V6, NET_EVENTS, SCAN_PORTS, SCAN_SOURCES, TRUSTED_V4, TRUSTED_V6,
-    XDP_EVENTS, count_lost,
+    XDP_EVENTS, count_error, count_lost,
 };
 
 /// Thresholds of the scan detector; the daemon sets them before load.
@@ -42,12 +44,15 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
     try_xdp_guard(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
+/// The frame ends before a header the program needs: it passes. Not an error of the program.
+struct Truncated;
+
 /// Pointer to `len` bytes at `offset` of the packet, if they are inside it.
 #[inline(always)]
-fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, ()> {
+fn bytes_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, Truncated> {
     let start = ctx.data() + offset;
     if start + len > ctx.data_end() {
-        return Err(());
+        return Err(Truncated);
     }
     Ok(start as *const u8)
 }
@@ -68,13 +73,17 @@ fn count_hit(id: BanId, bytes: u64) {
             (*hits).bytes += bytes;
         },
         None => {
-            let _ = BAN_HITS.insert(id, BanHits { packets: 1, bytes }, BPF_NOEXIST as u64);
+            // Fails when the map is full, or when another CPU added the same ban first (this
+            // packet's hit is then not counted).
+            if BAN_HITS.insert(id, BanHits { packets: 1, bytes }, BPF_NOEXIST as u64).is_err() {
+                count_error(ProgramId::XdpGuard);
+            }
         }
     }
 }
 
 #[inline(always)]
-fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, ()> {
+fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, Truncated> {
     let eth = bytes_at(ctx, 0, ETH_HLEN)?;
     let mut l3 = ETH_HLEN;
     let mut proto = be16(eth, 12);
@@ -217,10 +226,12 @@ fn count_scan(source: &[u8; 16], family: u16, dport: u16) {
         _ => {
             let fresh = ScanState { window_start_ns: now, ports: 0, syns: 0, reported: 0, _pad: 0 };
             if SCAN_SOURCES.insert(source, &fresh, 0).is_err() {
+                count_error(ProgramId::XdpGuard);
                 return;
             }
             match SCAN_SOURCES.get_ptr_mut(source) {
                 Some(state) => state,
+                // Evicted at once by other CPUs' inserts into the LRU map.
                 None => return,
             }
         }
@@ -231,7 +242,10 @@ fn count_scan(source: &[u8; 16], family: u16, dport: u16) {
     let pair = ScanPortKey { addr: *source, port: dport, _pad: [0; 6] };
     let seen_in_window = matches!(unsafe { SCAN_PORTS.get(&pair) }, Some(start) if *start == state.window_start_ns);
     if !seen_in_window {
-        let _ = SCAN_PORTS.insert(&pair, &state.window_start_ns, 0);
+        // The port still counts; only a later SYN to it in this window may count it again.
+        if SCAN_PORTS.insert(&pair, &state.window_start_ns, 0).is_err() {
+            count_error(ProgramId::XdpGuard);
+        }
         state.ports += 1;
     }
     let what = if settings.scan_ports != 0 && state.ports >= settings.scan_ports {

@@ -302,3 +302,128 @@ fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
     drop(listener);
     daemon.stop();
 }
+
+/// Listen events the sensor wrote for `port` on 127.0.0.1: (opened, closed).
+fn listen_counts(daemon: &Daemon, port: u16) -> (usize, usize) {
+    let states: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "listen" && e["port"] == port && e["addr"] == "127.0.0.1")
+        .map(|e| str_of(e, "state").to_string())
+        .collect();
+    (states.iter().filter(|s| *s == "listen").count(), states.iter().filter(|s| *s == "closed").count())
+}
+
+/// The socket of each accepted connection is cloned from its listener and leaves LISTEN on the
+/// same tracepoint as a closing listener: 1,000 connections must still be no listen change.
+#[test]
+fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
+    const CONNECTIONS: usize = 1_000;
+    let daemon = Daemon::start("listen", &[], &[]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let opened = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port);
+    assert_eq!(opened.len(), 1, "opening the listener is not one listen event: {opened:?}");
+    assert_eq!(opened[0]["state"], "listen", "{}", opened[0]);
+
+    for _ in 0..CONNECTIONS {
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(client);
+        drop(accepted);
+    }
+    // Every outgoing connect reached the events log, so the sensor saw all the connections.
+    let connects = daemon.wait_for(CONNECTIONS, |e| {
+        e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["pid"].as_u64() == Some(own_pid())
+    });
+    assert_eq!(connects.len(), CONNECTIONS, "the sensor did not see every connection");
+    // A second listener opened and closed after them: the ring buffer is read in order, so once its
+    // close is written, anything the connections to the first one produced has been written too.
+    let marker = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let marker_port = marker.local_addr().unwrap().port();
+    drop(marker);
+    let marker_states = daemon.wait_for(2, |e| e["kind"] == "listen" && e["port"] == marker_port);
+    assert_eq!(marker_states.len(), 2, "marker listener's open and close missing: {marker_states:?}");
+    assert_eq!(
+        listen_counts(&daemon, port),
+        (1, 0),
+        "(opened, closed) listen events after {CONNECTIONS} connections: each connection was reported as a listen change"
+    );
+
+    drop(listener);
+    let closed = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port && e["state"] == "closed");
+    assert_eq!(closed.len(), 1, "closing the listener is not reported");
+    // Time for a duplicate to arrive before asserting there is none.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(listen_counts(&daemon, port), (1, 1), "(opened, closed) listen events once the listener is closed");
+    let status = daemon.status();
+    assert_eq!(signal(&status, "connect")["lost"], 0, "{status}");
+    daemon.stop();
+}
+
+/// `errors.<program>` of `ids status --json`.
+fn program_errors(status: &Value, program: &str) -> u64 {
+    status["errors"][program].as_u64().unwrap_or_else(|| panic!("status has no error count for {program}: {status}"))
+}
+
+/// A connect whose address lies in a page the process has mapped but never touched: the kernel's
+/// copy faults the page in, but the program reads it at syscall entry, where no fault may be taken.
+/// That connect cannot be reported, and the program's error counter is what tells.
+#[test]
+fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
+    use std::os::fd::AsRawFd;
+    const UNREADABLE: u64 = 3;
+    const ORDINARY: usize = 3;
+    let daemon = Daemon::start("errors", &[], &[]);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scratch = Scratch::new("/var/tmp", "errors-addr");
+    let addr_file = scratch.0.join("sockaddr");
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = port.to_be();
+    addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+    // SAFETY: reads the bytes of a plain-data struct.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&addr as *const libc::sockaddr_in).cast::<u8>(), std::mem::size_of_val(&addr))
+    };
+    fs::write(&addr_file, bytes).unwrap();
+    let before = program_errors(&daemon.status(), "connect_sys_enter");
+
+    for _ in 0..ORDINARY {
+        let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        listener.accept().unwrap();
+    }
+    let file = fs::File::open(&addr_file).unwrap();
+    for _ in 0..UNREADABLE {
+        // SAFETY: a fresh private read-only mapping of our own file, unmapped below; the socket is ours.
+        unsafe {
+            let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0);
+            assert_ne!(page, libc::MAP_FAILED);
+            let socket = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(socket >= 0);
+            let rc = libc::connect(socket, page.cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+            assert_eq!(rc, 0, "connect through the mapped address: {}", std::io::Error::last_os_error());
+            libc::close(socket);
+            libc::munmap(page, 4096);
+        }
+        listener.accept().unwrap();
+    }
+    let status = daemon.status();
+    assert_eq!(
+        program_errors(&status, "connect_sys_enter") - before,
+        UNREADABLE,
+        "{ORDINARY} ordinary connects and {UNREADABLE} through an untouched page: {status}"
+    );
+    let reported =
+        daemon.wait_for(ORDINARY, |e| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port);
+    assert_eq!(reported.len(), ORDINARY, "the ordinary connects are reported");
+    let human = Command::new(ids_tests::ids_bin()).args(["status", "--config"]).arg(&daemon.config).output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("connect_sys_enter {}", before + UNREADABLE)),
+        "`ids status` does not show the error count: {human}"
+    );
+    daemon.stop();
+}

@@ -11,7 +11,8 @@
 //! - the TCG boot (never KVM: it hung on these machines) with an overall timeout, its serial
 //!   console saved to `<root>/.vm/console.log`;
 //! - the checks on that console output: the hook chosen per signal, the events the scenario
-//!   in `init.sh` must produce (and must not), and the daemon's exit code;
+//!   in `init.sh` must produce (and must not), no error counted by any eBPF program (`errors`
+//!   of both statuses), and the daemon's exit code;
 //! - the integrity scenario (change-driven integrity under the LSM+fentry file hooks): the VM
 //!   config adds `file_contents` and `file_metadata` collectors over `/tmp/integrity` (tmpfs,
 //!   recursive). Once the daemon's first scan is done, `ids baseline` is accepted; then
@@ -594,6 +595,7 @@ fn check_console(console: &str) -> Result<String> {
                     )),
                 }
             }
+            check_program_errors(&status, "STATUS", &mut failures);
         }
     }
 
@@ -639,6 +641,23 @@ fn check_console(console: &str) -> Result<String> {
         bail!(message);
     }
     Ok(format!("{}; {} events; {integrity}", hooks.join(", "), events.len()))
+}
+
+/// No eBPF program counted a failed run (`errors` of `ids status`). Nothing else runs in the VM,
+/// so any count is the programs' own: a kernel read at a wrong offset, a full map.
+fn check_program_errors(status: &Value, section: &str, failures: &mut Vec<String>) {
+    let Some(errors) = status["errors"].as_object() else {
+        failures.push(format!("the ==={section}=== status has no `errors` object"));
+        return;
+    };
+    let counted: Vec<String> = errors
+        .iter()
+        .filter(|(_, count)| count.as_u64() != Some(0))
+        .map(|(program, count)| format!("{program} {count}"))
+        .collect();
+    if !counted.is_empty() {
+        failures.push(format!("eBPF programs counted errors in ==={section}===: {}", counted.join(", ")));
+    }
 }
 
 /// The expectations of the integrity scenario; appends one message per unmet expectation and
@@ -695,6 +714,7 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
     let daemon_aggregate = status.as_ref().and_then(|s| s["aggregate"].as_str());
     let fresh_aggregate = hash.as_ref().and_then(|h| h["aggregate"].as_str());
     if let Some(status) = &status {
+        check_program_errors(status, "INTEGRITY-STATUS", failures);
         if status["integrity"]["dirty"] != 0 {
             failures.push(format!("integrity.dirty is not 0 in the final status: {}", status["integrity"]));
         }
@@ -934,7 +954,8 @@ mod tests {
     {"signal": "file", "hook": "lsm+fentry", "received": 9, "lost": 0},
     {"signal": "connect", "hook": "lsm:socket_connect", "received": 1, "lost": 0},
     {"signal": "incoming", "hook": "xdp", "received": 0, "lost": 0}
-  ]
+  ],
+  "errors": {"exec_lsm": 0, "file_open_lsm": 0, "file_vfs_write": 0}
 }
 ===END===
 ===INTEGRITY-READY after 0.25s===
@@ -947,7 +968,8 @@ vm: integrity loop 1 seed 1763692801
 ===INTEGRITY-STATUS===
 {
   "aggregate": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-  "integrity": {"ready": true, "dirty": 0, "items": 60, "alerts": 10}
+  "integrity": {"ready": true, "dirty": 0, "items": 60, "alerts": 10},
+  "errors": {"exec_lsm": 0, "file_open_lsm": 0, "file_vfs_write": 0}
 }
 ===END===
 ===INTEGRITY-HASH===
@@ -1079,6 +1101,20 @@ INFO started
         assert!(message.contains("op(s) attrib"), "{message}");
         assert!(message.contains("/tmp/unwatched/a"), "{message}");
         assert!(message.contains("exited with 137"), "{message}");
+    }
+
+    #[test]
+    fn fails_when_a_program_counted_errors_or_the_count_is_missing() {
+        let counted = GOOD.replacen("\"file_open_lsm\": 0", "\"file_open_lsm\": 2", 1);
+        let message = format!("{:#}", check_console(&counted).unwrap_err());
+        assert!(message.contains("1 expectation(s) failed"), "{message}");
+        assert!(message.contains("counted errors in ===STATUS===: file_open_lsm 2"), "{message}");
+
+        let without =
+            GOOD.replace(",\n  \"errors\": {\"exec_lsm\": 0, \"file_open_lsm\": 0, \"file_vfs_write\": 0}", "");
+        let message = format!("{:#}", check_console(&without).unwrap_err());
+        assert!(message.contains("2 expectation(s) failed"), "{message}");
+        assert!(message.contains("===INTEGRITY-STATUS=== status has no `errors` object"), "{message}");
     }
 
     #[test]

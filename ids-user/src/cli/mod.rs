@@ -424,6 +424,14 @@ fn human_status(status: &StatusAnswer) -> String {
     out += &format!("incoming  {} on {}\n", status.incoming.hook, status.incoming.interfaces.join(", "));
     let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
     out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+    let errors: Vec<String> = status
+        .errors
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(program, count)| format!("{program} {count}"))
+        .collect();
+    out +=
+        &format!("eBPF program errors: {}\n", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
     out += &format!(
         "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\n",
         status.watch.roots.len(),

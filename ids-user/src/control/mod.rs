@@ -67,6 +67,8 @@ pub(crate) struct StatusAnswer {
     pub(crate) pid: u32,
     pub(crate) uptime_s: u64,
     pub(crate) signals: Vec<SignalStatus>,
+    /// Failed runs per eBPF program, summed over CPUs (every program, attached or not).
+    pub(crate) errors: std::collections::BTreeMap<String, u64>,
     pub(crate) incoming: IncomingStatus,
     pub(crate) watch: WatchStatus,
     pub(crate) events_written: u64,

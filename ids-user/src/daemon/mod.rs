@@ -348,6 +348,7 @@ impl Daemon {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             signals,
+            errors: sensor.program_errors().into_iter().map(|(program, count)| (program.to_string(), count)).collect(),
             incoming: IncomingStatus {
                 hook: format!("xdp:{}", crate::bans::kernel::PROGRAM),
                 interfaces: sensor.syn_interfaces(),

@@ -126,3 +126,27 @@ pub fn signal_name(signal: Signal) -> &'static str {
 
 /// Name of the XDP program that reports incoming SYNs (and enforces bans, `crate::bans::kernel`).
 pub const SYN_PROGRAM: &str = crate::bans::kernel::PROGRAM;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ids_common::ProgramId;
+
+    use super::*;
+
+    /// `ids status` names error counters by `ProgramId::name`: each must be a program the daemon
+    /// loads, and each program it loads must have a counter.
+    #[test]
+    fn every_loaded_program_has_an_error_counter_and_every_counter_a_program() {
+        let mut loaded: BTreeSet<&str> = HOOK_TABLE
+            .iter()
+            .flat_map(|signal| signal.preference)
+            .flat_map(|set| set.programs)
+            .map(|spec| spec.program)
+            .collect();
+        loaded.insert(SYN_PROGRAM);
+        let counted: BTreeSet<&str> = ProgramId::ALL.iter().map(|program| program.name()).collect();
+        assert_eq!(loaded, counted);
+    }
+}

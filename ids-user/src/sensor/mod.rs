@@ -15,7 +15,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{FEntry, Lsm, RawTracePoint, TracePoint, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use ids_common::{SIGNAL_COUNT, Signal};
+use ids_common::{ProgramId, SIGNAL_COUNT, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -56,6 +56,8 @@ pub struct Sensor {
     /// Hook set in use per signal.
     pub hooks: BTreeMap<&'static str, &'static str>,
     lost: PerCpuArray<MapData, u64>,
+    /// Failed runs per program (`ProgramId`).
+    errors: PerCpuArray<MapData, u64>,
     pub xdp: XdpAttachments,
     /// The pinned ban maps, for `crate::bans::Bans` to take.
     pub ban_maps: Option<BanMaps>,
@@ -159,6 +161,7 @@ impl Sensor {
         let scan_reports = RingBuf::try_from(take_map(&mut ebpf, "XDP_EVENTS")?)?;
 
         let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)?;
+        let errors = PerCpuArray::try_from(take_map(&mut ebpf, "PROGRAM_ERRORS")?)?;
         let mut rings = Vec::new();
         for (signal, map) in
             [(Signal::Exec, "EXEC_EVENTS"), (Signal::File, "FILE_EVENTS"), (Signal::Connect, "NET_EVENTS")]
@@ -171,6 +174,7 @@ impl Sensor {
             ebpf,
             hooks,
             lost,
+            errors,
             xdp: XdpAttachments::new(pin_dir, &config.xdp.interfaces, config.xdp.mode),
             ban_maps: Some(ban_maps),
             scan_reports: Some(scan_reports),
@@ -198,6 +202,24 @@ impl Sensor {
                 0
             }
         }
+    }
+
+    /// Runs of each eBPF program that failed (a kernel read, a map update), summed over CPUs, by
+    /// program name; every program of the object is listed, attached or not.
+    pub fn program_errors(&self) -> Vec<(&'static str, u64)> {
+        ProgramId::ALL
+            .iter()
+            .map(|&program| {
+                let count = match self.errors.get(&(program as u32), 0) {
+                    Ok(per_cpu) => per_cpu.iter().sum(),
+                    Err(e) => {
+                        warn!(program = program.name(), error = %e, "reading PROGRAM_ERRORS");
+                        0
+                    }
+                };
+                (program.name(), count)
+            })
+            .collect()
     }
 }
 
