@@ -132,8 +132,8 @@ fn try_xdp_guard(ctx: &XdpContext) -> Result<u32, Truncated> {
         }
         ETH_P_IPV6 => {
             let ip = bytes_at(ctx, l3, 40)?;
-            for i in 0..16 {
-                source[i] = unsafe { *ip.add(8 + i) };
+            for (i, byte) in source.iter_mut().enumerate() {
+                *byte = unsafe { *ip.add(8 + i) };
             }
             trusted = TRUSTED_V6.get(Key::new(128, source)).is_some();
             if !trusted {

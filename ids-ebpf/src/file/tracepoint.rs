@@ -318,10 +318,8 @@ fn file_path_exit(ret: i64) -> Result<(), i64> {
     let Some(event) = PENDING_FILE_EVENTS.get_ptr(&tid) else {
         return Ok(());
     };
-    if ret == 0 {
-        if FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
-            count_lost(Signal::File);
-        }
+    if ret == 0 && FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
+        count_lost(Signal::File);
     }
     PENDING_FILE_EVENTS.remove(&tid).map_err(|e| e as i64)
 }
