@@ -57,6 +57,16 @@ pub enum RuleKind {
     Web,
 }
 
+impl RuleKind {
+    /// The detector named in the alerts of this kind's rules.
+    pub fn detector(self) -> &'static str {
+        match self {
+            RuleKind::Sshd => "ssh-bruteforce",
+            RuleKind::Web => "web-attack",
+        }
+    }
+}
+
 /// The part of an access-log line a web rule looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

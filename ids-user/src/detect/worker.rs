@@ -78,6 +78,7 @@ pub struct Shared {
     pub bans_requested: AtomicU64,
     pub files_scanned: AtomicU64,
     pub dropped: AtomicU64,
+    pub windows_evicted: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -89,6 +90,7 @@ impl Shared {
             "bans_requested": self.bans_requested.load(Ordering::Relaxed),
             "files_scanned": self.files_scanned.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
+            "windows_evicted": self.windows_evicted.load(Ordering::Relaxed),
         })
     }
 }
@@ -195,7 +197,7 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
-        engine: Engine::new(rules),
+        engine: Engine::new(rules).counting_evictions_in(shared.windows_evicted.clone()),
         scanner: Scanner::new(),
         logs: Vec::new(),
         log_index: HashMap::new(),
@@ -401,6 +403,9 @@ impl Worker {
     fn classify_line(&mut self, kind: LogKind, origin: &str, line: &[u8], cut: bool) {
         let mut triggers = std::mem::take(&mut self.triggers);
         self.engine.line(kind, line, cut, Instant::now(), &mut triggers);
+        if let Some(flood) = self.engine.take_flood() {
+            self.emit(flood.alert(origin));
+        }
         for trigger in triggers.drain(..) {
             self.raise(origin, trigger);
         }
