@@ -126,12 +126,17 @@ impl Drop for Server {
     }
 }
 
-/// One raw exchange from source address `source`: sends `bytes`, reads until the server closes.
-fn raw_from(source: [u8; 4], server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+/// A connection to `server` from loopback address `source`.
+fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
     socket.connect_timeout(&server.into(), Duration::from_secs(5)).unwrap();
-    let mut stream: TcpStream = socket.into();
+    socket.into()
+}
+
+/// One raw exchange from source address `source`: sends `bytes`, reads until the server closes.
+fn raw_from(source: [u8; 4], server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = connect_from(source, server);
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(bytes).unwrap();
     let mut reply = Vec::new();
@@ -573,6 +578,66 @@ fn connections_over_the_cap_are_closed_at_once() {
     // Once the idle ones are timed out, new clients are served again.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(raw(server.address(), b"TEST 2\r\n"), b"20 OK\r\n");
+}
+
+/// One host holding idle connections does not lock the others out: each address gets at most
+/// `max_connections_per_address` (16 by default) at once, and its connections past that are
+/// closed at once, while a client from another address is answered as usual.
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    let dir = Scratch::new("/tmp", "tinyids-per-address");
+    // A global cap small enough that one host's idle connections would fill it.
+    let server = Server::start(&dir.0, "max_connections = 64\nread_timeout = 10");
+    // Server::start's readiness probe connects and closes; let it be counted out.
+    std::thread::sleep(Duration::from_millis(200));
+    let hog = [127, 0, 0, 2];
+    let idle: Vec<TcpStream> = (0..80).map(|_| connect_from(hog, server.address())).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let reply = raw_tolerant(server.address(), b"CHECK abc\r\n");
+    let waited = started.elapsed();
+    assert_eq!(text(&reply), "31 NOT FOUND\r\n", "a client from 127.0.0.1 was locked out by 127.0.0.2");
+    assert!(waited < Duration::from_secs(1), "the CHECK took {waited:?}");
+    // The hog's connections: the first 16 wait for their line, the rest were closed at once.
+    let mut open = 0;
+    for stream in &idle {
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match (&*stream).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            Ok(0) | Err(_) => {}
+            Ok(_) => panic!("an idle connection was sent a reply"),
+        }
+    }
+    assert_eq!((open, idle.len() - open), (16, 64), "connections from 127.0.0.2 held open and closed");
+    let refused = server.wait_audit(|r| r["result"] == "refused");
+    assert!(refused["peer"].as_str().unwrap().starts_with("127.0.0.2:"), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("per-address"), "{refused}");
+    assert!(
+        server
+            .audit()
+            .iter()
+            .all(|r| r["result"] != "refused" || r["peer"].as_str().unwrap().starts_with("127.0.0.2:"))
+    );
+    drop(idle);
+
+    // The setting is read from [serve] and checked against its range by `ids config check`.
+    let check = |value: &str| {
+        let path = dir.0.join("per-address.toml");
+        std::fs::write(&path, format!("{}[serve]\nmax_connections_per_address = {value}\n", base_config(&dir.0)))
+            .unwrap();
+        Command::new(ids_bin()).args(["config", "check", "--config"]).arg(&path).output().unwrap()
+    };
+    let out = check("4");
+    assert!(out.status.success(), "a valid max_connections_per_address was refused: {}", text(&out.stderr));
+    for bad in ["0", "1000001", "-1", "\"many\""] {
+        let out = check(bad);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "max_connections_per_address = {bad} was accepted");
+        assert!(stderr.contains("max_connections_per_address"), "{bad}: {stderr}");
+    }
+    let stderr = text(&check("0").stderr);
+    assert!(stderr.contains("serve.max_connections_per_address") && stderr.contains("1..=1000000"), "{stderr}");
 }
 
 #[test]
