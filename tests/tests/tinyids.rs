@@ -538,6 +538,26 @@ fn malformed_requests_get_41_and_the_connection_closes() {
     );
 }
 
+/// A client that closes its side without sending a line gets `41 INVALID COMMAND`, as from the
+/// original server (its empty read is an empty command line).
+#[test]
+fn connection_closed_without_a_line_is_answered_41() {
+    let dir = Scratch::new("/tmp", "tinyids-empty");
+    let server = Server::start(&dir.0, "");
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(text(&reply), "41 INVALID COMMAND\r\n");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    let peer = stream.local_addr().unwrap().to_string();
+    let record = server.wait_audit(|r| r["peer"] == peer.as_str());
+    assert_eq!((record["code"].as_u64(), record["result"].as_str()), (Some(41), Some("invalid_command")), "{record}");
+    assert!(record["error"].as_str().unwrap_or("").contains("without a request line"), "{record}");
+}
+
 #[test]
 fn idle_client_is_closed_by_the_read_timeout_without_a_reply() {
     let dir = Scratch::new("/tmp", "tinyids-idle");

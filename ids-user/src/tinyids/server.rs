@@ -378,9 +378,9 @@ impl Server {
         };
         let unread_input = outcome == ReadOutcome::TooLong;
         let (command, reply, result, throttled, error) = match outcome {
+            // The original server reads an empty line then, which is no command: it answers 41.
             ReadOutcome::Closed => {
-                self.audit(Some(&client), peer, None, None, "closed", false, None, started);
-                return;
+                (None, Reply::InvalidCommand, "invalid_command", false, Some("closed without a request line".into()))
             }
             ReadOutcome::TimedOut => {
                 self.audit(Some(&client), peer, None, None, "timeout", false, None, started);
