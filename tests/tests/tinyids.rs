@@ -268,14 +268,11 @@ fn client_reports_each_server_and_exits_with_the_worst() {
     assert!(results[1]["error"].as_str().unwrap().contains("refused"), "{results:?}");
 }
 
-/// A TinyIDS 0.1.6 peer, byte for byte. Grounded in TinyIDS 0.1.6 (George Notaras,
-/// codetrax.org), `TinyIDS/client.py`: `TinyIDSClient._send` opens one TCP connection per
-/// command and sends `COMMAND args` plus `cmd_end = '\r\n'` in one `send`; `_com_TEST` sends
-/// `TEST` with no argument; `_com_CHECK`/`_com_UPDATE` send the SHA-1 hexdigest (40 hex digits)
-/// of the collected data, UPDATE followed by the passphrase; `_get_server_response` reads one
-/// `recv(1024)`, strips it, and takes a reply starting with `20` as success. On the server side
-/// (`TinyIDS/server.py`, `TinyIDSCommandHandler`) each reply is `NN TEXT` plus CRLF, and the
-/// connection closes after it.
+/// A TinyIDS 0.1.6 client's session, byte for byte: one TCP connection per command, `COMMAND
+/// args` plus CRLF in one send; TEST carries the revision (`TEST 2`, as every TinyIDS client
+/// since 0.1.4 sends it); CHECK and UPDATE carry the SHA-1 hexdigest (40 hex digits) of the
+/// collected data, UPDATE followed by the passphrase; the client reads one reply and takes one
+/// starting with `20` as success. Each reply is `NN TEXT` plus CRLF, and the server closes after it.
 #[test]
 fn tinyids_0_1_6_session_is_byte_for_byte() {
     let dir = Scratch::new("/tmp", "tinyids-bytes");
@@ -284,7 +281,7 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
     let sha1_a = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
     let sha1_b = "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12";
     let session: [(String, &[u8]); 8] = [
-        ("TEST\r\n".into(), b"20 OK\r\n"),
+        ("TEST 2\r\n".into(), b"20 OK\r\n"),
         (format!("CHECK {sha1_a}\r\n"), b"31 NOT FOUND\r\n"),
         (format!("UPDATE {sha1_a} s3cret\r\n"), b"20 OK\r\n"),
         (format!("CHECK {sha1_a}\r\n"), b"20 OK\r\n"),
@@ -298,10 +295,11 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
         let reply = raw(at, sent.as_bytes());
         assert_eq!(text(&reply), text(expected), "reply to {sent:?}");
     }
-    // Revision 2 clients send TEST 2; another revision is an invalid client.
-    assert_eq!(raw(at, b"TEST 2\r\n"), b"20 OK\r\n");
+    // Another revision is an invalid client; the command word may be in any case.
     assert_eq!(raw(at, b"TEST 1\r\n"), b"40 INVALID CLIENT\r\n");
     assert_eq!(raw(at, b"test 2\n"), b"20 OK\r\n");
+    // A revision-1 client (TinyIDS 0.1.0-0.1.3) sends TEST without an argument: still accepted.
+    assert_eq!(raw(at, b"TEST\r\n"), b"20 OK\r\n");
 }
 
 /// A configuration for a host that only runs `ids serve`: the `[serve]` table and nothing of
@@ -335,21 +333,31 @@ fn server_only_configuration_needs_no_sensor_keys() {
     assert!(stderr.contains("state_dir") && stderr.contains("not an absolute path"), "{stderr}");
 }
 
-/// A loopback peer that answers as a TinyIDS 0.1.6 server does (`TinyIDS/server.py`,
-/// `TinyIDSCommandHandler`): it reads one line (`readline(8192)`, stripped), splits it on
-/// whitespace, and answers `41 INVALID COMMAND` to an unknown command or to a wrong argument
-/// count, which TEST's is with any argument (`'TEST': (_com_TEST, 0)`); records are keyed by the
-/// client's IP address, passphrases compared as sent. One reply line with CRLF, then it closes.
-/// It keeps every request line it received.
-struct Tinyids016Peer {
+/// Which TinyIDS server a [`TinyidsPeer`] answers as. They differ only in TEST.
+#[derive(Clone, Copy)]
+enum PeerRevision {
+    /// Revision 1 (TinyIDS 0.1.0-0.1.3): TEST takes no argument, so `TEST 2` is a wrong argument
+    /// count, answered 41 like any other.
+    One,
+    /// TinyIDS 0.1.6 (revision 2, since 0.1.4): TEST takes the client's revision, so `TEST 2` is
+    /// answered 20 and a bare `TEST` is a wrong argument count, answered 41.
+    Tinyids016,
+}
+
+/// A loopback peer that answers as a TinyIDS server of the given revision: it reads one line
+/// (up to 8192 bytes), splits it on whitespace, and answers `41 INVALID COMMAND` to an unknown
+/// command or to a wrong argument count; records are keyed by the client's IP address,
+/// passphrases compared as sent. One reply line with CRLF, then it closes. It keeps every
+/// request line it received.
+struct TinyidsPeer {
     address: SocketAddr,
     received: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Tinyids016Peer {
-    fn start() -> Self {
+impl TinyidsPeer {
+    fn start(revision: PeerRevision) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -379,21 +387,22 @@ impl Tinyids016Peer {
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let command = words.first().map(|w| w.to_uppercase()).unwrap_or_default();
                     let args = &words[words.len().min(1)..];
-                    let reply = match (command.as_str(), args) {
-                        ("TEST", []) => "20 OK",
-                        ("CHECK", [hash]) => match records.get(&client) {
+                    let reply = match (command.as_str(), args, revision) {
+                        // Other revisions are not sent by these tests, so they are not modelled.
+                        ("TEST", [], PeerRevision::One) | ("TEST", ["2"], PeerRevision::Tinyids016) => "20 OK",
+                        ("CHECK", [hash], _) => match records.get(&client) {
                             None => "31 NOT FOUND",
                             Some((stored, _)) if stored == hash => "20 OK",
                             Some(_) => "30 MISMATCH",
                         },
-                        ("UPDATE", [hash, passphrase]) => match records.get(&client) {
+                        ("UPDATE", [hash, passphrase], _) => match records.get(&client) {
                             Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
                             _ => {
                                 records.insert(client.clone(), (hash.to_string(), passphrase.to_string()));
                                 "20 OK"
                             }
                         },
-                        ("DELETE", [passphrase]) => match records.get(&client) {
+                        ("DELETE", [passphrase], _) => match records.get(&client) {
                             None => "31 NOT FOUND",
                             Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
                             Some(_) => {
@@ -401,7 +410,7 @@ impl Tinyids016Peer {
                                 "20 OK"
                             }
                         },
-                        ("CHANGEPHRASE", [old, new]) => match records.get_mut(&client) {
+                        ("CHANGEPHRASE", [old, new], _) => match records.get_mut(&client) {
                             None => "31 NOT FOUND",
                             Some((_, stored)) if stored != old => "42 INVALID PASSPHRASE",
                             Some((_, stored)) => {
@@ -424,7 +433,7 @@ impl Tinyids016Peer {
     }
 }
 
-impl Drop for Tinyids016Peer {
+impl Drop for TinyidsPeer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = TcpStream::connect(self.address);
@@ -434,15 +443,44 @@ impl Drop for Tinyids016Peer {
     }
 }
 
-/// `ids client test` against a TinyIDS 0.1.6 server: `TEST 2` is answered 41, so the client asks
-/// a bare `TEST` and reports the older revision; the other commands work as with revision 2.
+/// `ids client test` against a TinyIDS 0.1.6 server: it speaks revision 2, so `TEST 2` alone is
+/// sent and answered 20, with no fall-back.
 #[test]
-fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
-    let dir = Scratch::new("/tmp", "tinyids-016");
+fn client_speaks_revision_2_to_a_tinyids_0_1_6_server() {
+    let peer = TinyidsPeer::start(PeerRevision::Tinyids016);
+    let peer_at = peer.address.to_string();
+    assert_eq!(raw(peer.address, b"TEST\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers a bare TEST as 0.1.6 does");
+    peer.take();
+    let (code, results) = client_json(&["test", "--server", &peer_at], None);
+    assert_eq!(code, 0, "{results:?}");
+    assert_eq!((results[0]["code"].as_u64(), results[0]["revision"].as_u64()), (Some(20), Some(2)), "{results:?}");
+    assert_eq!(peer.take(), ["TEST 2\r\n"], "a bare TEST was sent to a revision-2 server");
+    let out = client(&["test", "--server", &peer_at], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.contains("20 OK (revision 2)"), "{line}");
+    // CHECK and UPDATE are the same as with ids serve.
+    let sha_a = "a".repeat(64);
+    let (code, results) = client_json(&["update", "--hash", &sha_a, "--server", &peer_at], Some("s3cret"));
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+    let (code, results) = client_json(&["check", "--hash", &sha_a, "--server", &peer_at], None);
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+}
+
+/// `ids client test` against a revision-1 server (TinyIDS 0.1.0-0.1.3): `TEST 2` is answered 41,
+/// so the client asks a bare `TEST` and reports the older revision; the other commands work as
+/// with revision 2.
+#[test]
+fn client_falls_back_to_a_bare_test_with_a_revision_1_server() {
+    let dir = Scratch::new("/tmp", "tinyids-rev1");
     let ours = Server::start(&dir.0, "");
-    let peer = Tinyids016Peer::start();
+    let peer = TinyidsPeer::start(PeerRevision::One);
     let (ours_at, peer_at) = (ours.address().to_string(), peer.address.to_string());
-    assert_eq!(raw(peer.address, b"TEST 2\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers TEST 2 as 0.1.6 does");
+    assert_eq!(
+        raw(peer.address, b"TEST 2\r\n"),
+        b"41 INVALID COMMAND\r\n",
+        "the peer answers TEST 2 as revision 1 does"
+    );
     peer.take();
 
     let (code, results) = client_json(&["test", "--server", &ours_at, "--server", &peer_at], None);
@@ -453,7 +491,8 @@ fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
     let out = client(&["test", "--server", &peer_at], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let line = text(&out.stdout);
-    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("0.1.6"), "{line}");
+    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("TinyIDS 0.1.0-0.1.3"), "{line}");
+    assert!(!line.contains("0.1.6"), "a revision-1 server was named TinyIDS 0.1.6: {line}");
     peer.take();
 
     // CHECK, UPDATE, CHANGEPHRASE and DELETE are sent as revision 2 sends them, one line each.
