@@ -126,12 +126,17 @@ impl Drop for Server {
     }
 }
 
-/// One raw exchange from source address `source`: sends `bytes`, reads until the server closes.
-fn raw_from(source: [u8; 4], server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+/// A connection to `server` from loopback address `source`.
+fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
     socket.connect_timeout(&server.into(), Duration::from_secs(5)).unwrap();
-    let mut stream: TcpStream = socket.into();
+    socket.into()
+}
+
+/// One raw exchange from source address `source`: sends `bytes`, reads until the server closes.
+fn raw_from(source: [u8; 4], server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = connect_from(source, server);
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(bytes).unwrap();
     let mut reply = Vec::new();
@@ -263,14 +268,11 @@ fn client_reports_each_server_and_exits_with_the_worst() {
     assert!(results[1]["error"].as_str().unwrap().contains("refused"), "{results:?}");
 }
 
-/// A TinyIDS 0.1.6 peer, byte for byte. Grounded in TinyIDS 0.1.6 (George Notaras,
-/// codetrax.org), `TinyIDS/client.py`: `TinyIDSClient._send` opens one TCP connection per
-/// command and sends `COMMAND args` plus `cmd_end = '\r\n'` in one `send`; `_com_TEST` sends
-/// `TEST` with no argument; `_com_CHECK`/`_com_UPDATE` send the SHA-1 hexdigest (40 hex digits)
-/// of the collected data, UPDATE followed by the passphrase; `_get_server_response` reads one
-/// `recv(1024)`, strips it, and takes a reply starting with `20` as success. On the server side
-/// (`TinyIDS/server.py`, `TinyIDSCommandHandler`) each reply is `NN TEXT` plus CRLF, and the
-/// connection closes after it.
+/// A TinyIDS 0.1.6 client's session, byte for byte: one TCP connection per command, `COMMAND
+/// args` plus CRLF in one send; TEST carries the revision (`TEST 2`, as every TinyIDS client
+/// since 0.1.4 sends it); CHECK and UPDATE carry the SHA-1 hexdigest (40 hex digits) of the
+/// collected data, UPDATE followed by the passphrase; the client reads one reply and takes one
+/// starting with `20` as success. Each reply is `NN TEXT` plus CRLF, and the server closes after it.
 #[test]
 fn tinyids_0_1_6_session_is_byte_for_byte() {
     let dir = Scratch::new("/tmp", "tinyids-bytes");
@@ -279,7 +281,7 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
     let sha1_a = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
     let sha1_b = "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12";
     let session: [(String, &[u8]); 8] = [
-        ("TEST\r\n".into(), b"20 OK\r\n"),
+        ("TEST 2\r\n".into(), b"20 OK\r\n"),
         (format!("CHECK {sha1_a}\r\n"), b"31 NOT FOUND\r\n"),
         (format!("UPDATE {sha1_a} s3cret\r\n"), b"20 OK\r\n"),
         (format!("CHECK {sha1_a}\r\n"), b"20 OK\r\n"),
@@ -293,10 +295,11 @@ fn tinyids_0_1_6_session_is_byte_for_byte() {
         let reply = raw(at, sent.as_bytes());
         assert_eq!(text(&reply), text(expected), "reply to {sent:?}");
     }
-    // Revision 2 clients send TEST 2; another revision is an invalid client.
-    assert_eq!(raw(at, b"TEST 2\r\n"), b"20 OK\r\n");
+    // Another revision is an invalid client; the command word may be in any case.
     assert_eq!(raw(at, b"TEST 1\r\n"), b"40 INVALID CLIENT\r\n");
     assert_eq!(raw(at, b"test 2\n"), b"20 OK\r\n");
+    // A revision-1 client (TinyIDS 0.1.0-0.1.3) sends TEST without an argument: still accepted.
+    assert_eq!(raw(at, b"TEST\r\n"), b"20 OK\r\n");
 }
 
 /// A configuration for a host that only runs `ids serve`: the `[serve]` table and nothing of
@@ -330,21 +333,31 @@ fn server_only_configuration_needs_no_sensor_keys() {
     assert!(stderr.contains("state_dir") && stderr.contains("not an absolute path"), "{stderr}");
 }
 
-/// A loopback peer that answers as a TinyIDS 0.1.6 server does (`TinyIDS/server.py`,
-/// `TinyIDSCommandHandler`): it reads one line (`readline(8192)`, stripped), splits it on
-/// whitespace, and answers `41 INVALID COMMAND` to an unknown command or to a wrong argument
-/// count, which TEST's is with any argument (`'TEST': (_com_TEST, 0)`); records are keyed by the
-/// client's IP address, passphrases compared as sent. One reply line with CRLF, then it closes.
-/// It keeps every request line it received.
-struct Tinyids016Peer {
+/// Which TinyIDS server a [`TinyidsPeer`] answers as. They differ only in TEST.
+#[derive(Clone, Copy)]
+enum PeerRevision {
+    /// Revision 1 (TinyIDS 0.1.0-0.1.3): TEST takes no argument, so `TEST 2` is a wrong argument
+    /// count, answered 41 like any other.
+    One,
+    /// TinyIDS 0.1.6 (revision 2, since 0.1.4): TEST takes the client's revision, so `TEST 2` is
+    /// answered 20 and a bare `TEST` is a wrong argument count, answered 41.
+    Tinyids016,
+}
+
+/// A loopback peer that answers as a TinyIDS server of the given revision: it reads one line
+/// (up to 8192 bytes), splits it on whitespace, and answers `41 INVALID COMMAND` to an unknown
+/// command or to a wrong argument count; records are keyed by the client's IP address,
+/// passphrases compared as sent. One reply line with CRLF, then it closes. It keeps every
+/// request line it received.
+struct TinyidsPeer {
     address: SocketAddr,
     received: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Tinyids016Peer {
-    fn start() -> Self {
+impl TinyidsPeer {
+    fn start(revision: PeerRevision) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -374,21 +387,22 @@ impl Tinyids016Peer {
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let command = words.first().map(|w| w.to_uppercase()).unwrap_or_default();
                     let args = &words[words.len().min(1)..];
-                    let reply = match (command.as_str(), args) {
-                        ("TEST", []) => "20 OK",
-                        ("CHECK", [hash]) => match records.get(&client) {
+                    let reply = match (command.as_str(), args, revision) {
+                        // Other revisions are not sent by these tests, so they are not modelled.
+                        ("TEST", [], PeerRevision::One) | ("TEST", ["2"], PeerRevision::Tinyids016) => "20 OK",
+                        ("CHECK", [hash], _) => match records.get(&client) {
                             None => "31 NOT FOUND",
                             Some((stored, _)) if stored == hash => "20 OK",
                             Some(_) => "30 MISMATCH",
                         },
-                        ("UPDATE", [hash, passphrase]) => match records.get(&client) {
+                        ("UPDATE", [hash, passphrase], _) => match records.get(&client) {
                             Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
                             _ => {
                                 records.insert(client.clone(), (hash.to_string(), passphrase.to_string()));
                                 "20 OK"
                             }
                         },
-                        ("DELETE", [passphrase]) => match records.get(&client) {
+                        ("DELETE", [passphrase], _) => match records.get(&client) {
                             None => "31 NOT FOUND",
                             Some((_, stored)) if stored != passphrase => "42 INVALID PASSPHRASE",
                             Some(_) => {
@@ -396,7 +410,7 @@ impl Tinyids016Peer {
                                 "20 OK"
                             }
                         },
-                        ("CHANGEPHRASE", [old, new]) => match records.get_mut(&client) {
+                        ("CHANGEPHRASE", [old, new], _) => match records.get_mut(&client) {
                             None => "31 NOT FOUND",
                             Some((_, stored)) if stored != old => "42 INVALID PASSPHRASE",
                             Some((_, stored)) => {
@@ -419,7 +433,7 @@ impl Tinyids016Peer {
     }
 }
 
-impl Drop for Tinyids016Peer {
+impl Drop for TinyidsPeer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = TcpStream::connect(self.address);
@@ -429,15 +443,44 @@ impl Drop for Tinyids016Peer {
     }
 }
 
-/// `ids client test` against a TinyIDS 0.1.6 server: `TEST 2` is answered 41, so the client asks
-/// a bare `TEST` and reports the older revision; the other commands work as with revision 2.
+/// `ids client test` against a TinyIDS 0.1.6 server: it speaks revision 2, so `TEST 2` alone is
+/// sent and answered 20, with no fall-back.
 #[test]
-fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
-    let dir = Scratch::new("/tmp", "tinyids-016");
+fn client_speaks_revision_2_to_a_tinyids_0_1_6_server() {
+    let peer = TinyidsPeer::start(PeerRevision::Tinyids016);
+    let peer_at = peer.address.to_string();
+    assert_eq!(raw(peer.address, b"TEST\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers a bare TEST as 0.1.6 does");
+    peer.take();
+    let (code, results) = client_json(&["test", "--server", &peer_at], None);
+    assert_eq!(code, 0, "{results:?}");
+    assert_eq!((results[0]["code"].as_u64(), results[0]["revision"].as_u64()), (Some(20), Some(2)), "{results:?}");
+    assert_eq!(peer.take(), ["TEST 2\r\n"], "a bare TEST was sent to a revision-2 server");
+    let out = client(&["test", "--server", &peer_at], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.contains("20 OK (revision 2)"), "{line}");
+    // CHECK and UPDATE are the same as with ids serve.
+    let sha_a = "a".repeat(64);
+    let (code, results) = client_json(&["update", "--hash", &sha_a, "--server", &peer_at], Some("s3cret"));
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+    let (code, results) = client_json(&["check", "--hash", &sha_a, "--server", &peer_at], None);
+    assert_eq!((code, code_of(&results)), (0, vec![Value::from(20)]), "{results:?}");
+}
+
+/// `ids client test` against a revision-1 server (TinyIDS 0.1.0-0.1.3): `TEST 2` is answered 41,
+/// so the client asks a bare `TEST` and reports the older revision; the other commands work as
+/// with revision 2.
+#[test]
+fn client_falls_back_to_a_bare_test_with_a_revision_1_server() {
+    let dir = Scratch::new("/tmp", "tinyids-rev1");
     let ours = Server::start(&dir.0, "");
-    let peer = Tinyids016Peer::start();
+    let peer = TinyidsPeer::start(PeerRevision::One);
     let (ours_at, peer_at) = (ours.address().to_string(), peer.address.to_string());
-    assert_eq!(raw(peer.address, b"TEST 2\r\n"), b"41 INVALID COMMAND\r\n", "the peer answers TEST 2 as 0.1.6 does");
+    assert_eq!(
+        raw(peer.address, b"TEST 2\r\n"),
+        b"41 INVALID COMMAND\r\n",
+        "the peer answers TEST 2 as revision 1 does"
+    );
     peer.take();
 
     let (code, results) = client_json(&["test", "--server", &ours_at, "--server", &peer_at], None);
@@ -448,7 +491,8 @@ fn client_falls_back_to_a_bare_test_with_a_tinyids_0_1_6_server() {
     let out = client(&["test", "--server", &peer_at], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let line = text(&out.stdout);
-    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("0.1.6"), "{line}");
+    assert!(line.contains("20 OK") && line.contains("revision 1") && line.contains("TinyIDS 0.1.0-0.1.3"), "{line}");
+    assert!(!line.contains("0.1.6"), "a revision-1 server was named TinyIDS 0.1.6: {line}");
     peer.take();
 
     // CHECK, UPDATE, CHANGEPHRASE and DELETE are sent as revision 2 sends them, one line each.
@@ -533,6 +577,26 @@ fn malformed_requests_get_41_and_the_connection_closes() {
     );
 }
 
+/// A client that closes its side without sending a line gets `41 INVALID COMMAND`, as from the
+/// original server (its empty read is an empty command line).
+#[test]
+fn connection_closed_without_a_line_is_answered_41() {
+    let dir = Scratch::new("/tmp", "tinyids-empty");
+    let server = Server::start(&dir.0, "");
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(text(&reply), "41 INVALID COMMAND\r\n");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    let peer = stream.local_addr().unwrap().to_string();
+    let record = server.wait_audit(|r| r["peer"] == peer.as_str());
+    assert_eq!((record["code"].as_u64(), record["result"].as_str()), (Some(41), Some("invalid_command")), "{record}");
+    assert!(record["error"].as_str().unwrap_or("").contains("without a request line"), "{record}");
+}
+
 #[test]
 fn idle_client_is_closed_by_the_read_timeout_without_a_reply() {
     let dir = Scratch::new("/tmp", "tinyids-idle");
@@ -573,6 +637,66 @@ fn connections_over_the_cap_are_closed_at_once() {
     // Once the idle ones are timed out, new clients are served again.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(raw(server.address(), b"TEST 2\r\n"), b"20 OK\r\n");
+}
+
+/// One host holding idle connections does not lock the others out: each address gets at most
+/// `max_connections_per_address` (16 by default) at once, and its connections past that are
+/// closed at once, while a client from another address is answered as usual.
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    let dir = Scratch::new("/tmp", "tinyids-per-address");
+    // A global cap small enough that one host's idle connections would fill it.
+    let server = Server::start(&dir.0, "max_connections = 64\nread_timeout = 10");
+    // Server::start's readiness probe connects and closes; let it be counted out.
+    std::thread::sleep(Duration::from_millis(200));
+    let hog = [127, 0, 0, 2];
+    let idle: Vec<TcpStream> = (0..80).map(|_| connect_from(hog, server.address())).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let reply = raw_tolerant(server.address(), b"CHECK abc\r\n");
+    let waited = started.elapsed();
+    assert_eq!(text(&reply), "31 NOT FOUND\r\n", "a client from 127.0.0.1 was locked out by 127.0.0.2");
+    assert!(waited < Duration::from_secs(1), "the CHECK took {waited:?}");
+    // The hog's connections: the first 16 wait for their line, the rest were closed at once.
+    let mut open = 0;
+    for stream in &idle {
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match (&*stream).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            Ok(0) | Err(_) => {}
+            Ok(_) => panic!("an idle connection was sent a reply"),
+        }
+    }
+    assert_eq!((open, idle.len() - open), (16, 64), "connections from 127.0.0.2 held open and closed");
+    let refused = server.wait_audit(|r| r["result"] == "refused");
+    assert!(refused["peer"].as_str().unwrap().starts_with("127.0.0.2:"), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("per-address"), "{refused}");
+    assert!(
+        server
+            .audit()
+            .iter()
+            .all(|r| r["result"] != "refused" || r["peer"].as_str().unwrap().starts_with("127.0.0.2:"))
+    );
+    drop(idle);
+
+    // The setting is read from [serve] and checked against its range by `ids config check`.
+    let check = |value: &str| {
+        let path = dir.0.join("per-address.toml");
+        std::fs::write(&path, format!("{}[serve]\nmax_connections_per_address = {value}\n", base_config(&dir.0)))
+            .unwrap();
+        Command::new(ids_bin()).args(["config", "check", "--config"]).arg(&path).output().unwrap()
+    };
+    let out = check("4");
+    assert!(out.status.success(), "a valid max_connections_per_address was refused: {}", text(&out.stderr));
+    for bad in ["0", "1000001", "-1", "\"many\""] {
+        let out = check(bad);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "max_connections_per_address = {bad} was accepted");
+        assert!(stderr.contains("max_connections_per_address"), "{bad}: {stderr}");
+    }
+    let stderr = text(&check("0").stderr);
+    assert!(stderr.contains("serve.max_connections_per_address") && stderr.contains("1..=1000000"), "{stderr}");
 }
 
 #[test]

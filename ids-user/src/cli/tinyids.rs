@@ -155,7 +155,7 @@ fn outcome_line(outcome: &Outcome) -> String {
         (Ok(reply), None) => format!("{head} {}", reply.text()),
         (Ok(reply), Some(Revision::Two)) => format!("{head} {} (revision 2)", reply.text()),
         (Ok(reply), Some(Revision::One)) => {
-            let why = "as TinyIDS 0.1.6: TEST 2 refused with 41, a bare TEST accepted";
+            let why = "as TinyIDS 0.1.0-0.1.3: TEST 2 refused with 41, a bare TEST accepted";
             format!("{head} {} (older revision 1, {why})", reply.text())
         }
         (Err(error), _) => format!("{head} unreachable: {error}"),
@@ -164,7 +164,7 @@ fn outcome_line(outcome: &Outcome) -> String {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// TEST 2: is the server there and does it speak revision 2? (41: a bare TEST, as TinyIDS 0.1.6 takes it.)
+    /// TEST 2: is the server there and does it speak revision 2? (On 41: a bare TEST, revision 1, TinyIDS 0.1.0-0.1.3.)
     Test,
     /// CHECK the aggregate hash of the configured collectors.
     Check {

@@ -2,13 +2,20 @@
 //! detect worker and `ids rules test`.
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::config::LogKind;
 use super::parse::{access_line, decode_request, escape_evidence, sshd_message};
 use super::rules::RuleSet;
-use super::window::{Burst, Windows};
+use super::window::{Burst, MAX_WINDOWS, Windows};
 use super::{MAX_EVIDENCE, MAX_LINE};
+use crate::alert::{DetectAction, DetectAlert, Detector, Severity};
+
+/// A flood is reported at most this often; evictions in between are added to the next report,
+/// so that a sustained flood raises one alert a minute, not one per batch of evictions.
+pub const FLOOD_REPEAT: Duration = Duration::from_secs(60);
 
 /// A rule's threshold crossed by an address.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,10 +25,55 @@ pub struct Trigger {
     pub burst: Burst,
 }
 
+/// Windows with hits were evicted to make room for new addresses: more (rule, address) pairs
+/// were counting at once than [`MAX_WINDOWS`]. The evicted addresses' counts start again, which
+/// a flood of addresses may be meant to achieve, so the flood is reported in its own right.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flood {
+    /// Windows evicted since the previous report.
+    pub evicted: u64,
+    /// The detector of the rule whose hit needed the room.
+    pub detector: Detector,
+    /// That hit's line, escaped.
+    pub evidence: String,
+}
+
+impl Flood {
+    pub const RULE: &'static str = "window-flood";
+
+    /// The alert for this flood, found in `origin` (a log path or a journal source).
+    pub fn alert(&self, origin: &str) -> DetectAlert {
+        DetectAlert {
+            rule: Self::RULE.into(),
+            severity: Severity::High,
+            detector: self.detector,
+            description: format!(
+                "More addresses than the detector can count at once ({MAX_WINDOWS} rule and address \
+                 windows): {} evicted, and their counts start again",
+                self.evicted
+            ),
+            source: None,
+            path: Some(origin.to_string()),
+            count: Some(u32::try_from(self.evicted).unwrap_or(u32::MAX)),
+            window_s: None,
+            process: None,
+            evidence: vec![self.evidence.clone()],
+            action: DetectAction::AlertOnly,
+        }
+    }
+}
+
 pub struct Engine {
     pub rules: RuleSet,
     windows: Windows,
     matched: Vec<usize>,
+    /// Windows evicted with hits, all told (`ids status`).
+    evictions: Arc<AtomicU64>,
+    /// Evictions not reported yet, with the detector and line of the latest.
+    unreported: Option<Flood>,
+    last_report: Option<Instant>,
+    /// The report due, until taken.
+    report: Option<Flood>,
 }
 
 /// Per-line outcome (for `ids rules test` and the corpus tests).
@@ -33,7 +85,33 @@ pub struct LineMatch {
 
 impl Engine {
     pub fn new(rules: RuleSet) -> Self {
-        Self { rules, windows: Windows::default(), matched: Vec::new() }
+        Self {
+            rules,
+            windows: Windows::default(),
+            matched: Vec::new(),
+            evictions: Arc::default(),
+            unreported: None,
+            last_report: None,
+            report: None,
+        }
+    }
+
+    /// Counts evicted windows in `counter` (shared with the detect status) instead of its own.
+    pub fn counting_evictions_in(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.evictions = counter;
+        self
+    }
+
+    /// Windows evicted with hits since the engine started.
+    #[cfg(test)]
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The flood report due, if any: made at the first eviction, then at most once per
+    /// [`FLOOD_REPEAT`] (at an eviction or at [`Engine::prune`]) with the evictions since the last.
+    pub fn take_flood(&mut self) -> Option<Flood> {
+        self.report.take()
     }
 
     /// The rules a line matches and the address they would count against, without windows.
@@ -76,20 +154,44 @@ impl Engine {
     pub fn line(&mut self, kind: LogKind, line: &[u8], cut: bool, now: Instant, out: &mut Vec<Trigger>) -> bool {
         let found = self.classify(kind, line, cut);
         let Some(addr) = found.addr else { return false };
+        let evidence = || escape_evidence(&String::from_utf8_lossy(line), MAX_EVIDENCE);
         for rule in found.rules {
             let spec = &self.rules.rules[rule];
-            let evidence = || escape_evidence(&String::from_utf8_lossy(line), MAX_EVIDENCE);
             if let Some(burst) = self.windows.hit(rule, addr, spec.threshold, spec.window, now, evidence) {
                 out.push(Trigger { rule, addr, burst });
+            }
+            let evicted = self.windows.take_evicted();
+            if evicted > 0 {
+                self.note_evictions(evicted, self.rules.rules[rule].kind.detector(), now, evidence);
             }
         }
         true
     }
 
-    /// Drops idle windows (called now and then by the worker).
+    /// Counts evictions and makes a flood report due unless one was made within [`FLOOD_REPEAT`].
+    fn note_evictions(&mut self, evicted: u64, detector: Detector, now: Instant, evidence: impl FnOnce() -> String) {
+        self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        let earlier = self.unreported.take().map_or(0, |flood| flood.evicted);
+        self.unreported = Some(Flood { evicted: earlier + evicted, detector, evidence: evidence() });
+        self.report_if_due(now);
+    }
+
+    fn report_if_due(&mut self, now: Instant) {
+        if self.last_report.is_some_and(|last| now.saturating_duration_since(last) < FLOOD_REPEAT) {
+            return;
+        }
+        let Some(mut report) = self.unreported.take() else { return };
+        // A report not taken yet is folded into this one.
+        report.evicted += self.report.take().map_or(0, |untaken| untaken.evicted);
+        self.report = Some(report);
+        self.last_report = Some(now);
+    }
+
+    /// Drops idle windows and reports evictions left unreported for [`FLOOD_REPEAT`] (called
+    /// now and then by the worker).
     pub fn prune(&mut self, now: Instant) {
-        let longest = self.rules.rules.iter().map(|r| r.window).max().unwrap_or_default();
-        self.windows.prune(now, longest);
+        self.windows.prune(now);
+        self.report_if_due(now);
     }
 }
 
@@ -210,6 +312,179 @@ mod tests {
         assert_eq!(out[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(out[0].burst.count, 5);
         assert_eq!(out[0].burst.evidence.len(), 5);
+    }
+
+    fn failed_password(addr: std::net::Ipv4Addr, port: u32) -> String {
+        format!("Nov 21 03:33:41 h sshd[1]: Failed password for root from {addr} port {port} ssh2")
+    }
+
+    #[test]
+    fn an_attacker_flooding_distinct_addresses_still_alerts_on_the_fifth_failure() {
+        let mut engine = engine();
+        let attacker = std::net::Ipv4Addr::new(192, 0, 2, 66);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for port in 0..4 {
+            engine.line(LogKind::Sshd, failed_password(attacker, port).as_bytes(), false, start, &mut out);
+        }
+        // One write of 150,000 failures, each from its own address, read within a second.
+        for i in 0..150_000u32 {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let at = start + Duration::from_micros(i as u64);
+            engine.line(LogKind::Sshd, failed_password(addr, 22).as_bytes(), false, at, &mut out);
+        }
+        assert!(out.is_empty(), "one failure per address crossed a threshold: {:?}", out.first());
+        // The flood is reported at its first eviction, once; what it evicts later goes into the
+        // next report, due a minute later.
+        let flood = engine.take_flood().expect("no flood report");
+        assert_eq!(engine.take_flood(), None);
+        let evicted = engine.evictions();
+        assert!(evicted >= (150_000 + 1 - MAX_WINDOWS) as u64, "{evicted} evicted");
+        assert!(flood.evicted > 0 && flood.evicted < evicted, "{flood:?} of {evicted}");
+        assert_eq!(flood.detector, Detector::SshBruteforce);
+        assert!(flood.evidence.contains("Failed password for root from 10."), "{flood:?}");
+        let alert = flood.alert("/var/log/auth.log");
+        assert_eq!((alert.rule.as_str(), alert.severity), ("window-flood", Severity::High));
+        assert_eq!((alert.count, alert.action), (Some(flood.evicted as u32), DetectAction::AlertOnly));
+        assert!(alert.description.contains(&format!("{} evicted", flood.evicted)), "{}", alert.description);
+        engine.prune(start + FLOOD_REPEAT / 2);
+        assert_eq!(engine.take_flood(), None, "reported again within FLOOD_REPEAT");
+        engine.prune(start + FLOOD_REPEAT + Duration::from_secs(1));
+        let rest = engine.take_flood().expect("the later evictions were not reported");
+        assert_eq!(flood.evicted + rest.evicted, evicted);
+        // Still within the rule's 300 s window of the first four.
+        let fifth = start + FLOOD_REPEAT + Duration::from_secs(2);
+        engine.line(LogKind::Sshd, failed_password(attacker, 4).as_bytes(), false, fifth, &mut out);
+        assert_eq!(out.len(), 1, "the attacker's fifth failure raised nothing");
+        assert_eq!((out[0].addr, out[0].burst.count), (IpAddr::V4(attacker), 5));
+    }
+
+    #[test]
+    fn a_lasting_flood_is_reported_once_per_flood_repeat_with_the_evictions_in_between() {
+        let mut engine = engine();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let mut reports = Vec::new();
+        // Addresses arriving over three minutes, each seen once: the table fills, then keeps
+        // evicting.
+        let total = 300_000u32;
+        for i in 0..total {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let at = start + FLOOD_REPEAT * 3 * i / total;
+            engine.line(LogKind::Sshd, failed_password(addr, 22).as_bytes(), false, at, &mut out);
+            if let Some(flood) = engine.take_flood() {
+                reports.push((at, flood.evicted));
+            }
+        }
+        assert!(out.is_empty());
+        assert!((2..=3).contains(&reports.len()), "{reports:?}");
+        for pair in reports.windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= FLOOD_REPEAT, "{reports:?}");
+        }
+        // What was not reported yet goes into the next report; nothing is counted twice.
+        engine.prune(start + FLOOD_REPEAT * 4);
+        reports.extend(engine.take_flood().map(|flood| (start + FLOOD_REPEAT * 4, flood.evicted)));
+        let reported: u64 = reports.iter().map(|r| r.1).sum();
+        assert_eq!(reported, engine.evictions(), "{reports:?}");
+        // Within the rule's 300 s window nothing idles: what does not fit was evicted.
+        assert!(engine.evictions() >= (total as usize - MAX_WINDOWS) as u64, "{}", engine.evictions());
+    }
+
+    /// An events log in memory.
+    #[derive(Clone, Default)]
+    struct EventsLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for EventsLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_alerts_on_the_flood_and_on_the_attackers_fifth_failure() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        std::fs::write(&log, "").unwrap();
+        let text = format!(
+            "watch = []\nevents_log = \"-\"\nstate_dir = {:?}\n[[logs]]\nkind = \"sshd\"\npath = {:?}\n\
+             [xdp]\ntrust_local = false\n",
+            dir.path().join("state").display().to_string(),
+            log.display().to_string(),
+        );
+        let config = crate::config::Config::parse(&text, "test").unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let events = EventsLog::default();
+        let sink = crate::alert::AlertSink::new(None, Some(crate::alert::EventsLog::new(Box::new(events.clone()))));
+        let (bans, mut ban_requests) = tokio::sync::mpsc::channel(16);
+        let mut ban_path =
+            crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
+        let mut workers = crate::harness::Workers::default();
+        let prepared =
+            super::super::worker::prepare(&config.detect, &config.state_dir, sink, bans, workers.stop_token()).unwrap();
+        let (handle, _) = prepared.start(&mut workers).unwrap();
+
+        // Four failures, 150,000 from distinct addresses, then the fifth: one write.
+        let attacker = std::net::Ipv4Addr::new(192, 0, 2, 66);
+        let mut lines: Vec<String> = (0..4).map(|port| failed_password(attacker, port)).collect();
+        lines.extend((0..150_000u32).map(|i| failed_password(std::net::Ipv4Addr::from(0x0a00_0000 + i), 22)));
+        lines.push(failed_password(attacker, 4));
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, (lines.join("\n") + "\n").as_bytes()).unwrap();
+        handle.events.offer(super::super::Input::File {
+            op: ids_common::FileOp::Write,
+            path: log.clone(),
+            new_path: None,
+        });
+        let request = tokio::time::timeout(Duration::from_secs(60), ban_requests.recv()).await.unwrap().unwrap();
+        assert_eq!(request.net.to_string(), attacker.to_string());
+        // The ban path raises the attacker's alert with its decision.
+        ban_path.apply(request);
+        let shared = handle.shared.clone();
+        let all = lines.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while shared.lines.load(Ordering::Relaxed) < all {
+                assert!(Instant::now() < deadline, "the worker read {:?} lines", shared.lines);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        let status = handle.shared.status();
+        workers.shutdown(Duration::from_secs(10)).await;
+
+        let text = String::from_utf8(events.0.lock().unwrap().clone()).unwrap();
+        let alerts: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|a| a["kind"] == "detect")
+            .collect();
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
+        let flood = &alerts[0];
+        assert_eq!(
+            (flood["rule"].as_str(), flood["severity"].as_str()),
+            (Some("window-flood"), Some("high")),
+            "{flood}"
+        );
+        assert_eq!(
+            (flood["detector"].as_str(), flood["action"]["type"].as_str()),
+            (Some("ssh-bruteforce"), Some("alert_only"))
+        );
+        assert_eq!(flood["path"].as_str(), Some(log.display().to_string().as_str()));
+        assert!(flood["count"].as_u64().is_some_and(|n| n > 0), "{flood}");
+        let fifth = &alerts[1];
+        assert_eq!(
+            (fifth["rule"].as_str(), fifth["source"].as_str()),
+            (Some("sshd-failed-password"), Some("192.0.2.66"))
+        );
+        assert_eq!(fifth["count"], 5, "{fifth}");
+        assert_eq!(fifth["action"]["type"], "ban_requested", "{fifth}");
+        assert!(status.windows_evicted >= (150_000 + 1 - MAX_WINDOWS) as u64, "{status:?}");
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub enum RuleKind {
     Web,
 }
 
+impl RuleKind {
+    /// The detector named in the alerts of this kind's rules.
+    pub fn detector(self) -> crate::alert::Detector {
+        match self {
+            RuleKind::Sshd => crate::alert::Detector::SshBruteforce,
+            RuleKind::Web => crate::alert::Detector::WebAttack,
+        }
+    }
+}
+
 /// The part of an access-log line a web rule looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +117,38 @@ fn build(pattern: &str) -> Result<Regex, regex::Error> {
 
 fn build_set(patterns: &[String]) -> Result<RegexSet, regex::Error> {
     RegexSetBuilder::new(patterns).unicode(false).dfa_size_limit(DFA_SIZE).build()
+}
+
+/// The set of `patterns`, those of the rules `ids` in file order. A set compiles every pattern
+/// into one automaton, so it can exceed the size limit when each pattern alone compiled: the
+/// error then names the rule responsible, `(id, message)`: the first whose pattern is too large
+/// for a set on its own, else the one whose addition makes the set too large.
+fn build_rule_set(patterns: &[String], ids: &[&str]) -> Result<RegexSet, (String, String)> {
+    let error = match build_set(patterns) {
+        Ok(set) => return Ok(set),
+        Err(error) => error,
+    };
+    for (pattern, id) in patterns.iter().zip(ids) {
+        if let Err(alone) = build_set(std::slice::from_ref(pattern)) {
+            return Err((id.to_string(), format!("pattern: {alone}")));
+        }
+    }
+    // Every pattern fits alone: find the shortest prefix of the rules that does not.
+    let (mut fits, mut fails) = (1, patterns.len());
+    while fails - fits > 1 {
+        let middle = fits + (fails - fits) / 2;
+        match build_set(&patterns[..middle]) {
+            Ok(_) => fits = middle,
+            Err(_) => fails = middle,
+        }
+    }
+    let others = fails - 1;
+    Err((
+        ids[fails - 1].to_string(),
+        format!(
+            "pattern: too large together with the {others} rule(s) before it that are matched in the same pass: {error}"
+        ),
+    ))
 }
 
 /// How the address of an sshd rule is found once the rule is known to match.
@@ -175,7 +217,8 @@ impl RuleSet {
             sshd_patterns.push(anchored);
             sshd_rules.push((index, compiled));
         }
-        let sshd_set = build_set(&sshd_patterns).map_err(|e| invalid("(sshd set)", e.to_string()))?;
+        let sshd_ids: Vec<&str> = sshd_rules.iter().map(|(index, _)| rules[*index].id.as_str()).collect();
+        let sshd_set = build_rule_set(&sshd_patterns, &sshd_ids).map_err(|(id, message)| invalid(&id, message))?;
         let mut web_sets = Vec::new();
         for field in [Field::Request, Field::UserAgent, Field::Referer] {
             let mut patterns = Vec::new();
@@ -187,7 +230,8 @@ impl RuleSet {
                     indexes.push(index);
                 }
             }
-            let set = build_set(&patterns).map_err(|e| invalid("(web set)", e.to_string()))?;
+            let ids: Vec<&str> = indexes.iter().map(|&index| rules[index].id.as_str()).collect();
+            let set = build_rule_set(&patterns, &ids).map_err(|(id, message)| invalid(&id, message))?;
             web_sets.push((field, set, indexes));
         }
         Ok(Self { rules, sshd_set, sshd_rules, web_sets })
@@ -362,6 +406,45 @@ mod tests {
         let mut hits = Vec::new();
         replaced.match_web(b"POST /wp-login.php HTTP/1.1", b"", b"", &mut hits);
         assert_eq!(hits, [1]);
+    }
+
+    #[test]
+    fn a_rule_too_large_for_the_regex_engine_is_named_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        // Each alternative alone is small; the 200,000 of them compile as one regex but not in the
+        // set that matches every web rule in one pass.
+        let alternatives: Vec<String> = (0..200_000).map(|i| format!("w{i}")).collect();
+        let rule = format!(
+            "[[rules]]\nid = \"web-probe-list\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\n\
+             pattern = '(?:{})'\n",
+            alternatives.join("|")
+        );
+        std::fs::write(&path, rule).unwrap();
+        for mode in [RulesMode::Extend, RulesMode::Replace] {
+            let err = RuleSet::load(Some(&path), mode).unwrap_err().to_string();
+            assert!(err.contains("rule \"web-probe-list\"") && err.contains("huge.toml"), "{mode:?}: {err}");
+            assert!(!err.contains("(web set)"), "{mode:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rules_that_fit_alone_but_not_together_name_the_one_that_overflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lists.toml");
+        let rule = |id: &str, prefix: &str| {
+            let alternatives: Vec<String> = (0..100_000).map(|i| format!("{prefix}{i}")).collect();
+            format!(
+                "[[rules]]\nid = \"{id}\"\ndescription = \"d\"\nseverity = \"low\"\nkind = \"web\"\n\
+                 pattern = '(?:{})'\n",
+                alternatives.join("|")
+            )
+        };
+        std::fs::write(&path, rule("web-list-a", "a") + &rule("web-list-b", "b") + &rule("web-list-c", "c")).unwrap();
+        let err = RuleSet::load(Some(&path), RulesMode::Replace).unwrap_err().to_string();
+        // a and b together are already too large: b is named, with the one rule before it.
+        assert!(err.contains("lists.toml") && err.contains("rule \"web-list-b\""), "{err}");
+        assert!(err.contains("together with the 1 rule(s) before it"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::engine::{Engine, Trigger};
 use super::follow::Follower;
 use super::parse::escape_evidence;
 use super::process::{basename, is_shell, is_web_server, web_server_ancestry};
-use super::rules::{RuleKind, RuleSet};
+use super::rules::RuleSet;
 use super::webshell::Scanner;
 use super::{Input, MAX_EVIDENCE};
 use crate::alert::{Alert, AlertBody, AlertSink, DetectAction, DetectAlert, Detector, Severity};
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     /// Requests of this worker that the ban path turned into a ban (it counts them).
     pub(crate) bans_requested: Arc<AtomicU64>,
     pub(crate) files_scanned: AtomicU64,
+    /// Detection windows that still held hits when a flood of addresses needed their room.
+    pub(crate) windows_evicted: Arc<AtomicU64>,
     queue: Arc<QueueStats>,
 }
 
@@ -71,6 +73,7 @@ pub(crate) struct DetectStatus {
     pub(crate) files_scanned: u64,
     /// Events its queue had no room for.
     pub(crate) dropped: u64,
+    pub(crate) windows_evicted: u64,
 }
 
 impl Shared {
@@ -82,6 +85,7 @@ impl Shared {
             bans_requested: self.bans_requested.load(Ordering::Relaxed),
             files_scanned: self.files_scanned.load(Ordering::Relaxed),
             dropped: self.queue.dropped(),
+            windows_evicted: self.windows_evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,8 +199,9 @@ pub(crate) fn prepare(
     let mut watch: Vec<PathBuf> = log_paths.clone();
     watch.extend(web_roots.iter().cloned());
     let (sender, inbox) = harness::queue(QUEUE);
+    let shared = Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() });
     let mut worker = Worker {
-        engine: Engine::new(rules),
+        engine: Engine::new(rules).counting_evictions_in(shared.windows_evicted.clone()),
         scanner: Scanner::new(),
         logs: Vec::new(),
         log_index: HashMap::new(),
@@ -207,7 +212,7 @@ pub(crate) fn prepare(
         store,
         sink,
         bans,
-        shared: Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() }),
+        shared,
         triggers: Vec::new(),
         config: detect.clone(),
         readers: Vec::new(),
@@ -410,6 +415,9 @@ impl Worker {
     fn classify_line(&mut self, kind: LogKind, origin: &str, line: &[u8], cut: bool) {
         let mut triggers = std::mem::take(&mut self.triggers);
         self.engine.line(kind, line, cut, Instant::now(), &mut triggers);
+        if let Some(flood) = self.engine.take_flood() {
+            self.emit(Alert::now(AlertBody::Detect(flood.alert(origin))));
+        }
         for trigger in triggers.drain(..) {
             self.raise(origin, trigger);
         }
@@ -420,10 +428,7 @@ impl Worker {
     /// this alert with its decision (banned for how long, trusted, or refused).
     fn raise(&mut self, origin: &str, trigger: Trigger) {
         let rule = self.engine.rules.rules[trigger.rule].clone();
-        let detector = match rule.kind {
-            RuleKind::Sshd => Detector::SshBruteforce,
-            RuleKind::Web => Detector::WebAttack,
-        };
+        let detector = rule.kind.detector();
         // An IPv4 client of a dual-stack socket is logged as ::ffff:a.b.c.d: banned as itself.
         let addr = match trigger.addr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(trigger.addr, IpAddr::V4),

@@ -2,8 +2,9 @@
 //! one-line reply; [`send_all`] asks every given server at once.
 //!
 //! `TEST 2` answered `41 INVALID COMMAND` is asked again as a bare `TEST` on a new connection: a
-//! TinyIDS 0.1.6 server knows TEST only without an argument and refuses any other argument count
-//! with 41. Its other commands are those of revision 2, sent the same way.
+//! revision-1 server (TinyIDS 0.1.0-0.1.3) knows TEST only without an argument and refuses any
+//! other argument count with 41. Its other commands are those of revision 2, sent the same way.
+//! TinyIDS 0.1.6 (revision 2 since 0.1.4) answers `TEST 2` with 20, so it needs no fall-back.
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,7 +24,7 @@ pub enum Revision {
     /// `TEST 2` was answered `20 OK`.
     Two,
     /// `TEST 2` was answered `41` and a bare `TEST` `20 OK`: the revision before 2, spoken by
-    /// TinyIDS 0.1.6.
+    /// TinyIDS 0.1.0-0.1.3.
     One,
 }
 
@@ -117,8 +118,9 @@ impl Target {
         Ok(Self { entry, tls })
     }
 
-    /// Sends `request`; a `TEST 2` answered 41 is sent again as a bare `TEST` (what a TinyIDS
-    /// 0.1.6 server knows), and the answer to a TEST says which revision the server showed.
+    /// Sends `request`; a `TEST 2` answered 41 is sent again as a bare `TEST` (what a revision-1
+    /// server, TinyIDS 0.1.0-0.1.3, knows), and the answer to a TEST says which revision the
+    /// server showed.
     pub async fn ask(&self, request: &Request, timeout: Duration) -> anyhow::Result<Answer> {
         let reply = self.send(request, timeout).await?;
         let Request::Test { revision: Some(_) } = request else {

@@ -14,7 +14,8 @@ use super::{REVISION, Reply};
 /// A parsed request. Arguments are kept as sent; the command word is case-insensitive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `TEST` or `TEST {revision}` (TinyIDS 0.1.6 clients send `TEST` alone).
+    /// `TEST {revision}` (TinyIDS 0.1.6 and every client since 0.1.4 send `TEST 2`) or `TEST`
+    /// alone (revision-1 clients, TinyIDS 0.1.0-0.1.3).
     Test {
         revision: Option<String>,
     },
@@ -63,7 +64,9 @@ impl Request {
         }
     }
 
-    /// The answer to TEST: 20 for no revision or revision 2, 40 for any other revision.
+    /// The answer to TEST: 20 for revision 2, 40 for any other revision. A bare TEST is a
+    /// revision-1 client's (TinyIDS 0.1.0-0.1.3), whose other commands are the same: it is
+    /// answered 20 so that those clients keep working (TinyIDS 0.1.6's own server answers it 41).
     pub fn test_reply(revision: Option<&str>) -> Reply {
         match revision {
             None => Reply::Ok,

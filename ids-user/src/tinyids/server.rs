@@ -2,7 +2,9 @@
 //! line within the read timeout, answer one line, close.
 //!
 //! Limits: `max_line` bytes per request, `read_timeout` for the handshake and for the line, at
-//! most `max_connections` at once (a connection over the cap is closed at once and audited).
+//! most `max_connections` at once and `max_connections_per_address` from one address, so that
+//! one host's idle connections cannot hold every slot for `read_timeout` (a connection over
+//! either cap is closed at once and audited).
 //! A client whose passphrase fails `max_failures` times within `failure_window` gets 42 without
 //! a check until `lockout` has passed. argon2 runs only for commands that carry a passphrase, on
 //! the blocking pool, at most one per CPU at a time (each takes 19 MiB).
@@ -42,6 +44,26 @@ struct Server {
     throttle: Mutex<HashMap<String, Failures>>,
     checks: Mutex<HashMap<String, (String, &'static str)>>,
     argon2_slots: Semaphore,
+    /// Connections open per client address (only addresses with one or more).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One of an address's connection slots, given back when dropped.
+struct AddressSlot {
+    server: Arc<Server>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.server.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +158,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         throttle: Mutex::new(HashMap::new()),
         checks: Mutex::new(HashMap::new()),
         argon2_slots: Semaphore::new(cpus),
+        per_address: Mutex::new(HashMap::new()),
     });
     info!(
         address = %listener.local_addr()?,
@@ -177,6 +200,23 @@ async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl std::f
                 continue;
             }
         };
+        let Some(address_slot) = server.address_slot(peer.ip()) else {
+            server.audit(
+                None,
+                peer,
+                None,
+                None,
+                "refused",
+                false,
+                Some(format!(
+                    "per-address connection limit reached ({} from this address)",
+                    server.config.max_connections_per_address
+                )),
+                Instant::now(),
+            );
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             server.audit(
                 None,
@@ -195,6 +235,7 @@ async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl std::f
         tokio::spawn(async move {
             server.connection(stream, peer).await;
             drop(permit);
+            drop(address_slot);
         });
     }
     // Let connections in flight finish (bounded by the read timeout).
@@ -205,18 +246,33 @@ async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl std::f
     .await;
 }
 
-/// The identity of a plain-mode client: its address, IPv4-mapped addresses as IPv4.
-pub fn ip_identity(ip: IpAddr) -> String {
+/// A client's address with IPv4-mapped IPv6 addresses as IPv4, so that one host is one address
+/// whichever way it connects.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
+/// The identity of a plain-mode client: its address, IPv4-mapped addresses as IPv4.
+pub fn ip_identity(ip: IpAddr) -> String {
+    canonical_ip(ip).to_string()
+}
+
 impl Server {
+    /// One of `ip`'s connection slots, or `None` when it has `max_connections_per_address` open.
+    fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let address = canonical_ip(ip);
+        let mut open = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.config.max_connections_per_address {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { server: self.clone(), address })
+    }
+
     fn transport(&self) -> &'static str {
         if self.mtls {
             "mtls"
@@ -322,9 +378,9 @@ impl Server {
         };
         let unread_input = outcome == ReadOutcome::TooLong;
         let (command, reply, result, throttled, error) = match outcome {
+            // The original server reads an empty line then, which is no command: it answers 41.
             ReadOutcome::Closed => {
-                self.audit(Some(&client), peer, None, None, "closed", false, None, started);
-                return;
+                (None, Reply::InvalidCommand, "invalid_command", false, Some("closed without a request line".into()))
             }
             ReadOutcome::TimedOut => {
                 self.audit(Some(&client), peer, None, None, "timeout", false, None, started);

@@ -42,6 +42,7 @@ pub struct RawServe {
     pub max_line: Option<usize>,
     pub read_timeout: Option<f64>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
     pub max_failures: Option<u32>,
     pub failure_window: Option<u64>,
     pub lockout: Option<u64>,
@@ -255,6 +256,8 @@ pub struct ServeConfig {
     pub max_line: usize,
     pub read_timeout: Duration,
     pub max_connections: usize,
+    /// Connections from one address at once, so that one host cannot take every slot.
+    pub max_connections_per_address: usize,
     pub max_failures: u32,
     pub failure_window: Duration,
     pub lockout: Duration,
@@ -277,6 +280,7 @@ impl Default for ServeConfig {
             max_line: 8192,
             read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_address: 16,
             max_failures: 5,
             failure_window: Duration::from_secs(600),
             lockout: Duration::from_secs(600),
@@ -314,6 +318,12 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
             return Err(format!("serve.max_connections: {max} is outside 1..=1000000"));
         }
         config.max_connections = max;
+    }
+    if let Some(max) = raw.max_connections_per_address {
+        if !(1..=1_000_000).contains(&max) {
+            return Err(format!("serve.max_connections_per_address: {max} is outside 1..=1000000"));
+        }
+        config.max_connections_per_address = max;
     }
     if let Some(max) = raw.max_failures {
         if max == 0 {
@@ -420,5 +430,16 @@ mod tests {
         let config = validate_serve(&RawServe::default()).unwrap();
         assert_eq!(config.max_line, 8192);
         assert_eq!(config.max_failures, 5);
+        assert_eq!(config.max_connections_per_address, 16);
+        for bad in [0, 1_000_001] {
+            let raw = RawServe { max_connections_per_address: Some(bad), ..Default::default() };
+            let error = validate_serve(&raw).unwrap_err();
+            assert!(
+                error.starts_with("serve.max_connections_per_address: ") && error.contains("1..=1000000"),
+                "{error}"
+            );
+        }
+        let raw = RawServe { max_connections_per_address: Some(1), ..Default::default() };
+        assert_eq!(validate_serve(&raw).unwrap().max_connections_per_address, 1);
     }
 }
