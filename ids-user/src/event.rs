@@ -9,10 +9,12 @@ use ids_common::{
 };
 use serde::Serialize;
 
+use crate::time::Timestamp;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
-    pub time: String,
-    pub kind: &'static str,
+    pub time: Timestamp,
+    pub kind: EventKind,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -21,6 +23,17 @@ pub struct Event {
     pub comm: String,
     #[serde(flatten)]
     pub detail: Detail,
+}
+
+/// What the sensor saw.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Exec,
+    File,
+    Module,
+    Listen,
+    Connect,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -112,8 +125,9 @@ impl Clock {
         Self { boot_epoch: SystemTime::now() - since_boot }
     }
 
-    pub fn rfc3339(&self, boot_ns: u64) -> String {
-        humantime::format_rfc3339_micros(self.boot_epoch + Duration::from_nanos(boot_ns)).to_string()
+    /// The wall-clock time of a CLOCK_BOOTTIME stamp.
+    pub fn at(&self, boot_ns: u64) -> Timestamp {
+        Timestamp::at(self.boot_epoch + Duration::from_nanos(boot_ns))
     }
 }
 
@@ -123,9 +137,9 @@ impl Default for Clock {
     }
 }
 
-pub fn with_header(clock: &Clock, header: &EventHeader, kind: &'static str, detail: Detail) -> Event {
+pub fn with_header(clock: &Clock, header: &EventHeader, kind: EventKind, detail: Detail) -> Event {
     Event {
-        time: clock.rfc3339(header.time_ns),
+        time: clock.at(header.time_ns),
         kind,
         pid: header.pid,
         tid: header.tid,
@@ -148,12 +162,12 @@ pub fn exec(clock: &Clock, event: &ExecEvent) -> Event {
         argv,
         argv_truncated: event.truncated & ids_common::EXEC_ARGS_TRUNCATED != 0,
     };
-    with_header(clock, &event.header, "exec", detail)
+    with_header(clock, &event.header, EventKind::Exec, detail)
 }
 
 pub fn module(clock: &Clock, event: &ModuleEvent) -> Event {
     let op = if event.op == MODULE_LOAD { "load" } else { "unload" };
-    with_header(clock, &event.header, "module", Detail::Module { op, module: c_string(&event.name) })
+    with_header(clock, &event.header, EventKind::Module, Detail::Module { op, module: c_string(&event.name) })
 }
 
 fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
@@ -173,7 +187,7 @@ pub fn connect(clock: &Clock, event: &ConnectEvent) -> Event {
             addr: saddr,
             port: event.sport,
         };
-        return with_header(clock, &event.header, "listen", detail);
+        return with_header(clock, &event.header, EventKind::Listen, detail);
     }
     let detail = Detail::Connect {
         direction: if event.direction == DIRECTION_IN { "in" } else { "out" },
@@ -183,7 +197,7 @@ pub fn connect(clock: &Clock, event: &ConnectEvent) -> Event {
         daddr: address(event.family, &event.daddr),
         dport: event.dport,
     };
-    with_header(clock, &event.header, "connect", detail)
+    with_header(clock, &event.header, EventKind::Connect, detail)
 }
 
 /// The bytes of a NUL-terminated C string in a fixed buffer, lossily as UTF-8.

@@ -14,7 +14,6 @@ impl Timestamp {
         Self(SystemTime::now())
     }
 
-    #[cfg(test)]
     pub(crate) fn at(time: SystemTime) -> Self {
         Self(time)
     }

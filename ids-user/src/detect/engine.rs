@@ -19,7 +19,7 @@ pub const FLOOD_REPEAT: Duration = Duration::from_secs(60);
 
 /// A rule's threshold crossed by an address.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Trigger {
+pub struct Crossing {
     pub rule: usize,
     pub addr: IpAddr,
     pub burst: Burst,
@@ -151,14 +151,14 @@ impl Engine {
 
     /// Counts a line's hits at `now`; pushes the thresholds it crosses to `out`. Returns
     /// whether any rule matched.
-    pub fn line(&mut self, kind: LogKind, line: &[u8], cut: bool, now: Instant, out: &mut Vec<Trigger>) -> bool {
+    pub fn line(&mut self, kind: LogKind, line: &[u8], cut: bool, now: Instant, out: &mut Vec<Crossing>) -> bool {
         let found = self.classify(kind, line, cut);
         let Some(addr) = found.addr else { return false };
         let evidence = || escape_evidence(&String::from_utf8_lossy(line), MAX_EVIDENCE);
         for rule in found.rules {
             let spec = &self.rules.rules[rule];
             if let Some(burst) = self.windows.hit(rule, addr, spec.threshold, spec.window, now, evidence) {
-                out.push(Trigger { rule, addr, burst });
+                out.push(Crossing { rule, addr, burst });
             }
             let evicted = self.windows.take_evicted();
             if evicted > 0 {

@@ -1,5 +1,5 @@
 //! The detect worker, a consumer of the event bus: a thread that follows the configured logs when the sensor reports them
-//! written, scans files written under the web roots once they have been quiet for [`QUIET`],
+//! written, scans files written under the web roots once they have been quiet for [`SCAN_QUIET`],
 //! checks exec events against the process tree, and turns what it finds into alerts (events log
 //! and the store's `alerts` table) and ban requests (sent to the daemon).
 //!
@@ -20,7 +20,7 @@ use ids_common::FileOp;
 use tracing::{info, warn};
 
 use super::config::{DetectConfig, LogKind};
-use super::engine::{Engine, Trigger};
+use super::engine::{Crossing, Engine};
 use super::follow::Follower;
 use super::parse::escape_evidence;
 use super::process::{basename, is_shell, is_web_server, web_server_ancestry};
@@ -34,7 +34,7 @@ use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::Store;
 
 /// A web file is scanned once no event has named it for this long (so it is scanned complete).
-pub const QUIET: Duration = Duration::from_millis(200);
+pub const SCAN_QUIET: Duration = Duration::from_millis(200);
 /// Every log is checked this often even without events.
 pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// A write event is seen when the write starts: the log is read this long after it, and read
@@ -51,7 +51,7 @@ const QUEUE: usize = 16_384;
 
 /// Counters shown by `ids status` under `detect`.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct DetectCounters {
     pub(crate) lines: AtomicU64,
     pub(crate) lines_cut: AtomicU64,
     pub(crate) alerts: AtomicU64,
@@ -76,7 +76,7 @@ pub(crate) struct DetectStatus {
     pub(crate) windows_evicted: u64,
 }
 
-impl Shared {
+impl DetectCounters {
     pub(crate) fn status(&self) -> DetectStatus {
         DetectStatus {
             lines: self.lines.load(Ordering::Relaxed),
@@ -137,7 +137,7 @@ pub(crate) struct Prepared {
 /// The running worker, as the daemon holds it.
 pub(crate) struct Handle {
     pub(crate) events: harness::Sender<Input>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<DetectCounters>,
 }
 
 /// A followed log.
@@ -167,8 +167,8 @@ struct Worker {
     store: Store,
     sink: AlertSink,
     bans: BanSender,
-    shared: Arc<Shared>,
-    triggers: Vec<Trigger>,
+    shared: Arc<DetectCounters>,
+    triggers: Vec<Crossing>,
 }
 
 /// A configured path as the sensor reports it: its directory resolved, its name kept (the file
@@ -199,7 +199,7 @@ pub(crate) fn prepare(
     let mut watch: Vec<PathBuf> = log_paths.clone();
     watch.extend(web_roots.iter().cloned());
     let (sender, inbox) = harness::queue(QUEUE);
-    let shared = Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() });
+    let shared = Arc::new(DetectCounters { queue: inbox.stats().clone(), ..DetectCounters::default() });
     let mut worker = Worker {
         engine: Engine::new(rules).counting_evictions_in(shared.windows_evicted.clone()),
         scanner: Scanner::new(),
@@ -347,7 +347,7 @@ impl Worker {
                     if matches!(op, FileOp::Create | FileOp::Write | FileOp::Rename)
                         && self.web_roots.iter().any(|r| target.starts_with(r))
                     {
-                        self.scans.insert(target.clone(), Instant::now() + QUIET);
+                        self.scans.insert(target.clone(), Instant::now() + SCAN_QUIET);
                     }
                 }
                 if op == FileOp::Unlink {
@@ -426,7 +426,7 @@ impl Worker {
 
     /// A log rule's threshold was crossed: the ban path is asked to ban the address and raises
     /// this alert with its decision (banned for how long, trusted, or refused).
-    fn raise(&mut self, origin: &str, trigger: Trigger) {
+    fn raise(&mut self, origin: &str, trigger: Crossing) {
         let rule = self.engine.rules.rules[trigger.rule].clone();
         let detector = rule.kind.detector();
         // An IPv4 client of a dual-stack socket is logged as ::ffff:a.b.c.d: banned as itself.
@@ -607,7 +607,7 @@ mod tests {
     struct Running {
         workers: Workers,
         events: harness::Sender<Input>,
-        shared: Arc<Shared>,
+        shared: Arc<DetectCounters>,
     }
 
     fn start(config: &crate::config::Config, sink: &AlertSink, bans: &BanSender) -> Running {

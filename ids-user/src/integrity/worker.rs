@@ -8,7 +8,7 @@
 //!   dirty: the path itself (for create, unlink and rename, old and new path, everything below
 //!   it too, since a new directory may have been filled before the sensor watched it) and, for
 //!   create/unlink/rename, the parent directory, whose metadata changed. A dirty path is
-//!   rehashed once no event named it for [`QUIET`]; only the items at (and, when deep, below) it
+//!   rehashed once no event named it for [`REHASH_QUIET`]; only the items at (and, when deep, below) it
 //!   are recomputed, with the collectors' `collect_at`.
 //! - **Other collectors** (modules, sockets, commands) re-run every `integrity_interval`, and
 //!   `listening_sockets` / `kernel_modules` also when the sensor reports a socket entering or
@@ -44,7 +44,7 @@ use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::{Store, StoredItem};
 
 /// A dirty path is rehashed once no event has named it for this long.
-pub(crate) const QUIET: Duration = Duration::from_millis(200);
+pub(crate) const REHASH_QUIET: Duration = Duration::from_millis(200);
 
 /// Events the bus may queue for the worker before it falls back to a full rescan.
 const QUEUE: usize = 65_536;
@@ -83,7 +83,7 @@ enum Rescan {
 
 /// What `ids status` shows of the worker.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct WorkerState {
     aggregate: Mutex<Option<Digest>>,
     /// The aggregate again, for tasks that act when it changes (remote CHECKs).
     aggregate_changes: tokio::sync::watch::Sender<Option<Digest>>,
@@ -107,7 +107,7 @@ pub(crate) struct IntegrityStatus {
     pub(crate) alerts: u64,
 }
 
-impl Shared {
+impl WorkerState {
     /// Sees the aggregate each time it changes (and its current value).
     pub(crate) fn watch_aggregate(&self) -> tokio::sync::watch::Receiver<Option<Digest>> {
         self.aggregate_changes.subscribe()
@@ -208,7 +208,7 @@ pub(crate) struct Worker {
     current: BTreeMap<(String, String), Item>,
     dirty: HashMap<PathBuf, Dirty>,
     sink: AlertSink,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerState>,
     integrity_interval: Duration,
     verify_interval: Duration,
     /// Queue drops already made up for by a rescan.
@@ -229,7 +229,7 @@ pub(crate) struct Handle {
     /// The worker's queue; the bus offers it the events [`Interest::wants`].
     pub(crate) events: harness::Sender<Arc<Event>>,
     control: std::sync::mpsc::Sender<Control>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<WorkerState>,
 }
 
 impl Handle {
@@ -278,7 +278,7 @@ pub(crate) fn prepare(config: &WorkerSettings, sink: AlertSink) -> anyhow::Resul
         current: BTreeMap::new(),
         dirty: HashMap::new(),
         sink,
-        shared: Arc::new(Shared::default()),
+        shared: Arc::new(WorkerState::default()),
         integrity_interval: config.integrity_interval,
         verify_interval: config.verify_interval,
         dropped_seen: 0,
@@ -293,7 +293,7 @@ impl Prepared {
         let (events, inbox) = harness::queue(QUEUE);
         let (control, control_rx) = std::sync::mpsc::channel();
         let mut worker = self.worker;
-        worker.shared = Arc::new(Shared { queue: inbox.stats().clone(), ..Shared::default() });
+        worker.shared = Arc::new(WorkerState { queue: inbox.stats().clone(), ..WorkerState::default() });
         let shared = worker.shared.clone();
         let waker = events.clone();
         workers.spawn_thread(
@@ -450,7 +450,7 @@ impl Worker {
     }
 
     fn mark(&mut self, op: FileOp, path: &Path, new_path: Option<&Path>) {
-        let due = Instant::now() + QUIET;
+        let due = Instant::now() + REHASH_QUIET;
         let mut paths: Vec<(PathBuf, bool)> = Vec::new();
         let structural = matches!(op, FileOp::Create | FileOp::Unlink | FileOp::Rename);
         for path in std::iter::once(path).chain(new_path) {
@@ -692,8 +692,8 @@ mod tests {
 
     fn file_event(path: &Path) -> Arc<Event> {
         Arc::new(Event {
-            time: String::new(),
-            kind: "file",
+            time: crate::time::Timestamp::now(),
+            kind: crate::event::EventKind::File,
             pid: 1,
             tid: 1,
             ppid: 0,
@@ -756,7 +756,7 @@ mod tests {
             assert!(handle.events.offer(file_event(&file)));
             assert_eq!(status().dirty, 1);
             wait_until("the rehash", || status().dirty == 0);
-            assert!(noted.elapsed() >= QUIET, "rehashed before the quiet period");
+            assert!(noted.elapsed() >= REHASH_QUIET, "rehashed before the quiet period");
             assert_eq!(shared.aggregate(), scan());
             let lines = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
             let alert: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();

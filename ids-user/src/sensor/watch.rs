@@ -247,7 +247,7 @@ impl WatchSet {
         self.follow(op, &path, new_path.as_deref());
         let paths_escaped = crate::event::paths_escaped(&path, new_path.as_deref());
         let detail = Detail::File { op, path, new_path, paths_escaped, dev: user_dev(dev), ino };
-        Some(with_header(clock, &raw.header, "file", detail))
+        Some(with_header(clock, &raw.header, crate::event::EventKind::File, detail))
     }
 
     /// Keeps the maps in step with the tree: new and moved-in entries join, moved directories
