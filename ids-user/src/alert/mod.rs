@@ -11,6 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) use self::sink::MemoryLog;
 pub(crate) use self::sink::{AlertSink, EventsLog};
 use crate::store::AlertRow;
 use crate::time::Timestamp;

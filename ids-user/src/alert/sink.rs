@@ -119,30 +119,49 @@ impl AlertSink {
     }
 }
 
+/// An events log in memory, for tests that read back what was written.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct MemoryLog(Arc<Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl MemoryLog {
+    pub(crate) fn events_log(&self) -> EventsLog {
+        EventsLog::new(Box::new(self.clone()))
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Every line, parsed.
+    pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
+        self.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+#[cfg(test)]
+impl Write for MemoryLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::alert::{AlertBody, BanAlert};
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn an_alert_is_stored_written_counted_and_handed_to_subscribers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.db");
-        let buffer = Buffer::default();
-        let sink = AlertSink::new(Some(Store::open(&path).unwrap()), Some(EventsLog::new(Box::new(buffer.clone()))));
+        let buffer = MemoryLog::default();
+        let sink = AlertSink::new(Some(Store::open(&path).unwrap()), Some(buffer.events_log()));
         let mut subscriber = sink.subscribe(1);
         let ban = |net: &str| {
             Alert::now(AlertBody::Ban(BanAlert {
@@ -156,8 +175,7 @@ mod tests {
         sink.emit_all(vec![ban("192.0.2.1/32"), ban("192.0.2.2/32")]);
         let rows = Store::open(&path).unwrap().alerts().unwrap();
         assert_eq!(rows.iter().map(|r| r.item_id.as_str()).collect::<Vec<_>>(), ["192.0.2.1/32", "192.0.2.2/32"]);
-        let written = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines = buffer.lines();
         assert_eq!(lines.len(), 2);
         assert_eq!((lines[1]["kind"].as_str(), lines[1]["net"].as_str()), (Some("ban"), Some("192.0.2.2/32")));
         assert_eq!(sink.count(AlertKind::Ban), 2);

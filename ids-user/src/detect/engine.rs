@@ -390,20 +390,6 @@ mod tests {
         assert!(engine.evictions() >= (total as usize - MAX_WINDOWS) as u64, "{}", engine.evictions());
     }
 
-    /// An events log in memory.
-    #[derive(Clone, Default)]
-    struct EventsLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for EventsLog {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_worker_alerts_on_the_flood_and_on_the_attackers_fifth_failure() {
         use std::sync::atomic::Ordering;
@@ -418,8 +404,8 @@ mod tests {
         );
         let config = crate::config::Config::parse(&text, "test").unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
-        let events = EventsLog::default();
-        let sink = crate::alert::AlertSink::new(None, Some(crate::alert::EventsLog::new(Box::new(events.clone()))));
+        let events = crate::alert::MemoryLog::default();
+        let sink = crate::alert::AlertSink::new(None, Some(events.events_log()));
         let (bans, mut ban_requests) = tokio::sync::mpsc::channel(16);
         let mut ban_path =
             crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
@@ -458,7 +444,7 @@ mod tests {
         let status = handle.shared.status();
         workers.shutdown(Duration::from_secs(10)).await;
 
-        let text = String::from_utf8(events.0.lock().unwrap().clone()).unwrap();
+        let text = events.text();
         let alerts: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

@@ -562,28 +562,6 @@ impl Worker {
 mod tests {
     use super::*;
     use std::io::Write as _;
-    use std::sync::Mutex;
-
-    /// An events log in memory.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Buffer {
-        fn alerts(&self) -> Vec<serde_json::Value> {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-        }
-    }
 
     fn failure(addr: &str, n: u32) -> String {
         format!("Nov 21 03:33:41 h sshd[9]: Failed password for root from {addr} port {n} ssh2\n")
@@ -645,11 +623,8 @@ mod tests {
         );
         let config = crate::config::Config::parse(&text, "test").unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
-        let buffer = Buffer::default();
-        let sink = AlertSink::new(
-            Some(Store::open(&config.database()).unwrap()),
-            Some(crate::alert::EventsLog::new(Box::new(buffer.clone()))),
-        );
+        let buffer = crate::alert::MemoryLog::default();
+        let sink = AlertSink::new(Some(Store::open(&config.database()).unwrap()), Some(buffer.events_log()));
         let (ban_tx, mut ban_rx) = tokio::sync::mpsc::channel(16);
         let mut bans =
             crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
@@ -701,7 +676,7 @@ mod tests {
                 .iter()
                 .all(|(_, source, reason)| source == "ssh-bruteforce" && reason == "rule sshd-failed-password")
         );
-        let alerts = buffer.alerts();
+        let alerts = buffer.lines();
         let detect = |addr: &str| -> Vec<serde_json::Value> {
             alerts.iter().filter(|a| a["kind"] == "detect" && a["source"] == addr).cloned().collect()
         };

@@ -666,21 +666,6 @@ fn item_state(item: &Item) -> ItemState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::EventsLog;
-
-    /// An events log that tests can read.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -723,10 +708,10 @@ mod tests {
             state.path().display().to_string()
         );
         let config = crate::config::Config::parse(&text, "test").unwrap().integrity();
-        let log = Log::default();
+        let log = crate::alert::MemoryLog::default();
         let sink = AlertSink::new(
             Some(Store::open(&crate::store::db_path(&config.state_dir)).unwrap()),
-            Some(EventsLog::new(Box::new(log.clone()))),
+            Some(log.events_log()),
         );
         let prepared = prepare(&config, sink).unwrap();
         assert!(prepared.watch.iter().any(|p| p == watched.path()), "{:?}", prepared.watch);
@@ -758,8 +743,7 @@ mod tests {
             wait_until("the rehash", || status().dirty == 0);
             assert!(noted.elapsed() >= REHASH_QUIET, "rehashed before the quiet period");
             assert_eq!(shared.aggregate(), scan());
-            let lines = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-            let alert: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+            let alert = log.lines().remove(0);
             assert_eq!(alert["kind"], "integrity");
             assert_eq!(alert["id"], format!("file:{root}/f"));
             assert_eq!(alert["attributes"], serde_json::json!(["content"]));

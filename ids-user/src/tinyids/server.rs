@@ -201,33 +201,18 @@ async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl std::f
             }
         };
         let Some(address_slot) = server.address_slot(peer.ip()) else {
-            server.audit(
-                None,
+            server.refuse(
                 peer,
-                None,
-                None,
-                "refused",
-                false,
-                Some(format!(
+                format!(
                     "per-address connection limit reached ({} from this address)",
                     server.config.max_connections_per_address
-                )),
-                Instant::now(),
+                ),
             );
             drop(stream);
             continue;
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            server.audit(
-                None,
-                peer,
-                None,
-                None,
-                "refused",
-                false,
-                Some("connection limit reached".into()),
-                Instant::now(),
-            );
+            server.refuse(peer, "connection limit reached".into());
             drop(stream);
             continue;
         };
@@ -281,6 +266,11 @@ impl Server {
         } else {
             "plain"
         }
+    }
+
+    /// Audits a connection closed at once, unread, because a cap was reached.
+    fn refuse(&self, peer: SocketAddr, why: String) {
+        self.audit(None, peer, None, None, "refused", false, Some(why), Instant::now());
     }
 
     #[allow(clippy::too_many_arguments)]
