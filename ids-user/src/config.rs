@@ -306,6 +306,16 @@ impl Config {
         self.state_dir.join("control.sock")
     }
 
+    /// What the sensor needs, watching `watch` (the paths every consumer asked for).
+    pub(crate) fn sensor(&self, watch: Vec<PathBuf>) -> crate::sensor::SensorConfig {
+        crate::sensor::SensorConfig {
+            watch,
+            max_watched_inodes: self.max_watched_inodes,
+            exclude_hooks: self.exclude_hooks.clone(),
+            xdp: self.xdp.clone(),
+        }
+    }
+
     /// What the integrity worker needs.
     pub fn integrity(&self) -> crate::integrity::config::WorkerSettings {
         crate::integrity::config::WorkerSettings {

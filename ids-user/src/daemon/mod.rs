@@ -85,14 +85,13 @@ impl Daemon {
             ban_tx.clone(),
             workers.stop_token(),
         )?;
-        let mut sensor_config = config.clone();
-        sensor_config.watch = integrity.watch.clone();
+        let mut watch = integrity.watch.clone();
         for path in &detect.watch {
-            if !sensor_config.watch.iter().any(|w| path.starts_with(w)) {
-                sensor_config.watch.push(path.clone());
+            if !watch.iter().any(|w| path.starts_with(w)) {
+                watch.push(path.clone());
             }
         }
-        let (mut sensor, watch, rings) = Sensor::start(&sensor_config)?;
+        let (mut sensor, watch, rings) = Sensor::start(&config.sensor(watch))?;
         // The pinned maps may have outlived an earlier run: make them equal to the store before
         // the new program takes over the interfaces.
         let mut bans = Bans::open(&config.state_dir, &config.xdp, &config.bans, sensor.ban_maps.take(), sink.clone())?;

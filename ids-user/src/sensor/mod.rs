@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 use self::decode::{RawEvent, decode};
 use self::hooks::{Attach, HOOK_TABLE, HookSet, SYN_PROGRAM, signal_name};
 use self::watch::WatchSet;
+use crate::bans::XdpConfig;
 use crate::bans::kernel::{BanMaps, PINNED_MAPS, XdpAttachments};
-use crate::config::Config;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ids"));
 const SIGNALS: [Signal; 3] = [Signal::Exec, Signal::File, Signal::Connect];
@@ -49,6 +49,17 @@ impl Stats {
     pub fn of(&self, signal: Signal) -> &SignalStats {
         &self.signals[signal as usize]
     }
+}
+
+/// What the sensor needs of the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct SensorConfig {
+    /// Every path to watch: `watch` and the paths of the collectors, logs and web roots.
+    pub(crate) watch: Vec<std::path::PathBuf>,
+    pub(crate) max_watched_inodes: u32,
+    /// Hook sets whose name starts with one of these are not attached.
+    pub(crate) exclude_hooks: Vec<String>,
+    pub(crate) xdp: XdpConfig,
 }
 
 pub struct Sensor {
@@ -93,7 +104,7 @@ pub type Rings = Vec<(Signal, RingBuf<MapData>)>;
 
 impl Sensor {
     /// Loads and attaches everything; fails naming the signal that has no working hook.
-    pub fn start(config: &Config) -> anyhow::Result<(Self, WatchSet, Rings)> {
+    pub fn start(config: &SensorConfig) -> anyhow::Result<(Self, WatchSet, Rings)> {
         ensure_kernel_filesystems();
         raise_memlock_limit();
         let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
