@@ -184,6 +184,12 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("daemon running");
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// SIGTERM; asserts a clean exit (0) and returns stderr.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();

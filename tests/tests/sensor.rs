@@ -427,3 +427,53 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
     );
     daemon.stop();
 }
+
+/// The events log's file events naming a path under `dir`, as paths.
+fn paths_under(events: &str, dir: &Path) -> std::collections::BTreeSet<String> {
+    let dir = dir.display().to_string();
+    events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}")))
+        .filter(|e| e["kind"] == "file")
+        .filter_map(|e| e["path"].as_str().map(str::to_string))
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+#[test]
+fn sighup_reopens_a_rotated_events_log_and_loses_no_line() {
+    let dir = Scratch::new("/var/tmp", "hup");
+    let daemon = Daemon::start("hup", &[&dir.0], &[]);
+    let write = |range: std::ops::Range<u32>| {
+        for n in range {
+            fs::write(dir.0.join(format!("f{n}")), "x").unwrap();
+        }
+    };
+    write(0..50);
+    assert_eq!(daemon.wait_for(50, |e| e["kind"] == "file" && e["op"] == "create").len(), 50);
+    // logrotate's way: rename, then SIGHUP; the daemon writes to the renamed file until then.
+    let rotated = daemon.events.with_extension("jsonl.1");
+    fs::rename(&daemon.events, &rotated).unwrap();
+    write(50..100);
+    daemon.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !daemon.events.exists() {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reopen {}", daemon.events.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    write(100..150);
+    let after = daemon.wait_for(50, |e| e["kind"] == "file" && e["op"] == "create");
+    assert_eq!(after.len(), 50, "the reopened log got {} of 50 creations", after.len());
+    // Still running and answering (SIGHUP used to end it).
+    assert_eq!(daemon.status()["ok"], true);
+    let old = fs::read_to_string(&rotated).unwrap();
+    let new = fs::read_to_string(&daemon.events).unwrap();
+    let stderr = daemon.stop();
+    assert!(stderr.contains("events log reopened"), "{stderr}");
+    let mut seen = paths_under(&old, &dir.0);
+    seen.extend(paths_under(&new, &dir.0));
+    let expected: std::collections::BTreeSet<String> =
+        (0..150).map(|n| dir.0.join(format!("f{n}")).display().to_string()).collect();
+    let missing: Vec<&String> = expected.difference(&seen).collect();
+    assert!(missing.is_empty(), "events lost across the reopen: {missing:?}");
+}

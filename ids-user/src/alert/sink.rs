@@ -19,6 +19,12 @@ impl EventsLog {
         Self(Arc::new(Mutex::new(writer)))
     }
 
+    /// Writes to `writer` from now on (the events log reopened after a rotation); what the old
+    /// one held was flushed line by line already.
+    pub(crate) fn replace(&self, writer: Box<dyn Write + Send>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = writer;
+    }
+
     /// Writes and flushes whole lines (a writer that panicked holding the lock does not stop the others).
     pub(crate) fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
         let mut out: MutexGuard<'_, Box<dyn Write + Send>> = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -58,6 +58,9 @@ pub(crate) struct Daemon {
     started: Instant,
     sigterm: UnixSignal,
     sigint: UnixSignal,
+    sighup: UnixSignal,
+    /// The events log, reopened on SIGHUP.
+    log: EventsLog,
 }
 
 impl Daemon {
@@ -69,6 +72,7 @@ impl Daemon {
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
         let log = EventsLog::new(open_events_log(&config.events_log)?);
         let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
+        let events_log = log.clone();
         let listener = control::bind(&config.control_socket()).await?;
         let mut workers = Workers::default();
         // Every detector sends its ban requests on this one channel; `run` applies them.
@@ -164,6 +168,9 @@ impl Daemon {
             started: Instant::now(),
             sigterm: signal(SignalKind::terminate())?,
             sigint: signal(SignalKind::interrupt())?,
+            // Without a handler, SIGHUP would end the daemon and leave its socket behind.
+            sighup: signal(SignalKind::hangup())?,
+            log: events_log,
         })
     }
 
@@ -188,6 +195,7 @@ impl Daemon {
             tokio::select! {
                 _ = self.sigterm.recv() => return Ok(()),
                 _ = self.sigint.recv() => return Ok(()),
+                _ = self.sighup.recv() => self.reopen_events_log(),
                 exited = self.workers.exited() => {
                     let why = exited.failure.unwrap_or_else(|| "ended".into());
                     error!(worker = exited.worker, error = %why, "a worker stopped; stopping the daemon");
@@ -276,6 +284,22 @@ impl Daemon {
             };
             let _ = reply.send(response);
         });
+    }
+
+    /// SIGHUP: the events log is reopened at its path (after logrotate moved it); the lines
+    /// written before went to the old file, those after go to the new one, none is lost.
+    fn reopen_events_log(&mut self) {
+        match open_events_log(&self.config.events_log) {
+            Ok(writer) => {
+                self.log.replace(writer);
+                info!(
+                    "SIGHUP: events log reopened; the configuration is not reloaded (restart the daemon to apply changes)"
+                );
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "SIGHUP: reopening the events log failed; writing on to the old file")
+            }
+        }
     }
 
     /// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed
