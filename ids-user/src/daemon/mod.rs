@@ -148,7 +148,10 @@ impl Daemon {
 
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
         workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
-        info!(socket = %config.control_socket().display(), "sensor running");
+        // Control connections, followed logs and ring buffers are all descriptors: take what the
+        // hard limit allows, as `ids serve` does, so that a burst of clients does not starve the rest.
+        let open_files = crate::tinyids::server::raise_open_files_limit();
+        info!(socket = %config.control_socket().display(), open_files, "sensor running");
         Ok(Self {
             config,
             workers,
