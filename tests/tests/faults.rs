@@ -1,12 +1,13 @@
-//! Host tests of the daemon under faults: descriptors running out on the control socket. Root
-//! only (prlimit on the daemon).
+//! Host tests of the daemon under faults: descriptors running out on the control socket, and a
+//! full file system under the events log. Root only (prlimit on the daemon, mount).
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ids_tests::{Daemon, ids_bin, sh};
+use ids_tests::{Daemon, Pins, Scratch, ids_bin, sh, test_pin_dir};
 use serde_json::Value;
 
 /// `ids status --json` against `config`, with how long it took; `None` if it failed.
@@ -55,4 +56,85 @@ fn status_answers_while_hundreds_of_idle_connections_hold_the_control_socket() {
     let stderr = daemon.stop();
     let accept_errors = stderr.matches("control socket accept failed").count();
     assert!(accept_errors < 50, "{accept_errors} accept errors logged");
+}
+
+/// A tmpfs of `size` mounted on a scratch directory (unmounted when the scratch is dropped,
+/// whatever happens in the test).
+fn small_tmpfs(name: &str, size: &str) -> Scratch {
+    let dir = Scratch::new("/var/tmp", name);
+    sh("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.0.to_str().unwrap()]);
+    dir
+}
+
+/// Writes to `path` until the file system has no room left.
+fn fill(path: &Path) {
+    let mut file = fs::File::create(path).unwrap();
+    let block = vec![b'x'; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The integrity alerts the daemon stored for `path` (`ids alerts`).
+fn stored_alerts_for(daemon: &Daemon, path: &Path) -> usize {
+    let alerts = daemon.ids_json(&["alerts", "-n", "1000"]);
+    let id = format!("file:{}", path.display());
+    alerts["data"].as_array().unwrap().iter().filter(|a| a["kind"] == "integrity" && a["item"] == id.as_str()).count()
+}
+
+#[test]
+fn a_full_events_log_keeps_the_sensor_running_counts_the_failures_and_resumes() {
+    let state = Scratch::new("/var/tmp", "faults-disk-state");
+    let watched = Scratch::new("/var/tmp", "faults-disk-watched");
+    let logfs = small_tmpfs("faults-disk-log", "256k");
+    let events = logfs.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    let first = watched.0.join("first");
+    let second = watched.0.join("second");
+    fs::write(&first, b"one").unwrap();
+    fs::write(&second, b"two").unwrap();
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
+            events.display().to_string(),
+            state.0.join("state").display().to_string(),
+            test_pin_dir("faults-disk"),
+            watched.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+
+    fill(&logfs.0.join("filler"));
+    // Changes while the log cannot grow: many file events, each to be written and failing.
+    for round in 0..50 {
+        fs::write(&first, format!("changed {round}")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored_alerts_for(&daemon, &first) == 0 {
+        assert!(Instant::now() < deadline, "no integrity alert for {} while the log was full", first.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.status();
+    let failures = status["events_log_errors"].as_u64().unwrap_or_else(|| panic!("no events_log_errors: {status}"));
+    assert!(failures > 0, "{status}");
+
+    fs::remove_file(logfs.0.join("filler")).unwrap();
+    fs::write(&second, b"changed after space came back").unwrap();
+    let id = format!("file:{}", second.display());
+    let resumed = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(resumed.len(), 1, "no integrity alert for {id} in the log once there was room");
+    // Every line of the log is whole JSON (`events` panics on one that is not).
+    let lines = daemon.events();
+    assert!(lines.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/second"))), "no event for second");
+    daemon.stop();
 }

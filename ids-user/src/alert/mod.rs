@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use self::sink::{AlertSink, EventsLog};
+pub(crate) use self::sink::{AlertSink, AlertStoreStatus, EventsLog};
 use crate::store::AlertRow;
 use crate::time::Timestamp;
 

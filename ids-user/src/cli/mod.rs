@@ -439,6 +439,14 @@ fn human_status(status: &StatusAnswer) -> String {
         status.watch.unresolved,
         status.events_written,
     );
+    out += &format!(
+        "events log: {} failed writes, {} lines lost\nalert store: {} failed attempts, {} alerts waiting, {} lost\n",
+        status.events_log_errors,
+        status.events_log_lines_lost,
+        status.alert_store.store_failures,
+        status.alert_store.unstored,
+        status.alert_store.lost,
+    );
     let integrity = &status.integrity;
     out += &format!(
         "integrity aggregate {}, {} items, {} dirty, {} alerts{}\n",

@@ -72,6 +72,12 @@ pub(crate) struct StatusAnswer {
     pub(crate) incoming: IncomingStatus,
     pub(crate) watch: WatchStatus,
     pub(crate) events_written: u64,
+    /// Writes to the events log that failed (a full disk, say); the events still reached the
+    /// detectors, but these lines are not in the log.
+    pub(crate) events_log_errors: u64,
+    pub(crate) events_log_lines_lost: u64,
+    /// Alerts the store refused: failed attempts, alerts kept for a retry, alerts lost to it.
+    pub(crate) alert_store: crate::alert::AlertStoreStatus,
     /// Hex; `None` until the first scan is done.
     pub(crate) aggregate: Option<String>,
     pub(crate) integrity: crate::integrity::worker::IntegrityStatus,

@@ -54,6 +54,8 @@ pub(crate) struct Daemon {
     scan_stats: Arc<crate::bans::scan::ScanStats>,
     stats: Arc<Stats>,
     writer_stats: Arc<WriterStats>,
+    events_log: EventsLog,
+    sink: AlertSink,
     roots: Vec<String>,
     started: Instant,
     sigterm: UnixSignal,
@@ -67,7 +69,7 @@ impl Daemon {
             .mode(0o700)
             .create(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-        let log = EventsLog::new(open_events_log(&config.events_log)?);
+        let log = open_events_log(&config.events_log)?;
         let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
         let listener = control::bind(&config.control_socket()).await?;
         let mut workers = Workers::default();
@@ -144,6 +146,7 @@ impl Daemon {
         drop(tx);
         // The writer ends when every reader has (they stop after the programs are detached).
         let writer_counters = writer_stats.clone();
+        let events_log = log.clone();
         workers.spawn_thread("events", || {}, move |_| bus::write_events(rx, watch, log, bus, &writer_counters))?;
 
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
@@ -164,6 +167,8 @@ impl Daemon {
             scan_stats,
             stats,
             writer_stats,
+            events_log,
+            sink,
             roots,
             started: Instant::now(),
             sigterm: signal(SignalKind::terminate())?,
@@ -214,6 +219,9 @@ impl Daemon {
                     }
                 }
                 _ = hits_snapshot.tick() => {
+                    // Alerts the store refused are stored once it takes them again, even when
+                    // no new alert comes to carry them.
+                    self.sink.retry_unstored();
                     if let Err(e) = self.bans.snapshot_hits() {
                         warn!(error = %e, "storing ban hit counters");
                     }
@@ -294,14 +302,14 @@ impl Daemon {
     }
 }
 
-fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<EventsLog> {
     Ok(match log {
-        EventsLogConfig::Stdout => Box::new(std::io::stdout()),
+        EventsLogConfig::Stdout => EventsLog::new(Box::new(std::io::stdout())),
         EventsLogConfig::File(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            Box::new(
+            EventsLog::file(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -362,6 +370,9 @@ impl Daemon {
                 unresolved: writer.unresolved.load(Ordering::Relaxed),
             },
             events_written: writer.written.load(Ordering::Relaxed),
+            events_log_errors: self.events_log.failures(),
+            events_log_lines_lost: self.events_log.lines_lost(),
+            alert_store: self.sink.store_status(),
             aggregate: self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest)),
             integrity: self.integrity.shared.status(),
             xdp,
