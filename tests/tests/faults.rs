@@ -138,3 +138,97 @@ fn a_full_events_log_keeps_the_sensor_running_counts_the_failures_and_resumes() 
     assert!(lines.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/second"))), "no event for second");
     daemon.stop();
 }
+
+/// Runs `ids <args> --config <config>`; its exit code and output (stdout then stderr).
+fn ids(args: &[&str], config: &Path) -> (i32, String) {
+    let out = Command::new(ids_bin()).args(args).arg("--config").arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
+    let state = Scratch::new("/var/tmp", "faults-db-state");
+    let watched = Scratch::new("/var/tmp", "faults-db-watched");
+    // Enough items that the database has many pages, so that one in the middle holds rows.
+    for i in 0..3000 {
+        fs::write(watched.0.join(format!("file-{i:05}")), format!("contents of file {i}")).unwrap();
+    }
+    let events = state.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
+            events.display().to_string(),
+            state.0.join("state").display().to_string(),
+            test_pin_dir("faults-db"),
+            watched.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop();
+
+    let database = state.0.join("state/ids.db");
+    let pages = fs::metadata(&database).unwrap().len() / 4096;
+    assert!(pages > 20, "the database has only {pages} pages");
+    let file = fs::OpenOptions::new().write(true).open(&database).unwrap();
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(&vec![0xA5; 3 * 4096], (pages / 2) * 4096).unwrap();
+    drop(file);
+
+    // The start refuses, naming the file and the way out.
+    let mut child = Command::new(ids_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started on a damaged database");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    let named = database.display().to_string();
+    assert!(stderr.contains(&named) && stderr.contains("ids db recover"), "{stderr}");
+
+    let (code, out) = ids(&["db", "check"], &config);
+    assert_eq!(code, 1, "ids db check on the damaged database: {out}");
+    let (code, out) = ids(&["db", "recover"], &config);
+    assert_eq!(code, 0, "ids db recover: {out}");
+    assert!(out.contains("ids.db.damaged-") && out.contains("rescan"), "{out}");
+    let kept = fs::read_dir(state.0.join("state"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ids.db.damaged-"))
+        .count();
+    assert!(kept >= 1, "the damaged file was not kept");
+    let (code, out) = ids(&["db", "check"], &config);
+    assert_eq!((code, out.trim()), (0, "ok"), "ids db check after recovery");
+
+    let daemon = Daemon::spawn(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the scan after recovery did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(daemon.status()["integrity"]["items"].as_u64().unwrap() >= 3000);
+    daemon.stop();
+}

@@ -70,6 +70,9 @@ impl Daemon {
             .create(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
         let log = open_events_log(&config.events_log)?;
+        // A damaged database is refused before anything opens it: running on it would fail
+        // later, at the first write that meets the damage, with alerts lost on the way.
+        crate::store::repair::check_at_start(&config.database())?;
         let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
         let listener = control::bind(&config.control_socket()).await?;
         let mut workers = Workers::default();
