@@ -55,6 +55,10 @@ fn status_answers_while_hundreds_of_idle_connections_hold_the_control_socket() {
     drop(idle);
     let stderr = daemon.stop();
     let accept_errors = stderr.matches("control socket accept failed").count();
+    eprintln!(
+        "status answered {:?} after the idle connections were made; {accept_errors} accept errors",
+        started.elapsed()
+    );
     assert!(accept_errors < 50, "{accept_errors} accept errors logged");
 }
 
@@ -127,6 +131,7 @@ fn a_full_events_log_keeps_the_sensor_running_counts_the_failures_and_resumes() 
     let status = daemon.status();
     let failures = status["events_log_errors"].as_u64().unwrap_or_else(|| panic!("no events_log_errors: {status}"));
     assert!(failures > 0, "{status}");
+    eprintln!("while full: events_log_errors {failures}, lines lost {}", status["events_log_lines_lost"]);
 
     fs::remove_file(logfs.0.join("filler")).unwrap();
     fs::write(&second, b"changed after space came back").unwrap();
@@ -215,6 +220,7 @@ fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
     let (code, out) = ids(&["db", "recover"], &config);
     assert_eq!(code, 0, "ids db recover: {out}");
     assert!(out.contains("ids.db.damaged-") && out.contains("rescan"), "{out}");
+    eprintln!("ids db recover:\n{out}");
     let kept = fs::read_dir(state.0.join("state"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ids.db.damaged-"))
