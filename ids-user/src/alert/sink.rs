@@ -56,6 +56,15 @@ enum Target {
     Stream(Box<dyn Write + Send>),
 }
 
+impl Target {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Target::File(file) => file,
+            Target::Stream(stream) => stream,
+        }
+    }
+}
+
 struct LogState {
     target: Target,
     /// A write to a stream failed part-way: the next write starts on a fresh line, so the
@@ -110,33 +119,39 @@ impl EventsLog {
         }
         let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *state;
-        let outcome = match &mut state.target {
-            Target::File(file) => {
-                let length_before = file.metadata().map(|m| m.len());
-                let (written, outcome) = write_counting(file, lines);
-                if outcome.is_err() && written > 0 {
-                    // Cut the partial line off; if even that fails, end it on the next write.
-                    match length_before {
-                        Ok(length) if file.set_len(length).is_ok() => {}
-                        _ => state.torn = true,
+        // A partial line an earlier failure could not cut off is ended before anything else.
+        let mut outcome = Ok(());
+        if state.torn {
+            outcome = state.target.writer().write_all(b"\n");
+            state.torn = outcome.is_err();
+        }
+        // Where in `lines` what did not reach the log begins.
+        let mut lost_from = 0;
+        if outcome.is_ok() {
+            let ends_mid_line = |written: usize| written > 0 && lines[written - 1] != b'\n';
+            match &mut state.target {
+                Target::File(file) => {
+                    let length_before = file.metadata().map(|m| m.len());
+                    let (written, wrote) = write_counting(file, lines);
+                    if wrote.is_err() && written > 0 {
+                        match length_before {
+                            Ok(length) if file.set_len(length).is_ok() => {}
+                            _ => {
+                                state.torn = ends_mid_line(written);
+                                lost_from = written;
+                            }
+                        }
                     }
+                    outcome = wrote;
                 }
-                outcome
-            }
-            Target::Stream(stream) => {
-                let mut outcome = Ok(());
-                if state.torn {
-                    outcome = stream.write_all(b"\n");
-                    state.torn = outcome.is_err();
-                }
-                if outcome.is_ok() {
+                Target::Stream(stream) => {
                     let (written, wrote) = write_counting(stream, lines);
-                    state.torn = wrote.is_err() && written > 0;
+                    state.torn = wrote.is_err() && ends_mid_line(written);
+                    lost_from = written;
                     outcome = wrote.and_then(|()| stream.flush());
                 }
-                outcome
             }
-        };
+        }
         match outcome {
             Ok(()) => {
                 if state.throttle.recovered() {
@@ -145,8 +160,8 @@ impl EventsLog {
             }
             Err(error) => {
                 self.0.failures.fetch_add(1, Ordering::Relaxed);
-                let lines = lines.iter().filter(|&&b| b == b'\n').count() as u64;
-                self.0.lines_lost.fetch_add(lines, Ordering::Relaxed);
+                let lost = lines[lost_from..].iter().filter(|&&b| b == b'\n').count() as u64;
+                self.0.lines_lost.fetch_add(lost, Ordering::Relaxed);
                 if let Some(failures) = state.throttle.failed() {
                     warn!(
                         %error,
@@ -485,5 +500,54 @@ mod tests {
         sink.emit_all(alerts);
         let health = sink.store_status();
         assert_eq!((health.unstored, health.lost), (UNSTORED_CAPACITY as u64, 5), "{health:?}");
+    }
+
+    /// A pipe whose writing end does not block: a write larger than its buffer is taken in part.
+    fn nonblocking_pipe() -> (std::fs::File, std::fs::File) {
+        use std::os::fd::FromRawFd as _;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two descriptors, which the Files then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_stream_write_that_fails_part_way_leaves_its_partial_line_alone_and_writing_resumes() {
+        use std::io::Read as _;
+        let (mut reader, writer) = nonblocking_pipe();
+        let log = EventsLog::new(Box::new(writer));
+        // 100 lines of 1000 bytes: more than the pipe's 64 KiB, so the write stops mid-line.
+        let line = format!("{{\"pad\":\"{}\"}}\n", "a".repeat(989));
+        assert_eq!(line.len(), 1000);
+        log.write_lines(line.repeat(100).as_bytes());
+        assert_eq!(log.failures(), 1);
+        let mut taken = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            taken.extend_from_slice(&chunk[..n]);
+        }
+        let whole = taken.len() / 1000;
+        assert!(whole > 0 && taken.len() % 1000 != 0, "the pipe took {} bytes", taken.len());
+        assert_eq!(log.lines_lost(), 100 - whole as u64);
+        log.write_lines(b"{\"after\":true}\n");
+        assert_eq!(log.failures(), 1);
+        let mut rest = Vec::new();
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        taken.extend_from_slice(&rest);
+        let text = String::from_utf8(taken).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // The whole lines, the partial one alone on its line, then the next write whole.
+        assert_eq!(lines.len(), whole + 2);
+        assert!(lines[..whole].iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        assert!(serde_json::from_str::<serde_json::Value>(lines[whole]).is_err());
+        assert_eq!(lines[whole + 1], "{\"after\":true}");
     }
 }
