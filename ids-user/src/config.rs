@@ -3,6 +3,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::bounds;
+
 pub use crate::detect::config::{DetectConfig, JournalConfig, LogConfig, LogKind, RulesMode};
 pub use crate::integrity::config::CollectorConfig;
 
@@ -104,6 +106,16 @@ enum RawCommand {
 /// Seconds a `command` collector waits for each command unless `timeout` says otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT_S: u64 = 10;
 
+// The ranges of the top-level numbers (`crate::bounds`). Events queued between the readers and
+// the writer: each takes memory up front.
+const CHANNEL_CAPACITY: std::ops::RangeInclusive<usize> = 1..=4_194_304;
+/// The kernel map of watched inodes is sized by it.
+const MAX_WATCHED_INODES: std::ops::RangeInclusive<u32> = 1..=16_777_216;
+/// `integrity_interval`, `verify_interval`, `remote_check_interval`: up to a year.
+const INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=31_536_000;
+/// A `command` collector's `timeout`: up to a day.
+const COMMAND_TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=86_400;
+
 /// `watch`, `events_log` and `state_dir` when a file leaves them out: what the embedded default
 /// (`ids config default`) sets (a test keeps the two equal).
 pub const DEFAULT_WATCH: [&str; 5] = ["/etc", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/root/.ssh"];
@@ -203,23 +215,17 @@ impl Config {
         if !raw.state_dir.is_absolute() {
             return Err(invalid("state_dir", format!("{} is not an absolute path", raw.state_dir.display())));
         }
-        if raw.channel_capacity == 0 {
-            return Err(invalid("channel_capacity", "must be at least 1".into()));
-        }
-        if raw.integrity_interval == 0 {
-            return Err(invalid("integrity_interval", "must be at least 1 (seconds)".into()));
-        }
-        if raw.verify_interval == 0 {
-            return Err(invalid("verify_interval", "must be at least 1 (seconds)".into()));
-        }
-        if raw.remote_check_interval == 0 {
-            return Err(invalid("remote_check_interval", "must be at least 1 (seconds)".into()));
+        bounds::check(raw.channel_capacity, CHANNEL_CAPACITY).map_err(|m| invalid("channel_capacity", m))?;
+        for (key, seconds) in [
+            ("integrity_interval", raw.integrity_interval),
+            ("verify_interval", raw.verify_interval),
+            ("remote_check_interval", raw.remote_check_interval),
+        ] {
+            bounds::check(seconds, INTERVAL_S).map_err(|m| invalid(key, format!("{m} seconds")))?;
         }
         let servers = crate::tinyids::settings::validate_servers(&raw.servers).map_err(|m| invalid("servers", m))?;
         let serve = crate::tinyids::settings::validate_serve(&raw.serve).map_err(|m| invalid("serve", m))?;
-        if raw.max_watched_inodes == 0 {
-            return Err(invalid("max_watched_inodes", "must be at least 1".into()));
-        }
+        bounds::check(raw.max_watched_inodes, MAX_WATCHED_INODES).map_err(|m| invalid("max_watched_inodes", m))?;
         let collectors = raw
             .collectors
             .iter()
@@ -399,10 +405,8 @@ fn validate_collector(
     if spec.settings.contains(&"commands") && commands.is_empty() {
         return Err(invalid("commands", format!("kind {:?} needs at least one command", raw.kind)));
     }
-    let timeout = raw.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S);
-    if timeout == 0 {
-        return Err(invalid("timeout", "must be at least 1 (seconds)".into()));
-    }
+    let timeout = bounds::check(raw.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S), COMMAND_TIMEOUT_S)
+        .map_err(|m| invalid("timeout", format!("{m} seconds")))?;
     Ok(CollectorConfig {
         kind: raw.kind.clone(),
         name,
@@ -594,5 +598,72 @@ mod tests {
         assert!(err.contains("collectors[0].timeout"), "{err}");
         let err = collector_error("kind = \"kernel_modules\"\n[[collectors]]\nkind = \"kernel_modules\"\n");
         assert!(err.contains("collectors[1].name") && err.contains("line 7"), "{err}");
+    }
+
+    /// Each numeric and duration setting: a value outside its range (refused with an error
+    /// naming the key and the range) and the two ends of the range (accepted).
+    const RANGES: &[(&str, &str, &str, &[&str])] = &[
+        // (setting as written, key named in the error, range named, accepted values)
+        ("channel_capacity = 9223372036854775807", "channel_capacity", "1..=4194304", &["1", "4194304"]),
+        ("channel_capacity = 0", "channel_capacity", "1..=4194304", &[]),
+        ("max_watched_inodes = 0", "max_watched_inodes", "1..=16777216", &["1", "16777216"]),
+        ("max_watched_inodes = 4294967295", "max_watched_inodes", "1..=16777216", &[]),
+        ("integrity_interval = 9223372036854775807", "integrity_interval", "1..=31536000", &["1", "31536000"]),
+        ("integrity_interval = 0", "integrity_interval", "1..=31536000", &[]),
+        ("verify_interval = 9223372036854775807", "verify_interval", "1..=31536000", &["1", "31536000"]),
+        ("remote_check_interval = 9223372036854775807", "remote_check_interval", "1..=31536000", &["1", "31536000"]),
+        ("[serve]\nlockout = 9223372036854775807", "serve.lockout", "1..=31536000", &["1", "31536000"]),
+        ("[serve]\nlockout = 0", "serve.lockout", "1..=31536000", &[]),
+        ("[serve]\nfailure_window = 9223372036854775807", "serve.failure_window", "1..=31536000", &["1", "31536000"]),
+        ("[serve]\nmax_failures = 4294967295", "serve.max_failures", "1..=1000000", &["1", "1000000"]),
+        ("[serve]\nmax_line = 63", "serve.max_line", "64..=1048576", &["64", "1048576"]),
+        ("[serve]\nread_timeout = 1e300", "serve.read_timeout", "(0, 3600]", &["0.001", "3600"]),
+        ("[serve]\nmax_connections = 0", "serve.max_connections", "1..=1000000", &["1", "1000000"]),
+        (
+            "[serve]\nmax_connections_per_address = 1000001",
+            "serve.max_connections_per_address",
+            "1..=1000000",
+            &["1", "1000000"],
+        ),
+        ("[xdp]\nscan_ports = 65537", "xdp.scan_ports", "0..=65536", &["0", "65536"]),
+        ("[xdp]\nflood_syns = 4294967295", "xdp.flood_syns", "0..=1000000000", &["0", "1000000000"]),
+        ("[xdp]\nscan_window = \"2d\"", "xdp.scan_window", "1s..=1day", &["\"1s\"", "\"1d\""]),
+        (
+            "[bans]\ndefault_duration = \"500000y\"",
+            "bans.default_duration",
+            "1s..=3650days",
+            &["\"1s\"", "\"3650d\"", "\"permanent\""],
+        ),
+        ("[bans]\nscan_duration = \"3651d\"", "bans.scan_duration", "1s..=3650days", &["\"3650d\""]),
+        ("[bans]\nmax_duration = \"500000y\"", "bans.max_duration", "1s..=3650days", &["\"3650d\""]),
+        ("[bans]\ndetect_duration = \"3651d\"", "bans.detect_duration", "1s..=3650days", &["\"1s\""]),
+        (
+            "[[collectors]]\nkind = \"command\"\ncommands = [\"true\"]\ntimeout = 9223372036854775807",
+            "collectors[0].timeout",
+            "1..=86400",
+            &["1", "86400"],
+        ),
+    ];
+
+    #[test]
+    fn every_numeric_setting_is_refused_outside_its_range_naming_key_and_range() {
+        for (setting, key, range, accepted) in RANGES {
+            let text = format!("{BASE}{setting}\n");
+            let error = match Config::parse(&text, "t.toml") {
+                Ok(_) => panic!("{setting:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                error.contains(key) && error.contains(range),
+                "{setting:?}: the error names no {key} {range}: {error}"
+            );
+            let (name, _) = setting.rsplit_once(" = ").unwrap();
+            for value in *accepted {
+                let text = format!("{BASE}{name} = {value}\n");
+                if let Err(e) = Config::parse(&text, "t.toml") {
+                    panic!("{name} = {value} is within the range but refused: {e}");
+                }
+            }
+        }
     }
 }

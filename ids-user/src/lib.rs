@@ -1,6 +1,7 @@
 //! The `ids` sensor as a library: the binary's `main` only calls `cli::run`.
 pub(crate) mod alert;
 pub(crate) mod bans;
+pub(crate) mod bounds;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod control;

@@ -1,7 +1,7 @@
 //! Wall-clock times as the daemon records them: serialised as RFC 3339 in UTC with microseconds,
 //! the form of every `time` field in events, alerts and the store.
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
 
@@ -24,6 +24,15 @@ impl Timestamp {
     }
 }
 
+/// `start + wait`, or as far as `Instant` reaches when that overflows: a wait that comes from a
+/// config file must never panic the worker that waits.
+pub(crate) fn deadline_after(start: Instant, wait: Duration) -> Instant {
+    start.checked_add(wait).or_else(|| start.checked_add(CENTURY)).unwrap_or(start)
+}
+
+/// Further away than any wait the daemon means: a deadline this far is never reached.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&humantime::format_rfc3339_micros(self.0), f)
@@ -39,6 +48,13 @@ impl Serialize for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_past_what_instant_holds_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert!(deadline_after(now, Duration::MAX) >= now + CENTURY);
+    }
 
     #[test]
     fn serialises_as_rfc3339_with_microseconds() {

@@ -111,6 +111,11 @@ impl Daemon {
         daemon
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon runs").id()
+    }
+
     /// SIGKILL: the daemon gets no chance to clean anything up.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 pub(crate) use self::sink::MemoryLog;
-pub(crate) use self::sink::{AlertSink, EventsLog};
+pub(crate) use self::sink::{AlertSink, AlertStoreStatus, EventsLog};
 use crate::store::AlertRow;
 use crate::time::Timestamp;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::net::BanNet;
+use crate::bounds::{BAN, SCAN_WINDOW, check, check_duration};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,24 +172,31 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     if !xdp.pin_dir.is_absolute() {
         return Err(("xdp.pin_dir", format!("{} is not an absolute path", xdp.pin_dir.display())));
     }
+    let scan_ports = check(xdp.scan_ports, 0..=65_536).map_err(|e| ("xdp.scan_ports", e))?;
+    let flood_syns = check(xdp.flood_syns, 0..=1_000_000_000).map_err(|e| ("xdp.flood_syns", e))?;
     let scan_window = parse_duration(&xdp.scan_window)
         .map_err(|e| ("xdp.scan_window", e))?
         .ok_or(("xdp.scan_window", "must be a finite duration".to_string()))?;
-    let default_duration = parse_duration(&bans.default_duration).map_err(|e| ("bans.default_duration", e))?;
-    let scan_duration = parse_duration(&bans.scan_duration).map_err(|e| ("bans.scan_duration", e))?;
-    let max_duration = parse_duration(&bans.max_duration)
-        .map_err(|e| ("bans.max_duration", e))?
-        .ok_or(("bans.max_duration", "must be a finite duration".to_string()))?;
-    let detect_duration = parse_duration(&bans.detect_duration)
-        .map_err(|e| ("bans.detect_duration", e))?
-        .ok_or(("bans.detect_duration", "must be a finite duration".to_string()))?;
+    let scan_window = check_duration(scan_window, SCAN_WINDOW).map_err(|e| ("xdp.scan_window", e))?;
+    let ban = |key: &'static str, text: &str| -> Result<Option<Duration>, (&'static str, String)> {
+        match parse_duration(text).map_err(|e| (key, e))? {
+            Some(duration) => check_duration(duration, BAN).map(Some).map_err(|e| (key, e)),
+            None => Ok(None),
+        }
+    };
+    let finite =
+        |key: &'static str, duration: Option<Duration>| duration.ok_or((key, "must be a finite duration".to_string()));
+    let default_duration = ban("bans.default_duration", &bans.default_duration)?;
+    let scan_duration = ban("bans.scan_duration", &bans.scan_duration)?;
+    let max_duration = finite("bans.max_duration", ban("bans.max_duration", &bans.max_duration)?)?;
+    let detect_duration = finite("bans.detect_duration", ban("bans.detect_duration", &bans.detect_duration)?)?;
     Ok((
         XdpConfig {
             interfaces: xdp.interfaces,
             trusted,
             pin_dir: xdp.pin_dir,
-            scan_ports: xdp.scan_ports,
-            flood_syns: xdp.flood_syns,
+            scan_ports,
+            flood_syns,
             scan_window,
             mode: xdp.mode,
             trust_local: xdp.trust_local,

@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The state database: check it for damage, or recover what can be read from it.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -164,6 +169,21 @@ enum RulesCommand {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Run SQLite's integrity check on the database; prints `ok` or the problems (exit 1).
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copy every readable row of a damaged database into a new one, keep the damaged file as
+    /// `ids.db.damaged-<unix time>`, and put the new one in its place (the daemon must be stopped).
+    Recover {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -288,6 +308,41 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     println!("  {rule}: {n}");
                 }
             }
+        }
+        Command::Db { command: DbCommand::Check { common } } => {
+            let path = Config::load(common.config.as_deref())?.database();
+            anyhow::ensure!(path.exists(), "no database at {}", path.display());
+            let problems = crate::store::repair::check(&path, crate::store::repair::Check::Full)
+                .unwrap_or_else(|e| vec![e.to_string()]);
+            if problems.is_empty() {
+                println!("ok");
+            } else {
+                println!("database {} is damaged:", path.display());
+                for problem in &problems {
+                    println!("  {problem}");
+                }
+                println!("run `ids db recover` (with the daemon stopped) to copy what can be read into a new database");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Db { command: DbCommand::Recover { common } } => {
+            let config = Config::load(common.config.as_deref())?;
+            let path = config.database();
+            anyhow::ensure!(path.exists(), "no database at {}", path.display());
+            if runtime()?.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
+                anyhow::bail!("the daemon answers on {}; stop it before recovering", config.control_socket().display());
+            }
+            let recovery = crate::store::repair::recover(&path)?;
+            for table in &recovery.tables {
+                match &table.error {
+                    None => println!("{:<16} {} rows copied", table.table, table.copied),
+                    Some(error) => println!("{:<16} {} rows copied; rows lost: {error}", table.table, table.copied),
+                }
+            }
+            println!("the damaged file is kept as {}", recovery.damaged.display());
+            println!(
+                "the next `ids run` rescans every item; changes since the items were last stored are reported against what was recovered"
+            );
         }
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
@@ -438,6 +493,14 @@ fn human_status(status: &StatusAnswer) -> String {
         status.watch.inodes,
         status.watch.unresolved,
         status.events_written,
+    );
+    out += &format!(
+        "events log: {} failed writes, {} lines lost\nalert store: {} failed attempts, {} alerts waiting, {} lost\n",
+        status.events_log_errors,
+        status.events_log_lines_lost,
+        status.alert_store.store_failures,
+        status.alert_store.unstored,
+        status.alert_store.lost,
     );
     let integrity = &status.integrity;
     out += &format!(

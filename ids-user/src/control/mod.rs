@@ -72,6 +72,12 @@ pub(crate) struct StatusAnswer {
     pub(crate) incoming: IncomingStatus,
     pub(crate) watch: WatchStatus,
     pub(crate) events_written: u64,
+    /// Writes to the events log that failed (a full disk, say); the events still reached the
+    /// detectors, but these lines are not in the log.
+    pub(crate) events_log_errors: u64,
+    pub(crate) events_log_lines_lost: u64,
+    /// Alerts the store refused: failed attempts, alerts kept for a retry, alerts lost to it.
+    pub(crate) alert_store: crate::alert::AlertStoreStatus,
     /// Hex; `None` until the first scan is done.
     pub(crate) aggregate: Option<String>,
     pub(crate) integrity: crate::integrity::worker::IntegrityStatus,
@@ -140,6 +146,14 @@ const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Longest request line accepted; anything longer is refused.
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// How long a connection may take to send its request line before it is closed: an idle client
+/// must not hold a descriptor for good.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connections served at once; one more is closed as soon as it is accepted, so that clients
+/// cannot take every descriptor the daemon has.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Binds the socket (mode 0600), refusing to steal it from a daemon that still answers.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
@@ -156,12 +170,14 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Accepts connections and forwards their requests to the daemon's main loop, until stop.
 /// A failing accept (no descriptor left, say) is retried after a pause that doubles up to a
-/// second, so that it neither spins nor floods the log.
+/// second, so that it neither spins nor floods the log. At most [`MAX_CONNECTIONS`] are served at
+/// once (one more is closed at once), and each has [`IDLE_TIMEOUT`] to send its request.
 pub(crate) async fn serve(
     listener: UnixListener,
     requests: mpsc::Sender<(Request, Reply)>,
     stop: crate::harness::Stop,
 ) -> anyhow::Result<()> {
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut pause = std::time::Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -180,27 +196,44 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // Dropping the stream closes it: the client reads end of file and may retry.
+        let Ok(place) = places.clone().try_acquire_owned() else { continue };
         let requests = requests.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, requests).await {
                 warn!(error = format!("{e:#}"), "control connection");
             }
+            drop(place);
         });
     }
 }
 
+/// Reads one request line (at most [`MAX_REQUEST`] bytes with its newline, within
+/// [`IDLE_TIMEOUT`]), has the daemon answer it, and writes the answer line.
 async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => {
-            let (tx, rx) = oneshot::channel();
-            requests.send((request, tx)).await.context("daemon is shutting down")?;
-            rx.await.context("daemon dropped the request")?
+    // One byte more than the limit, so that a line over it is told apart from one of exactly it.
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    match tokio::time::timeout(IDLE_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Ok(read) => read?,
+        // An idle client: closed without an answer, as it asked nothing.
+        Err(_) => return Ok(()),
+    };
+    let response = if line.len() > MAX_REQUEST {
+        refusal(format!("request too long (at most {MAX_REQUEST} bytes)"))
+    } else {
+        match std::str::from_utf8(&line) {
+            Err(_) => refusal("request is not UTF-8"),
+            Ok(text) => match serde_json::from_str::<Request>(text.trim()) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    requests.send((request, tx)).await.context("daemon is shutting down")?;
+                    rx.await.context("daemon dropped the request")?
+                }
+                Err(e) => refusal(format!("bad request: {e}")),
+            },
         }
-        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -261,4 +294,122 @@ async fn exchange(stream: UnixStream, request: &Request) -> anyhow::Result<serde
         bail!("daemon refused: {}", value["error"]);
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `request` raw on one end of a socket pair served by `handle`; returns the reply line.
+    async fn reply_to(request: Vec<u8>) -> String {
+        let (client, server) = UnixStream::pair().unwrap();
+        let (requests, _unused) = mpsc::channel(1);
+        let served = tokio::spawn(handle(server, requests));
+        let (read, mut write) = client.into_split();
+        // The server may answer and close before reading all of an oversized request.
+        let _ = write.write_all(&request).await;
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await.unwrap();
+        let _ = served.await;
+        line
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_utf8_is_refused_by_name() {
+        let line = reply_to(b"{\"command\":\"st\xffatus\"}\n".to_vec()).await;
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(reply, serde_json::json!({"ok": false, "error": "request is not UTF-8"}));
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_limit_is_refused_as_too_long() {
+        let mut request = br#"{"command":"alerts","limit":1,"pad":""#.to_vec();
+        request.extend(std::iter::repeat_n(b'a', MAX_REQUEST));
+        request.extend(b"\"}\n");
+        let line = reply_to(request).await;
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(reply, serde_json::json!({"ok": false, "error": "request too long (at most 65536 bytes)"}));
+    }
+
+    #[tokio::test]
+    async fn a_request_of_exactly_the_limit_is_read() {
+        // The longest accepted request: padding whitespace up to MAX_REQUEST with its newline.
+        let mut request = br#"{"command":"bans"}"#.to_vec();
+        request.resize(MAX_REQUEST - 1, b' ');
+        request.push(b'\n');
+        let (client, server) = UnixStream::pair().unwrap();
+        let (requests, mut daemon) = mpsc::channel(1);
+        let served = tokio::spawn(handle(server, requests));
+        let (read, mut write) = client.into_split();
+        write.write_all(&request).await.unwrap();
+        let (received, reply) = daemon.recv().await.unwrap();
+        assert_eq!(received, Request::Bans);
+        reply.send(serde_json::json!({"ok": true})).unwrap();
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await.unwrap();
+        assert_eq!(line, "{\"ok\":true}\n");
+        served.await.unwrap().unwrap();
+    }
+
+    /// Binds a control socket in `dir` and serves it; the caller stops it with the token.
+    async fn serving(dir: &Path) -> (PathBuf, crate::harness::Workers, mpsc::Receiver<(Request, Reply)>) {
+        let path = dir.join("control.sock");
+        let listener = bind(&path).await.unwrap();
+        let (requests, daemon) = mpsc::channel(8);
+        let mut workers = crate::harness::Workers::default();
+        workers.spawn_task("control", move |stop| serve(listener, requests, stop));
+        (path, workers, daemon)
+    }
+
+    /// Whether the daemon closed `stream` (a read returns end of file) within `within`.
+    async fn closed_within(stream: &mut UnixStream, within: std::time::Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(within, stream.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, workers, _daemon) = serving(dir.path()).await;
+        let mut idle = UnixStream::connect(&path).await.unwrap();
+        assert!(!closed_within(&mut idle, IDLE_TIMEOUT / 2).await, "closed before the idle timeout");
+        assert!(closed_within(&mut idle, IDLE_TIMEOUT).await, "still open after twice the idle timeout");
+        workers.shutdown(std::time::Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once_and_a_request_still_answers_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, workers, mut daemon) = serving(dir.path()).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let mut extra = UnixStream::connect(&path).await.unwrap();
+        assert!(
+            closed_within(&mut extra, std::time::Duration::from_secs(1)).await,
+            "the connection over the cap stayed open"
+        );
+        // Ending the held connections frees their places for a real request.
+        drop(held);
+        let answered = tokio::spawn(async move {
+            let (request, reply) = daemon.recv().await.unwrap();
+            reply.send(serde_json::json!({"ok": true})).unwrap();
+            request
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let reply = loop {
+            // Until the server has seen the held connections end, a new one may still be refused.
+            match try_exchange(&path, &Request::Status).await {
+                Ok(Some(reply)) if reply["ok"] == true => break reply,
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => panic!("no answer after the held connections ended: {other:?}"),
+            }
+        };
+        assert_eq!(reply, serde_json::json!({"ok": true}));
+        assert_eq!(answered.await.unwrap(), Request::Status);
+        workers.shutdown(std::time::Duration::from_secs(2)).await;
+    }
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::alert::EventsLog;
@@ -58,6 +57,8 @@ pub(crate) struct WriterStats {
 
 /// The events writer: decodes records into events, writes them out whenever the channel runs dry
 /// or 64 KiB are waiting, and publishes each on the bus. Returns when every reader has ended.
+/// A log that cannot be written (a full disk) never stops it: `EventsLog::write_lines` counts
+/// and reports the failure, and the consumers get every event all the same.
 pub(crate) fn write_events(
     mut rx: mpsc::Receiver<RawEvent>,
     mut watch: WatchSet,
@@ -67,10 +68,9 @@ pub(crate) fn write_events(
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
     let mut out: Vec<u8> = Vec::with_capacity(1 << 16);
-    let flush = |out: &mut Vec<u8>| -> anyhow::Result<()> {
-        log.write_lines(out).context("writing events log")?;
+    let flush = |out: &mut Vec<u8>| {
+        log.write_lines(out);
         out.clear();
-        Ok(())
     };
     let mut wanting = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -88,14 +88,15 @@ pub(crate) fn write_events(
                 stats.written.fetch_add(1, Ordering::Relaxed);
                 bus.publish(event, &mut wanting);
                 if out.len() >= 1 << 16 {
-                    flush(&mut out)?;
+                    flush(&mut out);
                 }
             }
             next = rx.try_recv().ok();
         }
-        flush(&mut out)?;
+        flush(&mut out);
         stats.unresolved.store(watch.unresolved(), Ordering::Relaxed);
         stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
     }
-    flush(&mut out)
+    flush(&mut out);
+    Ok(())
 }

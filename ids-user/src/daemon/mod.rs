@@ -54,13 +54,14 @@ pub(crate) struct Daemon {
     scan_stats: Arc<crate::bans::scan::ScanStats>,
     stats: Arc<Stats>,
     writer_stats: Arc<WriterStats>,
+    /// The events log: its failure counters for `ids status`, and reopened on SIGHUP.
+    events_log: EventsLog,
+    sink: AlertSink,
     roots: Vec<String>,
     started: Instant,
     sigterm: UnixSignal,
     sigint: UnixSignal,
     sighup: UnixSignal,
-    /// The events log, reopened on SIGHUP.
-    log: EventsLog,
 }
 
 impl Daemon {
@@ -70,9 +71,11 @@ impl Daemon {
             .mode(0o700)
             .create(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-        let log = EventsLog::new(open_events_log(&config.events_log)?);
+        let log = open_events_log(&config.events_log)?;
+        // A damaged database is refused before anything opens it: running on it would fail
+        // later, at the first write that meets the damage, with alerts lost on the way.
+        crate::store::repair::check_at_start(&config.database())?;
         let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
-        let events_log = log.clone();
         let listener = control::bind(&config.control_socket()).await?;
         let mut workers = Workers::default();
         // Every detector sends its ban requests on this one channel; `run` applies them.
@@ -147,11 +150,15 @@ impl Daemon {
         drop(tx);
         // The writer ends when every reader has (they stop after the programs are detached).
         let writer_counters = writer_stats.clone();
+        let events_log = log.clone();
         workers.spawn_thread("events", || {}, move |_| bus::write_events(rx, watch, log, bus, &writer_counters))?;
 
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
         workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
-        info!(socket = %config.control_socket().display(), "sensor running");
+        // Control connections, followed logs and ring buffers are all descriptors: take what the
+        // hard limit allows, as `ids serve` does, so that a burst of clients does not starve the rest.
+        let open_files = crate::tinyids::server::raise_open_files_limit();
+        info!(socket = %config.control_socket().display(), open_files, "sensor running");
         Ok(Self {
             config,
             workers,
@@ -164,13 +171,14 @@ impl Daemon {
             scan_stats,
             stats,
             writer_stats,
+            events_log,
+            sink,
             roots,
             started: Instant::now(),
             sigterm: signal(SignalKind::terminate())?,
             sigint: signal(SignalKind::interrupt())?,
             // Without a handler, SIGHUP would end the daemon and leave its socket behind.
             sighup: signal(SignalKind::hangup())?,
-            log: events_log,
         })
     }
 
@@ -218,6 +226,9 @@ impl Daemon {
                     }
                 }
                 _ = hits_snapshot.tick() => {
+                    // Alerts the store refused are stored once it takes them again, even when
+                    // no new alert comes to carry them.
+                    self.sink.retry_unstored();
                     if let Err(e) = self.bans.snapshot_hits() {
                         warn!(error = %e, "storing ban hit counters");
                     }
@@ -289,12 +300,15 @@ impl Daemon {
     /// SIGHUP: the events log is reopened at its path (after logrotate moved it); the lines
     /// written before went to the old file, those after go to the new one, none is lost.
     fn reopen_events_log(&mut self) {
-        match open_events_log(&self.config.events_log) {
-            Ok(writer) => {
-                self.log.replace(writer);
-                info!(
-                    "SIGHUP: events log reopened; the configuration is not reloaded (restart the daemon to apply changes)"
-                );
+        const NOT_RELOADED: &str = "the configuration is not reloaded (restart the daemon to apply changes)";
+        let EventsLogConfig::File(path) = &self.config.events_log else {
+            info!("SIGHUP: the events log is standard output, nothing to reopen; {NOT_RELOADED}");
+            return;
+        };
+        match open_events_file(path) {
+            Ok(file) => {
+                self.events_log.reopen(file);
+                info!("SIGHUP: events log reopened; {NOT_RELOADED}");
             }
             Err(e) => {
                 warn!(error = format!("{e:#}"), "SIGHUP: reopening the events log failed; writing on to the old file")
@@ -314,22 +328,22 @@ impl Daemon {
     }
 }
 
-fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+fn open_events_log(log: &EventsLogConfig) -> anyhow::Result<EventsLog> {
     Ok(match log {
-        EventsLogConfig::Stdout => Box::new(std::io::stdout()),
-        EventsLogConfig::File(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening events_log {}", path.display()))?,
-            )
-        }
+        EventsLogConfig::Stdout => EventsLog::new(Box::new(std::io::stdout())),
+        EventsLogConfig::File(path) => EventsLog::file(open_events_file(path)?),
     })
+}
+
+fn open_events_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening events_log {}", path.display()))
 }
 
 impl Daemon {
@@ -382,6 +396,9 @@ impl Daemon {
                 unresolved: writer.unresolved.load(Ordering::Relaxed),
             },
             events_written: writer.written.load(Ordering::Relaxed),
+            events_log_errors: self.events_log.failures(),
+            events_log_lines_lost: self.events_log.lines_lost(),
+            alert_store: self.sink.store_status(),
             aggregate: self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest)),
             integrity: self.integrity.shared.status(),
             xdp,

@@ -99,7 +99,7 @@ enum Output {
 
 /// Runs `argv`; the digest and length of its standard output, or the error text.
 fn run(argv: &[String], timeout: Duration) -> Result<(Digest, u64), String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::time::deadline_after(Instant::now(), timeout);
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let mut child = Command::new(program)
         .args(args)

@@ -42,6 +42,7 @@ use crate::alert::{Alert, AlertBody, AlertSink, IntegrityAlert, ItemState};
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::{Store, StoredItem};
+use crate::time::deadline_after;
 
 /// A dirty path is rehashed once no event has named it for this long.
 pub(crate) const REHASH_QUIET: Duration = Duration::from_millis(200);
@@ -317,8 +318,8 @@ impl Worker {
         self.initial_scan();
         info!(items = self.current.len(), elapsed_ms = started.elapsed().as_millis() as u64, "integrity scan done");
         self.shared.ready.store(true, Ordering::SeqCst);
-        let mut next_integrity = Instant::now() + self.integrity_interval;
-        let mut next_verify = Instant::now() + self.verify_interval;
+        let mut next_integrity = deadline_after(Instant::now(), self.integrity_interval);
+        let mut next_verify = deadline_after(Instant::now(), self.verify_interval);
         // Trigger bits reported by the sensor and when their collectors re-run.
         let mut pending_triggers: Option<(u32, Instant)> = None;
         let mut triggered = 0u32;
@@ -379,11 +380,11 @@ impl Worker {
             let now = Instant::now();
             if now >= next_integrity {
                 self.rescan(Rescan::Others, ChangeAlert::Integrity);
-                next_integrity = now + self.integrity_interval;
+                next_integrity = deadline_after(now, self.integrity_interval);
             }
             if now >= next_verify {
                 self.verify(&mut inbox, &mut triggered);
-                next_verify = Instant::now() + self.verify_interval;
+                next_verify = deadline_after(Instant::now(), self.verify_interval);
             }
         }
     }

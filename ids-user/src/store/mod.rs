@@ -31,6 +31,7 @@ use rusqlite::{Connection, params};
 use crate::item::{Digest, Item, hex};
 
 pub mod bans_table;
+pub mod repair;
 pub use bans_table::BanRow;
 mod detect;
 pub use detect::LogOffset;
@@ -102,6 +103,12 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: usize, known: usize },
     #[error("database {path}: {what}: {source}")]
     Query { path: PathBuf, what: &'static str, source: rusqlite::Error },
+    #[error(
+        "database {path} is damaged ({problems}); stop here and run `ids db recover`: it copies what can be read into a new database, keeps the damaged file beside it, and the next start rescans every item"
+    )]
+    Damaged { path: PathBuf, problems: String },
+    #[error("recovering database {path}: {message}")]
+    Recover { path: PathBuf, message: String },
     #[error("database {path}: {table} row {collector}/{item_id}: {message}")]
     BadRow { path: PathBuf, table: &'static str, collector: String, item_id: String, message: String },
 }

@@ -574,7 +574,7 @@ impl Server {
         }
         failures.times.push_back(now);
         if failures.locked_until.is_none() && failures.times.len() >= self.config.max_failures as usize {
-            failures.locked_until = Some(now + self.config.lockout);
+            failures.locked_until = Some(crate::time::deadline_after(now, self.config.lockout));
             warn!(
                 client,
                 failures = failures.times.len(),

@@ -326,15 +326,18 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
         config.max_connections_per_address = max;
     }
     if let Some(max) = raw.max_failures {
-        if max == 0 {
-            return Err("serve.max_failures: must be at least 1".into());
-        }
-        config.max_failures = max;
+        config.max_failures =
+            crate::bounds::check(max, 1..=1_000_000).map_err(|m| format!("serve.max_failures: {m}"))?;
     }
+    // Up to a year: the lockout is added to the time of a failure.
     if let Some(window) = raw.failure_window {
+        let window =
+            crate::bounds::check(window, 1..=31_536_000).map_err(|m| format!("serve.failure_window: {m} seconds"))?;
         config.failure_window = Duration::from_secs(window);
     }
     if let Some(lockout) = raw.lockout {
+        let lockout =
+            crate::bounds::check(lockout, 1..=31_536_000).map_err(|m| format!("serve.lockout: {m} seconds"))?;
         config.lockout = Duration::from_secs(lockout);
     }
     config.tls = raw.tls.as_ref().map(|tls| ServeTls {

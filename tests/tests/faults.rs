@@ -1,0 +1,240 @@
+//! Host tests of the daemon under faults: descriptors running out on the control socket, and a
+//! full file system under the events log. Root only (prlimit on the daemon, mount).
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ids_tests::{Daemon, Pins, Scratch, ids_bin, sh, test_pin_dir};
+use serde_json::Value;
+
+/// `ids status --json` against `config`, with how long it took; `None` if it failed.
+fn timed_status(config: &Path) -> (Option<Value>, Duration) {
+    let started = Instant::now();
+    let out = Command::new(ids_bin()).args(["status", "--json", "--config"]).arg(config).output().unwrap();
+    let status = out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten();
+    (status, started.elapsed())
+}
+
+#[test]
+fn status_answers_while_hundreds_of_idle_connections_hold_the_control_socket() {
+    let daemon = Daemon::start("faults-control", &[], &[]);
+    // Fewer descriptors than connections: without a cap, the idle ones take them all.
+    sh("prlimit", &["--pid", &daemon.pid().to_string(), "--nofile=256:256"]);
+    let socket = PathBuf::from(
+        fs::read_to_string(&daemon.config)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("state_dir = "))
+            .map(|dir| serde_json::from_str::<String>(dir).unwrap())
+            .unwrap(),
+    )
+    .join("control.sock");
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        // Connecting succeeds while the backlog has room, whether or not the daemon accepts.
+        if let Ok(stream) = UnixStream::connect(&socket) {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() >= 200, "only {} connections were made", idle.len());
+    // Once the idle ones are closed or refused, status answers; within a few seconds in all.
+    let started = Instant::now();
+    let answered = loop {
+        let (status, took) = timed_status(&daemon.config);
+        if let Some(status) = status {
+            break (status, took);
+        }
+        assert!(started.elapsed() < Duration::from_secs(8), "`ids status` did not answer within 8 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(started.elapsed() < Duration::from_secs(8), "status took {:?}", started.elapsed());
+    assert!(answered.0["pid"] == daemon.pid(), "{}", answered.0);
+    drop(idle);
+    let stderr = daemon.stop();
+    let accept_errors = stderr.matches("control socket accept failed").count();
+    eprintln!(
+        "status answered {:?} after the idle connections were made; {accept_errors} accept errors",
+        started.elapsed()
+    );
+    assert!(accept_errors < 50, "{accept_errors} accept errors logged");
+}
+
+/// A tmpfs of `size` mounted on a scratch directory (unmounted when the scratch is dropped,
+/// whatever happens in the test).
+fn small_tmpfs(name: &str, size: &str) -> Scratch {
+    let dir = Scratch::new("/var/tmp", name);
+    sh("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.0.to_str().unwrap()]);
+    dir
+}
+
+/// Writes to `path` until the file system has no room left.
+fn fill(path: &Path) {
+    let mut file = fs::File::create(path).unwrap();
+    let block = vec![b'x'; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The integrity alerts the daemon stored for `path` (`ids alerts`).
+fn stored_alerts_for(daemon: &Daemon, path: &Path) -> usize {
+    let alerts = daemon.ids_json(&["alerts", "-n", "1000"]);
+    let id = format!("file:{}", path.display());
+    alerts["data"].as_array().unwrap().iter().filter(|a| a["kind"] == "integrity" && a["item"] == id.as_str()).count()
+}
+
+#[test]
+fn a_full_events_log_keeps_the_sensor_running_counts_the_failures_and_resumes() {
+    let state = Scratch::new("/var/tmp", "faults-disk-state");
+    let watched = Scratch::new("/var/tmp", "faults-disk-watched");
+    let logfs = small_tmpfs("faults-disk-log", "256k");
+    let events = logfs.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    let first = watched.0.join("first");
+    let second = watched.0.join("second");
+    fs::write(&first, b"one").unwrap();
+    fs::write(&second, b"two").unwrap();
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
+            events.display().to_string(),
+            state.0.join("state").display().to_string(),
+            test_pin_dir("faults-disk"),
+            watched.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+
+    fill(&logfs.0.join("filler"));
+    // Changes while the log cannot grow: many file events, each to be written and failing.
+    for round in 0..50 {
+        fs::write(&first, format!("changed {round}")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored_alerts_for(&daemon, &first) == 0 {
+        assert!(Instant::now() < deadline, "no integrity alert for {} while the log was full", first.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.status();
+    let failures = status["events_log_errors"].as_u64().unwrap_or_else(|| panic!("no events_log_errors: {status}"));
+    assert!(failures > 0, "{status}");
+    eprintln!("while full: events_log_errors {failures}, lines lost {}", status["events_log_lines_lost"]);
+
+    fs::remove_file(logfs.0.join("filler")).unwrap();
+    fs::write(&second, b"changed after space came back").unwrap();
+    let id = format!("file:{}", second.display());
+    let resumed = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(resumed.len(), 1, "no integrity alert for {id} in the log once there was room");
+    // Every line of the log is whole JSON (`events` panics on one that is not).
+    let lines = daemon.events();
+    assert!(lines.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/second"))), "no event for second");
+    daemon.stop();
+}
+
+/// Runs `ids <args> --config <config>`; its exit code and output (stdout then stderr).
+fn ids(args: &[&str], config: &Path) -> (i32, String) {
+    let out = Command::new(ids_bin()).args(args).arg("--config").arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
+    let state = Scratch::new("/var/tmp", "faults-db-state");
+    let watched = Scratch::new("/var/tmp", "faults-db-watched");
+    // Enough items that the database has many pages, so that one in the middle holds rows.
+    for i in 0..3000 {
+        fs::write(watched.0.join(format!("file-{i:05}")), format!("contents of file {i}")).unwrap();
+    }
+    let events = state.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
+            events.display().to_string(),
+            state.0.join("state").display().to_string(),
+            test_pin_dir("faults-db"),
+            watched.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop();
+
+    let database = state.0.join("state/ids.db");
+    let pages = fs::metadata(&database).unwrap().len() / 4096;
+    assert!(pages > 20, "the database has only {pages} pages");
+    let file = fs::OpenOptions::new().write(true).open(&database).unwrap();
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(&vec![0xA5; 3 * 4096], (pages / 2) * 4096).unwrap();
+    drop(file);
+
+    // The start refuses, naming the file and the way out.
+    let mut child = Command::new(ids_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started on a damaged database");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    let named = database.display().to_string();
+    assert!(stderr.contains(&named) && stderr.contains("ids db recover"), "{stderr}");
+
+    let (code, out) = ids(&["db", "check"], &config);
+    assert_eq!(code, 1, "ids db check on the damaged database: {out}");
+    let (code, out) = ids(&["db", "recover"], &config);
+    assert_eq!(code, 0, "ids db recover: {out}");
+    assert!(out.contains("ids.db.damaged-") && out.contains("rescan"), "{out}");
+    eprintln!("ids db recover:\n{out}");
+    let kept = fs::read_dir(state.0.join("state"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ids.db.damaged-"))
+        .count();
+    assert!(kept >= 1, "the damaged file was not kept");
+    let (code, out) = ids(&["db", "check"], &config);
+    assert_eq!((code, out.trim()), (0, "ok"), "ids db check after recovery");
+
+    let daemon = Daemon::spawn(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the scan after recovery did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(daemon.status()["integrity"]["items"].as_u64().unwrap() >= 3000);
+    daemon.stop();
+}
