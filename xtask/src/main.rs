@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// cargo-deny 0.20 is the newest release that builds with the stable toolchain here and reads
+/// this repository's deny.toml.
+const CARGO_DENY_VERSION: &str = "~0.20";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
 /// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
 /// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
@@ -169,6 +172,19 @@ fn setup() -> Result<()> {
             "--force",
         ]))?;
     }
+    // `cargo-deny --version` prints "cargo-deny 0.20.2".
+    let deny = output_of("cargo-deny", &["--version"]).unwrap_or_default();
+    if !deny.starts_with(&format!("cargo-deny {}.", CARGO_DENY_VERSION.trim_start_matches('~'))) {
+        eprintln!("xtask: installing cargo-deny {CARGO_DENY_VERSION}");
+        status(Command::new("cargo").args([
+            "install",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .copied()
@@ -189,8 +205,9 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check`, no import cycle between ids-user's top-level modules, clippy on the host crates (every target, warnings denied), and clippy on
-/// ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain, as its build does.
+/// `cargo fmt --check`, no import cycle between ids-user's top-level modules, clippy on the host
+/// crates (every target, warnings denied), clippy on ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain,
+/// as its build does, and cargo-deny (licenses, duplicates, sources, advisories) offline.
 fn lint(root: &Path) -> Result<()> {
     status(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
     modules::check(root)?;
@@ -226,7 +243,38 @@ fn lint(root: &Path) -> Result<()> {
                 "-D",
                 "warnings",
             ]),
-    )
+    )?;
+    deny(root)
+}
+
+/// The RustSec database as a git bundle beside the repository (`<root>/../shared/`): these
+/// machines cannot fetch it from its usual place.
+const ADVISORY_BUNDLE: &str = "../shared/advisory-db.bundle";
+/// Where deny.toml's `db-path` points, relative to the workspace root.
+const ADVISORY_DBS: &str = "target/advisory-db";
+/// The directory cargo-deny 0.20 opens under `db-path` for the default database URL
+/// (https://github.com/RustSec/advisory-db): its last path segment and a hash of the URL.
+const ADVISORY_DB_DIR: &str = "advisory-db-3157b0e258782691";
+
+/// cargo-deny on the workspace with the advisory database cloned (or updated) from the bundle and
+/// no fetch. Fetching from the bundle also sets the copy's fetch time, which is what cargo-deny's
+/// staleness check reads: the database's own date is printed so that an old bundle shows.
+fn deny(root: &Path) -> Result<()> {
+    let bundle = root.join(ADVISORY_BUNDLE);
+    if !bundle.is_file() {
+        bail!("the advisory database bundle {} is missing", bundle.display());
+    }
+    let db = root.join(ADVISORY_DBS).join(ADVISORY_DB_DIR);
+    if db.join(".git").is_dir() {
+        status(Command::new("git").arg("-C").arg(&db).args(["fetch", "-q"]).arg(&bundle).arg("main"))?;
+        status(Command::new("git").arg("-C").arg(&db).args(["reset", "-q", "--hard", "FETCH_HEAD"]))?;
+    } else {
+        std::fs::create_dir_all(root.join(ADVISORY_DBS))?;
+        status(Command::new("git").args(["clone", "-q", "--branch", "main"]).arg(&bundle).arg(&db))?;
+    }
+    let date = output_of("git", &["-C", &db.to_string_lossy(), "log", "-1", "--format=%cs %h"]).unwrap_or_default();
+    eprintln!("xtask: advisory database as of {}", date.trim());
+    status(Command::new("cargo").current_dir(root).args(["deny", "--frozen", "check"]))
 }
 
 fn build(root: &Path) -> Result<()> {
