@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test, vm-test and bench for the `ids` workspace. Installs what
 //! a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages) before it builds.
 mod bench;
+mod fuzz;
 mod modules;
 mod vm;
 
@@ -12,9 +13,10 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// cargo-deny 0.20 is the newest release that builds with the stable toolchain here and reads
-/// this repository's deny.toml.
+/// cargo-deny 0.20 and cargo-fuzz 0.13 are the newest releases that build with the stable toolchain
+/// here and read this repository's deny.toml and fuzz/ layout.
 const CARGO_DENY_VERSION: &str = "~0.20";
+const CARGO_FUZZ_VERSION: &str = "~0.13";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
 /// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
 /// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
@@ -55,12 +57,20 @@ enum Task {
     },
     /// Formatting and clippy (`-D warnings`) on the host crates and on the eBPF crate for its target.
     Lint,
-    /// Every test tier: unit, host integration (root), and the VM tier.
+    /// Every test tier: unit, host integration (root), the VM tier, then every fuzz target.
     Test,
     /// The VM tier alone: Debian's stock kernel under QEMU with LSM and fentry hooks.
     VmTest,
     /// Benchmarks; figures are appended to BENCHMARKS.md.
     Bench { area: String },
+    /// Run every fuzz target (fuzz/) for `--time` seconds each; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        time: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -115,7 +125,8 @@ fn run() -> Result<()> {
                 "--",
                 "--test-threads=1",
             ]))?;
-            vm::run(&root)
+            vm::run(&root)?;
+            fuzz::run(&root, FUZZ_SECONDS_IN_TEST, &[])
         }
         Task::VmTest => {
             setup()?;
@@ -125,8 +136,16 @@ fn run() -> Result<()> {
             setup()?;
             bench::run(&root, &area)
         }
+        Task::Fuzz { time, targets } => {
+            setup()?;
+            fuzz::run(&root, time, &targets)
+        }
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`: 8 targets keep the fuzz tier near 4 minutes,
+/// plus its build.
+const FUZZ_SECONDS_IN_TEST: u64 = 30;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -172,18 +191,14 @@ fn setup() -> Result<()> {
             "--force",
         ]))?;
     }
-    // `cargo-deny --version` prints "cargo-deny 0.20.2".
-    let deny = output_of("cargo-deny", &["--version"]).unwrap_or_default();
-    if !deny.starts_with(&format!("cargo-deny {}.", CARGO_DENY_VERSION.trim_start_matches('~'))) {
-        eprintln!("xtask: installing cargo-deny {CARGO_DENY_VERSION}");
-        status(Command::new("cargo").args([
-            "install",
-            "cargo-deny",
-            "--version",
-            CARGO_DENY_VERSION,
-            "--locked",
-            "--force",
-        ]))?;
+    for (tool, version) in [("cargo-deny", CARGO_DENY_VERSION), ("cargo-fuzz", CARGO_FUZZ_VERSION)] {
+        // `cargo-deny --version` prints "cargo-deny 0.20.2"; `cargo-fuzz --version` "cargo-fuzz 0.13.1".
+        let found = output_of(tool, &["--version"]).unwrap_or_default();
+        let wanted = format!("{tool} {}.", version.trim_start_matches('~'));
+        if !found.starts_with(&wanted) {
+            eprintln!("xtask: installing {tool} {version}");
+            status(Command::new("cargo").args(["install", tool, "--version", version, "--locked", "--force"]))?;
+        }
     }
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
@@ -205,11 +220,13 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check`, no import cycle between ids-user's top-level modules, clippy on the host
-/// crates (every target, warnings denied), clippy on ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain,
+/// `cargo fmt --check` (the fuzz crate too), no import cycle between ids-user's top-level
+/// modules, clippy on the host crates (every target, warnings denied; ids-user once more with its
+/// `fuzzing` feature), clippy on ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain,
 /// as its build does, and cargo-deny (licenses, duplicates, sources, advisories) offline.
 fn lint(root: &Path) -> Result<()> {
     status(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    status(Command::new("cargo").current_dir(root.join("fuzz")).args(["fmt", "--all", "--check"]))?;
     modules::check(root)?;
     status(Command::new("cargo").current_dir(root).args([
         "clippy",
@@ -217,6 +234,18 @@ fn lint(root: &Path) -> Result<()> {
         "--exclude",
         "ids-ebpf",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // `ids::fuzzing` exists only with the feature, which the build above leaves off.
+    status(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "-p",
+        "ids-user",
+        "--features",
+        "fuzzing",
+        "--lib",
         "--",
         "-D",
         "warnings",
