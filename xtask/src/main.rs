@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, run, test, vm-test and bench for the `ids` workspace. Installs what
 //! a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages) before it builds.
 mod bench;
+mod fuzz;
 mod modules;
 mod vm;
 
@@ -12,6 +13,10 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; 0.11 needs a system LLVM 23 these machines lack.
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// cargo-deny 0.20 and cargo-fuzz 0.13 are the newest releases that build with the stable toolchain
+/// here and read this repository's deny.toml and fuzz/ layout.
+const CARGO_DENY_VERSION: &str = "~0.20";
+const CARGO_FUZZ_VERSION: &str = "~0.13";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
 /// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
 /// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
@@ -52,12 +57,20 @@ enum Task {
     },
     /// Formatting and clippy (`-D warnings`) on the host crates and on the eBPF crate for its target.
     Lint,
-    /// Every test tier: unit, host integration (root), and the VM tier.
+    /// Every test tier: unit, host integration (root), the VM tier, then every fuzz target.
     Test,
     /// The VM tier alone: Debian's stock kernel under QEMU with LSM and fentry hooks.
     VmTest,
     /// Benchmarks; figures are appended to BENCHMARKS.md.
     Bench { area: String },
+    /// Run every fuzz target (fuzz/) for `--time` seconds each; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        time: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,7 +125,8 @@ fn run() -> Result<()> {
                 "--",
                 "--test-threads=1",
             ]))?;
-            vm::run(&root)
+            vm::run(&root)?;
+            fuzz::run(&root, FUZZ_SECONDS_IN_TEST, &[])
         }
         Task::VmTest => {
             setup()?;
@@ -122,8 +136,16 @@ fn run() -> Result<()> {
             setup()?;
             bench::run(&root, &area)
         }
+        Task::Fuzz { time, targets } => {
+            setup()?;
+            fuzz::run(&root, time, &targets)
+        }
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`: 8 targets keep the fuzz tier near 4 minutes,
+/// plus its build.
+const FUZZ_SECONDS_IN_TEST: u64 = 30;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -169,6 +191,15 @@ fn setup() -> Result<()> {
             "--force",
         ]))?;
     }
+    for (tool, version) in [("cargo-deny", CARGO_DENY_VERSION), ("cargo-fuzz", CARGO_FUZZ_VERSION)] {
+        // `cargo-deny --version` prints "cargo-deny 0.20.2"; `cargo-fuzz --version` "cargo-fuzz 0.13.1".
+        let found = output_of(tool, &["--version"]).unwrap_or_default();
+        let wanted = format!("{tool} {}.", version.trim_start_matches('~'));
+        if !found.starts_with(&wanted) {
+            eprintln!("xtask: installing {tool} {version}");
+            status(Command::new("cargo").args(["install", tool, "--version", version, "--locked", "--force"]))?;
+        }
+    }
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .copied()
@@ -189,10 +220,13 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check`, no import cycle between ids-user's top-level modules, clippy on the host crates (every target, warnings denied), and clippy on
-/// ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain, as its build does.
+/// `cargo fmt --check` (the fuzz crate too), no import cycle between ids-user's top-level
+/// modules, clippy on the host crates (every target, warnings denied; ids-user once more with its
+/// `fuzzing` feature), clippy on ids-ebpf built for `bpfel-unknown-none` with the nightly toolchain,
+/// as its build does, and cargo-deny (licenses, duplicates, sources, advisories) offline.
 fn lint(root: &Path) -> Result<()> {
     status(Command::new("cargo").current_dir(root).args(["fmt", "--all", "--check"]))?;
+    status(Command::new("cargo").current_dir(root.join("fuzz")).args(["fmt", "--all", "--check"]))?;
     modules::check(root)?;
     status(Command::new("cargo").current_dir(root).args([
         "clippy",
@@ -200,6 +234,18 @@ fn lint(root: &Path) -> Result<()> {
         "--exclude",
         "ids-ebpf",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // `ids::fuzzing` exists only with the feature, which the build above leaves off.
+    status(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "-p",
+        "ids-user",
+        "--features",
+        "fuzzing",
+        "--lib",
         "--",
         "-D",
         "warnings",
@@ -226,7 +272,38 @@ fn lint(root: &Path) -> Result<()> {
                 "-D",
                 "warnings",
             ]),
-    )
+    )?;
+    deny(root)
+}
+
+/// The RustSec database as a git bundle beside the repository (`<root>/../shared/`): these
+/// machines cannot fetch it from its usual place.
+const ADVISORY_BUNDLE: &str = "../shared/advisory-db.bundle";
+/// Where deny.toml's `db-path` points, relative to the workspace root.
+const ADVISORY_DBS: &str = "target/advisory-db";
+/// The directory cargo-deny 0.20 opens under `db-path` for the default database URL
+/// (https://github.com/RustSec/advisory-db): its last path segment and a hash of the URL.
+const ADVISORY_DB_DIR: &str = "advisory-db-3157b0e258782691";
+
+/// cargo-deny on the workspace with the advisory database cloned (or updated) from the bundle and
+/// no fetch. Fetching from the bundle also sets the copy's fetch time, which is what cargo-deny's
+/// staleness check reads: the database's own date is printed so that an old bundle shows.
+fn deny(root: &Path) -> Result<()> {
+    let bundle = root.join(ADVISORY_BUNDLE);
+    if !bundle.is_file() {
+        bail!("the advisory database bundle {} is missing", bundle.display());
+    }
+    let db = root.join(ADVISORY_DBS).join(ADVISORY_DB_DIR);
+    if db.join(".git").is_dir() {
+        status(Command::new("git").arg("-C").arg(&db).args(["fetch", "-q"]).arg(&bundle).arg("main"))?;
+        status(Command::new("git").arg("-C").arg(&db).args(["reset", "-q", "--hard", "FETCH_HEAD"]))?;
+    } else {
+        std::fs::create_dir_all(root.join(ADVISORY_DBS))?;
+        status(Command::new("git").args(["clone", "-q", "--branch", "main"]).arg(&bundle).arg(&db))?;
+    }
+    let date = output_of("git", &["-C", &db.to_string_lossy(), "log", "-1", "--format=%cs %h"]).unwrap_or_default();
+    eprintln!("xtask: advisory database as of {}", date.trim());
+    status(Command::new("cargo").current_dir(root).args(["deny", "--frozen", "check"]))
 }
 
 fn build(root: &Path) -> Result<()> {

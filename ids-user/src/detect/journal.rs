@@ -16,6 +16,7 @@
 //! SIGTERM if the reader goes away (`PR_SET_PDEATHSIG`). If journalctl fails (no journal, a
 //! namespace whose journald is not running), the reader says so and starts it again every few
 //! seconds.
+use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -274,9 +275,15 @@ pub fn entry_line(json: &[u8]) -> Option<(Vec<u8>, Option<String>)> {
         serde_json::Value::Array(bytes) => bytes.iter().map(|b| b.as_u64().unwrap_or(u64::from(b'?')) as u8).collect(),
         _ => return None,
     };
+    // humantime's Display fails past the year 9999 (and `to_string` then panics): a timestamp it
+    // cannot write is shown as "-", like a missing one, rather than stopping the reader.
     let time = text("__REALTIME_TIMESTAMP")
         .and_then(|us| us.parse::<u64>().ok())
-        .map(|us| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(us)).to_string())
+        .and_then(|us| std::time::UNIX_EPOCH.checked_add(Duration::from_micros(us)))
+        .and_then(|at| {
+            let mut out = String::new();
+            write!(out, "{}", humantime::format_rfc3339_seconds(at)).ok().map(|()| out)
+        })
         .unwrap_or_else(|| "-".into());
     let mut line = format!(
         "{time} {} {}[{}]: ",
@@ -307,6 +314,15 @@ mod tests {
         assert_eq!(entry_line(json).unwrap(), (b"- - sshd-session[9]: A B\xff".to_vec(), None));
         assert_eq!(entry_line(br#"{"_COMM":"sshd"}"#), None);
         assert_eq!(entry_line(b"not json"), None);
+    }
+
+    #[test]
+    fn timestamps_past_year_9999_do_not_panic() {
+        // Found by the journal_entry fuzz target: 3590485999926377872 µs is about the year 115,750.
+        let json = br#"{"MESSAGE":"x","_COMM":"sshd","_PID":"1","__REALTIME_TIMESTAMP":"3590485999926377872"}"#;
+        assert_eq!(entry_line(json).unwrap().0, b"- - sshd[1]: x".to_vec());
+        let json = br#"{"MESSAGE":"x","__REALTIME_TIMESTAMP":"18446744073709551615"}"#;
+        assert_eq!(entry_line(json).unwrap().0, b"- - -[0]: x".to_vec());
     }
 
     #[test]

@@ -311,7 +311,7 @@ fn split_address(message: &[u8], head: &Regex, tail: &Regex) -> Option<std::net:
     None
 }
 
-fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
+pub(crate) fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, RuleError> {
     let raw: RawRules = toml::from_str(text)
         .map_err(|e| RuleError::Parse { origin: origin.into(), message: e.to_string().trim_end().to_string() })?;
     let mut rules: Vec<Rule> = Vec::new();
