@@ -39,10 +39,9 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
         }
         only.iter().map(String::as_str).collect()
     };
+    // No separate `cargo fuzz build`: `run` built everything again after it; the first `run`
+    // builds the shared dependencies, each later one only its own target.
     let target_dir = root.join("target/fuzz/build");
-    let mut build = cargo_fuzz(root);
-    build.args(["build", "--fuzz-dir", "fuzz", "--target-dir"]).arg(&target_dir);
-    crate::status(&mut build)?;
     let mut crashed = Vec::new();
     for target in targets {
         let work = root.join("target/fuzz/corpus").join(target);
