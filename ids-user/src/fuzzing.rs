@@ -29,15 +29,13 @@ pub fn ring_record(data: &[u8]) {
 
 /// A configuration file (`Config::parse`); its text is read from disk as UTF-8.
 pub fn config(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = Config::parse(text, "fuzz");
-    }
+    // Lossy, so that every input reaches the parser (a file that is not UTF-8 is refused on reading).
+    let _ = Config::parse(&String::from_utf8_lossy(data), "fuzz");
 }
 
 /// An operator's rules file: parsed, then compiled as `RuleSet::load` does with it.
 pub fn rules(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(rules) = parse_rules(text, "fuzz") {
+    if let Ok(rules) = parse_rules(&String::from_utf8_lossy(data), "fuzz") {
         let _ = RuleSet::compile(rules, "fuzz".into());
     }
 }
@@ -57,7 +55,8 @@ fn engine() -> &'static Mutex<Engine> {
 /// limit; the rest is the line. Runs the sshd and access-log parsers on their own, then the line
 /// engine (rules, windows, evidence) as the detect worker does.
 pub fn log_line(data: &[u8]) {
-    let Some((&selector, line)) = data.split_first() else { return };
+    // An empty input is an empty sshd line.
+    let (&selector, line) = data.split_first().unwrap_or((&0, &[]));
     let kind = match selector % 3 {
         0 => LogKind::Sshd,
         1 => LogKind::Nginx,
@@ -85,11 +84,10 @@ pub fn journal_entry(data: &[u8]) {
     let _ = journal::entry_line(data);
 }
 
-/// One control-socket request line, decoded as `control::handle` does; a decoded request written
+/// One control-socket request line, decoded by `control::decode_request` as the socket does; a decoded request written
 /// back as JSON (as the CLI sends it) must decode to the same request.
 pub fn control_request(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(request) = serde_json::from_str::<crate::control::Request>(text.trim()) {
+    if let Ok(request) = crate::control::decode_request(data) {
         let json = serde_json::to_string(&request).expect("a request encodes");
         let again: crate::control::Request = serde_json::from_str(&json).expect("an encoded request decodes");
         assert_eq!(again, request, "{json} does not read back");

@@ -18,6 +18,22 @@ fn timed_status(config: &Path) -> (Option<Value>, Duration) {
     (status, started.elapsed())
 }
 
+/// A daemon config with one recursive `file_contents` collector over `watched`.
+fn write_watching_config(config: &Path, events: &Path, state: &Path, pins: &str, watched: &Path) {
+    fs::write(
+        config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
+             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
+            events.display().to_string(),
+            state.join("state").display().to_string(),
+            test_pin_dir(pins),
+            watched.display().to_string(),
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn status_answers_while_hundreds_of_idle_connections_hold_the_control_socket() {
     let daemon = Daemon::start("faults-control", &[], &[]);
@@ -102,18 +118,7 @@ fn a_full_events_log_keeps_the_sensor_running_counts_the_failures_and_resumes() 
     let second = watched.0.join("second");
     fs::write(&first, b"one").unwrap();
     fs::write(&second, b"two").unwrap();
-    fs::write(
-        &config,
-        format!(
-            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
-             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
-            events.display().to_string(),
-            state.0.join("state").display().to_string(),
-            test_pin_dir("faults-disk"),
-            watched.0.display().to_string(),
-        ),
-    )
-    .unwrap();
+    write_watching_config(&config, &events, &state.0, "faults-disk", &watched.0);
     let _pins = Pins { config: config.clone() };
     let daemon = Daemon::spawn(&config, &events);
 
@@ -161,18 +166,7 @@ fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
     }
     let events = state.0.join("events.jsonl");
     let config = state.0.join("ids.toml");
-    fs::write(
-        &config,
-        format!(
-            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\nxdp.interfaces = [\"lo\"]\nxdp.pin_dir = {:?}\n\
-             [[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n",
-            events.display().to_string(),
-            state.0.join("state").display().to_string(),
-            test_pin_dir("faults-db"),
-            watched.0.display().to_string(),
-        ),
-    )
-    .unwrap();
+    write_watching_config(&config, &events, &state.0, "faults-db", &watched.0);
     let _pins = Pins { config: config.clone() };
     let daemon = Daemon::spawn(&config, &events);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -361,10 +361,14 @@ impl AlertSink {
     }
 
     /// Alerts of `kind` raised since the sink was made.
-    #[cfg(test)]
     pub(crate) fn count(&self, kind: AlertKind) -> u64 {
         let index = AlertKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.0.counts[index].load(Ordering::Relaxed)
+    }
+
+    /// Alerts raised since the sink was made, per kind (every kind, zeros included).
+    pub(crate) fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        AlertKind::ALL.iter().map(|kind| (kind.name().to_string(), self.count(*kind))).collect()
     }
 
     /// Every alert raised from now on, through a queue of `capacity` (overflow counted).
@@ -420,15 +424,6 @@ mod tests {
         let buffer = MemoryLog::default();
         let sink = AlertSink::new(Some(Store::open(&path).unwrap()), Some(buffer.events_log()));
         let mut subscriber = sink.subscribe(1);
-        let ban = |net: &str| {
-            Alert::now(AlertBody::Ban(BanAlert {
-                net: net.into(),
-                source: "port-scan".into(),
-                reason: "scan".into(),
-                expires: None,
-                offence: 1,
-            }))
-        };
         sink.emit_all(vec![ban("192.0.2.1/32"), ban("192.0.2.2/32")]);
         let rows = Store::open(&path).unwrap().alerts().unwrap();
         assert_eq!(rows.iter().map(|r| r.item_id.as_str()).collect::<Vec<_>>(), ["192.0.2.1/32", "192.0.2.2/32"]);

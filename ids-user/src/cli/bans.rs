@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use crate::alert::AlertSink;
 use crate::bans::{BanNet, Bans};
 use crate::config::Config;
-use crate::control::bans::{BULK_MARKER, answer, duration_of, error, parse_nets};
+use crate::control::bans::{BULK_MARKER, answer, duration_of, parse_nets};
+use crate::control::refusal;
 use crate::control::{self, Request};
 
 /// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
@@ -201,7 +202,7 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
     })();
     let mut response = match prepared {
         Ok(requests) => exchange(config, requests)?,
-        Err(message) => error(message),
+        Err(message) => refusal(message),
     };
     // A refusal names the entry: its line in the list, or its place among the arguments.
     if let Some(origin) = response.get("index").and_then(Value::as_u64).and_then(|i| origins.get(i as usize)) {
@@ -239,7 +240,7 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
 pub fn unban(config: &Config, nets: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
     let response = match parse_nets(&nets) {
         Ok(_) => exchange(config, vec![Request::Unban { nets }])?,
-        Err(e) => error(e),
+        Err(e) => refusal(e),
     };
     print(&response, json, |r| {
         let mut out = String::new();
@@ -302,11 +303,11 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
 pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let response = if runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
-        error(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
+        refusal(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
     } else {
         match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
             Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
-            Err(e) => error(format!("{e:#}")),
+            Err(e) => refusal(format!("{e:#}")),
         }
     };
     print(&response, json, |r| {

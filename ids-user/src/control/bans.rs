@@ -7,15 +7,11 @@
 //! whole list applied with the last one ([`Bans::ban_part`]).
 use serde_json::{Value, json};
 
-use super::Request;
+use super::{Request, refusal};
 use crate::bans::{BanDuration, BanError, BanNet, BanRequest, Bans, parse_duration};
 
 /// The first net of each part of a bulk ban: `bulk:TOKEN:PART:PARTS[:summary]`.
 pub(crate) const BULK_MARKER: &str = "bulk:";
-
-pub(crate) fn error(message: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": message.to_string()})
-}
 
 /// Why a request was refused; `index`: which net of the request (of the bulk, for a part of one).
 struct Refusal {
@@ -128,7 +124,7 @@ pub(crate) fn answer(bans: &mut Bans, request: &Request) -> Value {
     })();
     match result {
         Ok(data) => json!({"ok": true, "data": data}),
-        Err(Refusal { message, index: None }) => error(message),
+        Err(Refusal { message, index: None }) => refusal(message),
         Err(Refusal { message, index: Some(index) }) => json!({"ok": false, "error": message, "index": index}),
     }
 }

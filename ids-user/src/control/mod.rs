@@ -78,6 +78,8 @@ pub(crate) struct StatusAnswer {
     pub(crate) events_log_lines_lost: u64,
     /// Alerts the store refused: failed attempts, alerts kept for a retry, alerts lost to it.
     pub(crate) alert_store: crate::alert::AlertStoreStatus,
+    /// Alerts raised since the daemon started, per kind.
+    pub(crate) alerts: std::collections::BTreeMap<String, u64>,
     /// Hex; `None` until the first scan is done.
     pub(crate) aggregate: Option<String>,
     pub(crate) integrity: crate::integrity::worker::IntegrityStatus,
@@ -210,6 +212,16 @@ pub(crate) async fn serve(
 
 /// Reads one request line (at most [`MAX_REQUEST`] bytes with its newline, within
 /// [`IDLE_TIMEOUT`]), has the daemon answer it, and writes the answer line.
+/// One request line as read from a client (at most one byte over [`MAX_REQUEST`]), or why it is
+/// refused.
+pub(crate) fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request too long (at most {MAX_REQUEST} bytes)"));
+    }
+    let text = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_string())?;
+    serde_json::from_str::<Request>(text.trim()).map_err(|e| format!("bad request: {e}"))
+}
+
 async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     // One byte more than the limit, so that a line over it is told apart from one of exactly it.
@@ -220,20 +232,13 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) ->
         // An idle client: closed without an answer, as it asked nothing.
         Err(_) => return Ok(()),
     };
-    let response = if line.len() > MAX_REQUEST {
-        refusal(format!("request too long (at most {MAX_REQUEST} bytes)"))
-    } else {
-        match std::str::from_utf8(&line) {
-            Err(_) => refusal("request is not UTF-8"),
-            Ok(text) => match serde_json::from_str::<Request>(text.trim()) {
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    requests.send((request, tx)).await.context("daemon is shutting down")?;
-                    rx.await.context("daemon dropped the request")?
-                }
-                Err(e) => refusal(format!("bad request: {e}")),
-            },
+    let response = match decode_request(&line) {
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            requests.send((request, tx)).await.context("daemon is shutting down")?;
+            rx.await.context("daemon dropped the request")?
         }
+        Err(why) => refusal(why),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');

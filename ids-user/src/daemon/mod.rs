@@ -399,6 +399,7 @@ impl Daemon {
             events_log_errors: self.events_log.failures(),
             events_log_lines_lost: self.events_log.lines_lost(),
             alert_store: self.sink.store_status(),
+            alerts: self.sink.counts(),
             aggregate: self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest)),
             integrity: self.integrity.shared.status(),
             xdp,
