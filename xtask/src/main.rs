@@ -279,6 +279,8 @@ fn lint(root: &Path) -> Result<()> {
 /// The RustSec database as a git bundle beside the repository (`<root>/../shared/`): these
 /// machines cannot fetch it from its usual place.
 const ADVISORY_BUNDLE: &str = "../shared/advisory-db.bundle";
+/// The same bundle by its absolute path on these machines.
+const SHARED_ADVISORY_BUNDLE: &str = "/work/shared/advisory-db.bundle";
 /// Where deny.toml's `db-path` points, relative to the workspace root.
 const ADVISORY_DBS: &str = "target/advisory-db";
 /// The directory cargo-deny 0.20 opens under `db-path` for the default database URL
@@ -289,10 +291,17 @@ const ADVISORY_DB_DIR: &str = "advisory-db-3157b0e258782691";
 /// no fetch. Fetching from the bundle also sets the copy's fetch time, which is what cargo-deny's
 /// staleness check reads: the database's own date is printed so that an old bundle shows.
 fn deny(root: &Path) -> Result<()> {
-    let bundle = root.join(ADVISORY_BUNDLE);
-    if !bundle.is_file() {
-        bail!("the advisory database bundle {} is missing", bundle.display());
-    }
+    // Beside the repository, or where IDS_ADVISORY_BUNDLE says, or in this workplace's shared
+    // folder (a clone made elsewhere, in /tmp say, has no ../shared).
+    let candidates: Vec<PathBuf> = std::env::var_os("IDS_ADVISORY_BUNDLE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([root.join(ADVISORY_BUNDLE), PathBuf::from(SHARED_ADVISORY_BUNDLE)])
+        .collect();
+    let Some(bundle) = candidates.iter().find(|path| path.is_file()).cloned() else {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        bail!("the advisory database bundle is missing (looked at {})", tried.join(", "));
+    };
     let db = root.join(ADVISORY_DBS).join(ADVISORY_DB_DIR);
     if db.join(".git").is_dir() {
         status(Command::new("git").arg("-C").arg(&db).args(["fetch", "-q"]).arg(&bundle).arg("main"))?;
