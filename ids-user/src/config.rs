@@ -65,6 +65,8 @@ struct RawConfig {
     rules: Option<PathBuf>,
     #[serde(default)]
     rules_mode: RulesMode,
+    fleet: Option<crate::fleet::config::RawFleet>,
+    collect: Option<crate::fleet::config::RawCollect>,
 }
 
 /// One `[[logs]]` table: a log file the detectors follow.
@@ -180,6 +182,10 @@ pub struct Config {
     pub remote_check_interval: std::time::Duration,
     /// Log sources, web roots, rules and ban settings of the detectors (`crate::detect`).
     pub detect: DetectConfig,
+    /// `[fleet]`: the agent that sends this host's alerts to the collector; `None`: no fleet.
+    pub fleet: Option<crate::fleet::FleetConfig>,
+    /// `[collect]`: `ids collect` and `ids fleet ...` on the central host.
+    pub collect: Option<crate::fleet::CollectConfig>,
 }
 
 impl Config {
@@ -277,6 +283,9 @@ impl Config {
         if bans.detect_duration > bans.max_duration {
             return Err(invalid("bans.detect_duration", "must not be longer than bans.max_duration".into()));
         }
+        let fleet = raw.fleet.map(crate::fleet::config::validate_fleet).transpose().map_err(|(k, m)| invalid(k, m))?;
+        let collect =
+            raw.collect.map(crate::fleet::config::validate_collect).transpose().map_err(|(k, m)| invalid(k, m))?;
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
             journal: raw
@@ -291,6 +300,8 @@ impl Config {
         };
         Ok(Self {
             detect,
+            fleet,
+            collect,
             watch: raw.watch,
             events_log,
             state_dir: raw.state_dir,

@@ -8,6 +8,7 @@ pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod detect;
 pub(crate) mod event;
+pub(crate) mod fleet;
 // Entry points for the fuzz targets (fuzz/); only built with the `fuzzing` feature, so the normal
 // build keeps every other module crate-private and its dead-code analysis intact.
 #[cfg(feature = "fuzzing")]
