@@ -102,6 +102,8 @@ pub(crate) enum Detector {
     WebAttack,
     Webshell,
     WebserverExec,
+    /// A fleet ban decision this host could not apply (trusted here, or refused).
+    Fleet,
 }
 
 impl Detector {
@@ -111,6 +113,7 @@ impl Detector {
             Detector::WebAttack => "web-attack",
             Detector::Webshell => "webshell",
             Detector::WebserverExec => "webserver-exec",
+            Detector::Fleet => "fleet",
         }
     }
 }
@@ -243,9 +246,69 @@ impl Alert {
     }
 }
 
+impl AlertRow {
+    /// The alert as the events log wrote it (`{"time", "kind", ...}`), rebuilt from its row: what
+    /// the fleet sends of each stored alert.
+    pub(crate) fn to_alert_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value};
+        if self.kind == AlertKind::Detect.name() && self.what.is_object() {
+            return self.what.clone();
+        }
+        let mut object = Map::new();
+        object.insert("time".into(), Value::String(self.time.clone()));
+        object.insert("kind".into(), Value::String(self.kind.clone()));
+        let (item_key, collector_key) = match self.kind.as_str() {
+            "integrity" | "sensor_miss" => ("id", Some("collector")),
+            "remote_check" => ("server", None),
+            "ban" => ("net", Some("source")),
+            _ => ("item_id", Some("collector")),
+        };
+        if let Some(key) = collector_key {
+            object.insert(key.into(), Value::String(self.collector.clone()));
+        }
+        object.insert(item_key.into(), Value::String(self.item_id.clone()));
+        match &self.what {
+            Value::Object(what) => object.extend(what.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            other => {
+                object.insert("what".into(), other.clone());
+            }
+        }
+        Value::Object(object)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_gives_back_the_alert_as_the_events_log_wrote_it() {
+        let ban = Alert::now(AlertBody::Ban(BanAlert {
+            net: "192.0.2.1/32".into(),
+            source: "port-scan".into(),
+            reason: "scan".into(),
+            expires: Some("2026-12-05T01:00:00Z".into()),
+            offence: 2,
+        }));
+        let integrity = Alert::now(AlertBody::Integrity(IntegrityAlert {
+            collector: "etc".into(),
+            id: "file:/etc/hosts".into(),
+            change: "changed",
+            attributes: vec!["content".into()],
+            old: None,
+            new: Some(ItemState { digest: "ab".into(), detail: serde_json::json!({"size": 3}) }),
+        }));
+        let mut outcome = serde_json::Map::new();
+        outcome.insert("result".into(), "mismatch".into());
+        let remote = Alert::now(AlertBody::RemoteCheck(RemoteCheckAlert {
+            server: "a:1".into(),
+            outcome,
+            aggregate: "cd".into(),
+        }));
+        for alert in [ban, integrity, remote, detect()] {
+            assert_eq!(alert.to_row().to_alert_json(), serde_json::to_value(&alert).unwrap(), "{alert:?}");
+        }
+    }
 
     fn detect() -> Alert {
         Alert {

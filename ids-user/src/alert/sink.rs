@@ -232,6 +232,8 @@ struct Inner {
     counts: [AtomicU64; AlertKind::ALL.len()],
     /// Rows the store refused, oldest first, until a retry stores them.
     unstored: Mutex<Unstored>,
+    /// Woken each time alerts reach the store (the fleet agent reads them from there).
+    stored: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -265,6 +267,7 @@ impl AlertSink {
             subscribers: Mutex::new(Vec::new()),
             counts: Default::default(),
             unstored: Mutex::new(Unstored::default()),
+            stored: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -297,7 +300,11 @@ impl AlertSink {
         // Earlier alerts go first, so that the table keeps the order they were raised in.
         self.retry_unstored();
         let rows: Vec<AlertRow> = alerts.iter().map(Alert::to_row).collect();
-        if let Err(e) = store(&rows) {
+        let outcome = store(&rows);
+        if outcome.is_ok() {
+            self.0.stored.notify_one();
+        }
+        if let Err(e) = outcome {
             // The transaction did not commit: none of the rows is stored, so keeping all of them
             // stores each exactly once when a retry succeeds.
             let mut unstored = self.0.unstored.lock().unwrap_or_else(|p| p.into_inner());
@@ -342,6 +349,7 @@ impl AlertSink {
             Ok(()) => {
                 let stored = unstored.rows.len();
                 unstored.rows.clear();
+                self.0.stored.notify_one();
                 if unstored.throttle.recovered() {
                     info!(stored, "alerts kept while the store failed are stored");
                 }
@@ -369,6 +377,12 @@ impl AlertSink {
     /// Alerts raised since the sink was made, per kind (every kind, zeros included).
     pub(crate) fn counts(&self) -> std::collections::BTreeMap<String, u64> {
         AlertKind::ALL.iter().map(|kind| (kind.name().to_string(), self.count(*kind))).collect()
+    }
+
+    /// Notified each time alerts reach the store; a wakeup while nobody waits is kept for the
+    /// next wait, so none is missed.
+    pub(crate) fn stored_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.0.stored.clone()
     }
 
     /// Every alert raised from now on, through a queue of `capacity` (overflow counted).

@@ -50,6 +50,8 @@ pub enum BanDuration {
     /// `base × 2^n` where `n` is how many times the net was banned before, capped at
     /// `[bans] max_duration`.
     Escalating(Duration),
+    /// Until this instant (a fleet ban: the same expiry on every host).
+    Until(SystemTime),
 }
 
 /// A request to ban one address or prefix.
@@ -290,6 +292,11 @@ impl Bans {
         &mut self.store
     }
 
+    /// Where the ban path raises its alerts.
+    pub fn sink(&self) -> &AlertSink {
+        &self.sink
+    }
+
     /// Refuses what may not be banned; changes nothing.
     pub fn check(&self, request: &BanRequest) -> Result<(), BanError> {
         if request.reason.trim().is_empty() {
@@ -306,6 +313,15 @@ impl Bans {
         }
         if matches!(request.duration, BanDuration::For(d) | BanDuration::Escalating(d) if d.is_zero()) {
             return Err(BanError::Invalid { what: "duration", value: "0s".into(), message: "zero".into() });
+        }
+        if let BanDuration::Until(until) = request.duration {
+            if until <= SystemTime::now() {
+                return Err(BanError::Invalid {
+                    what: "expiry",
+                    value: rfc3339(until),
+                    message: "already past".into(),
+                });
+            }
         }
         if let Some(trusted) = self.trusted.iter().find(|t| request.net.within(t)) {
             return Err(BanError::Trusted { net: request.net, trusted: *trusted });
@@ -325,16 +341,22 @@ impl Bans {
             BanDuration::Default => self.config.default_duration,
             BanDuration::For(d) => Some(d),
             BanDuration::Permanent => None,
+            BanDuration::Until(until) => Some(until.duration_since(SystemTime::now()).unwrap_or_default()),
             BanDuration::Escalating(base) => {
                 let factor = 1u32.checked_shl(earlier.min(31)).unwrap_or(u32::MAX);
                 Some(base.saturating_mul(factor).min(self.config.max_duration).max(base.min(self.config.max_duration)))
             }
         };
-        let expires = duration.map(|d| {
-            rfc3339(
-                SystemTime::now().checked_add(d).unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)),
-            )
-        });
+        let expires = match request.duration {
+            BanDuration::Until(until) => Some(rfc3339(until)),
+            _ => duration.map(|d| {
+                rfc3339(
+                    SystemTime::now()
+                        .checked_add(d)
+                        .unwrap_or(SystemTime::now() + Duration::from_secs(100 * 365 * 86_400)),
+                )
+            }),
+        };
         Ok(Decision { offence: earlier.saturating_add(1), duration, expires })
     }
 

@@ -85,6 +85,9 @@ pub(crate) struct StatusAnswer {
     pub(crate) integrity: crate::integrity::worker::IntegrityStatus,
     pub(crate) xdp: XdpStatus,
     pub(crate) detect: crate::detect::worker::DetectStatus,
+    /// The fleet link (`[fleet]`); `None` without a fleet.
+    #[serde(default)]
+    pub(crate) fleet: Option<crate::fleet::agent::FleetStatus>,
 }
 
 /// One signal's hook and counters.

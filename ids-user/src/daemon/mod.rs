@@ -57,6 +57,10 @@ pub(crate) struct Daemon {
     /// The events log: its failure counters for `ids status`, and reopened on SIGHUP.
     events_log: EventsLog,
     sink: AlertSink,
+    /// The fleet agent's status and the facts its heartbeats carry; `None` without `[fleet]`.
+    fleet: Option<Arc<crate::fleet::agent::AgentShared>>,
+    /// Fleet ban decisions, applied here through the ban path.
+    fleet_bans: Option<mpsc::Receiver<(crate::fleet::agent::BanCommand, tokio::sync::oneshot::Sender<()>)>>,
     roots: Vec<String>,
     started: Instant,
     sigterm: UnixSignal,
@@ -153,6 +157,20 @@ impl Daemon {
         let events_log = log.clone();
         workers.spawn_thread("events", || {}, move |_| bus::write_events(rx, watch, log, bus, &writer_counters))?;
 
+        let (fleet, fleet_bans) = match &config.fleet {
+            Some(fleet_config) => {
+                let (tx, rx) = mpsc::channel(64);
+                let agent = crate::fleet::agent::start(
+                    fleet_config,
+                    config.database(),
+                    sink.stored_notify(),
+                    tx,
+                    &mut workers,
+                )?;
+                (Some(agent), Some(rx))
+            }
+            None => (None, None),
+        };
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
         workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
         // Control connections, followed logs and ring buffers are all descriptors: take what the
@@ -173,6 +191,8 @@ impl Daemon {
             writer_stats,
             events_log,
             sink,
+            fleet,
+            fleet_bans,
             roots,
             started: Instant::now(),
             sigterm: signal(SignalKind::terminate())?,
@@ -193,6 +213,8 @@ impl Daemon {
         let mut rescan =
             tokio::time::interval(if links.is_some() { Duration::from_secs(60) } else { Duration::from_secs(2) });
         let mut hits_snapshot = tokio::time::interval(Duration::from_secs(10));
+        // What the fleet's heartbeats say of this host (hooks, lost events, aggregate).
+        let mut fleet_facts = tokio::time::interval(Duration::from_secs(2));
         loop {
             // Expired bans leave at their expiry: the loop sleeps until the next one is due (at
             // most a minute, so that a clock step is caught up with; at least 50 ms, so that a
@@ -211,6 +233,16 @@ impl Daemon {
                 }
                 Some((request, reply)) = self.control_rx.recv() => self.answer(request, reply),
                 Some(request) = self.ban_rx.recv() => self.bans.apply(request),
+                Some((command, applied)) = async {
+                    match self.fleet_bans.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    crate::fleet::bans::apply(&mut self.bans, command);
+                    let _ = applied.send(());
+                }
+                _ = fleet_facts.tick(), if self.fleet.is_some() => self.update_fleet_facts(),
                 changed = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
                     if let Err(e) = changed {
                         warn!(error = %e, "link notifications failed; interfaces and addresses are polled every 2 s");
@@ -347,6 +379,22 @@ fn open_events_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl Daemon {
+    /// Hands the fleet agent what its next heartbeat says of this host.
+    fn update_fleet_facts(&self) {
+        let (Some(fleet), Some(sensor)) = (&self.fleet, &self.sensor) else { return };
+        let mut facts = crate::fleet::agent::HostFacts::default();
+        for signal in sensor::all_signals() {
+            let name = signal_name(signal);
+            facts.hooks.insert(name.to_string(), sensor.hooks.get(name).copied().unwrap_or("none").to_string());
+            let counters = self.stats.of(signal);
+            facts
+                .lost_events
+                .insert(name.to_string(), sensor.kernel_lost(signal) + counters.dropped.load(Ordering::Relaxed));
+        }
+        facts.aggregate = self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest));
+        fleet.set_facts(facts);
+    }
+
     /// `ids status --json`; `None` once the sensor is detached.
     fn status(&mut self) -> Option<StatusAnswer> {
         let sensor = self.sensor.as_ref()?;
@@ -404,6 +452,7 @@ impl Daemon {
             integrity: self.integrity.shared.status(),
             xdp,
             detect: self.detect.shared.status(),
+            fleet: self.fleet.as_ref().map(|fleet| fleet.status()),
         })
     }
 }

@@ -9,9 +9,11 @@
 //!   runs the fleet rules and issues fleet bans; `ids fleet ...` reads and writes the same.
 //! - [`message`] is the wire format, [`topology`] the exchanges and queues, [`connect`] how
 //!   each of them reaches the broker.
+pub(crate) mod agent;
+pub(crate) mod bans;
 pub mod config;
 pub mod connect;
 pub mod message;
 pub mod topology;
 
-pub use self::config::{BrokerConfig, CentralDatabase, CollectConfig, FleetConfig, TlsFiles};
+pub use self::config::{CollectConfig, FleetConfig};

@@ -16,6 +16,11 @@
 //!   offset after the last complete line read, and the length and SHA-256 of the file's first bytes
 //!   (truncation check). The log detectors escalate their bans from `offenders`.
 //!
+//! - `fleet_outbox` (version 4, `fleet_outbox.rs`): the fleet agent's `epoch` (this database's
+//!   numbering of alerts), `confirmed_seq` (every alert up to this id was confirmed by the broker
+//!   or dropped in a gap) and `ban_rev` (the last fleet ban decision applied); `fleet_gaps`: alert
+//!   ids dropped unsent (`from_seq..=to_seq`) and whether the gap record reached the broker.
+//!
 //! The schema is versioned with `PRAGMA user_version`: [`MIGRATIONS`]`[n]` takes a database from
 //! version `n` to `n + 1`, each in its own transaction, so a database of any earlier version (an
 //! empty file is version 0) is brought up to date when it is opened.
@@ -35,6 +40,8 @@ pub mod repair;
 pub use bans_table::BanRow;
 mod detect;
 pub use detect::LogOffset;
+mod fleet_outbox;
+pub use fleet_outbox::Gap;
 
 /// Schema migrations, in order; never edit one that was released, append a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -90,6 +97,19 @@ pub const MIGRATIONS: &[&str] = &[
          head_len  INTEGER NOT NULL,
          head_hash TEXT NOT NULL
      ) WITHOUT ROWID;",
+    // 3 → 4: the fleet agent's outbox (`fleet_outbox.rs`).
+    "CREATE TABLE fleet_outbox (
+         id            INTEGER PRIMARY KEY CHECK (id = 1),
+         epoch         INTEGER NOT NULL,
+         confirmed_seq INTEGER NOT NULL,
+         ban_rev       INTEGER NOT NULL
+     );
+     CREATE TABLE fleet_gaps (
+         from_seq INTEGER PRIMARY KEY,
+         to_seq   INTEGER NOT NULL,
+         time     TEXT NOT NULL,
+         sent     INTEGER NOT NULL DEFAULT 0
+     );",
 ];
 
 /// Errors of the store, naming the database file and what was being done.

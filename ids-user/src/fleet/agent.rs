@@ -1,0 +1,502 @@
+//! The fleet agent inside `ids run`: sends every stored alert to the broker, confirmed, from
+//! the `alerts` table (the outbox); heartbeats; receives the fleet's ban decisions.
+//!
+//! Nothing waits in memory only: an alert is in the store before the agent reads it, and leaves
+//! the backlog only when the broker confirmed it (a returned `mandatory` message is not a
+//! confirmation). While the broker cannot be reached the backlog grows in SQLite, up to
+//! `[fleet] max_backlog`; beyond, the oldest are dropped and a gap record says which.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use futures_lite::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::FleetConfig;
+use super::message::{
+    self, ALERTS_EXCHANGE, AlertMessage, BanDecision, BanSnapshot, GapMessage, Heartbeat, Inbound, SnapshotRequest,
+    types,
+};
+use super::topology;
+use crate::harness::{Stop, Workers};
+use crate::store::{Gap, Store};
+use crate::time::Timestamp;
+
+/// Alerts published before their confirmations are awaited.
+const BATCH: usize = 1000;
+/// How often the backlog is looked at when no alert was stored meanwhile (an alert the store
+/// refused at first is stored by a retry that may come without a wakeup).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Reconnect delays: from this, doubling, up to [`BACKOFF_MAX`], each with ±50 % jitter so that
+/// a fleet does not reconnect in step after a broker restart.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The fleet link as `ids status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FleetStatus {
+    pub(crate) connected: bool,
+    /// Alerts stored and not yet confirmed by the broker.
+    pub(crate) backlog: u64,
+    pub(crate) last_confirmed_seq: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) host: String,
+    pub(crate) epoch: i64,
+    /// Alerts confirmed since the daemon started.
+    pub(crate) sent: u64,
+    /// Alerts dropped unsent (backlog over `max_backlog`) since the daemon started.
+    pub(crate) dropped: u64,
+    /// Fleet ban decisions applied since the daemon started.
+    pub(crate) ban_decisions: u64,
+}
+
+/// What the heartbeat tells of the host, kept up to date by the daemon.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostFacts {
+    pub(crate) hooks: BTreeMap<String, String>,
+    pub(crate) lost_events: BTreeMap<String, u64>,
+    pub(crate) aggregate: Option<String>,
+}
+
+/// Shared between the agent and the daemon.
+#[derive(Default)]
+pub(crate) struct AgentShared {
+    status: Mutex<FleetStatus>,
+    facts: Mutex<HostFacts>,
+}
+
+impl AgentShared {
+    pub(crate) fn status(&self) -> FleetStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_facts(&self, facts: HostFacts) {
+        *self.facts.lock().unwrap_or_else(|p| p.into_inner()) = facts;
+    }
+
+    fn update(&self, change: impl FnOnce(&mut FleetStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// A fleet ban decision for the daemon to apply through the ban path; the agent acknowledges
+/// the message once the daemon answered.
+#[derive(Debug)]
+pub(crate) enum BanCommand {
+    Decision(BanDecision),
+    Snapshot(BanSnapshot),
+}
+
+pub(crate) type BanCommands = mpsc::Sender<(BanCommand, oneshot::Sender<()>)>;
+
+/// This host's id: `[fleet] host_id`, or `/etc/machine-id`.
+fn host_id(config: &FleetConfig) -> anyhow::Result<String> {
+    if let Some(host) = &config.host_id {
+        return Ok(host.clone());
+    }
+    let text = std::fs::read_to_string("/etc/machine-id")
+        .context("[fleet] host_id is not set and /etc/machine-id cannot be read")?;
+    let host = text.trim().to_string();
+    message::check_host_id(&host).map_err(|m| anyhow::anyhow!("/etc/machine-id: {m}; set [fleet] host_id"))?;
+    Ok(host)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Starts the agent as a worker; its status and facts are in the returned handle.
+pub(crate) fn start(
+    config: &FleetConfig,
+    database: PathBuf,
+    stored: Arc<Notify>,
+    bans: BanCommands,
+    workers: &mut Workers,
+) -> anyhow::Result<Arc<AgentShared>> {
+    let host = host_id(config)?;
+    let store = Store::open(&database)?;
+    // A new epoch is this moment in microseconds: a database made anew never reuses one.
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let outbox = store.outbox(now.as_micros().min(i64::MAX as u128) as i64)?;
+    let shared = Arc::new(AgentShared::default());
+    shared.update(|s| {
+        s.host = host.clone();
+        s.epoch = outbox.epoch;
+        s.backlog = outbox.backlog();
+        s.last_confirmed_seq = outbox.confirmed_seq;
+    });
+    info!(host, epoch = outbox.epoch, backlog = outbox.backlog(), url = config.broker.url, "fleet agent starting");
+    let agent = Agent {
+        config: config.clone(),
+        host,
+        hostname: hostname(),
+        epoch: outbox.epoch,
+        user: config.broker.user(),
+        store: Mutex::new(store),
+        stored,
+        bans,
+        shared: shared.clone(),
+        started: Instant::now(),
+    };
+    workers.spawn_task("fleet", move |stop| agent.run(stop));
+    Ok(shared)
+}
+
+struct Agent {
+    config: FleetConfig,
+    host: String,
+    hostname: String,
+    epoch: i64,
+    /// The broker user to put in `user_id` (the broker checks it; the collector compares it with
+    /// `host`); with a client certificate, the host id (its common name).
+    user: Option<String>,
+    /// The agent's own connection to the state database (locked only between awaits).
+    store: Mutex<Store>,
+    stored: Arc<Notify>,
+    bans: BanCommands,
+    shared: Arc<AgentShared>,
+    started: Instant,
+}
+
+/// A connected session's channels.
+struct Session {
+    connection: Connection,
+    publish: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl Agent {
+    fn db(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(self, stop: Stop) -> anyhow::Result<()> {
+        let mut failures = 0u32;
+        loop {
+            if stop.is_stopped() {
+                return Ok(());
+            }
+            self.cap_backlog();
+            let outcome = match self.connect().await {
+                Ok(session) => {
+                    failures = 0;
+                    self.shared.update(|s| s.connected = true);
+                    info!(url = self.config.broker.url, "fleet: connected to the broker");
+                    self.serve(session, &stop).await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    if failures == 0 {
+                        warn!(error, "fleet: broker link down; alerts wait in the store and are sent once it is back");
+                    }
+                    self.shared.update(|s| {
+                        s.connected = false;
+                        s.last_error = Some(error);
+                    });
+                }
+            }
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                _ = stop.stopped() => return Ok(()),
+                _ = tokio::time::sleep(backoff(failures)) => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Session> {
+        let connection = self.config.broker.connect(&format!("ids agent {}", self.host)).await?;
+        let publish = connection.create_channel().await.context("opening a channel")?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await.context("enabling publisher confirms")?;
+        topology::declare_alerts(&publish).await.context("declaring the alerts exchange and queue")?;
+        let receive = connection.create_channel().await.context("opening a channel")?;
+        let queue =
+            topology::declare_host_bans(&receive, &self.host).await.context("declaring this host's ban queue")?;
+        receive.basic_qos(64, BasicQosOptions::default()).await.context("setting the prefetch")?;
+        let consumer = receive
+            .basic_consume(
+                queue.as_str().into(),
+                format!("ids-agent-{}", self.host).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        let session = Session { connection, publish, consumer };
+        // Asked once the queue is bound: a decision made from now on reaches the queue, and the
+        // snapshot covers everything before.
+        let request = SnapshotRequest { v: message::VERSION, host: self.host.clone() };
+        self.publish_confirmed(
+            &session.publish,
+            types::SNAPSHOT_REQUEST,
+            format!("{}:snapshot:{}", self.host, Timestamp::now()),
+            &serde_json::to_vec(&request)?,
+        )
+        .await?;
+        Ok(session)
+    }
+
+    /// Sends until stopped (Ok) or until the link fails (Err).
+    async fn serve(&self, mut session: Session, stop: &Stop) -> anyhow::Result<()> {
+        let mut next_heartbeat = Instant::now();
+        loop {
+            if stop.is_stopped() {
+                let _ = session.connection.close(200, "stopping".into()).await;
+                return Ok(());
+            }
+            if Instant::now() >= next_heartbeat {
+                self.send_heartbeat(&session.publish).await?;
+                next_heartbeat = Instant::now() + self.config.heartbeat;
+            }
+            self.cap_backlog();
+            self.send_gaps(&session.publish).await?;
+            let sent = self.send_alerts(&session.publish).await?;
+            // A full batch: more are waiting; ban decisions are still taken between batches.
+            let wait = if sent == BATCH { Duration::ZERO } else { IDLE_CHECK.min(next_heartbeat - Instant::now()) };
+            tokio::select! {
+                biased;
+                _ = stop.stopped() => {}
+                delivery = session.consumer.next() => match delivery {
+                    Some(Ok(delivery)) => self.take_ban_message(delivery).await?,
+                    Some(Err(e)) => return Err(e).context("receiving ban decisions"),
+                    None => anyhow::bail!("the broker cancelled the ban consumer"),
+                },
+                _ = self.stored.notified(), if sent < BATCH => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Publishes `body` (persistent, mandatory) and waits for the broker's confirmation.
+    async fn publish_confirmed(
+        &self,
+        channel: &Channel,
+        message_type: &str,
+        id: String,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let confirm = self.publish(channel, message_type, id.clone(), body).await?;
+        confirmed(confirm.await.context("waiting for the broker's confirmation")?).with_context(|| id)
+    }
+
+    async fn publish(
+        &self,
+        channel: &Channel,
+        message_type: &str,
+        id: String,
+        body: &[u8],
+    ) -> anyhow::Result<PublisherConfirm> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_type(message_type.into())
+            .with_message_id(id.into());
+        let user = self.user.clone().unwrap_or_else(|| self.host.clone());
+        properties = properties.with_user_id(user.into());
+        channel
+            .basic_publish(
+                ALERTS_EXCHANGE.into(),
+                message::alerts_routing_key(message_type, &self.host).into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await
+            .context("publishing")
+    }
+
+    /// Publishes up to [`BATCH`] unsent alerts, then waits for their confirmations; the outbox
+    /// moves past the confirmed ones, in order, and stops at the first that was not.
+    async fn send_alerts(&self, channel: &Channel) -> anyhow::Result<usize> {
+        let outbox = self.db().outbox(self.epoch)?;
+        let unsent = self.db().alerts_after(outbox.confirmed_seq, BATCH)?;
+        if unsent.is_empty() {
+            self.shared.update(|s| {
+                s.backlog = 0;
+                s.last_confirmed_seq = outbox.confirmed_seq;
+            });
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(unsent.len());
+        for alert in &unsent {
+            let message = AlertMessage {
+                v: message::VERSION,
+                host: self.host.clone(),
+                hostname: self.hostname.clone(),
+                epoch: self.epoch,
+                seq: alert.seq,
+                time: alert.row.time.clone(),
+                kind: alert.row.kind.clone(),
+                alert: alert.row.to_alert_json(),
+            };
+            let confirm =
+                self.publish(channel, types::ALERT, message.message_id(), &serde_json::to_vec(&message)?).await?;
+            pending.push((alert.seq, confirm));
+        }
+        let mut confirmed_up_to = outbox.confirmed_seq;
+        let mut failure = None;
+        for (seq, confirm) in pending {
+            match confirm.await.map_err(anyhow::Error::from).and_then(confirmed) {
+                Ok(()) if failure.is_none() => confirmed_up_to = seq,
+                Ok(()) => {}
+                Err(e) => {
+                    failure.get_or_insert(e.context(format!("alert {seq}")));
+                }
+            }
+        }
+        let sent = (confirmed_up_to - outbox.confirmed_seq).max(0) as u64;
+        if sent > 0 {
+            self.db().confirm_alerts(confirmed_up_to)?;
+        }
+        let backlog = (outbox.last_seq.max(confirmed_up_to) - confirmed_up_to).max(0) as u64;
+        self.shared.update(|s| {
+            s.sent += sent;
+            s.last_confirmed_seq = confirmed_up_to;
+            s.backlog = backlog;
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(unsent.len()),
+        }
+    }
+
+    async fn send_gaps(&self, channel: &Channel) -> anyhow::Result<()> {
+        let gaps = self.db().unsent_gaps()?;
+        for Gap { from, to, time } in gaps {
+            let gap = GapMessage {
+                v: message::VERSION,
+                host: self.host.clone(),
+                hostname: self.hostname.clone(),
+                epoch: self.epoch,
+                from,
+                to,
+                time,
+            };
+            self.publish_confirmed(channel, types::GAP, gap.message_id(), &serde_json::to_vec(&gap)?).await?;
+            self.db().gap_sent(from)?;
+        }
+        Ok(())
+    }
+
+    async fn send_heartbeat(&self, channel: &Channel) -> anyhow::Result<()> {
+        let facts = self.shared.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let outbox = self.db().outbox(self.epoch)?;
+        let heartbeat = Heartbeat {
+            v: message::VERSION,
+            host: self.host.clone(),
+            hostname: self.hostname.clone(),
+            epoch: self.epoch,
+            time: Timestamp::now().rfc3339(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            interval_s: self.config.heartbeat.as_secs(),
+            uptime_s: self.started.elapsed().as_secs(),
+            hooks: facts.hooks,
+            aggregate: facts.aggregate,
+            lost_events: facts.lost_events,
+            backlog: outbox.backlog(),
+            last_seq: outbox.last_seq,
+        };
+        let id = format!("{}:heartbeat:{}", self.host, heartbeat.time);
+        self.publish_confirmed(channel, types::HEARTBEAT, id, &serde_json::to_vec(&heartbeat)?).await
+    }
+
+    /// Drops the oldest unsent alerts beyond `[fleet] max_backlog`, recording the gap.
+    fn cap_backlog(&self) {
+        match self.db().cap_backlog(self.config.max_backlog, &Timestamp::now().rfc3339()) {
+            Ok(Some(gap)) => {
+                let dropped = (gap.to - gap.from + 1) as u64;
+                warn!(
+                    from = gap.from,
+                    to = gap.to,
+                    max_backlog = self.config.max_backlog,
+                    "fleet: backlog full; the oldest unsent alerts are dropped and a gap record sent in their place"
+                );
+                self.shared.update(|s| {
+                    s.dropped += dropped;
+                    s.last_confirmed_seq = gap.to;
+                    s.backlog = self.config.max_backlog;
+                });
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "fleet: checking the backlog"),
+        }
+    }
+
+    /// Hands a ban decision or snapshot to the daemon, and acknowledges it once applied; a
+    /// message that cannot be read is rejected (and logged), never applied.
+    async fn take_ban_message(&self, delivery: lapin::message::Delivery) -> anyhow::Result<()> {
+        let message_type = delivery.properties.kind().as_ref().map(|t| t.as_str().to_string()).unwrap_or_default();
+        let command = match Inbound::parse(&message_type, &delivery.data) {
+            Ok(Inbound::Ban(decision)) => Some(BanCommand::Decision(decision)),
+            Ok(Inbound::Snapshot(snapshot)) => Some(BanCommand::Snapshot(snapshot)),
+            Ok(_) => {
+                warn!(message_type, "fleet: a message that is not a ban decision on this host's ban queue; dropped");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "fleet: an unreadable ban decision; dropped");
+                None
+            }
+        };
+        let Some(command) = command else {
+            delivery.acker.reject(BasicRejectOptions { requeue: false }).await.context("rejecting a message")?;
+            return Ok(());
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        self.bans.send((command, done_tx)).await.map_err(|_| anyhow::anyhow!("the ban path has stopped"))?;
+        done_rx.await.map_err(|_| anyhow::anyhow!("the ban path has stopped"))?;
+        self.shared.update(|s| s.ban_decisions += 1);
+        delivery.acker.ack(BasicAckOptions::default()).await.map(drop).context("acknowledging a ban decision")
+    }
+}
+
+/// A confirmation that the broker took the message: acked and not returned.
+fn confirmed(confirmation: Confirmation) -> anyhow::Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => anyhow::bail!(
+            "returned by the broker ({} {}): no queue is bound to {ALERTS_EXCHANGE}",
+            returned.reply_code,
+            returned.reply_text
+        ),
+        Confirmation::Nack(_) => anyhow::bail!("refused by the broker (nack)"),
+        Confirmation::NotRequested => anyhow::bail!("publisher confirms are off on this channel"),
+    }
+}
+
+/// The wait before reconnect attempt `failures` (from 1).
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_START.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(BACKOFF_MAX);
+    // Jitter from the clock's nanoseconds: enough to spread a fleet, no generator needed.
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        for failures in 1..40 {
+            let wait = backoff(failures);
+            let base = BACKOFF_START.saturating_mul(1 << (failures - 1).min(10)).min(BACKOFF_MAX);
+            assert!(wait >= base / 2 && wait <= base.mul_f64(1.5), "{failures}: {wait:?}");
+        }
+        assert!(backoff(40) <= BACKOFF_MAX.mul_f64(1.5));
+    }
+}
