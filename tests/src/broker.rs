@@ -22,6 +22,8 @@ use crate::service_process::{
 const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 /// A fresh node starts in ~6 s here; this leaves room for a loaded 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// What RabbitMQ 3.10 logs at the end of its boot ("Server startup complete; 1 plugins started.").
+const BOOT_COMPLETE: &[u8] = b"Server startup complete";
 /// The AMQP 0-9-1 protocol header a client opens with.
 const AMQP_PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 
@@ -273,9 +275,11 @@ impl Broker {
             .stderr(log)
             // Its own process group: the VM's helpers (erl_child_setup, inet_gethost) go with it.
             .process_group(0);
+        // A restart appends to the same node log: only what this boot writes counts.
+        let log_start = std::fs::metadata(self.node_log()).map_or(0, |m| m.len());
         let started = Instant::now();
         self.server = Some(command.spawn().unwrap_or_else(|e| panic!("starting rabbitmq-server: {e}")));
-        while !self.speaks_amqp() || !self.tls_accepts() {
+        while !self.speaks_amqp() || !self.tls_accepts() || !self.boot_complete_since(log_start) {
             if let Some(status) = self.server.as_mut().and_then(|s| s.try_wait().ok().flatten()) {
                 panic!("rabbitmq node {} exited ({status}) while starting\n{}", self.node, self.log_tails());
             }
@@ -307,6 +311,16 @@ impl Broker {
             && frame_type[0] == 1
     }
 
+    /// The listeners open before the plugins start, and EXTERNAL comes from a plugin: a client that
+    /// connects the moment AMQP answers may not be offered it yet. The node logs this line once its
+    /// boot, plugins included, is complete (`rabbitmqctl await_startup` says the same but costs
+    /// 2–3 s of CLI start-up on this machine).
+    fn boot_complete_since(&self, log_start: u64) -> bool {
+        let log = std::fs::read(self.node_log()).unwrap_or_default();
+        let this_boot = log.get(log_start as usize..).unwrap_or_default();
+        this_boot.windows(BOOT_COMPLETE.len()).any(|w| w == BOOT_COMPLETE)
+    }
+
     fn tls_accepts(&self) -> bool {
         TcpStream::connect_timeout(&([127, 0, 0, 1], self.tls_port).into(), Duration::from_secs(1)).is_ok()
     }
@@ -323,9 +337,10 @@ impl Broker {
     }
 
     /// epmd daemonizes out of the broker's process group and outlives the broker: ask it to stop on
-    /// its own port, then kill whatever still carries this broker's ERL_EPMD_PORT (an epmd started
-    /// by a CLI call while the node was down as well).
-    fn stop_epmd(&self) {
+    /// its own port, then kill whatever still carries this broker's ERL_EPMD_PORT in its environment:
+    /// an epmd a CLI call started while the node was down, or an inet_gethost, which erl_child_setup
+    /// runs in a session of its own.
+    fn stop_epmd_and_strays(&self) {
         let _ = Command::new("epmd")
             .args(["-port", &self.epmd_port.to_string(), "-kill"])
             .env("ERL_EPMD_PORT", self.epmd_port.to_string())
@@ -349,7 +364,7 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop_server();
-        self.stop_epmd();
+        self.stop_epmd_and_strays();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -117,6 +117,7 @@ fn broker_serves_users_survives_kill9_and_leaves_nothing_behind() {
     broker.kill9();
     assert!(!std::path::Path::new(&format!("/proc/{beam}")).exists(), "beam.smp {beam} survived kill9");
     assert!(!answers_connection_start(amqp), "the broker still answers after kill9");
+    assert_eq!(processes_matching(broker.node()), "", "processes of the node survived kill9");
     let restarted = Instant::now();
     broker.restart();
     eprintln!("broker restart after kill9: {:?}", restarted.elapsed());
@@ -126,7 +127,9 @@ fn broker_serves_users_survives_kill9_and_leaves_nothing_behind() {
     assert_eq!(broker.queue_messages("harness-events"), Some(3), "confirmed persistent messages lost by kill9");
 
     let (node, dir) = (broker.node().to_string(), broker.dir().to_path_buf());
+    let stopping = Instant::now();
     broker.stop();
+    eprintln!("broker stop: {:?}", stopping.elapsed());
     assert_eq!(processes_matching(&node), "", "processes of node {node} remain");
     assert!(processes_with_env(&format!("ERL_EPMD_PORT={epmd}")).is_empty(), "the node's epmd remains");
     for port in [amqp, tls, dist, epmd] {
