@@ -42,7 +42,8 @@ pub struct Broker {
 
 impl Broker {
     /// Starts a broker whose node is `ids-test-<name>-<pid>@localhost` with `users` (each with a
-    /// random password and full permissions on vhost "/") and waits until it speaks AMQP.
+    /// random password and full permissions on vhost "/") and waits until its boot is complete and
+    /// it speaks AMQP. `name` must be unique among the brokers of one test process.
     pub fn start(name: &str, users: &[&str]) -> Broker {
         let node = format!("ids-test-{name}-{}@localhost", std::process::id());
         let dir = PathBuf::from(format!("/tmp/ids-test-{}-broker-{name}", std::process::id()));
@@ -102,7 +103,8 @@ impl Broker {
     /// A client certificate and key (PEM files) for `common_name`, signed by the broker's CA; the
     /// broker maps its common name to the user name for EXTERNAL logins.
     pub fn client_cert(&self, common_name: &str) -> (PathBuf, PathBuf) {
-        issue(&self.dir.join("pki"), common_name, &self.ca, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+        let file_stem = format!("client-{common_name}");
+        issue(&self.dir.join("pki"), &file_stem, common_name, &self.ca, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// The pid of the Erlang VM running the broker, if it runs.
@@ -123,18 +125,22 @@ impl Broker {
         if !wait_bounded(server, Duration::from_secs(10)) {
             stop_group(server, libc::SIGKILL, Duration::ZERO);
         }
+        // erl_child_setup leaves with its VM; killing the group makes sure nothing of it lingers.
+        signal(-(server.id() as i32), libc::SIGKILL);
         self.server = None;
     }
 
     /// Starts the broker again with the same node name, ports and data (stopping it cleanly first if
-    /// it still runs) and waits until it speaks AMQP.
+    /// it still runs) and waits until it is ready again.
     pub fn restart(&mut self) {
         self.stop_server();
         self.spawn_and_wait_ready();
     }
 
     /// Stops the broker and everything it started, and removes its directory.
-    pub fn stop(self) {}
+    pub fn stop(self) {
+        // Drop does the work, the same whether a test stops its broker or panics.
+    }
 
     /// Runs `rabbitmqctl -n NODE ARGS` against this broker; panics with its output if it fails.
     pub fn ctl(&self, args: &[&str]) -> String {
@@ -186,7 +192,8 @@ impl Broker {
 
     fn write_files(&self) {
         let pki = self.dir.join("pki");
-        let (server_cert, server_key) = issue(&pki, "localhost", &self.ca, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let (server_cert, server_key) =
+            issue(&pki, "server", "localhost", &self.ca, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         let definitions = self.dir.join("definitions.json");
         std::fs::write(&definitions, self.definitions().to_string()).unwrap();
         let config = format!(
@@ -273,7 +280,8 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            // Its own process group: the VM's helpers (erl_child_setup, inet_gethost) go with it.
+            // Its own process group, so erl_child_setup goes with the VM (inet_gethost, which makes a
+            // session of its own, is found by its environment on drop).
             .process_group(0);
         // A restart appends to the same node log: only what this boot writes counts.
         let log_start = std::fs::metadata(self.node_log()).map_or(0, |m| m.len());
@@ -408,21 +416,23 @@ fn make_ca(dir: &Path) -> (rcgen::Certificate, rcgen::KeyPair) {
     (cert, key)
 }
 
-/// A certificate for `name` (its common name, plus localhost and 127.0.0.1 as subject alternative
-/// names so it also serves as the broker's server certificate) signed by `ca`.
+/// A certificate for `common_name` (plus localhost and 127.0.0.1 as subject alternative names, so
+/// it also serves as the broker's server certificate) signed by `ca`, written to
+/// `dir/FILE_STEM.pem` and its key to `dir/FILE_STEM.key`.
 fn issue(
     dir: &Path,
-    name: &str,
+    file_stem: &str,
+    common_name: &str,
     ca: &(rcgen::Certificate, rcgen::KeyPair),
     usage: rcgen::ExtendedKeyUsagePurpose,
 ) -> (PathBuf, PathBuf) {
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params.subject_alt_names.push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
     params.extended_key_usages = vec![usage];
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.0, &ca.1).unwrap();
-    let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (cert_path, key_path) = (dir.join(format!("{file_stem}.pem")), dir.join(format!("{file_stem}.key")));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path)
