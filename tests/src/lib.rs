@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests: a real daemon started from `IDS_BIN` (or the release
 //! build) with its own config, state directory and events log, and readers of what it reported.
+pub mod broker;
+pub mod postgres;
+pub mod service_process;
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -20,7 +20,10 @@ const CARGO_FUZZ_VERSION: &str = "~0.13";
 /// Debian packages the tests and benches use: ip/netns/veth, ping (ICMP through the ban filter),
 /// the VM tier, bash's /dev/tcp in namespaces, the XDP bench's peers (nftables, ipset, iptables)
 /// and GRO switch (ethtool), fail2ban for `fail2ban-regex`, the peer of the detect bench, and
-/// systemd for journalctl and the private systemd-journald of the journal test (bsdutils for logger).
+/// systemd for journalctl and the private systemd-journald of the journal test (bsdutils for logger),
+/// rabbitmq-server for the broker the fleet tests run as a plain process of their own, postgresql
+/// for the collector's PostgreSQL store (a test instance per test, initdb'd on its own port), and
+/// python3-pika for the fleet bench's DIDS-style peer that publishes to the broker like a foreign sensor.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -35,6 +38,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fail2ban",
     "systemd",
     "bsdutils",
+    "rabbitmq-server",
+    "postgresql",
+    "python3-pika",
 ];
 
 #[derive(Parser)]
