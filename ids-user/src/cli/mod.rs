@@ -511,5 +511,17 @@ fn human_status(status: &StatusAnswer) -> String {
         integrity.alerts,
         if integrity.ready { "" } else { " (first scan running)" },
     );
+    if let Some(fleet) = &status.fleet {
+        out += &format!(
+            "fleet     host {} {}, backlog {}, last confirmed alert {}, {} sent, {} dropped unsent{}\n",
+            fleet.host,
+            if fleet.connected { "connected" } else { "NOT connected" },
+            fleet.backlog,
+            fleet.last_confirmed_seq,
+            fleet.sent,
+            fleet.dropped,
+            fleet.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        );
+    }
     out
 }

@@ -1,0 +1,553 @@
+//! The fleet end to end: real daemons (agents) publishing to a real RabbitMQ broker, a real
+//! `ids collect` storing into its database, killed and restarted in the middle of bursts.
+//! They need root (the daemons); CI runs them as root (`cargo xtask test`).
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ids_tests::broker::Broker;
+use ids_tests::netns::{BAD4, GOOD4, HOST4, Net};
+use ids_tests::postgres::Postgres;
+use ids_tests::{Daemon, Pins, Scratch, ids_bin, test_pin_dir};
+use serde_json::Value;
+
+/// Alerts of the bursts: each new file in a watched directory is one `integrity` alert.
+const BURST: usize = 5000;
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An agent: a daemon with `[fleet]`, its own state dir, watched dir and host id; its config and
+/// state outlive restarts.
+struct Agent {
+    host: String,
+    config: PathBuf,
+    events: PathBuf,
+    watch: PathBuf,
+    state: PathBuf,
+    daemon: Option<Daemon>,
+    _pins: Pins,
+    _dir: Scratch,
+}
+
+impl Agent {
+    /// `fleet` is the body of the `[fleet]` table (url, credentials, host_id...); `extra` goes before it.
+    fn new(name: &str, fleet: &str, extra: &str) -> Self {
+        Agent::with_interface(name, fleet, extra, "lo")
+    }
+
+    /// An agent whose XDP ban filter is on `interface`.
+    fn with_interface(name: &str, fleet: &str, extra: &str, interface: &str) -> Self {
+        let dir = Scratch::new("/var/tmp", &format!("fleet-agent-{name}"));
+        let watch = dir.0.join("watch");
+        fs::create_dir_all(&watch).unwrap();
+        let config = dir.0.join("ids.toml");
+        let events = dir.0.join("events.jsonl");
+        let state = dir.0.join("state");
+        fs::write(
+            &config,
+            format!(
+                "watch = [{watch:?}]\nevents_log = {events:?}\nstate_dir = {state:?}\nxdp.interfaces = [{interface:?}]\nxdp.pin_dir = {pins:?}\n{extra}\n[[collectors]]\nkind = \"file_contents\"\npaths = [{watch:?}]\nrecursive = true\n[fleet]\n{fleet}\n",
+                watch = watch.display().to_string(),
+                events = events.display().to_string(),
+                state = state.display().to_string(),
+                pins = test_pin_dir(&format!("fleet-{name}")),
+            ),
+        )
+        .unwrap();
+        Agent {
+            host: name.to_string(),
+            _pins: Pins { config: config.clone() },
+            config,
+            events,
+            watch,
+            state,
+            daemon: None,
+            _dir: dir,
+        }
+    }
+
+    /// An agent logging in as the broker user named like its host id, heartbeat every `heartbeat`.
+    fn plain(name: &str, broker: &Broker, heartbeat: &str, extra: &str) -> Self {
+        Agent::plain_on(name, broker, heartbeat, extra, "lo")
+    }
+
+    fn plain_on(name: &str, broker: &Broker, heartbeat: &str, extra: &str, interface: &str) -> Self {
+        let password = Path::new("/var/tmp").join(format!("ids-test-{}-fleet-pw-{name}", std::process::id()));
+        fs::write(&password, broker.password(name)).unwrap();
+        let fleet = format!(
+            "url = \"amqp://{name}@127.0.0.1:{}/%2f\"\npassword_file = {:?}\nhost_id = {name:?}\nheartbeat = {heartbeat:?}",
+            broker.port(),
+            password.display().to_string()
+        );
+        Agent::with_interface(name, &fleet, extra, interface)
+    }
+
+    fn start(&mut self) -> &mut Self {
+        assert!(self.daemon.is_none());
+        self.daemon = Some(Daemon::spawn(&self.config, &self.events));
+        self
+    }
+
+    fn stop(&mut self) {
+        self.daemon.take().expect("agent running").stop();
+    }
+
+    fn kill(&mut self) {
+        self.daemon.take().expect("agent running").kill();
+    }
+
+    fn fleet_status(&self) -> Value {
+        self.daemon.as_ref().expect("agent running").status()["data"]["fleet"].clone()
+    }
+
+    /// Writes `count` new files (one alert each) named `prefix-N`.
+    fn write_files(&self, prefix: &str, count: usize) {
+        for n in 0..count {
+            fs::write(self.watch.join(format!("{prefix}-{n}")), format!("{prefix} {n}\n")).unwrap();
+        }
+    }
+
+    /// The newest alert id in the agent's own store: the sequence numbers the collector must have.
+    fn last_seq(&self) -> i64 {
+        let db = rusqlite::Connection::open(self.state.join("ids.db")).unwrap();
+        db.query_row("SELECT COALESCE(MAX(id), 0) FROM alerts", [], |row| row.get(0)).unwrap()
+    }
+
+    fn epoch(&self) -> i64 {
+        let db = rusqlite::Connection::open(self.state.join("ids.db")).unwrap();
+        db.query_row("SELECT epoch FROM fleet_outbox", [], |row| row.get(0)).unwrap()
+    }
+
+    /// `ids <args> --json` against this agent's config.
+    fn ids(&self, args: &[&str]) -> Value {
+        ids_json(&self.config, args)
+    }
+}
+
+/// `ids <args> --json --config <config>`, asserting success.
+fn ids_json(config: &Path, args: &[&str]) -> Value {
+    let out = Command::new(ids_bin()).args(args).args(["--json", "--config"]).arg(config).output().unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ids {args:?} printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success() && json["ok"] == true, "ids {args:?} failed: {json}");
+    json
+}
+
+/// `ids collect` as a child process with its own config and database.
+struct Collector {
+    config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: Scratch,
+}
+
+impl Collector {
+    /// `extra` adds keys to `[collect]` (silent_after, verify_host, database...).
+    fn new(name: &str, broker: &Broker, extra: &str) -> Self {
+        let dir = Scratch::new("/var/tmp", &format!("fleet-collect-{name}"));
+        let password = dir.0.join("password");
+        fs::write(&password, broker.password("collector")).unwrap();
+        let database = dir.0.join("fleet.db");
+        let config = dir.0.join("ids.toml");
+        let database_line = if extra.contains("database") {
+            String::new()
+        } else {
+            format!("database = {:?}\n", database.display().to_string())
+        };
+        fs::write(
+            &config,
+            format!(
+                "[collect]\nurl = \"amqp://collector@127.0.0.1:{}/%2f\"\npassword_file = {:?}\n{database_line}{extra}\n",
+                broker.port(),
+                password.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = dir.0.join("collect.log");
+        let mut collector = Collector { config, child: None, log, _dir: dir };
+        collector.start();
+        collector
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(ids_bin())
+            .args(["collect", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn fleet(&self, args: &[&str]) -> Value {
+        ids_json(&self.config, &[&["fleet"], args].concat())
+    }
+
+    /// Every stored alert of `host` (through `ids fleet alerts --json`).
+    fn alerts_of(&self, host: &str) -> Vec<Value> {
+        self.fleet(&["alerts", "--host", host, "-n", "1000000"])["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn host(&self, host: &str) -> Option<Value> {
+        let hosts = self.fleet(&["hosts"])["data"].as_array().cloned().unwrap_or_default();
+        hosts.into_iter().find(|h| h["host"] == host)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The sequence numbers stored for `host`'s `epoch`, sorted, duplicates kept.
+fn stored_seqs(collector: &Collector, host: &str, epoch: i64) -> Vec<i64> {
+    let mut seqs: Vec<i64> = collector
+        .alerts_of(host)
+        .iter()
+        .filter(|a| a["epoch"].as_i64() == Some(epoch))
+        .filter_map(|a| a["seq"].as_i64())
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Waits until the collector holds exactly 1..=last of the agent's alerts; panics naming what is
+/// missing or doubled.
+fn assert_all_stored_once(collector: &Collector, agent: &Agent, timeout: Duration) {
+    let last = agent.last_seq();
+    let epoch = agent.epoch();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seqs = stored_seqs(collector, &agent.host, epoch);
+        if seqs.len() as i64 >= last || Instant::now() > deadline {
+            let expected: Vec<i64> = (1..=last).collect();
+            if seqs != expected {
+                let missing: Vec<i64> =
+                    expected.iter().filter(|s| seqs.binary_search(s).is_err()).copied().take(20).collect();
+                let doubled: Vec<i64> = seqs.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).take(20).collect();
+                panic!(
+                    "{}: {} stored of 1..={last}; missing (first 20) {missing:?}; doubled {doubled:?}\ncollector log:\n{}",
+                    agent.host,
+                    seqs.len(),
+                    collector.log()
+                );
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn two_agents_send_alerts_of_every_kind_and_the_collector_shows_them_by_host() {
+    let broker = Broker::start("kinds", &["collector", "host-a", "host-b"]);
+    let collector = Collector::new("kinds", &broker, "");
+    // A TinyIDS server that is not there: the daemon's CHECK of its aggregate fails, a
+    // `remote_check` alert.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let servers = format!(
+        "remote_check_interval = 1\n[[servers]]\nname = \"gone\"\nhost = \"127.0.0.1\"\nport = {closed_port}\n"
+    );
+    let mut a = Agent::plain("host-a", &broker, "1s", "");
+    let mut b = Agent::plain("host-b", &broker, "1s", &servers);
+    a.write_files("before", 1);
+    a.start();
+    b.start();
+    // integrity on both; sensor_miss on a (changed while it was stopped); remote_check on b.
+    a.write_files("a", 3);
+    b.write_files("b", 2);
+    a.stop();
+    fs::write(a.watch.join("before-0"), "changed while stopped\n").unwrap();
+    a.start();
+    let kinds_of = |host: &str| -> std::collections::BTreeSet<String> {
+        collector.alerts_of(host).iter().filter_map(|a| a["kind"].as_str().map(String::from)).collect()
+    };
+    wait_until("host-a's integrity and sensor_miss alerts at the collector", Duration::from_secs(30), || {
+        let kinds = kinds_of("host-a");
+        kinds.contains("integrity") && kinds.contains("sensor_miss")
+    });
+    wait_until("host-b's integrity and remote_check alerts at the collector", Duration::from_secs(30), || {
+        let kinds = kinds_of("host-b");
+        kinds.contains("integrity") && kinds.contains("remote_check")
+    });
+    let alerts = collector.alerts_of("host-a");
+    let first = &alerts[0];
+    for key in ["host", "hostname", "epoch", "seq", "time", "kind", "alert"] {
+        assert!(first.get(key).is_some(), "{key} missing from {first}");
+    }
+    assert!(alerts.iter().all(|a| a["host"] == "host-a"));
+    assert!(alerts.iter().all(|a| a["alert"]["kind"] == a["kind"]), "the alert object keeps its kind");
+    let integrity = alerts.iter().find(|a| a["kind"] == "integrity").unwrap();
+    assert!(integrity["alert"]["id"].as_str().unwrap().starts_with("file:"), "{integrity}");
+    assert!(collector.alerts_of("host-b").iter().all(|a| a["host"] == "host-b"));
+    let hosts = collector.fleet(&["hosts"])["data"].as_array().cloned().unwrap();
+    for host in ["host-a", "host-b"] {
+        let row = hosts.iter().find(|h| h["host"] == host).unwrap_or_else(|| panic!("{host} not in {hosts:?}"));
+        assert_eq!(row["status"], "ok");
+        for key in ["hostname", "first_seen", "last_seen", "last_seq", "gaps", "backlog", "aggregate"] {
+            assert!(row.get(key).is_some(), "{key} missing from {row}");
+        }
+    }
+    let status = a.fleet_status();
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["backlog"], 0, "{status}");
+    assert_eq!(status["last_confirmed_seq"].as_i64(), Some(a.last_seq()), "{status}");
+    a.stop();
+    b.stop();
+}
+
+/// The burst scenario: a burst of [`BURST`] alerts, `disrupt` in the middle of it, then every
+/// alert stored exactly once.
+fn burst_survives(name: &str, disrupt: impl FnOnce(&mut Broker, &mut Agent, &mut Collector)) {
+    let mut broker = Broker::start(name, &["collector", "host-a"]);
+    let mut collector = Collector::new(name, &broker, "");
+    let mut agent = Agent::plain("host-a", &broker, "5s", "");
+    agent.start();
+    agent.write_files("first", BURST / 2);
+    disrupt(&mut broker, &mut agent, &mut collector);
+    agent.write_files("second", BURST / 2);
+    assert_all_stored_once(&collector, &agent, Duration::from_secs(120));
+    assert!(agent.last_seq() >= BURST as i64, "{} alerts raised", agent.last_seq());
+    agent.stop();
+}
+
+#[test]
+fn a_broker_killed_mid_burst_loses_no_alert_and_stores_none_twice() {
+    burst_survives("brokerkill", |broker, _, _| {
+        broker.kill9();
+        std::thread::sleep(Duration::from_secs(1));
+        broker.restart();
+    });
+}
+
+#[test]
+fn an_agent_killed_mid_burst_sends_the_rest_after_its_restart() {
+    burst_survives("agentkill", |_, agent, _| {
+        agent.kill();
+        agent.start();
+    });
+}
+
+#[test]
+fn a_collector_killed_before_it_acks_loses_nothing() {
+    burst_survives("collectkill", |_, _, collector| {
+        // Killed while it holds unacknowledged deliveries: the broker redelivers them.
+        std::thread::sleep(Duration::from_millis(300));
+        collector.kill9();
+        std::thread::sleep(Duration::from_secs(1));
+        collector.start();
+    });
+}
+
+#[test]
+fn alerts_wait_while_the_broker_is_down_and_an_overfull_backlog_leaves_a_gap_record() {
+    let mut broker = Broker::start("down", &["collector", "host-a"]);
+    broker.kill9();
+    let mut agent = Agent::plain("host-a", &broker, "1s", "");
+    let fleet_table = fs::read_to_string(&agent.config).unwrap() + "max_backlog = 50\n";
+    fs::write(&agent.config, fleet_table).unwrap();
+    agent.start();
+    agent.write_files("offline", 80);
+    wait_until("80 alerts stored", Duration::from_secs(20), || agent.last_seq() >= 80);
+    wait_until("the backlog capped at 50", Duration::from_secs(10), || agent.fleet_status()["backlog"] == 50);
+    let status = agent.fleet_status();
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(status["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
+    let last = agent.last_seq();
+    let dropped = last - 50;
+    assert_eq!(status["dropped"].as_i64(), Some(dropped), "{status}");
+    broker.restart();
+    let collector = Collector::new("down", &broker, "");
+    wait_until("the backlog drained", Duration::from_secs(30), || agent.fleet_status()["backlog"] == 0);
+    let epoch = agent.epoch();
+    wait_until("the 50 kept alerts stored", Duration::from_secs(30), || {
+        stored_seqs(&collector, "host-a", epoch) == ((dropped + 1)..=last).collect::<Vec<_>>()
+    });
+    wait_until("the gap shown by ids fleet hosts", Duration::from_secs(20), || {
+        collector.host("host-a").is_some_and(|h| h["gaps"].as_i64() == Some(dropped))
+    });
+    agent.stop();
+}
+
+#[test]
+fn a_stopped_agent_is_called_silent_and_back_when_it_returns() {
+    let broker = Broker::start("silent", &["collector", "host-a"]);
+    let collector = Collector::new("silent", &broker, "silent_after = \"3s\"");
+    let mut agent = Agent::plain("host-a", &broker, "1s", "");
+    agent.start();
+    wait_until("host-a seen", Duration::from_secs(20), || {
+        collector.host("host-a").is_some_and(|h| h["status"] == "ok")
+    });
+    agent.stop();
+    let stopped = Instant::now();
+    wait_until("host-a silent", Duration::from_secs(15), || {
+        collector.host("host-a").is_some_and(|h| h["status"] == "silent")
+    });
+    assert!(stopped.elapsed() >= Duration::from_secs(2), "called silent too early: {:?}", stopped.elapsed());
+    let silent = collector.fleet(&["alerts", "--kind", "host_silent"])["data"].as_array().cloned().unwrap();
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert_eq!(silent[0]["host"], "host-a");
+    agent.start();
+    wait_until("host-a back", Duration::from_secs(20), || {
+        collector.host("host-a").is_some_and(|h| h["status"] == "ok")
+    });
+    let back = collector.fleet(&["alerts", "--kind", "host_back"])["data"].as_array().cloned().unwrap();
+    assert_eq!(back.len(), 1, "{back:?}");
+    agent.stop();
+}
+
+/// Publishes raw messages with pika (Debian's python3-pika): what no agent would send.
+fn publish_raw(broker: &Broker, user: &str, messages: &[(&str, &str, &str)]) {
+    let script = format!(
+        r#"
+import pika, sys
+c = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port={port}, credentials=pika.PlainCredentials("{user}", "{password}")))
+ch = c.channel()
+ch.confirm_delivery()
+for kind, user_id, body in {messages}:
+    props = pika.BasicProperties(type=kind, delivery_mode=2, user_id=user_id or None)
+    ch.basic_publish("ids.alerts", kind + ".raw", body.encode(), props, mandatory=True)
+c.close()
+"#,
+        port = broker.port(),
+        password = broker.password(user),
+        messages =
+            serde_json::to_string(&messages.iter().map(|(k, u, b)| vec![*k, *u, *b]).collect::<Vec<_>>()).unwrap(),
+    );
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "pika publisher: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn malformed_and_forged_messages_go_to_the_dead_letter_queue_and_the_collector_keeps_going() {
+    let broker = Broker::start("dead", &["collector", "host-a", "host-b"]);
+    let collector = Collector::new("dead", &broker, "");
+    let forged = serde_json::json!({
+        "v": 1, "host": "host-a", "hostname": "x", "epoch": 1, "seq": 1,
+        "time": "2026-12-05T00:00:00Z", "kind": "integrity", "alert": {"kind": "integrity"}
+    })
+    .to_string();
+    // Not JSON; a message of no known type; host-b's login claiming to be host-a.
+    publish_raw(
+        &broker,
+        "host-b",
+        &[("alert", "host-b", "{not json"), ("gossip", "host-b", "{}"), ("alert", "host-b", &forged)],
+    );
+    wait_until("three messages dead-lettered", Duration::from_secs(20), || {
+        broker.queue_messages("ids.alerts.dead") == Some(3)
+    });
+    assert!(collector.alerts_of("host-a").is_empty(), "a forged alert was stored");
+    // The collector still takes the real agents' alerts.
+    let mut agent = Agent::plain("host-a", &broker, "1s", "");
+    agent.start();
+    agent.write_files("after", 3);
+    wait_until("host-a's alerts stored", Duration::from_secs(30), || collector.alerts_of("host-a").len() >= 3);
+    agent.stop();
+    let log = collector.log();
+    assert!(log.contains("host-a") && log.contains("host-b"), "the refusal names both ids:\n{log}");
+}
+
+#[test]
+fn an_agent_with_a_client_certificate_logs_in_by_external_over_tls() {
+    let broker = Broker::start("tls", &["collector", "host-c"]);
+    let collector = Collector::new("tls", &broker, "");
+    let (cert, key) = broker.client_cert("host-c");
+    let fleet = format!(
+        "url = \"amqps://127.0.0.1:{}/%2f\"\nhost_id = \"host-c\"\nheartbeat = \"1s\"\n[fleet.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+        broker.tls_port(),
+        broker.ca_pem_path().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let mut agent = Agent::new("host-c", &fleet, "");
+    agent.start();
+    agent.write_files("tls", 2);
+    wait_until("host-c's alerts over TLS", Duration::from_secs(30), || collector.alerts_of("host-c").len() >= 2);
+    assert_eq!(agent.fleet_status()["connected"], true);
+    agent.stop();
+}
+
+/// This agent's bans from the fleet: (net, expires).
+fn fleet_bans(agent: &Agent) -> Vec<(String, String)> {
+    let bans = agent.ids(&["bans"])["data"].as_array().cloned().unwrap_or_default();
+    bans.iter()
+        .filter(|b| b["source"] == "fleet")
+        .map(|b| (b["net"].as_str().unwrap_or("").to_string(), b["expires"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn a_fleet_ban_reaches_an_agent_that_was_stopped_when_it_was_issued_and_expires_everywhere_at_once() {
+    let net = Net::new("fl");
+    let broker = Broker::start("ban", &["collector", "host-a", "host-b"]);
+    let collector = Collector::new("ban", &broker, "");
+    let mut a = Agent::plain("host-a", &broker, "1s", "");
+    let mut b = Agent::plain_on("host-b", &broker, "1s", "", &net.host_if);
+    a.start();
+    let listener = std::net::TcpListener::bind((HOST4, 0)).unwrap();
+    let to = listener.local_addr().unwrap();
+    assert!(net.tcp_passes(BAD4, to), "{BAD4} must pass before the ban");
+    let issued = collector.fleet(&["ban", BAD4, "--for", "10s", "--reason", "fleet test"]);
+    assert_eq!(issued["ok"], true, "{issued}");
+    wait_until("host-a applies the fleet ban", Duration::from_secs(20), || !fleet_bans(&a).is_empty());
+    // host-b was not running when the ban was issued: it gets it from the snapshot at connect.
+    b.start();
+    wait_until("host-b applies the fleet ban", Duration::from_secs(20), || !fleet_bans(&b).is_empty());
+    let (on_a, on_b) = (fleet_bans(&a), fleet_bans(&b));
+    assert!(on_a[0].0.starts_with(BAD4), "{on_a:?}");
+    assert_eq!(on_a, on_b, "the same ban with the same expiry on both hosts");
+    assert!(!net.tcp_passes(BAD4, to), "host-b's XDP filter lets the fleet-banned {BAD4} through");
+    assert!(net.tcp_passes(GOOD4, to), "{GOOD4} is not banned");
+    let listed = collector.fleet(&["bans"])["data"].as_array().cloned().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    wait_until("the ban expires on both hosts", Duration::from_secs(20), || {
+        fleet_bans(&a).is_empty() && fleet_bans(&b).is_empty()
+    });
+    assert!(net.tcp_passes(BAD4, to), "{BAD4} still dropped after the expiry");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn two_collectors_sharing_the_queue_store_each_alert_once_in_postgresql() {
+    let postgres = Postgres::start("fleet");
+    let broker = Broker::start("pg", &["collector", "host-a"]);
+    let database = format!("database = {:?}", postgres.url());
+    let first = Collector::new("pg1", &broker, &database);
+    let _second = Collector::new("pg2", &broker, &database);
+    let mut agent = Agent::plain("host-a", &broker, "5s", "");
+    agent.start();
+    agent.write_files("pg", BURST);
+    assert_all_stored_once(&first, &agent, Duration::from_secs(120));
+    let distinct = postgres.psql("SELECT COUNT(*) = COUNT(DISTINCT (host, epoch, seq)) FROM alerts");
+    assert_eq!(distinct.trim(), "t");
+    agent.stop();
+}
