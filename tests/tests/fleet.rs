@@ -532,6 +532,19 @@ fn a_fleet_ban_reaches_an_agent_that_was_stopped_when_it_was_issued_and_expires_
         fleet_bans(&a).is_empty() && fleet_bans(&b).is_empty()
     });
     assert!(net.tcp_passes(BAD4, to), "{BAD4} still dropped after the expiry");
+    // A trusted address is not banned; each host says so in an alert that reaches the collector.
+    collector.fleet(&["ban", "127.0.0.9", "--for", "1h", "--reason", "trusted here"]);
+    wait_until("both hosts report the refused fleet ban", Duration::from_secs(20), || {
+        let refused = collector.fleet(&["alerts", "--kind", "detect"])["data"].as_array().cloned().unwrap_or_default();
+        ["host-a", "host-b"].iter().all(|host| {
+            refused.iter().any(|a| {
+                a["host"] == *host
+                    && a["alert"]["rule"] == "fleet-ban"
+                    && a["alert"]["action"]["type"] == "not_banned_trusted"
+            })
+        })
+    });
+    assert!(fleet_bans(&a).is_empty(), "a trusted address was banned: {:?}", fleet_bans(&a));
     a.stop();
     b.stop();
 }

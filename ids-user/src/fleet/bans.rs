@@ -17,8 +17,8 @@ use crate::bans::{BanDuration, BanError, BanNet, BanRequest, Bans};
 pub(crate) const SOURCE: &str = "fleet";
 
 pub(crate) fn apply(bans: &mut Bans, command: BanCommand) {
-    let applied = match bans.store().outbox(0) {
-        Ok(outbox) => outbox.ban_rev,
+    let applied = match bans.store().fleet_ban_rev() {
+        Ok(rev) => rev,
         Err(e) => {
             warn!(error = %e, "fleet: reading the last ban decision applied");
             0

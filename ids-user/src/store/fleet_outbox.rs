@@ -40,23 +40,40 @@ pub struct UnsentAlert {
 }
 
 impl Store {
-    /// The outbox position, created on first use with `new_epoch`.
+    /// The outbox position, created on first use with `new_epoch` (read only once it exists:
+    /// the agent reads it for every batch, beside the daemon's writers).
     pub fn outbox(&self, new_epoch: i64) -> Result<Outbox, StoreError> {
         let error = |source| self.query_error("reading the fleet outbox", source);
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO fleet_outbox (id, epoch, confirmed_seq, ban_rev) VALUES (1, ?1, 0, 0)",
-                [new_epoch],
-            )
-            .map_err(error)?;
-        let (epoch, confirmed_seq, ban_rev) = self
-            .conn
-            .query_row("SELECT epoch, confirmed_seq, ban_rev FROM fleet_outbox WHERE id = 1", [], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
-            .map_err(error)?;
+        let read = || {
+            self.conn
+                .query_row("SELECT epoch, confirmed_seq, ban_rev FROM fleet_outbox WHERE id = 1", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        };
+        let (epoch, confirmed_seq, ban_rev) = match read().map_err(error)? {
+            Some(position) => position,
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT OR IGNORE INTO fleet_outbox (id, epoch, confirmed_seq, ban_rev) VALUES (1, ?1, 0, 0)",
+                        [new_epoch],
+                    )
+                    .map_err(error)?;
+                read().map_err(error)?.unwrap_or((new_epoch, 0, 0))
+            }
+        };
         let last_seq = self.last_alert_id()?;
         Ok(Outbox { epoch, confirmed_seq, ban_rev, last_seq })
+    }
+
+    /// The last fleet ban decision applied (0: none, or no fleet yet).
+    pub fn fleet_ban_rev(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT ban_rev FROM fleet_outbox WHERE id = 1", [], |row| row.get(0))
+            .optional()
+            .map(|rev| rev.unwrap_or(0))
+            .map_err(|source| self.query_error("reading the last fleet ban decision", source))
     }
 
     /// The newest alert's id (0: none).
