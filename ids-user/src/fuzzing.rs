@@ -99,3 +99,25 @@ pub fn webshell(data: &[u8]) {
     static SCANNER: OnceLock<Scanner> = OnceLock::new();
     let _ = SCANNER.get_or_init(Scanner::new).scan_bytes(data);
 }
+
+/// A message from the broker (`fleet::message::Inbound::parse`, what the collector and the
+/// agents read): the first byte picks the AMQP `type`, the rest is the body. A message that
+/// parses, written back, must parse to the same message.
+pub fn fleet_message(data: &[u8]) {
+    use crate::fleet::message::{Inbound, types};
+    const TYPES: [&str; 7] =
+        [types::ALERT, types::GAP, types::HEARTBEAT, types::SNAPSHOT_REQUEST, types::BAN, types::SNAPSHOT, "gossip"];
+    let (&selector, body) = data.split_first().unwrap_or((&0, &[]));
+    let message_type = TYPES[usize::from(selector) % TYPES.len()];
+    let Ok(message) = Inbound::parse(message_type, body) else { return };
+    let written = match &message {
+        Inbound::Alert(m) => serde_json::to_vec(m),
+        Inbound::Gap(m) => serde_json::to_vec(m),
+        Inbound::Heartbeat(m) => serde_json::to_vec(m),
+        Inbound::SnapshotRequest(m) => serde_json::to_vec(m),
+        Inbound::Ban(m) => serde_json::to_vec(m),
+        Inbound::Snapshot(m) => serde_json::to_vec(m),
+    }
+    .expect("a parsed message serialises");
+    assert_eq!(Inbound::parse(message_type, &written).as_ref(), Ok(&message), "does not read back");
+}

@@ -9,8 +9,17 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// The targets, as named in fuzz/Cargo.toml.
-pub const TARGETS: &[&str] =
-    &["tinyids_line", "ring_record", "config", "rules", "log_line", "journal_entry", "control_request", "webshell"];
+pub const TARGETS: &[&str] = &[
+    "tinyids_line",
+    "ring_record",
+    "config",
+    "rules",
+    "log_line",
+    "journal_entry",
+    "control_request",
+    "webshell",
+    "fleet_message",
+];
 
 /// Inputs larger than this are not tried: every parser here reads a line, a record or a file
 /// that the daemon bounds well below it, and long inputs slow each execution down.
