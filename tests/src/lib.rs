@@ -357,10 +357,10 @@ pub mod netns {
             let mut buf = [0u8; 256];
             let deadline = Instant::now() + Duration::from_millis(700);
             while Instant::now() < deadline {
-                if let Ok((n, _)) = receiver.recv_from(&mut buf) {
-                    if buf[..n] == *payload.as_bytes() {
-                        return true;
-                    }
+                if let Ok((n, _)) = receiver.recv_from(&mut buf)
+                    && buf[..n] == *payload.as_bytes()
+                {
+                    return true;
                 }
             }
             false

@@ -697,10 +697,10 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
         failures
             .push("the daemon's first integrity scan was not done within 30 s (no ===INTEGRITY-READY===)".to_owned());
     }
-    if let Some(baseline) = &baseline {
-        if baseline["ok"] != true || baseline["source"] != "daemon" {
-            failures.push(format!("`ids baseline --json` was not accepted by the daemon: {baseline}"));
-        }
+    if let Some(baseline) = &baseline
+        && (baseline["ok"] != true || baseline["source"] != "daemon")
+    {
+        failures.push(format!("`ids baseline --json` was not accepted by the daemon: {baseline}"));
     }
     let clean = marker("===INTEGRITY-CLEAN");
     if clean.is_none() {
@@ -725,14 +725,14 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
     if hash.is_some() && fresh_aggregate.is_none() {
         failures.push("`ids hash --json` printed no aggregate".to_owned());
     }
-    if let (Some(daemon), Some(fresh)) = (daemon_aggregate, fresh_aggregate) {
-        if daemon != fresh {
-            failures.push(format!(
-                "the daemon's aggregate {daemon} differs from a fresh `ids hash` {fresh} after the churn: \
+    if let (Some(daemon), Some(fresh)) = (daemon_aggregate, fresh_aggregate)
+        && daemon != fresh
+    {
+        failures.push(format!(
+            "the daemon's aggregate {daemon} differs from a fresh `ids hash` {fresh} after the churn: \
                  the daemon missed a change (integrity {})",
-                status.as_ref().map_or(Value::Null, |s| s["integrity"].clone())
-            ));
-        }
+            status.as_ref().map_or(Value::Null, |s| s["integrity"].clone())
+        ));
     }
 
     // Alerts.

@@ -314,14 +314,10 @@ impl Bans {
         if matches!(request.duration, BanDuration::For(d) | BanDuration::Escalating(d) if d.is_zero()) {
             return Err(BanError::Invalid { what: "duration", value: "0s".into(), message: "zero".into() });
         }
-        if let BanDuration::Until(until) = request.duration {
-            if until <= SystemTime::now() {
-                return Err(BanError::Invalid {
-                    what: "expiry",
-                    value: rfc3339(until),
-                    message: "already past".into(),
-                });
-            }
+        if let BanDuration::Until(until) = request.duration
+            && until <= SystemTime::now()
+        {
+            return Err(BanError::Invalid { what: "expiry", value: rfc3339(until), message: "already past".into() });
         }
         if let Some(trusted) = self.trusted.iter().find(|t| request.net.within(t)) {
             return Err(BanError::Trusted { net: request.net, trusted: *trusted });
@@ -426,20 +422,18 @@ impl Bans {
                 // Keep store and maps equal: undo what this call added (a net banned before keeps
                 // its entry, which has the same id).
                 for ((net, id), (_, created)) in entries.iter().zip(stored) {
-                    if *created {
-                        if let Err(e) = kernel.remove(net, *id) {
-                            warn!(%net, error = format!("{e:#}"), "undoing a ban in the kernel map");
-                        }
+                    if *created && let Err(e) = kernel.remove(net, *id) {
+                        warn!(%net, error = format!("{e:#}"), "undoing a ban in the kernel map");
                     }
                 }
                 BanError::Kernel(e)
             })
         })?;
         for (row, _) in &stored {
-            if let Some(expires) = &row.expires {
-                if self.next_expiry.as_ref().is_none_or(|next| expires < next) {
-                    self.next_expiry = Some(expires.clone());
-                }
+            if let Some(expires) = &row.expires
+                && self.next_expiry.as_ref().is_none_or(|next| expires < next)
+            {
+                self.next_expiry = Some(expires.clone());
             }
         }
         if requests.len() > 1 {

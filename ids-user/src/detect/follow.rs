@@ -363,13 +363,14 @@ impl Follower {
     }
 
     fn refresh_head(&mut self) -> io::Result<()> {
-        if self.head_len < HEAD && self.read > self.head_len {
-            if let Some(file) = &self.file {
-                let len = self.read.min(HEAD);
-                if let Some(hash) = head_of(file, len)? {
-                    self.head_len = len;
-                    self.head_hash = hash;
-                }
+        if self.head_len < HEAD
+            && self.read > self.head_len
+            && let Some(file) = &self.file
+        {
+            let len = self.read.min(HEAD);
+            if let Some(hash) = head_of(file, len)? {
+                self.head_len = len;
+                self.head_hash = hash;
             }
         }
         Ok(())

@@ -19,10 +19,10 @@ pub fn sshd_message(line: &str) -> Option<&str> {
         let rest = rest.strip_prefix("-session").unwrap_or(rest);
         if let Some(rest) = rest.strip_prefix('[') {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            if digits > 0 {
-                if let Some(message) = rest[digits..].strip_prefix("]: ") {
-                    return Some(message);
-                }
+            if digits > 0
+                && let Some(message) = rest[digits..].strip_prefix("]: ")
+            {
+                return Some(message);
             }
         }
         from = at;
@@ -118,14 +118,13 @@ fn percent_decode(text: &str) -> String {
             b'\\' if bytes.get(i + 1) == Some(&b'x') => Some(2),
             _ => None,
         };
-        if let Some(skip) = escape {
-            if let (Some(hi), Some(lo)) =
+        if let Some(skip) = escape
+            && let (Some(hi), Some(lo)) =
                 (bytes.get(i + skip).copied().and_then(hex_value), bytes.get(i + skip + 1).copied().and_then(hex_value))
-            {
-                out.push(hi << 4 | lo);
-                i += skip + 2;
-                continue;
-            }
+        {
+            out.push(hi << 4 | lo);
+            i += skip + 2;
+            continue;
         }
         out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
         i += 1;

@@ -299,12 +299,12 @@ fn split_address(message: &[u8], head: &Regex, tail: &Regex) -> Option<std::net:
         }
         let start = message[..end].iter().rposition(|&b| !is_addr_byte(b)).map_or(0, |p| p + 1);
         let token = &message[start..end];
-        if token.len() >= 2 {
-            if let Some(addr) = std::str::from_utf8(token).ok().and_then(|t| t.parse().ok()) {
-                if tail.is_match(&message[end..]) && head.is_match(&message[..start]) {
-                    return Some(addr);
-                }
-            }
+        if token.len() >= 2
+            && let Some(addr) = std::str::from_utf8(token).ok().and_then(|t| t.parse().ok())
+            && tail.is_match(&message[end..])
+            && head.is_match(&message[..start])
+        {
+            return Some(addr);
         }
         end = start;
     }

@@ -343,12 +343,11 @@ impl Worker {
                     }
                 }
                 let target = if op == FileOp::Rename { new_path.as_ref() } else { Some(&path) };
-                if let Some(target) = target {
-                    if matches!(op, FileOp::Create | FileOp::Write | FileOp::Rename)
-                        && self.web_roots.iter().any(|r| target.starts_with(r))
-                    {
-                        self.scans.insert(target.clone(), Instant::now() + SCAN_QUIET);
-                    }
+                if let Some(target) = target
+                    && matches!(op, FileOp::Create | FileOp::Write | FileOp::Rename)
+                    && self.web_roots.iter().any(|r| target.starts_with(r))
+                {
+                    self.scans.insert(target.clone(), Instant::now() + SCAN_QUIET);
                 }
                 if op == FileOp::Unlink {
                     self.scans.remove(&path);

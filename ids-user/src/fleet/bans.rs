@@ -82,10 +82,10 @@ fn lift(bans: &mut Bans, net: &str) {
     // Only a fleet ban is lifted: a ban this host made itself stays.
     let is_fleet_ban =
         bans.list().map(|rows| rows.iter().any(|r| r.source == SOURCE && same_net(&r.net, &net.to_string())));
-    if let Ok(true) = is_fleet_ban {
-        if let Err(e) = bans.unban(&net) {
-            warn!(%net, error = %e, "fleet: lifting a fleet ban");
-        }
+    if let Ok(true) = is_fleet_ban
+        && let Err(e) = bans.unban(&net)
+    {
+        warn!(%net, error = %e, "fleet: lifting a fleet ban");
     }
 }
 

@@ -464,10 +464,8 @@ impl Worker {
                 }
             }
             for spelling in spellings {
-                if structural {
-                    if let Some(parent) = spelling.parent() {
-                        paths.push((parent.to_path_buf(), false));
-                    }
+                if structural && let Some(parent) = spelling.parent() {
+                    paths.push((parent.to_path_buf(), false));
                 }
                 paths.push((spelling, structural));
             }

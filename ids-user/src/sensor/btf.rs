@@ -158,10 +158,10 @@ impl Btf {
     fn find_member(&self, t: &Type, member: &str) -> Option<(u32, u32)> {
         for m in &t.members {
             if m.name == 0 {
-                if let Some(inner) = self.resolve(m.type_id) {
-                    if let Some((bits, ty)) = self.find_member(inner, member) {
-                        return Some((m.bit_offset + bits, ty));
-                    }
+                if let Some(inner) = self.resolve(m.type_id)
+                    && let Some((bits, ty)) = self.find_member(inner, member)
+                {
+                    return Some((m.bit_offset + bits, ty));
                 }
             } else if self.name(m.name) == member {
                 return Some((m.bit_offset, m.type_id));

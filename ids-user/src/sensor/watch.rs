@@ -100,10 +100,8 @@ impl WatchSet {
                 let key = Key::new((prefix.1 * 8) as u32, prefix.0);
                 prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
             }
-            if !is_dir {
-                if let Ok(meta) = std::fs::symlink_metadata(&root) {
-                    set.root_files.insert(key_of(&meta), root.clone());
-                }
+            if !is_dir && let Ok(meta) = std::fs::symlink_metadata(&root) {
+                set.root_files.insert(key_of(&meta), root.clone());
             }
             set.add_tree(&root)?;
             set.roots.push(root);
@@ -258,12 +256,12 @@ impl WatchSet {
             FileOp::Rename => new_path,
             _ => None,
         };
-        if op == FileOp::Rename {
-            if let Some(new_path) = new_path {
-                for dir in self.dirs.values_mut() {
-                    if let Ok(rest) = dir.strip_prefix(path) {
-                        *dir = new_path.join(rest);
-                    }
+        if op == FileOp::Rename
+            && let Some(new_path) = new_path
+        {
+            for dir in self.dirs.values_mut() {
+                if let Ok(rest) = dir.strip_prefix(path) {
+                    *dir = new_path.join(rest);
                 }
             }
         }
@@ -278,10 +276,10 @@ impl WatchSet {
                 if let Err(e) = self.add_tree(added) {
                     warn!(path = %added.display(), error = %e, "new directory not fully watched");
                 }
-            } else if !meta.is_dir() {
-                if let Err(e) = self.insert_inode(key, false, added) {
-                    warn!(path = %added.display(), error = %e, "new file not watched");
-                }
+            } else if !meta.is_dir()
+                && let Err(e) = self.insert_inode(key, false, added)
+            {
+                warn!(path = %added.display(), error = %e, "new file not watched");
             }
         }
     }

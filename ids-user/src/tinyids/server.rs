@@ -599,10 +599,10 @@ impl Server {
             let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
             checks.drain().map(|(client, (time, result))| (client, time, result)).collect()
         };
-        if !batch.is_empty() {
-            if let Err(e) = self.store.record_checks(&batch) {
-                warn!(error = %e, "recording the last CHECK of clients");
-            }
+        if !batch.is_empty()
+            && let Err(e) = self.store.record_checks(&batch)
+        {
+            warn!(error = %e, "recording the last CHECK of clients");
         }
     }
 }

@@ -140,10 +140,10 @@ pub fn validate_client_tls(raw: &RawClientTls, origin: TlsOrigin) -> Result<Clie
             return Err(format!("{}: empty path", origin.setting(key)));
         }
     }
-    if let Some(name) = &raw.server_name {
-        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-            return Err(format!("{}: {name:?} is not a DNS name or IP address", origin.setting("server_name")));
-        }
+    if let Some(name) = &raw.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(format!("{}: {name:?} is not a DNS name or IP address", origin.setting("server_name")));
     }
     Ok(ClientTls {
         ca: raw.ca.clone(),
