@@ -9,6 +9,7 @@
 //!   runs the fleet rules and issues fleet bans; `ids fleet ...` reads and writes the same.
 //! - [`message`] is the wire format, [`topology`] the exchanges and queues, [`connect`] how
 //!   each of them reaches the broker.
+pub mod central;
 pub mod config;
 pub mod connect;
 pub mod message;
