@@ -10,6 +10,7 @@
 //! - [`message`] is the wire format, [`topology`] the exchanges and queues, [`connect`] how
 //!   each of them reaches the broker.
 pub mod central;
+pub mod collector;
 pub mod config;
 pub mod connect;
 pub mod message;

@@ -137,6 +137,15 @@ impl Db {
         Ok(Db::Postgres { client: Box::new(client), prepared: HashMap::new() })
     }
 
+    /// Whether the connection is gone for good (PostgreSQL server restarted or unreachable):
+    /// the store must be opened again.
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            Db::Sqlite(_) => false,
+            Db::Postgres { client, .. } => client.is_closed(),
+        }
+    }
+
     pub(super) fn is_postgres(&self) -> bool {
         matches!(self, Db::Postgres { .. })
     }

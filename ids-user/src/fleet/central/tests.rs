@@ -201,3 +201,21 @@ fn a_newer_schema_is_refused_with_the_database_named() {
     let error = CentralStore::open_sqlite(&path).err().unwrap().to_string();
     assert!(error.contains("fleet.db") && error.contains("99"), "{error}");
 }
+
+#[test]
+fn central_alerts_number_themselves_per_host_under_epoch_zero() {
+    let (_dir, mut store) = store();
+    store.store_batch(&[heartbeat("web1", at(0))]).unwrap();
+    let now = rfc3339(at(1));
+    store.insert_fleet_alert("web1", "web1.example", "note", &serde_json::json!({"kind": "note"}), &now).unwrap();
+    assert!(!store.mark_back("web1", "web1.example", &now).unwrap(), "it was not silent");
+    assert_eq!(store.mark_silent(at(100), None).unwrap().len(), 1);
+    assert!(store.mark_back("web1", "web1.example", &rfc3339(at(101))).unwrap());
+    let seqs: Vec<(i64, String)> = store
+        .alerts(&AlertFilter { limit: 10, ..AlertFilter::default() })
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.seq, a.kind))
+        .collect();
+    assert_eq!(seqs, vec![(1, "note".into()), (2, HOST_SILENT.into()), (3, HOST_BACK.into())]);
+}
