@@ -23,6 +23,15 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`], and on failure what `explain` says of the state.
+fn wait_until_or(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, explain: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; {}", explain());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// An agent: a daemon with `[fleet]`, its own state dir, watched dir and host id; its config and
 /// state outlive restarts.
 struct Agent {
@@ -89,9 +98,13 @@ impl Agent {
         Agent::with_interface(name, &fleet, extra, interface)
     }
 
+    /// Starts the daemon and waits for its first scan: a file written from then on is an alert
+    /// (one written during the scan is part of it).
     fn start(&mut self) -> &mut Self {
         assert!(self.daemon.is_none());
-        self.daemon = Some(Daemon::spawn(&self.config, &self.events));
+        let daemon = Daemon::spawn(&self.config, &self.events);
+        wait_until("the first scan", Duration::from_secs(30), || daemon.status()["integrity"]["ready"] == true);
+        self.daemon = Some(daemon);
         self
     }
 
@@ -104,7 +117,7 @@ impl Agent {
     }
 
     fn fleet_status(&self) -> Value {
-        self.daemon.as_ref().expect("agent running").status()["data"]["fleet"].clone()
+        self.daemon.as_ref().expect("agent running").status()["fleet"].clone()
     }
 
     /// Writes `count` new files (one alert each) named `prefix-N`.
@@ -290,14 +303,24 @@ fn two_agents_send_alerts_of_every_kind_and_the_collector_shows_them_by_host() {
     let kinds_of = |host: &str| -> std::collections::BTreeSet<String> {
         collector.alerts_of(host).iter().filter_map(|a| a["kind"].as_str().map(String::from)).collect()
     };
-    wait_until("host-a's integrity and sensor_miss alerts at the collector", Duration::from_secs(30), || {
-        let kinds = kinds_of("host-a");
-        kinds.contains("integrity") && kinds.contains("sensor_miss")
-    });
-    wait_until("host-b's integrity and remote_check alerts at the collector", Duration::from_secs(30), || {
-        let kinds = kinds_of("host-b");
-        kinds.contains("integrity") && kinds.contains("remote_check")
-    });
+    wait_until_or(
+        "host-a's integrity and sensor_miss alerts at the collector",
+        Duration::from_secs(30),
+        || {
+            let kinds = kinds_of("host-a");
+            kinds.contains("integrity") && kinds.contains("sensor_miss")
+        },
+        || format!("kinds {:?}; host-a {}; collector log:\n{}", kinds_of("host-a"), a.fleet_status(), collector.log()),
+    );
+    wait_until_or(
+        "host-b's integrity and remote_check alerts at the collector",
+        Duration::from_secs(30),
+        || {
+            let kinds = kinds_of("host-b");
+            kinds.contains("integrity") && kinds.contains("remote_check")
+        },
+        || format!("kinds {:?}; host-b {}; collector log:\n{}", kinds_of("host-b"), b.fleet_status(), collector.log()),
+    );
     let alerts = collector.alerts_of("host-a");
     let first = &alerts[0];
     for key in ["host", "hostname", "epoch", "seq", "time", "kind", "alert"] {
