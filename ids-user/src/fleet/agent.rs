@@ -41,6 +41,22 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// a fleet does not reconnect in step after a broker restart.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long the broker may take to confirm a batch, or to answer while a session is set up; a
+/// connection that died under a pending confirmation does not always fail it, so without this
+/// the agent could wait for ever.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `future`, or an error naming `what` once [`BROKER_TIMEOUT`] passed from `start`.
+async fn before_deadline<T>(
+    start: Instant,
+    what: &str,
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout_at((start + BROKER_TIMEOUT).into(), future).await {
+        Ok(outcome) => outcome,
+        Err(_) => anyhow::bail!("{what}: the broker did not answer within {}s", BROKER_TIMEOUT.as_secs()),
+    }
+}
 
 /// The fleet link as `ids status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -187,7 +203,7 @@ impl Agent {
                 return Ok(());
             }
             self.cap_backlog();
-            let outcome = match self.connect().await {
+            let outcome = match before_deadline(Instant::now(), "setting up the session", self.connect()).await {
                 Ok(session) => {
                     failures = 0;
                     self.shared.update(|s| s.connected = true);
@@ -288,8 +304,13 @@ impl Agent {
         id: String,
         body: &[u8],
     ) -> anyhow::Result<()> {
-        let confirm = self.publish(channel, message_type, id.clone(), body).await?;
-        confirmed(confirm.await.context("waiting for the broker's confirmation")?).with_context(|| id)
+        let start = Instant::now();
+        let confirm = before_deadline(start, "publishing", self.publish(channel, message_type, id.clone(), body)).await?;
+        let confirmation = before_deadline(start, "waiting for a confirmation", async {
+            confirm.await.context("waiting for the broker's confirmation")
+        })
+        .await?;
+        confirmed(confirmation).with_context(|| id)
     }
 
     async fn publish(
@@ -330,6 +351,7 @@ impl Agent {
             });
             return Ok(0);
         }
+        let start = Instant::now();
         let mut pending = Vec::with_capacity(unsent.len());
         for alert in &unsent {
             let message = AlertMessage {
@@ -349,7 +371,9 @@ impl Agent {
         let mut confirmed_up_to = outbox.confirmed_seq;
         let mut failure = None;
         for (seq, confirm) in pending {
-            match confirm.await.map_err(anyhow::Error::from).and_then(confirmed) {
+            let confirmation =
+                before_deadline(start, "waiting for confirmations", async { Ok(confirm.await?) }).await;
+            match confirmation.and_then(confirmed) {
                 Ok(()) if failure.is_none() => confirmed_up_to = seq,
                 Ok(()) => {}
                 Err(e) => {
