@@ -15,7 +15,6 @@ mod backend;
 mod schema;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -183,7 +182,7 @@ impl CentralStore {
 
     /// A SQLite central database at `path`.
     #[cfg(test)]
-    pub fn open_sqlite(path: &Path) -> Result<Self, CentralError> {
+    pub fn open_sqlite(path: &std::path::Path) -> Result<Self, CentralError> {
         Self::open(&CentralDatabase::Sqlite(path.into()))
     }
 
