@@ -248,12 +248,14 @@ fn scenario_central_alerts_number_themselves_per_host_under_epoch_zero(store: &m
     assert_eq!(seqs, vec![(1, "note".into()), (2, HOST_SILENT.into()), (3, HOST_BACK.into())]);
 }
 
+type Scenario = fn(&mut CentralStore);
+
 /// The same scenarios on PostgreSQL when `IDS_TEST_POSTGRES` names a database (its `public`
 /// schema is emptied before each): `IDS_TEST_POSTGRES=postgres://ids@127.0.0.1:PORT/fleet`.
 #[test]
 fn the_same_scenarios_pass_on_postgres_when_one_is_given() {
     let Ok(url) = std::env::var("IDS_TEST_POSTGRES") else { return };
-    let scenarios: &[(&str, fn(&mut CentralStore))] = &[
+    let scenarios: &[(&str, Scenario)] = &[
         ("a_batch_stored_twice_is_stored_once", scenario_a_batch_stored_twice_is_stored_once),
         ("gaps_are_recorded_once", scenario_gaps_are_recorded_once_and_counted_per_host),
         ("hosts_are_tracked", scenario_hosts_are_tracked_by_alerts_and_heartbeats),
