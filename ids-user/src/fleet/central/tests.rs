@@ -75,6 +75,13 @@ fn scenario_a_batch_stored_twice_is_stored_once(store: &mut CentralStore) {
     assert_eq!(newest_two.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![2, 3]);
     let after = store.alerts(&AlertFilter { limit: 50, after_id: Some(alerts[0].id), ..Default::default() }).unwrap();
     assert_eq!(after.len(), 2);
+    // The same alert twice within one batch, and more than one statement's worth of alerts.
+    let mut big: Vec<Received> = (4..=250).map(|seq| alert("web1", seq, None)).collect();
+    big.push(alert("web1", 4, None));
+    let third = store.store_batch(&big).unwrap();
+    assert_eq!((third.alerts_stored, third.duplicates), (247, 1));
+    let newest = store.alerts(&AlertFilter { limit: 2, ..AlertFilter::default() }).unwrap();
+    assert_eq!(newest.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![249, 250]);
 }
 
 #[test]
