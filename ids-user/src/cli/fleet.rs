@@ -281,7 +281,7 @@ fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
         Err(error) => return finish(Err(error), json, |_| String::new()),
     };
     if !args.follow {
-        return finish(Ok(serde_json::to_value(&first)?), json, |data| human_alerts(data));
+        return finish(Ok(serde_json::to_value(&first)?), json, human_alerts);
     }
     // Follow: from the newest alert shown (or the newest stored) on, every alert as it comes.
     let mut last_id = match first.last() {

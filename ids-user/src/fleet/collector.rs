@@ -29,9 +29,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::central::{CentralError, CentralStore, Received, rfc3339};
-use super::config::{BrokerConfig, CentralDatabase, CollectConfig};
 use super::message::{self, ALERTS_QUEUE, BANS_EXCHANGE, BanDecision, Inbound, types};
 use super::topology;
+use super::{BrokerConfig, CentralDatabase, CollectConfig};
 
 /// Deliveries the broker may have in flight to the collector: enough to fill a batch while the
 /// previous one is being committed.
@@ -42,7 +42,7 @@ const BATCH_MAX: usize = 1000;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Pauses after a failure (broker unreachable, database refusing): doubling up to the longest.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
-const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+const LONGEST_PAUSE: Duration = Duration::from_secs(10);
 
 /// Runs the collector until SIGINT or SIGTERM.
 pub fn run(config: CollectConfig) -> anyhow::Result<()> {

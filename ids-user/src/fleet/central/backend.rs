@@ -133,7 +133,9 @@ impl Db {
     }
 
     pub(super) fn open_postgres(url: &str) -> Result<Self, String> {
-        let client = postgres::Client::connect(url, postgres::NoTls).map_err(|e| e.to_string())?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(postgres_error)?;
+        // The migration check's "already exists, skipping" notices are not news.
+        client.batch_execute("SET client_min_messages = warning").map_err(postgres_error)?;
         Ok(Db::Postgres { client: Box::new(client), prepared: HashMap::new() })
     }
 
@@ -154,7 +156,7 @@ impl Db {
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), String> {
         match self {
             Db::Sqlite(conn) => conn.execute_batch(sql).map_err(|e| e.to_string()),
-            Db::Postgres { client, .. } => client.batch_execute(sql).map_err(|e| e.to_string()),
+            Db::Postgres { client, .. } => client.batch_execute(sql).map_err(postgres_error),
         }
     }
 
@@ -185,7 +187,7 @@ impl Db {
             }
             Db::Postgres { client, prepared } => {
                 let statement = prepare_postgres(client, prepared, sql)?;
-                client.execute(&statement, &postgres_params(params)).map_err(|e| e.to_string())
+                client.execute(&statement, &postgres_params(params)).map_err(postgres_error)
             }
         }
     }
@@ -217,7 +219,7 @@ impl Db {
             }
             Db::Postgres { client, prepared } => {
                 let statement = prepare_postgres(client, prepared, sql)?;
-                let rows = client.query(&statement, &postgres_params(params)).map_err(|e| e.to_string())?;
+                let rows = client.query(&statement, &postgres_params(params)).map_err(postgres_error)?;
                 rows.iter().map(postgres_row).collect()
             }
         }
@@ -232,13 +234,27 @@ fn prepare_postgres(
     if let Some(statement) = prepared.get(sql) {
         return Ok(statement.clone());
     }
-    let statement = client.prepare(&to_postgres_placeholders(sql)).map_err(|e| e.to_string())?;
+    let statement = client.prepare(&to_postgres_placeholders(sql)).map_err(postgres_error)?;
     // Queries built from filters (`ids fleet alerts`) vary; keep the cache from growing without end.
     if prepared.len() >= 256 {
         prepared.clear();
     }
     prepared.insert(sql.to_string(), statement.clone());
     Ok(statement)
+}
+
+/// The driver's error with its cause: its own text is only "db error" or "error connecting".
+fn postgres_error(error: postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 fn postgres_params(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {

@@ -15,7 +15,6 @@ mod backend;
 mod schema;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -183,7 +182,7 @@ impl CentralStore {
 
     /// A SQLite central database at `path`.
     #[cfg(test)]
-    pub fn open_sqlite(path: &Path) -> Result<Self, CentralError> {
+    pub fn open_sqlite(path: &std::path::Path) -> Result<Self, CentralError> {
         Self::open(&CentralDatabase::Sqlite(path.into()))
     }
 
@@ -290,6 +289,9 @@ impl CentralStore {
         self.transaction("storing a batch", |db| {
             let mut outcome = BatchOutcome::default();
             let mut attackers = BTreeMap::new();
+            // The alerts' parameters, ALERT_COLUMNS per alert: inserted many rows per statement,
+            // one round trip per chunk rather than per alert (PostgreSQL).
+            let mut alert_rows: Vec<Value> = Vec::new();
             // Per host: the hostname, the newest (epoch, seq) and when, applied once per batch.
             let mut seen: BTreeMap<&str, (&str, (i64, i64), &str)> = BTreeMap::new();
             let mut note = |host, hostname, position, received| {
@@ -303,30 +305,17 @@ impl CentralStore {
                 match &item.inbound {
                     Inbound::Alert(alert) => {
                         let attacker = attacker_of(&alert.kind, &alert.alert);
-                        let inserted = db.execute(
-                            "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                             ON CONFLICT (host, epoch, seq) DO NOTHING",
-                            &[
-                                alert.host.as_str().into(),
-                                alert.hostname.as_str().into(),
-                                alert.epoch.into(),
-                                alert.seq.into(),
-                                alert.time.as_str().into(),
-                                alert.kind.as_str().into(),
-                                alert.alert.to_string().into(),
-                                attacker.clone().into(),
-                                received.into(),
-                            ],
-                        )?;
-                        if inserted == 1 {
-                            outcome.alerts_stored += 1;
-                            if let Some(attacker) = attacker {
-                                attackers.insert(attacker, ());
-                            }
-                        } else {
-                            outcome.duplicates += 1;
-                        }
+                        alert_rows.extend([
+                            alert.host.as_str().into(),
+                            alert.hostname.as_str().into(),
+                            alert.epoch.into(),
+                            alert.seq.into(),
+                            alert.time.as_str().into(),
+                            alert.kind.as_str().into(),
+                            alert.alert.to_string().into(),
+                            attacker.into(),
+                            received.into(),
+                        ]);
                         note(alert.host.as_str(), alert.hostname.as_str(), (alert.epoch, alert.seq), received);
                     }
                     Inbound::Gap(gap) => {
@@ -383,6 +372,17 @@ impl CentralStore {
                         outcome.heartbeats += 1;
                     }
                     Inbound::SnapshotRequest(_) | Inbound::Ban(_) | Inbound::Snapshot(_) => {}
+                }
+            }
+            for chunk in alert_rows.chunks(ALERT_COLUMNS * ALERTS_PER_STATEMENT) {
+                // Only the rows actually inserted come back: the rest were stored before.
+                let inserted = db.query(&insert_alerts_sql(chunk.len() / ALERT_COLUMNS), chunk)?;
+                outcome.alerts_stored += inserted.len();
+                outcome.duplicates += chunk.len() / ALERT_COLUMNS - inserted.len();
+                for row in &inserted {
+                    if let Some(attacker) = row.opt_text(0)? {
+                        attackers.insert(attacker, ());
+                    }
                 }
             }
             for (host, (hostname, (epoch, seq), received)) in seen {
@@ -722,6 +722,28 @@ impl CentralStore {
         }
         Ok(decided)
     }
+}
+
+/// Columns of one alert in [`insert_alerts_sql`].
+const ALERT_COLUMNS: usize = 9;
+/// Alerts per INSERT: 900 parameters, well within SQLite's 32766 and PostgreSQL's 65535.
+const ALERTS_PER_STATEMENT: usize = 100;
+
+/// `INSERT` of `rows` alerts that skips those already stored and returns the attacker of each
+/// row it inserted.
+fn insert_alerts_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = row * ALERT_COLUMNS + 1;
+            let placeholders: Vec<String> = (first..first + ALERT_COLUMNS).map(|n| format!("?{n}")).collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received) VALUES {}
+         ON CONFLICT (host, epoch, seq) DO NOTHING RETURNING attacker",
+        values.join(", ")
+    )
 }
 
 fn first_int(rows: &[Row]) -> Result<i64, String> {

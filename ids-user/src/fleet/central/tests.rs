@@ -57,6 +57,10 @@ fn heartbeat(host: &str, received: SystemTime) -> Received {
 #[test]
 fn a_batch_stored_twice_is_stored_once() {
     let (_dir, mut store) = store();
+    scenario_a_batch_stored_twice_is_stored_once(&mut store);
+}
+
+fn scenario_a_batch_stored_twice_is_stored_once(store: &mut CentralStore) {
     let batch: Vec<Received> = (1..=3).map(|seq| alert("web1", seq, Some("192.0.2.7"))).collect();
     let first = store.store_batch(&batch).unwrap();
     assert_eq!((first.alerts_stored, first.duplicates), (3, 0));
@@ -71,11 +75,22 @@ fn a_batch_stored_twice_is_stored_once() {
     assert_eq!(newest_two.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![2, 3]);
     let after = store.alerts(&AlertFilter { limit: 50, after_id: Some(alerts[0].id), ..Default::default() }).unwrap();
     assert_eq!(after.len(), 2);
+    // The same alert twice within one batch, and more than one statement's worth of alerts.
+    let mut big: Vec<Received> = (4..=250).map(|seq| alert("web1", seq, None)).collect();
+    big.push(alert("web1", 4, None));
+    let third = store.store_batch(&big).unwrap();
+    assert_eq!((third.alerts_stored, third.duplicates), (247, 1));
+    let newest = store.alerts(&AlertFilter { limit: 2, ..AlertFilter::default() }).unwrap();
+    assert_eq!(newest.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![249, 250]);
 }
 
 #[test]
 fn gaps_are_recorded_once_and_counted_per_host() {
     let (_dir, mut store) = store();
+    scenario_gaps_are_recorded_once_and_counted_per_host(&mut store);
+}
+
+fn scenario_gaps_are_recorded_once_and_counted_per_host(store: &mut CentralStore) {
     let gap = Received {
         inbound: Inbound::Gap(GapMessage {
             v: 1,
@@ -98,6 +113,10 @@ fn gaps_are_recorded_once_and_counted_per_host() {
 #[test]
 fn hosts_are_tracked_by_alerts_and_heartbeats() {
     let (_dir, mut store) = store();
+    scenario_hosts_are_tracked_by_alerts_and_heartbeats(&mut store);
+}
+
+fn scenario_hosts_are_tracked_by_alerts_and_heartbeats(store: &mut CentralStore) {
     store.store_batch(&[alert("web1", 5, None), alert("web1", 2, None), alert("db1", 1, None)]).unwrap();
     store.store_batch(&[heartbeat("web1", at(1))]).unwrap();
     let hosts = store.hosts().unwrap();
@@ -113,6 +132,10 @@ fn hosts_are_tracked_by_alerts_and_heartbeats() {
 #[test]
 fn a_host_goes_silent_and_comes_back_with_an_alert_each_time() {
     let (_dir, mut store) = store();
+    scenario_a_host_goes_silent_and_comes_back_with_an_alert_each_time(&mut store);
+}
+
+fn scenario_a_host_goes_silent_and_comes_back_with_an_alert_each_time(store: &mut CentralStore) {
     store.store_batch(&[heartbeat("web1", at(0))]).unwrap();
     // Three intervals of 10 s by default: not yet at 30 s, silent after.
     assert!(store.mark_silent(at(30), None).unwrap().is_empty());
@@ -138,6 +161,10 @@ fn a_host_goes_silent_and_comes_back_with_an_alert_each_time() {
 #[test]
 fn decisions_are_an_outbox_and_the_newest_per_net_counts() {
     let (_dir, mut store) = store();
+    scenario_decisions_are_an_outbox_and_the_newest_per_net_counts(&mut store);
+}
+
+fn scenario_decisions_are_an_outbox_and_the_newest_per_net_counts(store: &mut CentralStore) {
     let net = BanNet::parse("198.51.100.0/24").unwrap();
     let now = rfc3339(at(0));
     let ban = store.record_decision(BanAction::Ban, &net, "manual ban", "manual", None, &now).unwrap();
@@ -158,6 +185,10 @@ fn decisions_are_an_outbox_and_the_newest_per_net_counts() {
 #[test]
 fn the_fleet_rule_bans_once_enough_hosts_saw_the_attacker() {
     let (_dir, mut store) = store();
+    scenario_the_fleet_rule_bans_once_enough_hosts_saw_the_attacker(&mut store);
+}
+
+fn scenario_the_fleet_rule_bans_once_enough_hosts_saw_the_attacker(store: &mut CentralStore) {
     let window = Duration::from_secs(600);
     let now = SystemTime::now();
     // `alert()` stamps a fixed past receipt: restamp it now, inside the window.
@@ -205,6 +236,10 @@ fn a_newer_schema_is_refused_with_the_database_named() {
 #[test]
 fn central_alerts_number_themselves_per_host_under_epoch_zero() {
     let (_dir, mut store) = store();
+    scenario_central_alerts_number_themselves_per_host_under_epoch_zero(&mut store);
+}
+
+fn scenario_central_alerts_number_themselves_per_host_under_epoch_zero(store: &mut CentralStore) {
     store.store_batch(&[heartbeat("web1", at(0))]).unwrap();
     let now = rfc3339(at(1));
     store.insert_fleet_alert("web1", "web1.example", "note", &serde_json::json!({"kind": "note"}), &now).unwrap();
@@ -218,4 +253,30 @@ fn central_alerts_number_themselves_per_host_under_epoch_zero() {
         .map(|a| (a.seq, a.kind))
         .collect();
     assert_eq!(seqs, vec![(1, "note".into()), (2, HOST_SILENT.into()), (3, HOST_BACK.into())]);
+}
+
+type Scenario = fn(&mut CentralStore);
+
+/// The same scenarios on PostgreSQL when `IDS_TEST_POSTGRES` names a database (its `public`
+/// schema is emptied before each): `IDS_TEST_POSTGRES=postgres://ids@127.0.0.1:PORT/fleet`.
+#[test]
+fn the_same_scenarios_pass_on_postgres_when_one_is_given() {
+    let Ok(url) = std::env::var("IDS_TEST_POSTGRES") else { return };
+    let scenarios: &[(&str, Scenario)] = &[
+        ("a_batch_stored_twice_is_stored_once", scenario_a_batch_stored_twice_is_stored_once),
+        ("gaps_are_recorded_once", scenario_gaps_are_recorded_once_and_counted_per_host),
+        ("hosts_are_tracked", scenario_hosts_are_tracked_by_alerts_and_heartbeats),
+        ("silence_and_back", scenario_a_host_goes_silent_and_comes_back_with_an_alert_each_time),
+        ("decisions", scenario_decisions_are_an_outbox_and_the_newest_per_net_counts),
+        ("fleet_rule", scenario_the_fleet_rule_bans_once_enough_hosts_saw_the_attacker),
+        ("central_alerts", scenario_central_alerts_number_themselves_per_host_under_epoch_zero),
+    ];
+    for (name, scenario) in scenarios {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public").unwrap();
+        drop(client);
+        let mut store = CentralStore::open(&CentralDatabase::Postgres(url.clone())).unwrap();
+        eprintln!("postgres: {name}");
+        scenario(&mut store);
+    }
 }
