@@ -18,4 +18,4 @@ pub mod connect;
 pub mod message;
 pub mod topology;
 
-pub use self::config::{CentralDatabase, CollectConfig, FleetConfig};
+pub use self::config::{BrokerConfig, CentralDatabase, CollectConfig, FleetConfig};
