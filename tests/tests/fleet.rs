@@ -493,6 +493,9 @@ fn malformed_and_forged_messages_go_to_the_dead_letter_queue_and_the_collector_k
         "time": "2026-12-05T00:00:00Z", "kind": "integrity", "alert": {"kind": "integrity"}
     })
     .to_string();
+    wait_until("the collector declared its queue", Duration::from_secs(20), || {
+        broker.queue_messages("ids.alerts").is_some()
+    });
     // Not JSON; a message of no known type; host-b's login claiming to be host-a.
     publish_raw(
         &broker,

@@ -318,6 +318,9 @@ fn deny(root: &Path) -> Result<()> {
     }
     let date = output_of("git", &["-C", &db.to_string_lossy(), "log", "-1", "--format=%cs %h"]).unwrap_or_default();
     eprintln!("xtask: advisory database as of {}", date.trim());
+    // cargo-deny reads the metadata of every platform's dependencies (deny.toml's targets) and
+    // runs frozen: download what a new dependency brought before it looks.
+    status(Command::new("cargo").current_dir(root).args(["fetch", "--locked"]))?;
     status(Command::new("cargo").current_dir(root).args(["deny", "--frozen", "check"]))
 }
 
