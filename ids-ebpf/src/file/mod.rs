@@ -82,11 +82,11 @@ fn describe_dentry(event: &mut FileEvent, dentry: Kptr) {
     }
     event.dir_dev = 0;
     event.dir_ino = 0;
-    if let Ok(parent) = kernel::dentry_parent(dentry) {
-        if let Ok(key) = kernel::dentry_inode(parent).and_then(kernel::inode_key) {
-            event.dir_dev = key.dev;
-            event.dir_ino = key.ino;
-        }
+    if let Ok(parent) = kernel::dentry_parent(dentry)
+        && let Ok(key) = kernel::dentry_inode(parent).and_then(kernel::inode_key)
+    {
+        event.dir_dev = key.dev;
+        event.dir_ino = key.ino;
     }
     event.truncated = 0;
     match kernel::dentry_name(dentry) {

@@ -305,7 +305,8 @@ impl Agent {
         body: &[u8],
     ) -> anyhow::Result<()> {
         let start = Instant::now();
-        let confirm = before_deadline(start, "publishing", self.publish(channel, message_type, id.clone(), body)).await?;
+        let confirm =
+            before_deadline(start, "publishing", self.publish(channel, message_type, id.clone(), body)).await?;
         let confirmation = before_deadline(start, "waiting for a confirmation", async {
             confirm.await.context("waiting for the broker's confirmation")
         })
@@ -371,8 +372,7 @@ impl Agent {
         let mut confirmed_up_to = outbox.confirmed_seq;
         let mut failure = None;
         for (seq, confirm) in pending {
-            let confirmation =
-                before_deadline(start, "waiting for confirmations", async { Ok(confirm.await?) }).await;
+            let confirmation = before_deadline(start, "waiting for confirmations", async { Ok(confirm.await?) }).await;
             match confirmation.and_then(confirmed) {
                 Ok(()) if failure.is_none() => confirmed_up_to = seq,
                 Ok(()) => {}
