@@ -605,3 +605,54 @@ fn two_collectors_sharing_the_queue_store_each_alert_once_in_postgresql() {
     assert_eq!(distinct.trim(), "t");
     agent.stop();
 }
+
+#[test]
+fn an_address_alerted_on_by_enough_hosts_is_banned_fleet_wide_by_the_fleet_rule() {
+    let broker = Broker::start("rule", &["collector", "host-a", "host-b"]);
+    let collector = Collector::new("rule", &broker, "rule_hosts = 2\nrule_window = \"5m\"\nrule_ban_for = \"1h\"");
+    let attacker = "10.77.0.9";
+    let logs = Scratch::new("/var/tmp", "fleet-rule-logs");
+    let mut agents: Vec<Agent> = ["host-a", "host-b"]
+        .iter()
+        .map(|host| {
+            let log = logs.0.join(format!("auth-{host}.log"));
+            fs::write(&log, "").unwrap();
+            let extra = format!("[[logs]]\nkind = \"sshd\"\npath = {:?}\n", log.display().to_string());
+            let mut agent = Agent::plain(host, &broker, "1s", &extra);
+            agent.start();
+            // Five failed logins from the attacker in this host's sshd log: a detection.
+            let lines: String = (0..5)
+                .map(|port| {
+                    format!(
+                        "Nov 21 03:33:41 {host} sshd[77]: Failed password for root from {attacker} port {port} ssh2\n"
+                    )
+                })
+                .collect();
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()))
+                .unwrap();
+            agent
+        })
+        .collect();
+    wait_until_or(
+        "a fleet-rule ban of the attacker",
+        Duration::from_secs(30),
+        || {
+            let bans = collector.fleet(&["bans"])["data"].as_array().cloned().unwrap_or_default();
+            bans.iter()
+                .any(|b| b["net"].as_str().is_some_and(|n| n.starts_with(attacker)) && b["origin"] == "fleet-rule")
+        },
+        || {
+            format!(
+                "fleet bans {}; detect alerts {:?}",
+                collector.fleet(&["bans"]),
+                collector.fleet(&["alerts", "--kind", "detect"])
+            )
+        },
+    );
+    for agent in &mut agents {
+        agent.stop();
+    }
+}
