@@ -88,14 +88,18 @@ impl Agent {
     }
 
     fn plain_on(name: &str, broker: &Broker, heartbeat: &str, extra: &str, interface: &str) -> Self {
-        let password = Path::new("/var/tmp").join(format!("ids-test-{}-fleet-pw-{name}", std::process::id()));
-        fs::write(&password, broker.password(name)).unwrap();
+        // In the agent's own scratch directory (made by `with_interface`, written right after).
+        let password =
+            Path::new("/var/tmp").join(format!("ids-test-{}-fleet-agent-{name}/password", std::process::id()));
         let fleet = format!(
             "url = \"amqp://{name}@127.0.0.1:{}/%2f\"\npassword_file = {:?}\nhost_id = {name:?}\nheartbeat = {heartbeat:?}",
             broker.port(),
             password.display().to_string()
         );
-        Agent::with_interface(name, &fleet, extra, interface)
+        let agent = Agent::with_interface(name, &fleet, extra, interface);
+        assert!(password.starts_with(&agent._dir.0));
+        fs::write(&password, broker.password(name)).unwrap();
+        agent
     }
 
     /// Starts the daemon and waits for its first scan: a file written from then on is an alert
