@@ -359,6 +359,39 @@ fn two_agents_send_alerts_of_every_kind_and_the_collector_shows_them_by_host() {
             assert!(row.get(key).is_some(), "{key} missing from {row}");
         }
     }
+    // `ids fleet alerts --follow` prints a new alert as it arrives.
+    let mut follow = Command::new(ids_bin())
+        .args(["fleet", "alerts", "--follow", "--json", "--host", "host-b", "-n", "0", "--config"])
+        .arg(&collector.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    b.write_files("followed", 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let followed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines_rx.recv_timeout(left).expect("ids fleet alerts --follow printed nothing within 20 s");
+        if line.contains("followed-0") {
+            break line;
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let followed: Value = serde_json::from_str(&followed).unwrap();
+    assert_eq!(followed["ok"], true, "{followed}");
+    assert!(followed["data"].as_array().unwrap().iter().all(|a| a["host"] == "host-b"), "{followed}");
     let status = a.fleet_status();
     assert_eq!(status["connected"], true, "{status}");
     assert_eq!(status["backlog"], 0, "{status}");
