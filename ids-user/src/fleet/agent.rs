@@ -5,7 +5,7 @@
 //! the backlog only when the broker confirmed it (a returned `mandatory` message is not a
 //! confirmation). While the broker cannot be reached the backlog grows in SQLite, up to
 //! `[fleet] max_backlog`; beyond, the oldest are dropped and a gap record says which.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -32,15 +32,20 @@ use crate::harness::{Stop, Workers};
 use crate::store::{Gap, Store};
 use crate::time::Timestamp;
 
-/// Alerts published before their confirmations are awaited.
-const BATCH: usize = 1000;
+/// Alerts published together; [`IN_FLIGHT`] batches are published before the oldest one's
+/// confirmations are awaited, so the broker always has work while the agent waits.
+const BATCH: usize = 500;
+const IN_FLIGHT: usize = 4;
+/// Alerts confirmed in one turn of the agent's loop before heartbeats and ban decisions are
+/// looked at.
+const TURN: usize = 20_000;
 /// How often the backlog is looked at when no alert was stored meanwhile (an alert the store
 /// refused at first is stored by a retry that may come without a wakeup).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Reconnect delays: from this, doubling, up to [`BACKOFF_MAX`], each with ±50 % jitter so that
 /// a fleet does not reconnect in step after a broker restart.
 const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long the broker may take to confirm a batch, or to answer while a session is set up; a
 /// connection that died under a pending confirmation does not always fail it, so without this
 /// the agent could wait for ever.
@@ -280,8 +285,8 @@ impl Agent {
             self.cap_backlog();
             self.send_gaps(&session.publish).await?;
             let sent = self.send_alerts(&session.publish).await?;
-            // A full batch: more are waiting; ban decisions are still taken between batches.
-            let wait = if sent == BATCH { Duration::ZERO } else { IDLE_CHECK.min(next_heartbeat - Instant::now()) };
+            // A full turn: more are waiting; ban decisions are still taken between turns.
+            let wait = if sent >= TURN { Duration::ZERO } else { IDLE_CHECK.min(next_heartbeat - Instant::now()) };
             tokio::select! {
                 biased;
                 _ = stop.stopped() => {}
@@ -290,7 +295,7 @@ impl Agent {
                     Some(Err(e)) => return Err(e).context("receiving ban decisions"),
                     None => anyhow::bail!("the broker cancelled the ban consumer"),
                 },
-                _ = self.stored.notified(), if sent < BATCH => {}
+                _ = self.stored.notified(), if sent < TURN => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -340,21 +345,68 @@ impl Agent {
             .context("publishing")
     }
 
-    /// Publishes up to [`BATCH`] unsent alerts, then waits for their confirmations; the outbox
-    /// moves past the confirmed ones, in order, and stops at the first that was not.
+    /// Sends the unsent alerts, pipelined: up to [`IN_FLIGHT`] batches of [`BATCH`] are published
+    /// (each batch's publishes issued together, so the connection writes them in one go) before
+    /// the oldest batch's confirmations are awaited. The outbox moves past confirmed alerts only,
+    /// in order, and stops at the first that was not. Returns how many were confirmed; after
+    /// [`TURN`] it returns with nothing in flight, so heartbeats and ban decisions get their turn.
     async fn send_alerts(&self, channel: &Channel) -> anyhow::Result<usize> {
         let outbox = self.db().outbox(self.epoch)?;
-        let unsent = self.db().alerts_after(outbox.confirmed_seq, BATCH)?;
-        if unsent.is_empty() {
+        let mut published_up_to = outbox.confirmed_seq;
+        let mut confirmed_up_to = outbox.confirmed_seq;
+        let mut in_flight: VecDeque<Vec<(i64, PublisherConfirm)>> = VecDeque::new();
+        let mut total = 0;
+        loop {
+            while in_flight.len() < IN_FLIGHT && total < TURN {
+                let unsent = self.db().alerts_after(published_up_to, BATCH)?;
+                let Some(last) = unsent.last().map(|alert| alert.seq) else { break };
+                in_flight.push_back(self.publish_batch(channel, &unsent).await?);
+                published_up_to = last;
+            }
+            let Some(batch) = in_flight.pop_front() else { break };
+            let start = Instant::now();
+            let mut failure = None;
+            for (seq, confirm) in batch {
+                let confirmation =
+                    before_deadline(start, "waiting for confirmations", async { Ok(confirm.await?) }).await;
+                match confirmation.and_then(confirmed) {
+                    Ok(()) => confirmed_up_to = seq,
+                    Err(e) => {
+                        failure = Some(e.context(format!("alert {seq}")));
+                        break;
+                    }
+                }
+            }
+            let sent = (confirmed_up_to - outbox.confirmed_seq).max(0) as usize - total;
+            total += sent;
+            if sent > 0 {
+                self.db().confirm_alerts(confirmed_up_to)?;
+            }
             self.shared.update(|s| {
-                s.backlog = 0;
-                s.last_confirmed_seq = outbox.confirmed_seq;
+                s.sent += sent as u64;
+                s.last_confirmed_seq = confirmed_up_to;
+                s.backlog = (outbox.last_seq - confirmed_up_to).max(0) as u64;
             });
-            return Ok(0);
+            if let Some(e) = failure {
+                // What is still in flight is sent again on the next connection (the collector
+                // stores each alert once).
+                return Err(e);
+            }
         }
+        let last_seq = self.db().last_alert_id()?;
+        self.shared.update(|s| s.backlog = (last_seq - confirmed_up_to).max(0) as u64);
+        Ok(total)
+    }
+
+    /// Publishes `alerts` together and returns their pending confirmations, in order.
+    async fn publish_batch(
+        &self,
+        channel: &Channel,
+        alerts: &[crate::store::UnsentAlert],
+    ) -> anyhow::Result<Vec<(i64, PublisherConfirm)>> {
         let start = Instant::now();
-        let mut pending = Vec::with_capacity(unsent.len());
-        for alert in &unsent {
+        let mut messages = Vec::with_capacity(alerts.len());
+        for alert in alerts {
             let message = AlertMessage {
                 v: message::VERSION,
                 host: self.host.clone(),
@@ -365,36 +417,16 @@ impl Agent {
                 kind: alert.row.kind.clone(),
                 alert: alert.row.to_alert_json(),
             };
-            let confirm =
-                self.publish(channel, types::ALERT, message.message_id(), &serde_json::to_vec(&message)?).await?;
-            pending.push((alert.seq, confirm));
+            messages.push((alert.seq, message.message_id(), serde_json::to_vec(&message)?));
         }
-        let mut confirmed_up_to = outbox.confirmed_seq;
-        let mut failure = None;
-        for (seq, confirm) in pending {
-            let confirmation = before_deadline(start, "waiting for confirmations", async { Ok(confirm.await?) }).await;
-            match confirmation.and_then(confirmed) {
-                Ok(()) if failure.is_none() => confirmed_up_to = seq,
-                Ok(()) => {}
-                Err(e) => {
-                    failure.get_or_insert(e.context(format!("alert {seq}")));
-                }
-            }
-        }
-        let sent = (confirmed_up_to - outbox.confirmed_seq).max(0) as u64;
-        if sent > 0 {
-            self.db().confirm_alerts(confirmed_up_to)?;
-        }
-        let backlog = (outbox.last_seq.max(confirmed_up_to) - confirmed_up_to).max(0) as u64;
-        self.shared.update(|s| {
-            s.sent += sent;
-            s.last_confirmed_seq = confirmed_up_to;
-            s.backlog = backlog;
-        });
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(unsent.len()),
-        }
+        // Each publish waits until the connection's writer took its frames: issued one after
+        // the other they would cost a round trip to that thread each.
+        let publishes = messages.iter().map(|(_, id, body)| self.publish(channel, types::ALERT, id.clone(), body));
+        let confirms = before_deadline(start, "publishing", async {
+            futures_util::future::join_all(publishes).await.into_iter().collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await?;
+        Ok(messages.iter().map(|(seq, _, _)| *seq).zip(confirms).collect())
     }
 
     async fn send_gaps(&self, channel: &Channel) -> anyhow::Result<()> {

@@ -41,7 +41,7 @@ pub use bans_table::BanRow;
 mod detect;
 pub use detect::LogOffset;
 mod fleet_outbox;
-pub use fleet_outbox::Gap;
+pub use fleet_outbox::{Gap, UnsentAlert};
 
 /// Schema migrations, in order; never edit one that was released, append a new one.
 pub const MIGRATIONS: &[&str] = &[
