@@ -1,7 +1,9 @@
 //! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
 //! the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`)
-//! and the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`).
+//! the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`), and the
+//! fleet's central commands `ids collect`, `ids fleet ...` (`cli/fleet.rs`).
 mod bans;
+mod fleet;
 mod tinyids;
 
 use std::path::PathBuf;
@@ -137,6 +139,17 @@ enum Command {
     Db {
         #[command(subcommand)]
         command: DbCommand,
+    },
+    /// The fleet's collector: consume every agent's alerts into the `[collect] database`, track
+    /// hosts, run the fleet rule, publish fleet bans (runs until SIGINT/SIGTERM).
+    Collect {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The fleet as the collector stored it: hosts, alerts, fleet bans; ban and unban fleet-wide.
+    Fleet {
+        #[command(subcommand)]
+        command: self::fleet::FleetCommand,
     },
     /// Configuration helpers.
     Config {
@@ -344,6 +357,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 "the next `ids run` rescans every item; changes since the items were last stored are reported against what was recovered"
             );
         }
+        Command::Collect { common } => return self::fleet::collect(common),
+        Command::Fleet { command } => return self::fleet::run(command),
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
             let config = Config::load(common.config.as_deref())?;

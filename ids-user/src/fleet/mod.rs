@@ -11,9 +11,11 @@
 //!   each of them reaches the broker.
 pub(crate) mod agent;
 pub(crate) mod bans;
+pub mod central;
+pub mod collector;
 pub mod config;
 pub mod connect;
 pub mod message;
 pub mod topology;
 
-pub use self::config::{CollectConfig, FleetConfig};
+pub use self::config::{CentralDatabase, CollectConfig, FleetConfig};

@@ -1,0 +1,421 @@
+//! `ids collect` and `ids fleet hosts|alerts|bans|ban|unban`: the central side of the fleet,
+//! reading and writing the `[collect] database` directly (docs/fleet-central.md).
+//!
+//! With `--json` every answer is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`
+//! (`ids fleet alerts --follow --json` prints one such document per line, each with the alerts
+//! that arrived since the last).
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::bans::BanNet;
+use crate::config::Config;
+use crate::fleet::central::{AlertFilter, AlertRecord, CentralStore, HostRecord, rfc3339};
+use crate::fleet::collector;
+use crate::fleet::message::{BanAction, BanDecision};
+use crate::fleet::{CentralDatabase, CollectConfig};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum FleetCommand {
+    /// Every host the collector heard of: status (ok, silent), last sequence number, gaps, backlog.
+    Hosts {
+        #[command(flatten)]
+        common: super::Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet's alerts, newest last.
+    Alerts(AlertsArgs),
+    /// The fleet bans in force.
+    Bans {
+        #[command(flatten)]
+        common: super::Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address or prefix on every host of the fleet.
+    Ban {
+        #[command(flatten)]
+        common: super::Common,
+        /// ADDR or ADDR/PREFIX, IPv4 or IPv6.
+        net: String,
+        /// How long: 90s, 10m, 1h, 7d, permanent.
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h", allow_hyphen_values = true)]
+        duration: String,
+        /// Why (shown by `ids fleet bans` and on every host).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Allow prefixes broader than /8 (IPv4) or /16 (IPv6).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a fleet ban on every host.
+    Unban {
+        #[command(flatten)]
+        common: super::Common,
+        net: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AlertsArgs {
+    #[command(flatten)]
+    common: super::Common,
+    /// Only this host's alerts (its id).
+    #[arg(long)]
+    host: Option<String>,
+    /// Only alerts of this kind (detect, integrity, ban, host_silent, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only alerts raised since: an RFC 3339 time, or a duration meaning that long ago (10m, 2h).
+    #[arg(long)]
+    since: Option<String>,
+    /// How many (the newest).
+    #[arg(short = 'n', default_value_t = 50)]
+    n: usize,
+    /// Keep printing new alerts as they are stored, until interrupted.
+    #[arg(long)]
+    follow: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// How often `--follow` looks for new alerts.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The `[collect]` section every central command needs.
+fn collect_config(common: &super::Common) -> anyhow::Result<CollectConfig> {
+    let config = Config::load(common.config.as_deref())?;
+    config.collect.ok_or_else(|| {
+        let origin = common
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the default configuration".into());
+        anyhow::anyhow!(
+            "{origin} has no [collect] section: the central commands need at least [collect] url and database"
+        )
+    })
+}
+
+/// Opens the central database; a SQLite file must exist already unless `create`.
+fn open(config: &CollectConfig, create: bool) -> anyhow::Result<CentralStore> {
+    if let CentralDatabase::Sqlite(path) = &config.database
+        && !create
+        && !path.exists()
+    {
+        anyhow::bail!("no central database at {} (has `ids collect` run with this configuration?)", path.display());
+    }
+    Ok(CentralStore::open(&config.database)?)
+}
+
+/// Prints `{"ok", "data"}` / `{"ok": false, "error"}` or the human form; the exit code follows.
+fn finish(result: anyhow::Result<Value>, json: bool, human: impl Fn(&Value) -> String) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(data) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"ok": true, "data": data}))?);
+            } else {
+                print!("{}", human(&data));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "error": format!("{error:#}")}))?);
+            } else {
+                eprintln!("ids: {error:#}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `ids collect`.
+pub(super) fn collect(common: super::Common) -> anyhow::Result<ExitCode> {
+    let config = collect_config(&common)?;
+    super::init_logging();
+    collector::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FleetCommand::Hosts { common, json } => {
+            let result = (|| {
+                let hosts = open(&collect_config(&common)?, false)?.hosts()?;
+                Ok(serde_json::to_value(hosts)?)
+            })();
+            finish(result, json, human_hosts)
+        }
+        FleetCommand::Alerts(args) => alerts(args),
+        FleetCommand::Bans { common, json } => {
+            let result = (|| {
+                let bans = open(&collect_config(&common)?, false)?.active_bans(&rfc3339(SystemTime::now()))?;
+                Ok(serde_json::to_value(bans.iter().map(ban_json).collect::<Vec<_>>())?)
+            })();
+            finish(result, json, human_bans)
+        }
+        FleetCommand::Ban { common, net, duration, reason, force, json } => {
+            let result = (|| {
+                let config = collect_config(&common)?;
+                let net = BanNet::parse(&net)?;
+                if net.is_broad() && !force {
+                    anyhow::bail!("{net} covers a large part of the address space; add --force to ban it fleet-wide");
+                }
+                let ban_for = crate::bans::parse_duration(&duration).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+                let reason = reason.unwrap_or_else(|| "manual fleet ban".into());
+                anyhow::ensure!(!reason.trim().is_empty(), "--reason: empty");
+                let now = SystemTime::now();
+                let expires = match ban_for {
+                    Some(d) => Some(rfc3339(
+                        now.checked_add(d)
+                            .ok_or_else(|| anyhow::anyhow!("--for {duration:?}: too far in the future"))?,
+                    )),
+                    None => None,
+                };
+                let decision = open(&config, true)?.record_decision(
+                    BanAction::Ban,
+                    &net,
+                    &reason,
+                    "manual",
+                    expires,
+                    &rfc3339(now),
+                )?;
+                publish_recorded(&config, decision)
+            })();
+            finish(result, json, human_decision)
+        }
+        FleetCommand::Unban { common, net, json } => {
+            let result = (|| {
+                let config = collect_config(&common)?;
+                let net = BanNet::parse(&net)?;
+                let mut store = open(&config, true)?;
+                let now = rfc3339(SystemTime::now());
+                let was_active = store.active_bans(&now)?.iter().any(|ban| ban.net == net.to_string());
+                let decision = store.record_decision(BanAction::Unban, &net, "manual unban", "manual", None, &now)?;
+                let mut data = publish_recorded(&config, decision)?;
+                data["was_active"] = was_active.into();
+                Ok(data)
+            })();
+            finish(result, json, human_decision)
+        }
+    }
+}
+
+/// Publishes a recorded decision now and marks it published; when the broker cannot be
+/// reached the decision stays recorded for the running collector to publish.
+fn publish_recorded(config: &CollectConfig, decision: BanDecision) -> anyhow::Result<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let published = runtime.block_on(async {
+        let (connection, channel) = collector::publishing_channel(&config.broker, "ids fleet").await?;
+        collector::publish_decision(&channel, &decision).await?;
+        let _ = connection.close(200, "done".into()).await;
+        anyhow::Ok(())
+    });
+    let mut data = ban_json(&decision);
+    match published {
+        Ok(()) => {
+            open(config, true)?.mark_published(decision.rev)?;
+            data["published"] = true.into();
+        }
+        Err(error) => {
+            data["published"] = false.into();
+            data["note"] = format!(
+                "not published now ({error:#}): the decision is recorded and the running collector publishes it"
+            )
+            .into();
+        }
+    }
+    Ok(data)
+}
+
+fn ban_json(decision: &BanDecision) -> Value {
+    json!({
+        "rev": decision.rev,
+        "action": decision.action,
+        "net": decision.net,
+        "reason": decision.reason,
+        "origin": decision.origin,
+        "expires": decision.expires,
+        "time": decision.time,
+    })
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now; as the database compares it.
+fn parse_since(text: &str) -> anyhow::Result<String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(rfc3339(time));
+    }
+    match humantime::parse_duration(text) {
+        Ok(ago) => Ok(rfc3339(SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH))),
+        Err(_) => {
+            anyhow::bail!("--since {text:?}: neither an RFC 3339 time (2026-12-05T10:00:00Z) nor a duration (10m, 2h)")
+        }
+    }
+}
+
+fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let prepared = (|| {
+        let config = collect_config(&args.common)?;
+        let filter = AlertFilter {
+            host: args.host.clone(),
+            kind: args.kind.clone(),
+            since: args.since.as_deref().map(parse_since).transpose()?,
+            limit: args.n,
+            after_id: None,
+        };
+        let mut store = open(&config, false)?;
+        let first = store.alerts(&filter)?;
+        anyhow::Ok((store, filter, first))
+    })();
+    let (mut store, mut filter, first) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return finish(Err(error), json, |_| String::new()),
+    };
+    if !args.follow {
+        return finish(Ok(serde_json::to_value(&first)?), json, |data| human_alerts(data));
+    }
+    // Follow: from the newest alert shown (or the newest stored) on, every alert as it comes.
+    let mut last_id = match first.last() {
+        Some(alert) => alert.id,
+        None => store.newest_alert_id()?,
+    };
+    print_follow(&first, json)?;
+    filter.limit = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            tokio::select! {
+                _ = &mut interrupted => return anyhow::Ok(()),
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            filter.after_id = Some(last_id);
+            let new = store.alerts(&filter)?;
+            if let Some(alert) = new.last() {
+                last_id = alert.id;
+                print_follow(&new, json)?;
+            }
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_follow(alerts: &[AlertRecord], json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if json {
+        if !alerts.is_empty() {
+            println!("{}", serde_json::to_string(&json!({"ok": true, "data": alerts}))?);
+        }
+    } else {
+        print!("{}", human_alerts(&serde_json::to_value(alerts)?));
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn number(value: &Value, key: &str) -> String {
+    value.get(key).filter(|v| !v.is_null()).map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn human_hosts(data: &Value) -> String {
+    let hosts: Vec<HostRecord> = serde_json::from_value(data.clone()).unwrap_or_default();
+    if hosts.is_empty() {
+        return "no hosts yet\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:<24} {:<7} {:>10} {:>8} {:>8}  {:<27}  {}\n",
+        "host", "hostname", "status", "last_seq", "gaps", "backlog", "last_seen", "aggregate"
+    );
+    for host in hosts {
+        out += &format!(
+            "{:<24} {:<24} {:<7} {:>10} {:>8} {:>8}  {:<27}  {}\n",
+            host.host,
+            host.hostname,
+            host.status,
+            host.last_seq,
+            host.gaps,
+            host.backlog,
+            host.last_seen,
+            host.aggregate.as_deref().map(|a| a.chars().take(16).collect::<String>()).unwrap_or_else(|| "-".into()),
+        );
+    }
+    out
+}
+
+/// One line per alert: time, host, kind, and the alert's gist.
+fn human_alerts(data: &Value) -> String {
+    let mut out = String::new();
+    for alert in data.as_array().into_iter().flatten() {
+        let body = &alert["alert"];
+        let gist = match text(alert, "kind") {
+            "detect" => format!("{} {} from {}", text(body, "detector"), text(body, "rule"), text(body, "source")),
+            "ban" => format!("banned {} ({}): {}", text(body, "net"), text(body, "source"), text(body, "reason")),
+            "integrity" | "sensor_miss" => format!("{} {}", text(body, "change"), text(body, "id")),
+            "host_silent" => format!("no heartbeat since {}", text(body, "last_heartbeat")),
+            "host_back" => "heartbeats again".to_string(),
+            _ => {
+                let compact = body.to_string();
+                compact.chars().take(100).collect()
+            }
+        };
+        out += &format!("{}  {:<20} {:<12} {}\n", text(alert, "time"), text(alert, "host"), text(alert, "kind"), gist);
+    }
+    out
+}
+
+fn human_bans(data: &Value) -> String {
+    let bans = data.as_array().map(Vec::as_slice).unwrap_or_default();
+    if bans.is_empty() {
+        return "no fleet bans in force\n".into();
+    }
+    let mut out = format!("{:>6}  {:<40} {:<11} {:<28} {}\n", "rev", "net", "origin", "expires", "reason");
+    for ban in bans {
+        let expires = ban["expires"].as_str().unwrap_or("permanent");
+        out += &format!(
+            "{:>6}  {:<40} {:<11} {:<28} {}\n",
+            number(ban, "rev"),
+            text(ban, "net"),
+            text(ban, "origin"),
+            expires,
+            text(ban, "reason")
+        );
+    }
+    out
+}
+
+fn human_decision(data: &Value) -> String {
+    let what = if data["action"] == "unban" { "fleet unban of" } else { "fleet ban of" };
+    let mut out = format!("{what} {} recorded as rev {}", text(data, "net"), number(data, "rev"));
+    if data["action"] == "ban" {
+        out += &match data["expires"].as_str() {
+            Some(expires) => format!(", until {expires}"),
+            None => ", permanently".into(),
+        };
+    }
+    if data["was_active"] == false {
+        out += " (no fleet ban was in force on it)";
+    }
+    out += if data["published"] == true {
+        "; published to every host\n"
+    } else {
+        "; the broker could not be reached: the running collector publishes it\n"
+    };
+    if let Some(note) = data["note"].as_str() {
+        out += &format!("  {note}\n");
+    }
+    out
+}
