@@ -814,7 +814,7 @@ pub(super) fn bench_fleet(root: &Path) -> anyhow::Result<()> {
     let _ = writeln!(s, "### Latency, alert stored on the host → queryable at the collector\n");
     let _ = writeln!(
         s,
-        "New files at {:.0}/s for {LATENCY_SECS} s in a directory the daemon watches (`file_contents`), one `integrity` alert each; per alert `received − time` from the collector's database ({} alerts): p50 **{:.1} ms**, p99 **{:.1} ms**, max {:.1} ms. Target p99 < {TARGET_P99_MS:.0} ms {}.\n",
+        "New files at {:.0}/s for {LATENCY_SECS} s in a directory the daemon watches (`file_contents`), one `integrity` alert each; per alert `received − time` from the collector's database ({} alerts; SQLite `julianday`, millisecond resolution): p50 **{:.1} ms**, p99 **{:.1} ms**, max {:.1} ms. Target p99 < {TARGET_P99_MS:.0} ms {}.\n",
         latency.rate,
         thousands(latency.alerts as u64),
         latency.p50_ms,
