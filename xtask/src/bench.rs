@@ -17,6 +17,10 @@
 //!    each step the daemon is given time to drain and the `file` counters of `ids status --json`
 //!    give the received and lost deltas. The capacity is the highest rate with nothing lost.
 //!
+//! Area `fleet` (module [`fleet`]): agent → RabbitMQ → `ids collect` throughput with confirms
+//! beside a DIDS-style Python/pika peer, stored → queryable latency, and the backlog drain and
+//! detection latency around a broker outage.
+//!
 //! Needs root (the daemon loads eBPF programs). Everything the bench creates lives in a scratch
 //! directory under /var/tmp that is removed at the end; network traffic stays on 127.0.0.1.
 use std::fmt::Write as _;
@@ -32,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 
 mod detect;
+mod fleet;
 mod integrity;
 mod server;
 mod xdp;
@@ -74,8 +79,9 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "server" => server::bench_server(root),
         "xdp" => xdp::bench_xdp(root),
         "detect" => detect::bench_detect(root),
+        "fleet" => fleet::bench_fleet(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect)"),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet)"),
     }
 }
 
