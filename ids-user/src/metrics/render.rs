@@ -260,6 +260,66 @@ pub(crate) fn render(status: &StatusAnswer) -> String {
 mod tests {
     use super::*;
 
+    /// A status as the daemon answers it, with a fleet link or without.
+    fn status(fleet: Option<serde_json::Value>) -> StatusAnswer {
+        serde_json::from_value(serde_json::json!({
+            "pid": 1, "uptime_s": 42,
+            "signals": [{"signal": "file", "hook": "lsm", "received": 7, "lost": 3, "lost_in_kernel": 1,
+                         "dropped": 2, "malformed": 0}],
+            "errors": {"file_open": 4},
+            "incoming": {"hook": "xdp:x", "interfaces": []},
+            "watch": {"roots": ["/etc"], "inodes": 10, "unresolved": 0},
+            "events_written": 7, "events_log_errors": 0, "events_log_lines_lost": 0,
+            "alert_store": {"store_failures": 0, "unstored": 0, "lost": 0},
+            "alerts": {"integrity": 2, "ban": 1},
+            "aggregate": "ab",
+            "integrity": {"ready": true, "dirty": 0, "items": 9, "alerts": 2},
+            "xdp": {"interfaces": [{"name": "lo", "mode": "generic"}], "pin_dir": "/p", "bans": 5,
+                    "scan_reports": 0, "scan_reports_dropped": 0},
+            "detect": {"lines": 11, "lines_cut": 0, "alerts": 0, "bans_requested": 0, "files_scanned": 0,
+                       "dropped": 0, "windows_evicted": 0},
+            "fleet": fleet,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_status_figures_become_their_samples() {
+        let text = render(&status(None));
+        for line in [
+            "ids_up 1",
+            "ids_uptime_seconds 42",
+            "ids_events_received_total{signal=\"file\"} 7",
+            "ids_events_lost_total{signal=\"file\"} 3",
+            "ids_program_errors_total{program=\"file_open\"} 4",
+            "ids_alerts_total{kind=\"ban\"} 1",
+            "ids_alerts_total{kind=\"integrity\"} 2",
+            "ids_bans_active 5",
+            "ids_xdp_interfaces 1",
+            "ids_integrity_items 9",
+            "ids_integrity_aggregate_ready 1",
+            "ids_detect_log_lines_total 11",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("ids_fleet_"), "fleet metrics without a fleet:\n{text}");
+    }
+
+    #[test]
+    fn fleet_metrics_come_with_a_fleet_link() {
+        let fleet = serde_json::json!({"connected": true, "backlog": 3, "last_confirmed_seq": 0, "last_error": null,
+            "host": "h", "epoch": 1, "sent": 8, "dropped": 1, "ban_decisions": 0});
+        let text = render(&status(Some(fleet)));
+        for line in [
+            "ids_fleet_connected 1",
+            "ids_fleet_backlog 3",
+            "ids_fleet_alerts_sent_total 8",
+            "ids_fleet_alerts_dropped_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
     #[test]
     fn label_values_cannot_end_their_sample() {
         assert_eq!(escape_label_value("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
