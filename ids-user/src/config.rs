@@ -67,6 +67,7 @@ struct RawConfig {
     rules_mode: RulesMode,
     fleet: Option<crate::fleet::config::RawFleet>,
     collect: Option<crate::fleet::config::RawCollect>,
+    metrics: Option<crate::metrics::config::RawMetrics>,
 }
 
 /// One `[[logs]]` table: a log file the detectors follow.
@@ -186,6 +187,8 @@ pub struct Config {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// `[collect]`: `ids collect` and `ids fleet ...` on the central host.
     pub collect: Option<crate::fleet::CollectConfig>,
+    /// `[metrics]`: the Prometheus endpoint of the daemon; `None`: no endpoint.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 impl Config {
@@ -286,6 +289,7 @@ impl Config {
         let fleet = raw.fleet.map(crate::fleet::config::validate_fleet).transpose().map_err(|(k, m)| invalid(k, m))?;
         let collect =
             raw.collect.map(crate::fleet::config::validate_collect).transpose().map_err(|(k, m)| invalid(k, m))?;
+        let metrics = raw.metrics.map(crate::metrics::config::validate).transpose().map_err(|(k, m)| invalid(k, m))?;
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
             journal: raw
@@ -302,6 +306,7 @@ impl Config {
             detect,
             fleet,
             collect,
+            metrics,
             watch: raw.watch,
             events_log,
             state_dir: raw.state_dir,
@@ -453,6 +458,24 @@ mod tests {
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("serve.max_connections"));
         let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 100000000\n");
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("outside"));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_its_listen_address_is_given_and_valid() {
+        assert_eq!(Config::parse("", "t.toml").unwrap().metrics, None);
+        let config = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n", "t.toml").unwrap();
+        assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());
+        let config = Config::parse("[metrics]\nlisten = \"[::1]:9464\"\n", "t.toml").unwrap();
+        assert_eq!(config.metrics.unwrap().listen, "[::1]:9464".parse().unwrap());
+        for bad in ["localhost:9464", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let text = format!("[metrics]\nlisten = {bad:?}\n");
+            let error = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(error.contains("metrics.listen") && error.contains("not a socket address"), "{bad:?}: {error}");
+        }
+        let error = Config::parse("[metrics]\n", "t.toml").unwrap_err().to_string();
+        assert!(error.contains("listen"), "{error}");
+        let error = Config::parse("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/x\"\n", "t.toml").unwrap_err();
+        assert!(error.to_string().contains("path"), "{error}");
     }
 
     #[test]

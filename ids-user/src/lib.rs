@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub(crate) mod harness;
 pub(crate) mod integrity;
 pub(crate) mod item;
+pub(crate) mod metrics;
 pub(crate) mod sensor;
 pub(crate) mod store;
 pub(crate) mod time;

@@ -41,6 +41,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rabbitmq-server",
     "postgresql",
     "python3-pika",
+    // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
+    // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
+    "prometheus",
 ];
 
 #[derive(Parser)]

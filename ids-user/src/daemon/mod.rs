@@ -1,7 +1,8 @@
 //! `ids run`: the daemon. [`Daemon::start`] builds the alert sink, the workers (integrity,
 //! detect, remote CHECKs) and the ban path, attaches the sensor, and connects the ring-buffer
 //! readers to the event bus ([`bus`]); [`Daemon::run`] serves the control socket, applies ban
-//! requests and expires bans until SIGINT/SIGTERM or a worker's failure; [`Daemon::shutdown`]
+//! requests and expires bans until SIGINT/SIGTERM or a worker's failure (with `[metrics]`, the
+//! Prometheus endpoint's worker asks for the status on the control channel); [`Daemon::shutdown`]
 //! detaches the programs and drains every worker through the one harness (`crate::harness`).
 mod bus;
 
@@ -172,6 +173,14 @@ impl Daemon {
             None => (None, None),
         };
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
+        if let Some(metrics) = &config.metrics {
+            // Scrapes ask for the status on the control socket's channel: answered in `run`
+            // like `ids status`, from the same counters.
+            let listener = crate::metrics::bind(metrics.listen).await?;
+            let requests = control_tx.clone();
+            workers.spawn_task("metrics", move |stop| crate::metrics::serve(listener, requests, stop));
+            info!(listen = %metrics.listen, "metrics endpoint serving /metrics");
+        }
         workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
         // Control connections, followed logs and ring buffers are all descriptors: take what the
         // hard limit allows, as `ids serve` does, so that a burst of clients does not starve the rest.
