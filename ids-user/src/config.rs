@@ -460,6 +460,8 @@ mod tests {
         let config = Config::load(None).unwrap();
         assert_eq!(config.events_log, EventsLog::Stdout);
         assert!(config.watch.iter().any(|p| p == Path::new("/etc")));
+        // A first run puts no filter on the host's interfaces unasked.
+        assert_eq!(config.xdp.interfaces, crate::bans::config::XdpInterfaces::None);
     }
 
     #[test]
@@ -518,7 +520,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(config.xdp.interfaces, ["eth0"]);
+        assert_eq!(config.xdp.interfaces, crate::bans::config::XdpInterfaces::Named(vec!["eth0".into()]));
         assert_eq!(config.xdp.trusted[0].to_string(), "10.0.0.0/8");
         assert_eq!(config.bans.default_duration, Some(std::time::Duration::from_secs(600)));
         let defaults = Config::parse(BASE, "t").unwrap();

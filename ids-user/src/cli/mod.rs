@@ -364,6 +364,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
             let config = Config::load(common.config.as_deref())?;
             // The rules file is part of the configuration: check that it loads too.
             crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
+            // The daemon would start and enforce nothing on an interface that is not there.
+            let absent = config.xdp.interfaces.absent();
+            if !absent.is_empty() {
+                anyhow::bail!(
+                    "[xdp] interfaces: no interface {} on this host (see `ip link`); no ban would be enforced on it",
+                    absent.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
+                );
+            }
             println!("ok");
         }
     }
@@ -493,7 +501,14 @@ fn human_status(status: &StatusAnswer) -> String {
     }
     out += &format!("incoming  {} on {}\n", status.incoming.hook, status.incoming.interfaces.join(", "));
     let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
-    out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+    if modes.is_empty() {
+        out += &format!(
+            "bans      {} recorded, NOT enforced: the XDP filter is on no interface (see [xdp] interfaces)\n",
+            status.xdp.bans
+        );
+    } else {
+        out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+    }
     let errors: Vec<String> = status
         .errors
         .iter()

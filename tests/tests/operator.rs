@@ -1,0 +1,74 @@
+//! What an operator meets on a first run: where the XDP filter goes, who may read the state, what
+//! a user without root is told, and which configuration file is read. Run as root; the non-root
+//! cases drop to `nobody` with setpriv.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ids_tests::{Daemon, Pins, Scratch, ids_bin, test_pin_dir};
+
+/// A daemon config in `scratch` with `xdp_interfaces` (a TOML array) and nothing watched.
+fn write_config(scratch: &Scratch, name: &str, xdp_interfaces: &str) -> (PathBuf, PathBuf) {
+    let config = scratch.0.join("ids.toml");
+    let events = scratch.0.join("events.jsonl");
+    fs::write(
+        &config,
+        format!(
+            "watch = []\nevents_log = {:?}\nstate_dir = {:?}\n[xdp]\ninterfaces = {xdp_interfaces}\npin_dir = {:?}\n",
+            events.display().to_string(),
+            scratch.0.join("state").display().to_string(),
+            test_pin_dir(name),
+        ),
+    )
+    .unwrap();
+    (config, events)
+}
+
+fn ids(args: &[&str]) -> Output {
+    Command::new(ids_bin()).args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn no_xdp_interface_configured_attaches_nothing_and_says_how_to_enable_it() {
+    let scratch = Scratch::new("/var/tmp", "xdp-none");
+    let (config, events) = write_config(&scratch, "xdp-none", "[]");
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"], serde_json::json!([]), "{status}");
+    let links = Path::new(&test_pin_dir("xdp-none")).join("links");
+    let pinned: Vec<_> = fs::read_dir(&links).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(pinned.is_empty(), "links pinned with no interface configured: {pinned:?}");
+    let stderr = daemon.stop();
+    assert!(stderr.contains("no XDP interface configured") && stderr.contains("[xdp] interfaces"), "{stderr}");
+}
+
+#[test]
+fn an_interface_that_does_not_exist_fails_the_check_and_is_warned_about_at_start() {
+    let scratch = Scratch::new("/var/tmp", "xdp-absent");
+    let (config, events) = write_config(&scratch, "xdp-absent", "[\"lo\", \"idsnosuch0\"]");
+    let config_arg = config.to_str().unwrap();
+    let check = ids(&["config", "check", "--config", config_arg]);
+    assert!(!check.status.success(), "config check passed: {}", text(&check));
+    assert!(text(&check).contains("\"idsnosuch0\""), "the interface is not named: {}", text(&check));
+
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let stderr = daemon.stop();
+    assert!(stderr.contains("idsnosuch0") && stderr.contains("NO BAN IS ENFORCED"), "no warning: {stderr}");
+}
+
+#[test]
+fn the_embedded_default_names_no_interface_and_passes_its_own_check() {
+    let default = ids(&["config", "default"]);
+    let scratch = Scratch::new("/var/tmp", "default-check");
+    let path = scratch.0.join("default.toml");
+    fs::write(&path, &default.stdout).unwrap();
+    assert!(String::from_utf8_lossy(&default.stdout).contains("\ninterfaces = []\n"));
+    let check = ids(&["config", "check", "--config", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+}
