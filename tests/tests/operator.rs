@@ -72,3 +72,31 @@ fn the_embedded_default_names_no_interface_and_passes_its_own_check() {
     let check = ids(&["config", "check", "--config", path.to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
+}
+
+#[test]
+fn state_files_are_private_to_root_even_when_an_older_version_left_them_readable() {
+    let scratch = Scratch::new("/var/tmp", "modes");
+    let (config, events) = write_config(&scratch, "modes", "[]");
+    let state = scratch.0.join("state");
+    // Offline, the command line creates the store itself.
+    let listed = ids(&["bans", "--json", "--config", config.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert_eq!(mode(&state), 0o700, "state_dir");
+    assert_eq!(mode(&state.join("ids.db")), 0o600, "ids.db made by the command line");
+
+    // A database another version left world-readable is made private at the next start.
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(state.join("ids.db"), fs::Permissions::from_mode(0o644)).unwrap();
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    for name in ["ids.db", "ids.db-wal", "ids.db-shm", "control.sock"] {
+        assert_eq!(mode(&state.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&events), 0o600, "events log");
+    daemon.stop();
+}

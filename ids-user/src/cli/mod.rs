@@ -213,6 +213,10 @@ enum ConfigCommand {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // What ids creates holds the host's security record (alerts, bans, events, log cursors, the
+    // control socket, the TinyIDS records): private to its owner, whatever umask it was started with.
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     match cli.command {
         Command::Run { common } => {
             let config = Config::load(common.config.as_deref())?;
