@@ -100,3 +100,96 @@ fn state_files_are_private_to_root_even_when_an_older_version_left_them_readable
     assert_eq!(mode(&events), 0o600, "events log");
     daemon.stop();
 }
+
+/// `ids ARGS` as `nobody` (uid and gid 65534, no supplementary group, no capability).
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(ids_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn banned_nets(config: &str) -> Vec<String> {
+    let out = ids(&["bans", "--json", "--config", config]);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    listed["data"].as_array().unwrap().iter().map(|ban| ban["net"].as_str().unwrap().to_string()).collect()
+}
+
+fn assert_refused_for_root(out: &Output, what: &str) {
+    let said = text(out);
+    assert!(!out.status.success(), "{what} succeeded as nobody: {said}");
+    assert!(said.contains("root is needed"), "{what} does not say root is needed: {said}");
+    assert!(!said.contains("no daemon"), "{what} took a daemon it cannot reach for none: {said}");
+}
+
+#[test]
+fn a_user_without_root_is_told_root_is_needed_and_changes_nothing() {
+    // The state directory as the daemon makes it (0700), and one an operator made readable (0755),
+    // where the socket's own mode (0600) is what refuses.
+    for (name, open_state_dir) in [("nobody-closed", false), ("nobody-open", true)] {
+        let scratch = Scratch::new("/var/tmp", name);
+        let (config, events) = write_config(&scratch, name, "[]");
+        if open_state_dir {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::create_dir(scratch.0.join("state")).unwrap();
+            fs::set_permissions(scratch.0.join("state"), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config_arg = config.to_str().unwrap();
+        let _pins = Pins { config: config.clone() };
+        let daemon = Daemon::spawn(&config, &events);
+        let banned = ids(&["ban", "192.0.2.1", "--config", config_arg]);
+        assert!(banned.status.success(), "{}", text(&banned));
+
+        assert_refused_for_root(&as_nobody(&["status", "--config", config_arg]), "ids status");
+        let status = as_nobody(&["status", "--json", "--config", config_arg]);
+        assert!(!status.status.success());
+        let answer: serde_json::Value = serde_json::from_slice(&status.stdout)
+            .unwrap_or_else(|e| panic!("ids status --json printed no JSON ({e}): {}", text(&status)));
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("root is needed"), "{answer}");
+
+        assert_refused_for_root(&as_nobody(&["ban", "192.0.2.2", "--config", config_arg]), "ids ban");
+        let json_ban = as_nobody(&["ban", "192.0.2.3", "--json", "--config", config_arg]);
+        assert_refused_for_root(&json_ban, "ids ban --json");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&json_ban.stdout).unwrap()["ok"], false);
+        assert_refused_for_root(&as_nobody(&["unban", "192.0.2.1", "--config", config_arg]), "ids unban");
+        assert_refused_for_root(&as_nobody(&["bans", "--config", config_arg]), "ids bans");
+        assert_refused_for_root(&as_nobody(&["alerts", "--config", config_arg]), "ids alerts");
+        assert_refused_for_root(&as_nobody(&["baseline", "--config", config_arg]), "ids baseline");
+        assert_refused_for_root(&as_nobody(&["xdp", "detach", "--config", config_arg]), "ids xdp detach");
+
+        assert_eq!(banned_nets(config_arg), ["192.0.2.1"], "a refused command changed the bans");
+        daemon.stop();
+    }
+}
+
+#[test]
+fn ids_run_without_root_says_root_is_needed() {
+    let scratch = Scratch::new("/var/tmp", "run-nobody");
+    let (config, _) = write_config(&scratch, "run-nobody", "[]");
+    let out = as_nobody(&["run", "--config", config.to_str().unwrap()]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("needs root") && said.contains("CAP_BPF"), "{said}");
+    assert!(!scratch.0.join("state").exists(), "it created the state directory: {said}");
+}
+
+#[test]
+fn without_a_daemon_status_json_is_json_and_alerts_say_where_they_came_from() {
+    let scratch = Scratch::new("/var/tmp", "no-daemon");
+    let (config, _) = write_config(&scratch, "no-daemon", "[]");
+    let config_arg = config.to_str().unwrap();
+    let status = ids(&["status", "--json", "--config", config_arg]);
+    assert!(!status.status.success(), "{}", text(&status));
+    let answer: serde_json::Value = serde_json::from_slice(&status.stdout)
+        .unwrap_or_else(|e| panic!("ids status --json printed no JSON ({e}): {}", text(&status)));
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("no daemon"), "{answer}");
+
+    let alerts = ids(&["alerts", "--config", config_arg]);
+    assert!(alerts.status.success(), "{}", text(&alerts));
+    assert!(text(&alerts).contains("no daemon answered") && text(&alerts).contains("ids.db"), "{}", text(&alerts));
+}

@@ -217,20 +217,82 @@ pub fn run() -> anyhow::Result<ExitCode> {
     // control socket, the TinyIDS records): private to its owner, whatever umask it was started with.
     // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
+    run_command(cli).map_err(with_root_hint)
+}
+
+/// Linux capabilities (`linux/capability.h`) the daemon cannot do without.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Whether this process may load eBPF programs: CAP_BPF or CAP_SYS_ADMIN in its effective set.
+/// When that cannot be read, the answer is yes and the load itself reports what is missing.
+fn can_load_bpf() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    effective.is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN | 1 << CAP_BPF) != 0)
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() }) == 0
+}
+
+/// Whether `error` comes from a lack of permission (a file, directory or socket that is root's),
+/// for a user who is not root.
+pub(crate) fn is_permission_error(error: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode;
+    !running_as_root()
+        && error.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                || cause.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+                    matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly)
+                    )
+                })
+                // Errors that carry the system's message as text only.
+                || cause.to_string().contains("Permission denied")
+        })
+}
+
+/// A permission error says that root is needed, once.
+pub(crate) fn with_root_hint(error: anyhow::Error) -> anyhow::Error {
+    if is_permission_error(&error) && !format!("{error:#}").contains("root is needed") {
+        error.context("permission denied: root is needed")
+    } else {
+        error
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { common } => {
+            anyhow::ensure!(
+                can_load_bpf(),
+                "ids run needs root (CAP_BPF and CAP_SYS_ADMIN) to load and attach its eBPF programs; \
+                 start it as root (sudo ids run)"
+            );
             let config = Config::load(common.config.as_deref())?;
             init_logging();
             runtime()?.block_on(crate::daemon::run(config))?;
         }
         Command::Status { common, json } => {
             let config = Config::load(common.config.as_deref())?;
-            let status: StatusAnswer =
-                runtime()?.block_on(control::call(&config.control_socket(), &Request::Status))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?);
-            } else {
-                print!("{}", human_status(&status));
+            let status = runtime()?
+                .block_on(control::call::<StatusAnswer>(&config.control_socket(), &Request::Status))
+                .map_err(with_root_hint);
+            match (status, json) {
+                (Ok(status), true) => println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?),
+                (Ok(status), false) => print!("{}", human_status(&status)),
+                // A script reading `--json` gets JSON, the failure included.
+                (Err(e), true) => {
+                    println!("{}", serde_json::to_string_pretty(&control::refusal(format!("{e:#}")))?);
+                    return Ok(ExitCode::FAILURE);
+                }
+                (Err(e), false) => return Err(e),
             }
         }
         Command::Hash { common, json } => {
