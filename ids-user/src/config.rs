@@ -188,7 +188,31 @@ pub struct Config {
     pub collect: Option<crate::fleet::CollectConfig>,
 }
 
+/// The environment variable naming the configuration file when `--config` does not.
+pub const CONFIG_ENV: &str = "IDS_CONFIG";
+/// The configuration file read when neither `--config` nor `IDS_CONFIG` names one, if it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/ids/ids.toml";
+
+/// The configuration file of a command: `explicit` (`--config`), else `env` (`IDS_CONFIG`, unless
+/// empty), else `system` if it exists; `None`: the embedded default.
+fn locate_from(explicit: Option<&Path>, env: Option<std::ffi::OsString>, system: &Path) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.into());
+    }
+    if let Some(path) = env.filter(|value| !value.is_empty()) {
+        return Some(path.into());
+    }
+    system.exists().then(|| system.into())
+}
+
 impl Config {
+    /// The configuration file a command reads: `--config`, else `IDS_CONFIG`, else
+    /// `/etc/ids/ids.toml` when it exists; `None`: the embedded default. A file named by
+    /// `--config` or `IDS_CONFIG` that is missing is an error when loaded, not a fallback.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        locate_from(explicit, std::env::var_os(CONFIG_ENV), Path::new(SYSTEM_CONFIG))
+    }
+
     /// The file at `path`, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
@@ -453,6 +477,20 @@ mod tests {
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("serve.max_connections"));
         let bad = format!("{MINIMAL}\n[serve]\nmax_connections = 100000000\n");
         assert!(Config::parse(&bad, "t.toml").unwrap_err().to_string().contains("outside"));
+    }
+
+    #[test]
+    fn config_file_is_the_flag_then_the_environment_then_the_system_file_then_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("ids.toml");
+        let (flag, env) = (Path::new("/flag.toml"), Some(std::ffi::OsString::from("/env.toml")));
+        assert_eq!(locate_from(Some(flag), env.clone(), &system), Some(flag.into()));
+        assert_eq!(locate_from(None, env.clone(), &system), Some(PathBuf::from("/env.toml")));
+        assert_eq!(locate_from(None, None, &system), None, "a missing system file is not read");
+        std::fs::write(&system, "").unwrap();
+        assert_eq!(locate_from(None, env, &system), Some(PathBuf::from("/env.toml")));
+        assert_eq!(locate_from(None, Some("".into()), &system), Some(system.clone()), "empty IDS_CONFIG");
+        assert_eq!(locate_from(None, None, &system), Some(system));
     }
 
     #[test]

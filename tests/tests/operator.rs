@@ -193,3 +193,23 @@ fn without_a_daemon_status_json_is_json_and_alerts_say_where_they_came_from() {
     assert!(alerts.status.success(), "{}", text(&alerts));
     assert!(text(&alerts).contains("no daemon answered") && text(&alerts).contains("ids.db"), "{}", text(&alerts));
 }
+
+#[test]
+fn ids_config_names_the_file_when_config_does_not() {
+    let scratch = Scratch::new("/var/tmp", "ids-config");
+    let (from_env, _) = write_config(&scratch, "ids-config", "[]");
+    let other = scratch.0.join("other.toml");
+    fs::write(&other, format!("state_dir = {:?}\n", scratch.0.join("other-state").display().to_string())).unwrap();
+    let status_error = |env: &Path, args: &[&str]| {
+        let out =
+            Command::new(ids_bin()).args(["status", "--json"]).args(args).env("IDS_CONFIG", env).output().unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        format!("{}{}", answer["error"].as_str().unwrap_or_default(), String::from_utf8_lossy(&out.stderr))
+    };
+    let env_state = scratch.0.join("state").display().to_string();
+    assert!(status_error(&from_env, &[]).contains(&env_state), "IDS_CONFIG not read: {}", status_error(&from_env, &[]));
+    let flagged = status_error(&from_env, &["--config", other.to_str().unwrap()]);
+    assert!(flagged.contains("other-state"), "--config does not win over IDS_CONFIG: {flagged}");
+    let missing = status_error(Path::new("/nonexistent/ids.toml"), &[]);
+    assert!(missing.contains("/nonexistent/ids.toml"), "a missing IDS_CONFIG file is not an error: {missing}");
+}

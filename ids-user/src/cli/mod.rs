@@ -25,9 +25,21 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Configuration file (TOML); the embedded default when absent.
+    /// Configuration file (TOML); without it, $IDS_CONFIG, else /etc/ids/ids.toml if it exists,
+    /// else the embedded default.
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
+}
+
+impl Common {
+    /// The file this command reads (`Config::locate`); `None`: the embedded default.
+    fn config_file(&self) -> Option<PathBuf> {
+        Config::locate(self.config.as_deref())
+    }
+
+    fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.config_file().as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,12 +287,22 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 "ids run needs root (CAP_BPF and CAP_SYS_ADMIN) to load and attach its eBPF programs; \
                  start it as root (sudo ids run)"
             );
-            let config = Config::load(common.config.as_deref())?;
+            let config_file = common.config_file();
+            let config = Config::load(config_file.as_deref())?;
             init_logging();
+            match &config_file {
+                Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+                None => tracing::info!(
+                    "configuration: the embedded default (`ids config default`); give --config, set {} or \
+                     write {}",
+                    crate::config::CONFIG_ENV,
+                    crate::config::SYSTEM_CONFIG
+                ),
+            }
             runtime()?.block_on(crate::daemon::run(config))?;
         }
         Command::Status { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let status = runtime()?
                 .block_on(control::call::<StatusAnswer>(&config.control_socket(), &Request::Status))
                 .map_err(with_root_hint);
@@ -296,7 +318,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Hash { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             if config.collectors.is_empty() {
                 eprintln!("ids hash: no [[collectors]] configured; the aggregate covers the hostname only");
             }
@@ -310,7 +332,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Baseline { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let report = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Baseline))? {
                 Some(answer) => BaselineReport { answer, source: BaselineSource::Daemon },
                 None => offline_baseline(&config)?,
@@ -330,7 +352,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Diff { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let diff =
                 match runtime()?.block_on(control::try_call::<DiffAnswer>(&config.control_socket(), &Request::Diff))? {
                     Some(answer) => answer.diff,
@@ -343,21 +365,21 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ban { common, nets, file, duration, reason, force, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let args = self::bans::BanArgs { nets, file, duration, reason, force };
             return self::bans::ban(&config, args, json);
         }
         Command::Unban { common, nets, json } => {
-            return self::bans::unban(&Config::load(common.config.as_deref())?, nets, json);
+            return self::bans::unban(&common.load_config()?, nets, json);
         }
         Command::Bans { common, json } => {
-            return self::bans::list(&Config::load(common.config.as_deref())?, json);
+            return self::bans::list(&common.load_config()?, json);
         }
         Command::Alerts { common, n, json } => {
-            return self::bans::alerts(&Config::load(common.config.as_deref())?, n, json);
+            return self::bans::alerts(&common.load_config()?, n, json);
         }
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
-            return self::bans::detach(&Config::load(common.config.as_deref())?, json);
+            return self::bans::detach(&common.load_config()?, json);
         }
         Command::Serve(args) => {
             init_logging();
@@ -366,7 +388,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(args) => return self::tinyids::client(args),
         Command::Server(args) => return self::tinyids::admin(args),
         Command::Rules { command: RulesCommand::Test { common, kind, file, json } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let kind = match kind.as_str() {
                 "sshd" => crate::config::LogKind::Sshd,
                 "nginx" => crate::config::LogKind::Nginx,
@@ -389,7 +411,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Db { command: DbCommand::Check { common } } => {
-            let path = Config::load(common.config.as_deref())?.database();
+            let path = common.load_config()?.database();
             anyhow::ensure!(path.exists(), "no database at {}", path.display());
             let problems = crate::store::repair::check(&path, crate::store::repair::Check::Full)
                 .unwrap_or_else(|e| vec![e.to_string()]);
@@ -405,7 +427,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Db { command: DbCommand::Recover { common } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let path = config.database();
             anyhow::ensure!(path.exists(), "no database at {}", path.display());
             if runtime()?.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
@@ -427,7 +449,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet { command } => return self::fleet::run(command),
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             // The rules file is part of the configuration: check that it loads too.
             crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
             // The daemon would start and enforce nothing on an interface that is not there.
