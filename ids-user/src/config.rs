@@ -191,7 +191,31 @@ pub struct Config {
     pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
+/// The environment variable naming the configuration file when `--config` does not.
+pub const CONFIG_ENV: &str = "IDS_CONFIG";
+/// The configuration file read when neither `--config` nor `IDS_CONFIG` names one, if it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/ids/ids.toml";
+
+/// The configuration file of a command: `explicit` (`--config`), else `env` (`IDS_CONFIG`, unless
+/// empty), else `system` if it exists; `None`: the embedded default.
+fn locate_from(explicit: Option<&Path>, env: Option<std::ffi::OsString>, system: &Path) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.into());
+    }
+    if let Some(path) = env.filter(|value| !value.is_empty()) {
+        return Some(path.into());
+    }
+    system.exists().then(|| system.into())
+}
+
 impl Config {
+    /// The configuration file a command reads: `--config`, else `IDS_CONFIG`, else
+    /// `/etc/ids/ids.toml` when it exists; `None`: the embedded default. A file named by
+    /// `--config` or `IDS_CONFIG` that is missing is an error when loaded, not a fallback.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        locate_from(explicit, std::env::var_os(CONFIG_ENV), Path::new(SYSTEM_CONFIG))
+    }
+
     /// The file at `path`, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
@@ -479,10 +503,26 @@ mod tests {
     }
 
     #[test]
+    fn config_file_is_the_flag_then_the_environment_then_the_system_file_then_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("ids.toml");
+        let (flag, env) = (Path::new("/flag.toml"), Some(std::ffi::OsString::from("/env.toml")));
+        assert_eq!(locate_from(Some(flag), env.clone(), &system), Some(flag.into()));
+        assert_eq!(locate_from(None, env.clone(), &system), Some(PathBuf::from("/env.toml")));
+        assert_eq!(locate_from(None, None, &system), None, "a missing system file is not read");
+        std::fs::write(&system, "").unwrap();
+        assert_eq!(locate_from(None, env, &system), Some(PathBuf::from("/env.toml")));
+        assert_eq!(locate_from(None, Some("".into()), &system), Some(system.clone()), "empty IDS_CONFIG");
+        assert_eq!(locate_from(None, None, &system), Some(system));
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = Config::load(None).unwrap();
         assert_eq!(config.events_log, EventsLog::Stdout);
         assert!(config.watch.iter().any(|p| p == Path::new("/etc")));
+        // A first run puts no filter on the host's interfaces unasked.
+        assert_eq!(config.xdp.interfaces, crate::bans::config::XdpInterfaces::None);
     }
 
     #[test]
@@ -541,7 +581,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(config.xdp.interfaces, ["eth0"]);
+        assert_eq!(config.xdp.interfaces, crate::bans::config::XdpInterfaces::Named(vec!["eth0".into()]));
         assert_eq!(config.xdp.trusted[0].to_string(), "10.0.0.0/8");
         assert_eq!(config.bans.default_duration, Some(std::time::Duration::from_secs(600)));
         let defaults = Config::parse(BASE, "t").unwrap();

@@ -109,10 +109,58 @@ pub enum XdpModeSetting {
     Generic,
 }
 
+/// `[xdp] interfaces`: where the XDP program (ban filter, SYN watcher) is attached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum XdpInterfaces {
+    /// `[]`, the default: nowhere. A first run must not put a filter on the host's uplink unasked.
+    None,
+    /// `["*"]`: every interface but loopback, new ones included.
+    All,
+    /// These interfaces, by name (loopback too when named).
+    Named(Vec<String>),
+}
+
+/// The `[xdp] interfaces` entry that means every interface.
+pub const ALL_INTERFACES: &str = "*";
+
+impl XdpInterfaces {
+    /// Whether the program belongs on `interface`.
+    pub fn wants(&self, interface: &str) -> bool {
+        match self {
+            Self::None => false,
+            // Loopback's traffic comes from this host, and generic-mode XDP would tax every local
+            // connection: "every interface" leaves it out; named, it is attached.
+            Self::All => !is_loopback(interface),
+            Self::Named(names) => names.iter().any(|name| name == interface),
+        }
+    }
+
+    /// Named interfaces this host does not have (the program cannot enforce anything there).
+    pub fn absent(&self) -> Vec<String> {
+        match self {
+            Self::Named(names) => names
+                .iter()
+                .filter(|name| !std::path::Path::new("/sys/class/net").join(name).exists())
+                .cloned()
+                .collect(),
+            Self::None | Self::All => Vec::new(),
+        }
+    }
+}
+
+/// Whether `interface` is a loopback device (`IFF_LOOPBACK` in its sysfs flags).
+fn is_loopback(interface: &str) -> bool {
+    const IFF_LOOPBACK: u32 = 0x8;
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/flags"))
+        .ok()
+        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct XdpConfig {
-    /// Interfaces the XDP program is attached to; empty means every interface, new ones included.
-    pub interfaces: Vec<String>,
+    /// Interfaces the XDP program is attached to.
+    pub interfaces: XdpInterfaces,
     /// Never dropped, never banned.
     pub trusted: Vec<BanNet>,
     /// bpffs directory of the pinned maps and links.
@@ -164,11 +212,24 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     for entry in &xdp.trusted {
         trusted.push(BanNet::parse(entry).map_err(|e| ("xdp.trusted", e.to_string()))?);
     }
-    for name in &xdp.interfaces {
-        if name.is_empty() || name.len() > 15 || name.contains('/') {
-            return Err(("xdp.interfaces", format!("{name:?} is not an interface name")));
+    let interfaces = match xdp.interfaces.as_slice() {
+        [] => XdpInterfaces::None,
+        [all] if all == ALL_INTERFACES => XdpInterfaces::All,
+        names => {
+            for name in names {
+                if name == ALL_INTERFACES {
+                    return Err((
+                        "xdp.interfaces",
+                        format!("{ALL_INTERFACES:?} (every interface) cannot be combined with names"),
+                    ));
+                }
+                if name.is_empty() || name.len() > 15 || name.contains('/') {
+                    return Err(("xdp.interfaces", format!("{name:?} is not an interface name")));
+                }
+            }
+            XdpInterfaces::Named(names.to_vec())
         }
-    }
+    };
     if !xdp.pin_dir.is_absolute() {
         return Err(("xdp.pin_dir", format!("{} is not an absolute path", xdp.pin_dir.display())));
     }
@@ -192,7 +253,7 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     let detect_duration = finite("bans.detect_duration", ban("bans.detect_duration", &bans.detect_duration)?)?;
     Ok((
         XdpConfig {
-            interfaces: xdp.interfaces,
+            interfaces,
             trusted,
             pin_dir: xdp.pin_dir,
             scan_ports,
@@ -217,6 +278,41 @@ mod tests {
         assert_eq!(validate(raw, RawBans::default()).unwrap().0.mode, XdpModeSetting::Generic);
         let error = toml::from_str::<RawXdp>("mode = \"fast\"").unwrap_err().to_string();
         assert!(error.contains("unknown variant") && error.contains("native"), "{error}");
+    }
+
+    #[test]
+    fn interfaces_empty_means_none_star_means_all_but_loopback() {
+        let interfaces =
+            |text: &str| validate(toml::from_str(text).unwrap(), RawBans::default()).map(|c| c.0.interfaces);
+        let none = interfaces("").unwrap();
+        assert_eq!(none, XdpInterfaces::None);
+        assert!(!none.wants("eth0"));
+        let all = interfaces("interfaces = [\"*\"]").unwrap();
+        assert!(all.wants("eth0") && !all.wants("lo"));
+        let named = interfaces("interfaces = [\"lo\", \"eth1\"]").unwrap();
+        assert!(named.wants("lo") && named.wants("eth1") && !named.wants("eth0"));
+        let error = interfaces("interfaces = [\"*\", \"lo\"]").unwrap_err();
+        assert!(error.0 == "xdp.interfaces" && error.1.contains("cannot be combined"), "{error:?}");
+    }
+
+    #[test]
+    fn loopback_is_told_apart_by_its_flags() {
+        assert!(is_loopback("lo"));
+        assert!(!is_loopback("no-such-interface"));
+        let others: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "lo")
+            .collect();
+        assert!(others.iter().all(|name| !is_loopback(name) || name.starts_with("lo")), "{others:?}");
+    }
+
+    #[test]
+    fn absent_interfaces_are_named() {
+        let interfaces = XdpInterfaces::Named(vec!["lo".into(), "idsnosuch0".into()]);
+        assert_eq!(interfaces.absent(), ["idsnosuch0"]);
+        assert!(XdpInterfaces::All.absent().is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
 
-use super::config::XdpModeSetting;
+use super::config::{XdpInterfaces, XdpModeSetting};
 use aya::programs::Xdp;
 use ids_common::{BanHits, BanId};
 use ipnet::IpNet;
@@ -296,20 +296,21 @@ impl AttachMode {
 /// Attachments of `xdp_guard` to interfaces.
 pub struct XdpAttachments {
     pin_dir: PathBuf,
-    /// Interfaces to attach to; empty means all.
-    want: Vec<String>,
+    want: XdpInterfaces,
     mode: XdpModeSetting,
     pub attached: Vec<(String, AttachMode)>,
 }
 
 impl XdpAttachments {
     /// Also removes pinned links of interfaces no longer configured (the program leaves them).
-    pub fn new(pin_dir: &Path, want: &[String], mode: XdpModeSetting) -> Self {
-        let attachments = Self { pin_dir: pin_dir.into(), want: want.to_vec(), mode, attached: Vec::new() };
-        if !want.is_empty() {
+    /// With no interface configured, that is every pinned link.
+    pub fn new(pin_dir: &Path, want: &XdpInterfaces, mode: XdpModeSetting) -> Self {
+        let attachments = Self { pin_dir: pin_dir.into(), want: want.clone(), mode, attached: Vec::new() };
+        // "Every interface" keeps what it finds: an interface gone for now may come back.
+        if *want != XdpInterfaces::All {
             for entry in std::fs::read_dir(pin_dir.join("links")).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !want.contains(&name) {
+                if !want.wants(&name) {
                     match std::fs::remove_file(entry.path()) {
                         Ok(()) => info!(interface = name, "XDP ban filter detached: interface no longer configured"),
                         Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove pinned link"),
@@ -326,6 +327,9 @@ impl XdpAttachments {
 
     /// Attaches the program to wanted interfaces that appeared since the last call.
     pub fn attach_new(&mut self, program: &mut Xdp) {
+        if self.want == XdpInterfaces::None {
+            return;
+        }
         let mut present: Vec<String> = match std::fs::read_dir("/sys/class/net") {
             Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
             Err(e) => {
@@ -339,12 +343,7 @@ impl XdpAttachments {
             warn!(dir = %self.pin_dir.display(), error = %e, "cannot create the link pin directory");
         }
         for interface in present {
-            // "All interfaces" leaves loopback out: what arrives there comes from this host, and
-            // generic-mode XDP would tax every local connection. Named, it is attached.
-            if self.attached.iter().any(|(i, _)| *i == interface)
-                || (!self.want.is_empty() && !self.want.contains(&interface))
-                || (self.want.is_empty() && is_loopback(&interface))
-            {
+            if self.attached.iter().any(|(i, _)| *i == interface) || !self.want.wants(&interface) {
                 continue;
             }
             match self.attach(program, &interface) {
@@ -432,31 +431,4 @@ pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
         std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     Ok(removed)
-}
-
-/// Whether `interface` is a loopback device (`IFF_LOOPBACK` in its sysfs flags).
-fn is_loopback(interface: &str) -> bool {
-    const IFF_LOOPBACK: u32 = 0x8;
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/flags"))
-        .ok()
-        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
-        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_told_apart_by_its_flags() {
-        assert!(is_loopback("lo"));
-        assert!(!is_loopback("no-such-interface"));
-        let others: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name != "lo")
-            .collect();
-        assert!(others.iter().all(|name| !is_loopback(name) || name.starts_with("lo")), "{others:?}");
-    }
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::alert::AlertSink;
 use crate::bans::{BanNet, Bans};
+use crate::cli::with_root_hint;
 use crate::config::Config;
 use crate::control::bans::{BULK_MARKER, answer, duration_of, parse_nets};
 use crate::control::refusal;
@@ -36,15 +37,20 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
     let mut offline: Option<Bans> = None;
     for request in &requests {
         let response = match offline.as_mut() {
-            None => match runtime.block_on(control::try_exchange(&socket, request))? {
-                Some(response) => response,
-                None => {
+            // A daemon that is there but cannot be talked to (no permission) is an error, never a
+            // reason to write its store behind its back.
+            None => match runtime.block_on(control::try_exchange(&socket, request)) {
+                Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                Ok(Some(response)) => response,
+                Ok(None) => {
                     daemon = false;
-                    let bans = offline.insert(
+                    let opened =
                         Bans::open(&config.state_dir, &config.xdp, &config.bans, None, AlertSink::new(None, None))
-                            .context("opening the ban store")?,
-                    );
-                    answer(bans, request)
+                            .context("no daemon answered; opening the ban store");
+                    match opened {
+                        Ok(bans) => answer(offline.insert(bans), request),
+                        Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                    }
                 }
             },
             Some(bans) => answer(bans, request),
@@ -295,6 +301,13 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
                 alert["what"],
             );
         }
+        if r["daemon"] == false {
+            out += &format!(
+                "no daemon answered on {}: these alerts were read from {}\n",
+                config.control_socket().display(),
+                config.database().display()
+            );
+        }
         out
     })
 }
@@ -302,13 +315,15 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
 /// `ids xdp detach`: removes the pinned links (the program leaves the interfaces) and maps.
 pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let response = if runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
-        refusal(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
-    } else {
-        match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
-            Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
-            Err(e) => refusal(format!("{e:#}")),
+    let response = match runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status)) {
+        Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+        Ok(Some(_)) => {
+            refusal(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
         }
+        Ok(None) => match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
+            Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
+            Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+        },
     };
     print(&response, json, |r| {
         format!(

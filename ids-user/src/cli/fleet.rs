@@ -11,7 +11,6 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::bans::BanNet;
-use crate::config::Config;
 use crate::fleet::central::{AlertFilter, AlertRecord, CentralStore, HostRecord, rfc3339};
 use crate::fleet::collector;
 use crate::fleet::message::{BanAction, BanDecision};
@@ -91,10 +90,10 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// The `[collect]` section every central command needs.
 fn collect_config(common: &super::Common) -> anyhow::Result<CollectConfig> {
-    let config = Config::load(common.config.as_deref())?;
+    let config = common.load_config()?;
     config.collect.ok_or_else(|| {
         let origin = common
-            .config
+            .config_file()
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "the default configuration".into());

@@ -25,9 +25,21 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Configuration file (TOML); the embedded default when absent.
+    /// Configuration file (TOML); without it, $IDS_CONFIG, else /etc/ids/ids.toml if it exists,
+    /// else the embedded default.
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
+}
+
+impl Common {
+    /// The file this command reads (`Config::locate`); `None`: the embedded default.
+    fn config_file(&self) -> Option<PathBuf> {
+        Config::locate(self.config.as_deref())
+    }
+
+    fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.config_file().as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,24 +225,100 @@ enum ConfigCommand {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // What ids creates holds the host's security record (alerts, bans, events, log cursors, the
+    // control socket, the TinyIDS records): private to its owner, whatever umask it was started with.
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+    run_command(cli).map_err(with_root_hint)
+}
+
+/// Linux capabilities (`linux/capability.h`) the daemon cannot do without.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Whether this process may load eBPF programs: CAP_BPF or CAP_SYS_ADMIN in its effective set.
+/// When that cannot be read, the answer is yes and the load itself reports what is missing.
+fn can_load_bpf() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    effective.is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN | 1 << CAP_BPF) != 0)
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() }) == 0
+}
+
+/// Whether `error` comes from a lack of permission (a file, directory or socket that is root's),
+/// for a user who is not root.
+pub(crate) fn is_permission_error(error: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode;
+    !running_as_root()
+        && error.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                || cause.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+                    matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly)
+                    )
+                })
+                // Errors that carry the system's message as text only.
+                || cause.to_string().contains("Permission denied")
+        })
+}
+
+/// A permission error says that root is needed, once.
+pub(crate) fn with_root_hint(error: anyhow::Error) -> anyhow::Error {
+    if is_permission_error(&error) && !format!("{error:#}").contains("root is needed") {
+        error.context("permission denied: root is needed")
+    } else {
+        error
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { common } => {
-            let config = Config::load(common.config.as_deref())?;
+            anyhow::ensure!(
+                can_load_bpf(),
+                "ids run needs root (CAP_BPF and CAP_SYS_ADMIN) to load and attach its eBPF programs; \
+                 start it as root (sudo ids run)"
+            );
+            let config_file = common.config_file();
+            let config = Config::load(config_file.as_deref())?;
             init_logging();
+            match &config_file {
+                Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+                None => tracing::info!(
+                    "configuration: the embedded default (`ids config default`); give --config, set {} or \
+                     write {}",
+                    crate::config::CONFIG_ENV,
+                    crate::config::SYSTEM_CONFIG
+                ),
+            }
             runtime()?.block_on(crate::daemon::run(config))?;
         }
         Command::Status { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
-            let status: StatusAnswer =
-                runtime()?.block_on(control::call(&config.control_socket(), &Request::Status))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?);
-            } else {
-                print!("{}", human_status(&status));
+            let config = common.load_config()?;
+            let status = runtime()?
+                .block_on(control::call::<StatusAnswer>(&config.control_socket(), &Request::Status))
+                .map_err(with_root_hint);
+            match (status, json) {
+                (Ok(status), true) => println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?),
+                (Ok(status), false) => print!("{}", human_status(&status)),
+                // A script reading `--json` gets JSON, the failure included.
+                (Err(e), true) => {
+                    println!("{}", serde_json::to_string_pretty(&control::refusal(format!("{e:#}")))?);
+                    return Ok(ExitCode::FAILURE);
+                }
+                (Err(e), false) => return Err(e),
             }
         }
         Command::Hash { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             if config.collectors.is_empty() {
                 eprintln!("ids hash: no [[collectors]] configured; the aggregate covers the hostname only");
             }
@@ -244,7 +332,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Baseline { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let report = match runtime()?.block_on(control::try_call(&config.control_socket(), &Request::Baseline))? {
                 Some(answer) => BaselineReport { answer, source: BaselineSource::Daemon },
                 None => offline_baseline(&config)?,
@@ -264,7 +352,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Diff { common, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let diff =
                 match runtime()?.block_on(control::try_call::<DiffAnswer>(&config.control_socket(), &Request::Diff))? {
                     Some(answer) => answer.diff,
@@ -277,21 +365,21 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ban { common, nets, file, duration, reason, force, json } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let args = self::bans::BanArgs { nets, file, duration, reason, force };
             return self::bans::ban(&config, args, json);
         }
         Command::Unban { common, nets, json } => {
-            return self::bans::unban(&Config::load(common.config.as_deref())?, nets, json);
+            return self::bans::unban(&common.load_config()?, nets, json);
         }
         Command::Bans { common, json } => {
-            return self::bans::list(&Config::load(common.config.as_deref())?, json);
+            return self::bans::list(&common.load_config()?, json);
         }
         Command::Alerts { common, n, json } => {
-            return self::bans::alerts(&Config::load(common.config.as_deref())?, n, json);
+            return self::bans::alerts(&common.load_config()?, n, json);
         }
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
-            return self::bans::detach(&Config::load(common.config.as_deref())?, json);
+            return self::bans::detach(&common.load_config()?, json);
         }
         Command::Serve(args) => {
             init_logging();
@@ -300,7 +388,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Client(args) => return self::tinyids::client(args),
         Command::Server(args) => return self::tinyids::admin(args),
         Command::Rules { command: RulesCommand::Test { common, kind, file, json } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let kind = match kind.as_str() {
                 "sshd" => crate::config::LogKind::Sshd,
                 "nginx" => crate::config::LogKind::Nginx,
@@ -323,7 +411,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Db { command: DbCommand::Check { common } } => {
-            let path = Config::load(common.config.as_deref())?.database();
+            let path = common.load_config()?.database();
             anyhow::ensure!(path.exists(), "no database at {}", path.display());
             let problems = crate::store::repair::check(&path, crate::store::repair::Check::Full)
                 .unwrap_or_else(|e| vec![e.to_string()]);
@@ -339,7 +427,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
         Command::Db { command: DbCommand::Recover { common } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             let path = config.database();
             anyhow::ensure!(path.exists(), "no database at {}", path.display());
             if runtime()?.block_on(control::try_exchange(&config.control_socket(), &Request::Status))?.is_some() {
@@ -361,9 +449,17 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Fleet { command } => return self::fleet::run(command),
         Command::Config { command: ConfigCommand::Default } => print!("{DEFAULT_CONFIG}"),
         Command::Config { command: ConfigCommand::Check { common } } => {
-            let config = Config::load(common.config.as_deref())?;
+            let config = common.load_config()?;
             // The rules file is part of the configuration: check that it loads too.
             crate::detect::rules::RuleSet::load(config.detect.rules.as_deref(), config.detect.rules_mode)?;
+            // The daemon would start and enforce nothing on an interface that is not there.
+            let absent = config.xdp.interfaces.absent();
+            if !absent.is_empty() {
+                anyhow::bail!(
+                    "[xdp] interfaces: no interface {} on this host (see `ip link`); no ban would be enforced on it",
+                    absent.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
+                );
+            }
             println!("ok");
         }
     }
@@ -493,7 +589,14 @@ fn human_status(status: &StatusAnswer) -> String {
     }
     out += &format!("incoming  {} on {}\n", status.incoming.hook, status.incoming.interfaces.join(", "));
     let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
-    out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+    if modes.is_empty() {
+        out += &format!(
+            "bans      {} recorded, NOT enforced: the XDP filter is on no interface (see [xdp] interfaces)\n",
+            status.xdp.bans
+        );
+    } else {
+        out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+    }
     let errors: Vec<String> = status
         .errors
         .iter()

@@ -28,7 +28,8 @@ pub struct ServeArgs {
     /// Audit log: a file, "-" for standard output, "" for none (overrides serve.audit_log).
     #[arg(long)]
     audit_log: Option<String>,
-    /// Configuration file: its [serve] table gives TLS and limits.
+    /// Configuration file: its [serve] table gives TLS and limits (without it: $IDS_CONFIG, else
+    /// /etc/ids/ids.toml if it exists).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
 }
@@ -62,7 +63,8 @@ pub struct ClientArgs {
     /// Print JSON: {"command", "results": [{"server", "address", "ok", "code", "reply", "result", "revision" (TEST), "error"}]}.
     #[arg(long, global = true)]
     json: bool,
-    /// Configuration file ([[servers]], [[collectors]]); the embedded default when absent.
+    /// Configuration file ([[servers]], [[collectors]]); without it, $IDS_CONFIG, else
+    /// /etc/ids/ids.toml if it exists, else the embedded default.
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
     /// Seconds to wait for each server.
@@ -191,7 +193,8 @@ pub struct AdminArgs {
     /// The server's records database (overrides serve.db).
     #[arg(long, global = true)]
     db: Option<PathBuf>,
-    /// Configuration file whose serve.db names the database.
+    /// Configuration file whose serve.db names the database (without it: $IDS_CONFIG, else
+    /// /etc/ids/ids.toml if it exists).
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
     /// Print JSON.
@@ -218,8 +221,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut serve = match &args.config {
-        Some(path) => Config::load(Some(path))?.serve,
+    let mut serve = match Config::locate(args.config.as_deref()) {
+        Some(path) => Config::load(Some(&path))?.serve,
         None => crate::tinyids::settings::ServeConfig::default(),
     };
     if let Some(listen) = args.listen {
@@ -305,7 +308,7 @@ fn aggregate(config: &Config, given: Option<String>) -> anyhow::Result<String> {
 }
 
 pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let config = Config::load(Config::locate(args.config.as_deref()).as_deref())?;
     let servers = chosen_servers(&args, &config)?;
     let targets = client::targets(&servers)?;
     if targets.is_empty() {
@@ -344,10 +347,10 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let db = match (&args.db, &args.config) {
+    let db = match (&args.db, Config::locate(args.config.as_deref())) {
         (Some(db), _) => db.clone(),
         (None, Some(path)) => {
-            Config::load(Some(path))?.serve.db.context("the configuration has no serve.db; give --db")?
+            Config::load(Some(&path))?.serve.db.context("the configuration has no serve.db; give --db")?
         }
         (None, None) => anyhow::bail!("give --db PATH (or --config with serve.db)"),
     };

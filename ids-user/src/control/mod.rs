@@ -249,12 +249,28 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<(Request, Reply)>) ->
     Ok(())
 }
 
+/// Connects to the daemon's socket: `Ok(None)` only when no daemon is there (no socket, or
+/// nothing listening on it). Any other failure is an error, so that a command that cannot reach
+/// a running daemon (a user without the right to) never goes on to act behind its back.
+async fn connect(path: &Path) -> anyhow::Result<Option<UnixStream>> {
+    match UnixStream::connect(path).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot open the control socket {}: permission denied; root is needed (the socket and the state \
+             directory are root's only)",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot open the control socket {}", path.display())),
+    }
+}
+
 /// Sends one request to the daemon and returns its typed answer.
 pub(crate) async fn call<T: serde::de::DeserializeOwned>(path: &Path, request: &Request) -> anyhow::Result<T> {
-    let stream = UnixStream::connect(path)
-        .await
-        .with_context(|| format!("connecting to the daemon at {} (is `ids run` running?)", path.display()))?;
-    typed(exchange(stream, request).await?)
+    match connect(path).await? {
+        Some(stream) => typed(exchange(stream, request).await?),
+        None => bail!("no daemon answers on {} (is `ids run` running?)", path.display()),
+    }
 }
 
 /// Like [`call`], but `Ok(None)` when no daemon answers on the socket (nothing listens).
@@ -262,9 +278,9 @@ pub(crate) async fn try_call<T: serde::de::DeserializeOwned>(
     path: &Path,
     request: &Request,
 ) -> anyhow::Result<Option<T>> {
-    match UnixStream::connect(path).await {
-        Ok(stream) => typed(exchange(stream, request).await?).map(Some),
-        Err(_) => Ok(None),
+    match connect(path).await? {
+        Some(stream) => typed(exchange(stream, request).await?).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -275,7 +291,7 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> anyhow::Re
 
 /// Like [`try_call`], but returns a refusal (`"ok": false`) as the value instead of an error.
 pub async fn try_exchange(path: &Path, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
-    let Ok(stream) = UnixStream::connect(path).await else { return Ok(None) };
+    let Some(stream) = connect(path).await? else { return Ok(None) };
     send(stream, request).await.map(Some)
 }
 

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use self::bus::{Bus, WriterStats};
 use crate::alert::{AlertSink, EventsLog};
+use crate::bans::config::XdpInterfaces;
 use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog as EventsLogConfig};
 use crate::control::{
@@ -40,6 +41,27 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let outcome = daemon.run().await;
     daemon.shutdown().await;
     outcome
+}
+
+/// Says where the XDP ban filter goes: nowhere is a choice the operator should know about, and a
+/// named interface this host lacks means nothing is enforced there.
+fn report_xdp_interfaces(interfaces: &XdpInterfaces) {
+    match interfaces {
+        XdpInterfaces::None => info!(
+            "no XDP interface configured: bans are recorded but not enforced, and port scans are not seen; \
+             set [xdp] interfaces = [\"eth0\"] (or [\"*\"] for every interface but loopback) to enable the filter"
+        ),
+        XdpInterfaces::All => info!("XDP ban filter on every interface but loopback ([xdp] interfaces = [\"*\"])"),
+        XdpInterfaces::Named(_) => {
+            for name in interfaces.absent() {
+                warn!(
+                    interface = name,
+                    "[xdp] interfaces names {name:?}, which this host does not have: NO BAN IS ENFORCED ON IT \
+                     (the filter is attached if it appears); check the name with `ip link`"
+                );
+            }
+        }
+    }
 }
 
 /// The running daemon.
@@ -71,6 +93,7 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
+        report_xdp_interfaces(&config.xdp.interfaces);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -180,9 +180,39 @@ pub fn now() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
+/// Creates the database file 0600 if it is missing (SQLite gives its `-wal` and `-shm` the
+/// database's mode), and takes group and other access away from the three files of an existing
+/// one, made by a version that left them 0644. Best effort: a file that cannot be changed is
+/// left to the open that follows, which reports what matters (an unreadable file).
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if !path.exists() {
+        let _ = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    }
+    for file in [path.to_path_buf(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+        let Ok(metadata) = std::fs::metadata(&file) else { continue };
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            tracing::warn!(file = %file.display(), error = %e, "cannot make the state database private (0600)");
+        }
+    }
+}
+
+/// `ids.db` → `ids.db-wal`.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 impl Store {
     /// Opens (creating it if needed) and migrates the database at `path`.
+    /// The file and its `-wal` and `-shm` are made private to their owner (0600): they hold
+    /// every alert and ban.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_to_owner(path);
         let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.into(), source })?;
         Self::setup(conn, path)
     }
