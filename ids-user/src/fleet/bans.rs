@@ -4,6 +4,7 @@
 //! applied (`fleet_outbox.ban_rev`) and skips older ones, so a redelivered decision changes
 //! nothing. A snapshot (the active fleet bans, asked for at every connect) bans what it lists and
 //! lifts this host's fleet bans that it does not list.
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
@@ -41,11 +42,18 @@ pub(crate) fn apply(bans: &mut Bans, command: BanCommand) {
             for decision in &snapshot.bans {
                 apply_one(bans, decision);
             }
-            match bans.list() {
+            let listed: HashSet<BanNet> = snapshot.bans.iter().filter_map(|d| BanNet::parse(&d.net).ok()).collect();
+            match bans.store().bans() {
                 Ok(rows) => {
-                    for row in rows.iter().filter(|row| row.source == SOURCE) {
-                        if !snapshot.bans.iter().any(|d| same_net(&d.net, &row.net)) {
-                            lift(bans, &row.net);
+                    let stale: Vec<BanNet> = rows
+                        .iter()
+                        .filter(|row| row.source == SOURCE)
+                        .filter_map(|row| BanNet::parse(&row.net).ok())
+                        .filter(|net| !listed.contains(net))
+                        .collect();
+                    for net in stale {
+                        if let Err(e) = bans.unban(&net) {
+                            warn!(%net, error = %e, "fleet: lifting a fleet ban the fleet no longer has");
                         }
                     }
                 }
@@ -57,13 +65,6 @@ pub(crate) fn apply(bans: &mut Bans, command: BanCommand) {
     };
     if let Err(e) = bans.store().set_ban_rev(rev) {
         warn!(error = %e, rev, "fleet: recording the last ban decision applied");
-    }
-}
-
-fn same_net(a: &str, b: &str) -> bool {
-    match (BanNet::parse(a), BanNet::parse(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
     }
 }
 
@@ -80,8 +81,9 @@ fn lift(bans: &mut Bans, net: &str) {
         return;
     };
     // Only a fleet ban is lifted: a ban this host made itself stays.
-    let is_fleet_ban =
-        bans.list().map(|rows| rows.iter().any(|r| r.source == SOURCE && same_net(&r.net, &net.to_string())));
+    // Stored nets are canonical (`BanNet`'s text), so the parsed net's text finds its row.
+    let canonical = net.to_string();
+    let is_fleet_ban = bans.store().bans().map(|rows| rows.iter().any(|r| r.source == SOURCE && r.net == canonical));
     if let Ok(true) = is_fleet_ban
         && let Err(e) = bans.unban(&net)
     {
