@@ -28,6 +28,7 @@ pub mod kind {
     pub const FILE_CHANGE: u32 = 100;
     pub const CONNECT: u32 = 200;
     pub const MODULE: u32 = 300;
+    pub const PROCESS: u32 = 400;
 }
 
 /// Common header of every record.
@@ -64,12 +65,48 @@ pub struct ExecEvent {
     /// needs the count); 0 means every string in `args` is an argument.
     pub argc: u32,
     pub _pad: u32,
+    /// Who the process is for the audit subsystem: `LoginIds` of the task.
+    pub login: LoginIds,
     pub filename: [u8; PATH_LEN],
     pub args: [u8; ARGS_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + 16 + PATH_LEN + ARGS_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 56 + 16 + 16 + PATH_LEN + ARGS_LEN);
 pub const EXEC_ARGS_TRUNCATED: u32 = 1;
 pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
+
+/// The login a task belongs to and its cgroup, sent with execs and forks so the daemon's process
+/// table knows them without reading `/proc` (which a short-lived process has left already).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoginIds {
+    /// The audit login uid (`/proc/PID/loginuid`); `NO_LOGIN` when unset or not known.
+    pub auid: u32,
+    /// The audit session id (`/proc/PID/sessionid`); `NO_LOGIN` when unset or not known.
+    pub sessionid: u32,
+    /// The cgroup v2 id (the inode number of the cgroup's directory in cgroupfs).
+    pub cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<LoginIds>() == 16);
+/// The kernel's value for "no login uid / no session" (`(u32)-1`).
+pub const NO_LOGIN: u32 = u32::MAX;
+
+/// A process was created (`sched_process_fork` of a new thread group) or ended
+/// (`sched_process_exit` of a group leader). Carried on the exec ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// For a fork, the parent (the current task); for an exit, the process that ended.
+    pub header: EventHeader,
+    /// `PROCESS_FORK` or `PROCESS_EXIT`.
+    pub op: u32,
+    /// The new process's pid (fork); 0 for an exit.
+    pub child: u32,
+    /// The current task's login and cgroup, which a forked child inherits.
+    pub login: LoginIds,
+}
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 56 + 8 + 16);
+pub const PROCESS_FORK: u32 = 0;
+pub const PROCESS_EXIT: u32 = 1;
 
 /// Operations of a file-change record.
 #[repr(u32)]
@@ -250,8 +287,12 @@ pub struct KernelOffsets {
     pub binprm_filename: u32,
     pub binprm_p: u32,
     pub binprm_argc: u32,
+    pub task_pid: u32,
+    /// 0 on kernels built without audit (no login uid to read).
+    pub task_loginuid: u32,
+    pub task_sessionid: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 33 * 4);
 
 // ---------------------------------------------------------------- program errors
 
@@ -288,8 +329,10 @@ pub enum ProgramId {
     ConnectLsm = 19,
     ListenTp = 20,
     XdpGuard = 21,
+    ProcessForkTp = 22,
+    ProcessExitTp = 23,
 }
-pub const PROGRAM_COUNT: u32 = 22;
+pub const PROGRAM_COUNT: u32 = 24;
 const _: () = assert!(core::mem::size_of::<ProgramId>() == core::mem::size_of::<u32>());
 
 impl ProgramId {
@@ -317,6 +360,8 @@ impl ProgramId {
         Self::ConnectLsm,
         Self::ListenTp,
         Self::XdpGuard,
+        Self::ProcessForkTp,
+        Self::ProcessExitTp,
     ];
 
     /// The program's function name in the eBPF object, which is also how the daemon loads it.
@@ -344,6 +389,8 @@ impl ProgramId {
             Self::ConnectLsm => "connect_lsm",
             Self::ListenTp => "listen_tp",
             Self::XdpGuard => "xdp_guard",
+            Self::ProcessForkTp => "process_fork_tp",
+            Self::ProcessExitTp => "process_exit_tp",
         }
     }
 }

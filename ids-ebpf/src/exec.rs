@@ -62,6 +62,7 @@ fn emit_exec(filename: Kptr, args: Result<(u64, u64), i64>, argc: u32) -> Result
     event.truncated = 0;
     event.argc = argc;
     event._pad = 0;
+    event.login = kernel::current_login(kernel::current_task());
     let read = unsafe {
         generated::bpf_probe_read_kernel_str(event.filename.as_mut_ptr().cast(), PATH_LEN as u32, filename.cast())
     };

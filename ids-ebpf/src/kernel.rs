@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel, generated,
 };
-use ids_common::{EventHeader, InodeKey, KernelOffsets};
+use ids_common::{EventHeader, InodeKey, KernelOffsets, LoginIds, NO_LOGIN};
 
 #[unsafe(no_mangle)]
 pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
@@ -37,6 +37,9 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     binprm_filename: 0,
     binprm_p: 0,
     binprm_argc: 0,
+    task_pid: 0,
+    task_loginuid: 0,
+    task_sessionid: 0,
 };
 
 /// Reads one offset; volatile so the compiler does not fold the zero it was declared with.
@@ -154,4 +157,18 @@ pub fn fill_header(header: &mut EventHeader, kind: u32, size: usize) {
     header.gid = (uid_gid >> 32) as u32;
     header._pad = 0;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// The login uid, session and cgroup of `task` (the current task's cgroup: the helper reads only
+/// that one, and every caller passes the current task). A login field that cannot be read is
+/// `NO_LOGIN`: the record is worth more than the field.
+#[inline(always)]
+pub fn current_login(task: Kptr) -> LoginIds {
+    let loginuid = offset!(task_loginuid);
+    let (auid, sessionid) = if loginuid == 0 {
+        (NO_LOGIN, NO_LOGIN)
+    } else {
+        (read::<u32>(task, loginuid).unwrap_or(NO_LOGIN), read::<u32>(task, offset!(task_sessionid)).unwrap_or(NO_LOGIN))
+    };
+    LoginIds { auid, sessionid, cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() } }
 }

@@ -14,6 +14,7 @@ mod kernel;
 mod maps;
 mod module;
 mod net;
+mod process;
 mod syscall;
 mod xdp;
 

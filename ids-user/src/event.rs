@@ -1,6 +1,7 @@
 //! Events as the daemon writes them: one JSON object per line, field names documented in README.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ids_common::{
@@ -9,6 +10,7 @@ use ids_common::{
 };
 use serde::Serialize;
 
+use crate::process::ProcessView;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -23,6 +25,9 @@ pub struct Event {
     pub comm: String,
     #[serde(flatten)]
     pub detail: Detail,
+    /// Who: the process table's view of `pid` (absent only where no table runs, `ids` tools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Arc<ProcessView>>,
 }
 
 /// What the sensor saw.
@@ -148,6 +153,7 @@ pub fn with_header(clock: &Clock, header: &EventHeader, kind: EventKind, detail:
         gid: header.gid,
         comm: c_string(&header.comm),
         detail,
+        process: None,
     }
 }
 

@@ -64,7 +64,9 @@ pub fn log_line(data: &[u8]) {
     };
     let cut = selector & 0x80 != 0;
     let text = String::from_utf8_lossy(line);
-    let _ = parse::sshd_message(&text);
+    if let Some((_, message)) = parse::sshd_line(&text) {
+        let _ = crate::process::login::parse_accepted(message);
+    }
     if let Some(access) = parse::access_line(&text) {
         let _ = parse::decode_request(access.request);
     }

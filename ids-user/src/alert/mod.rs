@@ -8,12 +8,14 @@
 mod sink;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 pub(crate) use self::sink::MemoryLog;
 pub(crate) use self::sink::{AlertSink, AlertStoreStatus, EventsLog};
+use crate::process::ProcessView;
 use crate::store::AlertRow;
 use crate::time::Timestamp;
 
@@ -85,6 +87,24 @@ pub(crate) struct IntegrityAlert {
     pub(crate) attributes: Vec<String>,
     pub(crate) old: Option<ItemState>,
     pub(crate) new: Option<ItemState>,
+    /// The processes whose kernel events made the item dirty since it was last hashed, the
+    /// last first (at most `MAX_CHANGED_BY`); empty when no event did (a `sensor_miss`, a
+    /// collector without a hook).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) changed_by: Vec<ChangedBy>,
+}
+
+/// Writers an integrity alert names at most.
+pub(crate) const MAX_CHANGED_BY: usize = 4;
+
+/// One process that changed an item, and how.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct ChangedBy {
+    /// `write`, `create`, `rename`, `unlink` or `attrib`.
+    pub(crate) operation: &'static str,
+    /// When the kernel saw it (its last such operation).
+    pub(crate) time: Timestamp,
+    pub(crate) process: Arc<ProcessView>,
 }
 
 /// An item as hashed: its digest (hex) and what the collector described of it.
@@ -210,12 +230,18 @@ impl Alert {
                 kind,
                 item_id: change.id.clone(),
                 collector: change.collector.clone(),
-                what: serde_json::json!({
-                    "change": change.change,
-                    "attributes": change.attributes,
-                    "old": change.old,
-                    "new": change.new,
-                }),
+                what: {
+                    let mut what = serde_json::json!({
+                        "change": change.change,
+                        "attributes": change.attributes,
+                        "old": change.old,
+                        "new": change.new,
+                    });
+                    if !change.changed_by.is_empty() {
+                        what["changed_by"] = serde_json::to_value(&change.changed_by).unwrap_or_default();
+                    }
+                    what
+                },
             },
             AlertBody::Detect(detect) => AlertRow {
                 time,
@@ -297,6 +323,7 @@ mod tests {
             attributes: vec!["content".into()],
             old: None,
             new: Some(ItemState { digest: "ab".into(), detail: serde_json::json!({"size": 3}) }),
+            changed_by: Vec::new(),
         }));
         let mut outcome = serde_json::Map::new();
         outcome.insert("result".into(), "mismatch".into());
@@ -353,6 +380,7 @@ mod tests {
                 attributes: vec!["content".into()],
                 old: Some(ItemState { digest: "00".into(), detail: serde_json::json!({"size": 1}) }),
                 new: None,
+                changed_by: Vec::new(),
             }),
         };
         let json = serde_json::to_value(&alert).unwrap();

@@ -298,7 +298,7 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
                 alert["kind"].as_str().unwrap_or("?"),
                 alert["source"].as_str().unwrap_or("?"),
                 alert["item"].as_str().unwrap_or("?"),
-                alert["what"],
+                what_of(alert),
             );
         }
         if r["daemon"] == false {
@@ -310,6 +310,30 @@ pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitC
         }
         out
     })
+}
+
+/// The last column of `ids alerts`: for a change, what changed and who changed it
+/// (`content changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2`); else the JSON.
+fn what_of(alert: &serde_json::Value) -> String {
+    let what = &alert["what"];
+    let kind = alert["kind"].as_str().unwrap_or_default();
+    if kind != "integrity" && kind != "sensor_miss" {
+        return what.to_string();
+    }
+    let attributes: Vec<&str> =
+        what["attributes"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_str).collect();
+    let mut line = match what["change"].as_str().unwrap_or("changed") {
+        "changed" if !attributes.is_empty() => format!("{} changed", attributes.join(", ")),
+        change => change.to_string(),
+    };
+    if let Some(writer) = what["changed_by"].get(0) {
+        line += &format!(" by {}", crate::process::one_line(&writer["process"]));
+        let more = what["changed_by"].as_array().map_or(0, |all| all.len() - 1);
+        if more > 0 {
+            line += &format!(" (+{more} more)");
+        }
+    }
+    line
 }
 
 /// `ids xdp detach`: removes the pinned links (the program leaves the interfaces) and maps.
@@ -446,5 +470,21 @@ mod tests {
         let alerts = answer(&mut bans, &Request::Alerts { limit: 5 });
         assert_eq!(alerts["ok"], true);
         assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
+    }
+
+    #[test]
+    fn a_change_reads_as_what_changed_and_who_changed_it() {
+        let alert = serde_json::json!({"kind": "integrity", "what": {
+            "change": "changed", "attributes": ["content", "mode"],
+            "changed_by": [
+                {"operation": "write", "process": {"pid": 812, "comm": "vim", "ancestors": [
+                    {"pid": 700, "comm": "bash"}, {"pid": 690, "comm": "sshd"}, {"pid": 1, "comm": "systemd"}],
+                    "login": {"service": "sshd", "user": "alice", "from": "198.18.0.2", "port": 5, "pid": 690}}},
+                {"operation": "attrib", "process": {"pid": 9, "comm": "chmod", "ancestors": []}}]}});
+        assert_eq!(what_of(&alert), "content, mode changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2 (+1 more)");
+        let added = serde_json::json!({"kind": "integrity", "what": {"change": "added", "attributes": []}});
+        assert_eq!(what_of(&added), "added");
+        let ban = serde_json::json!({"kind": "ban", "what": {"offence": 1}});
+        assert_eq!(what_of(&ban), r#"{"offence":1}"#);
     }
 }

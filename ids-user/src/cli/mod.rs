@@ -606,11 +606,13 @@ fn human_status(status: &StatusAnswer) -> String {
     out +=
         &format!("eBPF program errors: {}\n", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
     out += &format!(
-        "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\n",
+        "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\nprocesses {} live, {} exited kept\n",
         status.watch.roots.len(),
         status.watch.inodes,
         status.watch.unresolved,
         status.events_written,
+        status.processes.live,
+        status.processes.exited,
     );
     out += &format!(
         "events log: {} failed writes, {} lines lost\nalert store: {} failed attempts, {} alerts waiting, {} lost\n",

@@ -72,6 +72,9 @@ pub(crate) struct StatusAnswer {
     pub(crate) incoming: IncomingStatus,
     pub(crate) watch: WatchStatus,
     pub(crate) events_written: u64,
+    /// The process table: processes alive, and exited ones kept so late events still resolve.
+    #[serde(default)]
+    pub(crate) processes: ProcessCounts,
     /// Writes to the events log that failed (a full disk, say); the events still reached the
     /// detectors, but these lines are not in the log.
     pub(crate) events_log_errors: u64,
@@ -107,6 +110,12 @@ pub(crate) struct SignalStatus {
 pub(crate) struct IncomingStatus {
     pub(crate) hook: String,
     pub(crate) interfaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ProcessCounts {
+    pub(crate) live: u64,
+    pub(crate) exited: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -2,15 +2,25 @@
 //! each as a JSON line to the events log, and offers it to every consumer that wants it
 //! (integrity, detect; later the process table, metrics, the fleet). A consumer's queue is
 //! bounded and counts what it drops; the bus never waits for a consumer.
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::alert::EventsLog;
-use crate::event::{self, Clock, Event};
+use crate::event::{self, Clock, Detail, Event};
+use crate::process::ProcessTable;
 use crate::sensor::decode::RawEvent;
 use crate::sensor::watch::WatchSet;
+
+/// Records taken from the channel at once before they are written out.
+const BATCH: usize = 4096;
+/// How long a record waits for its process's exec record, and how often the channel is polled
+/// meanwhile.
+const EXEC_WAIT: Duration = Duration::from_millis(100);
+const EXEC_POLL: Duration = Duration::from_millis(1);
 
 /// A consumer of the bus: which events it wants, and how it takes one (a non-blocking offer to
 /// its queue).
@@ -53,10 +63,14 @@ pub(crate) struct WriterStats {
     pub(crate) written: AtomicU64,
     pub(crate) unresolved: AtomicU64,
     pub(crate) watched_inodes: AtomicU64,
+    /// Live and exited processes in the process table.
+    pub(crate) processes: AtomicU64,
+    pub(crate) processes_exited: AtomicU64,
 }
 
-/// The events writer: decodes records into events, writes them out whenever the channel runs dry
-/// or 64 KiB are waiting, and publishes each on the bus. Returns when every reader has ended.
+/// The events writer: decodes records into events, names the process of each from the process
+/// table (which the fork, exec and exit records keep), writes them out whenever the channel runs
+/// dry or 64 KiB are waiting, and publishes each on the bus. Returns when every reader has ended.
 /// A log that cannot be written (a full disk) never stops it: `EventsLog::write_lines` counts
 /// and reports the failure, and the consumers get every event all the same.
 pub(crate) fn write_events(
@@ -64,6 +78,7 @@ pub(crate) fn write_events(
     mut watch: WatchSet,
     log: EventsLog,
     bus: Bus,
+    mut processes: ProcessTable,
     stats: &WriterStats,
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
@@ -73,16 +88,80 @@ pub(crate) fn write_events(
         out.clear();
     };
     let mut wanting = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(raw) = next {
+    let publish_table = |processes: &ProcessTable| {
+        let table = processes.stats();
+        stats.processes.store(table.live as u64, Ordering::Relaxed);
+        stats.processes_exited.store(table.exited as u64, Ordering::Relaxed);
+    };
+    publish_table(&processes);
+    // Records of a process that exec'd before its exec record (which comes on another ring)
+    // was read wait for it a little: named from the fork, they would name the parent's program.
+    let mut waiting: VecDeque<(Instant, RawEvent)> = VecDeque::new();
+    let mut batch: Vec<RawEvent> = Vec::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        if waiting.is_empty() {
+            match rx.blocking_recv() {
+                Some(raw) => batch.push(raw),
+                None => open = false,
+            }
+        } else if open {
+            match rx.try_recv() {
+                Ok(raw) => batch.push(raw),
+                Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(EXEC_POLL),
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if !batch.is_empty() {
+            while batch.len() < BATCH
+                && let Ok(raw) = rx.try_recv()
+            {
+                batch.push(raw);
+            }
+        }
+        let now = Instant::now();
+        let mut released = Vec::new();
+        waiting.retain(|(until, raw)| {
+            let go = !open || *until <= now || !processes.awaits_exec(raw.header());
+            if go {
+                released.push(*raw);
+            }
+            !go
+        });
+        for (raw, was_waiting) in released.into_iter().map(|r| (r, true)).chain(batch.drain(..).map(|r| (r, false))) {
+            let header = raw.header();
+            if !matches!(raw, RawEvent::Exec(_) | RawEvent::Process(_)) && processes.awaits_exec(header) {
+                if !was_waiting {
+                    waiting.push_back((now + EXEC_WAIT, raw));
+                    continue;
+                }
+                processes.exec_missed(header);
+            }
             let event = match &raw {
-                RawEvent::Exec(e) => Some(event::exec(&clock, e)),
+                RawEvent::Exec(e) => {
+                    let event = event::exec(&clock, e);
+                    if let Detail::Exec { filename, argv, .. } = &event.detail {
+                        processes.exec(&e.header, filename, argv, e.login);
+                    }
+                    Some(event)
+                }
                 RawEvent::Connect(e) => Some(event::connect(&clock, e)),
                 RawEvent::Module(e) => Some(event::module(&clock, e)),
                 RawEvent::File(e) => watch.event_of(&clock, e),
+                RawEvent::Process(e) => {
+                    if e.op == ids_common::PROCESS_FORK {
+                        processes.fork(&e.header, e.child, e.login);
+                    } else {
+                        processes.exit(&e.header);
+                    }
+                    None
+                }
             };
-            if let Some(event) = event {
+            if let Some(mut event) = event {
+                // Incoming SYNs (XDP) belong to no process.
+                if header.pid != 0 {
+                    event.process = processes.view(header);
+                }
                 serde_json::to_writer(&mut out, &event)?;
                 out.push(b'\n');
                 stats.written.fetch_add(1, Ordering::Relaxed);
@@ -91,11 +170,11 @@ pub(crate) fn write_events(
                     flush(&mut out);
                 }
             }
-            next = rx.try_recv().ok();
         }
         flush(&mut out);
         stats.unresolved.store(watch.unresolved(), Ordering::Relaxed);
         stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
+        publish_table(&processes);
     }
     flush(&mut out);
     Ok(())

@@ -22,8 +22,8 @@ use crate::bans::config::XdpInterfaces;
 use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog as EventsLogConfig};
 use crate::control::{
-    self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, Reply, Request, SignalStatus, StatusAnswer, WatchStatus,
-    XdpInterface, XdpStatus,
+    self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, ProcessCounts, Reply, Request, SignalStatus, StatusAnswer,
+    WatchStatus, XdpInterface, XdpStatus,
 };
 use crate::harness::Workers;
 use crate::integrity::worker::{self as integrity_worker, Control};
@@ -113,11 +113,14 @@ impl Daemon {
         // the start; integrity scans once the sensor is attached, so no change made during the
         // scan is missed.
         let integrity = integrity_worker::prepare(&config.integrity(), sink.clone())?;
+        // sshd's logins, as the detectors read them, for the process table to name.
+        let logins = Arc::new(crate::process::Logins::default());
         let detect = crate::detect::worker::prepare(
             &config.detect,
             &config.state_dir,
             sink.clone(),
             ban_tx.clone(),
+            logins.clone(),
             workers.stop_token(),
         )?;
         let mut watch = integrity.watch.clone();
@@ -179,7 +182,16 @@ impl Daemon {
         // The writer ends when every reader has (they stop after the programs are detached).
         let writer_counters = writer_stats.clone();
         let events_log = log.clone();
-        workers.spawn_thread("events", || {}, move |_| bus::write_events(rx, watch, log, bus, &writer_counters))?;
+        workers.spawn_thread(
+            "events",
+            || {},
+            move |_| {
+                // Filled from /proc after the sensor attached: a process started since is in a
+                // record waiting in the channel.
+                let processes = crate::process::ProcessTable::new(logins);
+                bus::write_events(rx, watch, log, bus, processes, &writer_counters)
+            },
+        )?;
 
         let (fleet, fleet_bans) = match &config.fleet {
             Some(fleet_config) => {
@@ -476,6 +488,10 @@ impl Daemon {
                 unresolved: writer.unresolved.load(Ordering::Relaxed),
             },
             events_written: writer.written.load(Ordering::Relaxed),
+            processes: ProcessCounts {
+                live: writer.processes.load(Ordering::Relaxed),
+                exited: writer.processes_exited.load(Ordering::Relaxed),
+            },
             events_log_errors: self.events_log.failures(),
             events_log_lines_lost: self.events_log.lines_lost(),
             alert_store: self.sink.store_status(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::config::LogKind;
-use super::parse::{access_line, decode_request, escape_evidence, sshd_message};
+use super::parse::{access_line, decode_request, escape_evidence, sshd_line};
 use super::rules::RuleSet;
 use super::window::{Burst, MAX_WINDOWS, Windows};
 use super::{MAX_EVIDENCE, MAX_LINE};
@@ -74,6 +74,7 @@ pub struct Engine {
     last_report: Option<Instant>,
     /// The report due, until taken.
     report: Option<Flood>,
+    logins: Option<Arc<crate::process::Logins>>,
 }
 
 /// Per-line outcome (for `ids rules test` and the corpus tests).
@@ -93,12 +94,19 @@ impl Engine {
             unreported: None,
             last_report: None,
             report: None,
+            logins: None,
         }
     }
 
     /// Counts evicted windows in `counter` (shared with the detect status) instead of its own.
     pub fn counting_evictions_in(mut self, counter: Arc<AtomicU64>) -> Self {
         self.evictions = counter;
+        self
+    }
+
+    /// Hands sshd's `Accepted` lines to `logins` (the process table names logins from them).
+    pub fn recording_logins_in(mut self, logins: Arc<crate::process::Logins>) -> Self {
+        self.logins = Some(logins);
         self
     }
 
@@ -126,7 +134,13 @@ impl Engine {
                 if cut {
                     return LineMatch { rules: Vec::new(), addr: None };
                 }
-                match sshd_message(&line).and_then(|m| self.rules.match_sshd(m.as_bytes())) {
+                let Some((pid, message)) = sshd_line(&line) else {
+                    return LineMatch { rules: Vec::new(), addr: None };
+                };
+                if let Some(logins) = &self.logins {
+                    logins.take_sshd_message(pid, message);
+                }
+                match self.rules.match_sshd(message.as_bytes()) {
                     Some((rule, addr)) => LineMatch { rules: vec![rule], addr: Some(addr) },
                     None => LineMatch { rules: Vec::new(), addr: None },
                 }
@@ -411,7 +425,7 @@ mod tests {
             crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
         let mut workers = crate::harness::Workers::default();
         let prepared =
-            super::super::worker::prepare(&config.detect, &config.state_dir, sink, bans, workers.stop_token()).unwrap();
+            super::super::worker::prepare(&config.detect, &config.state_dir, sink, bans, Default::default(), workers.stop_token()).unwrap();
         let (handle, _) = prepared.start(&mut workers).unwrap();
 
         // Four failures, 150,000 from distinct addresses, then the fifth: one write.

@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-/// The message of an sshd syslog line, or `None` for any other line.
-pub fn sshd_message(line: &str) -> Option<&str> {
+/// The pid and message of an sshd syslog line, or `None` for any other line.
+pub fn sshd_line(line: &str) -> Option<(u32, &str)> {
     let mut from = 0;
     // The tag follows the timestamp and host: at most a few fields in.
     while let Some(found) = line[from..].find(" sshd") {
@@ -21,8 +21,9 @@ pub fn sshd_message(line: &str) -> Option<&str> {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
             if digits > 0
                 && let Some(message) = rest[digits..].strip_prefix("]: ")
+                && let Ok(pid) = rest[..digits].parse()
             {
-                return Some(message);
+                return Some((pid, message));
             }
         }
         from = at;

@@ -188,6 +188,7 @@ pub(crate) fn prepare(
     state_dir: &Path,
     sink: AlertSink,
     bans: BanSender,
+    logins: Arc<crate::process::Logins>,
     stop: Stop,
 ) -> anyhow::Result<Prepared> {
     let detect = detect.clone();
@@ -201,7 +202,7 @@ pub(crate) fn prepare(
     let (sender, inbox) = harness::queue(QUEUE);
     let shared = Arc::new(DetectCounters { queue: inbox.stats().clone(), ..DetectCounters::default() });
     let mut worker = Worker {
-        engine: Engine::new(rules).counting_evictions_in(shared.windows_evicted.clone()),
+        engine: Engine::new(rules).counting_evictions_in(shared.windows_evicted.clone()).recording_logins_in(logins),
         scanner: Scanner::new(),
         logs: Vec::new(),
         log_index: HashMap::new(),
@@ -590,7 +591,7 @@ mod tests {
     fn start(config: &crate::config::Config, sink: &AlertSink, bans: &BanSender) -> Running {
         let workers = Workers::default();
         let prepared =
-            prepare(&config.detect, &config.state_dir, sink.clone(), bans.clone(), workers.stop_token()).unwrap();
+            prepare(&config.detect, &config.state_dir, sink.clone(), bans.clone(), Default::default(), workers.stop_token()).unwrap();
         let mut workers = workers;
         let (handle, _) = prepared.start(&mut workers).unwrap();
         Running { workers, events: handle.events, shared: handle.shared }

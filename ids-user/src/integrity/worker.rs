@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use super::config::WorkerSettings;
 use super::diff::{self, Change};
 use super::{Collector, Digest, Item, Registry, Trigger};
-use crate::alert::{Alert, AlertBody, AlertSink, IntegrityAlert, ItemState};
+use crate::alert::{Alert, AlertBody, AlertSink, ChangedBy, IntegrityAlert, ItemState, MAX_CHANGED_BY};
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
 use crate::store::{Store, StoredItem};
@@ -194,10 +194,12 @@ struct FileCollector {
     translate: Vec<(PathBuf, PathBuf)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Dirty {
     due: Instant,
     deep: bool,
+    /// Who made it dirty, the last first.
+    writers: Vec<ChangedBy>,
 }
 
 pub(crate) struct Worker {
@@ -374,7 +376,7 @@ impl Worker {
                 pending_triggers = None;
                 for trigger in Trigger::ALL.into_iter().filter(|t| bits & t.bit() != 0) {
                     let changes = self.rescan_matching(|c| c.follows(trigger));
-                    self.record(changes, ChangeAlert::Integrity);
+                    self.record(changes, ChangeAlert::Integrity, &HashMap::new());
                 }
             }
             let now = Instant::now();
@@ -408,7 +410,7 @@ impl Worker {
             warn!(error = %e, "storing the initial scan");
         }
         if had_state {
-            self.record(changes, ChangeAlert::SensorMiss);
+            self.record(changes, ChangeAlert::SensorMiss, &HashMap::new());
         } else {
             self.publish();
         }
@@ -443,14 +445,21 @@ impl Worker {
     /// sets its trigger.
     fn take(&mut self, event: &Event, triggered: &mut u32) {
         match &event.detail {
-            Detail::File { op, path, new_path, .. } => self.mark(*op, path, new_path.as_deref()),
+            Detail::File { op, path, new_path, .. } => {
+                let writer = event.process.as_ref().map(|process| ChangedBy {
+                    operation: crate::event::file_op_name(*op),
+                    time: event.time,
+                    process: process.clone(),
+                });
+                self.mark(*op, path, new_path.as_deref(), writer)
+            }
             Detail::Listen { .. } => *triggered |= Trigger::ListeningSockets.bit(),
             Detail::Module { .. } => *triggered |= Trigger::KernelModules.bit(),
             _ => {}
         }
     }
 
-    fn mark(&mut self, op: FileOp, path: &Path, new_path: Option<&Path>) {
+    fn mark(&mut self, op: FileOp, path: &Path, new_path: Option<&Path>, writer: Option<ChangedBy>) {
         let due = Instant::now() + REHASH_QUIET;
         let mut paths: Vec<(PathBuf, bool)> = Vec::new();
         let structural = matches!(op, FileOp::Create | FileOp::Unlink | FileOp::Rename);
@@ -471,9 +480,12 @@ impl Worker {
             }
         }
         for (path, deep) in paths {
-            let entry = self.dirty.entry(path).or_insert(Dirty { due, deep });
+            let entry = self.dirty.entry(path).or_insert(Dirty { due, deep, writers: Vec::new() });
             entry.due = due;
             entry.deep |= deep;
+            if let Some(writer) = &writer {
+                add_writer(&mut entry.writers, writer);
+            }
         }
         self.shared.pending.store(self.dirty.len() as u64, Ordering::SeqCst);
     }
@@ -486,6 +498,7 @@ impl Worker {
         if due.is_empty() {
             return;
         }
+        let mut done = HashMap::new();
         // Parents before children, so a deep rescan of a directory comes first.
         due.sort();
         let mut changes = Vec::new();
@@ -507,9 +520,11 @@ impl Worker {
             }
         }
         for (path, _) in &due {
-            self.dirty.remove(path);
+            if let Some(dirty) = self.dirty.remove(path) {
+                done.insert(path.clone(), dirty);
+            }
         }
-        self.record(changes, ChangeAlert::Integrity);
+        self.record(changes, ChangeAlert::Integrity, &done);
     }
 
     /// The periodic verification: everything is rescanned; a change no pending event explains
@@ -526,8 +541,10 @@ impl Worker {
             .into_iter()
             .partition(|change| super::id_path(&change.id).is_some_and(|(_, path)| self.is_dirty(&path)));
         info!(missed = missed.len(), "verification scan done");
-        self.record(explained, ChangeAlert::Integrity);
-        self.record(missed, ChangeAlert::SensorMiss);
+        let dirty = std::mem::take(&mut self.dirty);
+        self.record(explained, ChangeAlert::Integrity, &dirty);
+        self.dirty = dirty;
+        self.record(missed, ChangeAlert::SensorMiss, &HashMap::new());
     }
 
     /// Whether `path` is dirty itself or below a path dirty with its whole tree.
@@ -539,7 +556,7 @@ impl Worker {
     /// Reruns whole collectors: the file ones, or the others.
     fn rescan(&mut self, which: Rescan, alert: ChangeAlert) {
         let changes = self.rescan_changes(which);
-        self.record(changes, alert);
+        self.record(changes, alert, &HashMap::new());
     }
 
     fn rescan_changes(&mut self, which: Rescan) -> Vec<Change> {
@@ -593,13 +610,14 @@ impl Worker {
 
     /// Stores the changes with their alerts (one transaction), raises the alerts and
     /// republishes the aggregate.
-    fn record(&mut self, changes: Vec<Change>, kind: ChangeAlert) {
+    fn record(&mut self, changes: Vec<Change>, kind: ChangeAlert, dirty: &HashMap<PathBuf, Dirty>) {
         if !changes.is_empty() {
             let updates: Vec<(String, String, Option<Item>)> =
                 changes.iter().map(|c| (c.collector.clone(), c.id.clone(), c.new.clone())).collect();
             let alerts: Vec<Alert> = changes
                 .into_iter()
                 .map(|c| {
+                    let changed_by = writers_of(dirty, &c.id);
                     let change = IntegrityAlert {
                         collector: c.collector,
                         id: c.id,
@@ -607,6 +625,7 @@ impl Worker {
                         attributes: c.attributes,
                         old: c.old.as_ref().map(item_state),
                         new: c.new.as_ref().map(item_state),
+                        changed_by,
                     };
                     Alert::now(match kind {
                         ChangeAlert::Integrity => AlertBody::Integrity(change),
@@ -658,6 +677,28 @@ impl Worker {
 }
 
 /// An item in an alert: its digest in hex and its detail.
+/// Puts `writer` first among `writers`, once per process and operation, keeping at most
+/// `MAX_CHANGED_BY`.
+fn add_writer(writers: &mut Vec<ChangedBy>, writer: &ChangedBy) {
+    writers.retain(|w| w.process.pid != writer.process.pid || w.operation != writer.operation);
+    writers.insert(0, writer.clone());
+    writers.truncate(MAX_CHANGED_BY);
+}
+
+/// The writers recorded for the item `id`: at its own path, else at the nearest directory above
+/// it that was dirty with its whole tree (a renamed or removed directory).
+fn writers_of(dirty: &HashMap<PathBuf, Dirty>, id: &str) -> Vec<ChangedBy> {
+    let Some((_, path)) = super::id_path(id) else { return Vec::new() };
+    if let Some(entry) = dirty.get(&path) {
+        return entry.writers.clone();
+    }
+    path.ancestors()
+        .skip(1)
+        .find_map(|ancestor| dirty.get(ancestor).filter(|d| d.deep))
+        .map(|d| d.writers.clone())
+        .unwrap_or_default()
+}
+
 fn item_state(item: &Item) -> ItemState {
     ItemState { digest: super::hex(&item.digest), detail: item.detail.clone() }
 }
@@ -692,6 +733,23 @@ mod tests {
                 dev: 0,
                 ino: 0,
             },
+            process: Some(Arc::new(crate::process::ProcessView {
+                pid: 812,
+                ppid: 1,
+                uid: 0,
+                user: Some("root".into()),
+                auid: None,
+                login_user: None,
+                sessionid: None,
+                comm: "vim".into(),
+                exe: Some("/usr/bin/vim".into()),
+                argv: Arc::from(vec!["vim".to_string()]),
+                argv_truncated: false,
+                cgroup: None,
+                container: None,
+                ancestors: Vec::new(),
+                login: None,
+            })),
         })
     }
 
@@ -746,6 +804,9 @@ mod tests {
             assert_eq!(alert["kind"], "integrity");
             assert_eq!(alert["id"], format!("file:{root}/f"));
             assert_eq!(alert["attributes"], serde_json::json!(["content"]));
+            assert_eq!(alert["changed_by"][0]["operation"], "write");
+            assert_eq!(alert["changed_by"][0]["process"]["pid"], 812);
+            assert_eq!(alert["changed_by"][0]["process"]["exe"], "/usr/bin/vim");
 
             let (reply, answer) = tokio::sync::oneshot::channel();
             handle.request(Control::Diff(reply)).unwrap();

@@ -136,6 +136,7 @@ pub(crate) fn render(status: &StatusAnswer) -> String {
         status.errors.iter().map(|(program, count)| (program.as_str(), *count)),
     );
     out.single("ids_watched_inodes", Gauge, "Inodes in the kernel's watch set.", status.watch.inodes);
+    out.single("ids_processes", Gauge, "Live processes in the process table.", status.processes.live);
     out.single(
         "ids_watch_unresolved",
         Gauge,

@@ -227,6 +227,10 @@ impl Btf {
             binprm_filename: self.offset_of("linux_binprm", "filename")?,
             binprm_p: self.offset_of("linux_binprm", "p")?,
             binprm_argc: self.offset_of("linux_binprm", "argc")?,
+            task_pid: self.offset_of("task_struct", "pid")?,
+            // Only kernels built with audit have them; without, the login is reported unknown.
+            task_loginuid: self.offset_of("task_struct", "loginuid").unwrap_or(0),
+            task_sessionid: self.offset_of("task_struct", "sessionid").unwrap_or(0),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Decoding ring-buffer records: the header first, its length checked against the kind, then the
 //! payload, copied out unaligned. Never trusts a length it has not measured.
-use ids_common::{ConnectEvent, EventHeader, ExecEvent, FileEvent, FileOp, ModuleEvent, kind};
+use ids_common::{ConnectEvent, EventHeader, ExecEvent, FileEvent, FileOp, ModuleEvent, ProcessEvent, kind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -16,6 +16,8 @@ pub enum DecodeError {
     UnknownFileOp { op: u32 },
     #[error("module record has unknown operation {op}")]
     UnknownModuleOp { op: u32 },
+    #[error("process record has unknown operation {op}")]
+    UnknownProcessOp { op: u32 },
 }
 
 /// A record as the kernel sent it.
@@ -28,6 +30,19 @@ pub enum RawEvent {
     File(FileEvent),
     Connect(ConnectEvent),
     Module(ModuleEvent),
+    Process(ProcessEvent),
+}
+
+impl RawEvent {
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            RawEvent::Exec(e) => &e.header,
+            RawEvent::File(e) => &e.header,
+            RawEvent::Connect(e) => &e.header,
+            RawEvent::Module(e) => &e.header,
+            RawEvent::Process(e) => &e.header,
+        }
+    }
 }
 
 /// Reads a `T` from the first `size_of::<T>()` bytes; the caller checked the length.
@@ -48,6 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         kind::FILE_CHANGE => std::mem::size_of::<FileEvent>(),
         kind::CONNECT => std::mem::size_of::<ConnectEvent>(),
         kind::MODULE => std::mem::size_of::<ModuleEvent>(),
+        kind::PROCESS => std::mem::size_of::<ProcessEvent>(),
         other => return Err(DecodeError::UnknownKind { kind: other }),
     };
     // Ring-buffer records are padded to 8 bytes; anything else is a mismatch.
@@ -76,6 +92,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 return Err(DecodeError::UnknownModuleOp { op: event.op });
             }
             RawEvent::Module(event)
+        }
+        kind::PROCESS => {
+            let event: ProcessEvent = read_record(bytes);
+            if event.op != ids_common::PROCESS_FORK && event.op != ids_common::PROCESS_EXIT {
+                return Err(DecodeError::UnknownProcessOp { op: event.op });
+            }
+            RawEvent::Process(event)
         }
         _ => RawEvent::Connect(read_record(bytes)),
     })
@@ -116,6 +139,7 @@ pub(crate) mod tests {
             truncated: 0,
             argc: 0,
             _pad: 0,
+            login: ids_common::LoginIds::default(),
             filename: [0; PATH_LEN],
             args: [0; ARGS_LEN],
         };

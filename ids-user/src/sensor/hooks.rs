@@ -54,13 +54,24 @@ const LISTEN: ProgramSpec = optional("listen_tp", Attach::TracePoint(&[("sock", 
 const MODULE_LOAD: ProgramSpec = optional("module_load_tp", Attach::TracePoint(&[("module", "module_load")]));
 const MODULE_FREE: ProgramSpec = optional("module_free_tp", Attach::TracePoint(&[("module", "module_free")]));
 
+/// Processes created and ended, for the process table, with either exec hook set (optional:
+/// without them the table learns processes from execs and `/proc`, and ages them out).
+const PROCESS_FORK: ProgramSpec = optional("process_fork_tp", Attach::RawTracePoint("sched_process_fork"));
+const PROCESS_EXIT: ProgramSpec = optional("process_exit_tp", Attach::RawTracePoint("sched_process_exit"));
+
 pub const HOOK_TABLE: &[SignalHooks] = &[
     SignalHooks {
         signal: Signal::Exec,
         preference: &[
             HookSet {
                 name: "lsm:bprm_committed_creds",
-                programs: &[required("exec_lsm", Attach::Lsm("bprm_committed_creds")), MODULE_LOAD, MODULE_FREE],
+                programs: &[
+                    required("exec_lsm", Attach::Lsm("bprm_committed_creds")),
+                    MODULE_LOAD,
+                    MODULE_FREE,
+                    PROCESS_FORK,
+                    PROCESS_EXIT,
+                ],
             },
             HookSet {
                 name: "tracepoint:sched_process_exec",
@@ -68,6 +79,8 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
                     required("exec_tp", Attach::TracePoint(&[("sched", "sched_process_exec")])),
                     MODULE_LOAD,
                     MODULE_FREE,
+                    PROCESS_FORK,
+                    PROCESS_EXIT,
                 ],
             },
         ],
