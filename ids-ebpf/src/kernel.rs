@@ -168,7 +168,10 @@ pub fn current_login(task: Kptr) -> LoginIds {
     let (auid, sessionid) = if loginuid == 0 {
         (NO_LOGIN, NO_LOGIN)
     } else {
-        (read::<u32>(task, loginuid).unwrap_or(NO_LOGIN), read::<u32>(task, offset!(task_sessionid)).unwrap_or(NO_LOGIN))
+        (
+            read::<u32>(task, loginuid).unwrap_or(NO_LOGIN),
+            read::<u32>(task, offset!(task_sessionid)).unwrap_or(NO_LOGIN),
+        )
     };
     LoginIds { auid, sessionid, cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() } }
 }

@@ -130,7 +130,8 @@ fn integrity_alerts_name_the_writer_its_ancestors_operation_and_cgroup() {
         .flat_map(|a| a["changed_by"].as_array().into_iter().flatten())
         .find(|w| w["operation"] == "attrib")
         .unwrap_or_else(|| {
-            let seen: Vec<Value> = daemon.events().into_iter().filter(|e| e.to_string().contains("watched/c")).collect();
+            let seen: Vec<Value> =
+                daemon.events().into_iter().filter(|e| e.to_string().contains("watched/c")).collect();
             panic!("no attrib writer for {chmodded_id}: {chmod_alerts:#?}; events naming it: {seen:#?}")
         });
     assert_eq!(by_chmod["process"]["exe"], resolved("/bin/chmod"));
@@ -140,14 +141,20 @@ fn integrity_alerts_name_the_writer_its_ancestors_operation_and_cgroup() {
     let execs: Vec<Value> = daemon
         .events()
         .into_iter()
-        .filter(|e| e["kind"] == "exec" && e["filename"] == "/usr/bin/tee" && e["process"]["cgroup"] == cgroup.name().as_str())
+        .filter(|e| {
+            e["kind"] == "exec" && e["filename"] == "/usr/bin/tee" && e["process"]["cgroup"] == cgroup.name().as_str()
+        })
         .collect();
     assert_eq!(execs.len(), 1, "one exec of tee in the test's cgroup");
     assert_eq!(execs[0]["process"]["pid"], execs[0]["pid"]);
     assert_eq!(execs[0]["process"]["ancestors"][2]["pid"], started_pid);
 
     // `ids alerts` says it in one line.
-    let out = Command::new(ids_tests::ids_bin()).args(["alerts", "-n", "50", "--config"]).arg(&daemon.config).output().unwrap();
+    let out = Command::new(ids_tests::ids_bin())
+        .args(["alerts", "-n", "50", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains(&written_id)).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(&format!("content, size changed by tee (pid {}) ← sh ← sh ← sh", process["pid"])), "{line}");

@@ -481,7 +481,10 @@ mod tests {
                     {"pid": 700, "comm": "bash"}, {"pid": 690, "comm": "sshd"}, {"pid": 1, "comm": "systemd"}],
                     "login": {"service": "sshd", "user": "alice", "from": "198.18.0.2", "port": 5, "pid": 690}}},
                 {"operation": "attrib", "process": {"pid": 9, "comm": "chmod", "ancestors": []}}]}});
-        assert_eq!(what_of(&alert), "content, mode changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2 (+1 more)");
+        assert_eq!(
+            what_of(&alert),
+            "content, mode changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2 (+1 more)"
+        );
         let added = serde_json::json!({"kind": "integrity", "what": {"change": "added", "attributes": []}});
         assert_eq!(what_of(&added), "added");
         let ban = serde_json::json!({"kind": "ban", "what": {"offence": 1}});

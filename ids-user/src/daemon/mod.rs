@@ -22,8 +22,8 @@ use crate::bans::config::XdpInterfaces;
 use crate::bans::{BanRequest, Bans};
 use crate::config::{Config, EventsLog as EventsLogConfig};
 use crate::control::{
-    self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, ProcessCounts, Reply, Request, SignalStatus, StatusAnswer,
-    WatchStatus, XdpInterface, XdpStatus,
+    self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, ProcessCounts, Reply, Request, SignalStatus,
+    StatusAnswer, WatchStatus, XdpInterface, XdpStatus,
 };
 use crate::harness::Workers;
 use crate::integrity::worker::{self as integrity_worker, Control};

@@ -424,8 +424,15 @@ mod tests {
         let mut ban_path =
             crate::bans::Bans::open(&config.state_dir, &config.xdp, &config.bans, None, sink.clone()).unwrap();
         let mut workers = crate::harness::Workers::default();
-        let prepared =
-            super::super::worker::prepare(&config.detect, &config.state_dir, sink, bans, Default::default(), workers.stop_token()).unwrap();
+        let prepared = super::super::worker::prepare(
+            &config.detect,
+            &config.state_dir,
+            sink,
+            bans,
+            Default::default(),
+            workers.stop_token(),
+        )
+        .unwrap();
         let (handle, _) = prepared.start(&mut workers).unwrap();
 
         // Four failures, 150,000 from distinct addresses, then the fifth: one write.

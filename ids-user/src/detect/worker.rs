@@ -590,8 +590,15 @@ mod tests {
 
     fn start(config: &crate::config::Config, sink: &AlertSink, bans: &BanSender) -> Running {
         let workers = Workers::default();
-        let prepared =
-            prepare(&config.detect, &config.state_dir, sink.clone(), bans.clone(), Default::default(), workers.stop_token()).unwrap();
+        let prepared = prepare(
+            &config.detect,
+            &config.state_dir,
+            sink.clone(),
+            bans.clone(),
+            Default::default(),
+            workers.stop_token(),
+        )
+        .unwrap();
         let mut workers = workers;
         let (handle, _) = prepared.start(&mut workers).unwrap();
         Running { workers, events: handle.events, shared: handle.shared }

@@ -136,7 +136,8 @@ mod tests {
 
     #[test]
     fn the_unified_mount_is_found_in_mountinfo() {
-        let text = "24 31 0:22 / /sys rw - sysfs sysfs rw\n35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let text =
+            "24 31 0:22 / /sys rw - sysfs sysfs rw\n35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(unified_root(text), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(unified_root("24 31 0:22 / /sys rw - sysfs sysfs rw\n"), None);
     }
@@ -144,7 +145,8 @@ mod tests {
     #[test]
     fn this_process_cgroup_id_turns_back_into_its_path() {
         let mut names = CgroupNames::new();
-        let Some(path) = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| super::super::procfs::cgroup_v2_path(&t))
+        let Some(path) =
+            std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| super::super::procfs::cgroup_v2_path(&t))
         else {
             panic!("this host has no unified cgroup hierarchy");
         };

@@ -222,9 +222,9 @@ impl ProcessTable {
     /// Whether the header's process was forked, not seen exec, and now goes by another name:
     /// its exec record has not been read yet.
     pub(crate) fn awaits_exec(&self, header: &ids_common::EventHeader) -> bool {
-        self.entries.get(&header.pid).is_some_and(|entry| {
-            entry.exec_pending && entry.comm.as_bytes() != c_bytes(&header.comm)
-        })
+        self.entries
+            .get(&header.pid)
+            .is_some_and(|entry| entry.exec_pending && entry.comm.as_bytes() != c_bytes(&header.comm))
     }
 
     /// The exec record of the header's process did not come in time (it was lost): learn the
@@ -334,8 +334,7 @@ impl ProcessTable {
             .chain(ancestors.iter().map(|a| (a.pid, a.comm.as_str())))
             .filter(|(_, comm)| comm.starts_with("sshd"))
             .find_map(|(p, _)| self.logins.get(p));
-        let cgroup =
-            entry.cgroup_path.clone().or_else(|| self.cgroups.path_of(entry.login.cgroup_id));
+        let cgroup = entry.cgroup_path.clone().or_else(|| self.cgroups.path_of(entry.login.cgroup_id));
         let known = |id: u32| (id != NO_LOGIN).then_some(id);
         let auid = known(entry.login.auid);
         ProcessView {
@@ -432,8 +431,12 @@ impl ProcessTable {
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         self.real_paths.clear();
-        let gone: Vec<u32> =
-            self.entries.iter().filter(|(pid, e)| e.exited.is_none() && !procfs::alive(**pid)).map(|(p, _)| *p).collect();
+        let gone: Vec<u32> = self
+            .entries
+            .iter()
+            .filter(|(pid, e)| e.exited.is_none() && !procfs::alive(**pid))
+            .map(|(p, _)| *p)
+            .collect();
         for pid in gone {
             if let Some(entry) = self.entries.get_mut(&pid) {
                 entry.exited = Some(now);
@@ -519,7 +522,10 @@ mod tests {
         logins.accepted(BASE + 10, "alice", "198.18.0.2".parse().unwrap(), 50000);
         let view = table.view(&shell).unwrap();
         assert_eq!(view.login.as_ref().map(|l| l.user.as_str()), Some("alice"));
-        assert_eq!(one_line(&serde_json::to_value(&*view).unwrap()), format!("bash (pid {}) ← sshd: alice from 198.18.0.2", BASE + 11));
+        assert_eq!(
+            one_line(&serde_json::to_value(&*view).unwrap()),
+            format!("bash (pid {}) ← sshd: alice from 198.18.0.2", BASE + 11)
+        );
     }
 
     #[test]

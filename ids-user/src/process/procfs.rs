@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn the_unified_cgroup_line_is_found() {
-        assert_eq!(cgroup_v2_path("12:cpu:/x\n0::/user.slice/session-3.scope\n").as_deref(), Some("/user.slice/session-3.scope"));
+        assert_eq!(
+            cgroup_v2_path("12:cpu:/x\n0::/user.slice/session-3.scope\n").as_deref(),
+            Some("/user.slice/session-3.scope")
+        );
         assert_eq!(cgroup_v2_path("12:cpu:/x\n"), None);
     }
 }

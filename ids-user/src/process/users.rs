@@ -51,7 +51,9 @@ mod tests {
 
     #[test]
     fn passwd_lines_give_names_and_bad_lines_are_skipped() {
-        let names = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbroken\nalice:x:1000:1000::/home/alice:/bin/sh\ntoor:x:0:0::/:/bin/sh\n");
+        let names = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbroken\nalice:x:1000:1000::/home/alice:/bin/sh\ntoor:x:0:0::/:/bin/sh\n",
+        );
         assert_eq!(names.get(&0).map(String::as_str), Some("root"));
         assert_eq!(names.get(&1000).map(String::as_str), Some("alice"));
         assert_eq!(names.len(), 2);
