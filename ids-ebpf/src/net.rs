@@ -131,13 +131,19 @@ fn try_connect_lsm(ctx: &LsmContext) -> Result<(), i64> {
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
-/// A TCP socket entering or leaving LISTEN: lets the daemon re-run its listening-socket
-/// collector when the set changes instead of polling for it.
+/// A listener opening or closing: lets the daemon re-run its listening-socket collector when the
+/// set changes instead of polling for it. Reported are exactly CLOSE -> LISTEN (listen()) and
+/// LISTEN -> CLOSE (close or shutdown of the listener, a listen() that failed to get its port).
 ///
-/// A listener leaves LISTEN only for CLOSE (close, shutdown, a listen() that failed to get its
-/// port). The socket of every connection it accepts starts as a clone of it, state included, and
-/// the same tracepoint shows that clone going LISTEN -> SYN_RECV: those are the listener's
-/// connections, not listen changes, and must not reach the daemon.
+/// Not a listen change, and never sent: the socket of every connection a listener accepts starts
+/// as a clone of it, state included, and this tracepoint shows that clone going LISTEN -> SYN_RECV
+/// (`inet_csk_clone_lock`), then on through the states of a connection to CLOSE; connections still
+/// in the accept queue when the listener closes go ESTABLISHED -> CLOSE. Treating any exit from
+/// LISTEN as a closed listener would report every accepted connection as its listener closing.
+///
+/// Cheap: `newstate` is read first, and every transition into a state other than LISTEN or CLOSE
+/// (the bulk of them, on a busy server) leaves after that one read; `oldstate` is read only for a
+/// transition into CLOSE, the rest of the record only for a listen change.
 #[tracepoint]
 pub fn listen_tp(ctx: TracePointContext) -> u32 {
     count_failure(ProgramId::ListenTp, try_listen_tp(&ctx));
@@ -146,14 +152,19 @@ pub fn listen_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let old: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(|e| e as i64)?;
     let new: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(|e| e as i64)?;
-    let direction = if new == TCP_LISTEN {
-        DIRECTION_LISTEN
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        DIRECTION_UNLISTEN
-    } else {
-        return Ok(());
+    let direction = match new {
+        TCP_LISTEN => DIRECTION_LISTEN,
+        TCP_CLOSE => {
+            // Only the listener itself goes from LISTEN to CLOSE; a connection's socket reaches
+            // CLOSE from any other state.
+            let old: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(|e| e as i64)?;
+            if old != TCP_LISTEN {
+                return Ok(());
+            }
+            DIRECTION_UNLISTEN
+        }
+        _ => return Ok(()),
     };
     let protocol: u16 = unsafe { ctx.read_at(field::PROTOCOL) }.map_err(|e| e as i64)?;
     if protocol != IPPROTO_TCP as u16 {

@@ -2,7 +2,7 @@
 //! They need root; CI runs them as root (`cargo xtask test`).
 use std::fs;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -303,31 +303,42 @@ fn tcp_over_a_veth_pair_into_a_namespace_is_reported() {
     daemon.stop();
 }
 
-/// Listen events the sensor wrote for `port` on 127.0.0.1: (opened, closed).
-fn listen_counts(daemon: &Daemon, port: u16) -> (usize, usize) {
+/// Listen events the sensor wrote for `host`:`port`: (opened, closed).
+fn listen_counts(daemon: &Daemon, host: IpAddr, port: u16) -> (usize, usize) {
+    let addr = host.to_string();
     let states: Vec<String> = daemon
         .events()
         .iter()
-        .filter(|e| e["kind"] == "listen" && e["port"] == port && e["addr"] == "127.0.0.1")
+        .filter(|e| e["kind"] == "listen" && e["port"] == port && e["addr"] == addr.as_str())
         .map(|e| str_of(e, "state").to_string())
         .collect();
     (states.iter().filter(|s| *s == "listen").count(), states.iter().filter(|s| *s == "closed").count())
 }
 
-/// The socket of each accepted connection is cloned from its listener and leaves LISTEN on the
-/// same tracepoint as a closing listener: 1,000 connections must still be no listen change.
-#[test]
-fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
+/// Opens and closes a listener on `host` and waits for its two listen events. The ring buffer is
+/// read in order, so once they are written, everything the sensor saw before them has been too.
+fn listen_barrier(daemon: &Daemon, host: IpAddr) {
+    let marker = TcpListener::bind((host, 0)).unwrap();
+    let port = marker.local_addr().unwrap().port();
+    drop(marker);
+    let states = daemon.wait_for(2, |e| e["kind"] == "listen" && e["port"] == port);
+    assert_eq!(states.len(), 2, "marker listener's open and close on {host} missing: {states:?}");
+}
+
+/// 1,000 connections accepted and closed on one listener on `host`, then the listener closed with
+/// connections still waiting in its accept queue: one `listen` and one `closed` event, nothing else.
+fn one_listen_and_one_closed_event_per_listener(daemon: &Daemon, host: IpAddr) {
     const CONNECTIONS: usize = 1_000;
-    let daemon = Daemon::start("listen", &[], &[]);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    const PENDING: usize = 3;
+    let listener = TcpListener::bind((host, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let opened = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port);
-    assert_eq!(opened.len(), 1, "opening the listener is not one listen event: {opened:?}");
+    assert_eq!(opened.len(), 1, "opening the listener on {host} is not one listen event: {opened:?}");
     assert_eq!(opened[0]["state"], "listen", "{}", opened[0]);
+    assert_eq!(opened[0]["addr"], host.to_string(), "{}", opened[0]);
 
     for _ in 0..CONNECTIONS {
-        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let client = TcpStream::connect((host, port)).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         drop(client);
         drop(accepted);
@@ -336,26 +347,36 @@ fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
     let connects = daemon.wait_for(CONNECTIONS, |e| {
         e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port && e["pid"].as_u64() == Some(own_pid())
     });
-    assert_eq!(connects.len(), CONNECTIONS, "the sensor did not see every connection");
-    // A second listener opened and closed after them: the ring buffer is read in order, so once its
-    // close is written, anything the connections to the first one produced has been written too.
-    let marker = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let marker_port = marker.local_addr().unwrap().port();
-    drop(marker);
-    let marker_states = daemon.wait_for(2, |e| e["kind"] == "listen" && e["port"] == marker_port);
-    assert_eq!(marker_states.len(), 2, "marker listener's open and close missing: {marker_states:?}");
+    assert_eq!(connects.len(), CONNECTIONS, "the sensor did not see every connection to {host}");
+    listen_barrier(daemon, host);
     assert_eq!(
-        listen_counts(&daemon, port),
+        listen_counts(daemon, host, port),
         (1, 0),
-        "(opened, closed) listen events after {CONNECTIONS} connections: each connection was reported as a listen change"
+        "(opened, closed) listen events on {host} after {CONNECTIONS} connections: each connection was reported as a listen change"
     );
 
+    // Connections the listener never accepted are closed with it: they are no listen change either.
+    let pending: Vec<TcpStream> = (0..PENDING).map(|_| TcpStream::connect((host, port)).unwrap()).collect();
     drop(listener);
     let closed = daemon.wait_for(1, |e| e["kind"] == "listen" && e["port"] == port && e["state"] == "closed");
-    assert_eq!(closed.len(), 1, "closing the listener is not reported");
-    // Time for a duplicate to arrive before asserting there is none.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(listen_counts(&daemon, port), (1, 1), "(opened, closed) listen events once the listener is closed");
+    assert_eq!(closed.len(), 1, "closing the listener on {host} is not reported");
+    drop(pending);
+    listen_barrier(daemon, host);
+    assert_eq!(
+        listen_counts(daemon, host, port),
+        (1, 1),
+        "(opened, closed) listen events on {host} once the listener is closed with {PENDING} connections pending"
+    );
+}
+
+/// The socket of each accepted connection is cloned from its listener, state included, and leaves
+/// LISTEN on the same tracepoint as a closing listener: only the listener opening and closing are
+/// listen events, over IPv4 and IPv6.
+#[test]
+fn only_a_listener_opening_or_closing_is_a_listen_event_not_its_connections() {
+    let daemon = Daemon::start("listen", &[], &[]);
+    one_listen_and_one_closed_event_per_listener(&daemon, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    one_listen_and_one_closed_event_per_listener(&daemon, IpAddr::V6(Ipv6Addr::LOCALHOST));
     let status = daemon.status();
     assert_eq!(signal(&status, "connect")["lost"], 0, "{status}");
     daemon.stop();
