@@ -384,3 +384,126 @@ pub mod netns {
         }
     }
 }
+
+/// A private systemd-journald for tests that read sshd from the journal.
+pub mod journald {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    /// A private systemd-journald instance (a journald namespace of its own), stopped and removed
+    /// on drop.
+    pub struct Journald {
+        pub namespace: String,
+        child: std::process::Child,
+    }
+
+    impl Journald {
+        pub fn start() -> Self {
+            let namespace = format!("idstest{}", std::process::id());
+            let child = std::process::Command::new("/lib/systemd/systemd-journald")
+                .arg(&namespace)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("systemd-journald (Debian package systemd) runs a journal namespace for this test");
+            let journald = Self { namespace, child };
+            // Ready once its socket is there and its journal file holds an entry (journalctl follows
+            // the files that exist when it starts).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let entries = std::process::Command::new("journalctl")
+                    .arg(format!("--namespace={}", journald.namespace))
+                    .args(["--quiet", "--lines=1", "--output=cat"])
+                    .output()
+                    .map(|out| out.stdout)
+                    .unwrap_or_default();
+                if journald.dev_log().exists() && !entries.is_empty() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "journald namespace {} never became ready", journald.namespace);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            journald
+        }
+
+        pub fn dev_log(&self) -> PathBuf {
+            PathBuf::from(format!("/run/systemd/journal.{}/dev-log", self.namespace))
+        }
+
+        /// Sends `messages` with syslog tag sshd from one process of a program named `program` (its
+        /// process name, which journald records as `_COMM`), and keeps that process alive until
+        /// journald has stored them all: journald reads the name of a sender from /proc, which it
+        /// cannot once the sender has exited.
+        pub fn log_as(&self, program: &Path, messages: &[String]) {
+            let mut child = std::process::Command::new(program)
+                .args(["--socket-errors=on", "-t", "sshd", "-u"])
+                .arg(self.dev_log())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            for message in messages {
+                writeln!(stdin, "{message}").unwrap();
+            }
+            stdin.flush().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let stored = std::process::Command::new("journalctl")
+                    .arg(format!("--namespace={}", self.namespace))
+                    .arg(format!("_PID={}", child.id()))
+                    .args(["--quiet", "--output=cat"])
+                    .output()
+                    .unwrap()
+                    .stdout;
+                if stored.split(|&b| b == b'\n').filter(|line| !line.is_empty()).count() >= messages.len() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "journald did not store the messages of {}", program.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(stdin);
+            assert!(
+                child.wait().unwrap().success(),
+                "{} could not log to {}",
+                program.display(),
+                self.dev_log().display()
+            );
+        }
+
+        /// Waits until a journalctl follows this namespace (what is written before is not read on a
+        /// first run, as for a log file).
+        pub fn wait_followed(&self) {
+            let needle = format!("--namespace={}", self.namespace);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let followed = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+                    std::fs::read(entry.path().join("cmdline"))
+                        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+                });
+                if followed {
+                    // journalctl opens the journal and seeks to its end after it starts.
+                    std::thread::sleep(Duration::from_millis(500));
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no journalctl follows namespace {}", self.namespace);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for Journald {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(format!("/run/systemd/journal.{}", self.namespace));
+            for dir in ["/var/log/journal", "/run/log/journal"] {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(&format!(".{}", self.namespace)) {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -5,11 +5,12 @@
 //! a program named like a web server starting a shell raises a process-tree alert.
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::net::TcpListener;
 
+use ids_tests::journald::Journald;
 use ids_tests::netns::{BAD4, GOOD4, HOST4, Net, TRUSTED4};
 use ids_tests::{Daemon, Scratch};
 use serde_json::Value;
@@ -214,117 +215,6 @@ fn five_failed_logins_get_the_source_dropped_in_xdp_and_a_trusted_source_passes(
 
 fn str_ends(value: &Value, suffix: &str) -> bool {
     value.as_str().is_some_and(|s| s.ends_with(suffix))
-}
-
-/// A private systemd-journald instance (a journald namespace of its own), stopped and removed
-/// on drop.
-struct Journald {
-    namespace: String,
-    child: std::process::Child,
-}
-
-impl Journald {
-    fn start() -> Self {
-        let namespace = format!("idstest{}", std::process::id());
-        let child = std::process::Command::new("/lib/systemd/systemd-journald")
-            .arg(&namespace)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("systemd-journald (Debian package systemd) runs a journal namespace for this test");
-        let journald = Self { namespace, child };
-        // Ready once its socket is there and its journal file holds an entry (journalctl follows
-        // the files that exist when it starts).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let entries = std::process::Command::new("journalctl")
-                .arg(format!("--namespace={}", journald.namespace))
-                .args(["--quiet", "--lines=1", "--output=cat"])
-                .output()
-                .map(|out| out.stdout)
-                .unwrap_or_default();
-            if journald.dev_log().exists() && !entries.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "journald namespace {} never became ready", journald.namespace);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        journald
-    }
-
-    fn dev_log(&self) -> PathBuf {
-        PathBuf::from(format!("/run/systemd/journal.{}/dev-log", self.namespace))
-    }
-
-    /// Sends `messages` with syslog tag sshd from one process of a program named `program` (its
-    /// process name, which journald records as `_COMM`), and keeps that process alive until
-    /// journald has stored them all: journald reads the name of a sender from /proc, which it
-    /// cannot once the sender has exited.
-    fn log_as(&self, program: &Path, messages: &[String]) {
-        let mut child = std::process::Command::new(program)
-            .args(["--socket-errors=on", "-t", "sshd", "-u"])
-            .arg(self.dev_log())
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        for message in messages {
-            writeln!(stdin, "{message}").unwrap();
-        }
-        stdin.flush().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let stored = std::process::Command::new("journalctl")
-                .arg(format!("--namespace={}", self.namespace))
-                .arg(format!("_PID={}", child.id()))
-                .args(["--quiet", "--output=cat"])
-                .output()
-                .unwrap()
-                .stdout;
-            if stored.split(|&b| b == b'\n').filter(|line| !line.is_empty()).count() >= messages.len() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "journald did not store the messages of {}", program.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(stdin);
-        assert!(child.wait().unwrap().success(), "{} could not log to {}", program.display(), self.dev_log().display());
-    }
-
-    /// Waits until a journalctl follows this namespace (what is written before is not read on a
-    /// first run, as for a log file).
-    fn wait_followed(&self) {
-        let needle = format!("--namespace={}", self.namespace);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let followed = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-                std::fs::read(entry.path().join("cmdline"))
-                    .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
-            });
-            if followed {
-                // journalctl opens the journal and seeks to its end after it starts.
-                std::thread::sleep(Duration::from_millis(500));
-                return;
-            }
-            assert!(Instant::now() < deadline, "no journalctl follows namespace {}", self.namespace);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(format!("/run/systemd/journal.{}", self.namespace));
-        for dir in ["/var/log/journal", "/run/log/journal"] {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().ends_with(&format!(".{}", self.namespace)) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-    }
 }
 
 /// sshd messages in the systemd journal: five failed logins from one address logged by a

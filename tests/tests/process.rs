@@ -210,3 +210,123 @@ fn the_process_table_stays_bounded_under_a_fork_storm() {
     assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
     daemon.stop();
 }
+
+/// A private sshd of the test's own: its host key, its authorized key, its port on the host side
+/// of a test namespace, logging through syslog into a private journald namespace (sshd writes its
+/// pid only there). It runs in a mount namespace of its own whose `/dev` is a tmpfs holding the
+/// few devices sshd needs and `/dev/log` bound to that journald: the host's `/dev` is untouched.
+struct Sshd {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &std::path::Path, listen: &str, port: u16, dev_log: &std::path::Path) -> Self {
+        let keygen = |name: &str| {
+            ids_tests::sh("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &dir.join(name).display().to_string()])
+        };
+        keygen("host_key");
+        keygen("client_key");
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress {listen}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nUsePAM yes\n\
+                 StrictModes no\nLogLevel INFO\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        // sshd refuses to start without its privilege-separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let script = format!(
+            "set -e\nmkdir -p {d}/dev.host\nmount --bind /dev {d}/dev.host\nmount -t tmpfs ids-test-dev /dev\n\
+             for n in null zero full random urandom tty; do touch /dev/$n; mount --bind {d}/dev.host/$n /dev/$n; done\n\
+             touch /dev/log\nmount --bind {log} /dev/log\nexec /usr/sbin/sshd -D -f {d}/sshd_config\n",
+            d = dir.display(),
+            log = dev_log.display()
+        );
+        let child =
+            Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).spawn().unwrap();
+        let sshd = Self { child, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((listen, port)).is_err() {
+            assert!(Instant::now() < deadline, "the test's sshd does not listen on {listen}:{port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// Runs `command` as root over ssh from the namespace `ns`, bound to `source`.
+    fn run_from(&self, ns: &str, source: &str, listen: &str, port: u16, command: &str) {
+        let key = self.dir.join("client_key").display().to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ssh", "-i", &key, "-b", source, "-p", &port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "ConnectTimeout=10"])
+            .arg(format!("root@{listen}"))
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The account and the address a change came from: a real sshd (started by the test, logging
+/// to a private journal) accepts a key login from a namespace address; the session changes a
+/// watched file; the integrity alert names the login.
+#[test]
+fn a_change_made_over_ssh_names_the_login_account_and_address() {
+    use ids_tests::netns::{GOOD4, HOST4, Net};
+    let net = Net::new("p");
+    let journald = ids_tests::journald::Journald::start();
+    let scratch = Scratch::new("/var/tmp", "process-ssh");
+    let dir = scratch.0.join("watched");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("motd");
+    std::fs::write(&file, "before\n").unwrap();
+    let extra = format!(
+        "[[collectors]]\nkind = \"file_contents\"\nname = \"files\"\npaths = [{:?}]\nrecursive = true\n\
+         [[journal]]\nkind = \"sshd\"\nnamespace = {:?}\n",
+        dir.display().to_string(),
+        journald.namespace
+    );
+    let daemon = Daemon::start_with("process-ssh", &[], &[], &extra);
+    wait_ready(&daemon);
+    journald.wait_followed();
+    let sshd_dir = scratch.0.join("sshd");
+    std::fs::create_dir(&sshd_dir).unwrap();
+    let port = 42_000 + (std::process::id() % 1000) as u16;
+    let sshd = Sshd::start(&sshd_dir, HOST4, port, &journald.dev_log());
+    sshd.run_from(&net.ns, GOOD4, HOST4, port, &format!("echo changed over ssh >> {}", file.display()));
+
+    let id = format!("file:{}", file.display());
+    let alerts = wait_integrity(&daemon, std::slice::from_ref(&id));
+    let alert = integrity_alert(&alerts, &id);
+    let process = &alert["changed_by"][0]["process"];
+    let login = &process["login"];
+    assert_eq!(login["service"], "sshd", "{alert:#}");
+    assert_eq!(login["user"], "root", "{alert:#}");
+    assert_eq!(login["from"], GOOD4, "{alert:#}");
+    assert!(login["port"].as_u64().is_some_and(|p| p > 0), "{alert:#}");
+    // pam_loginuid set the login uid and session of the session's processes.
+    assert_eq!(process["auid"], 0, "{alert:#}");
+    assert_eq!(process["login_user"], "root", "{alert:#}");
+    assert!(process["sessionid"].as_u64().is_some(), "{alert:#}");
+    let ancestors: Vec<&str> =
+        process["ancestors"].as_array().unwrap().iter().map(|a| a["comm"].as_str().unwrap()).collect();
+    assert!(ancestors.iter().take(2).any(|c| c.starts_with("sshd")), "the session descends from sshd: {alert:#}");
+    let out = Command::new(ids_tests::ids_bin()).args(["alerts", "--config"]).arg(&daemon.config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!(": root from {GOOD4}")), "{text}");
+    drop(sshd);
+    daemon.stop();
+}

@@ -23,7 +23,9 @@ const CARGO_FUZZ_VERSION: &str = "~0.13";
 /// systemd for journalctl and the private systemd-journald of the journal test (bsdutils for logger),
 /// rabbitmq-server for the broker the fleet tests run as a plain process of their own, postgresql
 /// for the collector's PostgreSQL store (a test instance per test, initdb'd on its own port), and
-/// python3-pika for the fleet bench's DIDS-style peer that publishes to the broker like a foreign sensor.
+/// python3-pika for the fleet bench's DIDS-style peer that publishes to the broker like a foreign sensor,
+/// and openssh-server (sshd and its PAM session, never the service: apt's policy keeps it stopped
+/// here) for the process test's login through a private sshd.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -41,6 +43,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rabbitmq-server",
     "postgresql",
     "python3-pika",
+    "openssh-server",
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",

@@ -112,9 +112,9 @@ impl Daemon {
         // The workers are built first (collectors, database, rules, logs) so that a bad one stops
         // the start; integrity scans once the sensor is attached, so no change made during the
         // scan is missed.
-        let integrity = integrity_worker::prepare(&config.integrity(), sink.clone())?;
         // sshd's logins, as the detectors read them, for the process table to name.
         let logins = Arc::new(crate::process::Logins::default());
+        let integrity = integrity_worker::prepare(&config.integrity(), sink.clone(), logins.clone())?;
         let detect = crate::detect::worker::prepare(
             &config.detect,
             &config.state_dir,

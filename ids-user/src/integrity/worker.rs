@@ -216,6 +216,8 @@ pub(crate) struct Worker {
     verify_interval: Duration,
     /// Queue drops already made up for by a rescan.
     dropped_seen: u64,
+    /// sshd's logins, for writers whose login was not known when they wrote.
+    logins: Arc<crate::process::Logins>,
 }
 
 /// The worker built, not yet started: the daemon attaches the sensor to `watch` first, so that
@@ -246,7 +248,11 @@ impl Handle {
 }
 
 /// Builds the collectors and opens the store (errors name the collector or the file).
-pub(crate) fn prepare(config: &WorkerSettings, sink: AlertSink) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(
+    config: &WorkerSettings,
+    sink: AlertSink,
+    logins: Arc<crate::process::Logins>,
+) -> anyhow::Result<Prepared> {
     let registry = Registry::with_builtin();
     let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
     let hostname = super::hostname().map_err(super::ScanError::Hostname)?;
@@ -285,6 +291,7 @@ pub(crate) fn prepare(config: &WorkerSettings, sink: AlertSink) -> anyhow::Resul
         integrity_interval: config.integrity_interval,
         verify_interval: config.verify_interval,
         dropped_seen: 0,
+        logins,
     };
     Ok(Prepared { worker, interest: Interest { roots }, watch })
 }
@@ -617,7 +624,10 @@ impl Worker {
             let alerts: Vec<Alert> = changes
                 .into_iter()
                 .map(|c| {
-                    let changed_by = writers_of(dirty, &c.id);
+                    let mut changed_by = writers_of(dirty, &c.id);
+                    for writer in &mut changed_by {
+                        writer.process = crate::process::with_late_login(&writer.process, &self.logins);
+                    }
                     let change = IntegrityAlert {
                         collector: c.collector,
                         id: c.id,
@@ -770,7 +780,7 @@ mod tests {
             Some(Store::open(&crate::store::db_path(&config.state_dir)).unwrap()),
             Some(log.events_log()),
         );
-        let prepared = prepare(&config, sink).unwrap();
+        let prepared = prepare(&config, sink, Default::default()).unwrap();
         assert!(prepared.watch.iter().any(|p| p == watched.path()), "{:?}", prepared.watch);
         let mut workers = Workers::default();
         let (handle, interest) = prepared.start(&mut workers).unwrap();

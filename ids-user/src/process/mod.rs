@@ -328,12 +328,7 @@ impl ProcessTable {
             ancestors.push(Ancestor { pid: next, comm: parent.comm.clone(), exe: parent.exe.clone() });
             next = parent.ppid;
         }
-        // A login's pid names an sshd: a line read again after a restart must not name a process
-        // that reused the pid.
-        let login = std::iter::once((pid, entry.comm.as_str()))
-            .chain(ancestors.iter().map(|a| (a.pid, a.comm.as_str())))
-            .filter(|(_, comm)| comm.starts_with("sshd"))
-            .find_map(|(p, _)| self.logins.get(p));
+        let login = login_of(&self.logins, pid, &entry.comm, &ancestors);
         let cgroup = entry.cgroup_path.clone().or_else(|| self.cgroups.path_of(entry.login.cgroup_id));
         let known = |id: u32| (id != NO_LOGIN).then_some(id);
         let auid = known(entry.login.auid);
@@ -444,6 +439,28 @@ impl ProcessTable {
             }
         }
         self.expire(now);
+    }
+}
+
+/// The login a process with these ancestors came in by: the nearest sshd among them (itself
+/// included) that logged an `Accepted` line. A login's pid must name an sshd: a line read again
+/// after a restart must not name a process that reused the pid.
+fn login_of(logins: &Logins, pid: u32, comm: &str, ancestors: &[Ancestor]) -> Option<Login> {
+    std::iter::once((pid, comm))
+        .chain(ancestors.iter().map(|a| (a.pid, a.comm.as_str())))
+        .filter(|(_, comm)| comm.starts_with("sshd"))
+        .find_map(|(pid, _)| logins.get(pid))
+}
+
+/// `view` with its login, if it had none when it was made and one is known now (sshd's line is
+/// read from a log, which may come after the session's first events).
+pub(crate) fn with_late_login(view: &Arc<ProcessView>, logins: &Logins) -> Arc<ProcessView> {
+    if view.login.is_some() {
+        return view.clone();
+    }
+    match login_of(logins, view.pid, &view.comm, &view.ancestors) {
+        Some(login) => Arc::new(ProcessView { login: Some(login), ..(**view).clone() }),
+        None => view.clone(),
     }
 }
 
