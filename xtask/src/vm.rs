@@ -808,9 +808,29 @@ fn check_integrity(console: &str, events: &[Value], failures: &mut Vec<String>) 
 fn check_events(events: &[Value], failures: &mut Vec<String>) {
     let of_kind = |kind: &'static str| events.iter().filter(move |e| e["kind"] == kind);
 
-    if !of_kind("exec").any(|e| e["argv"].as_array().is_some_and(|argv| argv.iter().any(|a| a == "vmarg1"))) {
+    let vmarg1 = |e: &&Value| e["argv"].as_array().is_some_and(|argv| argv.iter().any(|a| a == "vmarg1"));
+    if !of_kind("exec").any(|e| vmarg1(&e)) {
         failures
             .push(format!("no exec event with \"vmarg1\" in argv; exec events:\n{}", quote_events(of_kind("exec"))));
+    }
+    // The process table (LSM exec hook, fork and exit tracepoints) names who ran it.
+    let named = |e: &Value| {
+        e["process"]["pid"] == e["pid"]
+            && e["process"]["exe"].as_str().is_some()
+            && e["process"]["ancestors"].as_array().is_some_and(|a| !a.is_empty())
+    };
+    if !of_kind("exec").filter(vmarg1).any(named) {
+        failures.push(format!(
+            "the exec event with \"vmarg1\" has no process object with exe and ancestors:\n{}",
+            quote_events(of_kind("exec").filter(vmarg1))
+        ));
+    }
+    let integrity_here = |e: &&Value| e["id"].as_str().is_some_and(|id| id.contains(INTEGRITY_DIR));
+    if !of_kind("integrity").filter(integrity_here).any(|e| e["changed_by"][0]["process"]["pid"].is_u64()) {
+        failures.push(format!(
+            "no integrity alert under {INTEGRITY_DIR} names who changed the item (changed_by):\n{}",
+            quote_events(of_kind("integrity").filter(integrity_here))
+        ));
     }
 
     let watched_op = |op: &str| {
@@ -989,14 +1009,14 @@ vm: integrity loop 1 seed 1763692801
 ===INTEGRITY-STDERR===
 ===END===
 ===EVENTS===
-{"kind":"exec","pid":50,"filename":"/bin/true","argv":["/bin/true","vmarg1","vmarg2"]}
+{"kind":"exec","pid":50,"filename":"/bin/true","argv":["/bin/true","vmarg1","vmarg2"],"process":{"pid":50,"exe":"/bin/busybox","ancestors":[{"pid":1,"comm":"init"}]}}
 {"kind":"file","op":"create","path":"/tmp/watched/a"}
 {"kind":"file","op":"write","path":"/tmp/watched/a"}
 {"kind":"file","op":"attrib","path":"/tmp/watched/a"}
 {"kind":"file","op":"rename","path":"/tmp/watched/a","new_path":"/tmp/watched/b"}
 {"kind":"file","op":"unlink","path":"/tmp/watched/b"}
 {"kind":"connect","direction":"out","protocol":"tcp","daddr":"127.0.0.1","dport":9}
-{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}
+{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"],"changed_by":[{"operation":"write","process":{"pid":60}}]}
 {"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w1/f0","change":"changed","attributes":["size"]}
 {"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/done","change":"added"}
 {"kind":"integrity","collector":"file_metadata","id":"meta:/tmp/integrity/w1/done","change":"added"}
@@ -1024,6 +1044,17 @@ INFO started
         assert!(summary.contains("file=lsm+fentry"), "{summary}");
         assert!(summary.contains("21 events"), "{summary}");
         assert!(summary.contains("12 alerts, 2 items in the diff"), "{summary}");
+    }
+
+    #[test]
+    fn fails_when_events_and_alerts_do_not_name_the_process() {
+        let bad = GOOD
+            .replace(r#","process":{"pid":50,"exe":"/bin/busybox","ancestors":[{"pid":1,"comm":"init"}]}"#, "")
+            .replace(r#","changed_by":[{"operation":"write","process":{"pid":60}}]"#, "");
+        let message = format!("{:#}", check_console(&bad).unwrap_err());
+        assert!(message.contains("2 expectation(s) failed"), "{message}");
+        assert!(message.contains("no process object"), "{message}");
+        assert!(message.contains("changed_by"), "{message}");
     }
 
     #[test]
@@ -1070,12 +1101,13 @@ INFO started
         let bad = GOOD
             .replace("\"lsm+fentry\"", "\"lsm:file_open\"")
             .replace(
-                r#"{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}"#,
+                r#"{"kind":"integrity","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"],"changed_by":[{"operation":"write","process":{"pid":60}}]}"#,
                 r#"{"kind":"sensor_miss","collector":"file_contents","id":"file:/tmp/integrity/w1/f0","change":"changed","attributes":["content"]}"#,
             )
             .replace("meta:/tmp/integrity/w3/done", "meta:/etc/w3/done");
         let message = format!("{:#}", check_console(&bad).unwrap_err());
-        assert!(message.contains("4 expectation(s) failed"), "{message}");
+        // The alert turned sensor_miss also leaves the tree without a changed_by.
+        assert!(message.contains("5 expectation(s) failed"), "{message}");
         assert!(message.contains("expected the LSM+fentry set"), "{message}");
         assert!(message.contains("sensor_miss alerts"), "{message}");
         assert!(message.contains("outside /tmp/integrity"), "{message}");
