@@ -38,6 +38,8 @@ struct RawConfig {
     max_watched_inodes: u32,
     #[serde(default = "default_channel_capacity")]
     channel_capacity: usize,
+    #[serde(default = "default_process_context")]
+    process_context: bool,
     #[serde(default)]
     exclude_hooks: Vec<String>,
     #[serde(default = "default_integrity_interval")]
@@ -137,6 +139,10 @@ fn default_state_dir() -> PathBuf {
 fn default_max_watched_inodes() -> u32 {
     262_144
 }
+fn default_process_context() -> bool {
+    true
+}
+
 fn default_channel_capacity() -> usize {
     65_536
 }
@@ -163,6 +169,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub max_watched_inodes: u32,
     pub channel_capacity: usize,
+    /// Whether events and alerts name their process (the process table runs).
+    pub process_context: bool,
     /// `[xdp]`: interfaces of the XDP ban filter and SYN watcher, trusted addresses, pins.
     pub xdp: crate::bans::config::XdpConfig,
     /// `[bans]`: ban durations.
@@ -336,6 +344,7 @@ impl Config {
             state_dir: raw.state_dir,
             max_watched_inodes: raw.max_watched_inodes,
             channel_capacity: raw.channel_capacity,
+            process_context: raw.process_context,
             xdp,
             bans,
             exclude_hooks: raw.exclude_hooks,

@@ -26,7 +26,7 @@ pub struct Event {
     #[serde(flatten)]
     pub detail: Detail,
     /// Who: the process table's view of `pid` (absent only where no table runs, `ids` tools).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::process::serialize_rendered")]
     pub process: Option<Arc<ProcessView>>,
 }
 

@@ -38,6 +38,7 @@ use anyhow::{Context as _, bail, ensure};
 mod detect;
 mod fleet;
 mod integrity;
+mod process;
 mod server;
 mod xdp;
 
@@ -80,8 +81,9 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "xdp" => xdp::bench_xdp(root),
         "detect" => detect::bench_detect(root),
         "fleet" => fleet::bench_fleet(root),
+        "process" => process::bench_process(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet)"),
+        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet, process)"),
     }
 }
 

@@ -78,7 +78,7 @@ pub(crate) fn write_events(
     mut watch: WatchSet,
     log: EventsLog,
     bus: Bus,
-    mut processes: ProcessTable,
+    mut processes: Option<ProcessTable>,
     stats: &WriterStats,
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
@@ -88,8 +88,8 @@ pub(crate) fn write_events(
         out.clear();
     };
     let mut wanting = Vec::new();
-    let publish_table = |processes: &ProcessTable| {
-        let table = processes.stats();
+    let publish_table = |processes: &Option<ProcessTable>| {
+        let table = processes.as_ref().map(ProcessTable::stats).unwrap_or_default();
         stats.processes.store(table.live as u64, Ordering::Relaxed);
         stats.processes_exited.store(table.exited as u64, Ordering::Relaxed);
     };
@@ -122,7 +122,7 @@ pub(crate) fn write_events(
         let now = Instant::now();
         let mut released = Vec::new();
         waiting.retain(|(until, raw)| {
-            let go = !open || *until <= now || !processes.awaits_exec(raw.header());
+            let go = !open || *until <= now || !processes.as_ref().is_some_and(|p| p.awaits_exec(raw.header()));
             if go {
                 released.push(*raw);
             }
@@ -130,18 +130,21 @@ pub(crate) fn write_events(
         });
         for (raw, was_waiting) in released.into_iter().map(|r| (r, true)).chain(batch.drain(..).map(|r| (r, false))) {
             let header = raw.header();
-            if !matches!(raw, RawEvent::Exec(_) | RawEvent::Process(_)) && processes.awaits_exec(header) {
+            if let Some(table) = &mut processes
+                && !matches!(raw, RawEvent::Exec(_) | RawEvent::Process(_))
+                && table.awaits_exec(header)
+            {
                 if !was_waiting {
                     waiting.push_back((now + EXEC_WAIT, raw));
                     continue;
                 }
-                processes.exec_missed(header);
+                table.exec_missed(header);
             }
             let event = match &raw {
                 RawEvent::Exec(e) => {
                     let event = event::exec(&clock, e);
-                    if let Detail::Exec { filename, argv, .. } = &event.detail {
-                        processes.exec(&e.header, filename, argv, e.login);
+                    if let (Some(table), Detail::Exec { filename, argv, .. }) = (&mut processes, &event.detail) {
+                        table.exec(&e.header, filename, argv, e.login);
                     }
                     Some(event)
                 }
@@ -149,18 +152,20 @@ pub(crate) fn write_events(
                 RawEvent::Module(e) => Some(event::module(&clock, e)),
                 RawEvent::File(e) => watch.event_of(&clock, e),
                 RawEvent::Process(e) => {
-                    if e.op == ids_common::PROCESS_FORK {
-                        processes.fork(&e.header, e.child, e.login);
-                    } else {
-                        processes.exit(&e.header);
+                    match &mut processes {
+                        Some(table) if e.op == ids_common::PROCESS_FORK => table.fork(&e.header, e.child, e.login),
+                        Some(table) => table.exit(&e.header),
+                        None => {}
                     }
                     None
                 }
             };
             if let Some(mut event) = event {
                 // Incoming SYNs (XDP) belong to no process.
-                if header.pid != 0 {
-                    event.process = processes.view(header);
+                if let Some(table) = &mut processes
+                    && header.pid != 0
+                {
+                    event.process = table.view(header);
                 }
                 serde_json::to_writer(&mut out, &event)?;
                 out.push(b'\n');

@@ -181,6 +181,7 @@ impl Daemon {
         drop(tx);
         // The writer ends when every reader has (they stop after the programs are detached).
         let writer_counters = writer_stats.clone();
+        let process_context = config.process_context;
         let events_log = log.clone();
         workers.spawn_thread(
             "events",
@@ -188,7 +189,7 @@ impl Daemon {
             move |_| {
                 // Filled from /proc after the sensor attached: a process started since is in a
                 // record waiting in the channel.
-                let processes = crate::process::ProcessTable::new(logins);
+                let processes = process_context.then(|| crate::process::ProcessTable::new(logins));
                 bus::write_events(rx, watch, log, bus, processes, &writer_counters)
             },
         )?;

@@ -42,6 +42,8 @@ pub(crate) enum Input {
         ppid: u32,
         filename: String,
         argv: Vec<String>,
+        /// The process table's view of it (its ancestors spare reading `/proc`).
+        process: Option<std::sync::Arc<crate::process::ProcessView>>,
     },
     /// A line of `[[journal]]` source number `source` (see [`journal`]).
     Journal {

@@ -74,6 +74,21 @@ pub fn web_server_ancestry(ppid: u32) -> Option<Vec<Ancestor>> {
     None
 }
 
+/// The same, from the ancestors the process table names (parent first): no `/proc` read.
+pub(crate) fn web_server_ancestry_of(view: &crate::process::ProcessView) -> Option<Vec<Ancestor>> {
+    let mut chain = Vec::new();
+    for ancestor in view.ancestors.iter().take(MAX_DEPTH) {
+        if ancestor.pid <= 1 {
+            return None;
+        }
+        chain.push(Ancestor { pid: ancestor.pid, comm: ancestor.comm.clone() });
+        if is_web_server(&ancestor.comm) {
+            return Some(chain);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

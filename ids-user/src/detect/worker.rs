@@ -23,7 +23,7 @@ use super::config::{DetectConfig, LogKind};
 use super::engine::{Crossing, Engine};
 use super::follow::Follower;
 use super::parse::escape_evidence;
-use super::process::{basename, is_shell, is_web_server, web_server_ancestry};
+use super::process::{basename, is_shell, is_web_server, web_server_ancestry, web_server_ancestry_of};
 use super::rules::RuleSet;
 use super::webshell::Scanner;
 use super::{Input, MAX_EVIDENCE};
@@ -117,9 +117,13 @@ pub(crate) fn input(event: &Event) -> Option<Input> {
         Detail::File { op, path, new_path, .. } => {
             Some(Input::File { op: *op, path: path.clone(), new_path: new_path.clone() })
         }
-        Detail::Exec { filename, argv, .. } => {
-            Some(Input::Exec { pid: event.pid, ppid: event.ppid, filename: filename.clone(), argv: argv.clone() })
-        }
+        Detail::Exec { filename, argv, .. } => Some(Input::Exec {
+            pid: event.pid,
+            ppid: event.ppid,
+            filename: filename.clone(),
+            argv: argv.clone(),
+            process: event.process.clone(),
+        }),
         _ => None,
     }
 }
@@ -355,7 +359,7 @@ impl Worker {
                     self.scanned.remove(&path);
                 }
             }
-            Input::Exec { pid, ppid, filename, argv } => self.exec(pid, ppid, &filename, &argv),
+            Input::Exec { pid, ppid, filename, argv, process } => self.exec(pid, ppid, &filename, &argv, process),
             Input::Journal { source, line } => {
                 let Some(journal) = self.config.journal.get(source) else { return };
                 let (kind, origin) = (journal.kind, super::journal::origin(journal));
@@ -510,11 +514,22 @@ impl Worker {
         })));
     }
 
-    fn exec(&mut self, pid: u32, ppid: u32, filename: &str, argv: &[String]) {
+    fn exec(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        filename: &str,
+        argv: &[String],
+        view: Option<std::sync::Arc<crate::process::ProcessView>>,
+    ) {
         if is_web_server(basename(filename)) {
             return;
         }
-        let Some(chain) = web_server_ancestry(ppid) else { return };
+        let chain = match &view {
+            Some(view) => web_server_ancestry_of(view),
+            None => web_server_ancestry(ppid),
+        };
+        let Some(chain) = chain else { return };
         let Some(server) = chain.last() else { return };
         let (rule, severity, description) = if is_shell(filename) {
             ("webserver-exec-shell", Severity::High, "A web server process started a shell")
@@ -538,12 +553,21 @@ impl Worker {
             path: None,
             count: None,
             window_s: None,
-            process: Some(serde_json::json!({
-                "pid": pid,
-                "ppid": ppid,
-                "filename": escape_evidence(filename, MAX_EVIDENCE),
-                "ancestors": ancestors,
-            })),
+            // The process object of every event, with the program as the exec named it; without
+            // the process table, what `/proc` told.
+            process: Some(match &view {
+                Some(view) => {
+                    let mut object = serde_json::to_value(&**view).unwrap_or_default();
+                    object["filename"] = escape_evidence(filename, MAX_EVIDENCE).into();
+                    object
+                }
+                None => serde_json::json!({
+                    "pid": pid,
+                    "ppid": ppid,
+                    "filename": escape_evidence(filename, MAX_EVIDENCE),
+                    "ancestors": ancestors,
+                }),
+            }),
             evidence: vec![command],
             action: DetectAction::AlertOnly,
         })));

@@ -759,6 +759,7 @@ mod tests {
                 container: None,
                 ancestors: Vec::new(),
                 login: None,
+                rendered: Default::default(),
             })),
         })
     }

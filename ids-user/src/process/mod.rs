@@ -74,6 +74,40 @@ pub(crate) struct ProcessView {
     /// The sshd login this process descends from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) login: Option<Login>,
+    /// The object as JSON, made at its first use and copied into every event that names it.
+    #[serde(skip)]
+    pub(crate) rendered: Rendered,
+}
+
+/// A view's JSON, rendered once: an event's process object costs a copy, not a serialisation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rendered(std::sync::OnceLock<Box<serde_json::value::RawValue>>);
+
+impl PartialEq for Rendered {
+    /// A cache: equal whatever it holds.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl ProcessView {
+    pub(crate) fn json(&self) -> &serde_json::value::RawValue {
+        self.rendered.0.get_or_init(|| {
+            serde_json::value::to_raw_value(self)
+                .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
+        })
+    }
+}
+
+/// Serialises an event's process object from its rendered JSON.
+pub(crate) fn serialize_rendered<S: serde::Serializer>(
+    view: &Option<Arc<ProcessView>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match view {
+        Some(view) => view.json().serialize(serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -348,6 +382,7 @@ impl ProcessTable {
             cgroup,
             ancestors,
             login,
+            rendered: Rendered::default(),
         }
     }
 
@@ -459,7 +494,7 @@ pub(crate) fn with_late_login(view: &Arc<ProcessView>, logins: &Logins) -> Arc<P
         return view.clone();
     }
     match login_of(logins, view.pid, &view.comm, &view.ancestors) {
-        Some(login) => Arc::new(ProcessView { login: Some(login), ..(**view).clone() }),
+        Some(login) => Arc::new(ProcessView { login: Some(login), rendered: Rendered::default(), ..(**view).clone() }),
         None => view.clone(),
     }
 }
@@ -561,6 +596,25 @@ mod tests {
         // The latest exited child still resolves.
         let last = header(BASE + 100 + MAX_EXITED as u32 + 99, BASE + 20, "sh");
         assert_eq!(table.view_of(last.pid).unwrap().ancestors[0].pid, BASE + 20);
+    }
+
+    #[test]
+    fn the_rendered_json_is_the_object_and_a_late_login_renders_anew() {
+        let logins = Arc::new(Logins::default());
+        let mut table = ProcessTable::empty(logins.clone());
+        let sshd = header(BASE + 30, 1, "sshd");
+        table.exec(&sshd, "/nonexistent/sshd", &[], login());
+        table.fork(&sshd, BASE + 31, login());
+        let shell = header(BASE + 31, BASE + 30, "bash");
+        table.exec(&shell, "/nonexistent/bash", &["-bash".into()], login());
+        let view = table.view(&shell).unwrap();
+        let rendered: serde_json::Value = serde_json::from_str(view.json().get()).unwrap();
+        assert_eq!(rendered, serde_json::to_value(&*view).unwrap());
+        assert!(rendered.get("rendered").is_none());
+        logins.accepted(BASE + 30, "bob", "192.0.2.5".parse().unwrap(), 2222);
+        let late = with_late_login(&view, &logins);
+        let rendered: serde_json::Value = serde_json::from_str(late.json().get()).unwrap();
+        assert_eq!(rendered["login"]["user"], "bob");
     }
 
     #[test]
