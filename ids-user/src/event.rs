@@ -49,6 +49,9 @@ pub enum Detail {
         argv: Vec<String>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         argv_truncated: bool,
+        /// SHA-256 of the program as it was when it ran (absent: not hashed).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exe_sha256: Option<Arc<str>>,
     },
     File {
         #[serde(serialize_with = "file_op")]
@@ -167,6 +170,7 @@ pub fn exec(clock: &Clock, event: &ExecEvent) -> Event {
         filename: c_string(&event.filename),
         argv,
         argv_truncated: event.truncated & ids_common::EXEC_ARGS_TRUNCATED != 0,
+        exe_sha256: None,
     };
     with_header(clock, &event.header, EventKind::Exec, detail)
 }

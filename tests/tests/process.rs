@@ -147,6 +147,10 @@ fn integrity_alerts_name_the_writer_its_ancestors_operation_and_cgroup() {
         .collect();
     assert_eq!(execs.len(), 1, "one exec of tee in the test's cgroup");
     assert_eq!(execs[0]["process"]["pid"], execs[0]["pid"]);
+    // With the digest of the program it ran.
+    let tee = std::fs::read("/usr/bin/tee").unwrap();
+    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(&tee).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(execs[0]["exe_sha256"], digest.as_str(), "{}", execs[0]);
     assert_eq!(execs[0]["process"]["ancestors"][2]["pid"], started_pid);
 
     // `ids alerts` says it in one line.

@@ -476,6 +476,12 @@ fn sighup_reopens_a_rotated_events_log_and_loses_no_line() {
     let rotated = daemon.events.with_extension("jsonl.1");
     fs::rename(&daemon.events, &rotated).unwrap();
     write(50..100);
+    // The daemon has written them (to the renamed file) before it is told to reopen.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while paths_under(&fs::read_to_string(&rotated).unwrap(), &dir.0).len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "the renamed log did not get the second 50 creations");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     daemon.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !daemon.events.exists() {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::alert::EventsLog;
 use crate::event::{self, Clock, Detail, Event};
-use crate::process::ProcessTable;
+use crate::process::{ExeDigest, ProcessTable};
 use crate::sensor::decode::RawEvent;
 use crate::sensor::watch::WatchSet;
 
@@ -21,6 +21,19 @@ const BATCH: usize = 4096;
 /// meanwhile.
 const EXEC_WAIT: Duration = Duration::from_millis(100);
 const EXEC_POLL: Duration = Duration::from_millis(1);
+
+/// How long an exec record waits for its program's digest (`crate::process::ExeHashes`).
+const EXE_HASH_WAIT: Duration = crate::process::exe_hash::HASH_WAIT;
+
+/// Whether a record must wait: an exec for its program's digest, any other record of a process
+/// for that process's exec record.
+fn must_wait(table: &mut ProcessTable, raw: &RawEvent) -> bool {
+    match raw {
+        RawEvent::Exec(e) => table.exe_digest(&event::c_string(&e.filename)) == ExeDigest::Pending,
+        RawEvent::Process(_) => false,
+        other => table.awaits_exec(other.header()),
+    }
+}
 
 /// A consumer of the bus: which events it wants, and how it takes one (a non-blocking offer to
 /// its queue).
@@ -122,7 +135,7 @@ pub(crate) fn write_events(
         let now = Instant::now();
         let mut released = Vec::new();
         waiting.retain(|(until, raw)| {
-            let go = !open || *until <= now || !processes.as_ref().is_some_and(|p| p.awaits_exec(raw.header()));
+            let go = !open || *until <= now || processes.as_mut().is_none_or(|table| !must_wait(table, raw));
             if go {
                 released.push(*raw);
             }
@@ -131,19 +144,26 @@ pub(crate) fn write_events(
         for (raw, was_waiting) in released.into_iter().map(|r| (r, true)).chain(batch.drain(..).map(|r| (r, false))) {
             let header = raw.header();
             if let Some(table) = &mut processes
-                && !matches!(raw, RawEvent::Exec(_) | RawEvent::Process(_))
-                && table.awaits_exec(header)
+                && must_wait(table, &raw)
             {
                 if !was_waiting {
-                    waiting.push_back((now + EXEC_WAIT, raw));
+                    let wait = if matches!(raw, RawEvent::Exec(_)) { EXE_HASH_WAIT } else { EXEC_WAIT };
+                    waiting.push_back((now + wait, raw));
                     continue;
                 }
-                table.exec_missed(header);
+                if !matches!(raw, RawEvent::Exec(_)) {
+                    table.exec_missed(header);
+                }
             }
             let event = match &raw {
                 RawEvent::Exec(e) => {
-                    let event = event::exec(&clock, e);
-                    if let (Some(table), Detail::Exec { filename, argv, .. }) = (&mut processes, &event.detail) {
+                    let mut event = event::exec(&clock, e);
+                    if let (Some(table), Detail::Exec { filename, argv, exe_sha256, .. }) =
+                        (&mut processes, &mut event.detail)
+                    {
+                        if let ExeDigest::Known(digest) = table.exe_digest(filename) {
+                            *exe_sha256 = digest;
+                        }
                         table.exec(&e.header, filename, argv, e.login);
                     }
                     Some(event)

@@ -182,6 +182,7 @@ impl Daemon {
         // The writer ends when every reader has (they stop after the programs are detached).
         let writer_counters = writer_stats.clone();
         let process_context = config.process_context;
+        let exe_hashes = if process_context { Some(crate::process::ExeHashes::start(&mut workers)?) } else { None };
         let events_log = log.clone();
         workers.spawn_thread(
             "events",
@@ -189,7 +190,7 @@ impl Daemon {
             move |_| {
                 // Filled from /proc after the sensor attached: a process started since is in a
                 // record waiting in the channel.
-                let processes = process_context.then(|| crate::process::ProcessTable::new(logins));
+                let processes = process_context.then(|| crate::process::ProcessTable::new(logins, exe_hashes));
                 bus::write_events(rx, watch, log, bus, processes, &writer_counters)
             },
         )?;

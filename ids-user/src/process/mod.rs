@@ -10,6 +10,7 @@
 //! A view is built once per process and shared by its events until the process execs, changes
 //! uid, or is reparented; the ancestors it names are as they were when it was built.
 mod cgroup;
+pub(crate) mod exe_hash;
 pub(crate) mod login;
 mod procfs;
 mod users;
@@ -22,6 +23,7 @@ use ids_common::{LoginIds, NO_LOGIN};
 use serde::Serialize;
 
 pub(crate) use self::cgroup::container_of;
+pub(crate) use self::exe_hash::{ExeDigest, ExeHashes};
 pub(crate) use self::login::{Login, Logins};
 use self::users::UserNames;
 
@@ -184,14 +186,17 @@ pub(crate) struct ProcessTable {
     /// Program paths as execs name them → with links resolved (forgotten at each sweep, so a
     /// link that changes is followed again).
     real_paths: HashMap<String, Arc<str>>,
+    /// Digests of programs, for exec events (`None`: not hashed).
+    exe_hashes: Option<ExeHashes>,
     last_sweep: Instant,
     stats: TableStats,
 }
 
 impl ProcessTable {
     /// A table filled from `/proc`.
-    pub(crate) fn new(logins: Arc<Logins>) -> Self {
+    pub(crate) fn new(logins: Arc<Logins>, exe_hashes: Option<ExeHashes>) -> Self {
         let mut table = Self::empty(logins);
+        table.exe_hashes = exe_hashes;
         for pid in procfs::pids() {
             if let Some(entry) = table.read_proc(pid) {
                 table.entries.insert(pid, entry);
@@ -208,6 +213,7 @@ impl ProcessTable {
             users: UserNames::new(),
             logins,
             real_paths: HashMap::new(),
+            exe_hashes: None,
             last_sweep: Instant::now(),
             stats: TableStats::default(),
         }
@@ -383,6 +389,18 @@ impl ProcessTable {
             ancestors,
             login,
             rendered: Rendered::default(),
+        }
+    }
+
+    /// The digest of the program an exec names (an absolute path; other names are not hashed).
+    pub(crate) fn exe_digest(&mut self, filename: &str) -> ExeDigest {
+        if !filename.starts_with('/') {
+            return ExeDigest::Known(None);
+        }
+        let real = self.real_path(filename);
+        match &mut self.exe_hashes {
+            Some(hashes) => hashes.digest(&real),
+            None => ExeDigest::Known(None),
         }
     }
 
