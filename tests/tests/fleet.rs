@@ -267,15 +267,24 @@ fn stored_seqs(collector: &Collector, host: &str, epoch: i64) -> Vec<i64> {
     seqs
 }
 
-/// Waits until the collector holds exactly 1..=last of the agent's alerts; panics naming what is
-/// missing or doubled.
+/// Waits until the agent has stopped raising alerts (its newest id unchanged for a second: the
+/// rehash of the burst's last files, or a restart's scan, may still raise some) and the collector
+/// holds as many; then requires exactly 1..=last, panicking with what is missing or doubled.
 fn assert_all_stored_once(collector: &Collector, agent: &Agent, timeout: Duration) {
-    let last = agent.last_seq();
     let epoch = agent.epoch();
     let deadline = Instant::now() + timeout;
+    let mut last = agent.last_seq();
+    let mut unchanged_since = Instant::now();
     loop {
+        let before = agent.last_seq();
         let seqs = stored_seqs(collector, &agent.host, epoch);
-        if seqs.len() as i64 >= last || Instant::now() > deadline {
+        let after = agent.last_seq();
+        if before != last || after != before {
+            last = after;
+            unchanged_since = Instant::now();
+        }
+        let settled = unchanged_since.elapsed() >= Duration::from_secs(1) && seqs.len() as i64 >= last;
+        if settled || Instant::now() > deadline {
             let expected: Vec<i64> = (1..=last).collect();
             if seqs != expected {
                 let missing: Vec<i64> =

@@ -155,13 +155,14 @@ fn integrity_alerts_name_the_writer_its_ancestors_operation_and_cgroup() {
 
     // `ids alerts` says it in one line.
     let out = Command::new(ids_tests::ids_bin())
-        .args(["alerts", "-n", "50", "--config"])
+        .args(["alerts", "-n", "50", "--kind", "integrity", "--since", "10m", "--config"])
         .arg(&daemon.config)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains(&written_id)).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(&format!("content, size changed by tee (pid {}) ← sh ← sh ← sh", process["pid"])), "{line}");
+    assert!(text.lines().skip(1).all(|l| l.contains(" integrity ")), "--kind integrity let others through: {text}");
     daemon.stop();
 }
 

@@ -369,7 +369,24 @@ impl XdpAttachments {
             }
         }
         let generic = |program: &mut Xdp| program.attach(interface, XdpMode::Skb);
-        let (id, mode) = match self.mode {
+        let (id, mode) = self.attach_in_mode(program, interface, generic).map_err(|e| occupied_hint(e, interface))?;
+        let link = program.take_link(id).context("taking the XDP link")?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                fd_link.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            }
+            Err(e) => warn!(interface, error = %e, "kernel gave a netlink attachment; it will not outlive the daemon"),
+        }
+        Ok(mode)
+    }
+
+    fn attach_in_mode(
+        &self,
+        program: &mut Xdp,
+        interface: &str,
+        generic: impl Fn(&mut Xdp) -> Result<aya::programs::xdp::XdpLinkId, aya::programs::ProgramError>,
+    ) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, AttachMode)> {
+        Ok(match self.mode {
             XdpModeSetting::Generic => (
                 generic(program).with_context(|| format!("attaching to {interface} in generic mode"))?,
                 AttachMode::Generic,
@@ -388,16 +405,24 @@ impl XdpAttachments {
                     (id, AttachMode::Generic)
                 }
             },
-        };
-        let link = program.take_link(id).context("taking the XDP link")?;
-        match FdLink::try_from(link) {
-            Ok(fd_link) => {
-                fd_link.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
-            }
-            Err(e) => warn!(interface, error = %e, "kernel gave a netlink attachment; it will not outlive the daemon"),
-        }
-        Ok(mode)
+        })
     }
+}
+
+/// An attachment the kernel refused because the interface already has an XDP program: says so,
+/// and how to find and remove it (most often another `ids` with another `[xdp] pin_dir`, or one
+/// whose pins outlived it).
+fn occupied_hint(error: anyhow::Error, interface: &str) -> anyhow::Error {
+    let busy = error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
+            || cause.to_string().contains("os error 16")
+    });
+    if !busy {
+        return error;
+    }
+    error.context(format!(
+        "{interface} already has an XDP program: `ip link show {interface}` names it; if it is another          ids (its `[xdp] pin_dir` differs from this one's), stop it or run `ids xdp detach --config ITS_CONFIG`"
+    ))
 }
 
 fn replace_pinned(program: &mut Xdp, path: &Path) -> anyhow::Result<()> {

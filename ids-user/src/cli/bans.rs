@@ -287,8 +287,13 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn alerts(config: &Config, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
-    let response = exchange(config, vec![Request::Alerts { limit }])?;
+pub fn alerts(
+    config: &Config,
+    limit: usize,
+    filter: crate::store::AlertFilter,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let response = exchange(config, vec![Request::Alerts { limit, kinds: filter.kinds, since: filter.since }])?;
     print(&response, json, |r| {
         let mut out = format!("{:<28} {:<12} {:<16} {:<40} {}\n", "time", "kind", "source", "item", "what");
         for alert in r["data"].as_array().into_iter().flatten() {
@@ -467,7 +472,7 @@ mod tests {
         assert_eq!(answer(&mut bans, &Request::Bans)["data"].as_array().unwrap().len(), 2);
         let unbanned = answer(&mut bans, &Request::Unban { nets: vec!["10.0.0.1".into()] });
         assert_eq!(unbanned["data"][0]["removed"], true, "{unbanned}");
-        let alerts = answer(&mut bans, &Request::Alerts { limit: 5 });
+        let alerts = answer(&mut bans, &Request::Alerts { limit: 5, kinds: Vec::new(), since: None });
         assert_eq!(alerts["ok"], true);
         assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
     }

@@ -128,6 +128,12 @@ enum Command {
         /// How many.
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
+        /// Only alerts of this kind (repeatable).
+        #[arg(long, value_parser = ["integrity", "sensor_miss", "detect", "remote_check", "ban"])]
+        kind: Vec<String>,
+        /// Only alerts raised within this long (`10m`, `2h`, `1d`).
+        #[arg(long, value_parser = since_duration)]
+        since: Option<std::time::Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -375,8 +381,10 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bans { common, json } => {
             return self::bans::list(&common.load_config()?, json);
         }
-        Command::Alerts { common, n, json } => {
-            return self::bans::alerts(&common.load_config()?, n, json);
+        Command::Alerts { common, n, kind, since, json } => {
+            let since = since.map(|ago| crate::time::Timestamp::at(std::time::SystemTime::now() - ago).rfc3339());
+            let filter = crate::store::AlertFilter { kinds: kind, since };
+            return self::bans::alerts(&common.load_config()?, n, filter, json);
         }
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
             return self::bans::detach(&common.load_config()?, json);
@@ -644,4 +652,9 @@ fn human_status(status: &StatusAnswer) -> String {
         );
     }
     out
+}
+
+/// `--since`: a duration as `ids ban --for` takes it, `permanent` excepted.
+fn since_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::bans::config::parse_duration(text)?.ok_or_else(|| format!("--since {text:?}: give a duration (10m, 2h, 1d)"))
 }

@@ -111,8 +111,9 @@ pub(crate) fn answer(bans: &mut Bans, request: &Request) -> Value {
             Ok(Value::Array(out))
         }
         Request::Bans => Ok(serde_json::to_value(bans.list().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
-        Request::Alerts { limit } => {
-            let alerts = bans.store().recent_alerts(*limit).map_err(|e| e.to_string())?;
+        Request::Alerts { limit, kinds, since } => {
+            let filter = crate::store::AlertFilter { kinds: kinds.clone(), since: since.clone() };
+            let alerts = bans.store().recent_alerts_matching(*limit, &filter).map_err(|e| e.to_string())?;
             Ok(Value::Array(
                 alerts
                     .into_iter()

@@ -37,6 +37,12 @@ pub enum Request {
     /// The `limit` most recent alerts.
     Alerts {
         limit: usize,
+        /// Only these kinds (none: every kind).
+        #[serde(default)]
+        kinds: Vec<String>,
+        /// Only alerts at or after this time (RFC 3339, as the store writes it).
+        #[serde(default)]
+        since: Option<String>,
     },
 }
 

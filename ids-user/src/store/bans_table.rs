@@ -53,6 +53,15 @@ fn later(a: &Option<String>, b: &Option<String>) -> Option<String> {
     }
 }
 
+/// Which alerts `ids alerts` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertFilter {
+    /// Only these kinds; empty: every kind.
+    pub kinds: Vec<String>,
+    /// Only alerts at or after this RFC 3339 time (the store's own format, so they compare as text).
+    pub since: Option<String>,
+}
+
 impl Store {
     /// Records bans in one transaction. A net already banned keeps its row (and id); its expiry
     /// becomes the later of the two. Returns each row and whether it is new. New bans count
@@ -193,19 +202,22 @@ impl Store {
         tx.commit().map_err(error)
     }
 
-    /// The `limit` most recent alerts, oldest first.
-    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+    /// The last `limit` alerts that `filter` selects, oldest first.
+    pub fn recent_alerts_matching(&self, limit: usize, filter: &AlertFilter) -> Result<Vec<AlertRow>, StoreError> {
         let error = |source| self.query_error("reading alerts", source);
         let mut select = self
             .conn
             .prepare(
                 "SELECT time, kind, item_id, collector, what FROM
-                 (SELECT id, time, kind, item_id, collector, what FROM alerts ORDER BY id DESC LIMIT ?1)
+                 (SELECT id, time, kind, item_id, collector, what FROM alerts
+                  WHERE (?2 = '' OR instr(?2, ',' || kind || ',') > 0) AND (?3 IS NULL OR time >= ?3)
+                  ORDER BY id DESC LIMIT ?1)
                  ORDER BY id",
             )
             .map_err(error)?;
+        let kinds = if filter.kinds.is_empty() { String::new() } else { format!(",{},", filter.kinds.join(",")) };
         let rows = select
-            .query_map([limit.min(i64::MAX as usize) as i64], |row| {
+            .query_map(rusqlite::params![limit.min(i64::MAX as usize) as i64, kinds, filter.since], |row| {
                 let what: String = row.get(4)?;
                 Ok(AlertRow {
                     time: row.get(0)?,
@@ -277,5 +289,41 @@ mod tests {
         assert_eq!(store.offences("10.0.0.1").unwrap(), 2);
         assert!(store.remove_ban("10.0.0.1").unwrap().is_some());
         assert!(store.remove_ban("10.0.0.1").unwrap().is_none());
+    }
+
+    #[test]
+    fn alerts_are_filtered_by_kind_and_time_before_the_limit() {
+        let mut store = Store::open_in_memory().unwrap();
+        let row = |time: &str, kind: &str| AlertRow {
+            time: time.into(),
+            kind: kind.into(),
+            item_id: format!("{kind}@{time}"),
+            collector: String::new(),
+            what: serde_json::json!({}),
+        };
+        let rows = [
+            row("2026-12-05T01:00:00.000000Z", "integrity"),
+            row("2026-12-05T02:00:00.000000Z", "detect"),
+            row("2026-12-05T03:00:00.000000Z", "integrity"),
+            row("2026-12-05T04:00:00.000000Z", "ban"),
+        ];
+        store.apply(&[], &rows).unwrap();
+        let ids = |filter: AlertFilter, limit: usize| -> Vec<String> {
+            store.recent_alerts_matching(limit, &filter).unwrap().into_iter().map(|r| r.item_id).collect()
+        };
+        let integrity = AlertFilter { kinds: vec!["integrity".into()], since: None };
+        assert_eq!(ids(integrity.clone(), 1), ["integrity@2026-12-05T03:00:00.000000Z"]);
+        assert_eq!(ids(integrity, 10).len(), 2);
+        let recent = AlertFilter { kinds: Vec::new(), since: Some("2026-12-05T02:00:00.000000Z".into()) };
+        assert_eq!(ids(recent, 10).len(), 3);
+        let both = AlertFilter {
+            kinds: vec!["detect".into(), "ban".into()],
+            since: Some("2026-12-05T03:00:00.000000Z".into()),
+        };
+        assert_eq!(ids(both, 10), ["ban@2026-12-05T04:00:00.000000Z"]);
+        // A kind that is a part of another's name selects nothing more.
+        let part = AlertFilter { kinds: vec!["integ".into()], since: None };
+        assert!(ids(part, 10).is_empty());
+        assert_eq!(store.recent_alerts_matching(10, &AlertFilter::default()).unwrap().len(), 4);
     }
 }

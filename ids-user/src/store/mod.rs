@@ -37,7 +37,7 @@ use crate::item::{Digest, Item, hex};
 
 pub mod bans_table;
 pub mod repair;
-pub use bans_table::BanRow;
+pub use bans_table::{AlertFilter, BanRow};
 mod detect;
 pub use detect::LogOffset;
 mod fleet_outbox;
@@ -430,7 +430,7 @@ impl Store {
     /// Every alert, oldest first.
     #[cfg(test)]
     pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
-        self.recent_alerts(usize::MAX)
+        self.recent_alerts_matching(usize::MAX, &AlertFilter::default())
     }
 }
 
