@@ -305,7 +305,12 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::config::SYSTEM_CONFIG
                 ),
             }
-            runtime()?.block_on(crate::daemon::run(config))?;
+            let runtime = runtime()?;
+            let result = runtime.block_on(crate::daemon::run(config));
+            // The workers were drained (those that did not finish in time are logged by name):
+            // what is still running, a blocking wait on one of them, must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
         }
         Command::Status { common, json } => {
             let config = common.load_config()?;
