@@ -17,13 +17,12 @@ use crate::sensor::watch::WatchSet;
 
 /// Records taken from the channel at once before they are written out.
 const BATCH: usize = 4096;
-/// How long a record waits for its process's exec record, and how often the channel is polled
-/// meanwhile.
-const EXEC_WAIT: Duration = Duration::from_millis(100);
-const EXEC_POLL: Duration = Duration::from_millis(1);
-
 /// How long an exec record waits for its program's digest (`crate::process::ExeHashes`).
 const EXE_HASH_WAIT: Duration = crate::process::exe_hash::HASH_WAIT;
+/// How long a record waits for its process's exec record (longer than the exec record itself may
+/// wait for its digest), and how often the channel is polled meanwhile.
+const EXEC_WAIT: Duration = EXE_HASH_WAIT.saturating_add(Duration::from_millis(100));
+const EXEC_POLL: Duration = Duration::from_millis(1);
 
 /// Whether a record must wait: an exec for its program's digest, any other record of a process
 /// for that process's exec record.
