@@ -288,6 +288,26 @@ impl Bans {
         Ok(())
     }
 
+    /// `[xdp] trusted` and `[bans]` as read again (SIGHUP), from now on; the kernel's trusted
+    /// maps follow at once. Bans in place are not touched.
+    pub fn reconfigure(&mut self, trusted: Vec<BanNet>, config: BansConfig) -> Result<(), BanError> {
+        self.config = config;
+        if trusted == self.configured {
+            return Ok(());
+        }
+        self.configured = trusted;
+        match self.local.take() {
+            Some(addresses) => {
+                self.set_local_addresses(addresses);
+            }
+            None => self.trusted = self.configured.clone(),
+        }
+        if let Some(kernel) = &mut self.kernel {
+            kernel.set_trusted(&self.trusted).map_err(BanError::Kernel)?;
+        }
+        Ok(())
+    }
+
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }

@@ -306,7 +306,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
             let runtime = runtime()?;
-            let result = runtime.block_on(crate::daemon::run(config));
+            let result = runtime.block_on(crate::daemon::run(config, config_file));
             // The workers were drained (those that did not finish in time are logged by name):
             // what is still running, a blocking wait on one of them, must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

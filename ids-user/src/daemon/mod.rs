@@ -5,10 +5,12 @@
 //! Prometheus endpoint's worker asks for the status on the control channel); [`Daemon::shutdown`]
 //! detaches the programs and drains every worker through the one harness (`crate::harness`).
 mod bus;
+mod reload;
 
 use std::os::unix::fs::DirBuilderExt;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,8 +38,10 @@ const BAN_QUEUE: usize = 4096;
 /// How long the workers get to finish at shutdown, in all.
 const DRAIN: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+/// `config` was read from `config_path` (`None`: the embedded default), which SIGHUP reads again.
+pub(crate) async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut daemon = Daemon::start(config).await?;
+    daemon.config_path = config_path;
     let outcome = daemon.run().await;
     daemon.shutdown().await;
     outcome
@@ -66,7 +70,10 @@ fn report_xdp_interfaces(interfaces: &XdpInterfaces) {
 
 /// The running daemon.
 pub(crate) struct Daemon {
+    /// The configuration in force (after SIGHUP: the live sections as read again).
     config: Config,
+    /// Read again on SIGHUP; `None`: the embedded default.
+    config_path: Option<PathBuf>,
     workers: Workers,
     sensor: Option<Sensor>,
     bans: Bans,
@@ -74,6 +81,10 @@ pub(crate) struct Daemon {
     control_rx: mpsc::Receiver<(Request, Reply)>,
     integrity: integrity_worker::Handle,
     detect: crate::detect::worker::Handle,
+    /// What the detect worker takes from the bus; replaced on reload.
+    detect_interest: Arc<RwLock<crate::detect::worker::Interest>>,
+    /// The remote CHECK task's servers; replaced on reload.
+    remote_checks: tokio::sync::watch::Sender<crate::tinyids::remote_check::RemoteChecks>,
     scan_stats: Arc<crate::bans::scan::ScanStats>,
     stats: Arc<Stats>,
     writer_stats: Arc<WriterStats>,
@@ -144,13 +155,15 @@ impl Daemon {
         }
         let (integrity, integrity_interest) = integrity.start(&mut workers)?;
         let (detect, detect_interest) = detect.start(&mut workers)?;
+        let (remote_checks, remote_settings) = tokio::sync::watch::channel(
+            crate::tinyids::remote_check::RemoteChecks::new(&config.servers, config.remote_check_interval)?,
+        );
         crate::tinyids::remote_check::start(
-            &config.servers,
-            config.remote_check_interval,
+            remote_settings,
             integrity.shared.watch_aggregate(),
             sink.clone(),
             &mut workers,
-        )?;
+        );
 
         let mut bus = Bus::default();
         let integrity_events = integrity.events.clone();
@@ -161,8 +174,10 @@ impl Daemon {
             },
         );
         let detect_events = detect.events.clone();
+        let detect_interest = Arc::new(RwLock::new(detect_interest));
+        let interest = detect_interest.clone();
         bus.subscribe(
-            move |event| detect_interest.wants(event),
+            move |event| interest.read().unwrap_or_else(|p| p.into_inner()).wants(event),
             move |event| {
                 if let Some(input) = crate::detect::worker::input(&event) {
                     detect_events.offer(input);
@@ -225,6 +240,7 @@ impl Daemon {
         info!(socket = %config.control_socket().display(), open_files, "sensor running");
         Ok(Self {
             config,
+            config_path: None,
             workers,
             sensor: Some(sensor),
             bans,
@@ -232,6 +248,8 @@ impl Daemon {
             control_rx,
             integrity,
             detect,
+            detect_interest,
+            remote_checks,
             scan_stats,
             stats,
             writer_stats,
@@ -271,7 +289,10 @@ impl Daemon {
             tokio::select! {
                 _ = self.sigterm.recv() => return Ok(()),
                 _ = self.sigint.recv() => return Ok(()),
-                _ = self.sighup.recv() => self.reopen_events_log(),
+                _ = self.sighup.recv() => {
+                    self.reopen_events_log();
+                    self.reload();
+                }
                 exited = self.workers.exited() => {
                     let why = exited.failure.unwrap_or_else(|| "ended".into());
                     error!(worker = exited.worker, error = %why, "a worker stopped; stopping the daemon");
@@ -378,20 +399,71 @@ impl Daemon {
     /// SIGHUP: the events log is reopened at its path (after logrotate moved it); the lines
     /// written before went to the old file, those after go to the new one, none is lost.
     fn reopen_events_log(&mut self) {
-        const NOT_RELOADED: &str = "the configuration is not reloaded (restart the daemon to apply changes)";
-        let EventsLogConfig::File(path) = &self.config.events_log else {
-            info!("SIGHUP: the events log is standard output, nothing to reopen; {NOT_RELOADED}");
-            return;
-        };
+        let EventsLogConfig::File(path) = &self.config.events_log else { return };
         match open_events_file(path) {
             Ok(file) => {
                 self.events_log.reopen(file);
-                info!("SIGHUP: events log reopened; {NOT_RELOADED}");
+                info!("SIGHUP: events log reopened");
             }
             Err(e) => {
                 warn!(error = format!("{e:#}"), "SIGHUP: reopening the events log failed; writing on to the old file")
             }
         }
+    }
+
+    /// SIGHUP: the configuration file read again (`reload`). Everything that can fail (the file,
+    /// the rules file, the servers' TLS files) is read before anything is applied, so a broken
+    /// configuration leaves the daemon running on the one in force.
+    fn reload(&mut self) {
+        let origin =
+            self.config_path.as_ref().map_or_else(|| "(embedded default)".to_string(), |p| p.display().to_string());
+        let keep = |error: String| error!(config = %origin, error = %error, "SIGHUP: configuration not reloaded; running on with the one in force");
+        let read = match Config::load(self.config_path.as_deref()) {
+            Ok(read) => read,
+            Err(e) => return keep(e.to_string()),
+        };
+        // Read again even when its path is unchanged: the file's rules may have been edited.
+        let rules = match crate::detect::rules::RuleSet::load(read.detect.rules.as_deref(), read.detect.rules_mode) {
+            Ok(rules) => rules,
+            Err(e) => return keep(format!("{e:#}")),
+        };
+        let remote_checks =
+            match crate::tinyids::remote_check::RemoteChecks::new(&read.servers, read.remote_check_interval) {
+                Ok(checks) => checks,
+                Err(e) => return keep(format!("{e:#}")),
+            };
+        let changed = reload::changed_sections(&self.config, &read);
+        for (section, _) in changed.iter().filter(|(_, applied)| *applied == reload::Applied::AtRestart) {
+            warn!(config = %origin, "SIGHUP: {section} changed; it takes effect when the daemon is restarted");
+        }
+        let live: Vec<&str> =
+            changed.iter().filter(|(_, applied)| *applied == reload::Applied::Live).map(|(s, _)| *s).collect();
+        if read.xdp.trusted != self.config.xdp.trusted || read.bans != self.config.bans {
+            if let Err(e) = self.bans.reconfigure(read.xdp.trusted.clone(), read.bans.clone()) {
+                warn!(error = %e, "SIGHUP: updating the trusted addresses in the kernel");
+            }
+        }
+        if read.servers != self.config.servers || read.remote_check_interval != self.config.remote_check_interval {
+            self.remote_checks.send_replace(remote_checks);
+        }
+        let interest = crate::detect::worker::Interest::of(&read.detect);
+        for path in interest.paths().filter(|p| !self.roots.iter().any(|root| p.starts_with(root))) {
+            warn!(
+                path = %path.display(),
+                "SIGHUP: outside the sensor's watch set until the daemon is restarted: a log there is read every 2 s                  instead of when written, files written under a web root there are not scanned"
+            );
+        }
+        *self.detect_interest.write().unwrap_or_else(|p| p.into_inner()) = interest;
+        // Queued behind the events already sent to the worker: none of them meets the new rules,
+        // none is skipped.
+        let reload = crate::detect::Input::Reload(Box::new(crate::detect::worker::Reload {
+            config: read.detect.clone(),
+            rules,
+        }));
+        let events = self.detect.events.clone();
+        tokio::task::spawn_blocking(move || events.send_blocking(reload));
+        self.config = reload::in_force(&self.config, read);
+        info!(config = %origin, changed = ?live, "SIGHUP: configuration reloaded");
     }
 
     /// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed

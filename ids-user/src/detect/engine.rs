@@ -207,6 +207,13 @@ impl Engine {
         self.windows.prune(now);
         self.report_if_due(now);
     }
+
+    /// Goes on with `rules`. Windows are kept by rule position, which a new rule set may give to
+    /// another rule: they all start afresh.
+    pub fn replace_rules(&mut self, rules: RuleSet) {
+        self.rules = rules;
+        self.windows = Windows::default();
+    }
 }
 
 /// What `ids rules test` reports: the lines of a log file run through the rules (no windows).

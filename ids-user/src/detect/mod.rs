@@ -50,4 +50,7 @@ pub(crate) enum Input {
         source: usize,
         line: Vec<u8>,
     },
+    /// SIGHUP: the detectors' settings and rules as read again. Queued behind the events that
+    /// came before it, so each event meets the rules of its time and none is skipped.
+    Reload(Box<worker::Reload>),
 }

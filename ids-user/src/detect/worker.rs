@@ -92,12 +92,30 @@ impl DetectCounters {
 
 /// Which events the worker takes from the bus: file events naming a followed log or a path
 /// under a web root, and every exec.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Interest {
     logs: Vec<PathBuf>,
     web_roots: Vec<PathBuf>,
 }
 
 impl Interest {
+    /// The followed logs and web roots of `detect` as the sensor reports their paths.
+    pub(crate) fn of(detect: &DetectConfig) -> Self {
+        Self {
+            logs: detect.logs.iter().map(|l| resolved(&l.path)).collect(),
+            web_roots: detect
+                .web_roots
+                .iter()
+                .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
+                .collect(),
+        }
+    }
+
+    /// Log paths and web roots: the sensor must watch them.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.logs.iter().chain(&self.web_roots)
+    }
+
     pub(crate) fn wants(&self, event: &Event) -> bool {
         match &event.detail {
             Detail::File { path, new_path, .. } => {
@@ -138,6 +156,19 @@ pub(crate) struct Prepared {
     pub(crate) watch: Vec<PathBuf>,
 }
 
+/// The detectors' settings and rules read again (SIGHUP), for the running worker to take up.
+#[derive(Debug)]
+pub(crate) struct Reload {
+    pub(crate) config: DetectConfig,
+    pub(crate) rules: RuleSet,
+}
+
+/// A running `[[journal]]` reader.
+struct JournalSource {
+    config: super::config::JournalConfig,
+    reader: super::journal::Reader,
+}
+
 /// The running worker, as the daemon holds it.
 pub(crate) struct Handle {
     pub(crate) events: harness::Sender<Input>,
@@ -157,7 +188,16 @@ struct Log {
 struct Worker {
     config: DetectConfig,
     /// The `[[journal]]` sources' readers, in configuration order.
-    readers: Vec<super::journal::Reader>,
+    readers: Vec<JournalSource>,
+    /// Every journal source ever started, by source number: a line a reader queued before a
+    /// reload stopped it is still read as its source's kind.
+    journal_sources: Vec<super::config::JournalConfig>,
+    /// Readers a reload stopped: joined at shutdown, once the queue they may wait on is closed.
+    retired: Vec<super::journal::Reader>,
+    state_dir: PathBuf,
+    /// For the readers a reload starts.
+    sender: harness::Sender<Input>,
+    stop: Stop,
     engine: Engine,
     scanner: Scanner,
     logs: Vec<Log>,
@@ -198,11 +238,8 @@ pub(crate) fn prepare(
     let detect = detect.clone();
     let rules = RuleSet::load(detect.rules.as_deref(), detect.rules_mode)?;
     let store = Store::open(&crate::store::db_path(state_dir))?;
-    let log_paths: Vec<PathBuf> = detect.logs.iter().map(|l| resolved(&l.path)).collect();
-    let web_roots: Vec<PathBuf> =
-        detect.web_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
-    let mut watch: Vec<PathBuf> = log_paths.clone();
-    watch.extend(web_roots.iter().cloned());
+    let interest = Interest::of(&detect);
+    let watch: Vec<PathBuf> = interest.paths().cloned().collect();
     let (sender, inbox) = harness::queue(QUEUE);
     let shared = Arc::new(DetectCounters { queue: inbox.stats().clone(), ..DetectCounters::default() });
     let mut worker = Worker {
@@ -210,7 +247,7 @@ pub(crate) fn prepare(
         scanner: Scanner::new(),
         logs: Vec::new(),
         log_index: HashMap::new(),
-        web_roots: web_roots.clone(),
+        web_roots: interest.web_roots.clone(),
         scans: HashMap::new(),
         scanned: HashMap::new(),
         exec_seen: HashMap::new(),
@@ -221,19 +258,22 @@ pub(crate) fn prepare(
         triggers: Vec::new(),
         config: detect.clone(),
         readers: Vec::new(),
+        journal_sources: Vec::new(),
+        retired: Vec::new(),
+        state_dir: state_dir.to_path_buf(),
+        sender: sender.clone(),
+        stop,
     };
-    for (source, journal) in detect.journal.iter().enumerate() {
-        let reader = super::journal::spawn(source, journal, state_dir, sender.clone(), stop.clone())
-            .with_context(|| format!("following {}", super::journal::origin(journal)))?;
-        worker.readers.push(reader);
+    for journal in &detect.journal {
+        worker.start_journal(journal)?;
     }
-    for (log, path) in detect.logs.iter().zip(&log_paths) {
+    for (log, path) in detect.logs.iter().zip(&interest.logs) {
         if worker.log_index.contains_key(path) {
             continue;
         }
         worker.open_log(log.kind, path).with_context(|| format!("following log {}", log.path.display()))?;
     }
-    Ok(Prepared { worker, sender, inbox, interest: Interest { logs: log_paths, web_roots }, watch })
+    Ok(Prepared { worker, sender, inbox, interest, watch })
 }
 
 impl Prepared {
@@ -255,6 +295,94 @@ impl Prepared {
 }
 
 impl Worker {
+    fn start_journal(&mut self, journal: &super::config::JournalConfig) -> anyhow::Result<()> {
+        let source = self.journal_sources.len();
+        let reader = super::journal::spawn(source, journal, &self.state_dir, self.sender.clone(), self.stop.clone())
+            .with_context(|| format!("following {}", super::journal::origin(journal)))?;
+        self.journal_sources.push(journal.clone());
+        self.readers.push(JournalSource { config: journal.clone(), reader });
+        Ok(())
+    }
+
+    /// Takes up settings read again: new rules (their windows start afresh), logs and journal
+    /// sources added or dropped (a kept one is not touched: its position and reader go on), web
+    /// roots, ban duration. A log or source that cannot be opened is logged and left out.
+    fn reload(&mut self, reload: Reload) {
+        let Reload { config, rules } = reload;
+        if rules.rules != self.engine.rules.rules {
+            let (before, after) = (&self.engine.rules.rules, &rules.rules);
+            let added: Vec<&str> =
+                after.iter().filter(|r| !before.iter().any(|b| b.id == r.id)).map(|r| r.id.as_str()).collect();
+            let removed: Vec<&str> =
+                before.iter().filter(|b| !after.iter().any(|r| r.id == b.id)).map(|b| b.id.as_str()).collect();
+            let changed: Vec<&str> = after
+                .iter()
+                .filter(|r| before.iter().any(|b| b.id == r.id && b != *r))
+                .map(|r| r.id.as_str())
+                .collect();
+            info!(
+                rules = after.len(),
+                ?added,
+                ?removed,
+                ?changed,
+                "reload: detection rules replaced; their windows start afresh"
+            );
+            self.engine.replace_rules(rules);
+        }
+        let interest = Interest::of(&config);
+        // Logs no longer configured: position stored, then let go.
+        let kept: Vec<Log> = std::mem::take(&mut self.logs);
+        self.log_index.clear();
+        for mut log in kept {
+            let path = log.follower.path().to_path_buf();
+            if interest.logs.contains(&path) && !self.log_index.contains_key(&path) {
+                self.log_index.insert(path, self.logs.len());
+                self.logs.push(log);
+            } else {
+                if let Some(position) = log.follower.position()
+                    && let Err(e) = self.store.set_log_offset(&path.display().to_string(), &position)
+                {
+                    warn!(error = %e, "storing log position");
+                }
+                log.dirty = false;
+                info!(path = %path.display(), "reload: log no longer followed");
+            }
+        }
+        for (log, path) in config.logs.iter().zip(&interest.logs) {
+            if self.log_index.contains_key(path) {
+                continue;
+            }
+            if let Err(e) = self.open_log(log.kind, path) {
+                warn!(path = %log.path.display(), error = format!("{e:#}"), "reload: the log cannot be followed");
+            }
+        }
+        // Journal sources: a reader whose table is unchanged goes on; the others stop (storing
+        // their cursor) and new ones start from the cursor stored.
+        let (kept, stopped): (Vec<JournalSource>, Vec<JournalSource>) =
+            std::mem::take(&mut self.readers).into_iter().partition(|r| config.journal.contains(&r.config));
+        self.readers = kept;
+        for source in stopped {
+            info!(source = %super::journal::origin(&source.config), "reload: journal source no longer followed");
+            source.reader.stop();
+            self.retired.push(source.reader);
+        }
+        for journal in &config.journal {
+            if self.readers.iter().any(|r| &r.config == journal) {
+                continue;
+            }
+            if let Err(e) = self.start_journal(journal) {
+                warn!(error = format!("{e:#}"), "reload: a journal source cannot be followed");
+            }
+        }
+        if interest.web_roots != self.web_roots {
+            info!(web_roots = ?interest.web_roots, "reload: web roots replaced");
+            self.scans.retain(|path, _| interest.web_roots.iter().any(|r| path.starts_with(r)));
+            self.scanned.retain(|path, _| interest.web_roots.iter().any(|r| path.starts_with(r)));
+            self.web_roots = interest.web_roots;
+        }
+        self.config = config;
+    }
+
     fn open_log(&mut self, kind: LogKind, path: &Path) -> anyhow::Result<()> {
         let key = path.display().to_string();
         let stored = self.store.log_offset(&key)?;
@@ -330,7 +458,9 @@ impl Worker {
         // Readers blocked on a full queue see it closed; the others see journalctl end. Each
         // stores its cursor before it ends.
         drop(inbox);
-        for reader in std::mem::take(&mut self.readers) {
+        for reader in
+            std::mem::take(&mut self.readers).into_iter().map(|r| r.reader).chain(std::mem::take(&mut self.retired))
+        {
             reader.stop();
             let _ = reader.thread.join();
         }
@@ -360,8 +490,9 @@ impl Worker {
                 }
             }
             Input::Exec { pid, ppid, filename, argv, process } => self.exec(pid, ppid, &filename, &argv, process),
+            Input::Reload(reload) => self.reload(*reload),
             Input::Journal { source, line } => {
-                let Some(journal) = self.config.journal.get(source) else { return };
+                let Some(journal) = self.journal_sources.get(source) else { return };
                 let (kind, origin) = (journal.kind, super::journal::origin(journal));
                 self.shared.lines.fetch_add(1, Ordering::Relaxed);
                 // Journal lines are not cut: a message is one entry.

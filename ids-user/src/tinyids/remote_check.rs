@@ -16,37 +16,59 @@ use crate::integrity::Digest;
 /// How long each server gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts the task when at least one server is enabled; a server whose TLS files do not load
-/// stops the start with an error naming it.
-pub(crate) fn start(
-    servers: &[super::settings::ServerEntry],
+/// The servers CHECKed and how often: replaced as a whole when the configuration is read again.
+pub(crate) struct RemoteChecks {
+    targets: std::sync::Arc<[Target]>,
     interval: Duration,
+}
+
+impl RemoteChecks {
+    /// The enabled `[[servers]]`; a server whose TLS files do not load is an error naming it.
+    pub(crate) fn new(servers: &[super::settings::ServerEntry], interval: Duration) -> anyhow::Result<Self> {
+        Ok(Self { targets: client::targets(servers)?.into(), interval })
+    }
+}
+
+/// Starts the task; it CHECKs nothing while `settings` holds no server, and takes up new
+/// settings (servers added, removed, another interval) when they are sent.
+pub(crate) fn start(
+    settings: watch::Receiver<RemoteChecks>,
     aggregate: watch::Receiver<Option<Digest>>,
     sink: AlertSink,
     workers: &mut Workers,
-) -> anyhow::Result<()> {
-    let targets = client::targets(servers)?;
-    if targets.is_empty() {
-        return Ok(());
-    }
-    workers.spawn_task("remote_check", move |stop| run(targets, aggregate, sink, interval, stop));
-    Ok(())
+) {
+    workers.spawn_task("remote_check", move |stop| run(settings, aggregate, sink, stop));
+}
+
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 async fn run(
-    targets: Vec<Target>,
+    mut settings: watch::Receiver<RemoteChecks>,
     mut aggregate: watch::Receiver<Option<Digest>>,
     sink: AlertSink,
-    interval: Duration,
     stop: Stop,
 ) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(settings.borrow().interval);
+    let mut settings_open = true;
     loop {
         tokio::select! {
             _ = stop.stopped() => return Ok(()),
             changed = aggregate.changed() => if changed.is_err() { return Ok(()) },
+            changed = settings.changed(), if settings_open => match changed {
+                // New servers are CHECKed at once (the first tick of a new interval is now).
+                Ok(()) => tick = ticker(settings.borrow().interval),
+                Err(_) => settings_open = false,
+            },
             _ = tick.tick() => {}
+        }
+        // Not borrowed across the CHECK: a reload would wait for it.
+        let targets = settings.borrow().targets.clone();
+        if targets.is_empty() {
+            continue;
         }
         let Some(digest) = *aggregate.borrow_and_update() else { continue };
         let hash = crate::integrity::hex(&digest);
