@@ -438,10 +438,10 @@ impl Daemon {
         }
         let live: Vec<&str> =
             changed.iter().filter(|(_, applied)| *applied == reload::Applied::Live).map(|(s, _)| *s).collect();
-        if read.xdp.trusted != self.config.xdp.trusted || read.bans != self.config.bans {
-            if let Err(e) = self.bans.reconfigure(read.xdp.trusted.clone(), read.bans.clone()) {
-                warn!(error = %e, "SIGHUP: updating the trusted addresses in the kernel");
-            }
+        if (read.xdp.trusted != self.config.xdp.trusted || read.bans != self.config.bans)
+            && let Err(e) = self.bans.reconfigure(read.xdp.trusted.clone(), read.bans.clone())
+        {
+            warn!(error = %e, "SIGHUP: updating the trusted addresses in the kernel");
         }
         if read.servers != self.config.servers || read.remote_check_interval != self.config.remote_check_interval {
             self.remote_checks.send_replace(remote_checks);
