@@ -1,5 +1,6 @@
-//! Host tests of the daemon under faults: descriptors running out on the control socket, and a
-//! full file system under the events log. Root only (prlimit on the daemon, mount).
+//! Host tests of the daemon under faults: descriptors running out on the control socket, a full
+//! file system under the events log and under the state directory, a damaged database, two
+//! daemons on one state directory. Root only (prlimit on the daemon, mount).
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -230,5 +231,117 @@ fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(daemon.status()["integrity"]["items"].as_u64().unwrap() >= 3000);
+    daemon.stop();
+}
+
+/// The integrity alerts for files under `dir` in the events log, and in the store (row ids).
+fn integrity_alerts_under(daemon: &Daemon, db: &Path, dir: &Path) -> (usize, Vec<i64>) {
+    let prefix = format!("file:{}/", dir.display());
+    let logged = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "integrity" && e["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+        .count();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut query = conn.prepare("SELECT id, item_id FROM alerts WHERE kind = 'integrity'").unwrap();
+    let stored = query
+        .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(_, item)| item.starts_with(prefix.as_str()))
+        .map(|(id, _)| id)
+        .collect();
+    (logged, stored)
+}
+
+#[test]
+fn a_full_state_dir_keeps_the_alerts_and_stores_each_once_when_space_returns() {
+    let statefs = small_tmpfs("faults-state-full", "16m");
+    let home = Scratch::new("/var/tmp", "faults-state-home");
+    let watched = Scratch::new("/var/tmp", "faults-state-watched");
+    for i in 0..200 {
+        fs::write(watched.0.join(format!("file-{i:03}")), format!("first {i}")).unwrap();
+    }
+    let events = home.0.join("events.jsonl");
+    let config = home.0.join("ids.toml");
+    write_watching_config(&config, &events, &statefs.0, "faults-state", &watched.0);
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let db = statefs.0.join("state/ids.db");
+
+    fill(&statefs.0.join("filler"));
+    // Rounds of changes until the store refuses some (a write-ahead log with room left takes
+    // the first ones).
+    let mut rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["alert_store"]["store_failures"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the store never refused an alert: {}", daemon.status());
+        for i in 0..200 {
+            fs::write(watched.0.join(format!("file-{i:03}")), format!("round {rounds} {i}")).unwrap();
+        }
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let full = daemon.status();
+    assert!(full["alert_store"]["unstored"].as_u64().unwrap() > 0, "no alert kept for a retry: {full}");
+    // Running on: still answering, alerts still written to the events log.
+    let (logged_while_full, _) = integrity_alerts_under(&daemon, &db, &watched.0);
+    assert!(logged_while_full > 0);
+
+    fs::remove_file(statefs.0.join("filler")).unwrap();
+    // The retry (every 10 s, or the next alert's store) takes them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = daemon.status();
+        let settled = status["alert_store"]["unstored"] == 0 && status["integrity"]["dirty"] == 0;
+        let (logged, stored) = integrity_alerts_under(&daemon, &db, &watched.0);
+        if settled && logged == stored.len() {
+            let mut unique = stored.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), stored.len(), "an alert stored twice");
+            assert_eq!(status["alert_store"]["lost"], 0, "{status}");
+            eprintln!(
+                "{rounds} rounds; while full: {} failures, {} kept; after: {logged} alerts logged and stored",
+                full["alert_store"]["store_failures"], full["alert_store"]["unstored"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts not all stored 30 s after space came back: {logged} logged, {} stored; {status}",
+            stored.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    daemon.stop();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_runs_on() {
+    let state = Scratch::new("/var/tmp", "faults-two-daemons");
+    let watched = Scratch::new("/var/tmp", "faults-two-watched");
+    let events = state.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    write_watching_config(&config, &events, &state.0, "faults-two", &watched.0);
+    let _pins = Pins { config: config.clone() };
+    let daemon = Daemon::spawn(&config, &events);
+    let second = Command::new(ids_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second daemon started on the same state dir: {text}");
+    assert!(text.contains("another daemon answers on") && text.contains("control.sock"), "{text}");
+    // The first one still answers, still on its socket, and still sees changes.
+    fs::write(watched.0.join("after"), b"written after the refusal").unwrap();
+    let id = format!("file:{}", watched.0.join("after").display());
+    let seen = daemon.wait_for(1, |e| e["kind"] == "integrity" && e["id"] == id.as_str());
+    assert_eq!(seen.len(), 1, "the first daemon stopped seeing changes");
     daemon.stop();
 }
