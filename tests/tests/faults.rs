@@ -345,3 +345,141 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_runs_on() {
     assert_eq!(seen.len(), 1, "the first daemon stopped seeing changes");
     daemon.stop();
 }
+
+/// Every `(item, digest)` of the baseline, in order.
+fn baseline_of(db: &Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok", "{} after a kill", db.display());
+    let mut query = conn.prepare("SELECT item_id, digest FROM baseline_items ORDER BY item_id").unwrap();
+    query.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Starts `ids <args> --config config`, SIGKILLs it after `delay` unless it ended first; whether
+/// it ended by itself.
+fn killed_after(args: &[&str], config: &Path, delay: Duration) -> bool {
+    let mut child = Command::new(ids_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let ended = child.try_wait().unwrap().is_some();
+    let _ = child.kill();
+    let _ = child.wait();
+    ended
+}
+
+#[test]
+fn sigkill_at_every_phase_of_a_baseline_leaves_the_old_one_or_the_new_one() {
+    let state = Scratch::new("/var/tmp", "faults-kill-baseline");
+    let watched = Scratch::new("/var/tmp", "faults-kill-baseline-watched");
+    let write_all = |round: &str| {
+        for i in 0..3000 {
+            fs::write(watched.0.join(format!("file-{i:04}")), format!("{round} {i}")).unwrap();
+        }
+    };
+    write_all("old");
+    let events = state.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    write_watching_config(&config, &events, &state.0, "faults-kill-baseline", &watched.0);
+    let db = state.0.join("state/ids.db");
+    // No daemon: `ids baseline` scans and writes the database itself.
+    let (code, text) = ids(&["baseline"], &config);
+    assert_eq!(code, 0, "{text}");
+    let old = baseline_of(&db);
+    assert_eq!(old.len(), 3000);
+    write_all("new");
+    // Killed earlier than the scan takes, during it, while it writes, and not at all.
+    let mut snapshots = Vec::new();
+    let mut delay = Duration::ZERO;
+    loop {
+        let ended = killed_after(&["baseline"], &config, delay);
+        snapshots.push((delay, baseline_of(&db)));
+        if ended {
+            break;
+        }
+        assert!(delay < Duration::from_secs(60), "`ids baseline` did not end within a minute");
+        delay = (delay * 3 / 2).max(delay + Duration::from_millis(5));
+    }
+    let (_, new) = snapshots.last().unwrap().clone();
+    assert_ne!(new, old, "the last attempt ended by itself: the new baseline");
+    assert_eq!(new.len(), 3000);
+    for (delay, snapshot) in &snapshots {
+        assert!(*snapshot == old || *snapshot == new, "killed after {delay:?}: a baseline neither old nor new");
+    }
+    let kept_old = snapshots.iter().filter(|(_, s)| *s == old).count();
+    assert!(kept_old > 0, "no attempt was killed before it committed: the test proves nothing");
+    eprintln!("{} attempts, {kept_old} killed before the commit", snapshots.len());
+}
+
+#[test]
+fn sigkill_at_every_phase_of_a_ban_list_leaves_all_of_it_or_none() {
+    let state = Scratch::new("/var/tmp", "faults-kill-bans");
+    let watched = Scratch::new("/var/tmp", "faults-kill-bans-watched");
+    let events = state.0.join("events.jsonl");
+    let config = state.0.join("ids.toml");
+    write_watching_config(&config, &events, &state.0, "faults-kill-bans", &watched.0);
+    let _pins = Pins { config: config.clone() };
+    let db = state.0.join("state/ids.db");
+    let stored_bans = || -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        conn.query_row("SELECT count(*) FROM bans", [], |row| row.get(0)).unwrap()
+    };
+    // Killed before the list arrives, while it is applied, and (the last, `None`) once `ids ban`
+    // has its answer.
+    let mut delays =
+        [0u64, 20, 50, 100, 200, 400, 800].into_iter().map(|ms| Some(Duration::from_millis(ms))).chain([None]);
+    let mut banned_lists = 0;
+    let mut round = 0u32;
+    loop {
+        // A list of 10,000 addresses, other ones in each round (198.18.0.0/15: benchmarking addresses).
+        let list = state.0.join(format!("list-{round}"));
+        let lines: Vec<String> = (0..10_000u32)
+            .map(|i| {
+                let n = round * 10_000 + i;
+                format!("198.{}.{}.{}", 18 + (n >> 16), (n >> 8) & 255, n & 255)
+            })
+            .collect();
+        fs::write(&list, lines.join("\n") + "\n").unwrap();
+        let daemon = Daemon::spawn(&config, &events);
+        // The daemon reconciled its maps with the store it found: the kernel holds what the store does.
+        let before = stored_bans();
+        assert_eq!(daemon.status()["xdp"]["bans"].as_i64(), Some(before), "maps and store after a kill");
+        let Some(delay) = delays.next() else {
+            daemon.stop();
+            break;
+        };
+        let mut ban = Command::new(ids_bin())
+            .args(["ban", "--file"])
+            .arg(&list)
+            .args(["--for", "1h", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        match delay {
+            Some(delay) => std::thread::sleep(delay),
+            None => assert!(ban.wait().unwrap().success(), "`ids ban --file` failed with the daemon running"),
+        }
+        daemon.kill();
+        let _ = ban.wait();
+        let after = stored_bans();
+        assert!(after == before || after == before + 10_000, "killed after {delay:?}: {before} bans became {after}");
+        if delay.is_none() {
+            assert_eq!(after, before + 10_000, "an answered ban list is not in the store");
+        }
+        if after != before {
+            banned_lists += 1;
+        }
+        round += 1;
+    }
+    eprintln!("{round} kills, {banned_lists} lists whole in the store, the others not at all");
+    assert!(banned_lists < round, "every kill came after the commit: the test proves nothing");
+}
