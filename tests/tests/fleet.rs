@@ -702,3 +702,34 @@ fn an_address_alerted_on_by_enough_hosts_is_banned_fleet_wide_by_the_fleet_rule(
         agent.stop();
     }
 }
+
+#[test]
+fn a_reload_pointing_the_agent_at_its_broker_sends_the_alerts_it_kept() {
+    let broker = Broker::start("reload", &["collector", "host-a"]);
+    let collector = Collector::new("reload", &broker, "");
+    let mut agent = Agent::plain("host-a", &broker, "1s", "");
+    let right = fs::read_to_string(&agent.config).unwrap();
+    // A port nothing listens on: the agent keeps its alerts and retries with a growing backoff.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let wrong = right.replace(&format!("127.0.0.1:{}", broker.port()), &format!("127.0.0.1:{unused}"));
+    assert_ne!(wrong, right);
+    fs::write(&agent.config, &wrong).unwrap();
+    agent.start();
+    agent.write_files("kept", 20);
+    wait_until("20 alerts stored", Duration::from_secs(20), || agent.last_seq() >= 20);
+    // Several failed attempts: the backoff has grown past what the test waits below.
+    std::thread::sleep(Duration::from_secs(6));
+    let status = agent.fleet_status();
+    assert_eq!(status["connected"], false, "{status}");
+    let last = agent.last_seq();
+
+    fs::write(&agent.config, &right).unwrap();
+    agent.daemon.as_ref().unwrap().signal(libc::SIGHUP);
+    let epoch = agent.epoch();
+    // Connected with the new settings at once, not after the old backoff.
+    wait_until("the kept alerts stored after the reload", Duration::from_secs(10), || {
+        stored_seqs(&collector, "host-a", epoch) == (1..=last).collect::<Vec<_>>()
+    });
+    assert_eq!(agent.fleet_status()["connected"], true);
+    agent.stop();
+}

@@ -93,6 +93,8 @@ pub(crate) struct Daemon {
     sink: AlertSink,
     /// The fleet agent's status and the facts its heartbeats carry; `None` without `[fleet]`.
     fleet: Option<Arc<crate::fleet::agent::AgentShared>>,
+    /// The fleet agent's broker settings; replaced on reload.
+    fleet_settings: Option<tokio::sync::watch::Sender<crate::fleet::FleetConfig>>,
     /// Fleet ban decisions, applied here through the ban path.
     fleet_bans: Option<mpsc::Receiver<(crate::fleet::agent::BanCommand, tokio::sync::oneshot::Sender<()>)>>,
     roots: Vec<String>,
@@ -210,19 +212,15 @@ impl Daemon {
             },
         )?;
 
-        let (fleet, fleet_bans) = match &config.fleet {
+        let (fleet, fleet_settings, fleet_bans) = match &config.fleet {
             Some(fleet_config) => {
                 let (tx, rx) = mpsc::channel(64);
-                let agent = crate::fleet::agent::start(
-                    fleet_config,
-                    config.database(),
-                    sink.stored_notify(),
-                    tx,
-                    &mut workers,
-                )?;
-                (Some(agent), Some(rx))
+                let (settings_tx, settings) = tokio::sync::watch::channel(fleet_config.clone());
+                let agent =
+                    crate::fleet::agent::start(settings, config.database(), sink.stored_notify(), tx, &mut workers)?;
+                (Some(agent), Some(settings_tx), Some(rx))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
         if let Some(metrics) = &config.metrics {
@@ -256,6 +254,7 @@ impl Daemon {
             events_log,
             sink,
             fleet,
+            fleet_settings,
             fleet_bans,
             roots,
             started: Instant::now(),
@@ -432,12 +431,10 @@ impl Daemon {
                 Ok(checks) => checks,
                 Err(e) => return keep(format!("{e:#}")),
             };
-        let changed = reload::changed_sections(&self.config, &read);
-        for (section, _) in changed.iter().filter(|(_, applied)| *applied == reload::Applied::AtRestart) {
+        let reloaded = reload::reload(&self.config, read.clone());
+        for section in &reloaded.at_restart {
             warn!(config = %origin, "SIGHUP: {section} changed; it takes effect when the daemon is restarted");
         }
-        let live: Vec<&str> =
-            changed.iter().filter(|(_, applied)| *applied == reload::Applied::Live).map(|(s, _)| *s).collect();
         if (read.xdp.trusted != self.config.xdp.trusted || read.bans != self.config.bans)
             && let Err(e) = self.bans.reconfigure(read.xdp.trusted.clone(), read.bans.clone())
         {
@@ -462,8 +459,13 @@ impl Daemon {
         }));
         let events = self.detect.events.clone();
         tokio::task::spawn_blocking(move || events.send_blocking(reload));
-        self.config = reload::in_force(&self.config, read);
-        info!(config = %origin, changed = ?live, "SIGHUP: configuration reloaded");
+        if let (Some(fleet), Some(settings)) = (&reloaded.config.fleet, &self.fleet_settings)
+            && reloaded.applied.contains(&"[fleet]")
+        {
+            settings.send_replace(fleet.clone());
+        }
+        info!(config = %origin, changed = ?reloaded.applied, "SIGHUP: configuration reloaded");
+        self.config = reloaded.config;
     }
 
     /// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed

@@ -6,68 +6,70 @@ use std::fmt::Debug;
 
 use crate::config::Config;
 
-/// Whether a section's change is taken up by the running daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Applied {
-    Live,
-    AtRestart,
-}
-
 /// Debug renders every field of these settings (not all of their types compare with `==`).
 fn rendered<T: Debug>(value: &T) -> String {
     format!("{value:?}")
 }
 
-/// The configuration's sections as the daemon uses them, with how each one's change is applied.
+/// The configuration's sections as the daemon uses them, each named as the log names it.
 #[expect(clippy::type_complexity, reason = "a table of accessors reads better than a trait here")]
-const SECTIONS: &[(&str, Applied, fn(&Config) -> String)] = &[
-    ("detectors ([[logs]], [[journal]], web_roots, rules)", Applied::Live, |c| {
+const SECTIONS: &[(&str, fn(&Config) -> String)] = &[
+    ("detectors ([[logs]], [[journal]], web_roots, rules)", |c| {
         rendered(&(&c.detect.logs, &c.detect.journal, &c.detect.web_roots, &c.detect.rules, c.detect.rules_mode))
     }),
-    ("[xdp] trusted", Applied::Live, |c| rendered(&c.xdp.trusted)),
-    ("[bans]", Applied::Live, |c| rendered(&c.bans)),
-    ("[[servers]], remote_check_interval", Applied::Live, |c| rendered(&(&c.servers, c.remote_check_interval))),
-    ("watch", Applied::AtRestart, |c| rendered(&c.watch)),
-    ("[[collectors]]", Applied::AtRestart, |c| rendered(&c.collectors)),
-    ("integrity_interval, verify_interval", Applied::AtRestart, |c| {
-        rendered(&(c.integrity_interval, c.verify_interval))
-    }),
-    ("[xdp] (but trusted)", Applied::AtRestart, |c| {
+    ("[xdp] trusted", |c| rendered(&c.xdp.trusted)),
+    ("[bans]", |c| rendered(&c.bans)),
+    ("[[servers]], remote_check_interval", |c| rendered(&(&c.servers, c.remote_check_interval))),
+    ("[fleet]", |c| rendered(&c.fleet)),
+    ("watch", |c| rendered(&c.watch)),
+    ("[[collectors]]", |c| rendered(&c.collectors)),
+    ("integrity_interval, verify_interval", |c| rendered(&(c.integrity_interval, c.verify_interval))),
+    ("[xdp] (but trusted)", |c| {
         let mut xdp = c.xdp.clone();
         xdp.trusted.clear();
         rendered(&xdp)
     }),
-    ("state_dir", Applied::AtRestart, |c| rendered(&c.state_dir)),
-    ("events_log", Applied::AtRestart, |c| rendered(&c.events_log)),
-    ("max_watched_inodes, channel_capacity", Applied::AtRestart, |c| {
-        rendered(&(c.max_watched_inodes, c.channel_capacity))
-    }),
-    ("process_context", Applied::AtRestart, |c| rendered(&c.process_context)),
-    ("exclude_hooks", Applied::AtRestart, |c| rendered(&c.exclude_hooks)),
-    ("[fleet]", Applied::AtRestart, |c| rendered(&c.fleet)),
-    ("[metrics]", Applied::AtRestart, |c| rendered(&c.metrics)),
+    ("state_dir", |c| rendered(&c.state_dir)),
+    ("events_log", |c| rendered(&c.events_log)),
+    ("max_watched_inodes, channel_capacity", |c| rendered(&(c.max_watched_inodes, c.channel_capacity))),
+    ("process_context", |c| rendered(&c.process_context)),
+    ("exclude_hooks", |c| rendered(&c.exclude_hooks)),
+    ("[metrics]", |c| rendered(&c.metrics)),
 ];
 
-/// The sections that differ between `running` and `read`, in table order.
-pub(super) fn changed_sections(running: &Config, read: &Config) -> Vec<(&'static str, Applied)> {
-    SECTIONS
-        .iter()
-        .filter(|(_, _, section)| section(running) != section(read))
-        .map(|(name, applied, _)| (*name, *applied))
-        .collect()
+/// The sections that differ between `a` and `b`, in table order.
+fn differing(a: &Config, b: &Config) -> Vec<&'static str> {
+    SECTIONS.iter().filter(|(_, section)| section(a) != section(b)).map(|(name, _)| *name).collect()
 }
 
-/// The configuration in force after a reload: `read`'s live sections, `running`'s others (they
-/// still describe what runs, for the next comparison and for what reads them, such as the events
-/// log's path).
-pub(super) fn in_force(running: &Config, read: Config) -> Config {
+/// A configuration read again, as the running daemon takes it up.
+pub(super) struct Reloaded {
+    /// In force from now on: the sections taken up live as read, the others as they run (they
+    /// still describe what runs, for the next reload and for what reads them, such as the events
+    /// log's path).
+    pub(super) config: Config,
+    /// Sections changed and taken up now.
+    pub(super) applied: Vec<&'static str>,
+    /// Sections changed that wait for a restart.
+    pub(super) at_restart: Vec<&'static str>,
+}
+
+/// What of `read` the running daemon (configured with `running`) takes up: the detectors, the
+/// trusted addresses, ban durations, TinyIDS servers, and the fleet's broker settings when the
+/// fleet was and stays on with the same host id.
+pub(super) fn reload(running: &Config, read: Config) -> Reloaded {
     let mut config = running.clone();
-    config.detect = read.detect;
-    config.xdp.trusted = read.xdp.trusted;
-    config.bans = read.bans;
-    config.servers = read.servers;
+    config.detect = read.detect.clone();
+    config.xdp.trusted = read.xdp.trusted.clone();
+    config.bans = read.bans.clone();
+    config.servers = read.servers.clone();
     config.remote_check_interval = read.remote_check_interval;
-    config
+    if let (Some(running_fleet), Some(read_fleet)) = (&running.fleet, &read.fleet)
+        && running_fleet.host_id == read_fleet.host_id
+    {
+        config.fleet = Some(read_fleet.clone());
+    }
+    Reloaded { applied: differing(running, &config), at_restart: differing(&config, &read), config }
 }
 
 #[cfg(test)]
@@ -80,32 +82,39 @@ mod tests {
 
     #[test]
     fn an_unchanged_configuration_changes_nothing() {
-        let config = parse("");
-        assert!(changed_sections(&config, &parse("")).is_empty());
+        let reloaded = reload(&parse(""), parse(""));
+        assert!(reloaded.applied.is_empty() && reloaded.at_restart.is_empty());
     }
 
     #[test]
-    fn live_and_restart_sections_are_told_apart() {
+    fn live_sections_are_taken_up_and_the_others_wait_for_a_restart() {
         let running = parse("");
         let read = parse(
             "watch = [\"/srv\"]\n[bans]\nmax_duration = \"2d\"\n[xdp]\ntrusted = [\"192.0.2.1\"]\n\
              [[logs]]\nkind = \"sshd\"\npath = \"/var/log/x.log\"\n",
         );
-        let changed = changed_sections(&running, &read);
+        let reloaded = reload(&running, read);
         assert_eq!(
-            changed,
-            [
-                ("detectors ([[logs]], [[journal]], web_roots, rules)", Applied::Live),
-                ("[xdp] trusted", Applied::Live),
-                ("[bans]", Applied::Live),
-                ("watch", Applied::AtRestart),
-            ]
+            reloaded.applied,
+            ["detectors ([[logs]], [[journal]], web_roots, rules)", "[xdp] trusted", "[bans]"]
         );
-        let config = in_force(&running, read);
-        // The live sections are taken up, the watch set stays what the sensor runs with.
-        assert_eq!(config.watch, running.watch);
-        assert_eq!(config.xdp.trusted.len(), 1);
-        assert_eq!(config.detect.logs.len(), 1);
-        assert!(changed_sections(&config, &config.clone()).is_empty());
+        assert_eq!(reloaded.at_restart, ["watch"]);
+        // The watch set stays what the sensor runs with.
+        assert_eq!(reloaded.config.watch, running.watch);
+        assert_eq!(reloaded.config.xdp.trusted.len(), 1);
+        assert!(reload(&reloaded.config, reloaded.config.clone()).applied.is_empty());
+    }
+
+    const FLEET: &str = "[fleet]\nurl = \"amqp://127.0.0.1:5672\"\n";
+
+    #[test]
+    fn the_fleet_broker_changes_live_but_its_host_id_or_turning_it_on_waits_for_a_restart() {
+        let running = parse(&format!("{FLEET}host_id = \"web1\"\n"));
+        let moved = reload(&running, parse("[fleet]\nurl = \"amqp://127.0.0.1:5673\"\nhost_id = \"web1\"\n"));
+        assert_eq!((moved.applied, moved.at_restart), (vec!["[fleet]"], vec![]));
+        let renamed = reload(&running, parse(&format!("{FLEET}host_id = \"web2\"\n")));
+        assert_eq!((renamed.applied, renamed.at_restart), (vec![], vec!["[fleet]"]));
+        let turned_on = reload(&parse(""), parse(FLEET));
+        assert_eq!((turned_on.applied, turned_on.at_restart), (vec![], vec!["[fleet]"]));
     }
 }

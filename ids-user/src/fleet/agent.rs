@@ -137,14 +137,17 @@ fn hostname() -> String {
 }
 
 /// Starts the agent as a worker; its status and facts are in the returned handle.
+/// `settings` may be replaced while the agent runs (SIGHUP): it reconnects with them; the host id
+/// is the one of the first.
 pub(crate) fn start(
-    config: &FleetConfig,
+    settings: tokio::sync::watch::Receiver<FleetConfig>,
     database: PathBuf,
     stored: Arc<Notify>,
     bans: BanCommands,
     workers: &mut Workers,
 ) -> anyhow::Result<Arc<AgentShared>> {
-    let host = host_id(config)?;
+    let config = settings.borrow().clone();
+    let host = host_id(&config)?;
     let store = Store::open(&database)?;
     // A new epoch is this moment in microseconds: a database made anew never reuses one.
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -158,11 +161,12 @@ pub(crate) fn start(
     });
     info!(host, epoch = outbox.epoch, backlog = outbox.backlog(), url = config.broker.url, "fleet agent starting");
     let agent = Agent {
-        config: config.clone(),
+        user: config.broker.user(),
+        config,
+        settings,
         host,
         hostname: hostname(),
         epoch: outbox.epoch,
-        user: config.broker.user(),
         store: Mutex::new(store),
         stored,
         bans,
@@ -175,6 +179,8 @@ pub(crate) fn start(
 
 struct Agent {
     config: FleetConfig,
+    /// Replaced on SIGHUP; taken up at the next connection.
+    settings: tokio::sync::watch::Receiver<FleetConfig>,
     host: String,
     hostname: String,
     epoch: i64,
@@ -189,6 +195,13 @@ struct Agent {
     started: Instant,
 }
 
+/// Why a connected session ended without an error.
+enum SessionEnd {
+    Stopped,
+    /// The settings were replaced: connect again with them.
+    Reconfigured,
+}
+
 /// A connected session's channels.
 struct Session {
     connection: Connection,
@@ -201,11 +214,17 @@ impl Agent {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(self, stop: Stop) -> anyhow::Result<()> {
+    async fn run(mut self, stop: Stop) -> anyhow::Result<()> {
         let mut failures = 0u32;
         loop {
             if stop.is_stopped() {
                 return Ok(());
+            }
+            if self.settings.has_changed().unwrap_or(false) {
+                self.config = self.settings.borrow_and_update().clone();
+                self.user = self.config.broker.user();
+                failures = 0;
+                info!(url = self.config.broker.url, "fleet: settings replaced; connecting with them");
             }
             self.cap_backlog();
             let outcome = match before_deadline(Instant::now(), "setting up the session", self.connect()).await {
@@ -218,7 +237,8 @@ impl Agent {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(()) => return Ok(()),
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(SessionEnd::Reconfigured) => continue,
                 Err(e) => {
                     let error = format!("{e:#}");
                     if failures == 0 {
@@ -231,8 +251,11 @@ impl Agent {
                 }
             }
             failures = failures.saturating_add(1);
+            let mut settings = self.settings.clone();
             tokio::select! {
                 _ = stop.stopped() => return Ok(()),
+                // New settings are tried at once, not after the backoff the old ones earned.
+                Ok(()) = settings.changed() => {}
                 _ = tokio::time::sleep(backoff(failures)) => {}
             }
         }
@@ -271,12 +294,17 @@ impl Agent {
     }
 
     /// Sends until stopped (Ok) or until the link fails (Err).
-    async fn serve(&self, mut session: Session, stop: &Stop) -> anyhow::Result<()> {
+    async fn serve(&self, mut session: Session, stop: &Stop) -> anyhow::Result<SessionEnd> {
         let mut next_heartbeat = Instant::now();
+        let mut settings = self.settings.clone();
         loop {
             if stop.is_stopped() {
                 let _ = session.connection.close(200, "stopping".into()).await;
-                return Ok(());
+                return Ok(SessionEnd::Stopped);
+            }
+            if settings.has_changed().unwrap_or(false) {
+                let _ = session.connection.close(200, "reconnecting with new settings".into()).await;
+                return Ok(SessionEnd::Reconfigured);
             }
             if Instant::now() >= next_heartbeat {
                 self.send_heartbeat(&session.publish).await?;
@@ -296,6 +324,7 @@ impl Agent {
                     None => anyhow::bail!("the broker cancelled the ban consumer"),
                 },
                 _ = self.stored.notified(), if sent < TURN => {}
+                Ok(()) = settings.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
