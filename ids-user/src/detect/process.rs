@@ -41,17 +41,7 @@ pub struct Ancestor {
 /// `(comm, ppid)` from `/proc/PID/stat`; the name is between the first `(` and the last `)`.
 pub fn proc_stat(pid: u32) -> Option<(String, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-}
-
-pub fn parse_stat(text: &str) -> Option<(String, u32)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let mut rest = text.get(close + 1..)?.split_ascii_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    crate::process::procfs::parse_stat(&text)
 }
 
 /// The ancestors of a process whose parent is `ppid`, nearest first, ending at the first web
@@ -102,12 +92,6 @@ mod tests {
             assert!(!is_web_server(name), "{name}");
         }
         assert!(is_shell("/bin/sh") && is_shell("/usr/bin/bash") && !is_shell("/usr/bin/id"));
-    }
-
-    #[test]
-    fn stat_with_spaces_and_parentheses_in_the_name() {
-        assert_eq!(parse_stat("42 (a) b) c) S 7 42 42 0"), Some(("a) b) c".into(), 7)));
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]

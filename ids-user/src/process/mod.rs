@@ -12,7 +12,7 @@
 mod cgroup;
 pub(crate) mod exe_hash;
 pub(crate) mod login;
-mod procfs;
+pub(crate) mod procfs;
 mod users;
 
 use std::collections::{HashMap, VecDeque};

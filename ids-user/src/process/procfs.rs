@@ -53,7 +53,8 @@ pub(super) fn read(pid: u32) -> Option<Found> {
 }
 
 /// `(comm, ppid)` of a `/proc/PID/stat` line: the name sits between the first `(` and the last `)`.
-pub(super) fn parse_stat(text: &str) -> Option<(String, u32)> {
+/// The command name and parent pid of a `/proc/PID/stat` line (the name may hold `)` and spaces).
+pub(crate) fn parse_stat(text: &str) -> Option<(String, u32)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_string();
