@@ -144,8 +144,10 @@ fn the_package_installs_into_a_scratch_root_and_its_purge_removes_the_state() {
     let scratch = Scratch::new("/var/tmp", "package-root");
     let root = scratch_root(&scratch);
     let root_arg = format!("--root={}", root.display());
+    // dpkg logs to the host's /var/log/dpkg.log unless told otherwise.
+    let log_arg = format!("--log={}", scratch.0.join("dpkg.log").display());
     // The scratch database has no libc6: its dependencies are the host's business.
-    let install = run(Command::new("dpkg").args([&root_arg, "--force-depends", "-i"]).arg(&deb));
+    let install = run(Command::new("dpkg").args([&root_arg, &log_arg, "--force-depends", "-i"]).arg(&deb));
     assert!(install.status.success(), "dpkg -i: {}", text(&install));
     assert!(!text(&install).contains("postinst"), "the postinst complained: {}", text(&install));
     let status =
@@ -218,11 +220,11 @@ fn the_package_installs_into_a_scratch_root_and_its_purge_removes_the_state() {
     fs::write(root.join("var/lib/ids/ids.db"), "state").unwrap();
     fs::create_dir_all(root.join("var/log/ids")).unwrap();
     fs::write(root.join("var/log/ids/events.jsonl"), "{}\n").unwrap();
-    let remove = run(Command::new("dpkg").args([&root_arg, "--remove", "ids"]));
+    let remove = run(Command::new("dpkg").args([&root_arg, &log_arg, "--remove", "ids"]));
     assert!(remove.status.success(), "dpkg --remove: {}", text(&remove));
     assert!(!installed.exists() && config.exists(), "remove keeps the conffiles and only them");
     assert!(root.join("var/lib/ids/ids.db").exists(), "remove must keep the state");
-    let purge = run(Command::new("dpkg").args([&root_arg, "--purge", "ids"]));
+    let purge = run(Command::new("dpkg").args([&root_arg, &log_arg, "--purge", "ids"]));
     assert!(purge.status.success(), "dpkg --purge: {}", text(&purge));
     for gone in ["var/lib/ids", "var/log/ids", CONFIG, "etc/ids"] {
         assert!(!root.join(gone).exists(), "{gone} survived the purge");
