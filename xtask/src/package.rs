@@ -148,7 +148,10 @@ fn packaged_config(default: &str) -> Result<String> {
         default.matches(DEFAULT_EVENTS_LOG).count() == 1,
         "`ids config default` no longer holds the events_log setting the package rewrites:\n{DEFAULT_EVENTS_LOG}"
     );
-    Ok(default.replace(DEFAULT_EVENTS_LOG, PACKAGED_EVENTS_LOG))
+    Ok(format!(
+        "# Installed by the ids Debian package: the embedded default, events_log excepted.\n{}",
+        default.replace(DEFAULT_EVENTS_LOG, PACKAGED_EVENTS_LOG)
+    ))
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -318,7 +321,7 @@ fn linked_crates(root: &Path) -> Result<Vec<String>> {
         .filter(|package| package["source"].is_string())
         // Procedural macros run in the compiler; none is linked.
         .filter(|package| {
-            !package["targets"].as_array().into_iter().flatten().all(|target| {
+            !package["targets"].as_array().into_iter().flatten().any(|target| {
                 target["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|kind| kind == "proc-macro"))
             })
         })
