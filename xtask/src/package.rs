@@ -337,3 +337,37 @@ fn linked_crates(root: &Path) -> Result<Vec<String>> {
     crates.sort();
     Ok(crates)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHANGELOG: &str = "ids (0.2.0) unstable; urgency=medium\n\n  * Change.\n\n -- A Maintainer <a@example.org>  Sat, 05 Dec 2026 09:00:00 +0000\n";
+
+    #[test]
+    fn the_maintainer_is_that_of_the_entry_for_the_crate_version() {
+        assert_eq!(changelog_maintainer(CHANGELOG, "0.2.0").unwrap(), "A Maintainer <a@example.org>");
+        let stale = changelog_maintainer(CHANGELOG, "0.3.0").unwrap_err().to_string();
+        assert!(stale.contains("add an entry for 0.3.0"), "{stale}");
+        let unsigned = changelog_maintainer("ids (0.2.0) unstable; urgency=medium\n", "0.2.0").unwrap_err();
+        assert!(unsigned.to_string().contains("NAME <EMAIL>"), "{unsigned}");
+    }
+
+    #[test]
+    fn the_packaged_configuration_moves_the_events_log_and_nothing_else() {
+        let default = format!("watch = []\n\n{DEFAULT_EVENTS_LOG}\nstate_dir = \"/var/lib/ids\"\n");
+        let packaged = packaged_config(&default).unwrap();
+        assert!(packaged.contains("\nevents_log = \"/var/log/ids/events.jsonl\"\n"), "{packaged}");
+        assert!(!packaged.contains("events_log = \"-\""), "{packaged}");
+        assert!(packaged.ends_with("\nstate_dir = \"/var/lib/ids\"\n"), "{packaged}");
+        let moved = packaged_config("events_log = \"/elsewhere\"\n").unwrap_err().to_string();
+        assert!(moved.contains("no longer holds the events_log setting"), "{moved}");
+    }
+
+    #[test]
+    fn the_shipped_changelog_is_for_the_crate_version() {
+        let root = crate::workspace_root();
+        let changelog = read(&root.join("packaging/deb/changelog")).unwrap();
+        changelog_maintainer(&changelog, &crate_version(&root).unwrap()).unwrap();
+    }
+}
