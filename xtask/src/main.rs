@@ -1,8 +1,10 @@
-//! `cargo xtask`: setup, build, run, test, vm-test and bench for the `ids` workspace. Installs what
-//! a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages) before it builds.
+//! `cargo xtask`: setup, build, run, test, package, vm-test and bench for the `ids` workspace.
+//! Installs what a fresh machine lacks (rust-src for nightly, bpf-linker 0.10.4, Debian packages)
+//! before it builds.
 mod bench;
 mod fuzz;
 mod modules;
+mod package;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "python3-pika",
     "openssh-server",
+    // The package (`cargo xtask package`) and its test: dpkg-shlibdeps for its Depends, man-db and
+    // groff to render its man pages, procps for the unit's /bin/kill.
+    "dpkg-dev",
+    "man-db",
+    "procps",
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",
@@ -71,6 +78,8 @@ enum Task {
     Lint,
     /// Every test tier: unit, host integration (root), the VM tier, then every fuzz target.
     Test,
+    /// Build the binary, then the Debian package target/debian/ids_<version>_<arch>.deb.
+    Package,
     /// The VM tier alone: Debian's stock kernel under QEMU with LSM and fentry hooks.
     VmTest,
     /// Benchmarks; figures are appended to BENCHMARKS.md.
@@ -118,6 +127,8 @@ fn run() -> Result<()> {
         Task::Test => {
             setup()?;
             build(&root)?;
+            // The package test (tests/tests/package.rs) installs this package into a scratch root.
+            package::build(&root)?;
             // Release profile: shares the build (and its eBPF object) with the binary the tests start.
             status(Command::new("cargo").current_dir(&root).args([
                 "test",
@@ -139,6 +150,11 @@ fn run() -> Result<()> {
             ]))?;
             vm::run(&root)?;
             fuzz::run(&root, FUZZ_SECONDS_IN_TEST, &[])
+        }
+        Task::Package => {
+            setup()?;
+            build(&root)?;
+            package::build(&root).map(drop)
         }
         Task::VmTest => {
             setup()?;

@@ -4,6 +4,7 @@
 //! fleet's central commands `ids collect`, `ids fleet ...` (`cli/fleet.rs`).
 mod bans;
 mod fleet;
+mod reference;
 mod tinyids;
 
 use std::path::PathBuf;
@@ -174,6 +175,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print the completion script for a shell: bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (section 8) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,6 +484,8 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("ok");
         }
+        Command::Completions { shell } => self::reference::completions(shell)?,
+        Command::Manpages { dir } => self::reference::manpages(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
