@@ -172,6 +172,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("ids {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// `ids diff --json` against this daemon (see [`diff_json`]).
+    pub fn diff(&self) -> Value {
+        diff_json(&self.config)
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.events)
@@ -225,6 +230,18 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `ids diff --json --config config` and returns its JSON, asserting its exit status says
+/// what the JSON does: 0 when nothing differs from the baseline, 1 when something does.
+pub fn diff_json(config: &Path) -> Value {
+    let out = Command::new(ids_bin()).args(["diff", "--json", "--config"]).arg(config).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let diff: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ids diff printed no JSON ({e}): {said}"));
+    let changed = ["added", "removed", "changed"].iter().any(|k| diff[*k].as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(out.status.code(), Some(i32::from(changed)), "ids diff: {said}");
+    diff
 }
 
 /// Runs a command and panics with its output if it fails.

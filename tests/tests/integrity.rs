@@ -244,7 +244,7 @@ fn integrity_follows_concurrent_changes_and_matches_a_fresh_hash() {
     assert_eq!(baseline["ok"], true, "{baseline}");
     assert_eq!(baseline["source"], "daemon", "{baseline}");
     assert_eq!(baseline["aggregate"], status["aggregate"], "{baseline}");
-    let empty = daemon.ids_json(&["diff"]);
+    let empty = daemon.diff();
     assert!(diff_ids(&empty).is_empty(), "diff right after the baseline: {empty}");
     let before = snapshot(&[&disk.0, &memory.0]);
     // Make every later change visible in mtime even on a coarse clock.
@@ -276,7 +276,7 @@ fn integrity_follows_concurrent_changes_and_matches_a_fresh_hash() {
     }
 
     let status = wait_consistent(&daemon, "after the changes");
-    let diff = daemon.ids_json(&["diff"]);
+    let diff = daemon.diff();
     let named = diff_ids(&diff);
     let missing: Vec<&String> = expected.difference(&named).collect();
     let extra: Vec<&String> = named.difference(&expected).collect();
@@ -382,7 +382,7 @@ fn baseline_and_diff_without_a_daemon_scan_now() {
     assert_eq!(baseline["aggregate"], ids(&["hash"])["aggregate"], "{baseline}");
     fs::write(watched.0.join("a"), b"alphb").unwrap();
     fs::rename(watched.0.join("b"), watched.0.join("c")).unwrap();
-    let diff = ids(&["diff"]);
+    let diff = ids_tests::diff_json(&config);
     let p = |n: &str| format!("file:{}", watched.0.join(n).display());
     assert_eq!(diff["added"], serde_json::json!([{"collector": "file_contents", "id": p("c")}]), "{diff}");
     assert_eq!(diff["removed"], serde_json::json!([{"collector": "file_contents", "id": p("b")}]), "{diff}");

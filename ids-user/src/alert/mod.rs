@@ -29,6 +29,23 @@ pub(crate) enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub(crate) const NAMES: [&'static str; 4] = ["low", "medium", "high", "critical"];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<Severity> {
+        [Severity::Low, Severity::Medium, Severity::High, Severity::Critical].into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// An alert: when, and what of which kind.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Alert {
@@ -273,6 +290,18 @@ impl Alert {
 }
 
 impl AlertRow {
+    /// How much a stored alert matters: a detector gives its own severity; a change that no
+    /// kernel event explained (`sensor_miss`) or a TinyIDS server that disagrees is high, a
+    /// change the sensor saw is medium, a ban (the answer to something already alerted) is low.
+    pub(crate) fn severity(&self) -> Severity {
+        match self.kind.as_str() {
+            "detect" => self.what["severity"].as_str().and_then(Severity::parse).unwrap_or(Severity::Medium),
+            "sensor_miss" | "remote_check" => Severity::High,
+            "ban" => Severity::Low,
+            _ => Severity::Medium,
+        }
+    }
+
     /// The alert as the events log wrote it (`{"time", "kind", ...}`), rebuilt from its row: what
     /// the fleet sends of each stored alert.
     pub(crate) fn to_alert_json(&self) -> serde_json::Value {

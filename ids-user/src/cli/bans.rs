@@ -1,4 +1,4 @@
-//! `ids ban`, `ids unban`, `ids bans`, `ids alerts`: through the daemon's control socket, or, when
+//! `ids ban`, `ids unban`, `ids bans`: through the daemon's control socket, or, when
 //! no daemon answers, on the store directly (bans then take effect when the daemon starts).
 //!
 //! Every answer is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`; `--json` prints
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::alert::AlertSink;
 use crate::bans::{BanNet, Bans};
+use crate::cli::render::{self, Table};
 use crate::cli::with_root_hint;
 use crate::config::Config;
 use crate::control::bans::{BULK_MARKER, answer, duration_of, parse_nets};
@@ -101,7 +102,7 @@ fn print(response: &Value, json: bool, human: impl Fn(&Value) -> String) -> anyh
 
 fn until(expires: &Value) -> String {
     match expires.as_str() {
-        Some(time) => format!("until {time}"),
+        Some(time) => format!("until {}", render::when(time, std::time::SystemTime::now())),
         None => "permanently".into(),
     }
 }
@@ -265,80 +266,25 @@ pub fn unban(config: &Config, nets: Vec<String>, json: bool) -> anyhow::Result<E
 pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let response = exchange(config, vec![Request::Bans])?;
     print(&response, json, |r| {
-        let mut out = format!(
-            "{:<40} {:<14} {:<28} {:>10} {:>12}  {}\n",
-            "address", "source", "expires", "packets", "bytes", "reason"
-        );
+        let now = std::time::SystemTime::now();
+        let mut table =
+            Table::new(&["address", "source", "expires", "packets", "bytes", "reason"]).right(&["packets", "bytes"]);
         for ban in r["data"].as_array().into_iter().flatten() {
-            out += &format!(
-                "{:<40} {:<14} {:<28} {:>10} {:>12}  {}\n",
-                ban["net"].as_str().unwrap_or("?"),
-                ban["source"].as_str().unwrap_or("?"),
-                ban["expires"].as_str().unwrap_or("permanent"),
-                ban["packets"],
-                ban["bytes"],
-                ban["reason"].as_str().unwrap_or(""),
-            );
+            table.row(vec![
+                ban["net"].as_str().unwrap_or("?").into(),
+                ban["source"].as_str().unwrap_or("?").into(),
+                render::expiry(ban["expires"].as_str(), now).into(),
+                ban["packets"].to_string().into(),
+                ban["bytes"].to_string().into(),
+                ban["reason"].as_str().unwrap_or("").into(),
+            ]);
         }
+        let mut out = table.render(render::stdout_colour());
         if r["daemon"] == false {
             out += "the daemon is not running: counters are the last it stored\n";
         }
         out
     })
-}
-
-pub fn alerts(
-    config: &Config,
-    limit: usize,
-    filter: crate::store::AlertFilter,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let response = exchange(config, vec![Request::Alerts { limit, kinds: filter.kinds, since: filter.since }])?;
-    print(&response, json, |r| {
-        let mut out = format!("{:<28} {:<12} {:<16} {:<40} {}\n", "time", "kind", "source", "item", "what");
-        for alert in r["data"].as_array().into_iter().flatten() {
-            out += &format!(
-                "{:<28} {:<12} {:<16} {:<40} {}\n",
-                alert["time"].as_str().unwrap_or("?"),
-                alert["kind"].as_str().unwrap_or("?"),
-                alert["source"].as_str().unwrap_or("?"),
-                alert["item"].as_str().unwrap_or("?"),
-                what_of(alert),
-            );
-        }
-        if r["daemon"] == false {
-            out += &format!(
-                "no daemon answered on {}: these alerts were read from {}\n",
-                config.control_socket().display(),
-                config.database().display()
-            );
-        }
-        out
-    })
-}
-
-/// The last column of `ids alerts`: for a change, what changed and who changed it
-/// (`content changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2`); else the JSON.
-fn what_of(alert: &serde_json::Value) -> String {
-    let what = &alert["what"];
-    let kind = alert["kind"].as_str().unwrap_or_default();
-    if kind != "integrity" && kind != "sensor_miss" {
-        return what.to_string();
-    }
-    let attributes: Vec<&str> =
-        what["attributes"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_str).collect();
-    let mut line = match what["change"].as_str().unwrap_or("changed") {
-        "changed" if !attributes.is_empty() => format!("{} changed", attributes.join(", ")),
-        change => change.to_string(),
-    };
-    if let Some(writer) = what["changed_by"].get(0) {
-        line += &format!(" by {}", crate::process::one_line(&writer["process"]));
-        let more = what["changed_by"].as_array().map_or(0, |all| all.len() - 1);
-        if more > 0 {
-            line += &format!(" (+{more} more)");
-        }
-    }
-    line
 }
 
 /// `ids xdp detach`: removes the pinned links (the program leaves the interfaces) and maps.
@@ -472,27 +418,11 @@ mod tests {
         assert_eq!(answer(&mut bans, &Request::Bans)["data"].as_array().unwrap().len(), 2);
         let unbanned = answer(&mut bans, &Request::Unban { nets: vec!["10.0.0.1".into()] });
         assert_eq!(unbanned["data"][0]["removed"], true, "{unbanned}");
-        let alerts = answer(&mut bans, &Request::Alerts { limit: 5, kinds: Vec::new(), since: None });
+        let alerts = answer(
+            &mut bans,
+            &Request::Alerts { limit: 5, kinds: Vec::new(), since: None, min_severity: None, after_id: None },
+        );
         assert_eq!(alerts["ok"], true);
         assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
-    }
-
-    #[test]
-    fn a_change_reads_as_what_changed_and_who_changed_it() {
-        let alert = serde_json::json!({"kind": "integrity", "what": {
-            "change": "changed", "attributes": ["content", "mode"],
-            "changed_by": [
-                {"operation": "write", "process": {"pid": 812, "comm": "vim", "ancestors": [
-                    {"pid": 700, "comm": "bash"}, {"pid": 690, "comm": "sshd"}, {"pid": 1, "comm": "systemd"}],
-                    "login": {"service": "sshd", "user": "alice", "from": "198.18.0.2", "port": 5, "pid": 690}}},
-                {"operation": "attrib", "process": {"pid": 9, "comm": "chmod", "ancestors": []}}]}});
-        assert_eq!(
-            what_of(&alert),
-            "content, mode changed by vim (pid 812) ← bash ← sshd: alice from 198.18.0.2 (+1 more)"
-        );
-        let added = serde_json::json!({"kind": "integrity", "what": {"change": "added", "attributes": []}});
-        assert_eq!(what_of(&added), "added");
-        let ban = serde_json::json!({"kind": "ban", "what": {"offence": 1}});
-        assert_eq!(what_of(&ban), r#"{"offence":1}"#);
     }
 }

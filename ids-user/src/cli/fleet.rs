@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::render::{self, Cell, Style, Table};
 use crate::bans::BanNet;
 use crate::fleet::central::{AlertFilter, AlertRecord, CentralStore, HostRecord, rfc3339};
 use crate::fleet::collector;
@@ -22,6 +23,7 @@ pub(super) enum FleetCommand {
     Hosts {
         #[command(flatten)]
         common: super::Common,
+        /// Print {"ok", "data": [{"host", "hostname", "status", "last_seen", "last_seq", "gaps", "backlog", ...}]}.
         #[arg(long)]
         json: bool,
     },
@@ -31,6 +33,7 @@ pub(super) enum FleetCommand {
     Bans {
         #[command(flatten)]
         common: super::Common,
+        /// Print {"ok", "data": [{"rev", "action", "net", "reason", "origin", "expires", "time"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -49,6 +52,7 @@ pub(super) enum FleetCommand {
         /// Allow prefixes broader than /8 (IPv4) or /16 (IPv6).
         #[arg(long)]
         force: bool,
+        /// Print {"ok", "data": the decision, with "published"} or {"ok": false, "error"}.
         #[arg(long)]
         json: bool,
     },
@@ -56,7 +60,9 @@ pub(super) enum FleetCommand {
     Unban {
         #[command(flatten)]
         common: super::Common,
+        /// ADDR or ADDR/PREFIX, as banned.
         net: String,
+        /// Print {"ok", "data": the decision, with "published" and "was_active"} or {"ok": false, "error"}.
         #[arg(long)]
         json: bool,
     },
@@ -81,6 +87,8 @@ pub(super) struct AlertsArgs {
     /// Keep printing new alerts as they are stored, until interrupted.
     #[arg(long)]
     follow: bool,
+    /// Print {"ok", "data": [{"host", "hostname", "epoch", "seq", "time", "kind", "alert"}]}; with
+    /// --follow, one such line per poll that found alerts.
     #[arg(long)]
     json: bool,
 }
@@ -335,24 +343,28 @@ fn human_hosts(data: &Value) -> String {
     if hosts.is_empty() {
         return "no hosts yet\n".into();
     }
-    let mut out = format!(
-        "{:<24} {:<24} {:<7} {:>10} {:>8} {:>8}  {:<27}  {}\n",
-        "host", "hostname", "status", "last_seq", "gaps", "backlog", "last_seen", "aggregate"
-    );
+    let now = SystemTime::now();
+    let mut table =
+        Table::new(&["host", "hostname", "status", "last_seq", "gaps", "backlog", "last_seen", "aggregate"])
+            .right(&["last_seq", "gaps", "backlog"]);
     for host in hosts {
-        out += &format!(
-            "{:<24} {:<24} {:<7} {:>10} {:>8} {:>8}  {:<27}  {}\n",
-            host.host,
-            host.hostname,
-            host.status,
-            host.last_seq,
-            host.gaps,
-            host.backlog,
-            host.last_seen,
-            host.aggregate.as_deref().map(|a| a.chars().take(16).collect::<String>()).unwrap_or_else(|| "-".into()),
-        );
+        let status = if host.status == "ok" { Style::Plain } else { Style::Red };
+        table.row(vec![
+            host.host.into(),
+            host.hostname.into(),
+            Cell::styled(host.status, status),
+            host.last_seq.to_string().into(),
+            host.gaps.to_string().into(),
+            host.backlog.to_string().into(),
+            render::when(&host.last_seen, now).into(),
+            host.aggregate
+                .as_deref()
+                .map(|a| a.chars().take(16).collect::<String>())
+                .unwrap_or_else(|| "-".into())
+                .into(),
+        ]);
     }
-    out
+    table.render(render::stdout_colour())
 }
 
 /// One line per alert: time, host, kind, and the alert's gist.
@@ -361,9 +373,9 @@ fn human_alerts(data: &Value) -> String {
     for alert in data.as_array().into_iter().flatten() {
         let body = &alert["alert"];
         let gist = match text(alert, "kind") {
-            "detect" => format!("{} {} from {}", text(body, "detector"), text(body, "rule"), text(body, "source")),
-            "ban" => format!("banned {} ({}): {}", text(body, "net"), text(body, "source"), text(body, "reason")),
-            "integrity" | "sensor_miss" => format!("{} {}", text(body, "change"), text(body, "id")),
+            "detect" | "ban" | "integrity" | "sensor_miss" | "remote_check" => {
+                super::alerts::summary(body, SystemTime::now())
+            }
             "host_silent" => format!("no heartbeat since {}", text(body, "last_heartbeat")),
             "host_back" => "heartbeats again".to_string(),
             _ => {
@@ -371,7 +383,9 @@ fn human_alerts(data: &Value) -> String {
                 compact.chars().take(100).collect()
             }
         };
-        out += &format!("{}  {:<20} {:<12} {}\n", text(alert, "time"), text(alert, "host"), text(alert, "kind"), gist);
+        let time = render::parse_time(text(alert, "time"))
+            .map_or_else(|| text(alert, "time").to_string(), |time| render::local(time, false));
+        out += &format!("{time}  {:<20} {:<12} {}\n", text(alert, "host"), text(alert, "kind"), gist);
     }
     out
 }
@@ -381,19 +395,18 @@ fn human_bans(data: &Value) -> String {
     if bans.is_empty() {
         return "no fleet bans in force\n".into();
     }
-    let mut out = format!("{:>6}  {:<40} {:<11} {:<28} {}\n", "rev", "net", "origin", "expires", "reason");
+    let now = SystemTime::now();
+    let mut table = Table::new(&["rev", "net", "origin", "expires", "reason"]).right(&["rev"]);
     for ban in bans {
-        let expires = ban["expires"].as_str().unwrap_or("permanent");
-        out += &format!(
-            "{:>6}  {:<40} {:<11} {:<28} {}\n",
-            number(ban, "rev"),
-            text(ban, "net"),
-            text(ban, "origin"),
-            expires,
-            text(ban, "reason")
-        );
+        table.row(vec![
+            number(ban, "rev").into(),
+            text(ban, "net").into(),
+            text(ban, "origin").into(),
+            render::expiry(ban["expires"].as_str(), now).into(),
+            text(ban, "reason").into(),
+        ]);
     }
-    out
+    table.render(render::stdout_colour())
 }
 
 fn human_decision(data: &Value) -> String {

@@ -1,10 +1,13 @@
 //! Command line: `ids run`, `ids status`, `ids hash`, `ids baseline`, `ids diff`, `ids config`,
-//! the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `alerts`, `xdp detach`)
+//! the ban commands of `crate::bans::cli` (`ids ban`, `unban`, `bans`, `xdp detach`), `ids alerts`
+//! (`cli/alerts.rs`; tables and times for people in `cli/render.rs`),
 //! the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`), and the
 //! fleet's central commands `ids collect`, `ids fleet ...` (`cli/fleet.rs`).
+mod alerts;
 mod bans;
 mod fleet;
 mod reference;
+mod render;
 mod tinyids;
 
 use std::path::PathBuf;
@@ -22,6 +25,33 @@ use crate::store::{Store, StoredItem};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: Verbosity,
+}
+
+/// How much the commands that log (`run`, `serve`, `collect`) log; `IDS_LOG` (a tracing filter,
+/// `IDS_LOG=debug`) wins when it is set.
+#[derive(Debug, Args)]
+struct Verbosity {
+    /// Log more: -v debug, -vv trace (`IDS_LOG`, when set, wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Log less: -q warnings and errors, -qq errors only (`IDS_LOG`, when set, wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+}
+
+impl Verbosity {
+    /// The tracing level these flags ask for (`info` without either).
+    fn level(&self) -> &'static str {
+        match (self.verbose, self.quiet) {
+            (0, 0) => "info",
+            (1, _) => "debug",
+            (2.., _) => "trace",
+            (_, 1) => "warn",
+            (_, _) => "error",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -46,15 +76,18 @@ impl Common {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sensor (root).
+    #[command(after_help = RUN_EXAMPLES)]
     Run {
         #[command(flatten)]
         common: Common,
     },
-    /// Show the running daemon's hooks and counters.
+    /// Show the running daemon's health, hooks and counters.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status {
         #[command(flatten)]
         common: Common,
-        /// Print JSON instead of a table.
+        /// Print the daemon's status object as JSON (docs/cli.md, "The status object"), or
+        /// {"ok": false, "error"} when no daemon answers.
         #[arg(long)]
         json: bool,
     },
@@ -68,6 +101,7 @@ enum Command {
     },
     /// Accept the current state as the baseline: through the running daemon (its current
     /// items), or, when no daemon answers, by scanning now and storing the result.
+    #[command(after_help = BASELINE_EXAMPLES)]
     Baseline {
         #[command(flatten)]
         common: Common,
@@ -76,15 +110,20 @@ enum Command {
         json: bool,
     },
     /// Items added, removed and changed since the baseline (and which attributes changed):
-    /// the running daemon's state, or, when no daemon answers, a scan made now.
+    /// the running daemon's state, or, when no daemon answers, a scan made now. Exits 0 when
+    /// nothing changed, 1 when something did, 2 on trouble (no baseline yet, no database), as
+    /// diff(1) does.
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff {
         #[command(flatten)]
         common: Common,
-        /// Print JSON: {"added": [{"collector", "id"}], "removed": [...], "changed": [{..., "attributes"}]}.
+        /// Print JSON: {"added": [{"collector", "id"}], "removed": [...], "changed": [{..., "attributes"}],
+        /// "baseline_items"}; the exit status is the same.
         #[arg(long)]
         json: bool,
     },
     /// Ban an address or prefix (dropped in XDP); through the daemon, or in the store when it is down.
+    #[command(after_help = BAN_EXAMPLES)]
     Ban {
         #[command(flatten)]
         common: Common,
@@ -110,34 +149,26 @@ enum Command {
     Unban {
         #[command(flatten)]
         common: Common,
+        /// ADDR or ADDR/PREFIX, as banned (several allowed).
         #[arg(required = true)]
         nets: Vec<String>,
+        /// Print {"ok", "data": [{"net", "removed", "ban"}]} or {"ok": false, "error"}.
         #[arg(long)]
         json: bool,
     },
     /// List bans with their hit counters.
+    #[command(after_help = BANS_EXAMPLES)]
     Bans {
         #[command(flatten)]
         common: Common,
+        /// Print {"ok", "data": [{"id", "net", "reason", "source", "created", "expires", "packets", "bytes"}]}
+        /// (times in RFC 3339 UTC, `expires` null when permanent).
         #[arg(long)]
         json: bool,
     },
-    /// Show the most recent alerts.
-    Alerts {
-        #[command(flatten)]
-        common: Common,
-        /// How many.
-        #[arg(short = 'n', default_value_t = 20)]
-        n: usize,
-        /// Only alerts of this kind (repeatable).
-        #[arg(long, value_parser = ["integrity", "sensor_miss", "detect", "remote_check", "ban"])]
-        kind: Vec<String>,
-        /// Only alerts raised within this long (`10m`, `2h`, `1d`).
-        #[arg(long, value_parser = since_duration)]
-        since: Option<std::time::Duration>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show the alerts: the most recent, those of some kinds or severity, new ones as they come
+    /// (--follow), or one whole (`ids alerts show ID`).
+    Alerts(self::alerts::AlertsArgs),
     /// The XDP program's pinned state.
     Xdp {
         #[command(subcommand)]
@@ -177,12 +208,16 @@ enum Command {
     },
     /// Print the completion script for a shell: bash, zsh, fish, elvish or powershell.
     Completions {
+        /// The shell the script is for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Write the man pages (section 8) into DIR.
     #[command(hide = true)]
-    Manpages { dir: PathBuf },
+    Manpages {
+        /// Directory the pages are written to (made if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +226,7 @@ enum XdpCommand {
     Detach {
         #[command(flatten)]
         common: Common,
+        /// Print {"ok", "data": {"pin_dir", "removed": [...]}} or {"ok": false, "error"}.
         #[arg(long)]
         json: bool,
     },
@@ -206,7 +242,9 @@ enum RulesCommand {
         /// The log's format: sshd, nginx or apache.
         #[arg(long)]
         kind: String,
+        /// The log file to run through the rules.
         file: PathBuf,
+        /// Print {"path", "kind", "lines", "lines_cut", "matched_lines", "rules": [[rule, lines]], "seconds"}.
         #[arg(long)]
         json: bool,
     },
@@ -237,6 +275,39 @@ enum ConfigCommand {
         common: Common,
     },
 }
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  ids run                            with /etc/ids/ids.toml, or the embedded default
+  ids run -c /etc/ids/ids.toml -v    with debug logs (IDS_LOG=debug is the same, and wins)";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  ids status                         health line, hooks, counters
+  ids status --json | jq .signals    the same for a script";
+
+const BASELINE_EXAMPLES: &str = "\
+Examples:
+  ids baseline                       accept the current state (then `ids diff` is empty)
+  ids baseline --json";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  ids diff                           what changed since `ids baseline`
+  ids diff --json | jq '.changed[].id'
+  ids diff >/dev/null || echo changed   exit status: 0 same, 1 changed, 2 trouble";
+
+const BAN_EXAMPLES: &str = "\
+Examples:
+  ids ban 192.0.2.7 --for 1h --reason 'ssh scan'
+  ids ban 2001:db8::/48 198.51.100.0/24 --for 7d
+  ids ban --file blocklist.txt --for permanent
+  ids unban 192.0.2.7";
+
+const BANS_EXAMPLES: &str = "\
+Examples:
+  ids bans                           every ban, its expiry and what it dropped
+  ids bans --json | jq '.data[].net'";
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -295,6 +366,7 @@ pub(crate) fn with_root_hint(error: anyhow::Error) -> anyhow::Error {
 }
 
 fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+    LOG_LEVEL.get_or_init(|| cli.verbosity.level());
     match cli.command {
         Command::Run { common } => {
             anyhow::ensure!(
@@ -328,7 +400,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(with_root_hint);
             match (status, json) {
                 (Ok(status), true) => println!("{}", serde_json::to_string_pretty(&Answer::ok(&status))?),
-                (Ok(status), false) => print!("{}", human_status(&status)),
+                (Ok(status), false) => print!("{}", human_status(&status, self::render::stdout_colour())),
                 // A script reading `--json` gets JSON, the failure included.
                 (Err(e), true) => {
                     println!("{}", serde_json::to_string_pretty(&control::refusal(format!("{e:#}")))?);
@@ -371,19 +443,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Diff { common, json } => {
-            let config = common.load_config()?;
-            let diff =
-                match runtime()?.block_on(control::try_call::<DiffAnswer>(&config.control_socket(), &Request::Diff))? {
-                    Some(answer) => answer.diff,
-                    None => offline_diff(&config)?,
-                };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&diff)?);
-            } else {
-                print!("{}", crate::integrity::diff::human(&diff));
-            }
-        }
+        Command::Diff { common, json } => return Ok(diff(&common, json)),
         Command::Ban { common, nets, file, duration, reason, force, json } => {
             let config = common.load_config()?;
             let args = self::bans::BanArgs { nets, file, duration, reason, force };
@@ -395,11 +455,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bans { common, json } => {
             return self::bans::list(&common.load_config()?, json);
         }
-        Command::Alerts { common, n, kind, since, json } => {
-            let since = since.map(|ago| crate::time::Timestamp::at(std::time::SystemTime::now() - ago).rfc3339());
-            let filter = crate::store::AlertFilter { kinds: kind, since };
-            return self::bans::alerts(&common.load_config()?, n, filter, json);
-        }
+        Command::Alerts(args) => return self::alerts::run(args),
         Command::Xdp { command: XdpCommand::Detach { common, json } } => {
             return self::bans::detach(&common.load_config()?, json);
         }
@@ -532,11 +588,58 @@ fn offline_baseline(config: &Config) -> anyhow::Result<BaselineReport> {
     })
 }
 
+/// What `ids diff` says when no baseline was ever accepted.
+const NO_BASELINE: &str = "no baseline yet: run `ids baseline`";
+
+/// `ids diff`: exits 0 when nothing changed, 1 when something did, 2 on trouble, as diff(1).
+fn diff(common: &Common, json: bool) -> ExitCode {
+    let result = (|| -> anyhow::Result<serde_json::Value> {
+        let config = common.load_config()?;
+        let answer = runtime()?
+            .block_on(control::try_call::<DiffAnswer>(&config.control_socket(), &Request::Diff))
+            .map_err(with_root_hint)?;
+        let diff = match answer {
+            Some(answer) => answer.diff,
+            None => offline_diff(&config)?,
+        };
+        // A daemon older than this CLI does not tell; its diff is shown as it is.
+        if diff["baseline_items"] == 0 {
+            anyhow::bail!("{NO_BASELINE}");
+        }
+        Ok(diff)
+    })();
+    let printed = match &result {
+        Ok(diff) if json => {
+            serde_json::to_string_pretty(diff).map(|text| println!("{text}")).map_err(|e| e.to_string())
+        }
+        Ok(diff) => {
+            print!("{}", crate::integrity::diff::human(diff));
+            Ok(())
+        }
+        Err(e) if json => {
+            println!("{}", control::refusal(format!("{e:#}")));
+            Ok(())
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    if let Err(e) = printed {
+        eprintln!("ids: {e}");
+    }
+    match result {
+        Ok(diff) => {
+            let changed =
+                ["added", "removed", "changed"].iter().any(|key| diff[*key].as_array().is_some_and(|a| !a.is_empty()));
+            ExitCode::from(u8::from(changed))
+        }
+        Err(_) => ExitCode::from(2),
+    }
+}
+
 /// `ids diff` with no daemon: the baseline against a scan made now (the database is not changed).
 fn offline_diff(config: &Config) -> anyhow::Result<serde_json::Value> {
     let database = config.database();
     if !database.exists() {
-        anyhow::bail!("no baseline: {} does not exist; run `ids baseline` first", database.display());
+        anyhow::bail!("{NO_BASELINE} (there is no database at {} yet)", database.display());
     }
     let baseline = Store::open(&database)?.baseline()?;
     let (_, items) = scan_items(config)?;
@@ -547,9 +650,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// The level `-v`/`-q` asked for, set once the command line is read.
+static LOG_LEVEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 fn init_logging() {
+    let level = LOG_LEVEL.get().copied().unwrap_or("info");
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Logs go to stderr so that `events_log = "-"` keeps stdout for events.
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
@@ -605,21 +712,109 @@ fn human_hash(report: &crate::integrity::ScanReport) -> String {
     out
 }
 
-fn human_status(status: &StatusAnswer) -> String {
-    let mut out = format!("ids daemon pid {}, up {} s\n", status.pid, status.uptime_s);
-    out += &format!("{:<9} {:<52} {:>10} {:>8}\n", "signal", "hook", "received", "lost");
+/// What is wrong with the daemon, in words (none: healthy): hooks in fallback, events lost,
+/// bans not enforced, no baseline, outputs that fail (the events log, the alert store, the fleet).
+fn health(status: &StatusAnswer) -> Vec<String> {
+    let mut problems = Vec::new();
     for signal in &status.signals {
-        out += &format!("{:<9} {:<52} {:>10} {:>8}\n", signal.signal, signal.hook, signal.received, signal.lost);
+        // These signals have LSM hooks on stock kernels; anything else is the costlier fallback.
+        if ["exec", "file", "connect"].contains(&signal.signal.as_str()) && !signal.hook.starts_with("lsm:") {
+            problems.push(format!("{} hook in fallback ({})", signal.signal, signal.hook));
+        }
     }
-    out += &format!("incoming  {} on {}\n", status.incoming.hook, status.incoming.interfaces.join(", "));
+    let lost: Vec<String> =
+        status.signals.iter().filter(|s| s.lost > 0).map(|s| format!("{} {}", s.signal, s.lost)).collect();
+    if !lost.is_empty() {
+        let total: u64 = status.signals.iter().map(|s| s.lost).sum();
+        problems.push(format!("{total} events lost ({})", lost.join(", ")));
+    }
+    if status.detect.dropped > 0 {
+        problems.push(format!("{} events dropped by the detectors (queue full)", status.detect.dropped));
+    }
+    if status.xdp.scan_reports_dropped > 0 {
+        problems.push(format!("{} XDP scan reports dropped", status.xdp.scan_reports_dropped));
+    }
+    if status.xdp.interfaces.is_empty() {
+        problems.push("no XDP interface: bans are not enforced (see [xdp] interfaces)".into());
+    }
+    if status.integrity.baseline_items == Some(0) {
+        problems.push("no integrity baseline (run `ids baseline`)".into());
+    }
+    if status.events_log_errors > 0 {
+        problems.push(format!(
+            "events log failing: {} writes failed, {} lines lost",
+            status.events_log_errors, status.events_log_lines_lost
+        ));
+    }
+    let store = &status.alert_store;
+    if store.unstored > 0 || store.lost > 0 {
+        problems.push(format!("alert store failing: {} alerts waiting, {} lost", store.unstored, store.lost));
+    }
+    if let Some(fleet) = &status.fleet {
+        if !fleet.connected {
+            problems.push(format!("fleet not connected (backlog {})", fleet.backlog));
+        } else if fleet.backlog >= FLEET_BACKLOG_WORRY {
+            problems.push(format!("fleet backlog {}", fleet.backlog));
+        }
+        if fleet.dropped > 0 {
+            problems.push(format!("{} fleet alerts dropped unsent", fleet.dropped));
+        }
+    }
+    problems
+}
+
+/// A fleet backlog this long while connected means the broker is not keeping up.
+const FLEET_BACKLOG_WORRY: u64 = 1000;
+
+fn human_status(status: &StatusAnswer, colour: bool) -> String {
+    use self::render::{Cell, Style, Table};
+    let problems = health(status);
+    let mut out = if problems.is_empty() {
+        format!("{}\n", Style::Green.paint("healthy", colour))
+    } else {
+        format!("{} {}\n", Style::Red.paint("problems:", colour), problems.join("; "))
+    };
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(status.uptime_s);
+    out += &format!(
+        "ids daemon pid {}, up {} (since {})\n\n",
+        status.pid,
+        self::render::span(std::time::Duration::from_secs(status.uptime_s)),
+        self::render::local(started, false)
+    );
+    let mut signals = Table::new(&["signal", "hook", "received", "lost"]).right(&["received", "lost"]);
+    for signal in &status.signals {
+        let lost = Cell::styled(signal.lost.to_string(), if signal.lost > 0 { Style::Red } else { Style::Plain });
+        signals.row(vec![
+            signal.signal.as_str().into(),
+            signal.hook.as_str().into(),
+            signal.received.to_string().into(),
+            lost,
+        ]);
+    }
+    out += &signals.render(colour);
+    out.push('\n');
+
+    let mut facts = Table::new(&["", ""]).without_header();
+    let mut fact = |name: &str, text: String| facts.row(vec![name.into(), text.into()]);
+    let incoming = &status.incoming;
+    fact(
+        "incoming",
+        match incoming.interfaces.is_empty() {
+            true => format!("{} on no interface", incoming.hook),
+            false => format!("{} on {}", incoming.hook, incoming.interfaces.join(", ")),
+        },
+    );
     let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
     if modes.is_empty() {
-        out += &format!(
-            "bans      {} recorded, NOT enforced: the XDP filter is on no interface (see [xdp] interfaces)\n",
-            status.xdp.bans
+        fact(
+            "bans",
+            format!(
+                "{} recorded, NOT enforced: the XDP filter is on no interface (see [xdp] interfaces)",
+                status.xdp.bans
+            ),
         );
     } else {
-        out += &format!("bans      {} enforced in XDP on {}\n", status.xdp.bans, modes.join(", "));
+        fact("bans", format!("{} enforced in XDP on {}", status.xdp.bans, modes.join(", ")));
     }
     let errors: Vec<String> = status
         .errors
@@ -627,50 +822,173 @@ fn human_status(status: &StatusAnswer) -> String {
         .filter(|(_, count)| **count > 0)
         .map(|(program, count)| format!("{program} {count}"))
         .collect();
-    out +=
-        &format!("eBPF program errors: {}\n", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
-    out += &format!(
-        "watch     {} roots, {} inodes, {} unresolved records\nevents written: {}\nprocesses {} live, {} exited kept\n",
-        status.watch.roots.len(),
-        status.watch.inodes,
-        status.watch.unresolved,
-        status.events_written,
-        status.processes.live,
-        status.processes.exited,
+    fact("eBPF errors", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
+    fact(
+        "watch",
+        format!(
+            "{} roots, {} inodes, {} unresolved records",
+            status.watch.roots.len(),
+            status.watch.inodes,
+            status.watch.unresolved
+        ),
     );
-    out += &format!(
-        "events log: {} failed writes, {} lines lost\nalert store: {} failed attempts, {} alerts waiting, {} lost\n",
-        status.events_log_errors,
-        status.events_log_lines_lost,
-        status.alert_store.store_failures,
-        status.alert_store.unstored,
-        status.alert_store.lost,
+    fact("events", format!("{} written", status.events_written));
+    fact("processes", format!("{} live, {} exited kept", status.processes.live, status.processes.exited));
+    fact(
+        "events log",
+        format!("{} failed writes, {} lines lost", status.events_log_errors, status.events_log_lines_lost),
+    );
+    fact(
+        "alert store",
+        format!(
+            "{} failed attempts, {} alerts waiting, {} lost",
+            status.alert_store.store_failures, status.alert_store.unstored, status.alert_store.lost
+        ),
     );
     let integrity = &status.integrity;
-    out += &format!(
-        "integrity aggregate {}, {} items, {} dirty, {} alerts{}\n",
-        status.aggregate.as_deref().unwrap_or("(not yet computed)"),
-        integrity.items,
-        integrity.dirty,
-        integrity.alerts,
-        if integrity.ready { "" } else { " (first scan running)" },
+    fact(
+        "integrity",
+        format!(
+            "aggregate {}, {} items, {} dirty, {} alerts{}{}",
+            status.aggregate.as_deref().unwrap_or("(not yet computed)"),
+            integrity.items,
+            integrity.dirty,
+            integrity.alerts,
+            match integrity.baseline_items {
+                Some(0) => ", no baseline".to_string(),
+                Some(n) => format!(", baseline of {n} items"),
+                None => String::new(),
+            },
+            if integrity.ready { "" } else { " (first scan running)" },
+        ),
     );
     if let Some(fleet) = &status.fleet {
-        out += &format!(
-            "fleet     host {} {}, backlog {}, last confirmed alert {}, {} sent, {} dropped unsent{}\n",
-            fleet.host,
-            if fleet.connected { "connected" } else { "NOT connected" },
-            fleet.backlog,
-            fleet.last_confirmed_seq,
-            fleet.sent,
-            fleet.dropped,
-            fleet.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        fact(
+            "fleet",
+            format!(
+                "host {} {}, backlog {}, last confirmed alert {}, {} sent, {} dropped unsent{}",
+                fleet.host,
+                if fleet.connected { "connected" } else { "NOT connected" },
+                fleet.backlog,
+                fleet.last_confirmed_seq,
+                fleet.sent,
+                fleet.dropped,
+                fleet.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+            ),
         );
     }
+    out += &facts.render(colour);
     out
 }
 
 /// `--since`: a duration as `ids ban --for` takes it, `permanent` excepted.
 fn since_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::bans::config::parse_duration(text)?.ok_or_else(|| format!("--since {text:?}: give a duration (10m, 2h, 1d)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every `--json` and every positional argument of every command says what it is.
+    #[test]
+    fn help_describes_every_json_flag_and_positional_argument() {
+        fn walk(command: &clap::Command, path: &str, undescribed: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if (arg.get_id() == "json" || arg.is_positional()) && arg.get_help().is_none() {
+                    undescribed.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), undescribed);
+            }
+        }
+        let mut undescribed = Vec::new();
+        walk(&Cli::command(), "ids", &mut undescribed);
+        assert!(undescribed.is_empty(), "arguments without help: {undescribed:?}");
+    }
+
+    #[test]
+    fn the_main_commands_have_examples() {
+        let cli = Cli::command();
+        for name in ["alerts", "ban", "bans", "status", "diff", "baseline", "run"] {
+            let command = cli.find_subcommand(name).unwrap_or_else(|| panic!("no `ids {name}`"));
+            let examples = command.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(examples.starts_with("Examples:"), "`ids {name} --help` has no examples");
+            assert!(examples.contains(&format!("ids {name}")), "`ids {name}` examples do not use it: {examples}");
+        }
+    }
+
+    #[test]
+    fn verbosity_flags_map_to_levels_and_do_not_combine() {
+        let level = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.verbosity.level());
+        assert_eq!(level(&["ids", "status"]).unwrap(), "info");
+        assert_eq!(level(&["ids", "-v", "status"]).unwrap(), "debug");
+        assert_eq!(level(&["ids", "status", "-vv"]).unwrap(), "trace");
+        assert_eq!(level(&["ids", "-q", "run"]).unwrap(), "warn");
+        assert_eq!(level(&["ids", "-qq", "run"]).unwrap(), "error");
+        assert!(level(&["ids", "-v", "-q", "run"]).is_err());
+    }
+
+    #[test]
+    fn alerts_take_their_filters_and_show_takes_an_id() {
+        assert!(Cli::try_parse_from(["ids", "alerts", "--severity", "high", "--follow", "-n", "5"]).is_ok());
+        assert!(Cli::try_parse_from(["ids", "alerts", "--severity", "urgent"]).is_err());
+        assert!(Cli::try_parse_from(["ids", "alerts", "show", "42", "--json", "--config", "/x.toml"]).is_ok());
+        assert!(Cli::try_parse_from(["ids", "alerts", "show", "forty-two"]).is_err());
+        assert!(Cli::try_parse_from(["ids", "alerts", "--limit", "3", "--since", "1h", "--kind", "ban"]).is_ok());
+    }
+
+    fn status() -> StatusAnswer {
+        serde_json::from_value(serde_json::json!({
+            "pid": 1, "uptime_s": 5,
+            "signals": [
+                {"signal": "exec", "hook": "lsm:bprm_committed_creds", "received": 10, "lost": 0,
+                 "lost_in_kernel": 0, "dropped": 0, "malformed": 0},
+                {"signal": "file", "hook": "lsm:file_open,inode_*,mmap_file+fentry:vfs_write", "received": 12345,
+                 "lost": 0, "lost_in_kernel": 0, "dropped": 0, "malformed": 0}],
+            "errors": {}, "incoming": {"hook": "xdp:xdp_guard", "interfaces": ["lo"]},
+            "watch": {"roots": [], "inodes": 0, "unresolved": 0}, "events_written": 0,
+            "events_log_errors": 0, "events_log_lines_lost": 0,
+            "alert_store": {"store_failures": 0, "unstored": 0, "lost": 0}, "alerts": {},
+            "aggregate": null, "integrity": {"ready": true, "dirty": 0, "items": 3, "alerts": 0, "baseline_items": 3},
+            "xdp": {"interfaces": [{"name": "lo", "mode": "generic"}], "pin_dir": "/sys/fs/bpf/ids", "bans": 0,
+                    "scan_reports": 0, "scan_reports_dropped": 0},
+            "detect": {"lines": 0, "lines_cut": 0, "alerts": 0, "bans_requested": 0, "files_scanned": 0,
+                       "dropped": 0, "windows_evicted": 0},
+            "fleet": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn health_is_healthy_or_names_each_problem() {
+        let good = status();
+        assert!(health(&good).is_empty(), "{:?}", health(&good));
+        assert!(human_status(&good, false).starts_with("healthy\n"));
+        let mut bad = good.clone();
+        bad.signals[0].hook = "tracepoint:sched_process_exec".into();
+        bad.signals[1].lost = 7;
+        bad.xdp.interfaces.clear();
+        bad.integrity.baseline_items = Some(0);
+        bad.alert_store.unstored = 2;
+        bad.events_log_errors = 1;
+        assert_eq!(
+            health(&bad),
+            [
+                "exec hook in fallback (tracepoint:sched_process_exec)",
+                "7 events lost (file 7)",
+                "no XDP interface: bans are not enforced (see [xdp] interfaces)",
+                "no integrity baseline (run `ids baseline`)",
+                "events log failing: 1 writes failed, 0 lines lost",
+                "alert store failing: 2 alerts waiting, 0 lost",
+            ]
+        );
+        assert!(human_status(&bad, false).starts_with("problems: exec hook in fallback"));
+        // An older daemon does not tell about its baseline: no problem is made up.
+        bad.integrity.baseline_items = None;
+        assert!(!health(&bad).iter().any(|p| p.contains("baseline")));
+    }
 }

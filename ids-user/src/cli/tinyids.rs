@@ -209,11 +209,20 @@ enum AdminCommand {
     /// List every client's record.
     List,
     /// Show one client's record.
-    Show { client: String },
+    Show {
+        /// The client's name, as `ids server list` shows it.
+        client: String,
+    },
     /// Delete one client's record.
-    Delete { client: String },
+    Delete {
+        /// The client's name, as `ids server list` shows it.
+        client: String,
+    },
     /// Set a new passphrase for a client (the passphrase from --passphrase-file, IDS_PASSPHRASE or a prompt).
-    ResetPassphrase { client: String },
+    ResetPassphrase {
+        /// The client's name, as `ids server list` shows it.
+        client: String,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

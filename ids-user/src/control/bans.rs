@@ -111,15 +111,9 @@ pub(crate) fn answer(bans: &mut Bans, request: &Request) -> Value {
             Ok(Value::Array(out))
         }
         Request::Bans => Ok(serde_json::to_value(bans.list().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
-        Request::Alerts { limit, kinds, since } => {
-            let filter = crate::store::AlertFilter { kinds: kinds.clone(), since: since.clone() };
-            let alerts = bans.store().recent_alerts_matching(*limit, &filter).map_err(|e| e.to_string())?;
-            Ok(Value::Array(
-                alerts
-                    .into_iter()
-                    .map(|a| json!({"time": a.time, "kind": a.kind, "item": a.item_id, "source": a.collector, "what": a.what}))
-                    .collect(),
-            ))
+        Request::Alerts { limit, kinds, since, min_severity, after_id } => {
+            let filter = crate::store::AlertFilter { kinds: kinds.clone(), since: since.clone(), after_id: *after_id };
+            Ok(super::alerts::rows(bans.store(), *limit, &filter, *min_severity)?)
         }
         other => Err(format!("not a ban request: {other:?}").into()),
     })();

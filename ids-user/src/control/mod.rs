@@ -1,6 +1,7 @@
 //! The control socket: a root-only Unix socket in the state directory. One JSON request per line
 //! (`{"command":"status"}`, `{"command":"baseline"}`, `{"command":"diff"}`), one JSON response
 //! per line (`{"ok":true,...}` or `{"ok":false,"error":...}`).
+pub(crate) mod alerts;
 pub(crate) mod bans;
 
 use std::os::unix::fs::PermissionsExt;
@@ -43,6 +44,13 @@ pub enum Request {
         /// Only alerts at or after this time (RFC 3339, as the store writes it).
         #[serde(default)]
         since: Option<String>,
+        /// Only alerts at least this severe. Left out when unset, as older daemons do not know it
+        /// (the answer's rows then have no `severity`, which the CLI checks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_severity: Option<crate::alert::Severity>,
+        /// Only alerts after the one with this id, the oldest first (`ids alerts --follow`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_id: Option<i64>,
     },
 }
 

@@ -51,6 +51,8 @@ pub struct Diff {
     pub added: Vec<Change>,
     pub removed: Vec<Change>,
     pub changed: Vec<Change>,
+    /// Items in the baseline: 0 when `ids baseline` was never run (everything reads as added).
+    pub baseline_items: usize,
 }
 
 impl Diff {
@@ -60,7 +62,8 @@ impl Diff {
         self.added.iter().chain(&self.removed).chain(&self.changed)
     }
 
-    /// `{"added": [{"collector", "id"}], "removed": [...], "changed": [{"collector", "id", "attributes"}]}`.
+    /// `{"added": [{"collector", "id"}], "removed": [...], "changed": [{"collector", "id", "attributes"}],
+    /// "baseline_items"}`.
     pub fn to_json(&self) -> serde_json::Value {
         let brief = |changes: &[Change]| -> Vec<serde_json::Value> {
             changes
@@ -78,6 +81,7 @@ impl Diff {
             "added": brief(&self.added),
             "removed": brief(&self.removed),
             "changed": brief(&self.changed),
+            "baseline_items": self.baseline_items,
         })
     }
 }
@@ -135,7 +139,7 @@ pub fn diff(baseline: &[StoredItem], current: &[StoredItem]) -> Diff {
     let old = index(baseline);
     let new = index(current);
     let keys: BTreeSet<&(String, String)> = old.keys().chain(new.keys()).collect();
-    let mut result = Diff::default();
+    let mut result = Diff { baseline_items: baseline.len(), ..Diff::default() };
     for key in keys {
         if let Some(change) = change(&key.0, &key.1, old.get(key), new.get(key)) {
             match change.change {

@@ -92,6 +92,8 @@ pub(crate) struct WorkerState {
     pending: AtomicU64,
     items: AtomicU64,
     alerts: AtomicU64,
+    /// Items in the baseline (0: none accepted yet).
+    baseline_items: AtomicU64,
     /// Set when the queue dropped events, until the rescan that makes up for them is done.
     overflowed: AtomicBool,
     ready: AtomicBool,
@@ -106,6 +108,10 @@ pub(crate) struct IntegrityStatus {
     pub(crate) dirty: u64,
     pub(crate) items: u64,
     pub(crate) alerts: u64,
+    /// Items in the baseline, 0 until `ids baseline` is run; `None` from a daemon that does not
+    /// tell.
+    #[serde(default)]
+    pub(crate) baseline_items: Option<u64>,
 }
 
 impl WorkerState {
@@ -127,6 +133,7 @@ impl WorkerState {
             dirty: queued + pending + overflowed,
             items: self.items.load(Ordering::Relaxed),
             alerts: self.alerts.load(Ordering::Relaxed),
+            baseline_items: Some(self.baseline_items.load(Ordering::Relaxed)),
         }
     }
 }
@@ -304,6 +311,10 @@ impl Prepared {
         let (control, control_rx) = std::sync::mpsc::channel();
         let mut worker = self.worker;
         worker.shared = Arc::new(WorkerState { queue: inbox.stats().clone(), ..WorkerState::default() });
+        // Read once here; the worker keeps it up to date as it accepts baselines.
+        if let Ok(count) = worker.store.baseline_len() {
+            worker.shared.baseline_items.store(count, Ordering::Relaxed);
+        }
         let shared = worker.shared.clone();
         let waker = events.clone();
         workers.spawn_thread(
@@ -667,6 +678,7 @@ impl Worker {
                 let answer = self
                     .store
                     .replace_baseline(&items)
+                    .inspect(|()| self.shared.baseline_items.store(items.len() as u64, Ordering::Relaxed))
                     .map(|()| BaselineAccepted {
                         items: items.len(),
                         aggregate: super::hex(&super::aggregate_digest(&self.hostname, self.current.values())),

@@ -60,6 +60,16 @@ pub struct AlertFilter {
     pub kinds: Vec<String>,
     /// Only alerts at or after this RFC 3339 time (the store's own format, so they compare as text).
     pub since: Option<String>,
+    /// Only alerts stored after the one with this id, and then the oldest first: a cursor that
+    /// `ids alerts --follow` moves along.
+    pub after_id: Option<i64>,
+}
+
+/// An alert as stored, with its row id (`ids alerts show ID`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAlert {
+    pub id: i64,
+    pub row: AlertRow,
 }
 
 impl Store {
@@ -203,32 +213,71 @@ impl Store {
     }
 
     /// The last `limit` alerts that `filter` selects, oldest first.
+    #[cfg(test)]
     pub fn recent_alerts_matching(&self, limit: usize, filter: &AlertFilter) -> Result<Vec<AlertRow>, StoreError> {
+        Ok(self.alerts_matching(limit, filter, None)?.into_iter().map(|alert| alert.row).collect())
+    }
+
+    /// The alerts `filter` selects and `keep` (when given) keeps, oldest first: the last `limit`
+    /// of them, or with `after_id`, the first `limit` after it.
+    pub fn alerts_matching(
+        &self,
+        limit: usize,
+        filter: &AlertFilter,
+        keep: Option<&dyn Fn(&AlertRow) -> bool>,
+    ) -> Result<Vec<StoredAlert>, StoreError> {
         let error = |source| self.query_error("reading alerts", source);
+        let newest_first = filter.after_id.is_none();
         let mut select = self
             .conn
-            .prepare(
-                "SELECT time, kind, item_id, collector, what FROM
-                 (SELECT id, time, kind, item_id, collector, what FROM alerts
-                  WHERE (?2 = '' OR instr(?2, ',' || kind || ',') > 0) AND (?3 IS NULL OR time >= ?3)
-                  ORDER BY id DESC LIMIT ?1)
-                 ORDER BY id",
-            )
-            .map_err(error)?;
-        let kinds = if filter.kinds.is_empty() { String::new() } else { format!(",{},", filter.kinds.join(",")) };
-        let rows = select
-            .query_map(rusqlite::params![limit.min(i64::MAX as usize) as i64, kinds, filter.since], |row| {
-                let what: String = row.get(4)?;
-                Ok(AlertRow {
-                    time: row.get(0)?,
-                    kind: row.get(1)?,
-                    item_id: row.get(2)?,
-                    collector: row.get(3)?,
-                    what: serde_json::from_str(&what).unwrap_or(serde_json::Value::String(what)),
-                })
+            .prepare(if newest_first {
+                "SELECT id, time, kind, item_id, collector, what FROM alerts
+                 WHERE (?2 = '' OR instr(?2, ',' || kind || ',') > 0) AND (?3 IS NULL OR time >= ?3)
+                 ORDER BY id DESC LIMIT ?1"
+            } else {
+                "SELECT id, time, kind, item_id, collector, what FROM alerts
+                 WHERE (?2 = '' OR instr(?2, ',' || kind || ',') > 0) AND (?3 IS NULL OR time >= ?3)
+                   AND id > ?4
+                 ORDER BY id LIMIT ?1"
             })
             .map_err(error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+        let kinds = if filter.kinds.is_empty() { String::new() } else { format!(",{},", filter.kinds.join(",")) };
+        // `keep` reads the row, so with it the SQL cannot stop at `limit`.
+        let sql_limit = if keep.is_some() { -1 } else { limit.min(i64::MAX as usize) as i64 };
+        let read = |row: &Row<'_>| {
+            let what: String = row.get(5)?;
+            Ok(StoredAlert {
+                id: row.get(0)?,
+                row: AlertRow {
+                    time: row.get(1)?,
+                    kind: row.get(2)?,
+                    item_id: row.get(3)?,
+                    collector: row.get(4)?,
+                    what: serde_json::from_str(&what).unwrap_or(serde_json::Value::String(what)),
+                },
+            })
+        };
+        let rows = if newest_first {
+            select.query_map(params![sql_limit, kinds, filter.since], read)
+        } else {
+            select.query_map(params![sql_limit, kinds, filter.since, filter.after_id], read)
+        }
+        .map_err(error)?;
+        let mut alerts = Vec::new();
+        for alert in rows {
+            let alert = alert.map_err(error)?;
+            if keep.is_some_and(|keep| !keep(&alert.row)) {
+                continue;
+            }
+            alerts.push(alert);
+            if alerts.len() >= limit {
+                break;
+            }
+        }
+        if newest_first {
+            alerts.reverse();
+        }
+        Ok(alerts)
     }
 }
 
@@ -311,19 +360,58 @@ mod tests {
         let ids = |filter: AlertFilter, limit: usize| -> Vec<String> {
             store.recent_alerts_matching(limit, &filter).unwrap().into_iter().map(|r| r.item_id).collect()
         };
-        let integrity = AlertFilter { kinds: vec!["integrity".into()], since: None };
+        let integrity = AlertFilter { kinds: vec!["integrity".into()], ..AlertFilter::default() };
         assert_eq!(ids(integrity.clone(), 1), ["integrity@2026-12-05T03:00:00.000000Z"]);
         assert_eq!(ids(integrity, 10).len(), 2);
-        let recent = AlertFilter { kinds: Vec::new(), since: Some("2026-12-05T02:00:00.000000Z".into()) };
+        let recent = AlertFilter { since: Some("2026-12-05T02:00:00.000000Z".into()), ..AlertFilter::default() };
         assert_eq!(ids(recent, 10).len(), 3);
         let both = AlertFilter {
             kinds: vec!["detect".into(), "ban".into()],
             since: Some("2026-12-05T03:00:00.000000Z".into()),
+            ..AlertFilter::default()
         };
         assert_eq!(ids(both, 10), ["ban@2026-12-05T04:00:00.000000Z"]);
         // A kind that is a part of another's name selects nothing more.
-        let part = AlertFilter { kinds: vec!["integ".into()], since: None };
+        let part = AlertFilter { kinds: vec!["integ".into()], ..AlertFilter::default() };
         assert!(ids(part, 10).is_empty());
         assert_eq!(store.recent_alerts_matching(10, &AlertFilter::default()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn alerts_are_filtered_by_least_severity_and_followed_by_id() {
+        use crate::alert::Severity;
+        let mut store = Store::open_in_memory().unwrap();
+        let row = |kind: &str, what: serde_json::Value| AlertRow {
+            time: "2026-12-05T01:00:00.000000Z".into(),
+            kind: kind.into(),
+            item_id: String::new(),
+            collector: String::new(),
+            what,
+        };
+        let rows = [
+            row("ban", serde_json::json!({})),
+            row("detect", serde_json::json!({"severity": "critical"})),
+            row("integrity", serde_json::json!({})),
+            row("detect", serde_json::json!({"severity": "low"})),
+            row("sensor_miss", serde_json::json!({})),
+        ];
+        store.apply(&[], &rows).unwrap();
+        let ids = |filter: AlertFilter, least: Option<Severity>, limit: usize| -> Vec<i64> {
+            let keep = move |row: &AlertRow| least.is_none_or(|least| row.severity() >= least);
+            let keep: &dyn Fn(&AlertRow) -> bool = &keep;
+            let keep = least.is_some().then_some(keep);
+            store.alerts_matching(limit, &filter, keep).unwrap().into_iter().map(|a| a.id).collect()
+        };
+        let all = ids(AlertFilter::default(), None, 10);
+        assert_eq!(all.len(), 5);
+        assert_eq!(ids(AlertFilter::default(), Some(Severity::High), 10), [all[1], all[4]]);
+        // The limit counts the alerts that pass, not the rows read.
+        assert_eq!(ids(AlertFilter::default(), Some(Severity::High), 1), [all[4]]);
+        assert_eq!(ids(AlertFilter::default(), Some(Severity::Medium), 10), [all[1], all[2], all[4]]);
+        // After an id: the oldest first, so that a follower misses none however many came.
+        let after = AlertFilter { after_id: Some(all[0]), ..AlertFilter::default() };
+        assert_eq!(ids(after.clone(), None, 2), [all[1], all[2]]);
+        assert_eq!(ids(after.clone(), Some(Severity::High), 1), [all[1]]);
+        assert_eq!(ids(AlertFilter { after_id: Some(all[4]), ..after }, None, 10), Vec::<i64>::new());
     }
 }

@@ -37,7 +37,7 @@ use crate::item::{Digest, Item, hex};
 
 pub mod bans_table;
 pub mod repair;
-pub use bans_table::{AlertFilter, BanRow};
+pub use bans_table::{AlertFilter, BanRow, StoredAlert};
 mod detect;
 pub use detect::LogOffset;
 mod fleet_outbox;
@@ -378,6 +378,14 @@ impl Store {
 
     pub fn baseline(&self) -> Result<Vec<StoredItem>, StoreError> {
         self.items(Table::Baseline)
+    }
+
+    /// How many items the baseline holds (0: none was accepted).
+    pub fn baseline_len(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM baseline_items", [], |row| row.get::<_, i64>(0))
+            .map(|count| count.max(0) as u64)
+            .map_err(|source| self.query_error("counting the baseline", source))
     }
 
     /// Whether the baseline holds any item.
