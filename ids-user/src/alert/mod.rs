@@ -29,6 +29,19 @@ pub(crate) enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub(crate) const ALL: [Severity; 4] = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// An alert: when, and what of which kind.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Alert {
@@ -216,6 +229,20 @@ impl Alert {
             AlertBody::Detect(_) => AlertKind::Detect,
             AlertBody::RemoteCheck(_) => AlertKind::RemoteCheck,
             AlertBody::Ban(_) => AlertKind::Ban,
+        }
+    }
+
+    /// How much the alert matters: a detector's is its rule's; the other kinds have a fixed one
+    /// (docs/outputs.md). A change no kernel event explained, or a TinyIDS server that disagrees,
+    /// may mean the sensor was evaded: high. An integrity change is often routine (a package
+    /// update): medium. A ban follows a detector's alert, which carries that finding's severity:
+    /// low.
+    pub(crate) fn severity(&self) -> Severity {
+        match &self.body {
+            AlertBody::Detect(detect) => detect.severity,
+            AlertBody::SensorMiss(_) | AlertBody::RemoteCheck(_) => Severity::High,
+            AlertBody::Integrity(_) => Severity::Medium,
+            AlertBody::Ban(_) => Severity::Low,
         }
     }
 

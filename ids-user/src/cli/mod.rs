@@ -656,6 +656,19 @@ fn human_status(status: &StatusAnswer) -> String {
             fleet.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
         );
     }
+    for output in &status.outputs {
+        out += &format!(
+            "output    {} ({}): {} sent, {} failed, {} dropped, {} queued, {} retries{}\n",
+            output.name,
+            output.kind,
+            output.sent,
+            output.failed,
+            output.dropped,
+            output.queued,
+            output.retries,
+            output.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        );
+    }
     out
 }
 
