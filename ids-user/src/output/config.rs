@@ -61,8 +61,13 @@ pub struct OutputConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Destination {
     /// JSON lines appended to a file (mode 0600, created if missing, reopened on SIGHUP).
-    File { path: PathBuf },
-    Syslog { transport: SyslogTransport, facility: Facility },
+    File {
+        path: PathBuf,
+    },
+    Syslog {
+        transport: SyslogTransport,
+        facility: Facility,
+    },
     Webhook(WebhookConfig),
 }
 
@@ -204,7 +209,8 @@ fn validate_one(index: usize, raw: &RawOutput) -> Result<OutputConfig, OutputErr
     }
     let destination = match raw.kind.as_str() {
         "file" => {
-            let path = raw.path.clone().ok_or_else(|| error("path", "missing: the file alerts are appended to".into()))?;
+            let path =
+                raw.path.clone().ok_or_else(|| error("path", "missing: the file alerts are appended to".into()))?;
             if !path.is_absolute() {
                 return Err(error("path", format!("{} is not an absolute path", path.display())));
             }
@@ -215,17 +221,18 @@ fn validate_one(index: usize, raw: &RawOutput) -> Result<OutputConfig, OutputErr
                 .map_err(|m| error("address", m))?;
             let facility = match &raw.facility {
                 None => DEFAULT_FACILITY,
-                Some(text) => FACILITIES.iter().find(|(n, _)| n == text).map(|(_, code)| Facility(*code)).ok_or_else(
-                    || {
+                Some(text) => {
+                    FACILITIES.iter().find(|(n, _)| n == text).map(|(_, code)| Facility(*code)).ok_or_else(|| {
                         let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
                         error("facility", format!("{text:?} is not a syslog facility ({})", names.join(", ")))
-                    },
-                )?,
+                    })?
+                }
             };
             Destination::Syslog { transport, facility }
         }
         _ => {
-            let text = raw.url.as_deref().ok_or_else(|| error("url", "missing: the URL alerts are POSTed to".into()))?;
+            let text =
+                raw.url.as_deref().ok_or_else(|| error("url", "missing: the URL alerts are POSTed to".into()))?;
             let url = webhook_url(text).map_err(|m| error("url", m))?;
             let mut headers = Vec::new();
             for (header, value) in raw.headers.iter().flatten() {
@@ -267,8 +274,7 @@ fn syslog_transport(address: &str) -> Result<SyslogTransport, String> {
     if address.starts_with('/') {
         return Ok(SyslogTransport::Unix(address.into()));
     }
-    let (scheme, host_port) =
-        address.split_once("://").ok_or_else(|| format!("{address:?} is not {FORMS}"))?;
+    let (scheme, host_port) = address.split_once("://").ok_or_else(|| format!("{address:?} is not {FORMS}"))?;
     check_host_port(host_port).map_err(|m| format!("{address:?}: {m}"))?;
     match scheme {
         "udp" => Ok(SyslogTransport::Udp(host_port.into())),
@@ -311,7 +317,9 @@ fn webhook_url(text: &str) -> Result<hyper::Uri, String> {
     match url.authority() {
         Some(authority) if !authority.host().is_empty() => {
             if authority.as_str().contains('@') {
-                return Err(format!("{text:?}: credentials in the URL are not sent; use headers = {{ Authorization = \"...\" }}"));
+                return Err(format!(
+                    "{text:?}: credentials in the URL are not sent; use headers = {{ Authorization = \"...\" }}"
+                ));
             }
         }
         _ => return Err(format!("{text:?} has no host")),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub use self::config::OutputConfig;
 use self::config::Destination;
+pub use self::config::OutputConfig;
 use crate::alert::{Alert, AlertSink};
 use crate::harness::{Inbox, QueueStats, Received, Stop, Workers};
 
@@ -120,10 +120,14 @@ impl Outputs {
                 counters,
                 reopen: matches!(config.destination, Destination::File { .. }).then_some(reopen),
             });
-            workers.spawn_thread("output", || {}, move |stop| {
-                worker.run(inbox, &stop);
-                Ok(())
-            })?;
+            workers.spawn_thread(
+                "output",
+                || {},
+                move |stop| {
+                    worker.run(inbox, &stop);
+                    Ok(())
+                },
+            )?;
         }
         Ok(Self(running))
     }

@@ -57,7 +57,9 @@ impl Webhook {
                         anyhow::bail!("ca_file {}: no PEM certificate found", path.display());
                     }
                     for cert in certs {
-                        roots.add(cert).with_context(|| format!("ca_file {}: a certificate is not a CA", path.display()))?;
+                        roots
+                            .add(cert)
+                            .with_context(|| format!("ca_file {}: a certificate is not a CA", path.display()))?;
                     }
                     roots
                 }
@@ -71,14 +73,14 @@ impl Webhook {
                     roots
                 }
             };
-            let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .context("TLS with the ring provider")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a TLS server name"))?;
+            let tls_config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .context("TLS with the ring provider")?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            let name =
+                ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a TLS server name"))?;
             Some((tokio_rustls::TlsConnector::from(Arc::new(tls_config)), name))
         } else {
             None
@@ -87,7 +89,10 @@ impl Webhook {
     }
 
     /// Runs `work` on the thread's runtime.
-    fn block_on<T>(&mut self, work: impl FnOnce(&Self) -> std::pin::Pin<Box<dyn Future<Output = T> + '_>>) -> Result<T, String> {
+    fn block_on<T>(
+        &mut self,
+        work: impl FnOnce(&Self) -> std::pin::Pin<Box<dyn Future<Output = T> + '_>>,
+    ) -> Result<T, String> {
         if self.runtime.is_none() {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             self.runtime = Some(runtime.map_err(|e| format!("starting a runtime: {e}"))?);
