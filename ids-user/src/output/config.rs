@@ -136,6 +136,9 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
+/// Headers the request's framing depends on: the daemon sets them.
+const RESERVED_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
+
 /// An output's table: which, and what is wrong with which key.
 #[derive(Debug)]
 pub(crate) struct OutputError {
@@ -238,6 +241,9 @@ fn validate_one(index: usize, raw: &RawOutput) -> Result<OutputConfig, OutputErr
             for (header, value) in raw.headers.iter().flatten() {
                 let parsed_name = hyper::header::HeaderName::from_bytes(header.as_bytes())
                     .map_err(|_| error("headers", format!("{header:?} is not a header name")))?;
+                if RESERVED_HEADERS.contains(&parsed_name.as_str()) {
+                    return Err(error("headers", format!("{header:?} is set by the daemon itself")));
+                }
                 let mut parsed_value = hyper::header::HeaderValue::from_str(value)
                     .map_err(|_| error("headers", format!("the value of {header:?} is not a valid header value")))?;
                 // Credentials stay out of debug output.
@@ -449,6 +455,9 @@ mod tests {
         let (_, _, key, _) =
             error_of("[[outputs]]\nkind = \"webhook\"\nurl = \"http://a/\"\nheaders = { \"Bad Name\" = \"x\" }\n");
         assert_eq!(key, "headers");
+        let (_, _, key, message) =
+            error_of("[[outputs]]\nkind = \"webhook\"\nurl = \"http://a/\"\nheaders = { Content-Length = \"1\" }\n");
+        assert_eq!(key, "headers", "{message}");
         let (index, _, key, _) = error_of(
             "[[outputs]]\nkind = \"file\"\nname = \"a\"\npath = \"/a\"\n[[outputs]]\nkind = \"file\"\nname = \"a\"\npath = \"/b\"\n",
         );

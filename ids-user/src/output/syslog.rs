@@ -13,8 +13,8 @@ use super::config::{Facility, SyslogTransport};
 use super::{Deliver, Failure};
 use crate::alert::{Alert, Severity};
 
-/// How long a TCP connect or write may take before the attempt counts as failed.
-const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connect or send may take before the attempt counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The syslog severity (RFC 5424 table 2) of an alert's severity.
 pub(crate) fn syslog_severity(severity: Severity) -> u8 {
@@ -96,6 +96,8 @@ impl Syslog {
             SyslogTransport::Unix(path) => {
                 let socket = UnixDatagram::unbound()?;
                 socket.connect(path)?;
+                // A syslog daemon that stops reading fills the socket: a send then waits, bounded.
+                socket.set_write_timeout(Some(SEND_TIMEOUT))?;
                 Socket::Unix(socket)
             }
             SyslogTransport::Udp(host_port) => {
@@ -112,9 +114,9 @@ impl Syslog {
             SyslogTransport::Tcp(host_port) => {
                 let mut last = None;
                 for address in host_port.to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&address, TCP_TIMEOUT) {
+                    match TcpStream::connect_timeout(&address, SEND_TIMEOUT) {
                         Ok(stream) => {
-                            stream.set_write_timeout(Some(TCP_TIMEOUT))?;
+                            stream.set_write_timeout(Some(SEND_TIMEOUT))?;
                             stream.set_nodelay(true)?;
                             return Ok(Socket::Tcp(stream));
                         }
