@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// `index` counts `[[collectors]]` tables from 0; `line` is where the table starts.
     #[error("config {origin}: collectors[{index}].{key} (table at line {line}): {message}")]
     InvalidCollector { origin: String, index: usize, line: usize, key: &'static str, message: String },
+    /// `index` counts `[[outputs]]` tables from 0.
+    #[error("config {origin}: outputs[{index}] ({name:?}).{key}: {message}")]
+    InvalidOutput { origin: String, index: usize, name: String, key: &'static str, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +73,8 @@ struct RawConfig {
     fleet: Option<crate::fleet::config::RawFleet>,
     collect: Option<crate::fleet::config::RawCollect>,
     metrics: Option<crate::metrics::config::RawMetrics>,
+    #[serde(default)]
+    outputs: Vec<crate::output::config::RawOutput>,
 }
 
 /// One `[[logs]]` table: a log file the detectors follow.
@@ -197,6 +202,8 @@ pub struct Config {
     pub collect: Option<crate::fleet::CollectConfig>,
     /// `[metrics]`: the Prometheus endpoint of the daemon; `None`: no endpoint.
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// `[[outputs]]`: files, syslog and webhooks that get the alerts, in file order.
+    pub outputs: Vec<crate::output::OutputConfig>,
 }
 
 /// The environment variable naming the configuration file when `--config` does not.
@@ -322,6 +329,13 @@ impl Config {
         let collect =
             raw.collect.map(crate::fleet::config::validate_collect).transpose().map_err(|(k, m)| invalid(k, m))?;
         let metrics = raw.metrics.map(crate::metrics::config::validate).transpose().map_err(|(k, m)| invalid(k, m))?;
+        let outputs = crate::output::config::validate(&raw.outputs).map_err(|e| ConfigError::InvalidOutput {
+            origin: origin.into(),
+            index: e.index,
+            name: e.name,
+            key: e.key,
+            message: e.message,
+        })?;
         let detect = DetectConfig {
             logs: raw.logs.iter().map(|l| LogConfig { kind: l.kind, path: l.path.clone() }).collect(),
             journal: raw
@@ -339,6 +353,7 @@ impl Config {
             fleet,
             collect,
             metrics,
+            outputs,
             watch: raw.watch,
             events_log,
             state_dir: raw.state_dir,

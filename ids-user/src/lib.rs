@@ -17,6 +17,7 @@ pub(crate) mod harness;
 pub(crate) mod integrity;
 pub(crate) mod item;
 pub(crate) mod metrics;
+pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod sensor;
 pub(crate) mod store;

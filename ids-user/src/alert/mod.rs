@@ -31,6 +31,7 @@ pub(crate) enum Severity {
 
 impl Severity {
     pub(crate) const NAMES: [&'static str; 4] = ["low", "medium", "high", "critical"];
+    pub(crate) const ALL: [Severity; 4] = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -42,7 +43,7 @@ impl Severity {
     }
 
     pub(crate) fn parse(name: &str) -> Option<Severity> {
-        [Severity::Low, Severity::Medium, Severity::High, Severity::Critical].into_iter().find(|s| s.name() == name)
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -88,6 +89,22 @@ impl AlertKind {
             AlertKind::Detect => "detect",
             AlertKind::RemoteCheck => "remote_check",
             AlertKind::Ban => "ban",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<AlertKind> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The severity of this kind's alerts, but a detector's, which is its rule's (docs/outputs.md).
+    /// A change no kernel event explained, or a TinyIDS server that disagrees, may mean the sensor
+    /// was evaded: high. An integrity change is often routine (a package update): medium. A ban
+    /// follows a detector's alert, which carries that finding's severity: low.
+    pub(crate) fn severity(self) -> Severity {
+        match self {
+            AlertKind::SensorMiss | AlertKind::RemoteCheck => Severity::High,
+            AlertKind::Integrity | AlertKind::Detect => Severity::Medium,
+            AlertKind::Ban => Severity::Low,
         }
     }
 }
@@ -236,6 +253,14 @@ impl Alert {
         }
     }
 
+    /// How much the alert matters: a detector's is its rule's, the other kinds' their kind's.
+    pub(crate) fn severity(&self) -> Severity {
+        match &self.body {
+            AlertBody::Detect(detect) => detect.severity,
+            _ => self.kind().severity(),
+        }
+    }
+
     /// The alert as a row of the `alerts` table: `item_id` and `collector` say what and who,
     /// `what` holds the rest (the columns `ids alerts` has always shown).
     pub(crate) fn to_row(&self) -> AlertRow {
@@ -290,15 +315,14 @@ impl Alert {
 }
 
 impl AlertRow {
-    /// How much a stored alert matters: a detector gives its own severity; a change that no
-    /// kernel event explained (`sensor_miss`) or a TinyIDS server that disagrees is high, a
-    /// change the sensor saw is medium, a ban (the answer to something already alerted) is low.
+    /// How much a stored alert matters, as [`Alert::severity`] says.
     pub(crate) fn severity(&self) -> Severity {
-        match self.kind.as_str() {
-            "detect" => self.what["severity"].as_str().and_then(Severity::parse).unwrap_or(Severity::Medium),
-            "sensor_miss" | "remote_check" => Severity::High,
-            "ban" => Severity::Low,
-            _ => Severity::Medium,
+        match AlertKind::from_name(&self.kind) {
+            Some(AlertKind::Detect) => {
+                self.what["severity"].as_str().and_then(Severity::parse).unwrap_or(AlertKind::Detect.severity())
+            }
+            Some(kind) => kind.severity(),
+            None => Severity::Medium,
         }
     }
 

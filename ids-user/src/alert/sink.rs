@@ -386,7 +386,6 @@ impl AlertSink {
     }
 
     /// Every alert raised from now on, through a queue of `capacity` (overflow counted).
-    #[cfg_attr(not(test), expect(dead_code, reason = "the seam the fleet publisher and alert outputs subscribe to"))]
     pub(crate) fn subscribe(&self, capacity: usize) -> harness::Inbox<Arc<Alert>> {
         let (sender, inbox) = harness::queue(capacity);
         self.0.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sender);

@@ -760,6 +760,15 @@ fn health(status: &StatusAnswer) -> Vec<String> {
             problems.push(format!("{} fleet alerts dropped unsent", fleet.dropped));
         }
     }
+    for output in &status.outputs {
+        if let Some(error) = &output.last_error {
+            problems.push(format!("output {} failing ({} queued): {error}", output.name, output.queued));
+        }
+        if output.failed > 0 || output.dropped > 0 {
+            problems
+                .push(format!("output {}: {} alerts refused, {} dropped", output.name, output.failed, output.dropped));
+        }
+    }
     problems
 }
 
@@ -878,6 +887,19 @@ fn human_status(status: &StatusAnswer, colour: bool) -> String {
         );
     }
     out += &facts.render(colour);
+    for output in &status.outputs {
+        out += &format!(
+            "output    {} ({}): {} sent, {} failed, {} dropped, {} queued, {} retries{}\n",
+            output.name,
+            output.kind,
+            output.sent,
+            output.failed,
+            output.dropped,
+            output.queued,
+            output.retries,
+            output.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        );
+    }
     out
 }
 

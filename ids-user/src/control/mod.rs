@@ -105,6 +105,9 @@ pub(crate) struct StatusAnswer {
     /// The fleet link (`[fleet]`); `None` without a fleet.
     #[serde(default)]
     pub(crate) fleet: Option<crate::fleet::agent::FleetStatus>,
+    /// `[[outputs]]`: each output's counters, in configuration order.
+    #[serde(default)]
+    pub(crate) outputs: Vec<crate::output::OutputStatus>,
 }
 
 /// One signal's hook and counters.

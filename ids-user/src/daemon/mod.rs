@@ -91,6 +91,8 @@ pub(crate) struct Daemon {
     /// The events log: its failure counters for `ids status`, and reopened on SIGHUP.
     events_log: EventsLog,
     sink: AlertSink,
+    /// `[[outputs]]`: their counters, and their files reopened on SIGHUP.
+    outputs: crate::output::Outputs,
     /// The fleet agent's status and the facts its heartbeats carry; `None` without `[fleet]`.
     fleet: Option<Arc<crate::fleet::agent::AgentShared>>,
     /// The fleet agent's broker settings; replaced on reload.
@@ -119,6 +121,7 @@ impl Daemon {
         let sink = AlertSink::new(Some(Store::open(&config.database())?), Some(log.clone()));
         let listener = control::bind(&config.control_socket()).await?;
         let mut workers = Workers::default();
+        let outputs = crate::output::Outputs::start(&config.outputs, &sink, &mut workers)?;
         // Every detector sends its ban requests on this one channel; `run` applies them.
         let (ban_tx, ban_rx) = mpsc::channel::<BanRequest>(BAN_QUEUE);
 
@@ -253,6 +256,7 @@ impl Daemon {
             writer_stats,
             events_log,
             sink,
+            outputs,
             fleet,
             fleet_settings,
             fleet_bans,
@@ -398,6 +402,7 @@ impl Daemon {
     /// SIGHUP: the events log is reopened at its path (after logrotate moved it); the lines
     /// written before went to the old file, those after go to the new one, none is lost.
     fn reopen_events_log(&mut self) {
+        self.outputs.reopen();
         let EventsLogConfig::File(path) = &self.config.events_log else { return };
         match open_events_file(path) {
             Ok(file) => {
@@ -577,6 +582,7 @@ impl Daemon {
             xdp,
             detect: self.detect.shared.status(),
             fleet: self.fleet.as_ref().map(|fleet| fleet.status()),
+            outputs: self.outputs.status(),
         })
     }
 }

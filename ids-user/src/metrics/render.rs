@@ -51,6 +51,22 @@ impl Exposition {
         }
     }
 
+    /// A family whose samples carry several labels each (`(labels, value)`).
+    fn multi_labelled<'a>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
+    ) {
+        self.header(name, kind, help);
+        for (labels, value) in samples {
+            let labels: Vec<String> =
+                labels.iter().map(|(label, value)| format!("{label}=\"{}\"", escape_label_value(value))).collect();
+            let _ = writeln!(self.text, "{name}{{{}}} {value}", labels.join(","));
+        }
+    }
+
     fn header(&mut self, name: &str, kind: Kind, help: &str) {
         // HELP text escapes backslash and newline; the texts here are constants, escaped anyway
         // so that a later edit cannot break the format.
@@ -226,6 +242,31 @@ pub(crate) fn render(status: &StatusAnswer) -> String {
         detect.windows_evicted,
     );
 
+    let outputs = &status.outputs;
+    out.multi_labelled(
+        "ids_output_alerts_total",
+        Counter,
+        "Alerts of each [[outputs]] table: sent, failed (refused for good, not retried), dropped (no room in its queue).",
+        outputs.iter().flat_map(|o| {
+            [("sent", o.sent), ("failed", o.failed), ("dropped", o.dropped)]
+                .map(|(result, value)| (vec![("output", o.name.as_str()), ("result", result)], value))
+        }),
+    );
+    out.labelled(
+        "ids_output_queued",
+        Gauge,
+        "Alerts waiting in each output's queue, the one being delivered included.",
+        "output",
+        outputs.iter().map(|o| (o.name.as_str(), o.queued)),
+    );
+    out.labelled(
+        "ids_output_retries_total",
+        Counter,
+        "Delivery attempts of each output that failed and were retried.",
+        "output",
+        outputs.iter().map(|o| (o.name.as_str(), o.retries)),
+    );
+
     // Only with `[fleet]`: without it there is no link whose state a 0 could be taken for.
     if let Some(fleet) = &status.fleet {
         out.single(
@@ -304,6 +345,31 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("ids_fleet_"), "fleet metrics without a fleet:\n{text}");
+    }
+
+    #[test]
+    fn each_output_has_its_results_queue_and_retries() {
+        let mut with_outputs = status(None);
+        with_outputs.outputs = vec![crate::output::OutputStatus {
+            name: "siem".into(),
+            kind: "webhook".into(),
+            sent: 4,
+            failed: 1,
+            dropped: 2,
+            queued: 3,
+            retries: 5,
+            last_error: None,
+        }];
+        let text = render(&with_outputs);
+        for line in [
+            "ids_output_alerts_total{output=\"siem\",result=\"sent\"} 4",
+            "ids_output_alerts_total{output=\"siem\",result=\"failed\"} 1",
+            "ids_output_alerts_total{output=\"siem\",result=\"dropped\"} 2",
+            "ids_output_queued{output=\"siem\"} 3",
+            "ids_output_retries_total{output=\"siem\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]
