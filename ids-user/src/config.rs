@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bounds;
+use crate::time::ConfigDuration;
 
 pub use crate::detect::config::{DetectConfig, JournalConfig, LogConfig, LogKind, RulesMode};
 pub use crate::integrity::config::CollectorConfig;
@@ -43,9 +44,9 @@ struct RawConfig {
     #[serde(default)]
     exclude_hooks: Vec<String>,
     #[serde(default = "default_integrity_interval")]
-    integrity_interval: u64,
+    integrity_interval: ConfigDuration,
     #[serde(default = "default_verify_interval")]
-    verify_interval: u64,
+    verify_interval: ConfigDuration,
     #[serde(default)]
     collectors: Vec<toml::Spanned<RawCollector>>,
     #[serde(default)]
@@ -57,7 +58,7 @@ struct RawConfig {
     #[serde(default)]
     serve: crate::tinyids::settings::RawServe,
     #[serde(default = "default_remote_check_interval")]
-    remote_check_interval: u64,
+    remote_check_interval: ConfigDuration,
     #[serde(default)]
     logs: Vec<RawLog>,
     #[serde(default)]
@@ -97,7 +98,7 @@ struct RawCollector {
     paths: Option<Vec<String>>,
     recursive: Option<bool>,
     commands: Option<Vec<RawCommand>>,
-    timeout: Option<u64>,
+    timeout: Option<ConfigDuration>,
 }
 
 /// A command as an argv array, or as one string split into words like a POSIX shell would.
@@ -108,8 +109,8 @@ enum RawCommand {
     Argv(Vec<String>),
 }
 
-/// Seconds a `command` collector waits for each command unless `timeout` says otherwise.
-pub const DEFAULT_COMMAND_TIMEOUT_S: u64 = 10;
+/// How long a `command` collector waits for each command unless `timeout` says otherwise.
+pub const DEFAULT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 // The ranges of the top-level numbers (`crate::bounds`). Events queued between the readers and
 // the writer: each takes memory up front.
@@ -117,9 +118,9 @@ const CHANNEL_CAPACITY: std::ops::RangeInclusive<usize> = 1..=4_194_304;
 /// The kernel map of watched inodes is sized by it.
 const MAX_WATCHED_INODES: std::ops::RangeInclusive<u32> = 1..=16_777_216;
 /// `integrity_interval`, `verify_interval`, `remote_check_interval`: up to a year.
-const INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=31_536_000;
+const INTERVAL: bounds::MaxDuration = bounds::YEAR;
 /// A `command` collector's `timeout`: up to a day.
-const COMMAND_TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=86_400;
+const COMMAND_TIMEOUT: bounds::MaxDuration = bounds::MaxDuration { max: std::time::Duration::from_secs(86_400), text: "1day" };
 
 /// `watch`, `events_log` and `state_dir` when a file leaves them out: what the embedded default
 /// (`ids config default`) sets (a test keeps the two equal).
@@ -146,14 +147,14 @@ fn default_process_context() -> bool {
 fn default_channel_capacity() -> usize {
     65_536
 }
-fn default_integrity_interval() -> u64 {
-    300
+fn default_integrity_interval() -> ConfigDuration {
+    ConfigDuration::secs(300)
 }
-fn default_verify_interval() -> u64 {
-    86_400
+fn default_verify_interval() -> ConfigDuration {
+    ConfigDuration::secs(86_400)
 }
-fn default_remote_check_interval() -> u64 {
-    300
+fn default_remote_check_interval() -> ConfigDuration {
+    ConfigDuration::secs(300)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -257,13 +258,12 @@ impl Config {
             return Err(invalid("state_dir", format!("{} is not an absolute path", raw.state_dir.display())));
         }
         bounds::check(raw.channel_capacity, CHANNEL_CAPACITY).map_err(|m| invalid("channel_capacity", m))?;
-        for (key, seconds) in [
-            ("integrity_interval", raw.integrity_interval),
-            ("verify_interval", raw.verify_interval),
-            ("remote_check_interval", raw.remote_check_interval),
-        ] {
-            bounds::check(seconds, INTERVAL_S).map_err(|m| invalid(key, format!("{m} seconds")))?;
-        }
+        let interval = |key, setting: ConfigDuration| {
+            setting.finite().and_then(|d| bounds::check_duration(d, INTERVAL)).map_err(|m| invalid(key, m))
+        };
+        let integrity_interval = interval("integrity_interval", raw.integrity_interval)?;
+        let verify_interval = interval("verify_interval", raw.verify_interval)?;
+        let remote_check_interval = interval("remote_check_interval", raw.remote_check_interval)?;
         let servers = crate::tinyids::settings::validate_servers(&raw.servers).map_err(|m| invalid("servers", m))?;
         let serve = crate::tinyids::settings::validate_serve(&raw.serve).map_err(|m| invalid("serve", m))?;
         bounds::check(raw.max_watched_inodes, MAX_WATCHED_INODES).map_err(|m| invalid("max_watched_inodes", m))?;
@@ -349,11 +349,11 @@ impl Config {
             bans,
             exclude_hooks: raw.exclude_hooks,
             collectors,
-            integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
-            verify_interval: std::time::Duration::from_secs(raw.verify_interval),
+            integrity_interval,
+            verify_interval,
             servers,
             serve,
-            remote_check_interval: std::time::Duration::from_secs(raw.remote_check_interval),
+            remote_check_interval,
         })
     }
 
@@ -454,15 +454,18 @@ fn validate_collector(
     if spec.settings.contains(&"commands") && commands.is_empty() {
         return Err(invalid("commands", format!("kind {:?} needs at least one command", raw.kind)));
     }
-    let timeout = bounds::check(raw.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S), COMMAND_TIMEOUT_S)
-        .map_err(|m| invalid("timeout", format!("{m} seconds")))?;
+    let timeout = raw
+        .timeout
+        .map_or(Ok(DEFAULT_COMMAND_TIMEOUT), ConfigDuration::finite)
+        .and_then(|d| bounds::check_duration(d, COMMAND_TIMEOUT))
+        .map_err(|m| invalid("timeout", m))?;
     Ok(CollectorConfig {
         kind: raw.kind.clone(),
         name,
         paths,
         recursive: raw.recursive.unwrap_or(false),
         commands,
-        timeout: std::time::Duration::from_secs(timeout),
+        timeout,
     })
 }
 

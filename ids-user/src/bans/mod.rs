@@ -93,7 +93,7 @@ pub type BanSender = tokio::sync::mpsc::Sender<BanRequest>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] net::NetParseError),
     #[error("{what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
@@ -423,7 +423,7 @@ impl Bans {
                 // its entry, which has the same id).
                 for ((net, id), (_, created)) in entries.iter().zip(stored) {
                     if *created && let Err(e) = kernel.remove(net, *id) {
-                        warn!(%net, error = format!("{e:#}"), "undoing a ban in the kernel map");
+                        warn!(%net, error = crate::error_text::one_line(e.as_ref()), "undoing a ban in the kernel map");
                     }
                 }
                 BanError::Kernel(e)

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::control::bans::{BULK_MARKER, answer, duration_of, parse_nets};
 use crate::control::refusal;
 use crate::control::{self, Request};
+use crate::error_text::one_line;
 
 /// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
 const REQUEST_BYTES: usize = 60 * 1024;
@@ -40,7 +41,7 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
             // A daemon that is there but cannot be talked to (no permission) is an error, never a
             // reason to write its store behind its back.
             None => match runtime.block_on(control::try_exchange(&socket, request)) {
-                Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                Err(e) => return Ok(refusal(one_line(with_root_hint(e).as_ref()))),
                 Ok(Some(response)) => response,
                 Ok(None) => {
                     daemon = false;
@@ -49,7 +50,7 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
                             .context("no daemon answered; opening the ban store");
                     match opened {
                         Ok(bans) => answer(offline.insert(bans), request),
-                        Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                        Err(e) => return Ok(refusal(one_line(with_root_hint(e).as_ref()))),
                     }
                 }
             },
@@ -191,7 +192,7 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
             origins.push(format!("argument {}", i + 1));
         }
         if let Some(file) = &args.file {
-            for (net, origin) in read_list(file).map_err(|e| format!("{e:#}"))? {
+            for (net, origin) in read_list(file).map_err(|e| one_line(e.as_ref()))? {
                 nets.push(net);
                 origins.push(origin);
             }
@@ -345,13 +346,13 @@ fn what_of(alert: &serde_json::Value) -> String {
 pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let response = match runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status)) {
-        Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+        Err(e) => refusal(one_line(with_root_hint(e).as_ref())),
         Ok(Some(_)) => {
             refusal(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
         }
         Ok(None) => match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
             Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
-            Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+            Err(e) => refusal(one_line(with_root_hint(e).as_ref())),
         },
     };
     print(&response, json, |r| {
