@@ -16,48 +16,45 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.starts_with('-') {
         return Err(format!("invalid duration {text:?}: negative"));
     }
-    let duration = humantime::parse_duration(text).map_err(|_| format!("invalid duration {text:?}: {DURATION_FORM}"))?;
+    let duration =
+        humantime::parse_duration(text).map_err(|_| format!("invalid duration {text:?}: {DURATION_FORM}"))?;
     if duration.is_zero() {
         return Err(format!("invalid duration {text:?}: zero"));
     }
     Ok(duration)
 }
 
+/// `"permanent"`/`"forever"` (`None`), or a duration as [`parse_duration`] reads it.
+pub(crate) fn parse_duration_or_permanent(text: &str) -> Result<Option<Duration>, String> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("permanent") || trimmed.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    parse_duration(trimmed).map(Some)
+}
+
 /// A duration setting of the config file: a string with a unit (`"90s"`, `"10m"`, `"1h"`, `"1d"`)
 /// or, where a setting allows it, `"permanent"`; an integer (or a fraction) is a number of seconds,
 /// the form older configs used for some settings and still accepted for every one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConfigDuration {
-    For(Duration),
-    /// `"permanent"` (or `"forever"`).
-    Permanent,
-}
+///
+/// A string or number that is no duration is kept as its error, so that validation, which knows
+/// the setting's full key (`bans.detect_duration`), names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigDuration(Result<Option<Duration>, String>);
 
 impl ConfigDuration {
     pub(crate) const fn secs(secs: u64) -> Self {
-        Self::For(Duration::from_secs(secs))
+        Self(Ok(Some(Duration::from_secs(secs))))
     }
 
     /// The duration; `None`: permanent.
-    pub(crate) fn get(self) -> Option<Duration> {
-        match self {
-            Self::For(duration) => Some(duration),
-            Self::Permanent => None,
-        }
+    pub(crate) fn value(&self) -> Result<Option<Duration>, String> {
+        self.0.clone()
     }
 
     /// The duration of a setting that cannot be permanent.
-    pub(crate) fn finite(self) -> Result<Duration, String> {
-        self.get().ok_or_else(|| "must be a finite duration (\"permanent\" is not allowed here)".to_string())
-    }
-
-    /// `"permanent"`/`"forever"`, or a duration as [`parse_duration`] reads it.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let trimmed = text.trim();
-        if trimmed.eq_ignore_ascii_case("permanent") || trimmed.eq_ignore_ascii_case("forever") {
-            return Ok(Self::Permanent);
-        }
-        parse_duration(trimmed).map(Self::For)
+    pub(crate) fn finite(&self) -> Result<Duration, String> {
+        self.value()?.ok_or_else(|| "must be a finite duration (\"permanent\" is not allowed here)".to_string())
     }
 }
 
@@ -72,7 +69,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                ConfigDuration::parse(text).map_err(E::custom)
+                Ok(ConfigDuration(parse_duration_or_permanent(text)))
             }
 
             fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Self::Value, E> {
@@ -80,15 +77,20 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
 
             fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
-                u64::try_from(secs)
-                    .map(ConfigDuration::secs)
-                    .map_err(|_| E::custom(format!("invalid duration {secs}: negative")))
+                Ok(match u64::try_from(secs) {
+                    Ok(secs) => ConfigDuration::secs(secs),
+                    Err(_) => ConfigDuration(Err(format!("invalid duration {secs}: negative"))),
+                })
             }
 
             fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<Self::Value, E> {
-                Duration::try_from_secs_f64(secs)
-                    .map(ConfigDuration::For)
-                    .map_err(|_| E::custom(format!("invalid duration {secs}: not a number of seconds from 0 on")))
+                if !(secs >= 0.0) {
+                    return Ok(ConfigDuration(Err(format!(
+                        "invalid duration {secs}: not a number of seconds from 0 on"
+                    ))));
+                }
+                // Too long for a `Duration` is too long for any setting: its range check says so.
+                Ok(ConfigDuration(Ok(Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)))))
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -169,16 +171,17 @@ mod tests {
         struct Table {
             d: ConfigDuration,
         }
-        let read = |text: &str| toml::from_str::<Table>(text).map(|t| t.d).map_err(|e| e.to_string());
-        assert_eq!(read("d = \"10m\""), Ok(ConfigDuration::secs(600)));
-        assert_eq!(read("d = 600"), Ok(ConfigDuration::secs(600)));
-        assert_eq!(read("d = 2.5"), Ok(ConfigDuration::For(Duration::from_millis(2500))));
-        assert_eq!(read("d = \"permanent\""), Ok(ConfigDuration::Permanent));
-        let error = read("d = \"5x\"").unwrap_err();
-        assert!(error.contains("line 1") && error.contains(r#"invalid duration "5x": expected a number"#), "{error}");
-        assert!(read("d = -5").unwrap_err().contains("invalid duration -5: negative"));
+        let read = |text: &str| toml::from_str::<Table>(text).map(|t| t.d.value()).map_err(|e| e.to_string());
+        assert_eq!(read("d = \"10m\""), Ok(Ok(Some(Duration::from_secs(600)))));
+        assert_eq!(read("d = 600"), Ok(Ok(Some(Duration::from_secs(600)))));
+        assert_eq!(read("d = 2.5"), Ok(Ok(Some(Duration::from_millis(2500)))));
+        assert_eq!(read("d = \"permanent\""), Ok(Ok(None)));
+        let expected = r#"invalid duration "5x": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#;
+        assert_eq!(read("d = \"5x\""), Ok(Err(expected.to_string())));
+        assert_eq!(read("d = -5"), Ok(Err("invalid duration -5: negative".to_string())));
         assert!(read("d = true").unwrap_err().contains("a duration such as"));
-        assert_eq!(ConfigDuration::Permanent.finite().unwrap_err(), "must be a finite duration (\"permanent\" is not allowed here)");
+        let permanent = toml::from_str::<Table>("d = \"forever\"").unwrap().d;
+        assert_eq!(permanent.finite().unwrap_err(), "must be a finite duration (\"permanent\" is not allowed here)");
     }
 
     #[test]

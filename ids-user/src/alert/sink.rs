@@ -468,6 +468,7 @@ mod tests {
             reason: "scan".into(),
             expires: None,
             offence: 1,
+            escalation: None,
         }))
     }
 

@@ -200,7 +200,7 @@ pub struct BansConfig {
 /// A ban duration as people write it (`90s`, `10m`, `1h 30m`, `7d`), or `permanent`/`forever`
 /// (`None`). Zero and negative durations are refused.
 pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    ConfigDuration::parse(text).map(ConfigDuration::get)
+    crate::time::parse_duration_or_permanent(text)
 }
 
 pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansConfig), (&'static str, String)> {
@@ -233,20 +233,20 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     let flood_syns = check(xdp.flood_syns, 0..=1_000_000_000).map_err(|e| ("xdp.flood_syns", e))?;
     let scan_window = xdp.scan_window.finite().map_err(|e| ("xdp.scan_window", e))?;
     let scan_window = check_duration(scan_window, SCAN_WINDOW).map_err(|e| ("xdp.scan_window", e))?;
-    let ban = |key: &'static str, setting: ConfigDuration| -> Result<Option<Duration>, (&'static str, String)> {
-        match setting.get() {
+    let ban = |key: &'static str, setting: &ConfigDuration| -> Result<Option<Duration>, (&'static str, String)> {
+        match setting.value().map_err(|e| (key, e))? {
             Some(duration) => check_duration(duration, BAN).map(Some).map_err(|e| (key, e)),
             None => Ok(None),
         }
     };
-    let finite = |key: &'static str, setting: ConfigDuration| {
+    let finite = |key: &'static str, setting: &ConfigDuration| {
         setting.finite().map_err(|e| (key, e))?;
         ban(key, setting).map(|d| d.unwrap_or(BAN.max))
     };
-    let default_duration = ban("bans.default_duration", bans.default_duration)?;
-    let scan_duration = ban("bans.scan_duration", bans.scan_duration)?;
-    let max_duration = finite("bans.max_duration", bans.max_duration)?;
-    let detect_duration = finite("bans.detect_duration", bans.detect_duration)?;
+    let default_duration = ban("bans.default_duration", &bans.default_duration)?;
+    let scan_duration = ban("bans.scan_duration", &bans.scan_duration)?;
+    let max_duration = finite("bans.max_duration", &bans.max_duration)?;
+    let detect_duration = finite("bans.detect_duration", &bans.detect_duration)?;
     Ok((
         XdpConfig {
             interfaces,

@@ -34,7 +34,6 @@ impl fmt::Display for NetParseError {
 
 impl std::error::Error for NetParseError {}
 
-
 impl BanNet {
     pub fn parse(input: &str) -> Result<Self, NetParseError> {
         let error = |message: String| NetParseError { input: input.to_string(), message, whole: false };
@@ -150,10 +149,7 @@ mod tests {
 
     #[test]
     fn a_bad_address_is_named_once() {
-        assert_eq!(
-            BanNet::parse("1.2.3").unwrap_err().to_string(),
-            r#""1.2.3" is not an IPv4 or IPv6 address"#
-        );
+        assert_eq!(BanNet::parse("1.2.3").unwrap_err().to_string(), r#""1.2.3" is not an IPv4 or IPv6 address"#);
         assert_eq!(
             BanNet::parse("1.2.3/8").unwrap_err().to_string(),
             r#""1.2.3/8": "1.2.3" is not an IPv4 or IPv6 address"#

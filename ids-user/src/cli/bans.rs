@@ -278,7 +278,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 ban["expires"].as_str().unwrap_or("permanent"),
                 ban["packets"],
                 ban["bytes"],
-                ban["reason"].as_str().unwrap_or(""),
+                reason_of(ban),
             );
         }
         if r["daemon"] == false {
@@ -316,6 +316,16 @@ pub fn alerts(
         }
         out
     })
+}
+
+/// The last column of `ids bans`: the ban's reason and, when its duration escalated with the
+/// address's offences, why it lasts that long (`5 failed logins [3rd offence: 10m doubled twice = 40m]`).
+fn reason_of(ban: &Value) -> String {
+    let reason = ban["reason"].as_str().unwrap_or("");
+    match ban["escalation"]["reason"].as_str() {
+        Some(why) => format!("{reason} [{why}]"),
+        None => reason.to_string(),
+    }
 }
 
 /// The last column of `ids alerts`: for a change, what changed and who changed it
@@ -377,6 +387,7 @@ mod tests {
             scan_duration: None,
             max_duration: Duration::from_secs(86_400),
             detect_duration: Duration::from_secs(600),
+            manual_counts_as_offence: false,
         };
         Bans::with_store(
             Store::open_in_memory().unwrap(),
@@ -476,6 +487,14 @@ mod tests {
         let alerts = answer(&mut bans, &Request::Alerts { limit: 5, kinds: Vec::new(), since: None });
         assert_eq!(alerts["ok"], true);
         assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
+    }
+
+    #[test]
+    fn the_reason_column_says_why_an_escalated_ban_lasts_so_long() {
+        let escalated = json!({"reason": "5 failed logins", "escalation": {"offence": 3, "base": "10m",
+            "duration": "40m", "reason": "3rd offence: 10m doubled twice = 40m"}});
+        assert_eq!(reason_of(&escalated), "5 failed logins [3rd offence: 10m doubled twice = 40m]");
+        assert_eq!(reason_of(&json!({"reason": "manual ban"})), "manual ban");
     }
 
     #[test]

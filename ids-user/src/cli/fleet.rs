@@ -127,7 +127,12 @@ fn finish(result: anyhow::Result<Value>, json: bool, human: impl Fn(&Value) -> S
         }
         Err(error) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "error": crate::error_text::one_line(error.as_ref())}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"ok": false, "error": crate::error_text::one_line(error.as_ref())})
+                    )?
+                );
             } else {
                 eprintln!("ids: {}", crate::error_text::one_line(error.as_ref()));
             }

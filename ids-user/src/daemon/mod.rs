@@ -389,7 +389,10 @@ impl Daemon {
                 info!("SIGHUP: events log reopened; {NOT_RELOADED}");
             }
             Err(e) => {
-                warn!(error = crate::error_text::one_line(e.as_ref()), "SIGHUP: reopening the events log failed; writing on to the old file")
+                warn!(
+                    error = crate::error_text::one_line(e.as_ref()),
+                    "SIGHUP: reopening the events log failed; writing on to the old file"
+                )
             }
         }
     }

@@ -713,8 +713,17 @@ mod tests {
         };
         let banned = detect("192.0.2.1");
         assert_eq!(banned.len(), 2, "{alerts:?}");
-        assert_eq!(banned[0]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 60, "offence": 1}));
-        assert_eq!(banned[1]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 120, "offence": 2}));
+        let escalation = |offence: u32, duration: &str, reason: &str| serde_json::json!({"offence": offence, "base": "1m", "duration": duration, "reason": reason});
+        assert_eq!(
+            banned[0]["action"],
+            serde_json::json!({"type": "ban_requested", "duration_s": 60, "offence": 1,
+                "escalation": escalation(1, "1m", "1st offence: the base duration, 1m")})
+        );
+        assert_eq!(
+            banned[1]["action"],
+            serde_json::json!({"type": "ban_requested", "duration_s": 120, "offence": 2,
+                "escalation": escalation(2, "2m", "2nd offence: 1m doubled once = 2m")})
+        );
         let trusted = detect("192.0.2.200");
         assert_eq!(trusted.len(), 2);
         assert!(trusted.iter().all(|a| a["action"]["type"] == "not_banned_trusted"), "{trusted:?}");

@@ -292,7 +292,11 @@ async fn handle_batch(
     let (outcome, decisions) = match stored {
         Ok(stored) => stored,
         Err(error) => {
-            warn!("storing a batch of {} messages: {}; returning them to the queue", kept.len(), one_line(error.as_ref()));
+            warn!(
+                "storing a batch of {} messages: {}; returning them to the queue",
+                kept.len(),
+                one_line(error.as_ref())
+            );
             // Every earlier delivery of the channel is settled (rejected above, or acked with
             // an earlier batch): `multiple` nacks exactly this batch's kept deliveries.
             last.acker

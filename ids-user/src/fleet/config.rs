@@ -190,7 +190,7 @@ pub(crate) fn validate_collect(raw: RawCollect) -> Result<CollectConfig, (&'stat
         ));
     };
     bounds::check(raw.rule_hosts, RULE_HOSTS).map_err(|m| ("collect.rule_hosts", m))?;
-    let rule_ban_for = raw.rule_ban_for.get();
+    let rule_ban_for = raw.rule_ban_for.value().map_err(|m| ("collect.rule_ban_for", m))?;
     Ok(CollectConfig {
         silent_after: raw.silent_after.map(|s| duration("collect.silent_after", s, HEARTBEAT)).transpose()?,
         rule_window: duration("collect.rule_window", raw.rule_window, HEARTBEAT)?,

@@ -309,13 +309,10 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
         }
         config.max_line = max_line;
     }
-    if let Some(timeout) = raw.read_timeout {
+    if let Some(timeout) = &raw.read_timeout {
         let timeout = timeout.finite().map_err(|m| format!("serve.read_timeout: {m}"))?;
         if timeout.is_zero() || timeout > Duration::from_secs(3600) {
-            return Err(format!(
-                "serve.read_timeout: {} is outside (0, 1h]",
-                humantime::format_duration(timeout)
-            ));
+            return Err(format!("serve.read_timeout: {} is outside (0, 1h]", humantime::format_duration(timeout)));
         }
         config.read_timeout = timeout;
     }
@@ -336,13 +333,16 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
             crate::bounds::check(max, 1..=1_000_000).map_err(|m| format!("serve.max_failures: {m}"))?;
     }
     // Up to a year: the lockout is added to the time of a failure.
-    let up_to_a_year = |key: &str, setting: ConfigDuration| {
-        setting.finite().and_then(|d| crate::bounds::check_duration(d, crate::bounds::YEAR)).map_err(|m| format!("{key}: {m}"))
+    let up_to_a_year = |key: &str, setting: &ConfigDuration| {
+        setting
+            .finite()
+            .and_then(|d| crate::bounds::check_duration(d, crate::bounds::YEAR))
+            .map_err(|m| format!("{key}: {m}"))
     };
-    if let Some(window) = raw.failure_window {
+    if let Some(window) = &raw.failure_window {
         config.failure_window = up_to_a_year("serve.failure_window", window)?;
     }
-    if let Some(lockout) = raw.lockout {
+    if let Some(lockout) = &raw.lockout {
         config.lockout = up_to_a_year("serve.lockout", lockout)?;
     }
     config.tls = raw.tls.as_ref().map(|tls| ServeTls {
