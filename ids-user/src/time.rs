@@ -84,7 +84,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
 
             fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<Self::Value, E> {
-                if !(secs >= 0.0) {
+                if secs.is_nan() || secs < 0.0 {
                     return Ok(ConfigDuration(Err(format!(
                         "invalid duration {secs}: not a number of seconds from 0 on"
                     ))));
