@@ -24,6 +24,9 @@ pub(crate) struct MaxDuration {
 /// `[xdp] scan_window`: the kernel counts ports and SYNs per source within one window.
 pub(crate) const SCAN_WINDOW: MaxDuration = MaxDuration { max: Duration::from_secs(86_400), text: "1day" };
 
+/// Intervals and windows of up to a year (a deadline that far is still far from `Instant`'s end).
+pub(crate) const YEAR: MaxDuration = MaxDuration { max: Duration::from_secs(31_536_000), text: "365days" };
+
 /// Ban durations: longer than ten years is a permanent ban, which is written `permanent`.
 pub(crate) const BAN: MaxDuration = MaxDuration { max: Duration::from_secs(3650 * 86_400), text: "3650days" };
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bounds;
+use crate::time::ConfigDuration;
 
 pub use crate::detect::config::{DetectConfig, JournalConfig, LogConfig, LogKind, RulesMode};
 pub use crate::integrity::config::CollectorConfig;
@@ -46,9 +47,9 @@ struct RawConfig {
     #[serde(default)]
     exclude_hooks: Vec<String>,
     #[serde(default = "default_integrity_interval")]
-    integrity_interval: u64,
+    integrity_interval: ConfigDuration,
     #[serde(default = "default_verify_interval")]
-    verify_interval: u64,
+    verify_interval: ConfigDuration,
     #[serde(default)]
     collectors: Vec<toml::Spanned<RawCollector>>,
     #[serde(default)]
@@ -60,7 +61,7 @@ struct RawConfig {
     #[serde(default)]
     serve: crate::tinyids::settings::RawServe,
     #[serde(default = "default_remote_check_interval")]
-    remote_check_interval: u64,
+    remote_check_interval: ConfigDuration,
     #[serde(default)]
     logs: Vec<RawLog>,
     #[serde(default)]
@@ -102,7 +103,7 @@ struct RawCollector {
     paths: Option<Vec<String>>,
     recursive: Option<bool>,
     commands: Option<Vec<RawCommand>>,
-    timeout: Option<u64>,
+    timeout: Option<ConfigDuration>,
 }
 
 /// A command as an argv array, or as one string split into words like a POSIX shell would.
@@ -113,8 +114,8 @@ enum RawCommand {
     Argv(Vec<String>),
 }
 
-/// Seconds a `command` collector waits for each command unless `timeout` says otherwise.
-pub const DEFAULT_COMMAND_TIMEOUT_S: u64 = 10;
+/// How long a `command` collector waits for each command unless `timeout` says otherwise.
+pub const DEFAULT_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 // The ranges of the top-level numbers (`crate::bounds`). Events queued between the readers and
 // the writer: each takes memory up front.
@@ -122,9 +123,10 @@ const CHANNEL_CAPACITY: std::ops::RangeInclusive<usize> = 1..=4_194_304;
 /// The kernel map of watched inodes is sized by it.
 const MAX_WATCHED_INODES: std::ops::RangeInclusive<u32> = 1..=16_777_216;
 /// `integrity_interval`, `verify_interval`, `remote_check_interval`: up to a year.
-const INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=31_536_000;
+const INTERVAL: bounds::MaxDuration = bounds::YEAR;
 /// A `command` collector's `timeout`: up to a day.
-const COMMAND_TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=86_400;
+const COMMAND_TIMEOUT: bounds::MaxDuration =
+    bounds::MaxDuration { max: std::time::Duration::from_secs(86_400), text: "1day" };
 
 /// `watch`, `events_log` and `state_dir` when a file leaves them out: what the embedded default
 /// (`ids config default`) sets (a test keeps the two equal).
@@ -151,14 +153,14 @@ fn default_process_context() -> bool {
 fn default_channel_capacity() -> usize {
     65_536
 }
-fn default_integrity_interval() -> u64 {
-    300
+fn default_integrity_interval() -> ConfigDuration {
+    ConfigDuration::secs(300)
 }
-fn default_verify_interval() -> u64 {
-    86_400
+fn default_verify_interval() -> ConfigDuration {
+    ConfigDuration::secs(86_400)
 }
-fn default_remote_check_interval() -> u64 {
-    300
+fn default_remote_check_interval() -> ConfigDuration {
+    ConfigDuration::secs(300)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,13 +266,12 @@ impl Config {
             return Err(invalid("state_dir", format!("{} is not an absolute path", raw.state_dir.display())));
         }
         bounds::check(raw.channel_capacity, CHANNEL_CAPACITY).map_err(|m| invalid("channel_capacity", m))?;
-        for (key, seconds) in [
-            ("integrity_interval", raw.integrity_interval),
-            ("verify_interval", raw.verify_interval),
-            ("remote_check_interval", raw.remote_check_interval),
-        ] {
-            bounds::check(seconds, INTERVAL_S).map_err(|m| invalid(key, format!("{m} seconds")))?;
-        }
+        let interval = |key, setting: &ConfigDuration| {
+            setting.finite().and_then(|d| bounds::check_duration(d, INTERVAL)).map_err(|m| invalid(key, m))
+        };
+        let integrity_interval = interval("integrity_interval", &raw.integrity_interval)?;
+        let verify_interval = interval("verify_interval", &raw.verify_interval)?;
+        let remote_check_interval = interval("remote_check_interval", &raw.remote_check_interval)?;
         let servers = crate::tinyids::settings::validate_servers(&raw.servers).map_err(|m| invalid("servers", m))?;
         let serve = crate::tinyids::settings::validate_serve(&raw.serve).map_err(|m| invalid("serve", m))?;
         bounds::check(raw.max_watched_inodes, MAX_WATCHED_INODES).map_err(|m| invalid("max_watched_inodes", m))?;
@@ -364,11 +365,11 @@ impl Config {
             bans,
             exclude_hooks: raw.exclude_hooks,
             collectors,
-            integrity_interval: std::time::Duration::from_secs(raw.integrity_interval),
-            verify_interval: std::time::Duration::from_secs(raw.verify_interval),
+            integrity_interval,
+            verify_interval,
             servers,
             serve,
-            remote_check_interval: std::time::Duration::from_secs(raw.remote_check_interval),
+            remote_check_interval,
         })
     }
 
@@ -469,15 +470,19 @@ fn validate_collector(
     if spec.settings.contains(&"commands") && commands.is_empty() {
         return Err(invalid("commands", format!("kind {:?} needs at least one command", raw.kind)));
     }
-    let timeout = bounds::check(raw.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S), COMMAND_TIMEOUT_S)
-        .map_err(|m| invalid("timeout", format!("{m} seconds")))?;
+    let timeout = raw
+        .timeout
+        .as_ref()
+        .map_or(Ok(DEFAULT_COMMAND_TIMEOUT), ConfigDuration::finite)
+        .and_then(|d| bounds::check_duration(d, COMMAND_TIMEOUT))
+        .map_err(|m| invalid("timeout", m))?;
     Ok(CollectorConfig {
         kind: raw.kind.clone(),
         name,
         paths,
         recursive: raw.recursive.unwrap_or(false),
         commands,
-        timeout: std::time::Duration::from_secs(timeout),
+        timeout,
     })
 }
 
@@ -616,6 +621,100 @@ mod tests {
         assert!(err.contains("bans.default_duration") && err.contains("negative"), "{err}");
     }
 
+    /// Every duration setting of the file, with `{}` where its value goes: `strings[i]` and
+    /// `seconds[i]` say the same duration.
+    const EVERY_DURATION: &str = "integrity_interval = {0}\nverify_interval = {1}\nremote_check_interval = {2}\n\
+        [xdp]\nscan_window = {3}\n[bans]\ndefault_duration = {4}\nscan_duration = {5}\nmax_duration = {6}\n\
+        detect_duration = {7}\n[serve]\nread_timeout = {8}\nfailure_window = {9}\nlockout = {10}\n\
+        [fleet]\nurl = \"amqp://a@127.0.0.1/%2f\"\nheartbeat = {11}\n\
+        [collect]\nurl = \"amqp://c@127.0.0.1/%2f\"\nsilent_after = {12}\nrule_window = {13}\nrule_ban_for = {14}\n\
+        [[collectors]]\nkind = \"command\"\ncommands = [\"true\"]\ntimeout = {15}\n";
+
+    fn every_duration(values: &[&str]) -> String {
+        values
+            .iter()
+            .enumerate()
+            .fold(EVERY_DURATION.to_string(), |text, (i, value)| text.replace(&format!("{{{i}}}"), value))
+    }
+
+    #[test]
+    fn every_duration_reads_the_same_as_a_string_with_a_unit_or_as_seconds() {
+        let strings = [
+            "\"5m\"",
+            "\"1d\"",
+            "\"90s\"",
+            "\"10s\"",
+            "\"2h\"",
+            "\"1h 30m\"",
+            "\"7d\"",
+            "\"10m\"",
+            "\"2500ms\"",
+            "\"15m\"",
+            "\"1h\"",
+            "\"30s\"",
+            "\"2m\"",
+            "\"10m\"",
+            "\"1h\"",
+            "\"20s\"",
+        ];
+        let seconds = [
+            "300", "86400", "90", "10", "7200", "5400", "604800", "600", "2.5", "900", "3600", "30", "120", "600",
+            "3600", "20",
+        ];
+        let from_strings = Config::parse(&format!("{BASE}{}", every_duration(&strings)), "strings.toml").unwrap();
+        let from_seconds = Config::parse(&format!("{BASE}{}", every_duration(&seconds)), "seconds.toml").unwrap();
+        assert_eq!(format!("{from_strings:?}"), format!("{from_seconds:?}"));
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(from_strings.integrity_interval, secs(300));
+        assert_eq!(from_strings.bans.scan_duration, Some(secs(5400)));
+        assert_eq!(from_strings.serve.read_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(from_strings.collect.as_ref().unwrap().rule_ban_for, Some(secs(3600)));
+        assert_eq!(from_strings.collectors[0].timeout, secs(20));
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_file_and_the_key() {
+        let mut values = [
+            "\"5m\"", "\"1d\"", "\"90s\"", "\"10s\"", "\"2h\"", "\"1h\"", "\"7d\"", "\"10m\"", "\"10s\"", "\"15m\"",
+            "\"1h\"", "\"30s\"", "\"2m\"", "\"10m\"", "\"1h\"", "\"20s\"",
+        ];
+        let keys = [
+            "integrity_interval",
+            "verify_interval",
+            "remote_check_interval",
+            "xdp.scan_window",
+            "bans.default_duration",
+            "bans.scan_duration",
+            "bans.max_duration",
+            "bans.detect_duration",
+            "serve.read_timeout",
+            "serve.failure_window",
+            "serve.lockout",
+            "fleet.heartbeat",
+            "collect.silent_after",
+            "collect.rule_window",
+            "collect.rule_ban_for",
+            "collectors[0].timeout",
+        ];
+        for (index, key) in keys.iter().enumerate() {
+            let good = values[index];
+            values[index] = "\"5x\"";
+            let error = Config::parse(&format!("{BASE}{}", every_duration(&values)), "/etc/ids/bad.toml")
+                .unwrap_err()
+                .to_string();
+            let expected = r#"invalid duration "5x": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#;
+            assert!(error.starts_with("config /etc/ids/bad.toml: "), "{key}: {error}");
+            assert!(error.contains(key) && error.ends_with(expected), "{key}: {error}");
+            assert_eq!(error.matches("invalid duration").count(), 1, "{error}");
+            values[index] = good;
+        }
+        let error = Config::parse(&format!("{BASE}[bans]\nmax_duration = \"permanent\"\n"), "t.toml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "config t.toml: bans.max_duration: must be a finite duration (\"permanent\" is not allowed here)"
+        );
+    }
+
     #[test]
     fn no_collectors_means_none() {
         let config = Config::parse(BASE, "t").unwrap();
@@ -645,7 +744,7 @@ mod tests {
         assert_eq!(collectors[0].name, "file_contents");
         assert!(collectors[0].recursive);
         assert_eq!(collectors[1].commands, [vec!["iptables-save", "-t", "filter"], vec!["nft", "list ruleset"]]);
-        assert_eq!(collectors[1].timeout, std::time::Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_S));
+        assert_eq!(collectors[1].timeout, DEFAULT_COMMAND_TIMEOUT);
         assert_eq!(collectors[2].name, "modules");
     }
 
@@ -706,16 +805,17 @@ mod tests {
         ("channel_capacity = 0", "channel_capacity", "1..=4194304", &[]),
         ("max_watched_inodes = 0", "max_watched_inodes", "1..=16777216", &["1", "16777216"]),
         ("max_watched_inodes = 4294967295", "max_watched_inodes", "1..=16777216", &[]),
-        ("integrity_interval = 9223372036854775807", "integrity_interval", "1..=31536000", &["1", "31536000"]),
-        ("integrity_interval = 0", "integrity_interval", "1..=31536000", &[]),
-        ("verify_interval = 9223372036854775807", "verify_interval", "1..=31536000", &["1", "31536000"]),
-        ("remote_check_interval = 9223372036854775807", "remote_check_interval", "1..=31536000", &["1", "31536000"]),
-        ("[serve]\nlockout = 9223372036854775807", "serve.lockout", "1..=31536000", &["1", "31536000"]),
-        ("[serve]\nlockout = 0", "serve.lockout", "1..=31536000", &[]),
-        ("[serve]\nfailure_window = 9223372036854775807", "serve.failure_window", "1..=31536000", &["1", "31536000"]),
+        ("integrity_interval = 9223372036854775807", "integrity_interval", "1s..=365days", YEAR),
+        ("integrity_interval = 0", "integrity_interval", "1s..=365days", &[]),
+        ("integrity_interval = \"366d\"", "integrity_interval", "1s..=365days", &[]),
+        ("verify_interval = 9223372036854775807", "verify_interval", "1s..=365days", YEAR),
+        ("remote_check_interval = 9223372036854775807", "remote_check_interval", "1s..=365days", YEAR),
+        ("[serve]\nlockout = 9223372036854775807", "serve.lockout", "1s..=365days", YEAR),
+        ("[serve]\nlockout = 0", "serve.lockout", "1s..=365days", &[]),
+        ("[serve]\nfailure_window = 9223372036854775807", "serve.failure_window", "1s..=365days", YEAR),
         ("[serve]\nmax_failures = 4294967295", "serve.max_failures", "1..=1000000", &["1", "1000000"]),
         ("[serve]\nmax_line = 63", "serve.max_line", "64..=1048576", &["64", "1048576"]),
-        ("[serve]\nread_timeout = 1e300", "serve.read_timeout", "(0, 3600]", &["0.001", "3600"]),
+        ("[serve]\nread_timeout = 1e300", "serve.read_timeout", "(0, 1h]", &["0.001", "3600", "\"1ms\"", "\"1h\""]),
         ("[serve]\nmax_connections = 0", "serve.max_connections", "1..=1000000", &["1", "1000000"]),
         (
             "[serve]\nmax_connections_per_address = 1000001",
@@ -738,10 +838,13 @@ mod tests {
         (
             "[[collectors]]\nkind = \"command\"\ncommands = [\"true\"]\ntimeout = 9223372036854775807",
             "collectors[0].timeout",
-            "1..=86400",
-            &["1", "86400"],
+            "1s..=1day",
+            &["1", "86400", "\"1s\"", "\"1d\""],
         ),
     ];
+
+    /// The ends of a range of up to a year, as seconds and as strings.
+    const YEAR: &[&str] = &["1", "31536000", "\"1s\"", "\"365d\""];
 
     #[test]
     fn every_numeric_setting_is_refused_outside_its_range_naming_key_and_range() {

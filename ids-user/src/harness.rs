@@ -254,7 +254,7 @@ impl Workers {
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(stop)));
             let failure = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{e:#}")),
+                Ok(Err(e)) => Some(crate::error_text::one_line(e.as_ref())),
                 Err(panic) => Some(panic_text(panic.as_ref())),
             };
             let _ = exited.send(Exited { worker: name, failure });
@@ -272,7 +272,7 @@ impl Workers {
         let future = work(self.stop.clone());
         let exited = self.exited_tx.clone();
         let task = tokio::spawn(async move {
-            let failure = future.await.err().map(|e| format!("{e:#}"));
+            let failure = future.await.err().map(|e| crate::error_text::one_line(e.as_ref()));
             let _ = exited.send(Exited { worker: name, failure });
         });
         self.running.push((name, Running::Task(task)));

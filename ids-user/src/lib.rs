@@ -7,6 +7,8 @@ pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod detect;
+// Public for the binary's `main`, which prints a failed command's error with it.
+pub mod error_text;
 pub(crate) mod event;
 pub(crate) mod fleet;
 // Entry points for the fuzz targets (fuzz/); only built with the `fuzzing` feature, so the normal

@@ -4,7 +4,7 @@ fn main() -> ExitCode {
     match ids::cli::run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ids: {e:#}");
+            eprintln!("ids: {}", ids::error_text::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

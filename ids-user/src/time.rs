@@ -1,9 +1,101 @@
 //! Wall-clock times as the daemon records them: serialised as RFC 3339 in UTC with microseconds,
-//! the form of every `time` field in events, alerts and the store.
+//! the form of every `time` field in events, alerts and the store. Durations as people write them
+//! (`90s`, `10m`, `1h`, `1d`), on the command line and in the config file ([`ConfigDuration`]).
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What a duration that does not parse is told: short, with the units that matter.
+const DURATION_FORM: &str = "expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h";
+
+/// A duration as people write it: a number and a unit (`90s`, `10m`, `1h`, `1d`, `1h 30m`; `ms`
+/// and `w` work too). Negative, zero and unitless texts are refused, the text named once.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("invalid duration {text:?}: negative"));
+    }
+    let duration =
+        humantime::parse_duration(text).map_err(|_| format!("invalid duration {text:?}: {DURATION_FORM}"))?;
+    if duration.is_zero() {
+        return Err(format!("invalid duration {text:?}: zero"));
+    }
+    Ok(duration)
+}
+
+/// `"permanent"`/`"forever"` (`None`), or a duration as [`parse_duration`] reads it.
+pub(crate) fn parse_duration_or_permanent(text: &str) -> Result<Option<Duration>, String> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("permanent") || trimmed.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    parse_duration(trimmed).map(Some)
+}
+
+/// A duration setting of the config file: a string with a unit (`"90s"`, `"10m"`, `"1h"`, `"1d"`)
+/// or, where a setting allows it, `"permanent"`; an integer (or a fraction) is a number of seconds,
+/// the form older configs used for some settings and still accepted for every one.
+///
+/// A string or number that is no duration is kept as its error, so that validation, which knows
+/// the setting's full key (`bans.detect_duration`), names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigDuration(Result<Option<Duration>, String>);
+
+impl ConfigDuration {
+    pub(crate) const fn secs(secs: u64) -> Self {
+        Self(Ok(Some(Duration::from_secs(secs))))
+    }
+
+    /// The duration; `None`: permanent.
+    pub(crate) fn value(&self) -> Result<Option<Duration>, String> {
+        self.0.clone()
+    }
+
+    /// The duration of a setting that cannot be permanent.
+    pub(crate) fn finite(&self) -> Result<Duration, String> {
+        self.value()?.ok_or_else(|| "must be a finite duration (\"permanent\" is not allowed here)".to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"90s\", \"10m\", \"1h\", \"1d\", or a number of seconds")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(ConfigDuration(parse_duration_or_permanent(text)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Self::Value, E> {
+                Ok(ConfigDuration::secs(secs))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
+                Ok(match u64::try_from(secs) {
+                    Ok(secs) => ConfigDuration::secs(secs),
+                    Err(_) => ConfigDuration(Err(format!("invalid duration {secs}: negative"))),
+                })
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<Self::Value, E> {
+                if secs.is_nan() || secs < 0.0 {
+                    return Ok(ConfigDuration(Err(format!(
+                        "invalid duration {secs}: not a number of seconds from 0 on"
+                    ))));
+                }
+                // Too long for a `Duration` is too long for any setting: its range check says so.
+                Ok(ConfigDuration(Ok(Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)))))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
 
 /// A moment in wall-clock time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +146,42 @@ mod tests {
         let now = Instant::now();
         assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
         assert!(deadline_after(now, Duration::MAX) >= now + CENTURY);
+    }
+
+    #[test]
+    fn a_bad_duration_is_named_once_with_the_form_expected() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_duration("5x").unwrap_err(),
+            r#"invalid duration "5x": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#
+        );
+        assert_eq!(
+            parse_duration("90").unwrap_err(),
+            r#"invalid duration "90": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#
+        );
+        assert_eq!(parse_duration("-5m").unwrap_err(), r#"invalid duration "-5m": negative"#);
+        assert_eq!(parse_duration("0s").unwrap_err(), r#"invalid duration "0s": zero"#);
+    }
+
+    #[test]
+    fn config_durations_are_strings_with_a_unit_or_seconds() {
+        #[derive(Deserialize)]
+        struct Table {
+            d: ConfigDuration,
+        }
+        let read = |text: &str| toml::from_str::<Table>(text).map(|t| t.d.value()).map_err(|e| e.to_string());
+        assert_eq!(read("d = \"10m\""), Ok(Ok(Some(Duration::from_secs(600)))));
+        assert_eq!(read("d = 600"), Ok(Ok(Some(Duration::from_secs(600)))));
+        assert_eq!(read("d = 2.5"), Ok(Ok(Some(Duration::from_millis(2500)))));
+        assert_eq!(read("d = \"permanent\""), Ok(Ok(None)));
+        let expected = r#"invalid duration "5x": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#;
+        assert_eq!(read("d = \"5x\""), Ok(Err(expected.to_string())));
+        assert_eq!(read("d = -5"), Ok(Err("invalid duration -5: negative".to_string())));
+        assert!(read("d = true").unwrap_err().contains("a duration such as"));
+        let permanent = toml::from_str::<Table>("d = \"forever\"").unwrap().d;
+        assert_eq!(permanent.finite().unwrap_err(), "must be a finite duration (\"permanent\" is not allowed here)");
     }
 
     #[test]

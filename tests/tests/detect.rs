@@ -45,6 +45,53 @@ fn wait_alert(daemon: &Daemon, since: Instant, select: impl Fn(&Value) -> bool) 
     }
 }
 
+/// A manual ban is no offence toward a detector's escalation unless `[bans]
+/// manual_counts_as_offence`; either way the detector's alert and `ids bans` say why the ban lasts
+/// as long as it does.
+#[test]
+fn a_detector_ban_after_a_manual_one_escalates_only_when_configured_and_says_why() {
+    for (manual_counts, offence, duration_s, why) in
+        [(false, 1, 60, "1st offence: the base duration, 1m"), (true, 2, 120, "2nd offence: 1m doubled once = 2m")]
+    {
+        let name = if manual_counts { "manual-counts" } else { "manual-free" };
+        let scratch = Scratch::new("/var/tmp", name);
+        let log = scratch.0.join("auth.log");
+        fs::write(&log, "").unwrap();
+        let extra = format!(
+            "bans.detect_duration = \"1m\"\nbans.manual_counts_as_offence = {manual_counts}\n[[logs]]\nkind = \"sshd\"\npath = {:?}\n",
+            log.display().to_string(),
+        );
+        let daemon = Daemon::start_with(name, &[], &[], &extra);
+        let manual = daemon.ids_json(&["ban", "10.200.0.5", "--for", "1h"]);
+        assert_eq!(manual["data"][0]["created"], true, "{manual}");
+        assert!(manual["data"][0].get("escalation").is_none(), "a manual ban does not escalate: {manual}");
+        daemon.ids_json(&["unban", "10.200.0.5"]);
+
+        let start = Instant::now();
+        for i in 0..5 {
+            append(&log, &failed_login(200, "admin", "10.200.0.5", 50000 + i));
+        }
+        let (alert, _) = wait_alert(&daemon, start, |a| a["source"] == "10.200.0.5");
+        let action = &alert["action"];
+        assert_eq!(action["type"], "ban_requested", "{alert}");
+        assert_eq!((action["offence"].as_u64(), action["duration_s"].as_u64()), (Some(offence), Some(duration_s)));
+        assert_eq!(action["escalation"]["reason"], why, "manual_counts_as_offence = {manual_counts}: {alert}");
+        let ban_alert = daemon.wait_for(1, |e| e["kind"] == "ban" && e["net"] == "10.200.0.5");
+        assert_eq!(ban_alert.first().map(|a| a["escalation"]["reason"].clone()), Some(why.into()), "{ban_alert:?}");
+
+        let listed = daemon.ids_json(&["bans"]);
+        assert_eq!(listed["data"][0]["escalation"]["reason"], why, "{listed}");
+        let table = std::process::Command::new(ids_tests::ids_bin())
+            .args(["bans", "--config"])
+            .arg(&daemon.config)
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(table.contains(&format!("rule sshd-failed-password [{why}]")), "{table}");
+        daemon.stop();
+    }
+}
+
 #[test]
 fn log_attacks_webshells_and_web_server_shells_are_detected() {
     let scratch = Scratch::new("/var/tmp", "detect");

@@ -236,3 +236,71 @@ fn ids_config_names_the_file_when_config_does_not() {
     let missing = status_error(Path::new("/nonexistent/ids.toml"), &[]);
     assert!(missing.contains("/nonexistent/ids.toml"), "a missing IDS_CONFIG file is not an error: {missing}");
 }
+
+/// A refused `ids ban` says what is wrong in one short line, the input named once.
+#[test]
+fn a_bad_address_or_duration_is_named_once_in_one_short_line() {
+    let scratch = Scratch::new("/var/tmp", "ban-errors");
+    let (config, _) = write_config(&scratch, "ban-errors", "[]");
+    let config_arg = config.to_str().unwrap();
+    for (args, expected) in [
+        (&["ban", "1.2.3"][..], "ids: \"1.2.3\" is not an IPv4 or IPv6 address\n"),
+        (
+            &["ban", "1.2.3.4", "--for", "5x"][..],
+            "ids: invalid duration \"5x\": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h\n",
+        ),
+    ] {
+        let out = ids(&[args, &["--config", config_arg]].concat());
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out));
+    }
+    assert!(banned_nets(config_arg).is_empty(), "a refused ban was recorded");
+
+    // A missing config file: the system's message once.
+    let out = ids(&["bans", "--config", "/nonexistent/ids.toml"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ids: reading config /nonexistent/ids.toml: No such file or directory (os error 2)\n"
+    );
+}
+
+/// The passphrase flags are offered by the commands that send or set a passphrase only.
+#[test]
+fn passphrase_flags_appear_only_where_a_passphrase_is_used() {
+    // The options the help lists (an about line may mention a flag by name).
+    let help = |args: &[&str]| -> String {
+        let said = text(&ids(&[args, &["--help"]].concat()));
+        said.lines().filter(|line| line.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n")
+    };
+    for args in [
+        &["client", "update"][..],
+        &["client", "delete"],
+        &["client", "changephrase"],
+        &["server", "reset-passphrase", "x"],
+    ] {
+        let said = help(args);
+        assert!(said.contains("--passphrase-file") && said.contains("--passphrase-arg"), "{args:?}: {said}");
+    }
+    assert!(help(&["client", "changephrase"]).contains("--new-passphrase-file"));
+    for args in [
+        &["client"][..],
+        &["client", "test"],
+        &["client", "check"],
+        &["server"],
+        &["server", "list"],
+        &["server", "show", "x"],
+        &["server", "delete", "x"],
+        &["serve"],
+        &["ban"],
+    ] {
+        let said = help(args);
+        assert!(
+            !said.contains("passphrase-file") && !said.contains("passphrase-arg"),
+            "{args:?} offers a passphrase: {said}"
+        );
+    }
+    for args in [&["client", "update"][..], &["server", "reset-passphrase", "x"]] {
+        assert!(!help(args).contains("--new-passphrase"), "{args:?}");
+    }
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use self::sink::MemoryLog;
 pub(crate) use self::sink::{AlertSink, AlertStoreStatus, EventsLog};
 use crate::process::ProcessView;
-use crate::store::AlertRow;
+use crate::store::{AlertRow, Escalation};
 use crate::time::Timestamp;
 
 /// How much an alert matters.
@@ -177,8 +177,13 @@ impl Detector {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum DetectAction {
     /// The ban path banned the address: for `duration_s` seconds (0: permanently), its
-    /// `offence`th ban.
-    BanRequested { duration_s: u64, offence: u32 },
+    /// `offence`th ban; `escalation` says why that long when the duration escalated.
+    BanRequested {
+        duration_s: u64,
+        offence: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        escalation: Option<Escalation>,
+    },
     /// The address is trusted (`[xdp] trusted`, or this host's with `trust_local`): no ban.
     NotBannedTrusted,
     /// The ban path did not take the request (its queue was full, it has stopped, or it failed).
@@ -234,8 +239,11 @@ pub(crate) struct BanAlert {
     pub(crate) reason: String,
     /// RFC 3339; absent: permanent.
     pub(crate) expires: Option<String>,
-    /// How many times this net has been banned, this one included.
+    /// How many offences of this net are counted, this one included.
     pub(crate) offence: u32,
+    /// Why the ban lasts as long as it does, when its duration escalated with the offences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) escalation: Option<Escalation>,
 }
 
 impl Alert {
@@ -308,7 +316,14 @@ impl Alert {
                 kind,
                 item_id: ban.net.clone(),
                 collector: ban.source.clone(),
-                what: serde_json::json!({"reason": ban.reason, "expires": ban.expires, "offence": ban.offence}),
+                what: {
+                    let mut what =
+                        serde_json::json!({"reason": ban.reason, "expires": ban.expires, "offence": ban.offence});
+                    if let Some(escalation) = &ban.escalation {
+                        what["escalation"] = serde_json::to_value(escalation).unwrap_or_default();
+                    }
+                    what
+                },
             },
         }
     }
@@ -368,6 +383,12 @@ mod tests {
             reason: "scan".into(),
             expires: Some("2026-12-05T01:00:00Z".into()),
             offence: 2,
+            escalation: Some(Escalation {
+                offence: 2,
+                base: "10m".into(),
+                duration: "20m".into(),
+                reason: "2nd offence: 10m doubled once = 20m".into(),
+            }),
         }));
         let integrity = Alert::now(AlertBody::Integrity(IntegrityAlert {
             collector: "etc".into(),
@@ -404,7 +425,7 @@ mod tests {
                 window_s: Some(300),
                 process: None,
                 evidence: vec!["a\\x1bb".into()],
-                action: DetectAction::BanRequested { duration_s: 600, offence: 1 },
+                action: DetectAction::BanRequested { duration_s: 600, offence: 1, escalation: None },
             }),
         }
     }

@@ -467,6 +467,7 @@ mod tests {
             reason: "scan".into(),
             expires: None,
             offence: 1,
+            escalation: None,
         }))
     }
 

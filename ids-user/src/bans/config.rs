@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::net::BanNet;
 use crate::bounds::{BAN, SCAN_WINDOW, check, check_duration};
+use crate::time::ConfigDuration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,7 +22,7 @@ pub(crate) struct RawXdp {
     #[serde(default = "default_flood_syns")]
     flood_syns: u32,
     #[serde(default = "default_scan_window")]
-    scan_window: String,
+    scan_window: ConfigDuration,
     #[serde(default)]
     mode: XdpModeSetting,
     #[serde(default = "default_trust_local")]
@@ -47,13 +48,16 @@ impl Default for RawXdp {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBans {
     #[serde(default = "default_duration")]
-    default_duration: String,
+    default_duration: ConfigDuration,
     #[serde(default = "default_duration")]
-    scan_duration: String,
+    scan_duration: ConfigDuration,
     #[serde(default = "default_max_duration")]
-    max_duration: String,
+    max_duration: ConfigDuration,
     #[serde(default = "default_detect_duration")]
-    detect_duration: String,
+    detect_duration: ConfigDuration,
+    /// Whether `ids ban` (source `manual`) counts as an offence toward a detector's escalation.
+    #[serde(default)]
+    manual_counts_as_offence: bool,
 }
 
 impl Default for RawBans {
@@ -63,6 +67,7 @@ impl Default for RawBans {
             scan_duration: default_duration(),
             max_duration: default_max_duration(),
             detect_duration: default_detect_duration(),
+            manual_counts_as_offence: false,
         }
     }
 }
@@ -82,17 +87,17 @@ fn default_scan_ports() -> u32 {
 fn default_flood_syns() -> u32 {
     0
 }
-fn default_scan_window() -> String {
-    "10s".into()
+fn default_scan_window() -> ConfigDuration {
+    ConfigDuration::secs(10)
 }
-fn default_duration() -> String {
-    "1h".into()
+fn default_duration() -> ConfigDuration {
+    ConfigDuration::secs(3600)
 }
-fn default_detect_duration() -> String {
-    "10m".into()
+fn default_detect_duration() -> ConfigDuration {
+    ConfigDuration::secs(600)
 }
-fn default_max_duration() -> String {
-    "30d".into()
+fn default_max_duration() -> ConfigDuration {
+    ConfigDuration::secs(30 * 86_400)
 }
 
 /// `[xdp]`: where the ban filter runs and what it trusts.
@@ -187,24 +192,15 @@ pub struct BansConfig {
     /// First ban of an address by a log detector (`crate::detect`); doubled for each earlier
     /// offence, up to `max_duration`.
     pub detect_duration: Duration,
+    /// Whether a manual ban (`ids ban`, source `manual`) counts as an offence of the net, so that a
+    /// detector's later ban of it escalates; by default it does not.
+    pub manual_counts_as_offence: bool,
 }
 
-/// A duration as people write it (`90s`, `10m`, `1h 30m`, `7d`), or `permanent`/`forever`
+/// A ban duration as people write it (`90s`, `10m`, `1h 30m`, `7d`), or `permanent`/`forever`
 /// (`None`). Zero and negative durations are refused.
 pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("permanent") || text.eq_ignore_ascii_case("forever") {
-        return Ok(None);
-    }
-    if text.starts_with('-') {
-        return Err(format!("duration {text:?} is negative"));
-    }
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("duration {text:?}: {e} (examples: 90s, 10m, 1h, 7d, permanent)"))?;
-    if duration.is_zero() {
-        return Err(format!("duration {text:?} is zero"));
-    }
-    Ok(Some(duration))
+    crate::time::parse_duration_or_permanent(text)
 }
 
 pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansConfig), (&'static str, String)> {
@@ -235,22 +231,22 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
     }
     let scan_ports = check(xdp.scan_ports, 0..=65_536).map_err(|e| ("xdp.scan_ports", e))?;
     let flood_syns = check(xdp.flood_syns, 0..=1_000_000_000).map_err(|e| ("xdp.flood_syns", e))?;
-    let scan_window = parse_duration(&xdp.scan_window)
-        .map_err(|e| ("xdp.scan_window", e))?
-        .ok_or(("xdp.scan_window", "must be a finite duration".to_string()))?;
+    let scan_window = xdp.scan_window.finite().map_err(|e| ("xdp.scan_window", e))?;
     let scan_window = check_duration(scan_window, SCAN_WINDOW).map_err(|e| ("xdp.scan_window", e))?;
-    let ban = |key: &'static str, text: &str| -> Result<Option<Duration>, (&'static str, String)> {
-        match parse_duration(text).map_err(|e| (key, e))? {
+    let ban = |key: &'static str, setting: &ConfigDuration| -> Result<Option<Duration>, (&'static str, String)> {
+        match setting.value().map_err(|e| (key, e))? {
             Some(duration) => check_duration(duration, BAN).map(Some).map_err(|e| (key, e)),
             None => Ok(None),
         }
     };
-    let finite =
-        |key: &'static str, duration: Option<Duration>| duration.ok_or((key, "must be a finite duration".to_string()));
+    let finite = |key: &'static str, setting: &ConfigDuration| {
+        setting.finite().map_err(|e| (key, e))?;
+        ban(key, setting).map(|d| d.unwrap_or(BAN.max))
+    };
     let default_duration = ban("bans.default_duration", &bans.default_duration)?;
     let scan_duration = ban("bans.scan_duration", &bans.scan_duration)?;
-    let max_duration = finite("bans.max_duration", ban("bans.max_duration", &bans.max_duration)?)?;
-    let detect_duration = finite("bans.detect_duration", ban("bans.detect_duration", &bans.detect_duration)?)?;
+    let max_duration = finite("bans.max_duration", &bans.max_duration)?;
+    let detect_duration = finite("bans.detect_duration", &bans.detect_duration)?;
     Ok((
         XdpConfig {
             interfaces,
@@ -262,7 +258,13 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             mode: xdp.mode,
             trust_local: xdp.trust_local,
         },
-        BansConfig { default_duration, scan_duration, max_duration, detect_duration },
+        BansConfig {
+            default_duration,
+            scan_duration,
+            max_duration,
+            detect_duration,
+            manual_counts_as_offence: bans.manual_counts_as_offence,
+        },
     ))
 }
 
@@ -321,6 +323,9 @@ mod tests {
         assert_eq!(parse_duration("permanent").unwrap(), None);
         assert!(parse_duration("-5m").unwrap_err().contains("negative"));
         assert!(parse_duration("0s").unwrap_err().contains("zero"));
-        assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
+        assert_eq!(
+            parse_duration("soon").unwrap_err(),
+            r#"invalid duration "soon": expected a number and a unit (s, m, h, d), e.g. 90s, 10m, 1h"#
+        );
     }
 }

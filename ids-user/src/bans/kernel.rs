@@ -351,7 +351,9 @@ impl XdpAttachments {
                     info!(interface, mode = mode.name(), "XDP ban filter attached");
                     self.attached.push((interface, mode));
                 }
-                Err(e) => warn!(interface, error = format!("{e:#}"), "XDP ban filter not attached"),
+                Err(e) => {
+                    warn!(interface, error = crate::error_text::one_line(e.as_ref()), "XDP ban filter not attached")
+                }
             }
         }
     }
@@ -363,7 +365,11 @@ impl XdpAttachments {
                 Ok(()) => return Ok(AttachMode::Replaced),
                 Err(e) => {
                     // A link of an interface that went away (or another kernel object): start over.
-                    warn!(interface, error = format!("{e:#}"), "pinned XDP link not reusable; attaching anew");
+                    warn!(
+                        interface,
+                        error = crate::error_text::one_line(e.as_ref()),
+                        "pinned XDP link not reusable; attaching anew"
+                    );
                     let _ = std::fs::remove_file(&path);
                 }
             }

@@ -5,9 +5,10 @@
 //!   free text, not empty), who asks (`source`: `manual`, `port-scan`, `syn-flood`,
 //!   `ssh-bruteforce`, `web-attack`, ...: lowercase letters, digits and `-`), for how long
 //!   ([`BanDuration`]: the configured default, a fixed duration, permanent, or
-//!   [`BanDuration::Escalating`]`(base)`: `base × 2^(earlier bans of this net)`, at most
-//!   `[bans] max_duration`; the store counts every net's bans in `offenders`), and optionally the
-//!   detector's alert to raise with the decision ([`BanRequest::raising`]).
+//!   [`BanDuration::Escalating`]`(base)`: `base × 2^(earlier offences of this net)`, at most
+//!   `[bans] max_duration`, with the why kept in the ban's `escalation`; the store counts every
+//!   net's offences in `offenders`, a manual ban only with `[bans] manual_counts_as_offence`), and
+//!   optionally the detector's alert to raise with the decision ([`BanRequest::raising`]).
 //! - Inside the daemon, every detector holds a [`BanSender`] (the daemon owns the one receiver)
 //!   and calls `sender.try_send(request)`; the daemon hands each request to [`Bans::apply`], which
 //!   decides trust and escalation (here only), records the ban, raises its alert (kind `ban`) and
@@ -38,7 +39,7 @@ pub use self::kernel::BanMaps;
 pub use self::net::BanNet;
 use crate::alert::{Alert, AlertBody, AlertSink, BanAlert, DetectAction};
 use crate::store::bans_table::NewBan;
-use crate::store::{BanRow, Store, StoreError};
+use crate::store::{BanRow, Escalation, Store, StoreError};
 
 /// How long a ban lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +89,15 @@ impl BanRequest {
     }
 }
 
+/// The source of the bans of `ids ban` and the control socket.
+pub const MANUAL: &str = "manual";
+
 /// Where detectors send ban requests; the daemon owns the receiving end.
 pub type BanSender = tokio::sync::mpsc::Sender<BanRequest>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BanError {
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] net::NetParseError),
     #[error("{what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
@@ -115,7 +119,8 @@ pub struct BanOutcome {
     #[serde(flatten)]
     pub ban: BanRow,
     pub created: bool,
-    /// How many times the net has been banned, this ban included.
+    /// How many offences of the net are counted, this ban included (a manual ban is none unless
+    /// `[bans] manual_counts_as_offence`).
     #[serde(skip)]
     pub offence: u32,
     /// How long this ban lasts (`None`: permanent), escalation applied.
@@ -126,8 +131,51 @@ pub struct BanOutcome {
 /// What the ban path decided for one request.
 struct Decision {
     offence: u32,
+    /// Whether this ban, if new, counts as an offence of its net.
+    counts: bool,
     duration: Option<Duration>,
     expires: Option<String>,
+    escalation: Option<Escalation>,
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, ..., `11th`, `12th`, `13th`, `21st`, ...
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+fn human(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// Why an escalating ban of `base` lasts `duration` at its `offence`th offence (`max`: the cap).
+fn escalation(offence: u32, base: Duration, duration: Duration, max: Duration) -> Escalation {
+    let doublings = offence.saturating_sub(1);
+    let uncapped = match 1u32.checked_shl(doublings) {
+        Some(factor) if doublings < 32 => base.checked_mul(factor),
+        _ => None,
+    };
+    let mut reason = match doublings {
+        0 => format!("{} offence: the base duration, {}", ordinal(offence), human(base)),
+        1 => format!("{} offence: {} doubled once", ordinal(offence), human(base)),
+        2 => format!("{} offence: {} doubled twice", ordinal(offence), human(base)),
+        n => format!("{} offence: {} doubled {n} times", ordinal(offence), human(base)),
+    };
+    if doublings > 0 && uncapped == Some(duration) {
+        reason += &format!(" = {}", human(duration));
+    } else if uncapped != Some(duration) {
+        if let Some(uncapped) = uncapped.filter(|u| doublings > 0 && *u > max) {
+            reason += &format!(" = {}", human(uncapped));
+        }
+        reason += &format!(", capped at [bans] max_duration = {}", human(max));
+    }
+    Escalation { offence, base: human(base), duration: human(duration), reason }
 }
 
 /// What [`Bans::reconcile`] changed in the kernel maps.
@@ -353,6 +401,8 @@ impl Bans {
     /// only) and the expiry that follows.
     fn decide(&self, request: &BanRequest) -> Result<Decision, BanError> {
         let earlier = self.store.offences(&request.net.to_string())?;
+        let counts = request.source != MANUAL || self.config.manual_counts_as_offence;
+        let mut escalated = None;
         let duration = match request.duration {
             BanDuration::Default => self.config.default_duration,
             BanDuration::For(d) => Some(d),
@@ -360,7 +410,10 @@ impl Bans {
             BanDuration::Until(until) => Some(until.duration_since(SystemTime::now()).unwrap_or_default()),
             BanDuration::Escalating(base) => {
                 let factor = 1u32.checked_shl(earlier.min(31)).unwrap_or(u32::MAX);
-                Some(base.saturating_mul(factor).min(self.config.max_duration).max(base.min(self.config.max_duration)))
+                let max = self.config.max_duration;
+                let duration = base.saturating_mul(factor).min(max).max(base.min(max));
+                escalated = Some(escalation(earlier.saturating_add(1), base, duration, max));
+                Some(duration)
             }
         };
         let expires = match request.duration {
@@ -373,7 +426,8 @@ impl Bans {
                 )
             }),
         };
-        Ok(Decision { offence: earlier.saturating_add(1), duration, expires })
+        let offence = if counts { earlier.saturating_add(1) } else { earlier };
+        Ok(Decision { offence, counts, duration, expires, escalation: escalated })
     }
 
     /// Applies a request from the ban channel (detectors, the scan detector, fleet decisions)
@@ -390,6 +444,7 @@ impl Bans {
                 DetectAction::BanRequested {
                     duration_s: outcome.duration.map_or(0, |d| d.as_secs()),
                     offence: outcome.offence,
+                    escalation: outcome.ban.escalation.clone(),
                 }
             }
             Err(BanError::Trusted { .. }) => DetectAction::NotBannedTrusted,
@@ -420,18 +475,25 @@ impl Bans {
     /// refused, or the kernel does not take one, nothing changes (the store's transaction is
     /// rolled back, the maps lose what this call added).
     pub fn ban_all(&mut self, requests: Vec<BanRequest>) -> Result<Vec<BanOutcome>, BanError> {
-        let mut rows = Vec::with_capacity(requests.len());
+        let mut nets = Vec::with_capacity(requests.len());
         let mut decisions = Vec::with_capacity(requests.len());
         for request in &requests {
             self.check(request)?;
-            let decision = self.decide(request)?;
-            rows.push((request.net.to_string(), decision.expires.clone()));
-            decisions.push(decision);
+            decisions.push(self.decide(request)?);
+            nets.push(request.net.to_string());
         }
         let new: Vec<NewBan<'_>> = requests
             .iter()
-            .zip(&rows)
-            .map(|(r, (net, expires))| NewBan { net, reason: &r.reason, source: &r.source, expires: expires.clone() })
+            .zip(&nets)
+            .zip(&decisions)
+            .map(|((r, net), decision)| NewBan {
+                net,
+                reason: &r.reason,
+                source: &r.source,
+                expires: decision.expires.clone(),
+                escalation: decision.escalation.clone(),
+                offence: decision.counts,
+            })
             .collect();
         let kernel = &mut self.kernel;
         let stored = self.store.add_bans_then(&new, |stored| {
@@ -443,7 +505,7 @@ impl Bans {
                 // its entry, which has the same id).
                 for ((net, id), (_, created)) in entries.iter().zip(stored) {
                     if *created && let Err(e) = kernel.remove(net, *id) {
-                        warn!(%net, error = format!("{e:#}"), "undoing a ban in the kernel map");
+                        warn!(%net, error = crate::error_text::one_line(e.as_ref()), "undoing a ban in the kernel map");
                     }
                 }
                 BanError::Kernel(e)
@@ -463,13 +525,14 @@ impl Bans {
         let mut outcomes = Vec::with_capacity(stored.len());
         let mut alerts = Vec::new();
         for ((request, (row, created)), decision) in requests.iter().zip(stored).zip(decisions) {
-            if created && request.source != "manual" {
+            if created && request.source != MANUAL {
                 alerts.push(Alert::now(AlertBody::Ban(BanAlert {
                     net: row.net.clone(),
                     source: row.source.clone(),
                     reason: row.reason.clone(),
                     expires: row.expires.clone(),
                     offence: decision.offence,
+                    escalation: row.escalation.clone(),
                 })));
             }
             if created && requests.len() == 1 {
@@ -658,6 +721,7 @@ mod tests {
             scan_duration: Some(Duration::from_secs(3600)),
             max_duration: Duration::from_secs(86_400),
             detect_duration: Duration::from_secs(600),
+            manual_counts_as_offence: false,
         };
         let trusted = vec![BanNet::parse("127.0.0.0/8").unwrap(), BanNet::parse("10.9.9.9").unwrap()];
         Bans::with_store(Store::open_in_memory().unwrap(), None, trusted, config, AlertSink::new(None, None))
@@ -705,11 +769,89 @@ mod tests {
         assert!(bans.list().unwrap().is_empty());
     }
 
+    fn escalating(net: &str, base: Duration) -> BanRequest {
+        BanRequest::new(BanNet::parse(net).unwrap(), "5 failed logins", "ssh-bruteforce", BanDuration::Escalating(base))
+    }
+
+    fn ban_alerts(inbox: &mut crate::harness::Inbox<Arc<Alert>>) -> Vec<serde_json::Value> {
+        let mut alerts = Vec::new();
+        while let crate::harness::Received::Item(alert) = inbox.try_recv() {
+            alerts.push(serde_json::to_value(&*alert).unwrap());
+        }
+        alerts
+    }
+
+    #[test]
+    fn an_escalated_ban_says_why_in_its_row_and_its_alert() {
+        let mut bans = bans();
+        let mut inbox = bans.sink().subscribe(16);
+        let base = Duration::from_secs(600);
+        let mut reasons = Vec::new();
+        for offence in 1..=3u32 {
+            let outcome = bans.ban(escalating("10.5.5.5", base)).unwrap();
+            assert_eq!(outcome.offence, offence);
+            let escalation = outcome.ban.escalation.clone().unwrap();
+            assert_eq!((escalation.offence, escalation.base.as_str()), (offence, "10m"));
+            reasons.push((escalation.duration, escalation.reason));
+            bans.unban(&BanNet::parse("10.5.5.5").unwrap()).unwrap();
+        }
+        let expected = [
+            ("10m", "1st offence: the base duration, 10m"),
+            ("20m", "2nd offence: 10m doubled once = 20m"),
+            ("40m", "3rd offence: 10m doubled twice = 40m"),
+        ];
+        let expected: Vec<(String, String)> = expected.iter().map(|(d, r)| (d.to_string(), r.to_string())).collect();
+        assert_eq!(reasons, expected);
+        let alerts = ban_alerts(&mut inbox);
+        assert_eq!(alerts.len(), 3, "{alerts:?}");
+        assert_eq!(
+            alerts[2]["escalation"],
+            serde_json::json!({"offence": 3, "base": "10m", "duration": "40m", "reason": "3rd offence: 10m doubled twice = 40m"})
+        );
+        // The cap of [bans] max_duration (1 day) is named when it cuts the doubling short.
+        for _ in 0..5 {
+            bans.ban(escalating("10.5.5.5", base)).unwrap();
+            bans.unban(&BanNet::parse("10.5.5.5").unwrap()).unwrap();
+        }
+        let capped = bans.ban(escalating("10.5.5.5", base)).unwrap().ban.escalation.unwrap();
+        assert_eq!(
+            capped.reason,
+            "9th offence: 10m doubled 8 times = 1day 18h 40m, capped at [bans] max_duration = 1day"
+        );
+        assert_eq!(capped.duration, "1day");
+        // `ids bans` reads it back from the store.
+        assert_eq!(bans.list().unwrap()[0].escalation.as_ref(), Some(&capped));
+    }
+
+    #[test]
+    fn a_manual_ban_is_no_offence_unless_configured() {
+        let base = Duration::from_secs(600);
+        for (manual_counts, first_detector_ban) in [(false, "10m"), (true, "20m")] {
+            let mut bans = bans();
+            bans.config.manual_counts_as_offence = manual_counts;
+            let manual = bans.ban(request("10.6.6.6")).unwrap();
+            assert_eq!(manual.ban.escalation, None);
+            assert_eq!(bans.offences(&manual.ban.net.parse().unwrap()).unwrap(), u32::from(manual_counts));
+            bans.unban(&BanNet::parse("10.6.6.6").unwrap()).unwrap();
+            let detector = bans.ban(escalating("10.6.6.6", base)).unwrap();
+            let escalation = detector.ban.escalation.unwrap();
+            assert_eq!(escalation.duration, first_detector_ban, "manual_counts_as_offence = {manual_counts}");
+            assert_eq!(detector.offence, 1 + u32::from(manual_counts));
+        }
+    }
+
+    #[test]
+    fn ordinals_read_as_words_do() {
+        let ordinals: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].into_iter().map(ordinal).collect();
+        assert_eq!(ordinals, ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]);
+    }
+
     #[test]
     fn escalating_bans_double_for_repeat_offenders() {
         let mut bans = bans();
         let base = Duration::from_secs(600);
         let mut escalating = request("10.2.2.2");
+        escalating.source = "web-attack".into();
         escalating.duration = BanDuration::Escalating(base);
         let expires = |outcome: &BanOutcome| {
             humantime::parse_rfc3339(outcome.ban.expires.as_deref().unwrap())

@@ -14,16 +14,29 @@ pub struct BanNet(IpNet);
 pub const BROAD_V4: u8 = 8;
 pub const BROAD_V6: u8 = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?}: {message}")]
+/// Why `input` is not an address or prefix. Displayed as `"INPUT" MESSAGE` when `message` is
+/// about the whole input (`"1.2.3" is not an IPv4 or IPv6 address`), `"INPUT": MESSAGE` when it
+/// names a part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetParseError {
     pub input: String,
     pub message: String,
+    /// `message` continues the input's name as a sentence (`is not ...`).
+    whole: bool,
 }
+
+impl fmt::Display for NetParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let separator = if self.whole { " " } else { ": " };
+        write!(f, "{:?}{separator}{}", self.input, self.message)
+    }
+}
+
+impl std::error::Error for NetParseError {}
 
 impl BanNet {
     pub fn parse(input: &str) -> Result<Self, NetParseError> {
-        let error = |message: String| NetParseError { input: input.to_string(), message };
+        let error = |message: String| NetParseError { input: input.to_string(), message, whole: false };
         let text = input.trim();
         if text.is_empty() {
             return Err(error("empty; expected an IPv4 or IPv6 address, optionally with /PREFIX".into()));
@@ -32,8 +45,14 @@ impl BanNet {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr =
-            IpAddr::from_str(addr_text).map_err(|_| error(format!("{addr_text:?} is not an IPv4 or IPv6 address")))?;
+        let addr = IpAddr::from_str(addr_text).map_err(|_| match prefix_text {
+            None => NetParseError {
+                input: input.to_string(),
+                message: "is not an IPv4 or IPv6 address".into(),
+                whole: true,
+            },
+            Some(_) => error(format!("{addr_text:?} is not an IPv4 or IPv6 address")),
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_text {
             None => max,
@@ -126,6 +145,19 @@ mod tests {
         assert_eq!(BanNet::parse("fd00:1::5/32").unwrap().to_string(), "fd00:1::/32");
         assert!(BanNet::parse("10.0.0.1").unwrap().is_single());
         assert!(!BanNet::parse("10.0.0.0/8").unwrap().is_single());
+    }
+
+    #[test]
+    fn a_bad_address_is_named_once() {
+        assert_eq!(BanNet::parse("1.2.3").unwrap_err().to_string(), r#""1.2.3" is not an IPv4 or IPv6 address"#);
+        assert_eq!(
+            BanNet::parse("1.2.3/8").unwrap_err().to_string(),
+            r#""1.2.3/8": "1.2.3" is not an IPv4 or IPv6 address"#
+        );
+        assert_eq!(
+            BanNet::parse("10.0.0.0/x").unwrap_err().to_string(),
+            r#""10.0.0.0/x": prefix length "x" is not a number from 0 to 32"#
+        );
     }
 
     #[test]

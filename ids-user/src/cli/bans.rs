@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::control::bans::{BULK_MARKER, answer, duration_of, parse_nets};
 use crate::control::refusal;
 use crate::control::{self, Request};
+use crate::error_text::one_line;
 
 /// Longest control request the CLI sends (the daemon takes lines of at most 64 KiB).
 const REQUEST_BYTES: usize = 60 * 1024;
@@ -41,7 +42,7 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
             // A daemon that is there but cannot be talked to (no permission) is an error, never a
             // reason to write its store behind its back.
             None => match runtime.block_on(control::try_exchange(&socket, request)) {
-                Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                Err(e) => return Ok(refusal(one_line(with_root_hint(e).as_ref()))),
                 Ok(Some(response)) => response,
                 Ok(None) => {
                     daemon = false;
@@ -50,7 +51,7 @@ fn exchange(config: &Config, requests: Vec<Request>) -> anyhow::Result<Value> {
                             .context("no daemon answered; opening the ban store");
                     match opened {
                         Ok(bans) => answer(offline.insert(bans), request),
-                        Err(e) => return Ok(refusal(format!("{:#}", with_root_hint(e)))),
+                        Err(e) => return Ok(refusal(one_line(with_root_hint(e).as_ref()))),
                     }
                 }
             },
@@ -192,7 +193,7 @@ pub fn ban(config: &Config, args: BanArgs, json: bool) -> anyhow::Result<ExitCod
             origins.push(format!("argument {}", i + 1));
         }
         if let Some(file) = &args.file {
-            for (net, origin) in read_list(file).map_err(|e| format!("{e:#}"))? {
+            for (net, origin) in read_list(file).map_err(|e| one_line(e.as_ref()))? {
                 nets.push(net);
                 origins.push(origin);
             }
@@ -276,7 +277,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 render::expiry(ban["expires"].as_str(), now).into(),
                 ban["packets"].to_string().into(),
                 ban["bytes"].to_string().into(),
-                ban["reason"].as_str().unwrap_or("").into(),
+                reason_of(ban).into(),
             ]);
         }
         let mut out = table.render(render::stdout_colour());
@@ -287,17 +288,27 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The last column of `ids bans`: the ban's reason and, when its duration escalated with the
+/// address's offences, why it lasts that long (`5 failed logins [3rd offence: 10m doubled twice = 40m]`).
+fn reason_of(ban: &Value) -> String {
+    let reason = ban["reason"].as_str().unwrap_or("");
+    match ban["escalation"]["reason"].as_str() {
+        Some(why) => format!("{reason} [{why}]"),
+        None => reason.to_string(),
+    }
+}
+
 /// `ids xdp detach`: removes the pinned links (the program leaves the interfaces) and maps.
 pub fn detach(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let response = match runtime.block_on(control::try_exchange(&config.control_socket(), &Request::Status)) {
-        Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+        Err(e) => refusal(one_line(with_root_hint(e).as_ref())),
         Ok(Some(_)) => {
             refusal(format!("the daemon answers on {}; stop it before detaching", config.control_socket().display()))
         }
         Ok(None) => match crate::bans::kernel::remove_pins(&config.xdp.pin_dir) {
             Ok(removed) => json!({"ok": true, "data": {"pin_dir": config.xdp.pin_dir, "removed": removed}}),
-            Err(e) => refusal(format!("{:#}", with_root_hint(e))),
+            Err(e) => refusal(one_line(with_root_hint(e).as_ref())),
         },
     };
     print(&response, json, |r| {
@@ -322,6 +333,7 @@ mod tests {
             scan_duration: None,
             max_duration: Duration::from_secs(86_400),
             detect_duration: Duration::from_secs(600),
+            manual_counts_as_offence: false,
         };
         Bans::with_store(
             Store::open_in_memory().unwrap(),
@@ -424,5 +436,13 @@ mod tests {
         );
         assert_eq!(alerts["ok"], true);
         assert!(alerts["data"].as_array().unwrap().is_empty(), "manual bans raise no alert: {alerts}");
+    }
+
+    #[test]
+    fn the_reason_column_says_why_an_escalated_ban_lasts_so_long() {
+        let escalated = json!({"reason": "5 failed logins", "escalation": {"offence": 3, "base": "10m",
+            "duration": "40m", "reason": "3rd offence: 10m doubled twice = 40m"}});
+        assert_eq!(reason_of(&escalated), "5 failed logins [3rd offence: 10m doubled twice = 40m]");
+        assert_eq!(reason_of(&json!({"reason": "manual ban"})), "manual ban");
     }
 }

@@ -135,9 +135,14 @@ fn finish(result: anyhow::Result<Value>, json: bool, human: impl Fn(&Value) -> S
         }
         Err(error) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "error": format!("{error:#}")}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"ok": false, "error": crate::error_text::one_line(error.as_ref())})
+                    )?
+                );
             } else {
-                eprintln!("ids: {error:#}");
+                eprintln!("ids: {}", crate::error_text::one_line(error.as_ref()));
             }
             Ok(ExitCode::FAILURE)
         }
@@ -235,7 +240,8 @@ fn publish_recorded(config: &CollectConfig, decision: BanDecision) -> anyhow::Re
         Err(error) => {
             data["published"] = false.into();
             data["note"] = format!(
-                "not published now ({error:#}): the decision is recorded and the running collector publishes it"
+                "not published now ({}): the decision is recorded and the running collector publishes it",
+                crate::error_text::one_line(error.as_ref())
             )
             .into();
         }

@@ -403,7 +403,10 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Ok(status), false) => print!("{}", human_status(&status, self::render::stdout_colour())),
                 // A script reading `--json` gets JSON, the failure included.
                 (Err(e), true) => {
-                    println!("{}", serde_json::to_string_pretty(&control::refusal(format!("{e:#}")))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&control::refusal(crate::error_text::one_line(e.as_ref())))?
+                    );
                     return Ok(ExitCode::FAILURE);
                 }
                 (Err(e), false) => return Err(e),

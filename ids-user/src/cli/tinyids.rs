@@ -34,19 +34,26 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
 }
 
+/// Where the passphrase comes from: flattened only into the subcommands that send or set one, so
+/// that no other command's `--help` offers it.
 #[derive(Debug, Args)]
 pub struct PassphraseArgs {
     /// Read the passphrase from the first line of this file.
-    #[arg(long, global = true)]
+    #[arg(long)]
     passphrase_file: Option<PathBuf>,
     /// The passphrase itself (visible to other users in the process list: prefer a file).
-    #[arg(long, global = true)]
+    #[arg(long)]
     passphrase_arg: Option<String>,
-    /// CHANGEPHRASE: read the new passphrase from this file.
-    #[arg(long, global = true)]
+}
+
+/// Where CHANGEPHRASE's new passphrase comes from.
+#[derive(Debug, Args)]
+pub struct NewPassphraseArgs {
+    /// Read the new passphrase from the first line of this file.
+    #[arg(long)]
     new_passphrase_file: Option<PathBuf>,
-    /// CHANGEPHRASE: the new passphrase itself.
-    #[arg(long, global = true)]
+    /// The new passphrase itself (visible to other users in the process list: prefer a file).
+    #[arg(long)]
     new_passphrase_arg: Option<String>,
 }
 
@@ -70,8 +77,6 @@ pub struct ClientArgs {
     /// Seconds to wait for each server.
     #[arg(long, global = true, default_value_t = 10.0)]
     timeout: f64,
-    #[command(flatten)]
-    passphrase: PassphraseArgs,
 }
 
 /// TLS for the `--server` servers: the settings of a `[servers.tls]` table, as flags.
@@ -179,11 +184,21 @@ enum ClientCommand {
         /// Send this hash instead of scanning.
         #[arg(long)]
         hash: Option<String>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
     },
     /// DELETE this host's record.
-    Delete,
+    Delete {
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
     /// CHANGEPHRASE: replace the passphrase.
-    Changephrase,
+    Changephrase {
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        #[command(flatten)]
+        new_passphrase: NewPassphraseArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -200,8 +215,6 @@ pub struct AdminArgs {
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
-    #[command(flatten)]
-    passphrase: PassphraseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +235,8 @@ enum AdminCommand {
     ResetPassphrase {
         /// The client's name, as `ids server list` shows it.
         client: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
     },
 }
 
@@ -294,7 +309,7 @@ fn old_passphrase(args: &PassphraseArgs, confirm: bool) -> anyhow::Result<String
     passphrase(args.passphrase_arg.as_deref(), args.passphrase_file.as_deref(), "IDS_PASSPHRASE", "Passphrase", confirm)
 }
 
-fn new_passphrase(args: &PassphraseArgs) -> anyhow::Result<String> {
+fn new_passphrase(args: &NewPassphraseArgs) -> anyhow::Result<String> {
     passphrase(
         args.new_passphrase_arg.as_deref(),
         args.new_passphrase_file.as_deref(),
@@ -329,14 +344,14 @@ pub fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let request = match args.command {
         ClientCommand::Test => Request::Test { revision: Some(crate::tinyids::REVISION.into()) },
         ClientCommand::Check { hash } => Request::Check { hash: aggregate(&config, hash)? },
-        ClientCommand::Update { hash } => {
+        ClientCommand::Update { hash, passphrase } => {
             let hash = aggregate(&config, hash)?;
-            Request::Update { hash, passphrase: old_passphrase(&args.passphrase, false)? }
+            Request::Update { hash, passphrase: old_passphrase(&passphrase, false)? }
         }
-        ClientCommand::Delete => Request::Delete { passphrase: old_passphrase(&args.passphrase, false)? },
-        ClientCommand::Changephrase => {
-            let old = old_passphrase(&args.passphrase, false)?;
-            Request::ChangePhrase { old, new: new_passphrase(&args.passphrase)? }
+        ClientCommand::Delete { passphrase } => Request::Delete { passphrase: old_passphrase(&passphrase, false)? },
+        ClientCommand::Changephrase { passphrase, new_passphrase: new } => {
+            let old = old_passphrase(&passphrase, false)?;
+            Request::ChangePhrase { old, new: new_passphrase(&new)? }
         }
     };
     let outcomes = runtime()?.block_on(client::send_all(&targets, &request, Duration::from_secs_f64(args.timeout)));
@@ -392,11 +407,11 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             crate::tinyids::admin::log_action("delete", &client, &db);
             println!("deleted the record of {client}");
         }
-        AdminCommand::ResetPassphrase { client } => {
+        AdminCommand::ResetPassphrase { client, passphrase } => {
             if store.get(&client)?.is_none() {
                 anyhow::bail!("no record for client {client:?} in {}", db.display());
             }
-            let new = old_passphrase(&args.passphrase, true)?;
+            let new = old_passphrase(&passphrase, true)?;
             let phc = crate::tinyids::store::hash_passphrase(&new)?;
             if !store.reset_passphrase(&client, &phc)? {
                 anyhow::bail!("the record of {client:?} was deleted meanwhile");

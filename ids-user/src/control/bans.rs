@@ -75,7 +75,7 @@ pub(crate) fn answer(bans: &mut Bans, request: &Request) -> Value {
                 requests.push(BanRequest {
                     net,
                     reason: reason.clone(),
-                    source: "manual".into(),
+                    source: crate::bans::MANUAL.into(),
                     duration,
                     force: *force,
                     alert: None,

@@ -232,7 +232,7 @@ pub(crate) async fn serve(
         let requests = requests.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, requests).await {
-                warn!(error = format!("{e:#}"), "control connection");
+                warn!(error = crate::error_text::one_line(e.as_ref()), "control connection");
             }
             drop(place);
         });

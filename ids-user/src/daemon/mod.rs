@@ -410,7 +410,10 @@ impl Daemon {
                 info!("SIGHUP: events log reopened");
             }
             Err(e) => {
-                warn!(error = format!("{e:#}"), "SIGHUP: reopening the events log failed; writing on to the old file")
+                warn!(
+                    error = crate::error_text::one_line(e.as_ref()),
+                    "SIGHUP: reopening the events log failed; writing on to the old file"
+                )
             }
         }
     }
@@ -429,12 +432,12 @@ impl Daemon {
         // Read again even when its path is unchanged: the file's rules may have been edited.
         let rules = match crate::detect::rules::RuleSet::load(read.detect.rules.as_deref(), read.detect.rules_mode) {
             Ok(rules) => rules,
-            Err(e) => return keep(format!("{e:#}")),
+            Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
         };
         let remote_checks =
             match crate::tinyids::remote_check::RemoteChecks::new(&read.servers, read.remote_check_interval) {
                 Ok(checks) => checks,
-                Err(e) => return keep(format!("{e:#}")),
+                Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
             };
         let reloaded = reload::reload(&self.config, read.clone());
         for section in &reloaded.at_restart {

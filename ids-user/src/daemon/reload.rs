@@ -35,6 +35,7 @@ const SECTIONS: &[(&str, fn(&Config) -> String)] = &[
     ("process_context", |c| rendered(&c.process_context)),
     ("exclude_hooks", |c| rendered(&c.exclude_hooks)),
     ("[metrics]", |c| rendered(&c.metrics)),
+    ("[[outputs]]", |c| rendered(&c.outputs)),
 ];
 
 /// The sections that differ between `a` and `b`, in table order.

@@ -353,7 +353,7 @@ impl Worker {
                 continue;
             }
             if let Err(e) = self.open_log(log.kind, path) {
-                warn!(path = %log.path.display(), error = format!("{e:#}"), "reload: the log cannot be followed");
+                warn!(path = %log.path.display(), error = crate::error_text::one_line(e.as_ref()), "reload: the log cannot be followed");
             }
         }
         // Journal sources: a reader whose table is unchanged goes on; the others stop (storing
@@ -371,7 +371,7 @@ impl Worker {
                 continue;
             }
             if let Err(e) = self.start_journal(journal) {
-                warn!(error = format!("{e:#}"), "reload: a journal source cannot be followed");
+                warn!(error = crate::error_text::one_line(e.as_ref()), "reload: a journal source cannot be followed");
             }
         }
         if interest.web_roots != self.web_roots {
@@ -844,8 +844,17 @@ mod tests {
         };
         let banned = detect("192.0.2.1");
         assert_eq!(banned.len(), 2, "{alerts:?}");
-        assert_eq!(banned[0]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 60, "offence": 1}));
-        assert_eq!(banned[1]["action"], serde_json::json!({"type": "ban_requested", "duration_s": 120, "offence": 2}));
+        let escalation = |offence: u32, duration: &str, reason: &str| serde_json::json!({"offence": offence, "base": "1m", "duration": duration, "reason": reason});
+        assert_eq!(
+            banned[0]["action"],
+            serde_json::json!({"type": "ban_requested", "duration_s": 60, "offence": 1,
+                "escalation": escalation(1, "1m", "1st offence: the base duration, 1m")})
+        );
+        assert_eq!(
+            banned[1]["action"],
+            serde_json::json!({"type": "ban_requested", "duration_s": 120, "offence": 2,
+                "escalation": escalation(2, "2m", "2nd offence: 1m doubled once = 2m")})
+        );
         let trusted = detect("192.0.2.200");
         assert_eq!(trusted.len(), 2);
         assert!(trusted.iter().all(|a| a["action"]["type"] == "not_banned_trusted"), "{trusted:?}");

@@ -240,7 +240,7 @@ impl Agent {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Reconfigured) => continue,
                 Err(e) => {
-                    let error = format!("{e:#}");
+                    let error = crate::error_text::one_line(e.as_ref());
                     if failures == 0 {
                         warn!(error, "fleet: broker link down; alerts wait in the store and are sent once it is back");
                     }

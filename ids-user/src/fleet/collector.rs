@@ -32,6 +32,7 @@ use super::central::{CentralError, CentralStore, Received, rfc3339};
 use super::message::{self, ALERTS_QUEUE, BANS_EXCHANGE, BanDecision, Inbound, types};
 use super::topology;
 use super::{BrokerConfig, CentralDatabase, CollectConfig};
+use crate::error_text::one_line;
 
 /// Deliveries the broker may have in flight to the collector: enough to fill a batch while the
 /// previous one is being committed.
@@ -120,7 +121,7 @@ async fn collect(config: &CollectConfig, storage: &Storage) -> anyhow::Result<()
             Ok(()) => break,
             Err(error) => {
                 let pause = backoff.next();
-                warn!("broker session ended: {error:#}; reconnecting in {} ms", pause.as_millis());
+                warn!("broker session ended: {}; reconnecting in {} ms", one_line(error.as_ref()), pause.as_millis());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}
@@ -291,7 +292,11 @@ async fn handle_batch(
     let (outcome, decisions) = match stored {
         Ok(stored) => stored,
         Err(error) => {
-            warn!("storing a batch of {} messages: {error:#}; returning them to the queue", kept.len());
+            warn!(
+                "storing a batch of {} messages: {}; returning them to the queue",
+                kept.len(),
+                one_line(error.as_ref())
+            );
             // Every earlier delivery of the channel is settled (rejected above, or acked with
             // an earlier batch): `multiple` nacks exactly this batch's kept deliveries.
             last.acker
@@ -366,7 +371,7 @@ pub(crate) async fn publish_outbox(storage: &Storage, publisher: &Channel) -> an
     let pending = match storage.call(|store| store.unpublished_decisions()).await {
         Ok(pending) => pending,
         Err(error) => {
-            warn!("reading unpublished fleet bans: {error:#}");
+            warn!("reading unpublished fleet bans: {}", one_line(error.as_ref()));
             return Ok(());
         }
     };
@@ -375,7 +380,7 @@ pub(crate) async fn publish_outbox(storage: &Storage, publisher: &Channel) -> an
         let rev = decision.rev;
         if let Err(error) = storage.call(move |store| store.mark_published(rev)).await {
             // Published again next time: agents apply a rev once.
-            warn!(rev, "marking a fleet ban published: {error:#}");
+            warn!(rev, "marking a fleet ban published: {}", one_line(error.as_ref()));
             return Ok(());
         }
         info!(rev, net = decision.net, action = ?decision.action, "fleet ban decision published");
@@ -398,7 +403,7 @@ async fn housekeeping(config: &CollectConfig, storage: &Storage, publisher: &Cha
                 warn!(host = host.host, last_heartbeat = host.last_heartbeat, "host is silent");
             }
         }
-        Err(error) => warn!("checking for silent hosts: {error:#}"),
+        Err(error) => warn!("checking for silent hosts: {}", one_line(error.as_ref())),
     }
     publish_outbox(storage, publisher).await
 }

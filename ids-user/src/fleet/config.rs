@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::bounds;
+use crate::time::ConfigDuration;
 
 /// How to reach and log in to the broker: shared by the agent, the collector and the CLI.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +74,7 @@ pub(crate) struct RawFleet {
     tls: TlsFiles,
     host_id: Option<String>,
     #[serde(default = "default_heartbeat")]
-    heartbeat: String,
+    heartbeat: ConfigDuration,
     #[serde(default = "default_max_backlog")]
     max_backlog: u64,
 }
@@ -87,19 +88,19 @@ pub(crate) struct RawCollect {
     tls: TlsFiles,
     #[serde(default = "default_central_database")]
     database: String,
-    silent_after: Option<String>,
+    silent_after: Option<ConfigDuration>,
     #[serde(default = "default_rule_hosts")]
     rule_hosts: u32,
     #[serde(default = "default_rule_window")]
-    rule_window: String,
+    rule_window: ConfigDuration,
     #[serde(default = "default_rule_ban_for")]
-    rule_ban_for: String,
+    rule_ban_for: ConfigDuration,
     #[serde(default = "default_verify_host")]
     verify_host: bool,
 }
 
-fn default_heartbeat() -> String {
-    "30s".into()
+fn default_heartbeat() -> ConfigDuration {
+    ConfigDuration::secs(30)
 }
 fn default_max_backlog() -> u64 {
     1_000_000
@@ -110,11 +111,11 @@ fn default_central_database() -> String {
 fn default_rule_hosts() -> u32 {
     3
 }
-fn default_rule_window() -> String {
-    "10m".into()
+fn default_rule_window() -> ConfigDuration {
+    ConfigDuration::secs(600)
 }
-fn default_rule_ban_for() -> String {
-    "1h".into()
+fn default_rule_ban_for() -> ConfigDuration {
+    ConfigDuration::secs(3600)
 }
 fn default_verify_host() -> bool {
     true
@@ -126,10 +127,13 @@ const HEARTBEAT: bounds::MaxDuration = bounds::MaxDuration { max: Duration::from
 const MAX_BACKLOG: std::ops::RangeInclusive<u64> = 1..=1_000_000_000;
 const RULE_HOSTS: std::ops::RangeInclusive<u32> = 0..=100_000;
 
-/// A duration key: `humantime` text within 1 s..=`limit`.
-fn duration(key: &'static str, text: &str, limit: bounds::MaxDuration) -> Result<Duration, (&'static str, String)> {
-    let value = humantime::parse_duration(text).map_err(|e| (key, format!("{text:?}: {e}")))?;
-    bounds::check_duration(value, limit).map_err(|m| (key, m))
+/// A finite duration key within 1 s..=`limit`.
+fn duration(
+    key: &'static str,
+    setting: ConfigDuration,
+    limit: bounds::MaxDuration,
+) -> Result<Duration, (&'static str, String)> {
+    setting.finite().and_then(|value| bounds::check_duration(value, limit)).map_err(|m| (key, m))
 }
 
 fn broker(
@@ -167,7 +171,7 @@ pub(crate) fn validate_fleet(raw: RawFleet) -> Result<FleetConfig, (&'static str
     }
     bounds::check(raw.max_backlog, MAX_BACKLOG).map_err(|m| ("fleet.max_backlog", m))?;
     Ok(FleetConfig {
-        heartbeat: duration("fleet.heartbeat", &raw.heartbeat, HEARTBEAT)?,
+        heartbeat: duration("fleet.heartbeat", raw.heartbeat, HEARTBEAT)?,
         broker: broker("fleet", raw.url, raw.password_file, raw.tls)?,
         host_id: raw.host_id,
         max_backlog: raw.max_backlog,
@@ -186,10 +190,10 @@ pub(crate) fn validate_collect(raw: RawCollect) -> Result<CollectConfig, (&'stat
         ));
     };
     bounds::check(raw.rule_hosts, RULE_HOSTS).map_err(|m| ("collect.rule_hosts", m))?;
-    let rule_ban_for = crate::bans::parse_duration(&raw.rule_ban_for).map_err(|m| ("collect.rule_ban_for", m))?;
+    let rule_ban_for = raw.rule_ban_for.value().map_err(|m| ("collect.rule_ban_for", m))?;
     Ok(CollectConfig {
-        silent_after: raw.silent_after.map(|s| duration("collect.silent_after", &s, HEARTBEAT)).transpose()?,
-        rule_window: duration("collect.rule_window", &raw.rule_window, HEARTBEAT)?,
+        silent_after: raw.silent_after.map(|s| duration("collect.silent_after", s, HEARTBEAT)).transpose()?,
+        rule_window: duration("collect.rule_window", raw.rule_window, HEARTBEAT)?,
         broker: broker("collect", raw.url, raw.password_file, raw.tls)?,
         database,
         rule_hosts: raw.rule_hosts,

@@ -156,7 +156,12 @@ impl Sensor {
                         chosen = Some(set.name);
                         break;
                     }
-                    Err(e) => info!(signal = name, hook = set.name, error = format!("{e:#}"), "hook unavailable"),
+                    Err(e) => info!(
+                        signal = name,
+                        hook = set.name,
+                        error = crate::error_text::one_line(e.as_ref()),
+                        "hook unavailable"
+                    ),
                 }
             }
             let Some(chosen) = chosen else {
@@ -254,7 +259,11 @@ fn attach_set(ebpf: &mut Ebpf, btf: &aya::Btf, set: &HookSet) -> anyhow::Result<
             match attach_program(ebpf, btf, spec.program, spec.attach) {
                 Ok(()) => loaded.push(spec.program),
                 Err(e) if spec.optional => {
-                    info!(program = spec.program, error = format!("{e:#}"), "optional program not attached");
+                    info!(
+                        program = spec.program,
+                        error = crate::error_text::one_line(e.as_ref()),
+                        "optional program not attached"
+                    );
                     let _ = unload(ebpf, spec.program);
                 }
                 Err(e) => {

@@ -19,9 +19,27 @@ pub struct BanRow {
     pub expires: Option<String>,
     pub packets: u64,
     pub bytes: u64,
+    /// Why the ban lasts as long as it does, when its duration escalated with the net's offences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
 }
 
-const COLUMNS: &str = "id, net, reason, source, created, expires, packets, bytes";
+/// How an escalating ban's duration was decided: `base` doubled for each earlier offence of the
+/// net, capped at `[bans] max_duration`. Stored with the ban (JSON), shown by `ids bans` and in
+/// the alerts of the ban.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Escalation {
+    /// This ban's offence: the net's earlier offences plus one.
+    pub offence: u32,
+    /// The duration of a first offence (`10m`).
+    pub base: String,
+    /// The duration decided (`40m`).
+    pub duration: String,
+    /// The decision in words: `3rd offence: 10m doubled twice = 40m`.
+    pub reason: String,
+}
+
+const COLUMNS: &str = "id, net, reason, source, created, expires, packets, bytes, escalation";
 
 fn ban_row(row: &Row<'_>) -> rusqlite::Result<BanRow> {
     Ok(BanRow {
@@ -33,6 +51,8 @@ fn ban_row(row: &Row<'_>) -> rusqlite::Result<BanRow> {
         expires: row.get(5)?,
         packets: row.get::<_, i64>(6)?.max(0) as u64,
         bytes: row.get::<_, i64>(7)?.max(0) as u64,
+        // Written by this program only; a value that does not read is left out, not fatal.
+        escalation: row.get::<_, Option<String>>(8)?.and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -43,6 +63,9 @@ pub struct NewBan<'a> {
     pub reason: &'a str,
     pub source: &'a str,
     pub expires: Option<String>,
+    pub escalation: Option<Escalation>,
+    /// Whether a new ban counts as an offence of its net (toward later escalation).
+    pub offence: bool,
 }
 
 /// `expires` values compare as text: RFC 3339 UTC with microseconds has a fixed width.
@@ -74,8 +97,8 @@ pub struct StoredAlert {
 
 impl Store {
     /// Records bans in one transaction. A net already banned keeps its row (and id); its expiry
-    /// becomes the later of the two. Returns each row and whether it is new. New bans count
-    /// toward their net's offences.
+    /// becomes the later of the two (with the escalation of the ban that set it). Returns each row
+    /// and whether it is new. New bans with `offence` set count toward their net's offences.
     #[cfg(test)]
     pub fn add_bans(&mut self, bans: &[NewBan<'_>]) -> Result<Vec<(BanRow, bool)>, StoreError> {
         self.add_bans_then(bans, |_| Ok::<(), StoreError>(()))
@@ -100,23 +123,32 @@ impl Store {
             let mut find = tx
                 .prepare(&format!("SELECT {COLUMNS} FROM bans WHERE net = ?1"))
                 .map_err(error("preparing ban lookup"))?;
-            let mut extend =
-                tx.prepare("UPDATE bans SET expires = ?2 WHERE id = ?1").map_err(error("preparing ban update"))?;
+            let mut extend = tx
+                .prepare("UPDATE bans SET expires = ?2, escalation = ?3 WHERE id = ?1")
+                .map_err(error("preparing ban update"))?;
             // A new net takes one statement; only a net banned already is looked up.
             let mut insert = tx
                 .prepare(
-                    "INSERT INTO bans (net, reason, source, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO bans (net, reason, source, created, expires, escalation) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (net) DO NOTHING",
                 )
                 .map_err(error("preparing ban insert"))?;
-            let mut first_new = None;
+            let mut count = tx
+                .prepare(
+                    "INSERT INTO offenders (net, bans, last) VALUES (?1, 1, ?2)
+                     ON CONFLICT (net) DO UPDATE SET bans = bans + 1, last = excluded.last",
+                )
+                .map_err(error("preparing the offence count"))?;
             for ban in bans {
+                let escalation = ban.escalation.as_ref().and_then(|e| serde_json::to_string(e).ok());
                 let inserted = insert
-                    .execute(params![ban.net, ban.reason, ban.source, created, ban.expires])
+                    .execute(params![ban.net, ban.reason, ban.source, created, ban.expires, escalation])
                     .map_err(error("inserting a ban"))?;
                 if inserted == 1 {
                     let id = tx.last_insert_rowid();
-                    first_new.get_or_insert(id);
+                    if ban.offence {
+                        count.execute(params![ban.net, created]).map_err(error("counting offences"))?;
+                    }
                     let row = BanRow {
                         id,
                         net: ban.net.to_string(),
@@ -126,6 +158,7 @@ impl Store {
                         expires: ban.expires.clone(),
                         packets: 0,
                         bytes: 0,
+                        escalation: ban.escalation.clone(),
                     };
                     out.push((row, true));
                     continue;
@@ -133,19 +166,11 @@ impl Store {
                 let mut row = find.query_row([ban.net], ban_row).map_err(error("looking up a ban"))?;
                 let expires = later(&row.expires, &ban.expires);
                 if expires != row.expires {
-                    extend.execute(params![row.id, expires]).map_err(error("extending a ban"))?;
+                    extend.execute(params![row.id, expires, escalation]).map_err(error("extending a ban"))?;
                     row.expires = expires;
+                    row.escalation = ban.escalation.clone();
                 }
                 out.push((row, false));
-            }
-            // Ids only grow (AUTOINCREMENT): the new rows are those from the first new id on.
-            if let Some(first_new) = first_new {
-                tx.execute(
-                    "INSERT INTO offenders (net, bans, last) SELECT net, 1, ?2 FROM bans WHERE id >= ?1
-                     ON CONFLICT (net) DO UPDATE SET bans = bans + 1, last = excluded.last",
-                    params![first_new, created],
-                )
-                .map_err(error("counting offences"))?;
             }
         }
         apply(&out)?;
@@ -286,7 +311,39 @@ mod tests {
     use super::*;
 
     fn ban<'a>(net: &'a str, expires: Option<&str>) -> NewBan<'a> {
-        NewBan { net, reason: "test", source: "manual", expires: expires.map(String::from) }
+        NewBan {
+            net,
+            reason: "test",
+            source: "port-scan",
+            expires: expires.map(String::from),
+            escalation: None,
+            offence: true,
+        }
+    }
+
+    #[test]
+    fn only_bans_that_are_offences_are_counted_and_escalation_is_kept() {
+        let mut store = Store::open_in_memory().unwrap();
+        let manual =
+            NewBan { source: "manual", offence: false, ..ban("10.0.0.7", Some("2030-01-01T00:00:00.000000Z")) };
+        store.add_bans(&[manual]).unwrap();
+        assert_eq!(store.offences("10.0.0.7").unwrap(), 0);
+        assert_eq!(store.bans().unwrap()[0].escalation, None);
+        let escalation = Escalation {
+            offence: 1,
+            base: "10m".into(),
+            duration: "10m".into(),
+            reason: "1st offence: the base duration, 10m".into(),
+        };
+        let later =
+            NewBan { escalation: Some(escalation.clone()), ..ban("10.0.0.7", Some("2031-01-01T00:00:00.000000Z")) };
+        let stored = store.add_bans(&[later]).unwrap();
+        assert!(!stored[0].1, "the net was banned already");
+        assert_eq!(stored[0].0.escalation.as_ref(), Some(&escalation), "the later expiry brings its reason");
+        assert_eq!(store.bans().unwrap()[0].escalation.as_ref(), Some(&escalation));
+        store.remove_ban("10.0.0.7").unwrap();
+        store.add_bans(&[ban("10.0.0.7", None)]).unwrap();
+        assert_eq!(store.offences("10.0.0.7").unwrap(), 1);
     }
 
     #[test]

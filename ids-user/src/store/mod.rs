@@ -10,8 +10,10 @@
 //!   object as `what`.
 //! - `bans` (version 2, `bans_table.rs`): `id` (also the kernel's ban id), `net` (canonical address or
 //!   prefix, unique), `reason`, `source`, `created`, `expires` (RFC 3339 UTC; NULL: permanent),
-//!   `packets`/`bytes` (hit counters as last read from the kernel); `offenders`: `net` → number of
-//!   bans it has received (escalating durations) and the time of the last.
+//!   `packets`/`bytes` (hit counters as last read from the kernel), `escalation` (version 5: why an
+//!   escalating ban lasts as long as it does, JSON of `bans_table::Escalation`; NULL otherwise);
+//!   `offenders`: `net` → number of offences (new bans but manual ones, unless
+//!   `[bans] manual_counts_as_offence`), for escalating durations, and the time of the last.
 //! - `log_offsets` (version 3, `detect.rs`): per followed log path, the file (`dev`, `ino`), the
 //!   offset after the last complete line read, and the length and SHA-256 of the file's first bytes
 //!   (truncation check). The log detectors escalate their bans from `offenders`.
@@ -37,7 +39,7 @@ use crate::item::{Digest, Item, hex};
 
 pub mod bans_table;
 pub mod repair;
-pub use bans_table::{AlertFilter, BanRow, StoredAlert};
+pub use bans_table::{AlertFilter, BanRow, Escalation, StoredAlert};
 mod detect;
 pub use detect::LogOffset;
 mod fleet_outbox;
@@ -110,6 +112,8 @@ pub const MIGRATIONS: &[&str] = &[
          time     TEXT NOT NULL,
          sent     INTEGER NOT NULL DEFAULT 0
      );",
+    // 4 → 5: why an escalating ban lasts as long as it does (`bans_table::Escalation`, JSON).
+    "ALTER TABLE bans ADD COLUMN escalation TEXT;",
 ];
 
 /// Errors of the store, naming the database file and what was being done.

@@ -210,7 +210,7 @@ pub async fn send_all(targets: &[Target], request: &Request, timeout: Duration) 
     for (target, task) in targets.iter().zip(tasks) {
         let (result, revision) = match task.await {
             Ok(Ok(answer)) => (Ok(answer.reply), answer.revision),
-            Ok(Err(e)) => (Err(format!("{e:#}")), None),
+            Ok(Err(e)) => (Err(crate::error_text::one_line(e.as_ref())), None),
             Err(e) => (Err(format!("internal error: {e}")), None),
         };
         outcomes.push(Outcome { server: target.entry.name.clone(), address: target.entry.address(), result, revision });

@@ -391,7 +391,7 @@ impl Server {
                         Ok((reply, throttled)) => (Some(command), reply, reply.name(), throttled, None),
                         Err(e) => {
                             // Nothing was acknowledged; the client sees the connection close.
-                            warn!(client, command, error = format!("{e:#}"), "request failed");
+                            warn!(client, command, error = crate::error_text::one_line(e.as_ref()), "request failed");
                             self.audit(
                                 Some(&client),
                                 peer,
@@ -399,7 +399,7 @@ impl Server {
                                 None,
                                 "server_error",
                                 false,
-                                Some(format!("{e:#}")),
+                                Some(crate::error_text::one_line(e.as_ref())),
                                 started,
                             );
                             return;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::time::ConfigDuration;
+
 /// One `[[servers]]` table, as TinyIDS's `[server__NAME]` sections.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,12 +42,12 @@ pub struct RawServe {
     pub db: Option<PathBuf>,
     pub audit_log: Option<String>,
     pub max_line: Option<usize>,
-    pub read_timeout: Option<f64>,
+    pub read_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
     pub max_failures: Option<u32>,
-    pub failure_window: Option<u64>,
-    pub lockout: Option<u64>,
+    pub failure_window: Option<ConfigDuration>,
+    pub lockout: Option<ConfigDuration>,
     pub tls: Option<RawServeTls>,
 }
 
@@ -307,11 +309,12 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
         }
         config.max_line = max_line;
     }
-    if let Some(timeout) = raw.read_timeout {
-        if !(timeout > 0.0 && timeout <= 3600.0) {
-            return Err(format!("serve.read_timeout: {timeout} is outside (0, 3600] seconds"));
+    if let Some(timeout) = &raw.read_timeout {
+        let timeout = timeout.finite().map_err(|m| format!("serve.read_timeout: {m}"))?;
+        if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+            return Err(format!("serve.read_timeout: {} is outside (0, 1h]", humantime::format_duration(timeout)));
         }
-        config.read_timeout = Duration::from_secs_f64(timeout);
+        config.read_timeout = timeout;
     }
     if let Some(max) = raw.max_connections {
         if !(1..=1_000_000).contains(&max) {
@@ -330,15 +333,17 @@ pub fn validate_serve(raw: &RawServe) -> Result<ServeConfig, String> {
             crate::bounds::check(max, 1..=1_000_000).map_err(|m| format!("serve.max_failures: {m}"))?;
     }
     // Up to a year: the lockout is added to the time of a failure.
-    if let Some(window) = raw.failure_window {
-        let window =
-            crate::bounds::check(window, 1..=31_536_000).map_err(|m| format!("serve.failure_window: {m} seconds"))?;
-        config.failure_window = Duration::from_secs(window);
+    let up_to_a_year = |key: &str, setting: &ConfigDuration| {
+        setting
+            .finite()
+            .and_then(|d| crate::bounds::check_duration(d, crate::bounds::YEAR))
+            .map_err(|m| format!("{key}: {m}"))
+    };
+    if let Some(window) = &raw.failure_window {
+        config.failure_window = up_to_a_year("serve.failure_window", window)?;
     }
-    if let Some(lockout) = raw.lockout {
-        let lockout =
-            crate::bounds::check(lockout, 1..=31_536_000).map_err(|m| format!("serve.lockout: {m} seconds"))?;
-        config.lockout = Duration::from_secs(lockout);
+    if let Some(lockout) = &raw.lockout {
+        config.lockout = up_to_a_year("serve.lockout", lockout)?;
     }
     config.tls = raw.tls.as_ref().map(|tls| ServeTls {
         cert: tls.cert.clone(),
@@ -426,7 +431,7 @@ mod tests {
     fn serve_limits_are_checked() {
         let raw = RawServe { max_line: Some(10), ..Default::default() };
         assert!(validate_serve(&raw).unwrap_err().contains("serve.max_line"));
-        let raw = RawServe { read_timeout: Some(0.0), ..Default::default() };
+        let raw = RawServe { read_timeout: Some(ConfigDuration::secs(0)), ..Default::default() };
         assert!(validate_serve(&raw).unwrap_err().contains("serve.read_timeout"));
         let raw = RawServe { listen: Some("nowhere".into()), ..Default::default() };
         assert!(validate_serve(&raw).unwrap_err().contains("serve.listen"));
