@@ -432,7 +432,7 @@ impl Daemon {
         // Read again even when its path is unchanged: the file's rules may have been edited.
         let rules = match crate::detect::rules::RuleSet::load(read.detect.rules.as_deref(), read.detect.rules_mode) {
             Ok(rules) => rules,
-            Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
+            Err(e) => return keep(crate::error_text::one_line(&e)),
         };
         let remote_checks =
             match crate::tinyids::remote_check::RemoteChecks::new(&read.servers, read.remote_check_interval) {

@@ -234,6 +234,7 @@ mod tests {
             reason: "scan".into(),
             expires: None,
             offence: 1,
+            escalation: None,
         }));
         let message = String::from_utf8(format(&header, &ban)).unwrap();
         assert!(message.starts_with("<29>1 "), "{message}");
