@@ -4,7 +4,7 @@ pub mod broker;
 pub mod postgres;
 pub mod service_process;
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -523,4 +523,24 @@ pub mod journald {
             }
         }
     }
+}
+
+/// `promtool check metrics` reads the exposition on standard input; it fails on a format error
+/// and on a breach of the naming conventions (a counter without `_total`, say).
+pub fn promtool_check(body: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running promtool (Debian package prometheus, `cargo xtask setup`): {e}"));
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

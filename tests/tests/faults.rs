@@ -79,6 +79,17 @@ fn status_answers_while_hundreds_of_idle_connections_hold_the_control_socket() {
     assert!(accept_errors < 50, "{accept_errors} accept errors logged");
 }
 
+/// Starts the daemon of `config` and waits (60 s at most) for its first scan.
+fn spawn_scanned(config: &Path, events: &Path) -> Daemon {
+    let daemon = Daemon::spawn(config, events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.status()["integrity"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon
+}
+
 /// A tmpfs of `size` mounted on a scratch directory (unmounted when the scratch is dropped,
 /// whatever happens in the test).
 fn small_tmpfs(name: &str, size: &str) -> Scratch {
@@ -169,12 +180,7 @@ fn a_damaged_database_stops_the_start_and_ids_db_recover_lets_it_start_again() {
     let config = state.0.join("ids.toml");
     write_watching_config(&config, &events, &state.0, "faults-db", &watched.0);
     let _pins = Pins { config: config.clone() };
-    let daemon = Daemon::spawn(&config, &events);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.status()["integrity"]["ready"] != true {
-        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let daemon = spawn_scanned(&config, &events);
     daemon.stop();
 
     let database = state.0.join("state/ids.db");
@@ -266,12 +272,7 @@ fn a_full_state_dir_keeps_the_alerts_and_stores_each_once_when_space_returns() {
     let config = home.0.join("ids.toml");
     write_watching_config(&config, &events, &statefs.0, "faults-state", &watched.0);
     let _pins = Pins { config: config.clone() };
-    let daemon = Daemon::spawn(&config, &events);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon.status()["integrity"]["ready"] != true {
-        assert!(Instant::now() < deadline, "the first scan did not finish within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let daemon = spawn_scanned(&config, &events);
     let db = statefs.0.join("state/ids.db");
 
     fill(&statefs.0.join("filler"));

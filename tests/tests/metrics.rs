@@ -4,7 +4,6 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ids_tests::{Daemon, Scratch};
@@ -37,26 +36,6 @@ fn sample(body: &str, series: &str) -> Option<u64> {
     body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// `promtool check metrics` reads the exposition on standard input; it fails on a format error
-/// and on a breach of the naming conventions (a counter without `_total`, say).
-fn promtool_check(body: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running promtool (Debian package prometheus, `cargo xtask setup`): {e}"));
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn start(name: &str, watched: &Path, port: u16) -> Daemon {
     Daemon::start_with(name, &[watched], &[], &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"))
 }
@@ -74,7 +53,7 @@ fn a_scrape_is_valid_exposition_and_its_file_counter_moves_with_writes() {
         "content type: {}",
         first.head
     );
-    promtool_check(&first.body);
+    ids_tests::promtool_check(&first.body);
     for family in [
         "ids_up 1",
         "# TYPE ids_events_received_total counter",

@@ -425,24 +425,6 @@ fn scrape(port: u16) -> String {
     raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }
 
-fn promtool_check(body: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running promtool: {e}"));
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_receiver_that_refuses_with_403_has_its_failures_counted_and_not_retried() {
     let watched = Scratch::new("/var/tmp", "outputs-refused-watched");
@@ -471,7 +453,7 @@ fn a_receiver_that_refuses_with_403_has_its_failures_counted_and_not_retried() {
     assert_eq!(received.lock().unwrap().len() as u64, raised());
 
     let body = scrape(metrics_port);
-    promtool_check(&body);
+    ids_tests::promtool_check(&body);
     assert_eq!(sample(&body, r#"ids_output_alerts_total{output="hook",result="failed"}"#), Some(raised()), "{body}");
     assert_eq!(sample(&body, r#"ids_output_alerts_total{output="hook",result="sent"}"#), Some(0), "{body}");
     assert_eq!(sample(&body, r#"ids_output_queued{output="hook"}"#), Some(0), "{body}");
