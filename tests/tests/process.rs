@@ -160,7 +160,11 @@ fn integrity_alerts_name_the_writer_its_ancestors_operation_and_cgroup() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains(&written_id)).unwrap_or_else(|| panic!("{text}"));
+    // The file's own alert (not its `meta:` one), named by its path.
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("integrity {}:", written.display())))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(&format!("content, size changed by tee (pid {}) ← sh ← sh ← sh", process["pid"])), "{line}");
     assert!(text.lines().skip(1).all(|l| l.contains(" integrity ")), "--kind integrity let others through: {text}");
     daemon.stop();
