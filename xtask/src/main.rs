@@ -47,10 +47,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-pika",
     "openssh-server",
     // The package (`cargo xtask package`) and its test: dpkg-shlibdeps for its Depends, man-db and
-    // groff to render its man pages, procps for the unit's /bin/kill.
+    // groff to render its man pages, procps for the unit's /bin/kill, zsh and fish to parse the
+    // completions shipped for them.
     "dpkg-dev",
     "man-db",
     "procps",
+    "zsh",
+    "fish",
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",
