@@ -177,10 +177,12 @@ impl Daemon {
         diff_json(&self.config)
     }
 
-    /// Every event written so far.
+    /// Every event written so far: the whole lines (a line the daemon is writing while this
+    /// reads is left for the next read; every whole line must be JSON).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("events log line {l:?} is not JSON: {e}")))
             .collect()

@@ -458,12 +458,13 @@ impl Daemon {
                 "SIGHUP: outside the sensor's watch set until the daemon is restarted: a log there is read every 2 s                  instead of when written, files written under a web root there are not scanned"
             );
         }
-        *self.detect_interest.write().unwrap_or_else(|p| p.into_inner()) = interest;
+        *self.detect_interest.write().unwrap_or_else(|p| p.into_inner()) = interest.clone();
         // Queued behind the events already sent to the worker: none of them meets the new rules,
         // none is skipped.
         let reload = crate::detect::Input::Reload(Box::new(crate::detect::worker::Reload {
             config: read.detect.clone(),
             rules,
+            interest,
         }));
         let events = self.detect.events.clone();
         tokio::task::spawn_blocking(move || events.send_blocking(reload));

@@ -161,6 +161,8 @@ pub(crate) struct Prepared {
 pub(crate) struct Reload {
     pub(crate) config: DetectConfig,
     pub(crate) rules: RuleSet,
+    /// `config`'s paths as the sensor reports them ([`Interest::of`]).
+    pub(crate) interest: Interest,
 }
 
 /// A running `[[journal]]` reader.
@@ -308,7 +310,7 @@ impl Worker {
     /// sources added or dropped (a kept one is not touched: its position and reader go on), web
     /// roots, ban duration. A log or source that cannot be opened is logged and left out.
     fn reload(&mut self, reload: Reload) {
-        let Reload { config, rules } = reload;
+        let Reload { config, rules, interest } = reload;
         if rules.rules != self.engine.rules.rules {
             let (before, after) = (&self.engine.rules.rules, &rules.rules);
             let added: Vec<&str> =
@@ -329,7 +331,6 @@ impl Worker {
             );
             self.engine.replace_rules(rules);
         }
-        let interest = Interest::of(&config);
         // Logs no longer configured: position stored, then let go.
         let kept: Vec<Log> = std::mem::take(&mut self.logs);
         self.log_index.clear();

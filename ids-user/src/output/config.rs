@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::alert::Severity;
 use crate::bounds;
+use crate::time::ConfigDuration;
 
 /// Alerts an output holds while its destination is down, unless `queue` says otherwise.
 pub const DEFAULT_QUEUE: usize = 10_000;
@@ -30,8 +31,8 @@ pub(crate) struct RawOutput {
     name: Option<String>,
     min_severity: Option<String>,
     queue: Option<usize>,
-    backoff: Option<String>,
-    max_backoff: Option<String>,
+    backoff: Option<ConfigDuration>,
+    max_backoff: Option<ConfigDuration>,
     // file
     path: Option<PathBuf>,
     // syslog
@@ -41,7 +42,7 @@ pub(crate) struct RawOutput {
     url: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     ca_file: Option<PathBuf>,
-    timeout: Option<String>,
+    timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,15 +196,15 @@ fn validate_one(index: usize, raw: &RawOutput) -> Result<OutputConfig, OutputErr
     }
     let min_severity = match &raw.min_severity {
         None => Severity::Low,
-        Some(text) => Severity::ALL.into_iter().find(|s| s.name() == text).ok_or_else(|| {
+        Some(text) => Severity::parse(text).ok_or_else(|| {
             error("min_severity", format!("{text:?} is not a severity (low, medium, high or critical)"))
         })?,
     };
     let queue = raw.queue.unwrap_or(DEFAULT_QUEUE);
     bounds::check(queue, QUEUE).map_err(|m| error("queue", m))?;
-    let pause = |key: &'static str, text: &Option<String>, default: Duration| match text {
+    let pause = |key: &'static str, setting: &Option<ConfigDuration>, default: Duration| match setting {
         None => Ok(default),
-        Some(text) => parse_pause(text).map_err(|m| error(key, m)),
+        Some(setting) => setting.finite().and_then(pause_in_range).map_err(|m| error(key, m)),
     };
     let backoff = pause("backoff", &raw.backoff, DEFAULT_BACKOFF)?;
     let max_backoff = pause("max_backoff", &raw.max_backoff, DEFAULT_MAX_BACKOFF.max(backoff))?;
@@ -265,11 +266,9 @@ fn validate_one(index: usize, raw: &RawOutput) -> Result<OutputConfig, OutputErr
     Ok(OutputConfig { name, min_severity, queue, backoff, max_backoff, destination })
 }
 
-fn parse_pause(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}; examples: 500ms, 10s, 1m)"))?;
+fn pause_in_range(duration: Duration) -> Result<Duration, String> {
     if !PAUSE.contains(&duration) {
-        return Err(format!("{text:?} is out of range (1ms to 1h)"));
+        return Err(format!("{} is out of range (1ms to 1h)", humantime::format_duration(duration)));
     }
     Ok(duration)
 }
