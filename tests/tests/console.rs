@@ -7,8 +7,8 @@
 //! port while the console serves the database, which the tests fill directly (the collector's
 //! schema, as it stores agents' alerts).
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -204,7 +204,11 @@ impl Console {
     fn decisions(&self) -> Vec<(String, String, String)> {
         let db = self.db();
         let mut statement = db.prepare("SELECT action, net, origin FROM fleet_bans ORDER BY rev").unwrap();
-        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap().map(Result::unwrap).collect()
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn ids(&self, args: &[&str]) -> std::process::Output {
@@ -238,8 +242,24 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// Inserts alerts as the collector stores agents' ones: (host, time, kind, severity, rule, alert).
-fn insert_alerts(db: &mut rusqlite::Connection, alerts: &[(String, String, &str, &str, Option<&str>, Value)]) {
+/// An alert as the collector stores an agent's.
+struct Stored {
+    host: String,
+    time: String,
+    kind: &'static str,
+    severity: &'static str,
+    rule: Option<&'static str>,
+    alert: Value,
+}
+
+impl Stored {
+    fn new(host: &str, kind: &'static str, severity: &'static str, rule: Option<&'static str>, alert: Value) -> Self {
+        Stored { host: host.to_string(), time: now_rfc3339(0), kind, severity, rule, alert }
+    }
+}
+
+/// Inserts alerts as the collector stores agents' ones.
+fn insert_alerts(db: &mut rusqlite::Connection, alerts: &[Stored]) {
     let tx = db.transaction().unwrap();
     {
         let mut insert = tx
@@ -250,8 +270,9 @@ fn insert_alerts(db: &mut rusqlite::Connection, alerts: &[(String, String, &str,
             .unwrap();
         // Sequence numbers need only be unique per host: after the newest stored.
         let first: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM alerts", [], |row| row.get(0)).unwrap();
-        for (n, (host, time, kind, severity, rule, alert)) in alerts.iter().enumerate() {
+        for (n, stored) in alerts.iter().enumerate() {
             let seq = first + 1 + n as i64;
+            let Stored { host, time, kind, severity, rule, alert } = stored;
             insert.execute(rusqlite::params![host, time, kind, alert.to_string(), severity, rule, seq]).unwrap();
         }
     }
@@ -293,7 +314,16 @@ fn every_page_and_api_route_refuses_a_request_without_a_login() {
         let location = reply.header("location").unwrap_or_default();
         assert!(location.starts_with("/login?next="), "GET {page} redirected to {location:?}");
     }
-    for route in ["/api/hosts", "/api/hosts/web1", "/api/alerts", "/api/alerts/1", "/api/timeline", "/api/bans", "/api/export", "/events"] {
+    for route in [
+        "/api/hosts",
+        "/api/hosts/web1",
+        "/api/alerts",
+        "/api/alerts/1",
+        "/api/timeline",
+        "/api/bans",
+        "/api/export",
+        "/events",
+    ] {
         let reply = console.get(route, None);
         assert_eq!(reply.status, 401, "GET {route} without a session: {}", reply.body);
         assert_eq!(reply.header("www-authenticate").as_deref(), Some("Bearer realm=\"ids\""));
@@ -422,7 +452,8 @@ fn bans_need_the_csrf_token_the_origin_and_a_confirmation() {
     let no_header = console.post("/api/bans", Some(&session), body, &json_type);
     assert_eq!(no_header.status, 403, "an API ban with a session cookie and no CSRF header");
     let csrf_header = format!("X-CSRF-Token: {}", session.csrf);
-    let with_header = console.post("/api/bans", Some(&session), body, &[json_type[0], json_type[1], "-H", &csrf_header]);
+    let with_header =
+        console.post("/api/bans", Some(&session), body, &[json_type[0], json_type[1], "-H", &csrf_header]);
     assert_eq!(with_header.status, 200, "{}", with_header.body);
     let token = console.ids(&["fleet", "token", "add", "siem"]);
     assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
@@ -462,7 +493,7 @@ fn markup_in_an_alert_is_shown_as_text() {
         "evidence": [format!("GET /?q={evil} HTTP/1.1")], "action": {"kind": "alert_only"},
     });
     let mut db = console.db();
-    insert_alerts(&mut db, &[("web<b>1".to_string(), now_rfc3339(0), "detect", "high", Some("web-sqli"), alert)]);
+    insert_alerts(&mut db, &[Stored::new("web<b>1", "detect", "high", Some("web-sqli"), alert)]);
     let id: i64 = db.query_row("SELECT MAX(id) FROM alerts", [], |row| row.get(0)).unwrap();
     for page in ["/alerts".to_string(), format!("/alerts/{id}"), "/alerts?rule=web-sqli".to_string()] {
         let reply = console.get(&page, Some(&session));
@@ -486,7 +517,7 @@ fn a_new_alert_reaches_an_open_event_stream() {
     let session = console.login();
     let mut db = console.db();
     let alert = |n: usize| json!({"kind": "integrity", "collector": "files", "id": format!("file:/etc/live-{n}"), "change": "added", "attributes": []});
-    insert_alerts(&mut db, &[("web1".to_string(), now_rfc3339(0), "integrity", "medium", None, alert(0))]);
+    insert_alerts(&mut db, &[Stored::new("web1", "integrity", "medium", None, alert(0))]);
     let first: i64 = db.query_row("SELECT MAX(id) FROM alerts", [], |row| row.get(0)).unwrap();
     let url = console.url(&format!("/events?after={first}"));
     let cookie = session.cookie_header();
@@ -498,7 +529,7 @@ fn a_new_alert_reaches_an_open_event_stream() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    insert_alerts(&mut db, &[("web2".to_string(), now_rfc3339(0), "integrity", "medium", None, alert(1))]);
+    insert_alerts(&mut db, &[Stored::new("web2", "integrity", "medium", None, alert(1))]);
     let output = stream.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     let alerts: Vec<Value> = text
@@ -520,7 +551,8 @@ fn filters_timeline_and_export_agree_with_100000_stored_alerts() {
     const ALERTS: usize = 100_000;
     let console = Console::start("load", "");
     let session = console.login();
-    let kinds = [("integrity", "medium"), ("detect", "high"), ("ban", "low"), ("sensor_miss", "high"), ("detect", "medium")];
+    let kinds =
+        [("integrity", "medium"), ("detect", "high"), ("ban", "low"), ("sensor_miss", "high"), ("detect", "medium")];
     let mut rows = Vec::with_capacity(ALERTS);
     for n in 0..ALERTS {
         let host = format!("host{}", n % 7);
@@ -529,11 +561,12 @@ fn filters_timeline_and_export_agree_with_100000_stored_alerts() {
         // Spread over the last 48 hours, oldest first.
         let time = now_rfc3339(-((ALERTS - n) as i64 * 172_800 / ALERTS as i64));
         let alert = json!({"kind": kind, "rule": rule, "severity": severity, "id": format!("file:/srv/{n}"), "n": n});
-        rows.push((host, time, kind, severity, rule, alert));
+        rows.push(Stored { host, time, kind, severity, rule, alert });
     }
     insert_alerts(&mut console.db(), &rows);
     let expected = |host: &str, kind: &str, severity: Option<&str>| {
-        rows.iter().filter(|r| r.0 == host && r.2 == kind && severity.is_none_or(|s| r.3 == s)).count() as i64
+        rows.iter().filter(|r| r.host == host && r.kind == kind && severity.is_none_or(|s| r.severity == s)).count()
+            as i64
     };
     let api = |path: &str| {
         let reply = console.get(path, Some(&session));
@@ -556,7 +589,7 @@ fn filters_timeline_and_export_agree_with_100000_stored_alerts() {
     let timeline = api("/api/timeline?kind=integrity");
     let hours = timeline["timeline"].as_array().unwrap();
     let sum: i64 = hours.iter().map(|h| h["count"].as_i64().unwrap()).sum();
-    assert_eq!(sum, rows.iter().filter(|r| r.2 == "integrity").count() as i64);
+    assert_eq!(sum, rows.iter().filter(|r| r.kind == "integrity").count() as i64);
     assert!((48..=50).contains(&hours.len()), "{} hours", hours.len());
     // The page with a filter, its chart and its rows.
     let page = console.get("/alerts?host=host5&kind=ban&since=24h", Some(&session));
@@ -569,7 +602,7 @@ fn filters_timeline_and_export_agree_with_100000_stored_alerts() {
     assert_eq!(jsonl.status, 200);
     assert_eq!(jsonl.header("content-type").as_deref(), Some("application/x-ndjson"));
     let lines: Vec<Value> = jsonl.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), rows.iter().filter(|r| r.0 == "host1").count());
+    assert_eq!(lines.len(), rows.iter().filter(|r| r.host == "host1").count());
     assert!(lines.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
     let csv = console.get("/api/export?format=csv&host=host2&kind=detect", Some(&session));
     assert_eq!(csv.body.lines().next(), Some("id,host,hostname,time,kind,severity,rule,summary,alert"));
