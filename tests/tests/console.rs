@@ -350,6 +350,8 @@ fn every_page_and_api_route_refuses_a_request_without_a_login() {
     assert_eq!(login.status, 200);
     assert!(login.body.contains("id=\"login\""));
     assert!(login.header("content-security-policy").unwrap_or_default().contains("script-src 'self'"));
+    // Not no-referrer: under it a browser posts the console's own forms with `Origin: null`.
+    assert_eq!(login.header("referrer-policy").as_deref(), Some("same-origin"));
     assert_eq!(console.get("/static/console.css", None).status, 200);
 }
 
@@ -418,6 +420,9 @@ fn bans_need_the_csrf_token_the_origin_and_a_confirmation() {
         &["-H", "Origin: https://evil.example"],
     );
     assert_eq!(cross.status, 403, "a ban posted from another site");
+    let opaque =
+        console.post("/bans", Some(&session), &format!("{fields}&csrf={}", session.csrf), &["-H", "Origin: null"]);
+    assert_eq!(opaque.status, 403, "a ban posted from an opaque origin");
     assert!(console.decisions().is_empty(), "{:?}", console.decisions());
     // The form's first step only shows the confirmation.
     let confirm = console.post("/bans/confirm", Some(&session), &format!("{fields}&csrf={}", session.csrf), &[]);

@@ -617,6 +617,16 @@ impl Bans {
         Ok(rows)
     }
 
+    /// Packets dropped per net for the bans `source` made (the fleet's, for the heartbeat).
+    pub fn packets_of_source(&mut self, source: &str) -> Result<std::collections::BTreeMap<String, u64>, BanError> {
+        let rows = self.store.bans_of_source(source)?;
+        let hits = self.kernel.as_ref().map(|kernel| kernel.hits()).unwrap_or_default();
+        Ok(rows
+            .iter()
+            .map(|row| (row.net.clone(), hits.get(&kernel_id(row)).map_or(row.packets, |(packets, _)| *packets)))
+            .collect())
+    }
+
     /// How many times `net` has been banned.
     #[cfg(test)]
     pub fn offences(&self, net: &BanNet) -> Result<u32, BanError> {

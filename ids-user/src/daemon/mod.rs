@@ -99,6 +99,9 @@ pub(crate) struct Daemon {
     fleet_settings: Option<tokio::sync::watch::Sender<crate::fleet::FleetConfig>>,
     /// Fleet ban decisions, applied here through the ban path.
     fleet_bans: Option<mpsc::Receiver<(crate::fleet::agent::BanCommand, tokio::sync::oneshot::Sender<()>)>>,
+    /// Packets dropped per fleet-banned net, as the last heartbeat facts read them.
+    fleet_ban_packets: std::collections::BTreeMap<String, u64>,
+    fleet_facts_updates: u64,
     roots: Vec<String>,
     started: Instant,
     sigterm: UnixSignal,
@@ -260,6 +263,8 @@ impl Daemon {
             fleet,
             fleet_settings,
             fleet_bans,
+            fleet_ban_packets: Default::default(),
+            fleet_facts_updates: 0,
             roots,
             started: Instant::now(),
             sigterm: signal(SignalKind::terminate())?,
@@ -509,7 +514,16 @@ fn open_events_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 impl Daemon {
     /// Hands the fleet agent what its next heartbeat says of this host.
-    fn update_fleet_facts(&self) {
+    fn update_fleet_facts(&mut self) {
+        // Every 15th update (30 s): the fleet bans' packet counts read the ban table and the
+        // kernel's hit map; the rest of the facts are counters already in memory.
+        self.fleet_facts_updates = self.fleet_facts_updates.wrapping_add(1);
+        if self.fleet.is_some() && self.fleet_facts_updates % 15 == 1 {
+            match self.bans.packets_of_source(crate::fleet::bans::SOURCE) {
+                Ok(packets) => self.fleet_ban_packets = packets,
+                Err(e) => tracing::warn!(error = %e, "fleet: reading the fleet bans' packet counts"),
+            }
+        }
         let (Some(fleet), Some(sensor)) = (&self.fleet, &self.sensor) else { return };
         let mut facts = crate::fleet::agent::HostFacts::default();
         for signal in sensor::all_signals() {
@@ -523,6 +537,7 @@ impl Daemon {
         facts.aggregate = self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest));
         facts.baseline_aggregate =
             self.integrity.shared.baseline_aggregate().map(|digest| crate::integrity::hex(&digest));
+        facts.fleet_ban_packets = self.fleet_ban_packets.clone();
         fleet.set_facts(facts);
     }
 

@@ -88,6 +88,8 @@ pub(crate) struct HostFacts {
     pub(crate) lost_events: BTreeMap<String, u64>,
     pub(crate) aggregate: Option<String>,
     pub(crate) baseline_aggregate: Option<String>,
+    /// Packets dropped per fleet-banned net on this host.
+    pub(crate) fleet_ban_packets: BTreeMap<String, u64>,
 }
 
 /// Shared between the agent and the daemon.
@@ -492,6 +494,7 @@ impl Agent {
             hooks: facts.hooks,
             aggregate: facts.aggregate,
             baseline_aggregate: facts.baseline_aggregate,
+            fleet_ban_packets: facts.fleet_ban_packets,
             lost_events: facts.lost_events,
             backlog: outbox.backlog(),
             last_seq: outbox.last_seq,

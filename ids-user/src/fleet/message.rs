@@ -114,6 +114,9 @@ pub struct Heartbeat {
     /// from agents older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_aggregate: Option<String>,
+    /// Packets this host's XDP filter dropped per fleet-banned net (the console's Bans page).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fleet_ban_packets: std::collections::BTreeMap<String, u64>,
     /// Events lost per signal (kernel ring full or queue full).
     pub lost_events: std::collections::BTreeMap<String, u64>,
     /// Alerts stored on the host and not yet confirmed by the broker.

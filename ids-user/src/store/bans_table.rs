@@ -194,6 +194,15 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(error)
     }
 
+    /// The bans a source made (`fleet`), oldest first.
+    pub fn bans_of_source(&self, source: &str) -> Result<Vec<BanRow>, StoreError> {
+        let error = |e| self.query_error("reading bans", e);
+        let mut select =
+            self.conn.prepare(&format!("SELECT {COLUMNS} FROM bans WHERE source = ?1 ORDER BY id")).map_err(error)?;
+        let rows = select.query_map([source], ban_row).map_err(error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(error)
+    }
+
     /// Removes and returns the bans whose expiry is at or before `now` (RFC 3339).
     pub fn remove_expired_bans(&mut self, now: &str) -> Result<Vec<BanRow>, StoreError> {
         let error = |source| self.query_error("removing expired bans", source);

@@ -35,6 +35,19 @@ pub struct HostActivity {
     pub integrity: i64,
 }
 
+/// Per net, the packets each host reported dropping for its fleet ban (last heartbeats).
+pub fn fleet_ban_packets(heartbeats: &BTreeMap<String, serde_json::Value>) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut packets: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (host, heartbeat) in heartbeats {
+        for (net, count) in heartbeat["fleet_ban_packets"].as_object().into_iter().flatten() {
+            if let Some(count) = count.as_u64() {
+                packets.entry(net.clone()).or_default().insert(host.clone(), count);
+            }
+        }
+    }
+    packets
+}
+
 /// Fleet-applied ban alerts read to tell which hosts applied a fleet ban: the newest this many.
 const BAN_ECHOES_READ: i64 = 5000;
 

@@ -15,7 +15,7 @@ mod backend;
 mod console;
 mod schema;
 
-pub use self::console::{HostActivity, TimelineBucket};
+pub use self::console::{HostActivity, TimelineBucket, fleet_ban_packets};
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};

@@ -131,6 +131,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
              CREATE INDEX alerts_by_kind ON alerts (kind, id);
              CREATE INDEX alerts_by_severity ON alerts (severity, id);
              CREATE INDEX alerts_by_rule ON alerts (rule, id) WHERE rule IS NOT NULL;
+             CREATE INDEX alerts_by_received ON alerts (received);
              CREATE TABLE console_users (
                  name    TEXT PRIMARY KEY,
                  hash    TEXT NOT NULL,
@@ -162,6 +163,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
              CREATE INDEX alerts_by_kind ON alerts (kind, id);
              CREATE INDEX alerts_by_severity ON alerts (severity, id);
              CREATE INDEX alerts_by_rule ON alerts (rule, id) WHERE rule IS NOT NULL;
+             CREATE INDEX alerts_by_received ON alerts (received);
              CREATE TABLE console_users (
                  name    TEXT PRIMARY KEY,
                  hash    TEXT NOT NULL,

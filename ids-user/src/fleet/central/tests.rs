@@ -47,6 +47,7 @@ fn heartbeat(host: &str, received: SystemTime) -> Received {
             hooks: Default::default(),
             aggregate: Some("ab".repeat(32)),
             baseline_aggregate: None,
+            fleet_ban_packets: Default::default(),
             lost_events: Default::default(),
             backlog: 7,
             last_seq: 3,

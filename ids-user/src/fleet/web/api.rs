@@ -48,11 +48,15 @@ pub(crate) async fn route(
     let filter = || views::alert_filter(|name| request.param(name).map(str::to_string), now, MAX_LIMIT);
     match (&request.method, path) {
         (&Method::GET, ["hosts"]) => answer(
-            console.storage.call(move |store| views::host_views(store, now)).await.map(|hosts| json!({"hosts": hosts})),
+            console
+                .storage
+                .call(move |store| views::host_views(store, now, true))
+                .await
+                .map(|hosts| json!({"hosts": hosts})),
         ),
         (&Method::GET, ["hosts", host]) => {
             let id = host.to_string();
-            match console.storage.call(move |store| views::host_views(store, now)).await {
+            match console.storage.call(move |store| views::host_views(store, now, true)).await {
                 Ok(hosts) => match hosts.into_iter().find(|h| h.record.host == id) {
                     Some(host) => answer(Ok(json!({"host": host}))),
                     None => failure(StatusCode::NOT_FOUND, &format!("no host {id:?}")),
@@ -106,15 +110,17 @@ pub(crate) async fn route(
                     let active = store.active_bans(&rfc3339(now))?;
                     let appliers = store.fleet_ban_appliers()?;
                     let decisions = store.ban_decisions(200)?;
-                    Ok((active, appliers, decisions))
+                    let packets = crate::fleet::central::fleet_ban_packets(&store.heartbeats()?);
+                    Ok((active, appliers, decisions, packets))
                 })
                 .await
-                .map(|(active, appliers, decisions)| {
+                .map(|(active, appliers, decisions, packets)| {
                     let active: Vec<Value> = active
                         .iter()
                         .map(|ban| {
                             let mut value = serde_json::to_value(ban).unwrap_or_default();
                             value["applied_by"] = json!(appliers.get(&ban.net).cloned().unwrap_or_default());
+                            value["packets_dropped"] = json!(packets.get(&ban.net).cloned().unwrap_or_default());
                             value
                         })
                         .collect();

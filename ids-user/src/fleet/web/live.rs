@@ -81,7 +81,7 @@ pub(crate) async fn poll(console: Arc<Console>) {
         round = round.wrapping_add(1);
         if round.is_multiple_of(HOST_POLL_EVERY) {
             let now = SystemTime::now();
-            match console.storage.call(move |store| views::host_views(store, now)).await {
+            match console.storage.call(move |store| views::host_views(store, now, false)).await {
                 Ok(hosts) => {
                     // The first look only learns the fleet's state: the pages show it already.
                     let first_look = health.is_empty();

@@ -316,7 +316,7 @@ async fn route(console: &Arc<Console>, request: &WebRequest) -> Response<Body> {
     response
 }
 
-/// Headers every response carries: no framing, no sniffing, no referrer, only the console's
+/// Headers every response carries: no framing, no sniffing, no referrer to other sites, only the console's
 /// own script and style, and nothing cached (pages hold alerts).
 fn secure_headers(headers: &mut hyper::HeaderMap) {
     let set = |headers: &mut hyper::HeaderMap, name: &'static str, value: &'static str| {
@@ -329,7 +329,9 @@ fn secure_headers(headers: &mut hyper::HeaderMap) {
          form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(headers, "x-content-type-options", "nosniff");
-    set(headers, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: under it a browser sends `Origin: null` with the console's own forms,
+    // which the origin check must refuse. `same-origin` still sends nothing to other sites.
+    set(headers, "referrer-policy", "same-origin");
     set(headers, "x-frame-options", "DENY");
     set(headers, "cache-control", "no-store");
 }

@@ -49,7 +49,7 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
     let loaded = console
         .storage
         .call(move |store| {
-            let hosts = views::host_views(store, now)?;
+            let hosts = views::host_views(store, now, true)?;
             let bans = store.active_bans(&rfc3339(now))?.len();
             Ok((hosts, bans))
         })
@@ -272,7 +272,7 @@ pub(crate) async fn host(console: &Arc<Console>, identity: &Identity, host: &str
     let loaded = console
         .storage
         .call(move |store| {
-            let view = views::host_views(store, now)?.into_iter().find(|h| h.record.host == id);
+            let view = views::host_views(store, now, true)?.into_iter().find(|h| h.record.host == id);
             let filter = |kind: Option<&str>, limit| AlertFilter {
                 host: Some(id.clone()),
                 kind: kind.map(str::to_string),
@@ -367,10 +367,11 @@ pub(crate) async fn bans(console: &Arc<Console>, identity: &Identity, error: Opt
             let active = store.active_bans(&rfc3339(now))?;
             let decisions = store.ban_decisions(50)?;
             let appliers = store.fleet_ban_appliers()?;
-            Ok((active, decisions, appliers))
+            let packets = crate::fleet::central::fleet_ban_packets(&store.heartbeats()?);
+            Ok((active, decisions, appliers, packets))
         })
         .await;
-    let (active, decisions, appliers) = match loaded {
+    let (active, decisions, appliers, packets) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => return super::server_error(&error),
     };
@@ -390,7 +391,7 @@ pub(crate) async fn bans(console: &Arc<Console>, identity: &Identity, error: Opt
     );
     body.push_str(
         "<table id=\"bans\"><thead><tr><th>Address</th><th>Reason</th><th>Origin</th><th>Since</th><th>Expires</th>\
-         <th>Applied by</th><th></th></tr></thead><tbody>",
+         <th>Applied by</th><th class=\"num\">Packets dropped</th><th></th></tr></thead><tbody>",
     );
     for ban in &active {
         let applied = appliers.get(&ban.net).map_or(String::new(), |hosts| {
@@ -399,7 +400,8 @@ pub(crate) async fn bans(console: &Arc<Console>, identity: &Identity, error: Opt
         let _ = write!(
             body,
             "<tr data-net=\"{net}\"><td>{net}</td><td>{reason}</td><td>{origin}</td><td>{time}</td><td>{expires}</td>\
-             <td class=\"applied\">{applied}</td><td><form method=\"post\" action=\"/bans/unban/confirm\">\
+             <td class=\"applied\">{applied}</td><td class=\"num packets\" title=\"{per_host}\">{dropped}</td>\
+             <td><form method=\"post\" action=\"/bans/unban/confirm\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"net\" value=\"{net}\">\
              <button class=\"unban\" type=\"submit\">Unban…</button></form></td></tr>",
             net = esc(&ban.net),
@@ -408,6 +410,11 @@ pub(crate) async fn bans(console: &Arc<Console>, identity: &Identity, error: Opt
             time = when(&ban.time, now),
             expires = ban.expires.as_deref().map_or("never".to_string(), |t| when(t, now)),
             applied = if applied.is_empty() { "<span class=\"none\">no host yet</span>".to_string() } else { applied },
+            dropped = packets.get(&ban.net).map_or(0, |hosts| hosts.values().sum::<u64>()),
+            per_host = esc(&packets
+                .get(&ban.net)
+                .map(|hosts| hosts.iter().map(|(h, n)| format!("{h}: {n}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()),
         );
     }
     body.push_str("</tbody></table>");
