@@ -57,6 +57,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",
+    // The console's browser test: headless Chromium driven through chromedriver (WebDriver).
+    "chromium",
+    "chromium-driver",
 ];
 
 #[derive(Parser)]
