@@ -232,6 +232,26 @@ impl Browser {
         self.session_command("POST", &format!("/element/{element}/click"), None);
     }
 
+    /// Clicks `element` and waits until another page has replaced the one it was on (a form's
+    /// post, a link, a redirect), so that what is looked for next is on the new page and not on
+    /// the old one about to go. Panics after `timeout`.
+    pub fn click_to_new_page(&self, element: &str, timeout: Duration) {
+        // A global of the old page: a new document does not have it.
+        self.execute("window.idsWebDriverOldPage = true;", &[]);
+        self.click(element);
+        let deadline = Instant::now() + timeout;
+        loop {
+            // While the page is being replaced there may be no script context: an error, not a no.
+            let loaded = self
+                .try_execute("return window.idsWebDriverOldPage !== true && document.readyState === 'complete';", &[]);
+            if loaded.is_ok_and(|loaded| loaded == json!(true)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no new page within {timeout:?} of the click; on {}", self.url());
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// The element's rendered text.
     pub fn text(&self, element: &str) -> String {
         self.session_command("GET", &format!("/element/{element}/text"), None).as_str().unwrap_or_default().to_string()
@@ -245,7 +265,12 @@ impl Browser {
     /// Runs `script` as the body of a function in the page (`arguments[i]` are `args`) and returns
     /// what it returns.
     pub fn execute(&self, script: &str, args: &[Value]) -> Value {
-        self.session_command("POST", "/execute/sync", Some(&json!({ "script": script, "args": args })))
+        self.try_execute(script, args).unwrap_or_else(|e| panic!("WebDriver: {e}"))
+    }
+
+    /// [`Browser::execute`], with WebDriver's error (a page being replaced has no script context).
+    pub fn try_execute(&self, script: &str, args: &[Value]) -> Result<Value, WebDriverError> {
+        self.try_session_command("POST", "/execute/sync", Some(&json!({ "script": script, "args": args })))
     }
 
     /// The element reference to pass to [`Browser::execute`] as an argument.
@@ -255,8 +280,9 @@ impl Browser {
 
     /// The page's visible text, for failure messages (at most 4000 characters).
     pub fn body_text(&self) -> String {
+        let script = "return document.body ? document.body.innerText : document.documentElement.outerHTML;";
         let text = self
-            .try_session_command("POST", "/execute/sync", Some(&json!({"script": "return document.body ? document.body.innerText : document.documentElement.outerHTML;", "args": []})))
+            .try_execute(script, &[])
             .map(|v| v.as_str().unwrap_or_default().to_string())
             .unwrap_or_else(|e| format!("(page text unavailable: {e})"));
         text.chars().take(4000).collect()
