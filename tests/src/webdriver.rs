@@ -53,6 +53,8 @@ pub struct Browser {
     /// helper processes leave the driver's process group, so they are found by it.
     marker: String,
     log: PathBuf,
+    /// Where to save what the page showed when a test panics with this browser open.
+    failure_screenshot: Option<PathBuf>,
     dir: Scratch,
 }
 
@@ -79,7 +81,7 @@ impl Browser {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {CHROMEDRIVER} (Debian package chromium-driver): {e}"));
-        let mut browser = Browser { driver, port, session: None, marker, log, dir };
+        let mut browser = Browser { driver, port, session: None, marker, log, failure_screenshot: None, dir };
         browser.wait_driver_ready();
         let capabilities = json!({
             "capabilities": {
@@ -290,15 +292,26 @@ impl Browser {
 
     /// Saves a PNG of the viewport to `path` (parent directories made as needed).
     pub fn screenshot(&self, path: &Path) {
-        let encoded = self.session_command("GET", "/screenshot", None);
+        self.try_screenshot(path).unwrap_or_else(|e| panic!("screenshot {}: {e}", path.display()));
+    }
+
+    fn try_screenshot(&self, path: &Path) -> Result<(), String> {
+        let encoded = self.try_session_command("GET", "/screenshot", None).map_err(|e| e.to_string())?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("screenshot is not base64: {e}"));
-        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+            .map_err(|e| format!("not base64: {e}"))?;
+        if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+            return Err("not a PNG".into());
         }
-        std::fs::write(path, png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        std::fs::write(path, png).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// If the test panics while this browser is open, the page it showed is saved to `path`.
+    pub fn screenshot_on_panic(&mut self, path: &Path) {
+        self.failure_screenshot = Some(path.to_path_buf());
     }
 
     /// The `NAME=value` environment entry of every process this browser started.
@@ -316,6 +329,13 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", tail_of(&self.log, 3000));
+            if let Some(path) = &self.failure_screenshot {
+                // No panic here: one already unwinds.
+                match self.try_screenshot(path) {
+                    Ok(()) => eprintln!("the page at the panic: {}", path.display()),
+                    Err(e) => eprintln!("no screenshot at the panic: {e}"),
+                }
+            }
         }
         // Closing the session lets Chromium exit by itself; whatever did not is killed below.
         if let Some(session) = self.session.take() {

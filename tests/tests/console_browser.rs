@@ -164,6 +164,8 @@ fn wait_page(browser: &Browser, what: &str, timeout: Duration, mut check: impl F
 fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attacker_everywhere() {
     let began = Instant::now();
     let shots = screenshot_dir();
+    // Left by an earlier failed run, it would be taken for this one's.
+    let _ = fs::remove_file(shots.join("failure.png"));
     let shot = |browser: &Browser, name: &str| browser.screenshot(&shots.join(format!("{name}.png")));
     let net = Net::new("cb");
     let listener = std::net::TcpListener::bind((HOST4, 0)).unwrap();
@@ -214,7 +216,8 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     let fleet_ready = began.elapsed();
 
     let base = format!("https://127.0.0.1:{port}");
-    let browser = Browser::start("console");
+    let mut browser = Browser::start("console");
+    browser.screenshot_on_panic(&shots.join("failure.png"));
     // Without a session, any page leads to the login.
     browser.navigate(&format!("{base}/alerts"));
     assert!(path_of(&browser.url()).starts_with("/login"), "not sent to the login: {}", browser.url());
@@ -279,14 +282,18 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     assert!(before.iter().all(|old| rows.contains(old)), "rows lost: before {before:?}, now {rows:?}");
     shot(&browser, "alerts");
 
-    // One alert: its JSON names the file.
-    browser.navigate(&format!("{base}/alerts/{}", row.0));
+    // One alert, from its row's link: its JSON names the file.
+    browser.click_to_new_page(
+        &browser.find(&format!("tr[data-alert-id=\"{}\"] td.summary a", row.0)),
+        Duration::from_secs(10),
+    );
+    assert_eq!(path_of(&browser.url()), format!("/alerts/{}", row.0));
     let json_text = browser.text(&browser.wait_for("pre#alert-json", Duration::from_secs(5)));
     assert!(json_text.contains(&file.display().to_string()), "{} not in {json_text}", file.display());
     shot(&browser, "alert");
 
-    // One host.
-    browser.navigate(&format!("{base}/hosts/host-a"));
+    // Its host, from the alert page's link.
+    browser.click_to_new_page(&browser.find("a[href=\"/hosts/host-a\"]"), Duration::from_secs(10));
     let title = browser.text(&browser.wait_for("h1", Duration::from_secs(5)));
     assert!(title.contains("host-a"), "{title}");
     shot(&browser, "host");
