@@ -56,6 +56,16 @@ pub(super) enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Users of the web console ([collect.web]): add (or set the password of), delete, list.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// API tokens of the web console (Authorization: Bearer TOKEN under /api/): add, delete, list.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Lift a fleet ban on every host.
     Unban {
         #[command(flatten)]
@@ -66,6 +76,159 @@ pub(super) enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum UserCommand {
+    /// Add a console user, or set an existing one's password (their sessions end).
+    Add {
+        #[command(flatten)]
+        common: super::Common,
+        name: String,
+        /// Read the password from the first line of FILE (`-`: standard input) instead of asking.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+    },
+    /// Delete a console user (their sessions end).
+    Del {
+        #[command(flatten)]
+        common: super::Common,
+        name: String,
+    },
+    /// List the console users.
+    List {
+        #[command(flatten)]
+        common: super::Common,
+        /// Print {"ok", "data": [{"name", "created"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Make an API token: its secret is printed once, only its SHA-256 is stored.
+    Add {
+        #[command(flatten)]
+        common: super::Common,
+        name: String,
+    },
+    /// Delete an API token.
+    Del {
+        #[command(flatten)]
+        common: super::Common,
+        name: String,
+    },
+    /// List the API tokens (names, never secrets).
+    List {
+        #[command(flatten)]
+        common: super::Common,
+        /// Print {"ok", "data": [{"name", "created"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Console user names: what a login form takes and a log line shows plainly.
+fn check_user_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+        && !name.starts_with("cert:")
+        && !name.starts_with("token:");
+    anyhow::ensure!(valid, "user name {name:?}: 1 to 64 of letters, digits, '.', '_', '-', '@'");
+    Ok(())
+}
+
+/// The password of `ids fleet user add`: from a file, standard input, or asked twice.
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let password = match file {
+        Some(path) if path == std::path::Path::new("-") => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the password from {}", path.display()))?;
+            text.lines().next().unwrap_or("").to_string()
+        }
+        None => {
+            let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+            let again = rpassword::prompt_password("Again: ").context("reading the password")?;
+            anyhow::ensure!(first == again, "the two passwords differ");
+            first
+        }
+    };
+    anyhow::ensure!(password.chars().count() >= 10, "the password is too short: 10 characters at least");
+    Ok(password)
+}
+
+fn names_json(pairs: Vec<(String, String)>) -> Value {
+    Value::Array(pairs.into_iter().map(|(name, created)| json!({"name": name, "created": created})).collect())
+}
+
+fn human_names(data: &Value) -> String {
+    let mut table = Table::new(&["name", "created"]);
+    for entry in data.as_array().into_iter().flatten() {
+        table.row(vec![
+            Cell::from(text(entry, "name").to_string()),
+            Cell::from(render::when(text(entry, "created"), SystemTime::now())),
+        ]);
+    }
+    table.render(render::stdout_colour())
+}
+
+fn user_command(command: UserCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        UserCommand::Add { common, name, password_file } => {
+            check_user_name(&name)?;
+            let config = collect_config(&common)?;
+            let password = read_password(password_file.as_deref())?;
+            let hash = crate::fleet::web::hash_password(&password)?;
+            let existed = open(&config, true)?.set_console_user(&name, &hash, &rfc3339(SystemTime::now()))?;
+            println!("{} console user {name}", if existed { "password changed for" } else { "added" });
+        }
+        UserCommand::Del { common, name } => {
+            let config = collect_config(&common)?;
+            anyhow::ensure!(open(&config, false)?.delete_console_user(&name)?, "no console user {name:?}");
+            println!("deleted console user {name}");
+        }
+        UserCommand::List { common, json } => {
+            let result = (|| Ok(names_json(open(&collect_config(&common)?, false)?.console_users()?)))();
+            return finish(result, json, human_names);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Add { common, name } => {
+            check_user_name(&name)?;
+            let config = collect_config(&common)?;
+            let token = crate::fleet::web::new_token();
+            let stored = open(&config, true)?.add_console_token(
+                &name,
+                &crate::fleet::web::sha256_hex(&token),
+                &rfc3339(SystemTime::now()),
+            )?;
+            anyhow::ensure!(stored, "an API token named {name:?} exists: delete it first");
+            // The one time the secret is shown.
+            println!("{token}");
+        }
+        TokenCommand::Del { common, name } => {
+            let config = collect_config(&common)?;
+            anyhow::ensure!(open(&config, false)?.delete_console_token(&name)?, "no API token {name:?}");
+            println!("deleted API token {name}");
+        }
+        TokenCommand::List { common, json } => {
+            let result = (|| Ok(names_json(open(&collect_config(&common)?, false)?.console_tokens()?)))();
+            return finish(result, json, human_names);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +330,8 @@ pub(super) fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
             finish(result, json, human_hosts)
         }
         FleetCommand::Alerts(args) => alerts(args),
+        FleetCommand::User { command } => user_command(command),
+        FleetCommand::Token { command } => token_command(command),
         FleetCommand::Bans { common, json } => {
             let result = (|| {
                 let bans = open(&collect_config(&common)?, false)?.active_bans(&rfc3339(SystemTime::now()))?;
@@ -283,7 +448,7 @@ fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
             kind: args.kind.clone(),
             since: args.since.as_deref().map(parse_since).transpose()?,
             limit: args.n,
-            after_id: None,
+            ..AlertFilter::default()
         };
         let mut store = open(&config, false)?;
         let first = store.alerts(&filter)?;

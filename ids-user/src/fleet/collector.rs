@@ -49,7 +49,16 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(10);
 pub fn run(config: CollectConfig) -> anyhow::Result<()> {
     let storage = Storage::start(config.database.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(collect(&config, &storage))
+    runtime.block_on(async {
+        // Started first: a console that cannot bind its port stops the collector's start.
+        let console = match &config.web {
+            Some(web) => Some(super::web::start(web, &config.database).await?),
+            None => None,
+        };
+        let collected = collect(&config, &storage).await;
+        drop(console);
+        collected
+    })
 }
 
 /// Doubling pauses between attempts.

@@ -56,6 +56,78 @@ pub struct CollectConfig {
     pub rule_ban_for: Option<Duration>,
     /// Refuse a message whose `host` is not the broker-validated `user_id` of its publisher.
     pub verify_host: bool,
+    /// `[collect.web]`: the console; `None`: not served.
+    pub web: Option<WebConfig>,
+}
+
+/// `[collect.web]`: the web console `ids collect` serves (docs/console.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    pub listen: std::net::SocketAddr,
+    /// Certificate and key (PEM), and optionally the CA whose client certificates log in without
+    /// a password. `None` only on a loopback address (`plain_http = true`).
+    pub tls: Option<crate::tinyids::settings::ServeTls>,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWeb {
+    #[serde(default = "default_web_listen")]
+    listen: String,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    plain_http: bool,
+    #[serde(default = "default_session_ttl")]
+    session_ttl: ConfigDuration,
+}
+
+fn default_web_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_session_ttl() -> ConfigDuration {
+    ConfigDuration::secs(12 * 3600)
+}
+
+/// A login lasts from a second to a week.
+const SESSION_TTL: bounds::MaxDuration = bounds::MaxDuration { max: Duration::from_secs(7 * 86_400), text: "7days" };
+
+fn validate_web(raw: RawWeb) -> Result<WebConfig, (&'static str, String)> {
+    let listen: std::net::SocketAddr =
+        raw.listen.parse().map_err(|e| ("collect.web.listen", format!("{:?}: {e} (want ADDRESS:PORT)", raw.listen)))?;
+    for path in [&raw.cert, &raw.key, &raw.client_ca].into_iter().flatten() {
+        if !path.is_absolute() {
+            return Err(("collect.web", format!("{} is not an absolute path", path.display())));
+        }
+    }
+    let tls = match (raw.cert, raw.key) {
+        (Some(cert), Some(key)) => Some(crate::tinyids::settings::ServeTls { cert, key, client_ca: raw.client_ca }),
+        (None, None) => {
+            if raw.client_ca.is_some() {
+                return Err(("collect.web.client_ca", "needs cert and key (client certificates come with TLS)".into()));
+            }
+            if !raw.plain_http {
+                return Err((
+                    "collect.web",
+                    "cert and key are needed (or plain_http = true on a loopback address)".into(),
+                ));
+            }
+            if !listen.ip().is_loopback() {
+                return Err((
+                    "collect.web.plain_http",
+                    format!(
+                        "{listen} is not a loopback address: passwords and sessions would cross the network in clear"
+                    ),
+                ));
+            }
+            None
+        }
+        _ => return Err(("collect.web", "cert and key go together".into())),
+    };
+    Ok(WebConfig { listen, tls, session_ttl: duration("collect.web.session_ttl", raw.session_ttl, SESSION_TTL)? })
 }
 
 /// `[collect] database`: a path (SQLite) or a `postgres://` URL.
@@ -97,6 +169,7 @@ pub(crate) struct RawCollect {
     rule_ban_for: ConfigDuration,
     #[serde(default = "default_verify_host")]
     verify_host: bool,
+    web: Option<RawWeb>,
 }
 
 fn default_heartbeat() -> ConfigDuration {
@@ -199,6 +272,7 @@ pub(crate) fn validate_collect(raw: RawCollect) -> Result<CollectConfig, (&'stat
         rule_hosts: raw.rule_hosts,
         rule_ban_for,
         verify_host: raw.verify_host,
+        web: raw.web.map(validate_web).transpose()?,
     })
 }
 

@@ -7,6 +7,7 @@
 //!   through the one ban path.
 //! - `ids collect` consumes the alerts queue into its own database ([`central`]), tracks hosts,
 //!   runs the fleet rules and issues fleet bans; `ids fleet ...` reads and writes the same.
+//! - [`web`] is the console `ids collect` serves with `[collect.web]`.
 //! - [`message`] is the wire format, [`topology`] the exchanges and queues, [`connect`] how
 //!   each of them reaches the broker.
 pub(crate) mod agent;
@@ -17,5 +18,6 @@ pub mod config;
 pub mod connect;
 pub mod message;
 pub mod topology;
+pub(crate) mod web;
 
 pub use self::config::{BrokerConfig, CentralDatabase, CollectConfig, FleetConfig};

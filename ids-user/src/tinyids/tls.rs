@@ -51,6 +51,15 @@ fn load_roots(path: &Path) -> anyhow::Result<Arc<RootCertStore>> {
 
 /// The server's TLS configuration; whether it verifies client certificates (mTLS).
 pub fn server_config(tls: &ServeTls) -> anyhow::Result<(Arc<rustls::ServerConfig>, bool)> {
+    server_config_with(tls, false)
+}
+
+/// [`server_config`], where a client without a certificate may still connect when
+/// `certificate_optional` (the web console: a certificate logs in, a password too).
+pub fn server_config_with(
+    tls: &ServeTls,
+    certificate_optional: bool,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, bool)> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with the ring provider")?;
@@ -58,9 +67,11 @@ pub fn server_config(tls: &ServeTls) -> anyhow::Result<(Arc<rustls::ServerConfig
     let key = load_key(&tls.key)?;
     let (builder, mtls) = match &tls.client_ca {
         Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
-                .build()
-                .with_context(|| format!("client CA {}", ca.display()))?;
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider());
+            if certificate_optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().with_context(|| format!("client CA {}", ca.display()))?;
             (builder.with_client_cert_verifier(verifier), true)
         }
         None => (builder.with_no_client_auth(), false),

@@ -12,7 +12,10 @@
 //! recorded first and published from the table (`published`), so a decision made while the
 //! broker is away goes out when it is back.
 mod backend;
+mod console;
 mod schema;
+
+pub use self::console::{HostActivity, TimelineBucket};
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -94,6 +97,10 @@ pub struct AlertRecord {
     pub seq: i64,
     pub time: String,
     pub kind: String,
+    /// `low`, `medium`, `high` or `critical` ([`severity_of`]).
+    pub severity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     pub alert: serde_json::Value,
 }
 
@@ -102,11 +109,56 @@ pub struct AlertRecord {
 pub struct AlertFilter {
     pub host: Option<String>,
     pub kind: Option<String>,
+    pub severity: Option<String>,
+    pub rule: Option<String>,
     /// RFC 3339: alerts raised at or after this.
     pub since: Option<String>,
+    /// RFC 3339: alerts raised before this.
+    pub until: Option<String>,
     /// The newest `limit` (returned oldest first); with `after_id`, the first `limit` after it.
     pub limit: usize,
     pub after_id: Option<i64>,
+    /// Only alerts older than this id (the console's next page).
+    pub before_id: Option<i64>,
+}
+
+impl AlertFilter {
+    /// The SQL conditions (`WHERE ...`, or nothing) and their parameters.
+    fn where_clause(&self) -> (String, Vec<Value>) {
+        let mut conditions = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
+        let mut condition = |sql: &str, value: Value| {
+            params.push(value);
+            conditions.push(sql.replace('#', &format!("?{}", params.len())));
+        };
+        let text = |value: &Option<String>| value.as_deref().map(Value::from);
+        if let Some(host) = text(&self.host) {
+            condition("host = #", host);
+        }
+        if let Some(kind) = text(&self.kind) {
+            condition("kind = #", kind);
+        }
+        if let Some(severity) = text(&self.severity) {
+            condition("severity = #", severity);
+        }
+        if let Some(rule) = text(&self.rule) {
+            condition("rule = #", rule);
+        }
+        if let Some(since) = text(&self.since) {
+            condition("time >= #", since);
+        }
+        if let Some(until) = text(&self.until) {
+            condition("time < #", until);
+        }
+        if let Some(after) = self.after_id {
+            condition("id > #", after.into());
+        }
+        if let Some(before) = self.before_id {
+            condition("id < #", before.into());
+        }
+        let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        (clause, params)
+    }
 }
 
 /// A host the silence check found silent (its `host_silent` alert is stored).
@@ -153,6 +205,28 @@ pub fn attacker_of(kind: &str, alert: &serde_json::Value) -> Option<String> {
     };
     let net = BanNet::parse(text).ok()?;
     net.is_single().then(|| net.to_string())
+}
+
+/// How much an alert matters, as the console filters by it: a detector's is its rule's (in the
+/// alert), a host kind's its kind's; the collector's own: a silent host is high, its return low.
+pub fn severity_of(kind: &str, alert: &serde_json::Value) -> String {
+    use crate::alert::{AlertKind, Severity};
+    if kind == "detect"
+        && let Some(severity) = alert.get("severity").and_then(|s| s.as_str()).and_then(Severity::parse)
+    {
+        return severity.name().to_string();
+    }
+    let severity = match kind {
+        HOST_SILENT => Severity::High,
+        HOST_BACK => Severity::Low,
+        other => AlertKind::from_name(other).map_or(Severity::Medium, AlertKind::severity),
+    };
+    severity.name().to_string()
+}
+
+/// The rule a detector's alert names (none for the other kinds).
+pub fn rule_of(kind: &str, alert: &serde_json::Value) -> Option<String> {
+    (kind == "detect").then(|| alert.get("rule")?.as_str().map(str::to_string)).flatten()
 }
 
 impl CentralStore {
@@ -315,6 +389,8 @@ impl CentralStore {
                             alert.alert.to_string().into(),
                             attacker.into(),
                             received.into(),
+                            severity_of(&alert.kind, &alert.alert).into(),
+                            rule_of(&alert.kind, &alert.alert).into(),
                         ]);
                         note(alert.host.as_str(), alert.hostname.as_str(), (alert.epoch, alert.seq), received);
                     }
@@ -440,53 +516,19 @@ impl CentralStore {
 
     /// The alerts `filter` selects, oldest first.
     pub fn alerts(&mut self, filter: &AlertFilter) -> Result<Vec<AlertRecord>, CentralError> {
-        let mut conditions = Vec::new();
-        let mut params: Vec<Value> = Vec::new();
-        let mut condition = |sql: &str, value: Value| {
-            params.push(value);
-            conditions.push(sql.replace('#', &format!("?{}", params.len())));
-        };
-        if let Some(host) = &filter.host {
-            condition("host = #", host.as_str().into());
-        }
-        if let Some(kind) = &filter.kind {
-            condition("kind = #", kind.as_str().into());
-        }
-        if let Some(since) = &filter.since {
-            condition("time >= #", since.as_str().into());
-        }
-        if let Some(after) = filter.after_id {
-            condition("id > #", after.into());
-        }
+        let (where_clause, mut params) = filter.where_clause();
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
         params.push(limit.into());
-        let where_clause =
-            if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         // Without `after_id`: the newest `limit`; with it: the next `limit` after it.
         let order = if filter.after_id.is_some() { "ASC" } else { "DESC" };
         let sql = format!(
-            "SELECT id, host, hostname, epoch, seq, time, kind, alert FROM alerts {where_clause}
-             ORDER BY id {order} LIMIT ?{}",
+            "SELECT {ALERT_RECORD_COLUMNS} FROM alerts {where_clause} ORDER BY id {order} LIMIT ?{}",
             params.len()
         );
         let rows = self.read("reading alerts", &sql, &params)?;
         let mut alerts = rows
             .iter()
-            .map(|row| {
-                let text = row.text(7)?;
-                Ok(AlertRecord {
-                    id: row.int(0)?,
-                    host: row.text(1)?,
-                    hostname: row.text(2)?,
-                    epoch: row.int(3)?,
-                    seq: row.int(4)?,
-                    time: row.text(5)?,
-                    kind: row.text(6)?,
-                    // Stored by the collector from parsed JSON; should a row have been edited
-                    // by hand into something else, show its text rather than fail the listing.
-                    alert: serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-                })
-            })
+            .map(alert_record)
             .collect::<Result<Vec<_>, String>>()
             .map_err(CentralError::query(&self.name, "reading alerts"))?;
         if filter.after_id.is_none() {
@@ -724,8 +766,29 @@ impl CentralStore {
     }
 }
 
+/// The columns [`alert_record`] reads, in its order.
+const ALERT_RECORD_COLUMNS: &str = "id, host, hostname, epoch, seq, time, kind, alert, severity, rule";
+
+fn alert_record(row: &Row) -> Result<AlertRecord, String> {
+    let text = row.text(7)?;
+    Ok(AlertRecord {
+        id: row.int(0)?,
+        host: row.text(1)?,
+        hostname: row.text(2)?,
+        epoch: row.int(3)?,
+        seq: row.int(4)?,
+        time: row.text(5)?,
+        kind: row.text(6)?,
+        // Stored by the collector from parsed JSON; should a row have been edited by hand into
+        // something else, show its text rather than fail the listing.
+        alert: serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        severity: row.text(8)?,
+        rule: row.opt_text(9)?,
+    })
+}
+
 /// Columns of one alert in [`insert_alerts_sql`].
-const ALERT_COLUMNS: usize = 9;
+const ALERT_COLUMNS: usize = 11;
 /// Alerts per INSERT: 900 parameters, well within SQLite's 32766 and PostgreSQL's 65535.
 const ALERTS_PER_STATEMENT: usize = 100;
 
@@ -740,7 +803,7 @@ fn insert_alerts_sql(rows: usize) -> String {
         })
         .collect();
     format!(
-        "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received) VALUES {}
+        "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received, severity, rule) VALUES {}
          ON CONFLICT (host, epoch, seq) DO NOTHING RETURNING attacker",
         values.join(", ")
     )
@@ -783,8 +846,8 @@ fn insert_fleet_alert_in(
     )?;
     let seq = first_int(&rows)? + 1;
     db.execute(
-        "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?5)
+        "INSERT INTO alerts (host, hostname, epoch, seq, time, kind, alert, attacker, received, severity)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?5, ?8)
          ON CONFLICT (host, epoch, seq) DO NOTHING",
         &[
             host.into(),
@@ -794,6 +857,7 @@ fn insert_fleet_alert_in(
             now.into(),
             kind.into(),
             alert.to_string().into(),
+            severity_of(kind, alert).into(),
         ],
     )?;
     Ok(())

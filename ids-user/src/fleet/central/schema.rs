@@ -113,6 +113,74 @@ pub(super) const MIGRATIONS: &[Migration] = &[
              CREATE INDEX fleet_bans_by_net ON fleet_bans (net, rev);
              CREATE INDEX fleet_bans_unpublished ON fleet_bans (rev) WHERE NOT published;",
     },
+    // 1 → 2: the console (docs/console.md): alerts get their severity and rule as columns (filters
+    // and the timeline read them without parsing JSON), indexes for the console's filters, and
+    // the console's users, sessions and API tokens.
+    Migration {
+        sqlite: "ALTER TABLE alerts ADD COLUMN severity TEXT NOT NULL DEFAULT 'medium';
+             ALTER TABLE alerts ADD COLUMN rule TEXT;
+             UPDATE alerts SET
+                 rule = CASE WHEN kind = 'detect' THEN json_extract(alert, '$.rule') END,
+                 severity = CASE
+                     WHEN kind = 'detect' THEN COALESCE(json_extract(alert, '$.severity'), 'medium')
+                     WHEN kind IN ('sensor_miss', 'remote_check', 'host_silent') THEN 'high'
+                     WHEN kind IN ('ban', 'host_back') THEN 'low'
+                     ELSE 'medium' END
+             WHERE json_valid(alert);
+             CREATE INDEX alerts_by_host ON alerts (host, id);
+             CREATE INDEX alerts_by_kind ON alerts (kind, id);
+             CREATE INDEX alerts_by_severity ON alerts (severity, id);
+             CREATE INDEX alerts_by_rule ON alerts (rule, id) WHERE rule IS NOT NULL;
+             CREATE TABLE console_users (
+                 name    TEXT PRIMARY KEY,
+                 hash    TEXT NOT NULL,
+                 created TEXT NOT NULL
+             );
+             CREATE TABLE console_sessions (
+                 id        TEXT PRIMARY KEY,
+                 user_name TEXT NOT NULL,
+                 csrf      TEXT NOT NULL,
+                 created   TEXT NOT NULL,
+                 expires   TEXT NOT NULL
+             );
+             CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
+             CREATE TABLE console_tokens (
+                 name    TEXT PRIMARY KEY,
+                 hash    TEXT NOT NULL UNIQUE,
+                 created TEXT NOT NULL
+             );",
+        postgres: "ALTER TABLE alerts ADD COLUMN severity TEXT NOT NULL DEFAULT 'medium';
+             ALTER TABLE alerts ADD COLUMN rule TEXT;
+             UPDATE alerts SET
+                 rule = CASE WHEN kind = 'detect' THEN alert::jsonb->>'rule' END,
+                 severity = CASE
+                     WHEN kind = 'detect' THEN COALESCE(alert::jsonb->>'severity', 'medium')
+                     WHEN kind IN ('sensor_miss', 'remote_check', 'host_silent') THEN 'high'
+                     WHEN kind IN ('ban', 'host_back') THEN 'low'
+                     ELSE 'medium' END;
+             CREATE INDEX alerts_by_host ON alerts (host, id);
+             CREATE INDEX alerts_by_kind ON alerts (kind, id);
+             CREATE INDEX alerts_by_severity ON alerts (severity, id);
+             CREATE INDEX alerts_by_rule ON alerts (rule, id) WHERE rule IS NOT NULL;
+             CREATE TABLE console_users (
+                 name    TEXT PRIMARY KEY,
+                 hash    TEXT NOT NULL,
+                 created TEXT NOT NULL
+             );
+             CREATE TABLE console_sessions (
+                 id        TEXT PRIMARY KEY,
+                 user_name TEXT NOT NULL,
+                 csrf      TEXT NOT NULL,
+                 created   TEXT NOT NULL,
+                 expires   TEXT NOT NULL
+             );
+             CREATE INDEX console_sessions_by_expiry ON console_sessions (expires);
+             CREATE TABLE console_tokens (
+                 name    TEXT PRIMARY KEY,
+                 hash    TEXT NOT NULL UNIQUE,
+                 created TEXT NOT NULL
+             );",
+    },
 ];
 
 /// Serialises migrations between collectors starting together on one PostgreSQL database
