@@ -135,6 +135,19 @@ fn alert_rows(browser: &Browser) -> Vec<(String, String, String, String)> {
         .unwrap_or_default()
 }
 
+/// The signals (exec, file, connect) whose hook is a fallback on this agent's kernel, not LSM:
+/// what the console names when it calls a host degraded.
+fn fallback_signals(agent: &Agent) -> Vec<String> {
+    let status = agent.daemon.as_ref().expect("agent running").status();
+    let signals = status["signals"].as_array().cloned().unwrap_or_default();
+    signals
+        .iter()
+        .filter(|s| ["exec", "file", "connect"].iter().any(|name| s["signal"] == *name))
+        .filter(|s| !s["hook"].as_str().unwrap_or("").starts_with("lsm:"))
+        .map(|s| s["signal"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// Fills the login form and submits it.
 fn log_in(browser: &Browser, user: &str, password: &str) {
     let form_user = browser.find("form#login input[name=user]");
@@ -213,6 +226,14 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
         || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         || collector.log(),
     );
+    // An alert stored before the Alerts page opens: the page has a row and a timeline to show.
+    b.write_files("console-earlier", 1);
+    wait_until_or(
+        "host-b's first alert stored",
+        Duration::from_secs(20),
+        || collector.alerts_of("host-b").iter().any(|a| a["kind"] == "integrity"),
+        || collector.log(),
+    );
     let fleet_ready = began.elapsed();
 
     let base = format!("https://127.0.0.1:{port}");
@@ -225,31 +246,62 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     shot(&browser, "login");
     log_in(&browser, "operator", "not the password");
     browser.wait_for("form#login", Duration::from_secs(5));
-    assert!(browser.try_find("table#hosts").is_none(), "a wrong password let the operator in");
+    assert!(browser.try_find("button#logout").is_none(), "a wrong password let the operator in");
+    let refused = browser.text(&browser.find("p.error"));
+    assert!(refused.contains("Wrong user or password"), "{refused}");
     log_in(&browser, "operator", PASSWORD);
+    // Back to the page asked for before the login.
+    browser.wait_for("table#alerts", Duration::from_secs(5));
+    assert_eq!(path_of(&browser.url()), "/alerts", "the login leads back to the page asked for");
+    browser.click_to_new_page(&browser.find("a#nav-fleet"), Duration::from_secs(10));
     browser.wait_for("table#hosts", Duration::from_secs(5));
-    assert_eq!(path_of(&browser.url()), "/", "the login leads to the Fleet page");
+    assert_eq!(path_of(&browser.url()), "/");
 
-    // Fleet: both hosts, healthy.
-    let statuses = |browser: &Browser| {
+    // Fleet: both hosts, live. A host is healthy when nothing is wrong with it, degraded with
+    // the reasons when something is: on kernels without LSM hooks (CI's), the fallback hooks.
+    let expected: Vec<(&str, Vec<String>)> =
+        [("host-a", &a), ("host-b", &b)].into_iter().map(|(host, agent)| (host, fallback_signals(agent))).collect();
+    let shown = |browser: &Browser| {
         browser.execute(
-            "return Array.from(document.querySelectorAll('table#hosts tr[data-host]')).map(r =>
-                [r.getAttribute('data-host'), ((r.querySelector('td.status') || {}).textContent || '').trim()]);",
+            "return Array.from(document.querySelectorAll('table#hosts tr[data-host]')).map(r => [
+                r.getAttribute('data-host'),
+                ((r.querySelector('td.status') || {}).textContent || '').trim(),
+                ((r.querySelector('td.why') || {}).textContent || '').trim()]);",
             &[],
         )
     };
-    wait_page(&browser, "both hosts healthy on the Fleet page", Duration::from_secs(15), |browser| {
-        statuses(browser) == json!([["host-a", "healthy"], ["host-b", "healthy"]])
-            || statuses(browser) == json!([["host-b", "healthy"], ["host-a", "healthy"]])
-    });
+    let fleet_as_expected = |browser: &Browser| {
+        let rows = shown(browser);
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        rows.len() == 2
+            && expected.iter().all(|(host, fallbacks)| {
+                rows.iter().any(|row| {
+                    let (status, why) = (row[1].as_str().unwrap_or(""), row[2].as_str().unwrap_or(""));
+                    row[0] == *host
+                        && (status == "healthy" || status == "degraded")
+                        && (status == "healthy") == why.is_empty()
+                        && fallbacks.iter().all(|signal| why.contains(&format!("{signal} hook in fallback")))
+                })
+            })
+    };
+    wait_page(&browser, "both hosts live on the Fleet page", Duration::from_secs(15), fleet_as_expected);
     assert_eq!(browser.find_all("table#hosts tr[data-host]").len(), 2);
     shot(&browser, "fleet");
 
     // Alerts: a new alert shows up at the top of the open page, without a reload.
     browser.click_to_new_page(&browser.find("a#nav-alerts"), Duration::from_secs(10));
     browser.wait_for("table#alerts", Duration::from_secs(5));
-    browser.wait_for("svg#timeline", Duration::from_secs(5));
     assert!(path_of(&browser.url()).starts_with("/alerts"), "{}", browser.url());
+    browser.wait_for("svg#timeline", Duration::from_secs(5));
+    let bars = browser.execute(
+        "return Array.from(document.querySelectorAll('svg#timeline rect title')).map(t => t.textContent);",
+        &[],
+    );
+    assert!(
+        bars.as_array()
+            .is_some_and(|bars| bars.iter().any(|bar| bar.as_str().is_some_and(|b| b.contains("integrity")))),
+        "no integrity bar in the timeline: {bars}"
+    );
     // Gone if the page is loaded again: proves the row came without navigation.
     browser.execute("window.idsSamePage = true;", &[]);
     let before = alert_rows(&browser);
@@ -289,6 +341,9 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     );
     assert_eq!(path_of(&browser.url()), format!("/alerts/{}", row.0));
     let json_text = browser.text(&browser.wait_for("pre#alert-json", Duration::from_secs(5)));
+    let alert: serde_json::Value =
+        serde_json::from_str(&json_text).unwrap_or_else(|e| panic!("pre#alert-json is not JSON ({e}): {json_text}"));
+    assert_eq!(alert["kind"], "integrity", "{alert}");
     assert!(json_text.contains(&file.display().to_string()), "{} not in {json_text}", file.display());
     shot(&browser, "alert");
 
@@ -322,7 +377,6 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     let banned = browser.wait_for(&banned_row, Duration::from_secs(5));
     assert!(browser.text(&banned).contains("seen in the console test"), "{}", browser.text(&banned));
     assert_eq!(path_of(&browser.url()), "/bans");
-    shot(&browser, "bans-after");
     wait_until_or(
         "host-b dropping the console-banned address",
         Duration::from_secs(5),
@@ -331,6 +385,26 @@ fn an_operator_logs_in_sees_the_fleet_follows_a_new_alert_live_and_bans_an_attac
     );
     let dropped_after = confirmed.elapsed();
     assert!(net.tcp_passes(GOOD4, to), "{GOOD4} is not banned");
+    // The same ban as the command line lists it, issued in the operator's name.
+    let listed = collector.fleet(&["bans"])["data"].as_array().cloned().unwrap_or_default();
+    assert!(
+        listed.len() == 1
+            && listed[0]["net"].as_str().is_some_and(|net| net.starts_with(BAD4))
+            && listed[0]["reason"] == "seen in the console test"
+            && listed[0]["origin"].as_str().is_some_and(|origin| origin.contains("operator")),
+        "{listed:?}"
+    );
+    // The Bans page names the hosts that applied it (from their reports), once they have.
+    let applied_by = |browser: &Browser| {
+        std::thread::sleep(Duration::from_millis(200));
+        browser.navigate(&format!("{base}/bans"));
+        browser.try_find(&format!("{banned_row} td.applied")).map(|cell| browser.text(&cell)).unwrap_or_default()
+    };
+    wait_page(&browser, "both hosts named as having applied the ban", Duration::from_secs(15), |browser| {
+        let applied = applied_by(browser);
+        applied.contains("host-a") && applied.contains("host-b")
+    });
+    shot(&browser, "bans-applied");
 
     // Logging out ends the session.
     browser.click_to_new_page(&browser.find("button#logout"), Duration::from_secs(10));
