@@ -6,6 +6,7 @@
 //! `integrity` and `sensor_miss` (an item changed), `detect` (a detector fired), `remote_check`
 //! (a TinyIDS server disagreed or could not be asked), `ban` (a detector's ban was applied).
 mod sink;
+pub(crate) mod summary;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -3,11 +3,11 @@
 //! (`cli/alerts.rs`; tables and times for people in `cli/render.rs`),
 //! the TinyIDS commands `ids serve`, `ids client`, `ids server` (in `crate::tinyids::cli`), and the
 //! fleet's central commands `ids collect`, `ids fleet ...` (`cli/fleet.rs`).
-pub(crate) mod alerts;
+mod alerts;
 mod bans;
 mod fleet;
 mod reference;
-pub(crate) mod render;
+mod render;
 mod tinyids;
 
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! How the CLI shows things to people: tables whose columns line up under their headers, times in
 //! local time and relative to now, and colour only where a terminal shows it. `--json` output
 //! never goes through here: it keeps RFC 3339 UTC times and no colour.
-use std::time::{Duration, SystemTime};
+// Times for people live in `crate::time` (the console shows them too); the tables use them from here.
+pub(crate) use crate::time::{expiry, local, parse_time, relative, span, when};
 
 /// How a column's cells sit in its width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,88 +167,12 @@ pub(crate) fn stdout_colour() -> bool {
     colour_wanted(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR"))
 }
 
-/// A time as the store and the daemon write it (RFC 3339); `None` when it is not one.
-pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(text).ok()
-}
-
-/// A span for people in its largest unit, rounded to the nearest: `12 s`, `3 min`, `2 h`, `4 d`
-/// (an expiry 1 h 59 min away reads `2 h`).
-pub(crate) fn span(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    let nearest = |unit: u64| (seconds + unit / 2) / unit;
-    match seconds {
-        0..60 => format!("{seconds} s"),
-        60..3570 => format!("{} min", nearest(60)),
-        3570..84_600 => format!("{} h", nearest(3600)),
-        _ => format!("{} d", nearest(86_400)),
-    }
-}
-
-/// `time` seen from `now`: `3 min ago`, `in 2 h`, `now` (within a second either way).
-pub(crate) fn relative(time: SystemTime, now: SystemTime) -> String {
-    match now.duration_since(time) {
-        Ok(ago) if ago >= Duration::from_secs(1) => format!("{} ago", span(ago)),
-        Ok(_) => "now".to_string(),
-        Err(ahead) if ahead.duration() >= Duration::from_secs(1) => format!("in {}", span(ahead.duration())),
-        Err(_) => "now".to_string(),
-    }
-}
-
-/// A moment in this host's local time zone, to the second: `2026-12-05 09:41:03`; with `zone`,
-/// the zone's abbreviation follows (`2026-12-05 09:41:03 CET`).
-pub(crate) fn local(time: SystemTime, zone: bool) -> String {
-    let seconds = match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => after.as_secs() as libc::time_t,
-        Err(before) => -(before.duration().as_secs() as libc::time_t),
-    };
-    // SAFETY: localtime_r writes only into `tm`, which lives for the call; a zeroed tm is valid.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&seconds, &mut tm) }.is_null() {
-        return humantime::format_rfc3339_seconds(time).to_string();
-    }
-    let mut text = format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    );
-    if zone && !tm.tm_zone.is_null() {
-        // SAFETY: tm_zone points at a NUL-terminated abbreviation owned by the C library.
-        let name = unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) };
-        text += &format!(" {}", name.to_string_lossy());
-    }
-    text
-}
-
-/// A stored time for people: local, and how long ago or ahead (`2026-12-05 09:41:03 (3 min ago)`);
-/// a text that is no time is shown as it is.
-pub(crate) fn when(text: &str, now: SystemTime) -> String {
-    match parse_time(text) {
-        Some(time) => format!("{} ({})", local(time, false), relative(time, now)),
-        None => text.to_string(),
-    }
-}
-
-/// An expiry for people: `permanent` when there is none, else as [`when`] puts it (`in 2 h`).
-pub(crate) fn expiry(text: Option<&str>, now: SystemTime) -> String {
-    match text {
-        None => "permanent".to_string(),
-        Some(text) => when(text, now),
-    }
-}
-
-/// A number of seconds as a ban lasts: `permanently` for 0, else `1 h`, `10 min`.
-pub(crate) fn ban_length(seconds: u64) -> String {
-    if seconds == 0 { "permanently".to_string() } else { span(Duration::from_secs(seconds)) }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
+    use crate::time::ban_length;
 
     #[test]
     fn columns_line_up_under_their_headers_whatever_the_cell_widths() {

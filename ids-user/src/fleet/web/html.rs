@@ -36,13 +36,13 @@ pub(crate) fn url(text: &str) -> String {
 
 /// A time as a page shows it: relative, with the exact UTC time on hover.
 pub(crate) fn when(text: &str, now: SystemTime) -> String {
-    match crate::cli::render::parse_time(text) {
+    match crate::time::parse_time(text) {
         Some(time) => {
             format!(
                 "<time datetime=\"{}\" title=\"{}\">{}</time>",
                 esc(text),
                 esc(text),
-                esc(&crate::cli::render::relative(time, now))
+                esc(&crate::time::relative(time, now))
             )
         }
         None => esc(text),

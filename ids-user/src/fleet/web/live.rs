@@ -79,7 +79,7 @@ pub(crate) async fn poll(console: Arc<Console>) {
             Err(error) => tracing::warn!("console live updates: {}", crate::error_text::one_line(error.as_ref())),
         }
         round = round.wrapping_add(1);
-        if round % HOST_POLL_EVERY == 0 {
+        if round.is_multiple_of(HOST_POLL_EVERY) {
             let now = SystemTime::now();
             match console.storage.call(move |store| views::host_views(store, now)).await {
                 Ok(hosts) => {

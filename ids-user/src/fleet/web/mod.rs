@@ -308,10 +308,10 @@ async fn route(console: &Arc<Console>, request: &WebRequest) -> Response<Body> {
         (&Method::GET | &Method::POST, _) => not_found(is_api),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
     };
-    if let Some(cookie) = identity.new_cookie.as_ref() {
-        if let Ok(value) = HeaderValue::from_str(cookie) {
-            response.headers_mut().append(header::SET_COOKIE, value);
-        }
+    if let Some(cookie) = identity.new_cookie.as_ref()
+        && let Ok(value) = HeaderValue::from_str(cookie)
+    {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
 }

@@ -318,9 +318,8 @@ pub(crate) async fn host(console: &Arc<Console>, identity: &Identity, host: &str
         last = record.last_heartbeat.as_deref().map_or("never".to_string(), |t| when(t, now)),
         interval = record.heartbeat_interval_s.map_or("?".to_string(), |s| format!("{s} s")),
         version = esc(beat["version"].as_str().unwrap_or("?")),
-        uptime = beat["uptime_s"]
-            .as_u64()
-            .map_or("?".to_string(), |s| crate::cli::render::span(std::time::Duration::from_secs(s))),
+        uptime =
+            beat["uptime_s"].as_u64().map_or("?".to_string(), |s| crate::time::span(std::time::Duration::from_secs(s))),
         hooks = pairs(&beat["hooks"]),
         lost = pairs(&beat["lost_events"]),
         seq = record.last_seq,
@@ -504,7 +503,7 @@ pub(crate) async fn confirm_ban(console: &Arc<Console>, identity: &Identity, req
         }
     };
     let length = match ban.duration {
-        Some(d) => format!("for {}", crate::cli::render::span(d)),
+        Some(d) => format!("for {}", crate::time::span(d)),
         None => "permanently".to_string(),
     };
     let hidden = |name: &str, value: &str| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(value));

@@ -152,6 +152,6 @@ pub(crate) fn summary(record: &AlertRecord, now: SystemTime) -> String {
             record.alert["last_heartbeat"].as_str().unwrap_or("unknown")
         ),
         "host_back" => format!("host {} is back", record.host),
-        _ => crate::cli::alerts::summary(&record.alert, now),
+        _ => crate::alert::summary::summary(&record.alert, now),
     }
 }
