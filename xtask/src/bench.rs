@@ -17,6 +17,9 @@
 //!    each step the daemon is given time to drain and the `file` counters of `ids status --json`
 //!    give the received and lost deltas. The capacity is the highest rate with nothing lost.
 //!
+//! Area `console` (module [`console`]): the fleet console's answers over 100,000 stored alerts
+//! beside the same SQL in the `sqlite3` shell.
+//!
 //! Area `fleet` (module [`fleet`]): agent → RabbitMQ → `ids collect` throughput with confirms
 //! beside a DIDS-style Python/pika peer, stored → queryable latency, and the backlog drain and
 //! detection latency around a broker outage.
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 
+mod console;
 mod detect;
 mod fleet;
 mod integrity;
@@ -82,8 +86,11 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "detect" => detect::bench_detect(root),
         "fleet" => fleet::bench_fleet(root),
         "process" => process::bench_process(root),
+        "console" => console::bench_console(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
-        other => bail!("unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet, process)"),
+        other => bail!(
+            "unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet, process, console)"
+        ),
     }
 }
 

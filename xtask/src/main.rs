@@ -57,6 +57,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",
+    // The console test's HTTPS client (curl, checking the console's certificate against the
+    // test's CA) and the console bench's floor (the same SQL in the sqlite3 shell).
+    "curl",
+    "sqlite3",
     // The console's browser test: headless Chromium driven through chromedriver (WebDriver).
     "chromium",
     "chromium-driver",

@@ -84,6 +84,7 @@ pub(super) enum UserCommand {
     Add {
         #[command(flatten)]
         common: super::Common,
+        /// The user's name (letters, digits, '.', '_', '-', '@').
         name: String,
         /// Read the password from the first line of FILE (`-`: standard input) instead of asking.
         #[arg(long, value_name = "FILE")]
@@ -93,6 +94,7 @@ pub(super) enum UserCommand {
     Del {
         #[command(flatten)]
         common: super::Common,
+        /// The user's name.
         name: String,
     },
     /// List the console users.
@@ -111,12 +113,14 @@ pub(super) enum TokenCommand {
     Add {
         #[command(flatten)]
         common: super::Common,
+        /// The token's name (who uses it: a SIEM, a script).
         name: String,
     },
     /// Delete an API token.
     Del {
         #[command(flatten)]
         common: super::Common,
+        /// The token's name.
         name: String,
     },
     /// List the API tokens (names, never secrets).

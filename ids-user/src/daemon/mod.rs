@@ -521,6 +521,8 @@ impl Daemon {
                 .insert(name.to_string(), sensor.kernel_lost(signal) + counters.dropped.load(Ordering::Relaxed));
         }
         facts.aggregate = self.integrity.shared.aggregate().map(|digest| crate::integrity::hex(&digest));
+        facts.baseline_aggregate =
+            self.integrity.shared.baseline_aggregate().map(|digest| crate::integrity::hex(&digest));
         fleet.set_facts(facts);
     }
 

@@ -87,6 +87,7 @@ pub(crate) struct HostFacts {
     pub(crate) hooks: BTreeMap<String, String>,
     pub(crate) lost_events: BTreeMap<String, u64>,
     pub(crate) aggregate: Option<String>,
+    pub(crate) baseline_aggregate: Option<String>,
 }
 
 /// Shared between the agent and the daemon.
@@ -490,6 +491,7 @@ impl Agent {
             uptime_s: self.started.elapsed().as_secs(),
             hooks: facts.hooks,
             aggregate: facts.aggregate,
+            baseline_aggregate: facts.baseline_aggregate,
             lost_events: facts.lost_events,
             backlog: outbox.backlog(),
             last_seq: outbox.last_seq,

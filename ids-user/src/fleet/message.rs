@@ -110,6 +110,10 @@ pub struct Heartbeat {
     pub hooks: std::collections::BTreeMap<String, String>,
     /// The integrity aggregate (hex); `None` before the first scan.
     pub aggregate: Option<String>,
+    /// The aggregate of the host's accepted baseline (`ids baseline`); `None` without one (and
+    /// from agents older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_aggregate: Option<String>,
     /// Events lost per signal (kernel ring full or queue full).
     pub lost_events: std::collections::BTreeMap<String, u64>,
     /// Alerts stored on the host and not yet confirmed by the broker.

@@ -86,6 +86,9 @@ enum Rescan {
 #[derive(Debug, Default)]
 pub(crate) struct WorkerState {
     aggregate: Mutex<Option<Digest>>,
+    /// The aggregate of the accepted baseline (`None`: no baseline), for the fleet's heartbeat:
+    /// the console tells whether a host still matches its baseline.
+    baseline_aggregate: Mutex<Option<Digest>>,
     /// The aggregate again, for tasks that act when it changes (remote CHECKs).
     aggregate_changes: tokio::sync::watch::Sender<Option<Digest>>,
     /// Dirty paths waiting for their quiet period or being rehashed.
@@ -122,6 +125,14 @@ impl WorkerState {
 
     pub(crate) fn aggregate(&self) -> Option<Digest> {
         *self.aggregate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn baseline_aggregate(&self) -> Option<Digest> {
+        *self.baseline_aggregate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_baseline_aggregate(&self, aggregate: Option<Digest>) {
+        *self.baseline_aggregate.lock().unwrap_or_else(|p| p.into_inner()) = aggregate;
     }
 
     pub(crate) fn status(&self) -> IntegrityStatus {
@@ -314,6 +325,12 @@ impl Prepared {
         // Read once here; the worker keeps it up to date as it accepts baselines.
         if let Ok(count) = worker.store.baseline_len() {
             worker.shared.baseline_items.store(count, Ordering::Relaxed);
+        }
+        if let Ok(baseline) = worker.store.baseline()
+            && !baseline.is_empty()
+        {
+            let aggregate = super::aggregate_digest(&worker.hostname, baseline.iter().map(|stored| &stored.item));
+            worker.shared.set_baseline_aggregate(Some(aggregate));
         }
         let shared = worker.shared.clone();
         let waker = events.clone();
@@ -675,14 +692,15 @@ impl Worker {
         match request {
             Control::Baseline(reply) => {
                 let items = self.current_items();
+                let aggregate = super::aggregate_digest(&self.hostname, self.current.values());
                 let answer = self
                     .store
                     .replace_baseline(&items)
-                    .inspect(|()| self.shared.baseline_items.store(items.len() as u64, Ordering::Relaxed))
-                    .map(|()| BaselineAccepted {
-                        items: items.len(),
-                        aggregate: super::hex(&super::aggregate_digest(&self.hostname, self.current.values())),
+                    .inspect(|()| {
+                        self.shared.baseline_items.store(items.len() as u64, Ordering::Relaxed);
+                        self.shared.set_baseline_aggregate(Some(aggregate));
                     })
+                    .map(|()| BaselineAccepted { items: items.len(), aggregate: super::hex(&aggregate) })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(answer);
             }

@@ -46,6 +46,7 @@ fn heartbeat(host: &str, received: SystemTime) -> Received {
             uptime_s: 5,
             hooks: Default::default(),
             aggregate: Some("ab".repeat(32)),
+            baseline_aggregate: None,
             lost_events: Default::default(),
             backlog: 7,
             last_seq: 3,

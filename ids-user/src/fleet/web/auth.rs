@@ -50,7 +50,7 @@ impl Throttle {
             .filter_map(|(count, last)| {
                 let doublings = (count - FREE_FAILURES).min(10);
                 let lock = (FIRST_LOCK * 2u32.pow(doublings)).min(LONGEST_LOCK);
-                (*last + lock).checked_duration_since(now)
+                (*last + lock).checked_duration_since(now).filter(|left| !left.is_zero())
             })
             .max()
     }

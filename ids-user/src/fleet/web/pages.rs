@@ -79,7 +79,7 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
     body.push_str(
         "<table id=\"hosts\" data-live=\"hosts\"><thead><tr><th>Host</th><th>Hostname</th><th>Status</th><th>Why</th>\
          <th>Last seen</th><th class=\"num\">Alerts 24 h</th><th class=\"num\">Integrity 24 h</th>\
-         <th>Integrity aggregate</th><th>Version</th></tr></thead><tbody>",
+         <th>Baseline</th><th>Integrity aggregate</th><th>Version</th></tr></thead><tbody>",
     );
     for host in &hosts {
         let aggregate = host.record.aggregate.as_deref().unwrap_or("");
@@ -88,7 +88,8 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
             body,
             "<tr data-host=\"{id}\"><td><a href=\"/hosts/{link}\">{id}</a></td><td>{hostname}</td>{status}\
              <td class=\"why\">{why}</td><td>{seen}</td><td class=\"num alerts\"><a href=\"/alerts?host={link}&amp;since=24h\">{alerts}</a></td>\
-             <td class=\"num\">{integrity}</td><td class=\"digest\" title=\"{aggregate}\">{short}</td><td>{version}</td></tr>",
+             <td class=\"num\">{integrity}</td><td class=\"baseline {baseline_class}\">{baseline}</td>\
+             <td class=\"digest\" title=\"{aggregate}\">{short}</td><td>{version}</td></tr>",
             id = esc(&host.record.host),
             link = url(&host.record.host),
             hostname = esc(&host.record.hostname),
@@ -105,6 +106,8 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
             } else {
                 "0".to_string()
             },
+            baseline = host.baseline,
+            baseline_class = host.baseline.replace(' ', "-"),
             aggregate = esc(aggregate),
             short = esc(short),
             version = esc(host.heartbeat["version"].as_str().unwrap_or("")),
@@ -309,7 +312,8 @@ pub(crate) async fn host(console: &Arc<Console>, identity: &Identity, host: &str
          <tr><th>Heartbeat every</th><td>{interval}</td></tr><tr><th>Version, uptime</th><td>{version}, up {uptime}</td></tr>\
          <tr><th>Hooks</th><td>{hooks}</td></tr><tr><th>Events lost</th><td>{lost}</td></tr>\
          <tr><th>Alerts</th><td>#{seq} of epoch {epoch}; {gaps} lost; {backlog} waiting</td></tr>\
-         <tr><th>Integrity aggregate</th><td class=\"digest\">{aggregate}</td></tr></table>",
+         <tr><th>Integrity aggregate</th><td class=\"digest\">{aggregate}</td></tr>\
+         <tr><th>Baseline</th><td class=\"baseline\">{baseline}{baseline_aggregate}</td></tr></table>",
         id = esc(&record.host),
         hostname = esc(&record.hostname),
         status = health_cell(&view),
@@ -327,6 +331,11 @@ pub(crate) async fn host(console: &Arc<Console>, identity: &Identity, host: &str
         gaps = record.gaps,
         backlog = record.backlog,
         aggregate = esc(record.aggregate.as_deref().unwrap_or("none yet")),
+        baseline = view.baseline,
+        baseline_aggregate = beat["baseline_aggregate"]
+            .as_str()
+            .map(|b| format!(" (baseline <span class=\"digest\">{}</span>)", esc(b)))
+            .unwrap_or_default(),
     );
     let section = |body: &mut String, title: &str, records: &[AlertRecord], more: &str| {
         let _ = write!(body, "<h2>{title}</h2>");

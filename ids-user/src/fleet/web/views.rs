@@ -23,6 +23,9 @@ pub(crate) struct HostView {
     /// `healthy`, `degraded` (see `problems`) or `silent`.
     pub(crate) health: &'static str,
     pub(crate) problems: Vec<String>,
+    /// `matches` (the aggregate is its baseline's), `drifted`, `no baseline` or `unknown` (no
+    /// heartbeat, or an agent that does not send its baseline's aggregate).
+    pub(crate) baseline: &'static str,
     pub(crate) alerts_24h: i64,
     pub(crate) integrity_24h: i64,
     /// The host's last heartbeat as sent (hooks, lost events, version, uptime...).
@@ -56,6 +59,19 @@ fn problems(record: &HostRecord, heartbeat: &Value) -> Vec<String> {
     problems
 }
 
+/// Whether the host's integrity aggregate is its accepted baseline's, from its last heartbeat.
+fn baseline_state(heartbeat: &Value) -> &'static str {
+    if heartbeat.is_null() || heartbeat["version"].is_null() {
+        return "unknown";
+    }
+    match (heartbeat["aggregate"].as_str(), heartbeat["baseline_aggregate"].as_str()) {
+        (Some(current), Some(baseline)) if current == baseline => "matches",
+        (Some(_), Some(_)) => "drifted",
+        (_, None) => "no baseline",
+        (None, Some(_)) => "unknown",
+    }
+}
+
 pub(crate) fn host_views(store: &mut CentralStore, now: SystemTime) -> Result<Vec<HostView>, CentralError> {
     let since = rfc3339(now.checked_sub(RECENT).unwrap_or(SystemTime::UNIX_EPOCH));
     let activity = store.host_activity(&since)?;
@@ -74,7 +90,8 @@ pub(crate) fn host_views(store: &mut CentralStore, now: SystemTime) -> Result<Ve
             } else {
                 "degraded"
             };
-            HostView { record, health, problems, alerts_24h: alerts, integrity_24h: integrity, heartbeat }
+            let baseline = baseline_state(&heartbeat);
+            HostView { record, health, problems, baseline, alerts_24h: alerts, integrity_24h: integrity, heartbeat }
         })
         .collect())
 }
