@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: a real daemon started from `IDS_BIN` (or the release
 //! build) with its own config, state directory and events log, and readers of what it reported.
 pub mod broker;
+pub mod fleet;
 pub mod postgres;
 pub mod service_process;
+pub mod webdriver;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};

@@ -61,6 +61,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // test's CA) and the console bench's floor (the same SQL in the sqlite3 shell).
     "curl",
     "sqlite3",
+    // The console's browser test: headless Chromium driven through chromedriver (WebDriver).
+    "chromium",
+    "chromium-driver",
 ];
 
 #[derive(Parser)]
