@@ -112,6 +112,8 @@ pub(crate) fn kind_class(kind: &str) -> String {
 
 /// Hours the timeline shows at most (two weeks): the newest of a longer range.
 const TIMELINE_HOURS: usize = 14 * 24;
+/// Hours it shows at least, ending with the newest alert's.
+const MIN_TIMELINE_HOURS: usize = 24;
 
 /// The timeline: one stacked bar per hour (UTC), a colour per kind, a legend; an SVG drawn here
 /// so that the page needs no charting script.
@@ -129,7 +131,8 @@ pub(crate) fn timeline(buckets: &[TimelineBucket]) -> String {
         return "<p class=\"empty\">The alerts' times are not readable.</p>".to_string();
     };
     let span_hours = end.duration_since(start).map_or(0, |d| d.as_secs() / 3600) as usize + 1;
-    let shown = span_hours.min(TIMELINE_HOURS);
+    // A day at least, so that a few hours of alerts read as bars, not as blocks.
+    let shown = span_hours.clamp(MIN_TIMELINE_HOURS, TIMELINE_HOURS);
     let first_shown = end - std::time::Duration::from_secs(3600 * (shown as u64 - 1));
     let labels: Vec<String> = (0..shown)
         .map(|n| {
@@ -245,7 +248,8 @@ mod tests {
             bucket("2026-12-05T10", "integrity", 1),
             bucket("2026-12-05T13", "detect", 2),
         ]);
-        assert!(svg.contains("data-hours=\"4\""), "{svg}");
+        // A day ending with the last alert's hour.
+        assert!(svg.contains("data-hours=\"24\""), "{svg}");
         assert!(svg.contains("data-max=\"4\""), "{svg}");
         assert_eq!(svg.matches("<rect").count(), 3, "{svg}");
         assert_eq!(timeline(&[]), "<p class=\"empty\">No alerts match.</p>");
