@@ -118,15 +118,16 @@ const MIN_TIMELINE_HOURS: usize = 24;
 /// The timeline: one stacked bar per hour (UTC), a colour per kind, a legend; an SVG drawn here
 /// so that the page needs no charting script.
 pub(crate) fn timeline(buckets: &[TimelineBucket]) -> String {
+    let parse = |hour: &str| humantime::parse_rfc3339_weak(&format!("{hour}:00:00Z")).ok();
+    // Hours are cut from the hosts' alert times: one that is not a time is left out of the chart.
     let mut hours: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
-    for bucket in buckets {
+    for bucket in buckets.iter().filter(|bucket| bucket.hour.len() == 13 && parse(&bucket.hour).is_some()) {
         *hours.entry(bucket.hour.as_str()).or_default().entry(bucket.kind.as_str()).or_default() += bucket.count;
     }
     // Every hour from the first to the last, empty ones included, up to TIMELINE_HOURS.
     let (Some(first), Some(last)) = (hours.keys().next(), hours.keys().next_back()) else {
         return "<p class=\"empty\">No alerts match.</p>".to_string();
     };
-    let parse = |hour: &str| humantime::parse_rfc3339_weak(&format!("{hour}:00:00Z")).ok();
     let (Some(start), Some(end)) = (parse(first), parse(last)) else {
         return "<p class=\"empty\">The alerts' times are not readable.</p>".to_string();
     };
@@ -247,6 +248,8 @@ mod tests {
             bucket("2026-12-05T10", "detect", 3),
             bucket("2026-12-05T10", "integrity", 1),
             bucket("2026-12-05T13", "detect", 2),
+            bucket("yesterday", "detect", 9),
+            bucket("2026-12-05Té", "detect", 9),
         ]);
         // A day ending with the last alert's hour.
         assert!(svg.contains("data-hours=\"24\""), "{svg}");

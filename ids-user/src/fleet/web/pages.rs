@@ -83,7 +83,8 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
     );
     for host in &hosts {
         let aggregate = host.record.aggregate.as_deref().unwrap_or("");
-        let short = &aggregate[..aggregate.len().min(16)];
+        // From the host's heartbeat: cut by characters, whatever it holds.
+        let short: String = aggregate.chars().take(16).collect();
         let _ = write!(
             body,
             "<tr data-host=\"{id}\"><td><a href=\"/hosts/{link}\">{id}</a></td><td>{hostname}</td>{status}\
@@ -109,7 +110,7 @@ pub(crate) async fn fleet(console: &Arc<Console>, identity: &Identity) -> Respon
             baseline = host.baseline,
             baseline_class = host.baseline.replace(' ', "-"),
             aggregate = esc(aggregate),
-            short = esc(short),
+            short = esc(&short),
             version = esc(host.heartbeat["version"].as_str().unwrap_or("")),
         );
     }
