@@ -13,6 +13,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `seconds` since the epoch as the stores write times: RFC 3339 UTC with microseconds.
+pub fn rfc3339_utc(seconds: i64) -> String {
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_date(days);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000000Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// (year, month, day) of the day `days` after 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 pub fn ids_bin() -> PathBuf {
     std::env::var_os("IDS_BIN")
         .map(PathBuf::from)

@@ -62,12 +62,6 @@ fn request(port: u16, path: &str, cookie: Option<&str>, form: Option<&str>) -> a
     Ok((status, text, elapsed))
 }
 
-fn rfc3339(seconds: i64) -> String {
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (y, m, d) = super::civil_date(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000Z", rest / 3600, rest % 3600 / 60, rest % 60)
-}
-
 /// Fills the central database the collector made with [`ALERTS`] alerts, as it stores agents'.
 fn fill(database: &Path) -> anyhow::Result<()> {
     let mut db = rusqlite::Connection::open(database).context("opening the central database")?;
@@ -84,7 +78,7 @@ fn fill(database: &Path) -> anyhow::Result<()> {
             let host = format!("host{}", n % 7);
             let (kind, severity) = kinds[n % kinds.len()];
             let rule = (kind == "detect").then_some(if severity == "high" { "ssh-bruteforce" } else { "web-scan" });
-            let time = rfc3339(now - ((ALERTS - n) as i64 * 172_800 / ALERTS as i64));
+            let time = ids_tests::rfc3339_utc(now - ((ALERTS - n) as i64 * 172_800 / ALERTS as i64));
             let alert = serde_json::json!({
                 "kind": kind, "rule": rule, "severity": severity, "collector": "files",
                 "id": format!("file:/srv/www/{n}"), "change": "changed", "attributes": ["content"],
@@ -176,7 +170,7 @@ pub(super) fn bench_console(root: &Path) -> anyhow::Result<()> {
     let collector = start(&ids)?;
     let database = collector.dir.join("fleet.db");
     let cookie = login(collector.port)?;
-    let since = rfc3339(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64 - 86_400);
+    let since = ids_tests::rfc3339_utc(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64 - 86_400);
     let filtered = format!("host = 'host3' AND kind = 'detect' AND time >= '{since}'");
     let routes: [(&str, String, String, Option<f64>); 5] = [
         (

@@ -87,7 +87,7 @@ fn rfc3339_micros(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, micros) = (d.as_secs(), d.subsec_micros());
     let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = super::civil_date(days as i64);
+    let (year, month, day) = ids_tests::civil_date(days as i64);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 

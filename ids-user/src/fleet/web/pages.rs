@@ -476,6 +476,17 @@ pub(crate) fn ban_request(
     Ok(BanRequest { net, reason, duration, duration_text })
 }
 
+/// The ban form's fields, checked.
+fn ban_from_form(identity: &Identity, form: &[(String, String)]) -> Result<BanRequest, String> {
+    ban_request(
+        &identity.user,
+        field(form, "net"),
+        field(form, "reason"),
+        field(form, "duration"),
+        field(form, "force").is_some(),
+    )
+}
+
 /// Records a ban decision (the collector publishes it within a second).
 pub(crate) async fn record(
     console: &Arc<Console>,
@@ -505,13 +516,7 @@ pub(crate) async fn record(
 /// `POST /bans/confirm`: the ban checked and shown for confirmation.
 pub(crate) async fn confirm_ban(console: &Arc<Console>, identity: &Identity, request: &WebRequest) -> Response<Body> {
     let form = request.form();
-    let ban = match ban_request(
-        &identity.user,
-        field(&form, "net"),
-        field(&form, "reason"),
-        field(&form, "duration"),
-        field(&form, "force").is_some(),
-    ) {
+    let ban = match ban_from_form(identity, &form) {
         Ok(ban) => ban,
         Err(why) => {
             let mut response = bans(console, identity, Some(&why)).await;
@@ -542,13 +547,7 @@ pub(crate) async fn confirm_ban(console: &Arc<Console>, identity: &Identity, req
 /// `POST /bans`: the confirmed ban, recorded.
 pub(crate) async fn ban(console: &Arc<Console>, identity: &Identity, request: &WebRequest) -> Response<Body> {
     let form = request.form();
-    let ban = match ban_request(
-        &identity.user,
-        field(&form, "net"),
-        field(&form, "reason"),
-        field(&form, "duration"),
-        field(&form, "force").is_some(),
-    ) {
+    let ban = match ban_from_form(identity, &form) {
         Ok(ban) => ban,
         Err(why) => {
             let mut response = bans(console, identity, Some(&why)).await;
