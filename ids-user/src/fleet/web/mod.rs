@@ -45,6 +45,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once (a browser keeps a few, one of them for live updates).
 const MAX_CONNECTIONS: usize = 256;
+/// How long a client has to send its request body: one that trickles it holds a connection.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body read (a login or ban form, an API ban).
 const MAX_BODY: usize = 64 * 1024;
 
@@ -236,9 +238,10 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match read_body(body).await {
-        Ok(body) => body,
-        Err(why) => return text(StatusCode::PAYLOAD_TOO_LARGE, why),
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(why)) => return text(StatusCode::PAYLOAD_TOO_LARGE, why),
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n".into()),
     };
     let query =
         parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
