@@ -476,6 +476,13 @@ pub(crate) fn ban_request(
     Ok(BanRequest { net, reason, duration, duration_text })
 }
 
+/// The Bans page again, saying why the ban was refused (400).
+async fn refused_ban(console: &Arc<Console>, identity: &Identity, why: &str) -> Response<Body> {
+    let mut response = bans(console, identity, Some(why)).await;
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+}
+
 /// The ban form's fields, checked.
 fn ban_from_form(identity: &Identity, form: &[(String, String)]) -> Result<BanRequest, String> {
     ban_request(
@@ -518,11 +525,7 @@ pub(crate) async fn confirm_ban(console: &Arc<Console>, identity: &Identity, req
     let form = request.form();
     let ban = match ban_from_form(identity, &form) {
         Ok(ban) => ban,
-        Err(why) => {
-            let mut response = bans(console, identity, Some(&why)).await;
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
-        }
+        Err(why) => return refused_ban(console, identity, &why).await,
     };
     let length = match ban.duration {
         Some(d) => format!("for {}", crate::time::span(d)),
@@ -549,11 +552,7 @@ pub(crate) async fn ban(console: &Arc<Console>, identity: &Identity, request: &W
     let form = request.form();
     let ban = match ban_from_form(identity, &form) {
         Ok(ban) => ban,
-        Err(why) => {
-            let mut response = bans(console, identity, Some(&why)).await;
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
-        }
+        Err(why) => return refused_ban(console, identity, &why).await,
     };
     match record(console, &identity.user, BanAction::Ban, ban.net, ban.reason, ban.duration).await {
         Ok(_) => redirect("/bans"),
