@@ -27,8 +27,8 @@ fn tracepoint_hooks_are_chosen_on_a_kernel_that_refuses_lsm_and_fentry() {
     let status = daemon.status();
     // This kernel refuses BPF_PROG_TYPE_LSM and TRACING loads, so each signal falls back.
     assert_eq!(signal(&status, "exec")["hook"], "tracepoint:sched_process_exec", "{status}");
-    assert_eq!(signal(&status, "file")["hook"], "tracepoint:raw_syscalls", "{status}");
-    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:raw_syscalls:connect", "{status}");
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:syscalls:sys_enter_connect", "{status}");
     for name in ["exec", "file", "connect"] {
         let s = signal(&status, name);
         assert!(s["received"].is_u64() && s["lost"].is_u64(), "counters missing for {name}: {status}");
@@ -410,7 +410,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
         std::slice::from_raw_parts((&addr as *const libc::sockaddr_in).cast::<u8>(), std::mem::size_of_val(&addr))
     };
     fs::write(&addr_file, bytes).unwrap();
-    let before = program_errors(&daemon.status(), "connect_sys_enter");
+    let before = program_errors(&daemon.status(), "connect_syscall_enter");
 
     for _ in 0..ORDINARY {
         let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
@@ -433,7 +433,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
     }
     let status = daemon.status();
     assert_eq!(
-        program_errors(&status, "connect_sys_enter") - before,
+        program_errors(&status, "connect_syscall_enter") - before,
         UNREADABLE,
         "{ORDINARY} ordinary connects and {UNREADABLE} through an untouched page: {status}"
     );
@@ -443,7 +443,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
     let human = Command::new(ids_tests::ids_bin()).args(["status", "--config"]).arg(&daemon.config).output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.contains(&format!("connect_sys_enter {}", before + UNREADABLE)),
+        human.contains(&format!("connect_syscall_enter {}", before + UNREADABLE)),
         "`ids status` does not show the error count: {human}"
     );
     daemon.stop();

@@ -57,6 +57,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // For promtool alone: the metrics test checks the endpoint's exposition with it. Nothing uses
     // the prometheus service; where apt starts it, `systemctl disable --now prometheus`.
     "prometheus",
+    // The sensor bench's peer: auditd with watch rules on the sensor's watch set.
+    "auditd",
 ];
 
 #[derive(Parser)]
