@@ -351,14 +351,18 @@ fn auditd_available() -> Result<(), String> {
     }
 }
 
-/// The pid auditd registered with the kernel (0: none).
-fn audit_pid() -> anyhow::Result<u32> {
+/// A number of `auditctl -s`: `pid` (auditd's, 0 for none), `enabled`.
+fn audit_status(field: &str) -> anyhow::Result<u32> {
     let status = command_stdout(Command::new("auditctl").arg("-s"))?;
     Ok(status
         .lines()
-        .find_map(|l| l.strip_prefix("pid "))
+        .find_map(|l| l.strip_prefix(field).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or(0))
+}
+
+fn audit_pid() -> anyhow::Result<u32> {
+    audit_status("pid")
 }
 
 /// auditd with its configuration and log in the scratch directory and one watch rule per path;
@@ -367,13 +371,16 @@ fn audit_pid() -> anyhow::Result<u32> {
 struct Auditd {
     child: Option<Child>,
     paths: Vec<PathBuf>,
+    /// The kernel's `enabled` flag before auditd started, restored when it stops (auditd sets
+    /// it and leaves it set).
+    enabled_before: u32,
 }
 
 const AUDIT_KEY: &str = "ids-bench";
 
 impl Auditd {
     fn start(scratch: &Scratch, paths: &[PathBuf]) -> anyhow::Result<Self> {
-        let mut auditd = Self { child: None, paths: Vec::new() };
+        let mut auditd = Self { child: None, paths: Vec::new(), enabled_before: audit_status("enabled")? };
         if audit_pid()? == 0 {
             let dir = scratch.dir.join("audit");
             fs::create_dir_all(&dir)?;
@@ -426,9 +433,13 @@ impl Drop for Auditd {
             }
         }
         if let Some(child) = &mut self.child {
-            // SAFETY: signals our own child, not yet reaped. auditd disables auditing as it exits.
+            // SAFETY: signals our own child, not yet reaped.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let _ = child.wait();
+            let enabled = self.enabled_before.to_string();
+            if let Err(e) = command_stdout(Command::new("auditctl").args(["-e", &enabled])) {
+                eprintln!("bench: restoring the audit enabled flag to {enabled} failed: {e:#}");
+            }
         }
     }
 }
@@ -464,7 +475,7 @@ struct Overhead {
     ids_hooks: Vec<String>,
 }
 
-fn measure_overhead(ids: &Path, scratch: &Scratch, watch: &[PathBuf]) -> anyhow::Result<Overhead> {
+fn measure_overhead(ids: &Path, floor_ids: &Path, scratch: &Scratch, watch: &[PathBuf]) -> anyhow::Result<Overhead> {
     let workloads = Workloads::create(scratch)?;
     let auditd_missing = auditd_available().err();
     if let Some(reason) = &auditd_missing {
@@ -492,7 +503,7 @@ fn measure_overhead(ids: &Path, scratch: &Scratch, watch: &[PathBuf]) -> anyhow:
             let (figures, own) = match column {
                 Column::None => (time_all(&workloads)?, None),
                 Column::Floor => {
-                    let floor = FloorProcess::start(ids, &scratch.config)?;
+                    let floor = FloorProcess::start(floor_ids, &scratch.config)?;
                     floor_hooks = floor.hooks.clone();
                     let figures = time_all(&workloads)?;
                     let pid = floor.pid();
@@ -601,12 +612,13 @@ impl Burst {
         }
     }
 
-    /// Sized for about a second of daemon CPU or more, so the 10 ms tick is fine-grained enough.
+    /// Sized for half a second of daemon CPU or more before the changes this bench came with, so
+    /// the 10 ms tick is fine-grained enough.
     fn count(self) -> u64 {
         match self {
-            Self::Exec => 10_000,
+            Self::Exec => 3_000,
             Self::File => 300_000,
-            Self::Connect => 100_000,
+            Self::Connect => 50_000,
         }
     }
 }
@@ -804,16 +816,19 @@ pub(super) fn bench_sensor(root: &Path) -> anyhow::Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the sensor bench needs root (eBPF programs, auditd): run `sudo -E cargo xtask bench sensor`"
     );
-    let ids = build_release(root)?;
+    let built = build_release(root)?;
+    // `IDS_BENCH_IDS`: the `ids` binary of the ids column and of the per-event and capacity
+    // figures, say the build of an earlier commit, measured against this tree's floor.
+    let ids = std::env::var_os("IDS_BENCH_IDS").map_or_else(|| built.clone(), PathBuf::from);
     wait_for_no_other_sensor()?;
     let machine = Machine::describe(&ids)?;
     let scratch = Scratch::create()?;
     eprintln!("bench: scratch directory {}", scratch.dir.display());
-    let config = default_config(&ids, &scratch)?;
+    let config = default_config(&built, &scratch)?;
     fs::write(&scratch.config, &config).with_context(|| format!("writing {}", scratch.config.display()))?;
     let watch = watch_paths(&config)?;
 
-    let overhead = measure_overhead(&ids, &scratch, &watch)?;
+    let overhead = measure_overhead(&ids, &built, &scratch, &watch)?;
     let cpu = measure_cpu_per_event(&ids, &scratch)?;
     let capacity = measure_capacity(&ids, &scratch)?;
     let load_after = load_average();
@@ -847,7 +862,13 @@ fn render(
         "- Machine: Linux {}, {}, {} cores; load average {} before, {} after",
         machine.kernel, machine.cpu, machine.cores, machine.load_before, load_after
     );
-    let _ = writeln!(s, "- Sensor: {}; hooks: {}", machine.ids_version, overhead.ids_hooks.join(", "));
+    let _ = writeln!(
+        s,
+        "- Sensor: {}{}; hooks: {}",
+        machine.ids_version,
+        std::env::var("IDS_BENCH_IDS").map_or_else(|_| String::new(), |p| format!(" (`IDS_BENCH_IDS={p}`)")),
+        overhead.ids_hooks.join(", ")
+    );
     let _ = writeln!(s, "- Floor: `ids sensor-floor`, empty programs on the same hooks: {}", overhead.floor_hooks);
     let watched: Vec<String> = watch.iter().map(|p| p.display().to_string()).collect();
     match &overhead.auditd_missing {
