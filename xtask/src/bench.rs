@@ -332,10 +332,7 @@ fn status_file_counters(status: &serde_json::Value) -> anyhow::Result<FileCounte
     let counter = |key: &str| {
         file[key].as_u64().with_context(|| format!("ids status --json: signal file has no counter {key:?}: {file}"))
     };
-    Ok(FileCounters {
-        received: counter("received")?,
-        lost: counter("lost")?,
-    })
+    Ok(FileCounters { received: counter("received")?, lost: counter("lost")? })
 }
 
 /// `signal: hook` for every signal in `ids status --json`.

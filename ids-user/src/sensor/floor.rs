@@ -36,7 +36,9 @@ pub fn attach(exclude_hooks: &[String]) -> anyhow::Result<Floor> {
             .preference
             .iter()
             .filter(|set| !exclude_hooks.iter().any(|prefix| set.name.starts_with(prefix.as_str())))
-            .find(|set| set.programs.iter().all(|spec| matches!(spec.attach, Attach::TracePoint(_) | Attach::RawTracePoint(_))));
+            .find(|set| {
+                set.programs.iter().all(|spec| matches!(spec.attach, Attach::TracePoint(_) | Attach::RawTracePoint(_)))
+            });
         let Some(set) = set else {
             bail!("signal {} has no tracepoint hook set to put a floor under", signal_name(signal_hooks.signal));
         };

@@ -276,7 +276,10 @@ fn default_config(ids: &Path, scratch: &Scratch) -> anyhow::Result<String> {
         out.push_str(replaced.as_deref().unwrap_or(line));
         out.push('\n');
     }
-    ensure!(out.contains("events.jsonl") && out.contains("ids-bench"), "`ids config default` changed shape:\n{default}");
+    ensure!(
+        out.contains("events.jsonl") && out.contains("ids-bench"),
+        "`ids config default` changed shape:\n{default}"
+    );
     Ok(out)
 }
 
@@ -388,7 +391,9 @@ impl Auditd {
             let log = dir.join("audit.log");
             let mut conf: String = system
                 .lines()
-                .filter(|l| !l.trim_start().starts_with("log_file") && !l.trim_start().starts_with("max_log_file_action"))
+                .filter(|l| {
+                    !l.trim_start().starts_with("log_file") && !l.trim_start().starts_with("max_log_file_action")
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             let _ = writeln!(conf, "log_file = {}\nmax_log_file_action = ignore", log.display());
@@ -427,7 +432,8 @@ impl Drop for Auditd {
     fn drop(&mut self) {
         for path in &self.paths {
             let path_arg = path.display().to_string();
-            if let Err(e) = command_stdout(Command::new("auditctl").args(["-W", &path_arg, "-p", "wa", "-k", AUDIT_KEY]))
+            if let Err(e) =
+                command_stdout(Command::new("auditctl").args(["-W", &path_arg, "-p", "wa", "-k", AUDIT_KEY]))
             {
                 eprintln!("bench: removing the audit watch on {path_arg} failed: {e:#}");
             }
@@ -728,7 +734,9 @@ fn measure_capacity(ids: &Path, scratch: &Scratch) -> anyhow::Result<Capacity> {
                     since = Instant::now();
                 }
                 let reached = now.total() >= counters.total() + generated;
-                if (reached && now.total() == last.total()) || since.elapsed() >= DRAIN_QUIET || Instant::now() >= deadline
+                if (reached && now.total() == last.total())
+                    || since.elapsed() >= DRAIN_QUIET
+                    || Instant::now() >= deadline
                 {
                     break now;
                 }
@@ -901,12 +909,14 @@ fn render(
         let _ = write!(s, " {} |", c.label());
     }
     let has_auditd = overhead.columns.contains(&Column::Auditd);
+    let _ =
+        writeln!(s, " ids / floor (≤ {TARGET_FLOOR_RATIO}) |{}", if has_auditd { " ids / auditd (≤ 1) |" } else { "" });
     let _ = writeln!(
         s,
-        " ids / floor (≤ {TARGET_FLOOR_RATIO}) |{}",
-        if has_auditd { " ids / auditd (≤ 1) |" } else { "" }
+        "|---|---:|{}---:|{}",
+        "---:|".repeat(overhead.columns.len()),
+        if has_auditd { "---:|" } else { "" }
     );
-    let _ = writeln!(s, "|---|---:|{}---:|{}", "---:|".repeat(overhead.columns.len()), if has_auditd { "---:|" } else { "" });
     let index = |c: Column| overhead.columns.iter().position(|x| *x == c);
     for (w, workload) in Workload::ALL.iter().enumerate() {
         let _ = write!(s, "| {} | {} |", workload.label(), thousands(workload.iterations()));
@@ -933,7 +943,10 @@ fn render(
          divided by the events written. {CPU_REPETITIONS} repetitions; median, min–max in brackets.\n",
         DRAIN_QUIET.as_secs()
     );
-    let _ = writeln!(s, "| events | burst | events written (median) | µs CPU per event | target ≤ {TARGET_CPU_PER_EVENT_US} µs |");
+    let _ = writeln!(
+        s,
+        "| events | burst | events written (median) | µs CPU per event | target ≤ {TARGET_CPU_PER_EVENT_US} µs |"
+    );
     let _ = writeln!(s, "|---|---:|---:|---:|---|");
     for row in cpu {
         let us = median(&row.per_event);
