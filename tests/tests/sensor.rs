@@ -137,6 +137,34 @@ fn check_file_changes(fs_name: &str, parent: &str, mount_tmpfs: bool) {
     daemon.stop();
 }
 
+/// The raw `sys_enter`/`sys_exit` hooks, which kernels without the per-syscall tracepoints get,
+/// report the same changes, and only those.
+#[test]
+fn the_raw_syscall_fallback_reports_the_same_file_changes_and_connects() {
+    let root = Scratch::new("/var/tmp", "raw-fallback");
+    let watched = root.0.join("watched");
+    let unwatched = root.0.join("unwatched");
+    fs::create_dir(&watched).unwrap();
+    fs::create_dir(&unwatched).unwrap();
+    let daemon = Daemon::start_with("raw-fallback", &[&watched], &[], "exclude_hooks = [\"tracepoint:syscalls\"]");
+    let status = daemon.status();
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:raw_syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:raw_syscalls:connect", "{status}");
+    change_files(&watched);
+    change_files(&unwatched);
+    let expected = expected_file_events(&watched);
+    assert_eq!(file_events_under(&daemon, &watched, expected.len()), expected, "file events on the raw hooks differ");
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let connects = daemon.wait_for(1, |e| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port);
+    assert_eq!(connects.len(), 1, "the connect on the raw hook is not reported once: {connects:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stray = file_events_under(&daemon, &unwatched, 0);
+    assert!(stray.is_empty(), "events for the unwatched directory on the raw hooks: {stray:?}");
+    daemon.stop();
+}
+
 #[test]
 fn file_changes_on_ext4_are_reported_exactly_and_only_when_watched() {
     check_file_changes("ext4", "/var/tmp", false);
