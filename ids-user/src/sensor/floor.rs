@@ -3,7 +3,10 @@
 //! program on those hooks costs beside what the sensor's own work adds.
 //!
 //! Only tracepoint hook sets have a floor: a set that needs LSM or fentry is passed over, as
-//! `Sensor::start` passes it over on kernels that refuse those programs.
+//! `Sensor::start` passes it over on kernels that refuse those programs. The floor takes the
+//! first tracepoint set of each signal without loading the sensor's own program there; should
+//! that program fail where an empty one loads, the sensor would run on a later set: the bench
+//! prints both hook lists, so such a mismatch shows.
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
