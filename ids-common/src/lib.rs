@@ -331,8 +331,11 @@ pub enum ProgramId {
     XdpGuard = 21,
     ProcessForkTp = 22,
     ProcessExitTp = 23,
+    FileSyscallEnter = 24,
+    FileSyscallExit = 25,
+    ConnectSyscallEnter = 26,
 }
-pub const PROGRAM_COUNT: u32 = 24;
+pub const PROGRAM_COUNT: u32 = 27;
 const _: () = assert!(core::mem::size_of::<ProgramId>() == core::mem::size_of::<u32>());
 
 impl ProgramId {
@@ -362,6 +365,9 @@ impl ProgramId {
         Self::XdpGuard,
         Self::ProcessForkTp,
         Self::ProcessExitTp,
+        Self::FileSyscallEnter,
+        Self::FileSyscallExit,
+        Self::ConnectSyscallEnter,
     ];
 
     /// The program's function name in the eBPF object, which is also how the daemon loads it.
@@ -391,6 +397,9 @@ impl ProgramId {
             Self::XdpGuard => "xdp_guard",
             Self::ProcessForkTp => "process_fork_tp",
             Self::ProcessExitTp => "process_exit_tp",
+            Self::FileSyscallEnter => "file_syscall_enter",
+            Self::FileSyscallExit => "file_syscall_exit",
+            Self::ConnectSyscallEnter => "connect_syscall_enter",
         }
     }
 }

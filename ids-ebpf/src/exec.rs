@@ -73,7 +73,7 @@ fn emit_exec(filename: Kptr, args: Result<(u64, u64), i64>, argc: u32) -> Result
     }
     event.args_len = 0;
     let args_read = args.and_then(|(start, len)| read_args(event, start, len, argc));
-    entry.submit(0);
+    entry.submit(crate::maps::exec_wakeup());
     if read < 0 { Err(read) } else { args_read }
 }
 

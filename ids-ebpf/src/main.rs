@@ -10,6 +10,7 @@
 mod arch;
 mod exec;
 mod file;
+mod floor;
 mod kernel;
 mod maps;
 mod module;

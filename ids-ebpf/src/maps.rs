@@ -1,6 +1,6 @@
 //! Every map of the sensor, in one place. Names are what the daemon looks them up by.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
@@ -9,15 +9,48 @@ use ids_common::{
     Signal,
 };
 
-/// Exec records.
+const EXEC_EVENTS_BYTES: u32 = 1 << 20;
+const FILE_EVENTS_BYTES: u32 = 16 << 20;
+const NET_EVENTS_BYTES: u32 = 1 << 20;
+
+/// Exec, fork, exit and module records.
 #[map]
-pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(EXEC_EVENTS_BYTES, 0);
 /// File-change records: the busiest signal gets the largest buffer.
 #[map]
-pub static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
-/// Connect records.
+pub static FILE_EVENTS: RingBuf = RingBuf::with_byte_size(FILE_EVENTS_BYTES, 0);
+/// Connect records (and the XDP program's incoming SYNs).
 #[map]
-pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(NET_EVENTS_BYTES, 0);
+
+/// The flags a record of the signal rings is committed with. The daemon reads those rings on a
+/// short timer as well as on wakeups, so a record needs no wakeup to be read soon: one is sent
+/// only once a quarter of the ring is waiting, so that a burst is read before the ring fills.
+/// A wakeup per record (the default whenever the reader has caught up) cost the daemon more CPU
+/// than handling the record.
+#[inline(always)]
+fn wakeup_flags(ring: &RingBuf, bytes: u32) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA as u64) >= (bytes / 4) as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+pub fn exec_wakeup() -> u64 {
+    wakeup_flags(&EXEC_EVENTS, EXEC_EVENTS_BYTES)
+}
+
+#[inline(always)]
+pub fn file_wakeup() -> u64 {
+    wakeup_flags(&FILE_EVENTS, FILE_EVENTS_BYTES)
+}
+
+#[inline(always)]
+pub fn net_wakeup() -> u64 {
+    wakeup_flags(&NET_EVENTS, NET_EVENTS_BYTES)
+}
 
 /// Records that did not fit in their ring buffer, per signal (index = `Signal`).
 #[map]

@@ -43,6 +43,6 @@ fn emit_module(ctx: &TracePointContext, op: u32, name_loc: usize) -> Result<(), 
     if read < 0 {
         event.name[0] = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::maps::exec_wakeup());
     if read < 0 { Err(read) } else { Ok(()) }
 }

@@ -84,19 +84,26 @@ fn emit_connect(socket: Kptr, addr: *const u8, space: AddrSpace) -> Result<(), i
         entry.discard(0);
         return ok;
     }
-    entry.submit(0);
+    entry.submit(crate::maps::net_wakeup());
     Ok(())
 }
 
+/// Attached to `syscalls:sys_enter_connect` only.
+#[tracepoint]
+pub fn connect_syscall_enter(ctx: TracePointContext) -> u32 {
+    count_failure(ProgramId::ConnectSyscallEnter, try_connect_enter(&Syscall::enter(&ctx)));
+    0
+}
+
+/// Where the per-syscall tracepoints are missing: every syscall runs it.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn connect_sys_enter(ctx: RawTracePointContext) -> i32 {
-    count_failure(ProgramId::ConnectSysEnter, try_connect_sys_enter(&ctx));
+    count_failure(ProgramId::ConnectSysEnter, try_connect_enter(&Syscall::raw_enter(&ctx)));
     0
 }
 
 #[inline(always)]
-fn try_connect_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let call = Syscall::enter(ctx);
+fn try_connect_enter(call: &Syscall) -> Result<(), i64> {
     if call.nr != nr::CONNECT {
         return Ok(());
     }
@@ -187,6 +194,6 @@ fn try_listen_tp(ctx: &TracePointContext) -> Result<(), i64> {
     start_process_event(event, direction, IPPROTO_TCP, family);
     event.sport = sport;
     event.saddr = saddr;
-    entry.submit(0);
+    entry.submit(crate::maps::net_wakeup());
     Ok(())
 }

@@ -49,6 +49,6 @@ fn emit(op: u32, child: u32) -> Result<(), i64> {
     event.op = op;
     event.child = child;
     event.login = kernel::current_login(kernel::current_task());
-    entry.submit(0);
+    entry.submit(crate::maps::exec_wakeup());
     Ok(())
 }

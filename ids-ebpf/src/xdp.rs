@@ -209,7 +209,7 @@ fn report_syn(ctx: &XdpContext, family: u16, l3: usize, sport: u16, dport: u16) 
     }
     event.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     event._pad = 0;
-    entry.submit(0);
+    entry.submit(crate::maps::net_wakeup());
 }
 
 /// Counts a SYN from `source` to `dport` and reports the source once per window when it is over

@@ -27,8 +27,8 @@ fn tracepoint_hooks_are_chosen_on_a_kernel_that_refuses_lsm_and_fentry() {
     let status = daemon.status();
     // This kernel refuses BPF_PROG_TYPE_LSM and TRACING loads, so each signal falls back.
     assert_eq!(signal(&status, "exec")["hook"], "tracepoint:sched_process_exec", "{status}");
-    assert_eq!(signal(&status, "file")["hook"], "tracepoint:raw_syscalls", "{status}");
-    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:raw_syscalls:connect", "{status}");
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:syscalls:sys_enter_connect", "{status}");
     for name in ["exec", "file", "connect"] {
         let s = signal(&status, name);
         assert!(s["received"].is_u64() && s["lost"].is_u64(), "counters missing for {name}: {status}");
@@ -134,6 +134,34 @@ fn check_file_changes(fs_name: &str, parent: &str, mount_tmpfs: bool) {
     assert!(stray.is_empty(), "events for the unwatched directory on {fs_name}: {stray:?}");
     let status = daemon.status();
     assert_eq!(signal(&status, "file")["lost"], 0, "{status}");
+    daemon.stop();
+}
+
+/// The raw `sys_enter`/`sys_exit` hooks, which kernels without the per-syscall tracepoints get,
+/// report the same changes, and only those.
+#[test]
+fn the_raw_syscall_fallback_reports_the_same_file_changes_and_connects() {
+    let root = Scratch::new("/var/tmp", "raw-fallback");
+    let watched = root.0.join("watched");
+    let unwatched = root.0.join("unwatched");
+    fs::create_dir(&watched).unwrap();
+    fs::create_dir(&unwatched).unwrap();
+    let daemon = Daemon::start_with("raw-fallback", &[&watched], &[], "exclude_hooks = [\"tracepoint:syscalls\"]");
+    let status = daemon.status();
+    assert_eq!(signal(&status, "file")["hook"], "tracepoint:raw_syscalls", "{status}");
+    assert_eq!(signal(&status, "connect")["hook"], "tracepoint:raw_syscalls:connect", "{status}");
+    change_files(&watched);
+    change_files(&unwatched);
+    let expected = expected_file_events(&watched);
+    assert_eq!(file_events_under(&daemon, &watched, expected.len()), expected, "file events on the raw hooks differ");
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    let connects = daemon.wait_for(1, |e| e["kind"] == "connect" && e["direction"] == "out" && e["dport"] == port);
+    assert_eq!(connects.len(), 1, "the connect on the raw hook is not reported once: {connects:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stray = file_events_under(&daemon, &unwatched, 0);
+    assert!(stray.is_empty(), "events for the unwatched directory on the raw hooks: {stray:?}");
     daemon.stop();
 }
 
@@ -410,7 +438,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
         std::slice::from_raw_parts((&addr as *const libc::sockaddr_in).cast::<u8>(), std::mem::size_of_val(&addr))
     };
     fs::write(&addr_file, bytes).unwrap();
-    let before = program_errors(&daemon.status(), "connect_sys_enter");
+    let before = program_errors(&daemon.status(), "connect_syscall_enter");
 
     for _ in 0..ORDINARY {
         let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
@@ -433,7 +461,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
     }
     let status = daemon.status();
     assert_eq!(
-        program_errors(&status, "connect_sys_enter") - before,
+        program_errors(&status, "connect_syscall_enter") - before,
         UNREADABLE,
         "{ORDINARY} ordinary connects and {UNREADABLE} through an untouched page: {status}"
     );
@@ -443,7 +471,7 @@ fn a_connect_whose_address_the_sensor_cannot_read_is_counted_as_an_error() {
     let human = Command::new(ids_tests::ids_bin()).args(["status", "--config"]).arg(&daemon.config).output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.contains(&format!("connect_sys_enter {}", before + UNREADABLE)),
+        human.contains(&format!("connect_syscall_enter {}", before + UNREADABLE)),
         "`ids status` does not show the error count: {human}"
     );
     daemon.stop();

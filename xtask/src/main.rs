@@ -64,6 +64,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The console's browser test: headless Chromium driven through chromedriver (WebDriver).
     "chromium",
     "chromium-driver",
+    // The sensor bench's peer: auditd with watch rules on the sensor's watch set.
+    "auditd",
 ];
 
 #[derive(Parser)]

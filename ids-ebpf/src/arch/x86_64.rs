@@ -84,6 +84,17 @@ pub mod tracepoint {
         pub const NAME: usize = 8;
     }
 
+    /// `syscalls:sys_enter_<name>` and `syscalls:sys_exit_<name>`, as the kernel hands them to a
+    /// program (`struct syscall_tp_t` in kernel/trace/trace_syscalls.c).
+    pub mod syscalls {
+        /// `int __syscall_nr`.
+        pub const NR: usize = 8;
+        /// Entry: `unsigned long args[6]`.
+        pub const ARGS: usize = 16;
+        /// Exit: `long ret`.
+        pub const RET: usize = 16;
+    }
+
     /// `sock:inet_sock_set_state`: after `const void *skaddr` at 8.
     pub mod inet_sock_set_state {
         /// `int oldstate`, `int newstate`: TCP_* states.

@@ -188,7 +188,7 @@ fn try_file_rename_lsm(ctx: &LsmContext) -> Result<(), i64> {
         }
         Err(_) => event.new_name[0] = 0,
     }
-    entry.submit(0);
+    entry.submit(crate::maps::file_wakeup());
     new_dir_read.and(added)
 }
 

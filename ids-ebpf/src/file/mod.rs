@@ -119,7 +119,7 @@ fn emit_dentry(op: FileOp, dentry: Kptr) {
     event.op = op as u32;
     describe_dentry(event, dentry);
     clear_new(event);
-    entry.submit(0);
+    entry.submit(crate::maps::file_wakeup());
 }
 
 /// A change through an open file: reported only if its inode is watched.

@@ -1,11 +1,19 @@
-//! The syscall-tracepoint family: raw `sys_enter`/`sys_exit`, on any kernel with
-//! CONFIG_FTRACE_SYSCALLS. Descriptor-based calls are checked at entry by the descriptor's inode;
-//! path-based calls are checked by path, parked in `PENDING_FILE_EVENTS` and sent at exit if the
-//! syscall returned 0; opens that may create or truncate remember their flags until exit.
+//! The syscall-tracepoint family. Descriptor-based calls are checked at entry by the descriptor's
+//! inode; path-based calls are checked by path, parked in `PENDING_FILE_EVENTS` and sent at exit
+//! if the syscall returned 0; opens that may create or truncate remember their flags until exit.
+//!
+//! Two pairs of entries run the same code:
+//! - `file_syscall_enter`/`file_syscall_exit` on the per-syscall tracepoints
+//!   (`syscalls:sys_enter_<name>`, CONFIG_FTRACE_SYSCALLS), preferred: a syscall the sensor does
+//!   not follow runs no program at all (the kernel tests a bit and moves on), the arguments are
+//!   loads from the record rather than reads of the saved registers, and only the calls whose
+//!   result matters have an exit program;
+//! - `file_sys_enter`/`file_sys_exit` on the raw `sys_enter`/`sys_exit`, where the per-syscall
+//!   events are missing: every syscall of every process runs both.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use ids_common::{FileEvent, FileOp, InodeKey, PATH_LEN, ProgramId, Signal, kind, path_source};
 
@@ -17,7 +25,7 @@ use crate::{
         FILE_EVENTS, FILE_SCRATCH, PENDING_FILE_EVENTS, PENDING_OPENS, PREFIX_SCRATCH, WATCHED_INODES,
         WATCHED_PREFIXES, count_failure, count_lost,
     },
-    syscall::{Syscall, exit_of},
+    syscall::{Syscall, exit_of, raw_exit_of},
 };
 
 const AT_FDCWD: i64 = -100;
@@ -36,18 +44,32 @@ fn tid_key() -> u64 {
     bpf_get_current_pid_tgid()
 }
 
+/// Attached to the entry of each syscall `try_sys_enter` handles.
+#[tracepoint]
+pub fn file_syscall_enter(ctx: TracePointContext) -> u32 {
+    count_failure(ProgramId::FileSyscallEnter, try_sys_enter(&Syscall::enter(&ctx)));
+    0
+}
+
+/// Attached to the exit of the opens and of the path-based calls.
+#[tracepoint]
+pub fn file_syscall_exit(ctx: TracePointContext) -> u32 {
+    let (nr, ret) = exit_of(&ctx);
+    count_failure(ProgramId::FileSyscallExit, try_sys_exit(nr, ret));
+    0
+}
+
 /// Every syscall enters here; only the ones below do more than compare a number.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn file_sys_enter(ctx: RawTracePointContext) -> i32 {
-    count_failure(ProgramId::FileSysEnter, try_file_sys_enter(&ctx));
+    count_failure(ProgramId::FileSysEnter, try_sys_enter(&Syscall::raw_enter(&ctx)));
     0
 }
 
 #[inline(always)]
-fn try_file_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let call = Syscall::enter(ctx);
+fn try_sys_enter(call: &Syscall) -> Result<(), i64> {
     match call.nr {
-        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_enter(&call),
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_enter(call),
         nr::WRITE
         | nr::PWRITE64
         | nr::WRITEV
@@ -59,21 +81,20 @@ fn try_file_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         | nr::COPY_FILE_RANGE
         | nr::FCHMOD
         | nr::FCHOWN
-        | nr::MMAP => file_fd_enter(&call),
-        nr if is_path_call(nr) => file_path_enter(&call),
+        | nr::MMAP => file_fd_enter(call),
+        nr if is_path_call(nr) => file_path_enter(call),
         _ => Ok(()),
     }
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn file_sys_exit(ctx: RawTracePointContext) -> i32 {
-    count_failure(ProgramId::FileSysExit, try_file_sys_exit(&ctx));
+    count_failure(ProgramId::FileSysExit, raw_exit_of(&ctx).and_then(|(nr, ret)| try_sys_exit(nr, ret)));
     0
 }
 
 #[inline(always)]
-fn try_file_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let (nr, ret) = exit_of(ctx)?;
+fn try_sys_exit(nr: i64, ret: i64) -> Result<(), i64> {
     match nr {
         nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => file_open_exit(ret),
         nr if is_path_call(nr) => file_path_exit(ret),
@@ -318,7 +339,7 @@ fn file_path_exit(ret: i64) -> Result<(), i64> {
     let Some(event) = PENDING_FILE_EVENTS.get_ptr(&tid) else {
         return Ok(());
     };
-    if ret == 0 && FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, 0).is_err() {
+    if ret == 0 && FILE_EVENTS.output::<FileEvent>(unsafe { &*event }, crate::maps::file_wakeup()).is_err() {
         count_lost(Signal::File);
     }
     PENDING_FILE_EVENTS.remove(&tid).map_err(|e| e as i64)

@@ -212,6 +212,14 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Attach empty eBPF programs wherever `ids run` would attach its tracepoint programs, print
+    /// `attached` and the hook sets, and keep them until SIGTERM or SIGINT: the floor that
+    /// `cargo xtask bench sensor` measures the sensor against.
+    #[command(hide = true)]
+    SensorFloor {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Write the man pages (section 8) into DIR.
     #[command(hide = true)]
     Manpages {
@@ -542,6 +550,23 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("ok");
+        }
+        Command::SensorFloor { common } => {
+            anyhow::ensure!(can_load_bpf(), "ids sensor-floor needs root to load and attach eBPF programs");
+            let config = common.load_config()?;
+            let floor = crate::sensor::floor::attach(&config.exclude_hooks)?;
+            println!("attached: {}", floor.hooks.join(", "));
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            runtime()?.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                anyhow::Ok(())
+            })?;
+            drop(floor);
         }
         Command::Completions { shell } => self::reference::completions(shell)?,
         Command::Manpages { dir } => self::reference::manpages(&dir)?,

@@ -8,8 +8,8 @@ pub enum Attach {
     /// A tracepoint program attached to each `(category, name)`. Names the running kernel lacks
     /// (say `sys_enter_fchmodat2` before 6.6) are skipped; the rest must attach.
     TracePoint(&'static [(&'static str, &'static str)]),
-    /// A raw tracepoint (`sys_enter`, `sys_exit`): no perf record is built per hit, which keeps
-    /// the cost of a syscall the program ignores to a number comparison.
+    /// A raw tracepoint (`sys_enter`, `sys_exit`): runs for every syscall, so it is the fallback
+    /// where the per-syscall tracepoints are missing.
     RawTracePoint(&'static str),
     Lsm(&'static str),
     FEntry(&'static str),
@@ -59,6 +59,86 @@ const MODULE_FREE: ProgramSpec = optional("module_free_tp", Attach::TracePoint(&
 const PROCESS_FORK: ProgramSpec = optional("process_fork_tp", Attach::RawTracePoint("sched_process_fork"));
 const PROCESS_EXIT: ProgramSpec = optional("process_exit_tp", Attach::RawTracePoint("sched_process_exit"));
 
+/// The syscalls `file_syscall_enter` handles: descriptor-based writes, truncates, attribute changes
+/// and shared writable mmaps, the opens, and the path-based calls.
+const FILE_SYSCALL_ENTER: &[(&str, &str)] = &[
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_pwrite64"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_enter_pwritev"),
+    ("syscalls", "sys_enter_pwritev2"),
+    ("syscalls", "sys_enter_sendfile64"),
+    ("syscalls", "sys_enter_ftruncate"),
+    ("syscalls", "sys_enter_fallocate"),
+    ("syscalls", "sys_enter_copy_file_range"),
+    ("syscalls", "sys_enter_fchmod"),
+    ("syscalls", "sys_enter_fchown"),
+    ("syscalls", "sys_enter_mmap"),
+    ("syscalls", "sys_enter_open"),
+    ("syscalls", "sys_enter_openat"),
+    ("syscalls", "sys_enter_openat2"),
+    ("syscalls", "sys_enter_creat"),
+    ("syscalls", "sys_enter_rename"),
+    ("syscalls", "sys_enter_renameat"),
+    ("syscalls", "sys_enter_renameat2"),
+    ("syscalls", "sys_enter_unlink"),
+    ("syscalls", "sys_enter_rmdir"),
+    ("syscalls", "sys_enter_unlinkat"),
+    ("syscalls", "sys_enter_mkdir"),
+    ("syscalls", "sys_enter_mknod"),
+    ("syscalls", "sys_enter_mkdirat"),
+    ("syscalls", "sys_enter_mknodat"),
+    ("syscalls", "sys_enter_link"),
+    ("syscalls", "sys_enter_symlink"),
+    ("syscalls", "sys_enter_linkat"),
+    ("syscalls", "sys_enter_symlinkat"),
+    ("syscalls", "sys_enter_chmod"),
+    ("syscalls", "sys_enter_chown"),
+    ("syscalls", "sys_enter_lchown"),
+    ("syscalls", "sys_enter_utime"),
+    ("syscalls", "sys_enter_utimes"),
+    ("syscalls", "sys_enter_fchmodat"),
+    ("syscalls", "sys_enter_fchmodat2"),
+    ("syscalls", "sys_enter_fchownat"),
+    ("syscalls", "sys_enter_futimesat"),
+    ("syscalls", "sys_enter_utimensat"),
+    ("syscalls", "sys_enter_truncate"),
+];
+
+/// The syscalls whose result decides a record: the opens (a file created or truncated) and the
+/// path-based calls (sent only when they succeed). The write family needs no exit program.
+const FILE_SYSCALL_EXIT: &[(&str, &str)] = &[
+    ("syscalls", "sys_exit_open"),
+    ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_exit_openat2"),
+    ("syscalls", "sys_exit_creat"),
+    ("syscalls", "sys_exit_rename"),
+    ("syscalls", "sys_exit_renameat"),
+    ("syscalls", "sys_exit_renameat2"),
+    ("syscalls", "sys_exit_unlink"),
+    ("syscalls", "sys_exit_rmdir"),
+    ("syscalls", "sys_exit_unlinkat"),
+    ("syscalls", "sys_exit_mkdir"),
+    ("syscalls", "sys_exit_mknod"),
+    ("syscalls", "sys_exit_mkdirat"),
+    ("syscalls", "sys_exit_mknodat"),
+    ("syscalls", "sys_exit_link"),
+    ("syscalls", "sys_exit_symlink"),
+    ("syscalls", "sys_exit_linkat"),
+    ("syscalls", "sys_exit_symlinkat"),
+    ("syscalls", "sys_exit_chmod"),
+    ("syscalls", "sys_exit_chown"),
+    ("syscalls", "sys_exit_lchown"),
+    ("syscalls", "sys_exit_utime"),
+    ("syscalls", "sys_exit_utimes"),
+    ("syscalls", "sys_exit_fchmodat"),
+    ("syscalls", "sys_exit_fchmodat2"),
+    ("syscalls", "sys_exit_fchownat"),
+    ("syscalls", "sys_exit_futimesat"),
+    ("syscalls", "sys_exit_utimensat"),
+    ("syscalls", "sys_exit_truncate"),
+];
+
 pub const HOOK_TABLE: &[SignalHooks] = &[
     SignalHooks {
         signal: Signal::Exec,
@@ -105,6 +185,14 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
                     optional("file_vfs_writev", Attach::FEntry("vfs_writev")),
                 ],
             },
+            // Per-syscall tracepoints first: a syscall the sensor does not follow runs no program.
+            HookSet {
+                name: "tracepoint:syscalls",
+                programs: &[
+                    required("file_syscall_enter", Attach::TracePoint(FILE_SYSCALL_ENTER)),
+                    required("file_syscall_exit", Attach::TracePoint(FILE_SYSCALL_EXIT)),
+                ],
+            },
             HookSet {
                 name: "tracepoint:raw_syscalls",
                 programs: &[
@@ -120,6 +208,13 @@ pub const HOOK_TABLE: &[SignalHooks] = &[
             HookSet {
                 name: "lsm:socket_connect",
                 programs: &[required("connect_lsm", Attach::Lsm("socket_connect")), LISTEN],
+            },
+            HookSet {
+                name: "tracepoint:syscalls:sys_enter_connect",
+                programs: &[
+                    required("connect_syscall_enter", Attach::TracePoint(&[("syscalls", "sys_enter_connect")])),
+                    LISTEN,
+                ],
             },
             HookSet {
                 name: "tracepoint:raw_syscalls:connect",

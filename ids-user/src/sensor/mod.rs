@@ -3,6 +3,7 @@
 //! ban filter, SYN watcher, scan detector) with its pinned maps, and reads the ring buffers into a bounded channel, counting every record it could not pass on.
 pub mod btf;
 pub mod decode;
+pub mod floor;
 pub mod hooks;
 pub mod watch;
 
@@ -339,7 +340,14 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Reads one ring buffer until stop (then empties it once more) or until the channel closes.
+/// How often each ring is read whatever the kernel says. The programs wake the reader only once a
+/// quarter of a ring is waiting (`ids-ebpf` `maps::wakeup_flags`), so below that a record waits at
+/// most this long: far below what any consumer promises (the integrity debounce is 200 ms), and
+/// one read per interval instead of one wakeup per record.
+pub(crate) const READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Reads one ring buffer every `READ_INTERVAL` and whenever the kernel wakes it, until stop
+/// (then empties it once more) or until the channel closes.
 /// Never blocks on the channel: a full channel counts the record as dropped.
 pub(crate) async fn read_ring(
     signal: Signal,
@@ -372,12 +380,19 @@ pub(crate) async fn read_ring(
         }
         true
     };
+    let mut tick = tokio::time::interval(READ_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // The daemon detached the programs before stopping: what is left is read once more.
             _ = stop.stopped() => {
                 drain(fd.get_mut());
                 return Ok(());
+            }
+            _ = tick.tick() => {
+                if !drain(fd.get_mut()) {
+                    return Ok(());
+                }
             }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
