@@ -34,6 +34,20 @@ fn must_wait(table: &mut ProcessTable, raw: &RawEvent) -> bool {
     }
 }
 
+/// The rings whose records are written in the order the kernel put them there even when one of
+/// them waits for its process's exec record: a record behind a waiting one of the same ring waits
+/// too (at most `EXEC_WAIT`), so that two processes' changes to one file (a chmod, then an rm) are
+/// never written the other way round. The exec ring's own records (execs, forks, exits) are not
+/// held: the process table must learn of a fork before the child's other records are read.
+fn ordered_ring(raw: &RawEvent) -> Option<usize> {
+    match raw {
+        RawEvent::File(_) => Some(0),
+        RawEvent::Connect(_) => Some(1),
+        RawEvent::Module(_) => Some(2),
+        RawEvent::Exec(_) | RawEvent::Process(_) => None,
+    }
+}
+
 /// A consumer of the bus: which events it wants, and how it takes one (a non-blocking offer to
 /// its queue).
 struct Consumer {
@@ -133,21 +147,33 @@ pub(crate) fn write_events(
         }
         let now = Instant::now();
         let mut released = Vec::new();
+        // Per ordered ring: whether a record of it stays waiting (those behind it stay too).
+        let mut held = [false; 3];
         waiting.retain(|(until, raw)| {
-            let go = !open || *until <= now || processes.as_mut().is_none_or(|table| !must_wait(table, raw));
+            let ring = ordered_ring(raw);
+            let go = !open
+                || *until <= now
+                || (ring.is_none_or(|ring| !held[ring])
+                    && processes.as_mut().is_none_or(|table| !must_wait(table, raw)));
             if go {
                 released.push(*raw);
+            } else if let Some(ring) = ring {
+                held[ring] = true;
             }
             !go
         });
         for (raw, was_waiting) in released.into_iter().map(|r| (r, true)).chain(batch.drain(..).map(|r| (r, false))) {
             let header = raw.header();
+            let behind_waiting = !was_waiting && ordered_ring(&raw).is_some_and(|ring| held[ring]);
             if let Some(table) = &mut processes
-                && must_wait(table, &raw)
+                && (behind_waiting || must_wait(table, &raw))
             {
                 if !was_waiting {
                     let wait = if matches!(raw, RawEvent::Exec(_)) { EXE_HASH_WAIT } else { EXEC_WAIT };
                     waiting.push_back((now + wait, raw));
+                    if let Some(ring) = ordered_ring(&raw) {
+                        held[ring] = true;
+                    }
                     continue;
                 }
                 if !matches!(raw, RawEvent::Exec(_)) {
