@@ -20,6 +20,7 @@ pub(crate) mod integrity;
 pub(crate) mod item;
 pub(crate) mod metrics;
 pub(crate) mod output;
+pub(crate) mod path_prefix;
 pub(crate) mod process;
 pub(crate) mod sensor;
 pub(crate) mod store;

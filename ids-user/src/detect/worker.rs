@@ -31,6 +31,7 @@ use crate::alert::{Alert, AlertBody, AlertSink, DetectAction, DetectAlert, Detec
 use crate::bans::{BanDuration, BanNet, BanRequest, BanSender};
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
+use crate::path_prefix::PathSet;
 use crate::store::Store;
 
 /// A web file is scanned once no event has named it for this long (so it is scanned complete).
@@ -94,33 +95,30 @@ impl DetectCounters {
 /// under a web root, and every exec.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Interest {
-    logs: Vec<PathBuf>,
-    web_roots: Vec<PathBuf>,
+    logs: PathSet,
+    web_roots: PathSet,
 }
 
 impl Interest {
     /// The followed logs and web roots of `detect` as the sensor reports their paths.
     pub(crate) fn of(detect: &DetectConfig) -> Self {
         Self {
-            logs: detect.logs.iter().map(|l| resolved(&l.path)).collect(),
-            web_roots: detect
-                .web_roots
-                .iter()
-                .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
-                .collect(),
+            logs: PathSet::new(detect.logs.iter().map(|l| resolved(&l.path))),
+            web_roots: PathSet::new(
+                detect.web_roots.iter().map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())),
+            ),
         }
     }
 
     /// Log paths and web roots: the sensor must watch them.
     pub(crate) fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.logs.iter().chain(&self.web_roots)
+        self.logs.paths().iter().chain(self.web_roots.paths())
     }
 
     pub(crate) fn wants(&self, event: &Event) -> bool {
         match &event.detail {
             Detail::File { path, new_path, .. } => {
-                let concerned =
-                    |p: &Path| self.logs.iter().any(|l| l == p) || self.web_roots.iter().any(|r| p.starts_with(r));
+                let concerned = |p: &Path| self.logs.has(p) || self.web_roots.covers(p);
                 concerned(path) || new_path.as_deref().is_some_and(concerned)
             }
             Detail::Exec { .. } => true,
@@ -205,7 +203,7 @@ struct Worker {
     logs: Vec<Log>,
     /// Canonical log path → index in `logs`.
     log_index: HashMap<PathBuf, usize>,
-    web_roots: Vec<PathBuf>,
+    web_roots: PathSet,
     scans: HashMap<PathBuf, Instant>,
     /// Web file → digest of the contents last alerted.
     scanned: HashMap<PathBuf, String>,
@@ -269,7 +267,7 @@ pub(crate) fn prepare(
     for journal in &detect.journal {
         worker.start_journal(journal)?;
     }
-    for (log, path) in detect.logs.iter().zip(&interest.logs) {
+    for (log, path) in detect.logs.iter().zip(interest.logs.paths()) {
         if worker.log_index.contains_key(path) {
             continue;
         }
@@ -336,7 +334,7 @@ impl Worker {
         self.log_index.clear();
         for mut log in kept {
             let path = log.follower.path().to_path_buf();
-            if interest.logs.contains(&path) && !self.log_index.contains_key(&path) {
+            if interest.logs.has(&path) && !self.log_index.contains_key(&path) {
                 self.log_index.insert(path, self.logs.len());
                 self.logs.push(log);
             } else {
@@ -349,7 +347,7 @@ impl Worker {
                 info!(path = %path.display(), "reload: log no longer followed");
             }
         }
-        for (log, path) in config.logs.iter().zip(&interest.logs) {
+        for (log, path) in config.logs.iter().zip(interest.logs.paths()) {
             if self.log_index.contains_key(path) {
                 continue;
             }
@@ -377,8 +375,8 @@ impl Worker {
         }
         if interest.web_roots != self.web_roots {
             info!(web_roots = ?interest.web_roots, "reload: web roots replaced");
-            self.scans.retain(|path, _| interest.web_roots.iter().any(|r| path.starts_with(r)));
-            self.scanned.retain(|path, _| interest.web_roots.iter().any(|r| path.starts_with(r)));
+            self.scans.retain(|path, _| interest.web_roots.covers(path));
+            self.scanned.retain(|path, _| interest.web_roots.covers(path));
             self.web_roots = interest.web_roots;
         }
         self.config = config;
@@ -481,7 +479,7 @@ impl Worker {
                 let target = if op == FileOp::Rename { new_path.as_ref() } else { Some(&path) };
                 if let Some(target) = target
                     && matches!(op, FileOp::Create | FileOp::Write | FileOp::Rename)
-                    && self.web_roots.iter().any(|r| target.starts_with(r))
+                    && self.web_roots.covers(target)
                 {
                     self.scans.insert(target.clone(), Instant::now() + SCAN_QUIET);
                 }

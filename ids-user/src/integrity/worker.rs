@@ -41,6 +41,7 @@ use super::{Collector, Digest, Item, Registry, Trigger};
 use crate::alert::{Alert, AlertBody, AlertSink, ChangedBy, IntegrityAlert, ItemState, MAX_CHANGED_BY};
 use crate::event::{Detail, Event};
 use crate::harness::{self, Inbox, QueueStats, Received, Stop, Workers};
+use crate::path_prefix::PathSet;
 use crate::store::{Store, StoredItem};
 use crate::time::deadline_after;
 
@@ -153,14 +154,14 @@ impl WorkerState {
 /// the listen and module events its triggers follow.
 pub(crate) struct Interest {
     /// Canonical forms of the collectors' literal path prefixes.
-    roots: Vec<PathBuf>,
+    roots: PathSet,
 }
 
 impl Interest {
     pub(crate) fn wants(&self, event: &Event) -> bool {
         match &event.detail {
             Detail::File { path, new_path, .. } => {
-                let concerned = |p: &Path| self.roots.iter().any(|root| p.starts_with(root) || root.starts_with(p));
+                let concerned = |p: &Path| self.roots.overlaps(p);
                 concerned(path) || new_path.as_deref().is_some_and(concerned)
             }
             Detail::Listen { .. } | Detail::Module { .. } => true,
@@ -311,7 +312,7 @@ pub(crate) fn prepare(
         dropped_seen: 0,
         logins,
     };
-    Ok(Prepared { worker, interest: Interest { roots }, watch })
+    Ok(Prepared { worker, interest: Interest { roots: PathSet::new(roots) }, watch })
 }
 
 impl Prepared {

@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::event::{Clock, Detail, Event, with_header};
 use crate::integrity::paths::{absent_root, normalize};
+use crate::path_prefix::PathSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -41,7 +42,7 @@ fn key_of(meta: &std::fs::Metadata) -> InodeKey {
 }
 
 pub struct WatchSet {
-    roots: Vec<PathBuf>,
+    roots: PathSet,
     dirs: HashMap<InodeKey, PathBuf>,
     /// Inodes of watched files given by name in the config (they have no watched parent).
     root_files: HashMap<InodeKey, PathBuf>,
@@ -60,7 +61,7 @@ impl WatchSet {
         max_inodes: u32,
     ) -> Result<Self, WatchError> {
         let mut set = Self {
-            roots: Vec::new(),
+            roots: PathSet::default(),
             dirs: HashMap::new(),
             root_files: HashMap::new(),
             inodes,
@@ -107,7 +108,7 @@ impl WatchSet {
             set.roots.push(root);
         }
         let roots = set.roots.clone();
-        for root in &roots {
+        for root in roots.paths() {
             set.add_ancestors(root)?;
         }
         // New names in the directory above an absent root are reported (the daemon keeps those
@@ -125,7 +126,7 @@ impl WatchSet {
     }
 
     pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
+        self.roots.paths()
     }
 
     pub fn inode_count(&self) -> usize {
@@ -189,7 +190,7 @@ impl WatchSet {
     }
 
     fn is_inside(&self, path: &Path) -> bool {
-        self.roots.iter().any(|root| path.starts_with(root))
+        self.roots.covers(path)
     }
 
     fn resolve_one(
