@@ -424,3 +424,101 @@ fn pause_unless_stopped(pause: Duration, stop: &Stop) -> bool {
         std::thread::sleep(left.min(POLL));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{AlertBody, BanAlert};
+
+    fn ban(n: u32) -> Alert {
+        Alert::now(AlertBody::Ban(BanAlert {
+            net: format!("192.0.2.{n}/32"),
+            source: "port-scan".into(),
+            reason: "scan".into(),
+            expires: None,
+            offence: 1,
+            escalation: None,
+        }))
+    }
+
+    fn outputs(tables: &[String]) -> Vec<OutputConfig> {
+        crate::config::Config::parse(&tables.concat(), "test").unwrap().outputs
+    }
+
+    fn file_output(name: &str, path: &std::path::Path) -> String {
+        format!(
+            "[[outputs]]\nkind = \"file\"\nname = {name:?}\npath = {:?}\nmin_severity = \"low\"\n\
+             backoff = \"10ms\"\nmax_backoff = \"20ms\"\n",
+            path.display().to_string()
+        )
+    }
+
+    /// The nets of the ban alerts in a file output, in order.
+    fn nets(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["net"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn expected(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|n| format!("192.0.2.{n}/32")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_output_is_replaced_and_delivers_what_it_had_not_an_unchanged_one_runs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where the output wants a directory: every attempt fails and is retried.
+        let blocker = dir.path().join("not-a-directory");
+        std::fs::write(&blocker, "").unwrap();
+        let (fixed, other) = (dir.path().join("alerts.jsonl"), dir.path().join("other.jsonl"));
+        let sink = AlertSink::new(None, None);
+        let mut workers = Workers::default();
+        let mut running = Outputs::start(
+            &outputs(&[file_output("main", &blocker.join("alerts.jsonl")), file_output("other", &other)]),
+            &sink,
+            &mut workers,
+        )
+        .unwrap();
+        for n in 0..5 {
+            sink.emit(ban(n));
+        }
+        let main = |running: &Outputs| running.status().into_iter().find(|s| s.name == "main");
+        wait_until("a failed delivery", || main(&running).is_some_and(|s| s.retries > 0));
+        assert_eq!(nets(&other), expected(0..5));
+
+        let changes = running
+            .reload(&outputs(&[file_output("main", &fixed), file_output("other", &other)]), &sink, &mut workers)
+            .unwrap();
+        assert_eq!(changes, OutputChanges { replaced: vec!["main".into()], ..OutputChanges::default() });
+        for n in 5..8 {
+            sink.emit(ban(n));
+        }
+        wait_until("the replacement's deliveries", || nets(&fixed).len() >= 8);
+        assert_eq!(nets(&fixed), expected(0..8), "in order, none twice");
+        wait_until("the unchanged output's deliveries", || nets(&other).len() >= 8);
+        assert_eq!(nets(&other), expected(0..8));
+        // Counters carry on across the replacement, and the unchanged output was not restarted.
+        let status = running.status();
+        assert_eq!(status.iter().map(|s| s.sent).collect::<Vec<_>>(), [8, 8], "{status:?}");
+
+        let changes = running.reload(&outputs(&[file_output("other", &other)]), &sink, &mut workers).unwrap();
+        assert_eq!(changes, OutputChanges { removed: vec!["main".into()], ..OutputChanges::default() });
+        sink.emit(ban(8));
+        wait_until("the remaining output's delivery", || nets(&other).len() >= 9);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(nets(&fixed).len(), 8, "the removed output still wrote");
+        // No replacement or removal counted as a worker's failure.
+        assert!(tokio::time::timeout(Duration::from_millis(200), workers.exited()).await.is_err());
+        workers.shutdown(Duration::from_secs(10)).await;
+    }
+}

@@ -128,13 +128,14 @@ impl WatchSet {
         let added: Vec<(PathBuf, Option<PathBuf>)> =
             wanted.into_iter().filter(|(root, _)| !self.roots.contains(root)).collect();
         let change = WatchChange { added: added.iter().map(|(root, _)| root.clone()).collect(), removed };
+        self.recount();
         // Added first: an inode of both an added and a removed root stays in the map throughout.
-        self.add_roots(added)?;
-        self.roots.retain(|root| !change.removed.contains(root));
-        for root in &change.removed {
-            self.remove_root(root)?;
-        }
-        Ok(change)
+        let outcome = self.add_roots(added).and_then(|()| {
+            self.roots.retain(|root| !change.removed.contains(root));
+            change.removed.iter().try_for_each(|root| self.remove_root(root))
+        });
+        self.recount();
+        outcome.map(|()| change)
     }
 
     fn insert_prefixes(&mut self, root: &Path, is_dir: bool) -> Result<(), WatchError> {
@@ -245,9 +246,7 @@ impl WatchSet {
                 // A file with another name may be watched under that name.
                 Role::Outside if linked => continue,
                 Role::Outside => {
-                    if self.inodes.remove(&key).is_ok() {
-                        self.inode_count = self.inode_count.saturating_sub(1);
-                    }
+                    let _ = self.inodes.remove(&key);
                     self.dirs.remove(&key);
                     continue;
                 }
@@ -296,16 +295,18 @@ impl WatchSet {
     }
 
     fn insert_inode_as(&mut self, key: InodeKey, value: u32, path: &Path) -> Result<(), WatchError> {
-        // An inode already in the map is counted once.
-        let known = self.inodes.get(&key, 0).is_ok();
-        if !known && self.inode_count >= self.max_inodes as usize {
+        if self.inode_count >= self.max_inodes as usize {
             return Err(WatchError::TooManyInodes { max: self.max_inodes, path: path.into() });
         }
         self.inodes.insert(key, value, 0).map_err(|source| WatchError::Map { map: "WATCHED_INODES", source })?;
-        if !known {
-            self.inode_count += 1;
-        }
+        self.inode_count += 1;
         Ok(())
+    }
+
+    /// Counts the inodes in the kernel's map (the programs add new files themselves, and an
+    /// inode inserted twice is counted twice between updates).
+    fn recount(&mut self) {
+        self.inode_count = self.inodes.keys().filter(Result::is_ok).count();
     }
 
     /// Adds `root` and everything under it, without following symlinks.
