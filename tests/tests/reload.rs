@@ -188,10 +188,17 @@ fn wait_until(what: &str, mut done: impl FnMut() -> Result<(), String>) {
     }
 }
 
+/// Replaces the daemon's configuration file at once (`ids status` reads it meanwhile), then SIGHUP.
+fn write_config(daemon: &Daemon, text: &str) {
+    let next = daemon.config.with_extension("toml.next");
+    fs::write(&next, text).unwrap();
+    fs::rename(&next, &daemon.config).unwrap();
+    daemon.signal(libc::SIGHUP);
+}
+
 /// Writes the test daemon's configuration again: its first text with `extra` appended; SIGHUP.
 fn reconfigure(daemon: &Daemon, first: &str, extra: &str) {
-    fs::write(&daemon.config, format!("{first}{extra}")).unwrap();
-    daemon.signal(libc::SIGHUP);
+    write_config(daemon, &format!("{first}{extra}"));
 }
 
 fn files_collector(name: &str, dir: &Path) -> String {
@@ -366,16 +373,14 @@ fn sighup_adds_a_watched_directory_whose_writes_are_reported_and_removing_it_tak
 
     let list =
         |paths: &[&Path]| paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", ");
-    fs::write(
-        &daemon.config,
-        first.replacen(
+    write_config(
+        &daemon,
+        &first.replacen(
             &format!("watch = [{}]", list(&[&kept.0])),
             &format!("watch = [{}]", list(&[&kept.0, &added.0])),
             1,
         ),
-    )
-    .unwrap();
-    daemon.signal(libc::SIGHUP);
+    );
     wait_until("the added root in ids status", || {
         let (roots, count) = watch_status(&daemon);
         if roots.contains(&added.0.display().to_string()) && count >= inodes + 21 {
@@ -394,8 +399,7 @@ fn sighup_adds_a_watched_directory_whose_writes_are_reported_and_removing_it_tak
         if has("new") && has("old-3") { Ok(()) } else { Err(format!("{paths:?}")) }
     });
 
-    fs::write(&daemon.config, &first).unwrap();
-    daemon.signal(libc::SIGHUP);
+    write_config(&daemon, &first);
     wait_until("the removed root gone, its inodes out of the map", || {
         let (roots, count) = watch_status(&daemon);
         if roots == [kept.0.display().to_string()] && count == inodes {
