@@ -220,10 +220,10 @@ impl WatchSet {
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
             let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            if meta.is_dir() {
-                if let Ok(entries) = std::fs::read_dir(&path) {
-                    stack.extend(entries.flatten().map(|e| e.path()));
-                }
+            if meta.is_dir()
+                && let Ok(entries) = std::fs::read_dir(&path)
+            {
+                stack.extend(entries.flatten().map(|e| e.path()));
             }
             candidates.push((key_of(&meta), path, meta.is_dir(), !meta.is_dir() && meta.nlink() > 1));
         }
