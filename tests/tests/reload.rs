@@ -5,7 +5,8 @@
 //! the daemon running on the one in force. The watch set, collectors, outputs and metrics endpoint
 //! change live too: a file output added gets the alerts from then on and a removed one no more,
 //! the metrics endpoint moves ports, a directory added to `watch` reports writes and a removed one
-//! stops (its inodes leave the kernel map), a collector added hashes its items and alerts on change.
+//! stops (its inodes leave the kernel map), a collector added hashes its items and alerts on change;
+//! a webhook whose CA file is missing or a metrics address already taken refuses the whole file.
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -473,4 +474,40 @@ fn a_collector_added_by_sighup_hashes_its_items_and_alerts_on_their_changes() {
     });
     let stderr = daemon.stop();
     assert!(stderr.contains("SIGHUP: integrity collectors reloaded"), "{stderr}");
+}
+
+#[test]
+fn an_output_or_metrics_address_that_cannot_be_set_up_leaves_the_configuration_in_force() {
+    let watched = Scratch::new("/var/tmp", "reload-refused-watched");
+    let scratch = Scratch::new("/var/tmp", "reload-refused");
+    let port = free_port();
+    let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let daemon = Daemon::start_with("reload-refused", &[], &[], &metrics);
+    let first = fs::read_to_string(&daemon.config).unwrap();
+    let roots = watch_status(&daemon).0;
+    let with_watch = first.replacen("watch = [", &format!("watch = [{:?}, ", watched.0.display().to_string()), 1);
+
+    // A webhook whose CA file is missing, with a watch path added beside it.
+    let webhook = format!(
+        "[[outputs]]\nkind = \"webhook\"\nname = \"hook\"\nurl = \"https://127.0.0.1:9/\"\nca_file = {:?}\n",
+        scratch.0.join("missing-ca.pem").display().to_string()
+    );
+    write_config(&daemon, &format!("{with_watch}{webhook}"));
+    // A metrics address already taken, with the same watch path.
+    std::thread::sleep(Duration::from_millis(500));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    write_config(&daemon, &with_watch.replacen(&format!(":{port}\""), &format!(":{taken_port}\""), 1));
+    std::thread::sleep(Duration::from_millis(500));
+
+    assert_eq!(watch_status(&daemon).0, roots, "the watch path of a refused configuration was taken up");
+    assert!(output_names(&daemon).is_empty());
+    let raw = scrape(port).expect("the endpoint in force still serves");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let stderr = daemon.stop();
+    let refusals = stderr.matches("SIGHUP: configuration not reloaded; running on with the one in force").count();
+    assert_eq!(refusals, 2, "{stderr}");
+    assert!(stderr.contains("missing-ca.pem"), "the CA file is named: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{taken_port}")), "the address is named: {stderr}");
+    assert!(!stderr.contains("SIGHUP: configuration reloaded"), "{stderr}");
 }
