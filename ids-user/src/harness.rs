@@ -3,16 +3,21 @@
 //! sender), stopped by the one [`Stop`] token, and waited for by one drain bounded in time
 //! ([`Workers::shutdown`]). A worker that ends before it was asked to (an error or a panic) is
 //! reported on [`Workers::exited`], so the daemon stops instead of running on half alive.
+//!
+//! Each worker's token is a child of the daemon's: stopping the daemon stops them all, and
+//! [`Workers::stop_worker`] stops one alone (a worker replaced on SIGHUP), whose end is then
+//! expected and no failure of the daemon. It stays in the drain at shutdown until it has ended.
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 use tracing::warn;
 
-/// The daemon's stop signal, shared by every worker: threads look at it, tasks await it.
+/// A stop signal: the daemon's, shared by every worker, or one worker's own (a child of the
+/// daemon's, stopped with it). Threads look at it, tasks await it.
 #[derive(Clone, Default)]
 pub(crate) struct Stop(Arc<StopState>);
 
@@ -20,6 +25,8 @@ pub(crate) struct Stop(Arc<StopState>);
 struct StopState {
     stopped: AtomicBool,
     notify: Notify,
+    /// Stopped with this one.
+    children: Mutex<Vec<Weak<StopState>>>,
 }
 
 impl Stop {
@@ -42,6 +49,25 @@ impl Stop {
     fn stop(&self) {
         self.0.stopped.store(true, Ordering::SeqCst);
         self.0.notify.notify_waiters();
+        let children = std::mem::take(&mut *self.0.children.lock().unwrap_or_else(|p| p.into_inner()));
+        for child in children.iter().filter_map(Weak::upgrade) {
+            Stop(child).stop();
+        }
+    }
+
+    /// A token stopped with this one, or alone.
+    fn child(&self) -> Stop {
+        let child = Stop::default();
+        let mut children = self.0.children.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock `stop` takes: a child made during a stop is stopped too.
+        if self.is_stopped() {
+            drop(children);
+            child.stop();
+            return child;
+        }
+        children.retain(|c| c.strong_count() > 0);
+        children.push(Arc::downgrade(&child.0));
+        child
     }
 }
 
@@ -110,6 +136,11 @@ impl<T> Sender<T> {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
         }
         sent
+    }
+
+    /// Whether this sender feeds the queue whose counters are `stats`.
+    pub(crate) fn feeds(&self, stats: &Arc<QueueStats>) -> bool {
+        Arc::ptr_eq(&self.stats, stats)
     }
 
     /// Wakes the worker; a full queue wakes it anyway.
@@ -209,12 +240,36 @@ enum Running {
     Task(tokio::task::JoinHandle<()>),
 }
 
+impl Running {
+    fn is_finished(&self) -> bool {
+        match self {
+            Running::Thread(thread) => thread.is_finished(),
+            Running::Task(task) => task.is_finished(),
+        }
+    }
+}
+
+/// One started worker, to stop it alone ([`Workers::stop_worker`]).
+pub(crate) struct WorkerId {
+    id: u64,
+    stop: Stop,
+}
+
+/// One worker as [`Workers`] holds it.
+struct Entry {
+    id: u64,
+    name: &'static str,
+    running: Running,
+    stop: Stop,
+    /// Called at stop to wake a thread blocked on its queue.
+    wake: Option<Box<dyn Fn() + Send>>,
+}
+
 /// Every worker of the daemon.
 pub(crate) struct Workers {
     stop: Stop,
-    running: Vec<(&'static str, Running)>,
-    /// Called at stop to wake the threads blocked on their queues.
-    wakers: Vec<Box<dyn Fn() + Send>>,
+    running: Vec<Entry>,
+    next_id: u64,
     exited_tx: mpsc::UnboundedSender<Exited>,
     exited_rx: mpsc::UnboundedReceiver<Exited>,
 }
@@ -222,7 +277,17 @@ pub(crate) struct Workers {
 impl Default for Workers {
     fn default() -> Self {
         let (exited_tx, exited_rx) = mpsc::unbounded_channel();
-        Self { stop: Stop::default(), running: Vec::new(), wakers: Vec::new(), exited_tx, exited_rx }
+        Self { stop: Stop::default(), running: Vec::new(), next_id: 0, exited_tx, exited_rx }
+    }
+}
+
+/// What a worker's end means: before its stop, a failure reported on `exited`; after it, the
+/// end asked for (an error then is only logged).
+fn report_end(name: &'static str, stop: &Stop, failure: Option<String>, exited: &mpsc::UnboundedSender<Exited>) {
+    if !stop.is_stopped() {
+        let _ = exited.send(Exited { worker: name, failure });
+    } else if let Some(error) = failure {
+        warn!(worker = name, %error, "worker failed as it stopped");
     }
 }
 
@@ -247,35 +312,58 @@ impl Workers {
         name: &'static str,
         wake: impl Fn() + Send + 'static,
         work: impl FnOnce(Stop) -> anyhow::Result<()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let stop = self.stop.clone();
-        let exited = self.exited_tx.clone();
+    ) -> std::io::Result<WorkerId> {
+        let stop = self.stop.child();
+        let (own, exited) = (stop.clone(), self.exited_tx.clone());
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(stop)));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(stop.clone())));
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(crate::error_text::one_line(e.as_ref())),
                 Err(panic) => Some(panic_text(panic.as_ref())),
             };
-            let _ = exited.send(Exited { worker: name, failure });
+            report_end(name, &stop, failure, &exited);
         })?;
-        self.wakers.push(Box::new(wake));
-        self.running.push((name, Running::Thread(thread)));
-        Ok(())
+        Ok(self.add(name, Running::Thread(thread), own, Some(Box::new(wake))))
     }
 
     /// Runs `work` as a task on the runtime; it should end when [`Stop::stopped`] returns.
-    pub(crate) fn spawn_task<F>(&mut self, name: &'static str, work: impl FnOnce(Stop) -> F)
+    pub(crate) fn spawn_task<F>(&mut self, name: &'static str, work: impl FnOnce(Stop) -> F) -> WorkerId
     where
         F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let future = work(self.stop.clone());
-        let exited = self.exited_tx.clone();
+        let stop = self.stop.child();
+        let future = work(stop.clone());
+        let (own, exited) = (stop.clone(), self.exited_tx.clone());
         let task = tokio::spawn(async move {
             let failure = future.await.err().map(|e| crate::error_text::one_line(e.as_ref()));
-            let _ = exited.send(Exited { worker: name, failure });
+            report_end(name, &stop, failure, &exited);
         });
-        self.running.push((name, Running::Task(task)));
+        self.add(name, Running::Task(task), own, None)
+    }
+
+    fn add(
+        &mut self,
+        name: &'static str,
+        running: Running,
+        stop: Stop,
+        wake: Option<Box<dyn Fn() + Send>>,
+    ) -> WorkerId {
+        // Workers stopped alone and since ended leave the list here.
+        self.running.retain(|entry| !(entry.stop.is_stopped() && entry.running.is_finished()));
+        self.next_id += 1;
+        let id = self.next_id;
+        self.running.push(Entry { id, name, running, stop: stop.clone(), wake });
+        WorkerId { id, stop }
+    }
+
+    /// Stops one worker (and wakes it): its end is expected, not a failure. It is waited for at
+    /// shutdown if it has not ended by then.
+    pub(crate) fn stop_worker(&mut self, worker: &WorkerId) {
+        worker.stop.stop();
+        if let Some(wake) = self.running.iter().find(|entry| entry.id == worker.id).and_then(|e| e.wake.as_ref()) {
+            wake();
+        }
     }
 
     /// The next worker that ended (before stop: a failure the daemon should not outlive).
@@ -291,11 +379,11 @@ impl Workers {
     /// names the ones that did not finish.
     pub(crate) async fn shutdown(self, drain: Duration) {
         self.stop.stop();
-        for wake in &self.wakers {
+        for wake in self.running.iter().filter_map(|entry| entry.wake.as_ref()) {
             wake();
         }
         let deadline = Instant::now() + drain;
-        for (name, running) in self.running {
+        for Entry { name, running, .. } in self.running {
             let left = deadline.saturating_duration_since(Instant::now());
             let finished = match running {
                 Running::Task(task) => tokio::time::timeout(left, task).await.is_ok(),
@@ -360,6 +448,42 @@ mod tests {
         assert_eq!(exited.failure.as_deref(), Some("broken input"));
         let started = Instant::now();
         workers.shutdown(Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_stopped_alone_ends_without_counting_as_a_failure_and_the_others_run_on() {
+        let mut workers = Workers::default();
+        let (tx, mut inbox) = queue::<()>(4);
+        let waker = tx.clone();
+        let replaced = workers
+            .spawn_thread(
+                "replaced",
+                move || waker.wake(),
+                move |stop| {
+                    while !stop.is_stopped() {
+                        let _ = inbox.recv_timeout(Duration::from_secs(60));
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let task = workers.spawn_task("task", |stop| async move {
+            stop.stopped().await;
+            anyhow::bail!("stopped with an error")
+        });
+        let other = workers.spawn_task("other", |stop| async move {
+            stop.stopped().await;
+            Ok(())
+        });
+        workers.stop_worker(&replaced);
+        workers.stop_worker(&task);
+        assert!(tokio::time::timeout(Duration::from_millis(500), workers.exited()).await.is_err());
+        assert!(!other.stop.is_stopped());
+        let started = Instant::now();
+        workers.shutdown(Duration::from_secs(10)).await;
+        assert!(other.stop.is_stopped());
         assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
         drop(tx);
     }

@@ -61,6 +61,12 @@ impl PathSet {
         self.paths.push(path);
     }
 
+    /// Keeps the paths for which `keep` is true.
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&PathBuf) -> bool) {
+        let paths = std::mem::take(&mut self.paths);
+        *self = Self::new(paths.into_iter().filter(keep));
+    }
+
     pub(crate) fn paths(&self) -> &[PathBuf] {
         &self.paths
     }

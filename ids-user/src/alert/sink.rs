@@ -391,6 +391,21 @@ impl AlertSink {
         self.0.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
         inbox
     }
+
+    /// Ends the subscription whose queue's counters are `queue` and, in the same step, starts a
+    /// new one of `capacity` in its place: every alert goes to exactly one of the two queues.
+    pub(crate) fn resubscribe(&self, queue: &Arc<harness::QueueStats>, capacity: usize) -> harness::Inbox<Arc<Alert>> {
+        let (sender, inbox) = harness::queue(capacity);
+        let mut subscribers = self.0.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|subscriber| !subscriber.feeds(queue));
+        subscribers.push(sender);
+        inbox
+    }
+
+    /// Ends the subscription whose queue's counters are `queue`: no alert is queued there from now on.
+    pub(crate) fn unsubscribe(&self, queue: &Arc<harness::QueueStats>) {
+        self.0.subscribers.lock().unwrap_or_else(|p| p.into_inner()).retain(|subscriber| !subscriber.feeds(queue));
+    }
 }
 
 /// An events log in memory, for tests that read back what was written.

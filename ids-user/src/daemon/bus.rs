@@ -3,8 +3,8 @@
 //! (integrity, detect; later the process table, metrics, the fleet). A consumer's queue is
 //! bounded and counts what it drops; the bus never waits for a consumer.
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -97,11 +97,12 @@ pub(crate) struct WriterStats {
 /// The events writer: decodes records into events, names the process of each from the process
 /// table (which the fork, exec and exit records keep), writes them out whenever the channel runs
 /// dry or 64 KiB are waiting, and publishes each on the bus. Returns when every reader has ended.
+/// The watch set is shared with the daemon, which changes it on SIGHUP.
 /// A log that cannot be written (a full disk) never stops it: `EventsLog::write_lines` counts
 /// and reports the failure, and the consumers get every event all the same.
 pub(crate) fn write_events(
     mut rx: mpsc::Receiver<RawEvent>,
-    mut watch: WatchSet,
+    watch: Arc<Mutex<WatchSet>>,
     log: EventsLog,
     bus: Bus,
     mut processes: Option<ProcessTable>,
@@ -195,7 +196,7 @@ pub(crate) fn write_events(
                 }
                 RawEvent::Connect(e) => Some(event::connect(&clock, e)),
                 RawEvent::Module(e) => Some(event::module(&clock, e)),
-                RawEvent::File(e) => watch.event_of(&clock, e),
+                RawEvent::File(e) => watch.lock().unwrap_or_else(|p| p.into_inner()).event_of(&clock, e),
                 RawEvent::Process(e) => {
                     match &mut processes {
                         Some(table) if e.op == ids_common::PROCESS_FORK => table.fork(&e.header, e.child, e.login),
@@ -222,8 +223,10 @@ pub(crate) fn write_events(
             }
         }
         flush(&mut out);
+        let watch = watch.lock().unwrap_or_else(|p| p.into_inner());
         stats.unresolved.store(watch.unresolved(), Ordering::Relaxed);
         stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
+        drop(watch);
         publish_table(&processes);
     }
     flush(&mut out);

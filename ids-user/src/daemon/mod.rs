@@ -10,7 +10,7 @@ mod reload;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -27,9 +27,10 @@ use crate::control::{
     self, Answer, BaselineAnswer, DiffAnswer, IncomingStatus, ProcessCounts, Reply, Request, SignalStatus,
     StatusAnswer, WatchStatus, XdpInterface, XdpStatus,
 };
-use crate::harness::Workers;
+use crate::harness::{WorkerId, Workers};
 use crate::integrity::worker::{self as integrity_worker, Control};
 use crate::sensor::hooks::signal_name;
+use crate::sensor::watch::WatchSet;
 use crate::sensor::{self, Sensor, Stats};
 use crate::store::Store;
 
@@ -45,6 +46,31 @@ pub(crate) async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow:
     let outcome = daemon.run().await;
     daemon.shutdown().await;
     outcome
+}
+
+/// The sensor's watch set: the integrity worker's paths, and the detectors' logs and web roots
+/// not inside one of them.
+fn sensor_watch(integrity: &[PathBuf], detect: &[PathBuf]) -> Vec<PathBuf> {
+    let mut watch = integrity.to_vec();
+    for path in detect {
+        if !watch.iter().any(|w| path.starts_with(w)) {
+            watch.push(path.clone());
+        }
+    }
+    watch
+}
+
+/// Starts the Prometheus endpoint's worker on `listener`. Scrapes ask for the status on the
+/// control socket's channel: answered in `run` like `ids status`, from the same counters.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    control_tx: &mpsc::Sender<(Request, Reply)>,
+    workers: &mut Workers,
+) -> WorkerId {
+    let requests = control_tx.clone();
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(%listen, "metrics endpoint serving /metrics");
+    workers.spawn_task("metrics", move |stop| crate::metrics::serve(listener, requests, stop))
 }
 
 /// Says where the XDP ban filter goes: nowhere is a choice the operator should know about, and a
@@ -80,6 +106,12 @@ pub(crate) struct Daemon {
     ban_rx: mpsc::Receiver<BanRequest>,
     control_rx: mpsc::Receiver<(Request, Reply)>,
     integrity: integrity_worker::Handle,
+    /// What the integrity worker takes from the bus; replaced on reload.
+    integrity_interest: Arc<RwLock<integrity_worker::Interest>>,
+    /// The paths the sensor watches for the integrity worker (`watch` and the collectors').
+    integrity_watch: Vec<PathBuf>,
+    /// The sensor's watch set, shared with the events writer; changed on reload.
+    watch: Arc<Mutex<WatchSet>>,
     detect: crate::detect::worker::Handle,
     /// What the detect worker takes from the bus; replaced on reload.
     detect_interest: Arc<RwLock<crate::detect::worker::Interest>>,
@@ -91,8 +123,12 @@ pub(crate) struct Daemon {
     /// The events log: its failure counters for `ids status`, and reopened on SIGHUP.
     events_log: EventsLog,
     sink: AlertSink,
-    /// `[[outputs]]`: their counters, and their files reopened on SIGHUP.
+    /// `[[outputs]]`: their counters, their files reopened on SIGHUP, replaced on reload.
     outputs: crate::output::Outputs,
+    /// The Prometheus endpoint's worker and where it listens; replaced on reload.
+    metrics: Option<(std::net::SocketAddr, WorkerId)>,
+    /// What the metrics endpoint asks for the status on (the control socket's channel).
+    control_tx: mpsc::Sender<(Request, Reply)>,
     /// The fleet agent's status and the facts its heartbeats carry; `None` without `[fleet]`.
     fleet: Option<Arc<crate::fleet::agent::AgentShared>>,
     /// The fleet agent's broker settings; replaced on reload.
@@ -142,12 +178,8 @@ impl Daemon {
             logins.clone(),
             workers.stop_token(),
         )?;
-        let mut watch = integrity.watch.clone();
-        for path in &detect.watch {
-            if !watch.iter().any(|w| path.starts_with(w)) {
-                watch.push(path.clone());
-            }
-        }
+        let integrity_watch = integrity.watch.clone();
+        let watch = sensor_watch(&integrity_watch, &detect.watch);
         let (mut sensor, watch, rings) = Sensor::start(&config.sensor(watch))?;
         // The pinned maps may have outlived an earlier run: make them equal to the store before
         // the new program takes over the interfaces.
@@ -175,8 +207,10 @@ impl Daemon {
 
         let mut bus = Bus::default();
         let integrity_events = integrity.events.clone();
+        let integrity_interest = Arc::new(RwLock::new(integrity_interest));
+        let interest = integrity_interest.clone();
         bus.subscribe(
-            move |event| integrity_interest.wants(event),
+            move |event| interest.read().unwrap_or_else(|p| p.into_inner()).wants(event),
             move |event| {
                 integrity_events.offer(event);
             },
@@ -196,6 +230,8 @@ impl Daemon {
         let writer_stats = Arc::new(WriterStats::default());
         writer_stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
         let roots: Vec<String> = watch.roots().iter().map(|p| p.display().to_string()).collect();
+        let watch = Arc::new(Mutex::new(watch));
+        let watch_set = watch.clone();
         let (tx, rx) = mpsc::channel(config.channel_capacity);
         for (signal, ring) in rings {
             let (tx, stats) = (tx.clone(), stats.clone());
@@ -229,15 +265,15 @@ impl Daemon {
             None => (None, None, None),
         };
         let (control_tx, control_rx) = mpsc::channel::<(Request, Reply)>(16);
-        if let Some(metrics) = &config.metrics {
-            // Scrapes ask for the status on the control socket's channel: answered in `run`
-            // like `ids status`, from the same counters.
-            let listener = crate::metrics::bind(metrics.listen).await?;
-            let requests = control_tx.clone();
-            workers.spawn_task("metrics", move |stop| crate::metrics::serve(listener, requests, stop));
-            info!(listen = %metrics.listen, "metrics endpoint serving /metrics");
-        }
-        workers.spawn_task("control", move |stop| control::serve(listener, control_tx, stop));
+        let metrics = match &config.metrics {
+            Some(metrics) => {
+                let listener = crate::metrics::bind(metrics.listen).await?;
+                Some((metrics.listen, serve_metrics(listener, &control_tx, &mut workers)))
+            }
+            None => None,
+        };
+        let requests = control_tx.clone();
+        workers.spawn_task("control", move |stop| control::serve(listener, requests, stop));
         // Control connections, followed logs and ring buffers are all descriptors: take what the
         // hard limit allows, as `ids serve` does, so that a burst of clients does not starve the rest.
         let open_files = crate::tinyids::server::raise_open_files_limit();
@@ -251,6 +287,9 @@ impl Daemon {
             ban_rx,
             control_rx,
             integrity,
+            integrity_interest,
+            integrity_watch,
+            watch: watch_set,
             detect,
             detect_interest,
             remote_checks,
@@ -260,6 +299,8 @@ impl Daemon {
             events_log,
             sink,
             outputs,
+            metrics,
+            control_tx,
             fleet,
             fleet_settings,
             fleet_bans,
@@ -299,7 +340,7 @@ impl Daemon {
                 _ = self.sigint.recv() => return Ok(()),
                 _ = self.sighup.recv() => {
                     self.reopen_events_log();
-                    self.reload();
+                    self.reload().await;
                 }
                 exited = self.workers.exited() => {
                     let why = exited.failure.unwrap_or_else(|| "ended".into());
@@ -353,6 +394,8 @@ impl Daemon {
         }
         let _ = self.bans.snapshot_hits();
         drop(self.sensor.take());
+        // Nothing takes over the outputs' queues: what is left is named as not delivered.
+        drop(std::mem::take(&mut self.outputs));
         self.workers.shutdown(DRAIN).await;
         let _ = std::fs::remove_file(self.config.control_socket());
     }
@@ -424,9 +467,10 @@ impl Daemon {
     }
 
     /// SIGHUP: the configuration file read again (`reload`). Everything that can fail (the file,
-    /// the rules file, the servers' TLS files) is read before anything is applied, so a broken
-    /// configuration leaves the daemon running on the one in force.
-    fn reload(&mut self) {
+    /// the rules file, the servers' TLS files, the collectors, the outputs' destinations, the
+    /// metrics address) is read or set up before anything is applied, so a broken configuration
+    /// leaves the daemon running on the one in force.
+    async fn reload(&mut self) {
         let origin =
             self.config_path.as_ref().map_or_else(|| "(embedded default)".to_string(), |p| p.display().to_string());
         let keep = |error: String| error!(config = %origin, error = %error, "SIGHUP: configuration not reloaded; running on with the one in force");
@@ -444,9 +488,52 @@ impl Daemon {
                 Ok(checks) => checks,
                 Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
             };
+        let (running, wanted) = (self.config.integrity(), read.integrity());
+        let integrity_changed =
+            (&running.collectors, &running.watch, running.integrity_interval, running.verify_interval)
+                != (&wanted.collectors, &wanted.watch, wanted.integrity_interval, wanted.verify_interval);
+        let rebuilt = if integrity_changed {
+            match integrity_worker::rebuild(&wanted) {
+                Ok(rebuilt) => Some(rebuilt),
+                Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
+            }
+        } else {
+            None
+        };
+        // A new address is bound while the old one still serves: a port taken keeps both as they are.
+        let running_listen = self.metrics.as_ref().map(|(listen, _)| *listen);
+        let metrics_listener = match &read.metrics {
+            Some(metrics) if Some(metrics.listen) != running_listen => match crate::metrics::bind(metrics.listen).await
+            {
+                Ok(listener) => Some(listener),
+                Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
+            },
+            _ => None,
+        };
+        // Its destinations are all built before any output changes.
+        if read.outputs != self.config.outputs {
+            match self.outputs.reload(&read.outputs, &self.sink, &mut self.workers) {
+                Ok(changes) => info!(
+                    added = ?changes.added,
+                    replaced = ?changes.replaced,
+                    removed = ?changes.removed,
+                    "SIGHUP: alert outputs reloaded"
+                ),
+                Err(e) => return keep(crate::error_text::one_line(e.as_ref())),
+            }
+        }
         let reloaded = reload::reload(&self.config, read.clone());
         for section in &reloaded.at_restart {
             warn!(config = %origin, "SIGHUP: {section} changed; it takes effect when the daemon is restarted");
+        }
+        if read.metrics.as_ref().map(|m| m.listen) != running_listen {
+            if let Some((listen, worker)) = self.metrics.take() {
+                self.workers.stop_worker(&worker);
+                info!(%listen, "SIGHUP: metrics endpoint closed");
+            }
+            if let (Some(metrics), Some(listener)) = (&read.metrics, metrics_listener) {
+                self.metrics = Some((metrics.listen, serve_metrics(listener, &self.control_tx, &mut self.workers)));
+            }
         }
         if (read.xdp.trusted != self.config.xdp.trusted || read.bans != self.config.bans)
             && let Err(e) = self.bans.reconfigure(read.xdp.trusted.clone(), read.bans.clone())
@@ -457,11 +544,21 @@ impl Daemon {
             self.remote_checks.send_replace(remote_checks);
         }
         let interest = crate::detect::worker::Interest::of(&read.detect);
-        for path in interest.paths().filter(|p| !self.roots.iter().any(|root| p.starts_with(root))) {
-            warn!(
-                path = %path.display(),
-                "SIGHUP: outside the sensor's watch set until the daemon is restarted: a log there is read every 2 s                  instead of when written, files written under a web root there are not scanned"
-            );
+        // The watch set first, so that the workers' new paths report from the moment they take them.
+        let detect_watch: Vec<PathBuf> = interest.paths().cloned().collect();
+        let running_detect: Vec<PathBuf> =
+            crate::detect::worker::Interest::of(&self.config.detect).paths().cloned().collect();
+        if let Some(rebuilt) = &rebuilt {
+            self.integrity_watch = rebuilt.watch.clone();
+        }
+        if rebuilt.is_some() || detect_watch != running_detect {
+            self.update_watch_set(&sensor_watch(&self.integrity_watch, &detect_watch));
+        }
+        if let Some(rebuilt) = rebuilt {
+            *self.integrity_interest.write().unwrap_or_else(|p| p.into_inner()) = rebuilt.interest;
+            if self.integrity.request(Control::Reconfigure(Box::new(rebuilt.reconfigure))).is_err() {
+                warn!("SIGHUP: the integrity worker has stopped; its collectors are not reloaded");
+            }
         }
         *self.detect_interest.write().unwrap_or_else(|p| p.into_inner()) = interest.clone();
         // Queued behind the events already sent to the worker: none of them meets the new rules,
@@ -480,6 +577,23 @@ impl Daemon {
         }
         info!(config = %origin, changed = ?reloaded.applied, "SIGHUP: configuration reloaded");
         self.config = reloaded.config;
+    }
+
+    /// Makes the sensor's watch set that of `paths`: roots added are walked into the kernel's
+    /// maps, roots removed leave them. A failure part way (more inodes than `max_watched_inodes`)
+    /// leaves what was done and says so.
+    fn update_watch_set(&mut self, paths: &[PathBuf]) {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        match watch.update(paths) {
+            Ok(change) => {
+                if !change.added.is_empty() || !change.removed.is_empty() {
+                    info!(added = ?change.added, removed = ?change.removed, inodes = watch.inode_count(), "SIGHUP: watch set updated");
+                }
+            }
+            Err(e) => error!(error = %e, "SIGHUP: the watch set is only partly updated"),
+        }
+        self.roots = watch.roots().iter().map(|p| p.display().to_string()).collect();
+        self.writer_stats.watched_inodes.store(watch.inode_count() as u64, Ordering::Relaxed);
     }
 
     /// New interfaces get the XDP program; `[xdp] trust_local`: addresses added to or removed

@@ -1,7 +1,12 @@
-//! SIGHUP: the configuration read again. What the daemon can take up while it runs (detectors,
-//! rules, trusted addresses, ban durations, TinyIDS servers) is applied; what it cannot (the
-//! sensor's hooks and watch set, paths, the fleet, the metrics endpoint) is named in the log and
-//! waits for a restart. A configuration that does not load changes nothing.
+//! SIGHUP: the configuration read again. What the daemon can take up while it runs is applied:
+//! detectors, rules, trusted addresses, ban durations, TinyIDS servers, the sensor's watch set
+//! (added paths walked into the kernel maps, removed ones taken out), the integrity collectors and
+//! intervals, the alert outputs (an unchanged one runs on, a changed one is replaced), the metrics
+//! endpoint, and the fleet's broker settings. What it cannot (the hooks, the XDP interfaces and
+//! settings, state_dir, events_log's path, the map and channel sizes, process_context, turning the
+//! fleet on or changing its host id) is named in the log and waits for a restart. A configuration
+//! that does not load, or whose collectors, outputs or metrics address cannot be set up, changes
+//! nothing.
 use std::fmt::Debug;
 
 use crate::config::Config;
@@ -56,11 +61,18 @@ pub(super) struct Reloaded {
 }
 
 /// What of `read` the running daemon (configured with `running`) takes up: the detectors, the
-/// trusted addresses, ban durations, TinyIDS servers, and the fleet's broker settings when the
-/// fleet was and stays on with the same host id.
+/// trusted addresses, ban durations, TinyIDS servers, the watch set, collectors and intervals,
+/// the metrics endpoint, the outputs, and the fleet's broker settings when the fleet was and
+/// stays on with the same host id.
 pub(super) fn reload(running: &Config, read: Config) -> Reloaded {
     let mut config = running.clone();
     config.detect = read.detect.clone();
+    config.watch = read.watch.clone();
+    config.collectors = read.collectors.clone();
+    config.integrity_interval = read.integrity_interval;
+    config.verify_interval = read.verify_interval;
+    config.metrics = read.metrics.clone();
+    config.outputs = read.outputs.clone();
     config.xdp.trusted = read.xdp.trusted.clone();
     config.bans = read.bans.clone();
     config.servers = read.servers.clone();
@@ -91,17 +103,19 @@ mod tests {
     fn live_sections_are_taken_up_and_the_others_wait_for_a_restart() {
         let running = parse("");
         let read = parse(
-            "watch = [\"/srv\"]\n[bans]\nmax_duration = \"2d\"\n[xdp]\ntrusted = [\"192.0.2.1\"]\n\
+            "watch = [\"/srv\"]\nstate_dir = \"/var/lib/other\"\n[bans]\nmax_duration = \"2d\"\n\
+             [xdp]\ntrusted = [\"192.0.2.1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n\
              [[logs]]\nkind = \"sshd\"\npath = \"/var/log/x.log\"\n",
         );
         let reloaded = reload(&running, read);
         assert_eq!(
             reloaded.applied,
-            ["detectors ([[logs]], [[journal]], web_roots, rules)", "[xdp] trusted", "[bans]"]
+            ["detectors ([[logs]], [[journal]], web_roots, rules)", "[xdp] trusted", "[bans]", "watch", "[metrics]"]
         );
-        assert_eq!(reloaded.at_restart, ["watch"]);
-        // The watch set stays what the sensor runs with.
-        assert_eq!(reloaded.config.watch, running.watch);
+        assert_eq!(reloaded.at_restart, ["state_dir"]);
+        // The state directory stays what the daemon runs with.
+        assert_eq!(reloaded.config.state_dir, running.state_dir);
+        assert_eq!(reloaded.config.watch, [std::path::PathBuf::from("/srv")]);
         assert_eq!(reloaded.config.xdp.trusted.len(), 1);
         assert!(reload(&reloaded.config, reloaded.config.clone()).applied.is_empty());
     }

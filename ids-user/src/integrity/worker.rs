@@ -24,6 +24,9 @@
 //! item it changed. The aggregate (as `ids hash` computes it) is recomputed after each batch and
 //! shown by `ids status`.
 //!
+//! SIGHUP rebuilds the collectors ([`rebuild`], [`Control::Reconfigure`]): new and changed ones
+//! are scanned and their items taken without alerts, removed ones' items leave.
+//!
 //! The worker is the store's only writer of items while the daemon runs; `ids baseline` and
 //! `ids diff` reach it through the control socket ([`Control`]).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,6 +63,77 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 pub(crate) enum Control {
     Baseline(tokio::sync::oneshot::Sender<Result<BaselineAccepted, String>>),
     Diff(tokio::sync::oneshot::Sender<Result<diff::Diff, String>>),
+    /// SIGHUP: the collectors and intervals as read again.
+    Reconfigure(Box<Reconfigure>),
+}
+
+/// The collectors and intervals read again on SIGHUP, built by the daemon before anything is
+/// applied (a collector that does not build leaves the configuration in force).
+pub(crate) struct Reconfigure {
+    built: Built,
+    integrity_interval: Duration,
+    verify_interval: Duration,
+}
+
+impl std::fmt::Debug for Reconfigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfigure").field("collectors", &self.built.configs).finish_non_exhaustive()
+    }
+}
+
+/// What [`rebuild`] gives the daemon: the worker's part, the events it wants from the bus from
+/// now on, and the paths the sensor must watch for the collectors.
+pub(crate) struct Rebuilt {
+    pub(crate) reconfigure: Reconfigure,
+    pub(crate) interest: Interest,
+    pub(crate) watch: Vec<PathBuf>,
+}
+
+/// The collectors of `config` built, as at start.
+struct Built {
+    configs: Vec<super::config::CollectorConfig>,
+    collectors: Vec<Box<dyn Collector>>,
+    files: Vec<FileCollector>,
+    /// Canonical forms of the file collectors' literal path prefixes.
+    roots: Vec<PathBuf>,
+    watch: Vec<PathBuf>,
+}
+
+fn build(config: &WorkerSettings) -> anyhow::Result<Built> {
+    let registry = Registry::with_builtin();
+    let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
+    let watch = watch_paths(config, &collectors);
+    let mut files = Vec::new();
+    let mut roots = Vec::new();
+    for (index, collector) in collectors.iter().enumerate() {
+        if collector.paths().is_empty() {
+            continue;
+        }
+        let mut translate = Vec::new();
+        for pattern in collector.paths() {
+            let literal = literal_prefix(pattern);
+            // An absent path: its existing part resolved, as the sensor reports it once created.
+            let canonical = std::fs::canonicalize(&literal)
+                .ok()
+                .or_else(|| super::paths::absent_root(&literal).map(|(root, _)| root))
+                .unwrap_or_else(|| literal.clone());
+            if canonical != literal {
+                translate.push((canonical.clone(), literal));
+            }
+            roots.push(canonical);
+        }
+        files.push(FileCollector { index, translate });
+    }
+    Ok(Built { configs: config.collectors.clone(), collectors, files, roots, watch })
+}
+
+/// SIGHUP: the collectors of `config` built for [`Control::Reconfigure`].
+pub(crate) fn rebuild(config: &WorkerSettings) -> anyhow::Result<Rebuilt> {
+    let built = build(config)?;
+    let (interest, watch) = (Interest { roots: PathSet::new(built.roots.clone()) }, built.watch.clone());
+    let reconfigure =
+        Reconfigure { built, integrity_interval: config.integrity_interval, verify_interval: config.verify_interval };
+    Ok(Rebuilt { reconfigure, interest, watch })
 }
 
 /// The answer to [`Control::Baseline`].
@@ -222,6 +296,8 @@ struct Dirty {
 }
 
 pub(crate) struct Worker {
+    /// The collectors as configured, to tell which a SIGHUP changed.
+    configs: Vec<super::config::CollectorConfig>,
     collectors: Vec<Box<dyn Collector>>,
     files: Vec<FileCollector>,
     hostname: String,
@@ -249,6 +325,7 @@ pub(crate) struct Prepared {
 }
 
 /// The running worker, as the daemon holds it.
+/// (The events it wants, [`Interest`], are the bus's to test; the daemon replaces them on SIGHUP.)
 pub(crate) struct Handle {
     /// The worker's queue; the bus offers it the events [`Interest::wants`].
     pub(crate) events: harness::Sender<Arc<Event>>,
@@ -272,33 +349,11 @@ pub(crate) fn prepare(
     sink: AlertSink,
     logins: Arc<crate::process::Logins>,
 ) -> anyhow::Result<Prepared> {
-    let registry = Registry::with_builtin();
-    let collectors = config.collectors.iter().map(|c| registry.build(c)).collect::<Result<Vec<_>, _>>()?;
+    let Built { configs, collectors, files, roots, watch } = build(config)?;
     let hostname = super::hostname().map_err(super::ScanError::Hostname)?;
     let store = Store::open(&crate::store::db_path(&config.state_dir))?;
-    let watch = watch_paths(config, &collectors);
-    let mut files = Vec::new();
-    let mut roots = Vec::new();
-    for (index, collector) in collectors.iter().enumerate() {
-        if collector.paths().is_empty() {
-            continue;
-        }
-        let mut translate = Vec::new();
-        for pattern in collector.paths() {
-            let literal = literal_prefix(pattern);
-            // An absent path: its existing part resolved, as the sensor reports it once created.
-            let canonical = std::fs::canonicalize(&literal)
-                .ok()
-                .or_else(|| super::paths::absent_root(&literal).map(|(root, _)| root))
-                .unwrap_or_else(|| literal.clone());
-            if canonical != literal {
-                translate.push((canonical.clone(), literal));
-            }
-            roots.push(canonical);
-        }
-        files.push(FileCollector { index, translate });
-    }
     let worker = Worker {
+        configs,
         collectors,
         files,
         hostname,
@@ -387,7 +442,18 @@ impl Worker {
                 Received::Closed => return,
             }
             while let Ok(request) = control.try_recv() {
-                self.control(request);
+                match request {
+                    Control::Reconfigure(new) => {
+                        let intervals = (new.integrity_interval, new.verify_interval);
+                        let restart = intervals != (self.integrity_interval, self.verify_interval);
+                        self.reconfigure(*new);
+                        if restart {
+                            next_integrity = deadline_after(Instant::now(), self.integrity_interval);
+                            next_verify = deadline_after(Instant::now(), self.verify_interval);
+                        }
+                    }
+                    request => self.control(request),
+                }
             }
             let dropped = inbox.stats().dropped();
             if dropped != self.dropped_seen {
@@ -687,10 +753,47 @@ impl Worker {
             .collect()
     }
 
+    /// SIGHUP: the collectors read again. What is dirty is rehashed first with the collectors
+    /// it was noted for. A collector unchanged keeps its items; a new or changed one is scanned
+    /// and its items taken as they are, without alerts (like a first scan: a configuration change
+    /// is no change of the host); a removed one's items leave.
+    fn reconfigure(&mut self, new: Reconfigure) {
+        self.rehash_due(true);
+        let Reconfigure { built, integrity_interval, verify_interval } = new;
+        let unchanged: BTreeSet<String> =
+            built.configs.iter().filter(|c| self.configs.contains(c)).map(|c| c.name.clone()).collect();
+        let kept: BTreeSet<String> = built.configs.iter().map(|c| c.name.clone()).collect();
+        let removed: Vec<String> =
+            self.configs.iter().map(|c| c.name.clone()).filter(|name| !kept.contains(name)).collect();
+        let scanned: Vec<String> = kept.iter().filter(|name| !unchanged.contains(*name)).cloned().collect();
+        self.configs = built.configs;
+        self.collectors = built.collectors;
+        self.files = built.files;
+        self.integrity_interval = integrity_interval;
+        self.verify_interval = verify_interval;
+        let mut updates: Vec<(String, String, Option<Item>)> = Vec::new();
+        let gone: Vec<(String, String)> =
+            self.current.keys().filter(|(collector, _)| removed.contains(collector)).cloned().collect();
+        for key in gone {
+            self.current.remove(&key);
+            updates.push((key.0, key.1, None));
+        }
+        let changes = self.rescan_matching(|collector| scanned.iter().any(|name| name == collector.name()));
+        updates.extend(changes.into_iter().map(|change| (change.collector, change.id, change.new)));
+        if let Err(e) = self.store.apply(&updates, &[]) {
+            warn!(error = %e, "storing the items of the collectors changed by SIGHUP");
+        }
+        self.publish();
+        if !removed.is_empty() || !scanned.is_empty() {
+            info!(scanned = ?scanned, removed = ?removed, items = self.current.len(), "SIGHUP: integrity collectors reloaded");
+        }
+    }
+
     fn control(&mut self, request: Control) {
         // Answer about the present: rehash what is dirty now instead of waiting for quiet.
         self.rehash_due(true);
         match request {
+            Control::Reconfigure(new) => self.reconfigure(*new),
             Control::Baseline(reply) => {
                 let items = self.current_items();
                 let aggregate = super::aggregate_digest(&self.hostname, self.current.values());

@@ -136,12 +136,10 @@ impl Sensor {
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for LSM/fentry")?;
 
         let inodes: BpfHashMap<MapData, _, _> = BpfHashMap::try_from(take_map(&mut ebpf, "WATCHED_INODES")?)?;
-        let mut prefixes: LpmTrie<MapData, _, _> = LpmTrie::try_from(take_map(&mut ebpf, "WATCHED_PREFIXES")?)?;
+        let prefixes: LpmTrie<MapData, _, _> = LpmTrie::try_from(take_map(&mut ebpf, "WATCHED_PREFIXES")?)?;
         // The watch set goes in before any program attaches, so no early change is missed.
-        let watch = WatchSet::new(&config.watch, inodes, &mut prefixes, config.max_watched_inodes)?;
+        let watch = WatchSet::new(&config.watch, inodes, prefixes, config.max_watched_inodes)?;
         info!(roots = watch.roots().len(), inodes = watch.inode_count(), "watch set loaded");
-        // Keep the prefix map open for the programs' lifetime.
-        std::mem::forget(prefixes);
 
         let mut hooks = BTreeMap::new();
         for signal_hooks in HOOK_TABLE {

@@ -1,6 +1,8 @@
 //! The watch set: the configured files and trees, mirrored into the kernel's `WATCHED_INODES`
 //! (every inode) and `WATCHED_PREFIXES` (absolute path prefixes), and an inode → path table of the
 //! directories so that file records, which carry a parent directory and a name, become absolute paths.
+//! SIGHUP changes it in place ([`WatchSet::update`]): roots added are walked in as at start, roots
+//! removed leave both maps.
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -47,9 +49,47 @@ pub struct WatchSet {
     /// Inodes of watched files given by name in the config (they have no watched parent).
     root_files: HashMap<InodeKey, PathBuf>,
     inodes: BpfHashMap<MapData, InodeKey, u32>,
+    /// Held for the programs' lifetime, and changed with the roots.
+    prefixes: LpmTrie<MapData, PathPrefix, u32>,
     inode_count: usize,
     max_inodes: u32,
     unresolved: u64,
+}
+
+/// What [`WatchSet::update`] changed: roots added and removed.
+#[derive(Debug, Default)]
+pub struct WatchChange {
+    pub added: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+}
+
+/// What a path is to the watch set: inside a root, the directory above an absent root (new names
+/// in it are reported), above a root, or nothing.
+enum Role {
+    Inside,
+    Parent,
+    Ancestor,
+    Outside,
+}
+
+/// A configured path as the watch set holds it: canonical, and for one that does not exist yet
+/// the nearest existing directory above it. `None`: skipped (logged).
+fn resolve(path: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    match std::fs::canonicalize(path) {
+        Ok(root) => Some((root, None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_absolute() => {
+            let Some((root, existing)) = absent_root(path) else {
+                warn!(path = %path.display(), error = %e, "watch path skipped");
+                return None;
+            };
+            debug!(path = %root.display(), parent = %existing.display(), "watching for an absent path");
+            Some((root, Some(existing)))
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "watch path skipped");
+            None
+        }
+    }
 }
 
 impl WatchSet {
@@ -57,7 +97,7 @@ impl WatchSet {
     pub fn new(
         paths: &[PathBuf],
         inodes: BpfHashMap<MapData, InodeKey, u32>,
-        prefixes: &mut LpmTrie<MapData, PathPrefix, u32>,
+        prefixes: LpmTrie<MapData, PathPrefix, u32>,
         max_inodes: u32,
     ) -> Result<Self, WatchError> {
         let mut set = Self {
@@ -65,51 +105,76 @@ impl WatchSet {
             dirs: HashMap::new(),
             root_files: HashMap::new(),
             inodes,
+            prefixes,
             inode_count: 0,
             max_inodes,
             unresolved: 0,
         };
+        set.add_roots(paths.iter().filter_map(|path| resolve(path)).collect())?;
+        Ok(set)
+    }
+
+    /// Makes the watch set that of `paths` (SIGHUP): the roots added are walked into both maps
+    /// as at start, then the roots removed leave them (their prefixes, and the inodes under them
+    /// and above them that no remaining root needs). A root in both is left alone.
+    pub fn update(&mut self, paths: &[PathBuf]) -> Result<WatchChange, WatchError> {
+        let mut wanted: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+        for resolved in paths.iter().filter_map(|path| resolve(path)) {
+            if !wanted.iter().any(|(root, _)| *root == resolved.0) {
+                wanted.push(resolved);
+            }
+        }
+        let removed: Vec<PathBuf> =
+            self.roots.paths().iter().filter(|root| !wanted.iter().any(|(w, _)| w == *root)).cloned().collect();
+        let added: Vec<(PathBuf, Option<PathBuf>)> =
+            wanted.into_iter().filter(|(root, _)| !self.roots.has(root)).collect();
+        let change = WatchChange { added: added.iter().map(|(root, _)| root.clone()).collect(), removed };
+        self.recount();
+        // Added first: an inode of both an added and a removed root stays in the map throughout.
+        let outcome = self.add_roots(added).and_then(|()| {
+            self.roots.retain(|root| !change.removed.contains(root));
+            change.removed.iter().try_for_each(|root| self.remove_root(root))
+        });
+        self.recount();
+        outcome.map(|()| change)
+    }
+
+    fn insert_prefixes(&mut self, root: &Path, is_dir: bool) -> Result<(), WatchError> {
+        for prefix in prefixes_of(root, is_dir)? {
+            let key = Key::new((prefix.1 * 8) as u32, prefix.0);
+            self.prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
+        }
+        Ok(())
+    }
+
+    /// Adds resolved roots (not yet in the set) to both maps.
+    fn add_roots(&mut self, resolved: Vec<(PathBuf, Option<PathBuf>)>) -> Result<(), WatchError> {
         // Absent roots and their nearest existing directory, which is watched for their creation.
         let mut absent = Vec::new();
-        for path in paths {
-            let root = match std::fs::canonicalize(path) {
-                Ok(root) => root,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_absolute() => {
-                    let Some((root, existing)) = absent_root(path) else {
-                        warn!(path = %path.display(), error = %e, "watch path skipped");
-                        continue;
-                    };
-                    debug!(path = %root.display(), parent = %existing.display(), "watching for an absent path");
-                    // Both prefixes (it may come as a file or a directory); no inodes yet.
-                    for prefix in prefixes_of(&root, true)? {
-                        let key = Key::new((prefix.1 * 8) as u32, prefix.0);
-                        prefixes
-                            .insert(&key, 1, 0)
-                            .map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
-                    }
-                    absent.push(existing);
-                    set.roots.push(root);
-                    continue;
-                }
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "watch path skipped");
-                    continue;
-                }
-            };
+        let mut added = Vec::new();
+        for (root, existing) in resolved {
+            if self.roots.has(&root) {
+                continue;
+            }
+            if let Some(existing) = existing {
+                // Both prefixes (it may come as a file or a directory); no inodes yet.
+                self.insert_prefixes(&root, true)?;
+                absent.push(existing);
+                self.roots.push(root.clone());
+                added.push(root);
+                continue;
+            }
             let is_dir = root.is_dir();
-            for prefix in prefixes_of(&root, is_dir)? {
-                let key = Key::new((prefix.1 * 8) as u32, prefix.0);
-                prefixes.insert(&key, 1, 0).map_err(|source| WatchError::Map { map: "WATCHED_PREFIXES", source })?;
-            }
+            self.insert_prefixes(&root, is_dir)?;
             if !is_dir && let Ok(meta) = std::fs::symlink_metadata(&root) {
-                set.root_files.insert(key_of(&meta), root.clone());
+                self.root_files.insert(key_of(&meta), root.clone());
             }
-            set.add_tree(&root)?;
-            set.roots.push(root);
+            self.add_tree(&root)?;
+            self.roots.push(root.clone());
+            added.push(root);
         }
-        let roots = set.roots.clone();
-        for root in roots.paths() {
-            set.add_ancestors(root)?;
+        for root in &added {
+            self.add_ancestors(root)?;
         }
         // New names in the directory above an absent root are reported (the daemon keeps those
         // inside a root), so that its creation, even through a relative path, adds it. A directory
@@ -117,12 +182,86 @@ impl WatchSet {
         for existing in absent {
             if let Ok(meta) = std::fs::metadata(&existing) {
                 let key = key_of(&meta);
-                if !matches!(set.inodes.get(&key, 0), Ok(WATCHED_DIR | WATCHED_FILE)) {
-                    set.insert_inode_as(key, WATCHED_PARENT, &existing)?;
+                if !matches!(self.inodes.get(&key, 0), Ok(WATCHED_DIR | WATCHED_FILE)) {
+                    self.insert_inode_as(key, WATCHED_PARENT, &existing)?;
                 }
             }
         }
-        Ok(set)
+        Ok(())
+    }
+
+    /// What `path` is to the roots in the set.
+    fn role(&self, path: &Path) -> Role {
+        if self.is_inside(path) {
+            return Role::Inside;
+        }
+        let waits_in = |root: &PathBuf| {
+            std::fs::symlink_metadata(root).is_err() && absent_root(root).is_some_and(|(_, existing)| existing == path)
+        };
+        if self.roots.paths().iter().any(waits_in) {
+            Role::Parent
+        } else if self.roots.paths().iter().any(|root| root.starts_with(path)) {
+            Role::Ancestor
+        } else {
+            Role::Outside
+        }
+    }
+
+    /// Takes `root` (no longer in `roots`) out of both maps: its prefixes, and every inode under
+    /// it or above it, as it is now or as the set knew it, that no remaining root needs; one
+    /// still needed above a remaining root gets the value that root gives it.
+    fn remove_root(&mut self, root: &Path) -> Result<(), WatchError> {
+        for prefix in prefixes_of(root, true)? {
+            // A file root has only the first of the two: the other is not found, which is fine.
+            let _ = self.prefixes.remove(&Key::new((prefix.1 * 8) as u32, prefix.0));
+        }
+        self.root_files.retain(|_, path| path != root);
+        // (inode, path, is a directory, has other links)
+        let mut candidates: Vec<(InodeKey, PathBuf, bool, bool)> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir()
+                && let Ok(entries) = std::fs::read_dir(&path)
+            {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+            candidates.push((key_of(&meta), path, meta.is_dir(), !meta.is_dir() && meta.nlink() > 1));
+        }
+        for ancestor in root.ancestors().skip(1) {
+            if let Ok(meta) = std::fs::symlink_metadata(ancestor) {
+                candidates.push((key_of(&meta), ancestor.to_path_buf(), true, false));
+            }
+        }
+        candidates.extend(
+            self.dirs
+                .iter()
+                .filter(|(_, path)| path.starts_with(root) || root.starts_with(path))
+                .map(|(key, path)| (*key, path.clone(), true, false)),
+        );
+        for (key, path, is_dir, linked) in candidates {
+            let value = match self.role(&path) {
+                Role::Inside => continue,
+                Role::Parent => WATCHED_PARENT,
+                Role::Ancestor => WATCHED_ANCESTOR,
+                // A file with another name may be watched under that name.
+                Role::Outside if linked => continue,
+                Role::Outside => {
+                    let _ = self.inodes.remove(&key);
+                    self.dirs.remove(&key);
+                    continue;
+                }
+            };
+            if self.inodes.get(&key, 0).is_ok_and(|current| current != value) {
+                self.inodes
+                    .insert(key, value, 0)
+                    .map_err(|source| WatchError::Map { map: "WATCHED_INODES", source })?;
+            }
+            if is_dir {
+                self.dirs.insert(key, path);
+            }
+        }
+        Ok(())
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -163,6 +302,12 @@ impl WatchSet {
         self.inodes.insert(key, value, 0).map_err(|source| WatchError::Map { map: "WATCHED_INODES", source })?;
         self.inode_count += 1;
         Ok(())
+    }
+
+    /// Counts the inodes in the kernel's map (the programs add new files themselves, and an
+    /// inode inserted twice is counted twice between updates).
+    fn recount(&mut self) {
+        self.inode_count = self.inodes.keys().filter(Result::is_ok).count();
     }
 
     /// Adds `root` and everything under it, without following symlinks.
