@@ -25,7 +25,7 @@ const EXEC_WAIT: Duration = EXE_HASH_WAIT.saturating_add(Duration::from_millis(1
 const EXEC_POLL: Duration = Duration::from_millis(1);
 
 /// Whether a record must wait: an exec for its program's digest, any other record of a process
-/// for that process's exec record.
+/// for that process's fork or exec record (`ProcessTable::awaits_exec`).
 fn must_wait(table: &mut ProcessTable, raw: &RawEvent) -> bool {
     match raw {
         RawEvent::Exec(e) => table.exe_digest(&event::c_string(&e.filename)) == ExeDigest::Pending,

@@ -259,12 +259,17 @@ impl ProcessTable {
         }
     }
 
-    /// Whether the header's process was forked, not seen exec, and now goes by another name:
-    /// its exec record has not been read yet.
+    /// Whether a record of the header's process must wait for a record of the exec ring, which is
+    /// read apart from the other rings and may come later than the process's own records: the
+    /// process was forked, not seen exec, and now goes by another name (its exec record has not
+    /// been read yet), or it is not in the table at all (its fork record has not been read yet;
+    /// every process older than the table was read from `/proc` when it was made). Records of no
+    /// process (pid 0, SYNs seen by XDP) never wait.
     pub(crate) fn awaits_exec(&self, header: &ids_common::EventHeader) -> bool {
-        self.entries
-            .get(&header.pid)
-            .is_some_and(|entry| entry.exec_pending && entry.comm.as_bytes() != c_bytes(&header.comm))
+        match self.entries.get(&header.pid) {
+            Some(entry) => entry.exec_pending && entry.comm.as_bytes() != c_bytes(&header.comm),
+            None => header.pid != 0,
+        }
     }
 
     /// The exec record of the header's process did not come in time (it was lost): learn the
