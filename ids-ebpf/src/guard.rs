@@ -47,7 +47,7 @@ pub trait Packet {
     /// The packet's length on the wire, counted in a ban's bytes.
     fn wire_len(&self) -> u64;
     /// The interface the packet arrived on.
-    fn ifindex(&self) -> u32;
+    fn ingress_ifindex(&self) -> u32;
     /// Whose error counter a failed map update goes to.
     const PROGRAM: ProgramId;
 }
@@ -223,7 +223,7 @@ fn report_syn<P: Packet>(ctx: &P, family: u16, l3: usize, sport: u16, dport: u16
         entry.discard(0);
         return;
     }
-    event.ifindex = ctx.ifindex();
+    event.ifindex = ctx.ingress_ifindex();
     event._pad = 0;
     entry.submit(crate::maps::net_wakeup());
 }

@@ -32,7 +32,7 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn ifindex(&self) -> u32 {
+    fn ingress_ifindex(&self) -> u32 {
         // SAFETY: the context the kernel passed to this run.
         unsafe { (*self.skb.skb).ingress_ifindex }
     }
@@ -47,7 +47,7 @@ pub fn tc_guard(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(HEADERS.min(ctx.len()));
     }
     match guard(&ctx) {
-        Ok(Verdict::Drop) => TC_ACT_SHOT as i32,
+        Ok(Verdict::Drop) => TC_ACT_SHOT,
         // UNSPEC (TCX_NEXT): the packet goes on to any later tc program, as if this one were absent.
         Ok(Verdict::Pass) | Err(_) => TC_ACT_UNSPEC,
     }

@@ -24,7 +24,7 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn ifindex(&self) -> u32 {
+    fn ingress_ifindex(&self) -> u32 {
         // SAFETY: the context the kernel passed to this run.
         unsafe { (*self.ctx).ingress_ifindex }
     }
