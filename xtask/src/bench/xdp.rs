@@ -818,7 +818,7 @@ impl Installed {
                 let status = command_stdout(&mut daemon.cli(&["status", "--json"]))?;
                 let status: serde_json::Value =
                     serde_json::from_str(&status).with_context(|| format!("ids status --json printed {status:?}"))?;
-                let program = &status["data"]["xdp"]["interfaces"][0]["program"];
+                let program = &status["xdp"]["interfaces"][0]["program"];
                 ensure!(program == "tc_guard", "ids in tc mode reports {program} on {}: {status}", topo.target_dev);
                 daemon.ban_all(set, dir)?;
                 Self::Ids { daemon }
