@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -450,6 +450,11 @@ impl XdpAttachments {
             XdpModeSetting::Auto | XdpModeSetting::Tc => match program.attach(interface, XdpMode::Driver) {
                 Ok(id) => Ok((id, AttachMode::Native)),
                 Err(native) => {
+                    let native = anyhow::Error::from(native);
+                    // Another XDP program holds the interface: say so rather than filter beside it.
+                    if is_busy(&native) {
+                        return Err(occupied_hint(native.context(format!("attaching to {interface}")), interface));
+                    }
                     if let Some(tc) = programs.tc.as_deref_mut() {
                         return self.attach_tc(tc, interface, &tc_pin);
                     }
@@ -488,6 +493,17 @@ impl XdpAttachments {
                     let _ = std::fs::remove_file(pin);
                 }
             }
+        }
+        // TCX lets several programs share the hook: a tc_guard already there (no pin of ours led to
+        // it) belongs to another ids, as an XDP program there would. Refused the same way, so
+        // that one set of bans, not two, decides what the interface drops.
+        if let Ok((_, programs)) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)
+            && programs.iter().any(|info| info.name_as_str() == Some(TC_PROGRAM))
+        {
+            bail!(
+                "{interface} already has an ids tc filter ({TC_PROGRAM}): another ids (its `[xdp] pin_dir` \
+                 differs from this one's) holds it; stop it or run `ids xdp detach --config ITS_CONFIG`"
+            );
         }
         let tcx = program.attach_with_options(
             interface,
@@ -577,11 +593,7 @@ fn driver_of(interface: &str) -> Option<String> {
 /// and how to find and remove it (most often another `ids` with another `[xdp] pin_dir`, or one
 /// whose pins outlived it).
 fn occupied_hint(error: anyhow::Error, interface: &str) -> anyhow::Error {
-    let busy = error.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
-            || cause.to_string().contains("os error 16")
-    });
-    if !busy {
+    if !is_busy(&error) {
         return error;
     }
     error.context(format!(
@@ -595,6 +607,14 @@ fn replace_pinned(program: &mut Xdp, path: &Path) -> anyhow::Result<()> {
     let link = XdpLink::try_from(fd_link).context("the pinned object is not an XDP link")?;
     program.attach_to_link(link).context("replacing the program of the pinned link")?;
     Ok(())
+}
+
+/// Whether the kernel refused with `EBUSY` (the interface has an XDP program already).
+fn is_busy(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
+            || cause.to_string().contains("os error 16")
+    })
 }
 
 fn replace_pinned_tc(program: &mut SchedClassifier, path: &Path) -> anyhow::Result<()> {
