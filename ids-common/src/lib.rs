@@ -334,8 +334,9 @@ pub enum ProgramId {
     FileSyscallEnter = 24,
     FileSyscallExit = 25,
     ConnectSyscallEnter = 26,
+    TcGuard = 27,
 }
-pub const PROGRAM_COUNT: u32 = 27;
+pub const PROGRAM_COUNT: u32 = 28;
 const _: () = assert!(core::mem::size_of::<ProgramId>() == core::mem::size_of::<u32>());
 
 impl ProgramId {
@@ -368,6 +369,7 @@ impl ProgramId {
         Self::FileSyscallEnter,
         Self::FileSyscallExit,
         Self::ConnectSyscallEnter,
+        Self::TcGuard,
     ];
 
     /// The program's function name in the eBPF object, which is also how the daemon loads it.
@@ -400,6 +402,7 @@ impl ProgramId {
             Self::FileSyscallEnter => "file_syscall_enter",
             Self::FileSyscallExit => "file_syscall_exit",
             Self::ConnectSyscallEnter => "connect_syscall_enter",
+            Self::TcGuard => "tc_guard",
         }
     }
 }

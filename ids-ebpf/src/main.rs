@@ -11,12 +11,14 @@ mod arch;
 mod exec;
 mod file;
 mod floor;
+mod guard;
 mod kernel;
 mod maps;
 mod module;
 mod net;
 mod process;
 mod syscall;
+mod tc;
 mod xdp;
 
 #[cfg(not(test))]

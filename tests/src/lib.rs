@@ -385,7 +385,11 @@ pub mod netns {
         /// Whether a UDP datagram from `source` reaches `receiver` on the host.
         pub fn udp_passes(&self, source: &str, receiver: &UdpSocket) -> bool {
             let to = receiver.local_addr().unwrap();
-            let payload = format!("ids-ban-test {source} {}", Instant::now().elapsed().as_nanos());
+            // Unique per call: datagrams of an earlier call that passed may still wait in the
+            // receiver's queue and must not count for this one.
+            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let payload = format!("ids-ban-test {source} {} {call}", std::process::id());
             let source: IpAddr = source.parse().unwrap();
             let sent = payload.clone();
             self.run(move || {

@@ -1,5 +1,6 @@
-//! Bans enforced in XDP, end to end: a network namespace joined to this host by a veth pair, the
-//! daemon's XDP program on the host side, traffic from addresses inside the namespace.
+//! Bans enforced in XDP and tc, end to end: a network namespace joined to this host by a veth pair,
+//! the daemon's ban filter on the host side (`[xdp] mode = "auto"` puts `tc_guard` on a veth;
+//! tests of `xdp_guard` say `mode = "native"` or `"generic"`), traffic from addresses inside the namespace.
 //! They need root; CI runs them as root (`cargo xtask test`).
 use std::fs;
 use std::io::Read as _;
@@ -101,12 +102,13 @@ fn generic_mode_when_configured_drops_the_same() {
 #[test]
 fn banned_source_is_dropped_for_tcp_udp_icmp_and_ipv6_while_another_source_passes() {
     let net = Net::new("a");
-    let setup = Setup::new("drop", &net.host_if, "", "");
+    let setup = Setup::new("drop", &net.host_if, "mode = \"native\"", "");
     let daemon = setup.start();
     let status = daemon.status();
     let interfaces = &status["xdp"]["interfaces"];
     assert_eq!(interfaces[0]["name"], net.host_if.as_str(), "{status}");
     assert_eq!(interfaces[0]["mode"], "native", "veth supports native XDP: {status}");
+    assert_eq!(interfaces[0]["program"], "xdp_guard", "{status}");
 
     let (_tcp, tcp_to) = tcp_listener(HOST4);
     let (_tcp6, tcp6_to) = tcp_listener(HOST6);
@@ -301,9 +303,89 @@ fn humantime_parse(text: &str) -> std::time::SystemTime {
 }
 
 #[test]
+fn tc_mode_on_a_veth_drops_and_counts_a_banned_source_and_unban_lets_it_through() {
+    let net = Net::new("t");
+    let setup = Setup::new("tc", &net.host_if, "mode = \"tc\"", "");
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let (_tcp6, tcp6_to) = tcp_listener(HOST6);
+    let udp = UdpSocket::bind((HOST4.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    let daemon = setup.start();
+    let status = daemon.status();
+    let interface = &status["xdp"]["interfaces"][0];
+    assert_eq!(interface["name"], net.host_if.as_str(), "{status}");
+    assert_eq!(interface["mode"], "tc", "{status}");
+    assert_eq!(interface["program"], "tc_guard", "{status}");
+    assert_eq!(status["incoming"]["hook"], "tc:tc_guard", "{status}");
+    let link = sh("ip", &["-d", "link", "show", &net.host_if]);
+    assert!(!link.contains("xdp"), "an XDP program is attached in tc mode: {link}");
+    assert!(net.tcp_passes(BAD4, tcp_to), "TCP from {BAD4} blocked before any ban");
+
+    setup.ok(&["ban", BAD4, "--reason", "tc test"]);
+    setup.ok(&["ban", BAD6, "--reason", "tc test v6"]);
+    assert!(!net.tcp_passes(BAD4, tcp_to), "TCP from banned {BAD4} passed the tc filter");
+    assert!(!net.udp_passes(BAD4, &udp), "UDP from banned {BAD4} passed the tc filter");
+    assert!(!net.tcp_passes(BAD6, tcp6_to), "IPv6 TCP from banned {BAD6} passed the tc filter");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "TCP from {GOOD4} blocked by the ban of {BAD4}");
+    assert!(net.udp_passes(GOOD4, &udp), "UDP from {GOOD4} blocked");
+    assert!(net.tcp_passes(GOOD6, tcp6_to), "IPv6 TCP from {GOOD6} blocked");
+    let bans = setup.bans();
+    let bad = bans.iter().find(|b| b["net"] == BAD4).expect("ban listed");
+    assert!(bad["packets"].as_u64().unwrap() >= 3, "the tc filter did not count its drops: {bad}");
+    assert!(bad["bytes"].as_u64().unwrap() > bad["packets"].as_u64().unwrap() * 20, "{bad}");
+
+    setup.ok(&["unban", BAD4]);
+    assert!(net.tcp_passes(BAD4, tcp_to), "TCP from {BAD4} still blocked after unban");
+    assert!(!net.tcp_passes(BAD6, tcp6_to), "unban of {BAD4} lifted the ban of {BAD6}");
+
+    // Like the XDP link, the pinned tc link keeps enforcing while the daemon is down, and a
+    // restart moves it to the new program.
+    setup.ok(&["ban", BAD4, "--reason", "tc test again"]);
+    daemon.stop();
+    assert!(!net.tcp_passes(BAD4, tcp_to), "tc ban lost at a clean stop");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked with the daemon down");
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"][0]["mode"], "replaced", "pinned tc link not reused: {status}");
+    assert_eq!(status["xdp"]["interfaces"][0]["program"], "tc_guard", "{status}");
+    assert!(!net.tcp_passes(BAD4, tcp_to), "tc ban lost across the restart");
+    daemon.stop();
+
+    let detached = setup.ok(&["xdp", "detach"]);
+    let removed = detached["data"]["removed"].as_array().unwrap();
+    assert!(removed.iter().any(|r| r == &format!("tc_links/{}", net.host_if)), "{detached}");
+    assert!(net.tcp_passes(BAD4, tcp_to), "tc filter still attached after `ids xdp detach`");
+}
+
+#[test]
+fn auto_mode_puts_the_tc_filter_on_a_veth_and_a_mode_change_replaces_the_program() {
+    let net = Net::new("m");
+    let setup = Setup::new("mode", &net.host_if, "", "");
+    let (_tcp, tcp_to) = tcp_listener(HOST4);
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"][0]["program"], "tc_guard", "auto chose XDP on a veth: {status}");
+    setup.ok(&["ban", BAD4, "--reason", "mode test"]);
+    assert!(!net.tcp_passes(BAD4, tcp_to), "banned {BAD4} passed");
+    daemon.stop();
+
+    // The same pins, now in native XDP: the tc link goes, the XDP program enforces the same bans.
+    let config = fs::read_to_string(&setup.config).unwrap().replace("[xdp]\n", "[xdp]\nmode = \"native\"\n");
+    fs::write(&setup.config, config).unwrap();
+    let daemon = setup.start();
+    let status = daemon.status();
+    assert_eq!(status["xdp"]["interfaces"][0]["mode"], "native", "{status}");
+    assert_eq!(status["xdp"]["interfaces"][0]["program"], "xdp_guard", "{status}");
+    // Its last reference gone with the pin, the kernel detaches the tc link.
+    assert!(!Path::new(&test_pin_dir("mode")).join("tc_links").join(&net.host_if).exists(), "tc link left pinned");
+    assert!(!net.tcp_passes(BAD4, tcp_to), "ban lost when the mode changed");
+    assert!(net.tcp_passes(GOOD4, tcp_to), "{GOOD4} blocked");
+    daemon.stop();
+}
+
+#[test]
 fn bans_hold_after_kill_9_and_a_restart_reconciles_the_maps_with_the_store() {
     let net = Net::new("k");
-    let setup = Setup::new("restart", &net.host_if, "", "");
+    let setup = Setup::new("restart", &net.host_if, "mode = \"native\"", "");
     let (_tcp, tcp_to) = tcp_listener(HOST4);
     let daemon = setup.start();
     setup.ok(&["ban", BAD4, "--for", "permanent", "--reason", "kill test"]);

@@ -62,27 +62,32 @@ fn an_interface_that_does_not_exist_fails_the_check_and_is_warned_about_at_start
     assert!(stderr.contains("idsnosuch0") && stderr.contains("NO BAN IS ENFORCED"), "no warning: {stderr}");
 }
 
-/// A second daemon whose `[xdp] pin_dir` differs finds the interface taken by the first: it says
-/// so, names the interface and how to find and remove the other program, and keeps running.
+/// A second daemon whose `[xdp] pin_dir` differs finds the interface taken by the first, XDP
+/// (`mode = "generic"`) or tc (`"auto"` on lo, which has no native XDP): it says so, names the
+/// interface and how to find and remove the other program, and keeps running.
 #[test]
 fn an_interface_another_ids_holds_is_named_with_how_to_free_it() {
-    let first_scratch = Scratch::new("/var/tmp", "xdp-held");
-    let (first_config, first_events) = write_config(&first_scratch, "xdp-held", "[\"lo\"]");
-    let _first_pins = Pins { config: first_config.clone() };
-    let first = Daemon::spawn(&first_config, &first_events);
-    assert_eq!(first.status()["xdp"]["interfaces"][0]["name"], "lo");
+    for (mode, refusal) in [("generic", "lo already has an XDP program"), ("auto", "lo already has an ids tc filter")] {
+        let first_scratch = Scratch::new("/var/tmp", "xdp-held");
+        let (first_config, first_events) = write_config(&first_scratch, "xdp-held", "[\"lo\"]");
+        fs::write(&first_config, fs::read_to_string(&first_config).unwrap() + &format!("mode = {mode:?}\n")).unwrap();
+        let _first_pins = Pins { config: first_config.clone() };
+        let first = Daemon::spawn(&first_config, &first_events);
+        assert_eq!(first.status()["xdp"]["interfaces"][0]["name"], "lo");
 
-    let second_scratch = Scratch::new("/var/tmp", "xdp-second");
-    let (second_config, second_events) = write_config(&second_scratch, "xdp-second", "[\"lo\"]");
-    let _second_pins = Pins { config: second_config.clone() };
-    let second = Daemon::spawn(&second_config, &second_events);
-    assert_eq!(second.status()["xdp"]["interfaces"], serde_json::json!([]), "{}", second.status());
-    let stderr = second.stop();
-    assert!(
-        stderr.contains("lo already has an XDP program") && stderr.contains("ids xdp detach"),
-        "the refusal does not say what holds lo: {stderr}"
-    );
-    first.stop();
+        let second_scratch = Scratch::new("/var/tmp", "xdp-second");
+        let (second_config, second_events) = write_config(&second_scratch, "xdp-second", "[\"lo\"]");
+        fs::write(&second_config, fs::read_to_string(&second_config).unwrap() + &format!("mode = {mode:?}\n")).unwrap();
+        let _second_pins = Pins { config: second_config.clone() };
+        let second = Daemon::spawn(&second_config, &second_events);
+        assert_eq!(second.status()["xdp"]["interfaces"], serde_json::json!([]), "{mode}: {}", second.status());
+        let stderr = second.stop();
+        assert!(
+            stderr.contains(refusal) && stderr.contains("ids xdp detach"),
+            "{mode}: the refusal does not say what holds lo: {stderr}"
+        );
+        first.stop();
+    }
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub(crate) struct RawXdp {
     scan_window: ConfigDuration,
     #[serde(default)]
     mode: XdpModeSetting,
+    /// Per-interface overrides of `mode`: interface name → mode.
+    #[serde(default)]
+    interface_modes: std::collections::BTreeMap<String, XdpModeSetting>,
     #[serde(default = "default_trust_local")]
     trust_local: bool,
 }
@@ -39,6 +42,7 @@ impl Default for RawXdp {
             flood_syns: default_flood_syns(),
             scan_window: default_scan_window(),
             mode: XdpModeSetting::default(),
+            interface_modes: Default::default(),
             trust_local: default_trust_local(),
         }
     }
@@ -100,18 +104,22 @@ fn default_max_duration() -> ConfigDuration {
     ConfigDuration::secs(30 * 86_400)
 }
 
-/// `[xdp]`: where the ban filter runs and what it trusts.
-/// `[xdp] mode`: how the program is attached.
+/// `[xdp] mode` (and `[xdp] interface_modes`): which program enforces bans on an interface, and
+/// how it is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeSetting {
-    /// Native (driver) mode where the driver has it, generic otherwise.
+    /// XDP in native (driver) mode where the driver has it, except on veth; the tc ingress
+    /// program elsewhere (a veth's packets come from local sockets as socket buffers, which XDP
+    /// would copy first; generic-mode XDP copies too). Generic XDP only if tc cannot attach.
     #[default]
     Auto,
-    /// Native only: an interface whose driver lacks it is left without the program (logged).
+    /// XDP in native mode only: an interface whose driver lacks it is left without the filter (logged).
     Native,
-    /// Generic (skb) mode everywhere, for drivers whose native XDP misbehaves.
+    /// XDP in generic (skb) mode everywhere, for drivers whose native XDP misbehaves.
     Generic,
+    /// The tc ingress program (`tc_guard`), whatever the driver.
+    Tc,
 }
 
 /// `[xdp] interfaces`: where the XDP program (ban filter, SYN watcher) is attached.
@@ -176,8 +184,17 @@ pub struct XdpConfig {
     pub flood_syns: u32,
     pub scan_window: Duration,
     pub mode: XdpModeSetting,
+    /// Interfaces whose mode is not `mode`.
+    pub interface_modes: std::collections::BTreeMap<String, XdpModeSetting>,
     /// Trust the addresses of this host's interfaces (as found when the daemon or CLI starts).
     pub trust_local: bool,
+}
+
+impl XdpConfig {
+    /// The mode configured for `interface`: its `interface_modes` entry, else `mode`.
+    pub fn mode_of(&self, interface: &str) -> XdpModeSetting {
+        self.interface_modes.get(interface).copied().unwrap_or(self.mode)
+    }
 }
 
 /// `[bans]`: durations.
@@ -226,6 +243,11 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             XdpInterfaces::Named(names.to_vec())
         }
     };
+    for name in xdp.interface_modes.keys() {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name == ALL_INTERFACES {
+            return Err(("xdp.interface_modes", format!("{name:?} is not an interface name")));
+        }
+    }
     if !xdp.pin_dir.is_absolute() {
         return Err(("xdp.pin_dir", format!("{} is not an absolute path", xdp.pin_dir.display())));
     }
@@ -256,6 +278,7 @@ pub(crate) fn validate(xdp: RawXdp, bans: RawBans) -> Result<(XdpConfig, BansCon
             flood_syns,
             scan_window,
             mode: xdp.mode,
+            interface_modes: xdp.interface_modes,
             trust_local: xdp.trust_local,
         },
         BansConfig {
@@ -279,7 +302,17 @@ mod tests {
         let raw: RawXdp = toml::from_str("mode = \"generic\"").unwrap();
         assert_eq!(validate(raw, RawBans::default()).unwrap().0.mode, XdpModeSetting::Generic);
         let error = toml::from_str::<RawXdp>("mode = \"fast\"").unwrap_err().to_string();
-        assert!(error.contains("unknown variant") && error.contains("native"), "{error}");
+        assert!(error.contains("unknown variant") && error.contains("native") && error.contains("tc"), "{error}");
+    }
+
+    #[test]
+    fn a_mode_per_interface_overrides_the_global_one() {
+        let raw: RawXdp = toml::from_str("mode = \"native\"\n[interface_modes]\nveth0 = \"tc\"").unwrap();
+        let xdp = validate(raw, RawBans::default()).unwrap().0;
+        assert_eq!(xdp.mode_of("veth0"), XdpModeSetting::Tc);
+        assert_eq!(xdp.mode_of("eth0"), XdpModeSetting::Native);
+        let raw: RawXdp = toml::from_str("[interface_modes]\n\"a/b\" = \"tc\"").unwrap();
+        assert_eq!(validate(raw, RawBans::default()).unwrap_err().0, "xdp.interface_modes");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! on its interfaces while the daemon is down.
 //!
 //! Layout of `[xdp] pin_dir` (bpffs): one file per map (`BAN_V4`, `BAN_V6`, `BAN_NET_V4`,
-//! `BAN_NET_V6`, `BAN_HITS`, `TRUSTED_V4`, `TRUSTED_V6`) and `links/<interface>`, the XDP link.
+//! `BAN_NET_V6`, `BAN_HITS`, `TRUSTED_V4`, `TRUSTED_V6`), `links/<interface>`, the XDP link of
+//! `xdp_guard`, and `tc_links/<interface>`, the TCX link of `tc_guard` (one of the two per
+//! interface, chosen by `[xdp] mode`; both programs share the maps).
 //! At start the loader reuses the pinned maps, and a pinned link is moved to the new program
 //! with `BPF_LINK_UPDATE`, an atomic swap: no packet meets an interface without the filter.
 use std::collections::HashMap as StdHashMap;
@@ -11,14 +13,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
 
-use super::config::{XdpInterfaces, XdpModeSetting};
-use aya::programs::Xdp;
+use super::config::{XdpConfig, XdpInterfaces, XdpModeSetting};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use ids_common::{BanHits, BanId};
 use ipnet::IpNet;
 use tracing::{info, warn};
@@ -30,6 +33,8 @@ pub const PINNED_MAPS: [&str; 7] =
     ["BAN_V4", "BAN_V6", "BAN_NET_V4", "BAN_NET_V6", "BAN_HITS", "TRUSTED_V4", "TRUSTED_V6"];
 /// The XDP program.
 pub const PROGRAM: &str = "xdp_guard";
+/// The tc ingress program, for interfaces where XDP would copy each packet (`[xdp] mode`).
+pub const TC_PROGRAM: &str = "tc_guard";
 
 /// Handles on the pinned maps.
 pub struct BanMaps {
@@ -272,15 +277,19 @@ impl BanMaps {
     }
 }
 
-/// How the program came to be on an interface.
+/// Which program enforces bans on an interface, and how it came to be there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
-    /// Native (driver) mode, attached now.
+    /// `xdp_guard` in native (driver) mode, attached now.
     Native,
-    /// Generic (skb) mode, attached now: the driver has no native XDP.
+    /// `xdp_guard` in generic (skb) mode, attached now.
     Generic,
-    /// A pinned attachment from an earlier run, moved to this program (its mode kept).
+    /// A pinned XDP attachment from an earlier run, moved to this program (its mode kept).
     Replaced,
+    /// `tc_guard` on the interface's tc ingress hook, attached now.
+    Tc,
+    /// A pinned tc attachment from an earlier run, moved to this program.
+    TcReplaced,
 }
 
 impl AttachMode {
@@ -288,32 +297,63 @@ impl AttachMode {
         match self {
             Self::Native => "native",
             Self::Generic => "generic",
-            Self::Replaced => "replaced",
+            Self::Replaced | Self::TcReplaced => "replaced",
+            Self::Tc => "tc",
+        }
+    }
+
+    /// The program that enforces in this mode.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Native | Self::Generic | Self::Replaced => PROGRAM,
+            Self::Tc | Self::TcReplaced => TC_PROGRAM,
+        }
+    }
+
+    /// The hook, as `ids status` names it: `xdp:xdp_guard` or `tc:tc_guard`.
+    pub fn hook(self) -> String {
+        match self {
+            Self::Native | Self::Generic | Self::Replaced => format!("xdp:{PROGRAM}"),
+            Self::Tc | Self::TcReplaced => format!("tc:{TC_PROGRAM}"),
         }
     }
 }
 
-/// Attachments of `xdp_guard` to interfaces.
+/// The programs the attachments use; `tc` is `None` when the kernel refused to load it.
+pub struct GuardPrograms<'a> {
+    pub xdp: &'a mut Xdp,
+    pub tc: Option<&'a mut SchedClassifier>,
+}
+
+/// Attachments of `xdp_guard` and `tc_guard` to interfaces.
 pub struct XdpAttachments {
     pin_dir: PathBuf,
     want: XdpInterfaces,
-    mode: XdpModeSetting,
+    config: XdpConfig,
     pub attached: Vec<(String, AttachMode)>,
 }
+
+/// Directories of pinned links under `[xdp] pin_dir`: XDP links, tc links.
+const XDP_LINKS: &str = "links";
+const TC_LINKS: &str = "tc_links";
 
 impl XdpAttachments {
     /// Also removes pinned links of interfaces no longer configured (the program leaves them).
     /// With no interface configured, that is every pinned link.
-    pub fn new(pin_dir: &Path, want: &XdpInterfaces, mode: XdpModeSetting) -> Self {
-        let attachments = Self { pin_dir: pin_dir.into(), want: want.clone(), mode, attached: Vec::new() };
+    pub fn new(pin_dir: &Path, config: &XdpConfig) -> Self {
+        let want = config.interfaces.clone();
+        let attachments =
+            Self { pin_dir: pin_dir.into(), want: want.clone(), config: config.clone(), attached: Vec::new() };
         // "Every interface" keeps what it finds: an interface gone for now may come back.
-        if *want != XdpInterfaces::All {
-            for entry in std::fs::read_dir(pin_dir.join("links")).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !want.wants(&name) {
-                    match std::fs::remove_file(entry.path()) {
-                        Ok(()) => info!(interface = name, "XDP ban filter detached: interface no longer configured"),
-                        Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove pinned link"),
+        if want != XdpInterfaces::All {
+            for dir in [XDP_LINKS, TC_LINKS] {
+                for entry in std::fs::read_dir(pin_dir.join(dir)).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !want.wants(&name) {
+                        match std::fs::remove_file(entry.path()) {
+                            Ok(()) => info!(interface = name, "ban filter detached: interface no longer configured"),
+                            Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove pinned link"),
+                        }
                     }
                 }
             }
@@ -321,12 +361,12 @@ impl XdpAttachments {
         attachments
     }
 
-    fn link_path(&self, interface: &str) -> PathBuf {
-        self.pin_dir.join("links").join(interface)
+    fn link_path(&self, dir: &str, interface: &str) -> PathBuf {
+        self.pin_dir.join(dir).join(interface)
     }
 
-    /// Attaches the program to wanted interfaces that appeared since the last call.
-    pub fn attach_new(&mut self, program: &mut Xdp) {
+    /// Attaches the ban filter to wanted interfaces that appeared since the last call.
+    pub fn attach_new(&mut self, mut programs: GuardPrograms<'_>) {
         if self.want == XdpInterfaces::None {
             return;
         }
@@ -339,30 +379,53 @@ impl XdpAttachments {
         };
         present.sort();
         self.attached.retain(|(i, _)| present.contains(i));
-        if let Err(e) = std::fs::create_dir_all(self.pin_dir.join("links")) {
-            warn!(dir = %self.pin_dir.display(), error = %e, "cannot create the link pin directory");
+        for dir in [XDP_LINKS, TC_LINKS] {
+            if let Err(e) = std::fs::create_dir_all(self.pin_dir.join(dir)) {
+                warn!(dir = %self.pin_dir.display(), error = %e, "cannot create the link pin directory");
+            }
         }
         for interface in present {
             if self.attached.iter().any(|(i, _)| *i == interface) || !self.want.wants(&interface) {
                 continue;
             }
-            match self.attach(program, &interface) {
+            match self.attach(&mut programs, &interface) {
                 Ok(mode) => {
-                    info!(interface, mode = mode.name(), "XDP ban filter attached");
+                    info!(interface, program = mode.program(), mode = mode.name(), "ban filter attached");
                     self.attached.push((interface, mode));
                 }
                 Err(e) => {
-                    warn!(interface, error = crate::error_text::one_line(e.as_ref()), "XDP ban filter not attached")
+                    warn!(interface, error = crate::error_text::one_line(e.as_ref()), "ban filter not attached")
                 }
             }
         }
     }
 
-    fn attach(&self, program: &mut Xdp, interface: &str) -> anyhow::Result<AttachMode> {
-        let path = self.link_path(interface);
-        if path.exists() {
-            match replace_pinned(program, &path) {
-                Ok(()) => return Ok(AttachMode::Replaced),
+    fn attach(&self, programs: &mut GuardPrograms<'_>, interface: &str) -> anyhow::Result<AttachMode> {
+        let xdp_pin = self.link_path(XDP_LINKS, interface);
+        let tc_pin = self.link_path(TC_LINKS, interface);
+        let setting = self.config.mode_of(interface);
+        let use_tc = match setting {
+            XdpModeSetting::Tc => true,
+            XdpModeSetting::Native | XdpModeSetting::Generic => false,
+            // A veth gets tc; elsewhere a tc pin says native XDP failed in an earlier run;
+            // otherwise native XDP is tried below, then tc.
+            XdpModeSetting::Auto => {
+                programs.tc.is_some() && (is_veth(interface) || (tc_pin.exists() && !xdp_pin.exists()))
+            }
+        };
+        if use_tc {
+            let tc = programs.tc.as_deref_mut().ok_or_else(|| anyhow!("the tc program {TC_PROGRAM} did not load"))?;
+            let mode = self.attach_tc(tc, interface, &tc_pin)?;
+            // Only now: the interface is never without a filter while the mode changes.
+            remove_other_pin(&xdp_pin, interface);
+            return Ok(mode);
+        }
+        if xdp_pin.exists() {
+            match replace_pinned(programs.xdp, &xdp_pin) {
+                Ok(()) => {
+                    remove_other_pin(&tc_pin, interface);
+                    return Ok(AttachMode::Replaced);
+                }
                 Err(e) => {
                     // A link of an interface that went away (or another kernel object): start over.
                     warn!(
@@ -370,60 +433,167 @@ impl XdpAttachments {
                         error = crate::error_text::one_line(e.as_ref()),
                         "pinned XDP link not reusable; attaching anew"
                     );
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(&xdp_pin);
                 }
             }
         }
-        let generic = |program: &mut Xdp| program.attach(interface, XdpMode::Skb);
-        let (id, mode) = self.attach_in_mode(program, interface, generic).map_err(|e| occupied_hint(e, interface))?;
+        let program = &mut *programs.xdp;
+        let attached = match setting {
+            XdpModeSetting::Generic => program
+                .attach(interface, XdpMode::Skb)
+                .map(|id| (id, AttachMode::Generic))
+                .with_context(|| format!("attaching to {interface} in generic mode")),
+            XdpModeSetting::Native => program
+                .attach(interface, XdpMode::Driver)
+                .map(|id| (id, AttachMode::Native))
+                .with_context(|| format!("attaching to {interface} in native mode ([xdp] mode = \"native\")")),
+            XdpModeSetting::Auto | XdpModeSetting::Tc => match program.attach(interface, XdpMode::Driver) {
+                Ok(id) => Ok((id, AttachMode::Native)),
+                Err(native) => {
+                    let native = anyhow::Error::from(native);
+                    // Another XDP program holds the interface: say so rather than filter beside it.
+                    if is_busy(&native) {
+                        return Err(occupied_hint(native.context(format!("attaching to {interface}")), interface));
+                    }
+                    if let Some(tc) = programs.tc.as_deref_mut() {
+                        return self.attach_tc(tc, interface, &tc_pin);
+                    }
+                    program
+                        .attach(interface, XdpMode::Skb)
+                        .map(|id| (id, AttachMode::Generic))
+                        .with_context(|| format!("attaching to {interface} (native mode failed too: {native})"))
+                }
+            },
+        };
+        let (id, mode) = attached.map_err(|e| occupied_hint(e, interface))?;
+        remove_other_pin(&tc_pin, interface);
         let link = program.take_link(id).context("taking the XDP link")?;
         match FdLink::try_from(link) {
             Ok(fd_link) => {
-                fd_link.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+                fd_link.pin(&xdp_pin).with_context(|| format!("pinning the XDP link at {}", xdp_pin.display()))?;
             }
             Err(e) => warn!(interface, error = %e, "kernel gave a netlink attachment; it will not outlive the daemon"),
         }
         Ok(mode)
     }
 
-    fn attach_in_mode(
-        &self,
-        program: &mut Xdp,
-        interface: &str,
-        generic: impl Fn(&mut Xdp) -> Result<aya::programs::xdp::XdpLinkId, aya::programs::ProgramError>,
-    ) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, AttachMode)> {
-        Ok(match self.mode {
-            XdpModeSetting::Generic => (
-                generic(program).with_context(|| format!("attaching to {interface} in generic mode"))?,
-                AttachMode::Generic,
-            ),
-            XdpModeSetting::Native => (
-                program
-                    .attach(interface, XdpMode::Driver)
-                    .with_context(|| format!("attaching to {interface} in native mode ([xdp] mode = \"native\")"))?,
-                AttachMode::Native,
-            ),
-            XdpModeSetting::Auto => match program.attach(interface, XdpMode::Driver) {
-                Ok(id) => (id, AttachMode::Native),
-                Err(native) => {
-                    let id = generic(program)
-                        .with_context(|| format!("attaching to {interface} (native mode failed too: {native})"))?;
-                    (id, AttachMode::Generic)
+    /// Attaches `tc_guard` to the ingress of `interface`: a pinned tc link from an earlier run is
+    /// moved to this program; otherwise a new TCX link (Linux 6.6) is made and pinned, or, on an
+    /// older kernel, a filter under a `clsact` qdisc, which leaves with the daemon.
+    fn attach_tc(&self, program: &mut SchedClassifier, interface: &str, pin: &Path) -> anyhow::Result<AttachMode> {
+        if pin.exists() {
+            match replace_pinned_tc(program, pin) {
+                Ok(()) => return Ok(AttachMode::TcReplaced),
+                Err(e) => {
+                    warn!(
+                        interface,
+                        error = crate::error_text::one_line(e.as_ref()),
+                        "pinned tc link not reusable; attaching anew"
+                    );
+                    let _ = std::fs::remove_file(pin);
                 }
-            },
-        })
+            }
+        }
+        // TCX lets several programs share the hook: a tc_guard already there (no pin of ours led to
+        // it) belongs to another ids, as an XDP program there would. Refused the same way, so
+        // that one set of bans, not two, decides what the interface drops.
+        if let Ok((_, programs)) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)
+            && programs.iter().any(|info| info.name_as_str() == Some(TC_PROGRAM))
+        {
+            bail!(
+                "{interface} already has an ids tc filter ({TC_PROGRAM}): another ids (its `[xdp] pin_dir` \
+                 differs from this one's) holds it; stop it or run `ids xdp detach --config ITS_CONFIG`"
+            );
+        }
+        let tcx = program.attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
+        );
+        match tcx {
+            Ok(id) => {
+                let link = program.take_link(id).context("taking the tc link")?;
+                let fd_link = FdLink::try_from(link).context("the TCX attachment is not a BPF link")?;
+                fd_link.pin(pin).with_context(|| format!("pinning the tc link at {}", pin.display()))?;
+            }
+            Err(tcx) => {
+                if let Err(e) = aya::programs::tc::qdisc_add_clsact(interface) {
+                    // EEXIST: the interface has its clsact qdisc already.
+                    let exists = matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+                        || e.to_string().contains("exists");
+                    if !exists {
+                        return Err(anyhow!("adding the clsact qdisc to {interface}: {e} (TCX attach failed: {tcx})"));
+                    }
+                }
+                program
+                    .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::Netlink(Default::default()))
+                    .with_context(|| format!("attaching {TC_PROGRAM} to the tc ingress of {interface} (TCX: {tcx})"))?;
+                warn!(interface, "kernel has no TCX links: the tc ban filter will not outlive the daemon");
+            }
+        }
+        Ok(AttachMode::Tc)
     }
+}
+
+/// Removes the pin of the other program's link on an interface (a mode changed between runs), so
+/// that one program enforces there, not both.
+fn remove_other_pin(path: &Path, interface: &str) {
+    if path.exists() {
+        match std::fs::remove_file(path) {
+            Ok(()) => info!(interface, pin = %path.display(), "earlier ban filter of another mode detached"),
+            Err(e) => warn!(interface, pin = %path.display(), error = %e, "cannot remove pinned link"),
+        }
+    }
+}
+
+/// Whether `interface` is a veth (`ETHTOOL_GDRVINFO` names the driver).
+pub fn is_veth(interface: &str) -> bool {
+    driver_of(interface).as_deref() == Some("veth")
+}
+
+/// The driver of `interface`, as `ethtool -i` gives it.
+fn driver_of(interface: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    let mut request = IfReq { name: [0; libc::IFNAMSIZ], data: &raw mut info, _pad: [0; 16] };
+    request.name[..interface.len()].copy_from_slice(interface.as_bytes());
+    // SAFETY: a socket this function closes; the ioctl writes into `info`, which outlives it.
+    let ok = unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(socket, libc::SIOCETHTOOL, &raw mut request);
+        libc::close(socket);
+        rc == 0
+    };
+    if !ok {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }
 
 /// An attachment the kernel refused because the interface already has an XDP program: says so,
 /// and how to find and remove it (most often another `ids` with another `[xdp] pin_dir`, or one
 /// whose pins outlived it).
 fn occupied_hint(error: anyhow::Error, interface: &str) -> anyhow::Error {
-    let busy = error.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
-            || cause.to_string().contains("os error 16")
-    });
-    if !busy {
+    if !is_busy(&error) {
         return error;
     }
     error.context(format!(
@@ -439,17 +609,35 @@ fn replace_pinned(program: &mut Xdp, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the kernel refused with `EBUSY` (the interface has an XDP program already).
+fn is_busy(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
+            || cause.to_string().contains("os error 16")
+    })
+}
+
+fn replace_pinned_tc(program: &mut SchedClassifier, path: &Path) -> anyhow::Result<()> {
+    let pinned = PinnedLink::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let fd_link: FdLink = pinned.into();
+    let link = SchedClassifierLink::try_from(fd_link).context("the pinned object is not a tc link")?;
+    program.attach_to_link(link).context("replacing the program of the pinned tc link")?;
+    Ok(())
+}
+
 /// Removes every pin under `pin_dir` (links first, so the program leaves the interfaces), then
 /// the directory. Returns what was removed.
 pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
-    let links = pin_dir.join("links");
-    if let Ok(entries) = std::fs::read_dir(&links) {
-        for entry in entries.flatten() {
-            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-            removed.push(format!("links/{}", entry.file_name().to_string_lossy()));
+    for dir in [XDP_LINKS, TC_LINKS] {
+        let links = pin_dir.join(dir);
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+                removed.push(format!("{dir}/{}", entry.file_name().to_string_lossy()));
+            }
+            std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
         }
-        std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
     for name in PINNED_MAPS {
         let path = pin_dir.join(name);

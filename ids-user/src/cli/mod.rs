@@ -841,17 +841,26 @@ fn human_status(status: &StatusAnswer, colour: bool) -> String {
             false => format!("{} on {}", incoming.hook, incoming.interfaces.join(", ")),
         },
     );
-    let modes: Vec<String> = status.xdp.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
+    let modes: Vec<String> = status
+        .xdp
+        .interfaces
+        .iter()
+        .map(|i| match (i.program.as_str(), i.mode.as_str()) {
+            ("tc_guard", "tc") => format!("{} (tc)", i.name),
+            ("tc_guard", mode) => format!("{} (tc, {mode})", i.name),
+            (_, mode) => format!("{} (xdp {mode})", i.name),
+        })
+        .collect();
     if modes.is_empty() {
         fact(
             "bans",
             format!(
-                "{} recorded, NOT enforced: the XDP filter is on no interface (see [xdp] interfaces)",
+                "{} recorded, NOT enforced: the ban filter is on no interface (see [xdp] interfaces)",
                 status.xdp.bans
             ),
         );
     } else {
-        fact("bans", format!("{} enforced in XDP on {}", status.xdp.bans, modes.join(", ")));
+        fact("bans", format!("{} enforced on {}", status.xdp.bans, modes.join(", ")));
     }
     let errors: Vec<String> = status
         .errors

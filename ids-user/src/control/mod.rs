@@ -154,8 +154,11 @@ pub(crate) struct XdpStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct XdpInterface {
     pub(crate) name: String,
-    /// `native` or `generic`.
+    /// `native`, `generic`, `tc` or `replaced` (a pinned attachment of an earlier run, moved to this one).
     pub(crate) mode: String,
+    /// The program that enforces bans there: `xdp_guard` or `tc_guard`.
+    #[serde(default)]
+    pub(crate) program: String,
 }
 
 /// The answer to [`Request::Baseline`] (`ids baseline --json` adds `source`).

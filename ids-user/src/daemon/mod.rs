@@ -626,6 +626,18 @@ fn open_events_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening events_log {}", path.display()))
 }
 
+/// The hook of incoming SYNs: `xdp:xdp_guard`, `tc:tc_guard`, or both (`xdp:xdp_guard+tc:tc_guard`)
+/// when the interfaces differ; `xdp:xdp_guard` on no interface.
+fn incoming_hook(attached: &[(String, crate::bans::kernel::AttachMode)]) -> String {
+    let mut hooks: Vec<String> = attached.iter().map(|(_, mode)| mode.hook()).collect();
+    hooks.sort();
+    hooks.dedup();
+    if hooks.is_empty() {
+        return format!("xdp:{}", crate::bans::kernel::PROGRAM);
+    }
+    hooks.join("+")
+}
+
 impl Daemon {
     /// Hands the fleet agent what its next heartbeat says of this host.
     fn update_fleet_facts(&mut self) {
@@ -682,7 +694,11 @@ impl Daemon {
                 .xdp
                 .attached
                 .iter()
-                .map(|(name, mode)| XdpInterface { name: name.clone(), mode: mode.name().to_string() })
+                .map(|(name, mode)| XdpInterface {
+                    name: name.clone(),
+                    mode: mode.name().to_string(),
+                    program: mode.program().to_string(),
+                })
                 .collect(),
             pin_dir: self.config.xdp.pin_dir.clone(),
             bans: self.bans.store().bans().map(|b| b.len()).unwrap_or(0),
@@ -694,10 +710,7 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs(),
             signals,
             errors: sensor.program_errors().into_iter().map(|(program, count)| (program.to_string(), count)).collect(),
-            incoming: IncomingStatus {
-                hook: format!("xdp:{}", crate::bans::kernel::PROGRAM),
-                interfaces: sensor.syn_interfaces(),
-            },
+            incoming: IncomingStatus { hook: incoming_hook(&sensor.xdp.attached), interfaces: sensor.syn_interfaces() },
             watch: WatchStatus {
                 roots: self.roots.clone(),
                 inodes: writer.watched_inodes.load(Ordering::Relaxed),

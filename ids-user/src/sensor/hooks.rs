@@ -254,6 +254,7 @@ mod tests {
             .map(|spec| spec.program)
             .collect();
         loaded.insert(SYN_PROGRAM);
+        loaded.insert(crate::bans::kernel::TC_PROGRAM);
         let counted: BTreeSet<&str> = ProgramId::ALL.iter().map(|program| program.name()).collect();
         assert_eq!(loaded, counted);
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
-use aya::programs::{FEntry, Lsm, RawTracePoint, TracePoint, Xdp};
+use aya::programs::{FEntry, Lsm, RawTracePoint, SchedClassifier, TracePoint, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use ids_common::{ProgramId, SIGNAL_COUNT, Signal};
 use tokio::io::unix::AsyncFd;
@@ -25,7 +25,7 @@ use self::decode::{RawEvent, decode};
 use self::hooks::{Attach, HOOK_TABLE, HookSet, SYN_PROGRAM, signal_name};
 use self::watch::WatchSet;
 use crate::bans::XdpConfig;
-use crate::bans::kernel::{BanMaps, PINNED_MAPS, XdpAttachments};
+use crate::bans::kernel::{BanMaps, GuardPrograms, PINNED_MAPS, TC_PROGRAM, XdpAttachments};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ids"));
 const SIGNALS: [Signal; 3] = [Signal::Exec, Signal::File, Signal::Connect];
@@ -71,6 +71,8 @@ pub struct Sensor {
     /// Failed runs per program (`ProgramId`).
     errors: PerCpuArray<MapData, u64>,
     pub xdp: XdpAttachments,
+    /// Whether `tc_guard` loaded.
+    tc_loaded: bool,
     /// The pinned ban maps, for `crate::bans::Bans` to take.
     pub ban_maps: Option<BanMaps>,
     /// Reports of the scan detector (`crate::bans::scan`), for the daemon to take.
@@ -172,6 +174,17 @@ impl Sensor {
 
         let program: &mut Xdp = program_mut(&mut ebpf, SYN_PROGRAM)?;
         program.load().with_context(|| format!("loading XDP program {SYN_PROGRAM}"))?;
+        // The tc program serves interfaces where XDP would copy each packet; without it they get
+        // XDP too (`[xdp] mode = "tc"` interfaces get nothing, logged at attach).
+        let tc_loaded = match program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)
+            .and_then(|tc| tc.load().with_context(|| format!("loading tc program {TC_PROGRAM}")))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = crate::error_text::one_line(e.as_ref()), "tc ban filter unavailable");
+                false
+            }
+        };
         let ban_maps = BanMaps::take(&mut ebpf)?;
         let scan_reports = RingBuf::try_from(take_map(&mut ebpf, "XDP_EVENTS")?)?;
 
@@ -190,20 +203,29 @@ impl Sensor {
             hooks,
             lost,
             errors,
-            xdp: XdpAttachments::new(pin_dir, &config.xdp.interfaces, config.xdp.mode),
+            xdp: XdpAttachments::new(pin_dir, &config.xdp),
+            tc_loaded,
             ban_maps: Some(ban_maps),
             scan_reports: Some(scan_reports),
         };
         Ok((sensor, watch, rings))
     }
 
-    /// Attaches the XDP program to interfaces that appeared since the last call.
+    /// Attaches the ban filter (XDP or tc, `[xdp] mode`) to interfaces that appeared since the last call.
     pub fn attach_new_interfaces(&mut self) {
-        let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, SYN_PROGRAM) else { return };
-        self.xdp.attach_new(program);
+        let (mut xdp, mut tc) = (None, None);
+        for (name, program) in self.ebpf.programs_mut() {
+            match (name, program) {
+                (SYN_PROGRAM, aya::programs::Program::Xdp(program)) => xdp = Some(program),
+                (TC_PROGRAM, aya::programs::Program::SchedClassifier(program)) if self.tc_loaded => tc = Some(program),
+                _ => {}
+            }
+        }
+        let Some(xdp) = xdp else { return };
+        self.xdp.attach_new(GuardPrograms { xdp, tc });
     }
 
-    /// Interfaces the XDP program is on.
+    /// Interfaces the ban filter (and SYN watcher) is on, XDP or tc.
     pub fn syn_interfaces(&self) -> Vec<String> {
         self.xdp.attached.iter().map(|(i, _)| i.clone()).collect()
     }

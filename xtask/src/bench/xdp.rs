@@ -22,8 +22,9 @@
 //!   source addresses; [`FRAME_THREADS`] threads share the generator CPU.
 //!
 //! Contenders on the target end, each alone in turn: `ids run` in the target namespace with
-//! `[xdp] interfaces` naming the target end (driver mode; then generic mode, chosen with
-//! `[xdp] mode = "generic"`) and the banned set
+//! `[xdp] interfaces` naming the target end (driver mode, `[xdp] mode = "native"`; then generic
+//! mode, `mode = "generic"`; then its tc ingress program, `mode = "tc"`, what `auto` picks on a
+//! veth) and the banned set
 //! installed with `ids ban --file`; nftables; iptables +
 //! ipset; and, as the floor any XDP program sits on, a bare `r0 = XDP_DROP; exit`. The generator
 //! threads are pinned to one CPU, where the veth's receive work runs too, in softirq. For each
@@ -141,7 +142,7 @@ pub(super) fn bench_xdp(root: &Path) -> anyhow::Result<()> {
     let ours = OursSupport::probe(&ids);
     let mut contenders = Vec::new();
     match &ours {
-        OursSupport::Available => contenders.extend([Contender::Ids, Contender::IdsGeneric]),
+        OursSupport::Available => contenders.extend([Contender::Ids, Contender::IdsGeneric, Contender::IdsTc]),
         OursSupport::Missing(why) => eprintln!("bench: ids contender left out: {why}"),
     }
     contenders.push(Contender::Nft);
@@ -718,6 +719,8 @@ enum Contender {
     Ids,
     /// `ids` in generic mode: `[xdp] mode = "generic"` in its config.
     IdsGeneric,
+    /// `ids`' tc ingress program: `[xdp] mode = "tc"` in its config.
+    IdsTc,
     Nft,
     Ipset,
     /// Reference: the two-instruction program `r0 = XDP_DROP; exit` in driver mode, the least
@@ -730,6 +733,7 @@ impl Contender {
         match self {
             Self::Ids => "ids XDP (driver)",
             Self::IdsGeneric => "ids XDP (generic, for reference)",
+            Self::IdsTc => "ids tc ingress",
             Self::Nft => "nftables netdev set",
             Self::Ipset => "iptables raw + ipset",
             Self::XdpDropFloor => "reference: bare XDP_DROP (driver)",
@@ -796,7 +800,7 @@ impl Installed {
         let installed = match contender {
             Contender::Ids | Contender::IdsGeneric => {
                 let generic = contender == Contender::IdsGeneric;
-                let daemon = IdsDaemon::start(ids, dir, topo, generic)?;
+                let daemon = IdsDaemon::start(ids, dir, topo, if generic { "generic" } else { "native" })?;
                 let want = if generic { XDP_ATTACHED_SKB } else { XDP_ATTACHED_DRV };
                 let mode = attached_xdp_mode(topo)?;
                 ensure!(
@@ -804,6 +808,18 @@ impl Installed {
                     "ids attached XDP in mode {mode:?} to {}, expected {want}",
                     topo.target_dev
                 );
+                daemon.ban_all(set, dir)?;
+                Self::Ids { daemon }
+            }
+            Contender::IdsTc => {
+                let daemon = IdsDaemon::start(ids, dir, topo, "tc")?;
+                let mode = attached_xdp_mode(topo)?;
+                ensure!(mode.is_none(), "ids in tc mode attached XDP (mode {mode:?}) to {}", topo.target_dev);
+                let status = command_stdout(&mut daemon.cli(&["status", "--json"]))?;
+                let status: serde_json::Value =
+                    serde_json::from_str(&status).with_context(|| format!("ids status --json printed {status:?}"))?;
+                let program = &status["xdp"]["interfaces"][0]["program"];
+                ensure!(program == "tc_guard", "ids in tc mode reports {program} on {}: {status}", topo.target_dev);
                 daemon.ban_all(set, dir)?;
                 Self::Ids { daemon }
             }
@@ -1008,8 +1024,8 @@ const IDS_PIN_DIR: &str = "/sys/fs/bpf/ids-bench";
 
 impl IdsDaemon {
     /// `ids` picks the XDP mode itself: driver (native) where the driver has it, as veth does;
-    /// `generic`: `[xdp] mode = "generic"`.
-    fn start(ids: &Path, dir: &BenchDir, topo: &Topology, generic: bool) -> anyhow::Result<Self> {
+    /// `mode`: `[xdp] mode`, `native`, `generic` or `tc`.
+    fn start(ids: &Path, dir: &BenchDir, topo: &Topology, mode: &str) -> anyhow::Result<Self> {
         let state = dir.dir.join("ids-state");
         // A fresh store each time: no bans left from the previous contender run.
         let _ = fs::remove_dir_all(&state);
@@ -1026,7 +1042,7 @@ impl IdsDaemon {
             toml_string(&state),
             serde_json::to_string(&topo.target_dev).expect("a string serializes"),
             toml_string(&pin_dir),
-            if generic { "\"generic\"" } else { "\"auto\"" },
+            serde_json::to_string(mode).expect("a string serializes"),
         );
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.dir.join("ids.log");
@@ -1384,7 +1400,7 @@ fn measure_install_times(
         times.ipset.push(ipset_restore(topo, dir, &set)?.as_secs_f64());
         run_quiet(topo.target_ns.command("ipset").args(["destroy", IPSET_NAME]))?;
         if ours.available() {
-            let daemon = IdsDaemon::start(ids, dir, topo, false)?;
+            let daemon = IdsDaemon::start(ids, dir, topo, "native")?;
             times.ids.push(daemon.ban_all(&set, dir)?.as_secs_f64());
             daemon.stop()?;
             ensure_no_xdp(topo)?;
@@ -1757,8 +1773,9 @@ impl Report {
              `[xdp] interfaces` = the target end and the set loaded with `ids ban`; an nftables `netdev` ingress \
              chain `ip saddr @set counter drop`; iptables `raw PREROUTING -m set --match-set S src -j DROP` with \
              an ipset `hash:ip`. Set = the generators' banned sources ({FRAME_SOURCES} + 1) plus filler from 10.0.0.0/8. \
-             ids attaches in driver mode on veth; for the generic-mode rows its config says `[xdp] mode = \"generic\"` \
-             (the bench checks the mode `ip link` reports). The bare `r0 = XDP_DROP` program (driver mode) is the floor of any XDP program."
+             ids attaches XDP in driver mode on veth (`[xdp] mode = \"native\"`); for the generic-mode rows its config says `[xdp] mode = \"generic\"` \
+             (the bench checks the mode `ip link` reports); for the tc rows `[xdp] mode = \"tc\"` (what `auto` picks on a veth): \
+             its tc ingress program `tc_guard` on a TCX link, no XDP (checked). The bare `r0 = XDP_DROP` program (driver mode) is the floor of any XDP program."
         );
         let _ = writeln!(
             s,
@@ -1819,6 +1836,7 @@ impl Report {
                 }
             }
             self.render_ratios(&mut s, generator);
+            self.render_tc_ratios(&mut s, generator);
         }
 
         let _ = writeln!(s, "\n### Time to install {} entries\n", thousands(self.installs.entries as u64));
@@ -1903,6 +1921,43 @@ impl Report {
             );
         }
         s
+    }
+
+    /// Ratios of ids' tc program to nftables at each size; on the socket path the target is to
+    /// spend no more than nftables.
+    fn render_tc_ratios(&self, s: &mut String, generator: Generator) {
+        let ours = Contender::IdsTc;
+        if !self.cells.iter().any(|c| c.contender == ours && c.generator == generator) {
+            return;
+        }
+        let _ = writeln!(s, "\nRatios of softirq ns/packet, ids tc ingress ÷ peer:\n");
+        let _ = writeln!(s, "| entries | tc ÷ nftables | tc ÷ ipset | tc ÷ ids XDP (driver) | tc ≤ nftables |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---|");
+        for &size in &self.plan.sizes {
+            let (Some(o), Some(n)) = (self.cell(ours, size, generator), self.cell(Contender::Nft, size, generator))
+            else {
+                continue;
+            };
+            let ratio = |peer: Contender| {
+                self.cell(peer, size, generator)
+                    .map_or("–".to_string(), |p| format!("{:.2}", o.ns_per_packet() / p.ns_per_packet()))
+            };
+            let rn = o.ns_per_packet() / n.ns_per_packet();
+            let _ = writeln!(
+                s,
+                "| {} | {rn:.2} | {} | {} | {} |",
+                thousands(size as u64),
+                ratio(Contender::Ipset),
+                ratio(Contender::Ids),
+                match (generator, rn <= 1.0) {
+                    (Generator::Socket, true) => "met",
+                    (Generator::Socket, false) => "**not met**",
+                    // The target is set for the socket path; on the frame path XDP is the tool.
+                    (Generator::Frame, true) => "yes (target set for the socket path)",
+                    (Generator::Frame, false) => "no (target set for the socket path)",
+                }
+            );
+        }
     }
 
     /// Ratios of ids (driver mode) to the peers at each size, and the targets.
