@@ -6,6 +6,9 @@
 //! Area `sensor` (module [`sensor`]): the sensor beside empty programs on the same hooks and
 //! auditd, per operation, per event in the daemon, and the capacity of the `file` signal.
 //!
+//! Area `sensor-vm` (module [`sensor_vm`]): the same workloads on the stock kernel's LSM and
+//! fentry hooks in the VM, without and with the sensor in one boot.
+//!
 //! Area `console` (module [`console`]): the fleet console's answers over 100,000 stored alerts
 //! beside the same SQL in the `sqlite3` shell.
 //!
@@ -30,6 +33,7 @@ mod fleet;
 mod integrity;
 mod process;
 mod sensor;
+mod sensor_vm;
 mod server;
 mod xdp;
 
@@ -45,9 +49,12 @@ command, the machine and the repetitions; figures are medians over those repetit
 depend on the machine and on whatever else it was running, so compare sections taken on the same \
 machine.\n";
 
+pub use sensor::guest_workloads;
+
 pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
     match area {
         "sensor" => sensor::bench_sensor(root),
+        "sensor-vm" => sensor_vm::bench_sensor_vm(root),
         "integrity" => integrity::bench_integrity(root),
         "server" => server::bench_server(root),
         "xdp" => xdp::bench_xdp(root),
@@ -57,7 +64,7 @@ pub fn run(root: &Path, area: &str) -> anyhow::Result<()> {
         "console" => console::bench_console(root),
         integrity::PROBE_AREA => integrity::print_sha2_throughput(),
         other => bail!(
-            "unknown bench area {other:?} (known: sensor, integrity, server, xdp, detect, fleet, process, console)"
+            "unknown bench area {other:?} (known: sensor, sensor-vm, integrity, server, xdp, detect, fleet, process, console)"
         ),
     }
 }

@@ -96,6 +96,16 @@ enum Task {
     VmTest,
     /// Benchmarks; figures are appended to BENCHMARKS.md.
     Bench { area: String },
+    /// Inside the `bench sensor-vm` guest: time the sensor bench's workloads once and print them.
+    #[command(hide = true)]
+    GuestWorkloads {
+        #[arg(long)]
+        watched: PathBuf,
+        #[arg(long)]
+        unwatched: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        divisor: u64,
+    },
     /// Run every fuzz target (fuzz/) for `--time` seconds each; fails on a crash.
     Fuzz {
         /// Seconds per target.
@@ -176,6 +186,7 @@ fn run() -> Result<()> {
             setup()?;
             bench::run(&root, &area)
         }
+        Task::GuestWorkloads { watched, unwatched, divisor } => bench::guest_workloads(&watched, &unwatched, divisor),
         Task::Fuzz { time, targets } => {
             setup()?;
             fuzz::run(&root, time, &targets)

@@ -75,24 +75,54 @@ const QUOTE_WIDTH: usize = 600;
 
 /// Builds and boots the VM, then checks the scenario's results. `root` is the workspace root.
 pub fn run(root: &Path) -> Result<()> {
+    let scenario =
+        Scenario { init_script: INIT_SCRIPT, binaries: &[], timeout: BOOT_TIMEOUT, console_log: "console.log" };
+    let booted = boot_scenario(root, &scenario)?;
+    let summary = check_console(&booted.console)
+        .with_context(|| format!("VM check failed; console in {}", booted.console_log.display()))?;
+    println!("vm: OK ({summary})");
+    Ok(())
+}
+
+/// What one boot of the VM runs: its `/init`, binaries copied to `/bin` besides `ids` and
+/// busybox (with the shared libraries they need), how long it may take, and the file under
+/// `<root>/.vm` its console is saved to.
+pub struct Scenario<'a> {
+    pub init_script: &'a str,
+    pub binaries: &'a [&'a Path],
+    pub timeout: Duration,
+    pub console_log: &'a str,
+}
+
+/// A boot that powered off by itself.
+pub struct Booted {
+    pub console: String,
+    pub console_log: PathBuf,
+    /// The stock kernel's Debian package.
+    pub kernel_package: String,
+}
+
+/// Builds `ids` (or takes `IDS_VM_BINARY`), fetches the kernel, assembles the initramfs of
+/// `scenario` and boots it; fails when the VM does not power off in time or qemu fails.
+pub fn boot_scenario(root: &Path, scenario: &Scenario) -> Result<Booted> {
     let vm_dir = root.join(".vm");
     fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
 
     ensure_host_tools()?;
     let kernel = fetch_kernel(&vm_dir)?;
     let ids = ids_binary(root)?;
-    let initrd = build_initramfs(&vm_dir, &ids, &kernel)?;
+    let initrd = build_initramfs(&vm_dir, &ids, &kernel, scenario)?;
 
-    println!("vm: booting {} (TCG, timeout {} s)", kernel.package, BOOT_TIMEOUT.as_secs());
-    let boot = boot(&kernel.vmlinuz, &initrd, BOOT_TIMEOUT)?;
-    let log = vm_dir.join("console.log");
+    println!("vm: booting {} (TCG, timeout {} s)", kernel.package, scenario.timeout.as_secs());
+    let boot = boot(&kernel.vmlinuz, &initrd, scenario.timeout)?;
+    let log = vm_dir.join(scenario.console_log);
     fs::write(&log, &boot.console).with_context(|| format!("writing {}", log.display()))?;
     println!("vm: qemu finished after {:.1} s; console saved to {}", boot.elapsed.as_secs_f64(), log.display());
 
     if boot.timed_out {
         bail!(
             "the VM did not power off within {} s (qemu killed); console in {}, last lines:\n{}",
-            BOOT_TIMEOUT.as_secs(),
+            scenario.timeout.as_secs(),
             log.display(),
             tail(&boot.console, 40)
         );
@@ -100,10 +130,7 @@ pub fn run(root: &Path) -> Result<()> {
     if !boot.status.success() {
         bail!("qemu-system-x86_64 failed ({}): {}\nconsole in {}", boot.status, boot.stderr.trim(), log.display());
     }
-    let summary =
-        check_console(&boot.console).with_context(|| format!("VM check failed; console in {}", log.display()))?;
-    println!("vm: OK ({summary})");
-    Ok(())
+    Ok(Booted { console: boot.console, console_log: log, kernel_package: kernel.package })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -277,7 +304,7 @@ fn ids_binary(root: &Path) -> Result<PathBuf> {
 }
 
 /// Assembles `<vm_dir>/initramfs` and packs it into `<vm_dir>/initrd.cpio.gz`.
-fn build_initramfs(vm_dir: &Path, ids: &Path, kernel: &Kernel) -> Result<PathBuf> {
+fn build_initramfs(vm_dir: &Path, ids: &Path, kernel: &Kernel, scenario: &Scenario) -> Result<PathBuf> {
     let tree = vm_dir.join("initramfs");
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
@@ -292,10 +319,15 @@ fn build_initramfs(vm_dir: &Path, ids: &Path, kernel: &Kernel) -> Result<PathBuf
     copy_file(ids, &tree.join("bin/ids"))?;
     copy_shared_libraries(&busybox, &tree)?;
     copy_shared_libraries(ids, &tree)?;
+    for binary in scenario.binaries {
+        let name = binary.file_name().with_context(|| format!("{} has no file name", binary.display()))?;
+        copy_file(binary, &tree.join("bin").join(name))?;
+        copy_shared_libraries(binary, &tree)?;
+    }
     install_modules(kernel, &tree)?;
 
     let init = tree.join("init");
-    fs::write(&init, INIT_SCRIPT).with_context(|| format!("writing {}", init.display()))?;
+    fs::write(&init, scenario.init_script).with_context(|| format!("writing {}", init.display()))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", init.display()))?;
 
@@ -883,7 +915,7 @@ fn check_events(events: &[Value], failures: &mut Vec<String>) {
 
 /// The lines strictly between `===<name>===` and the next `===END===`, or `None` when the
 /// start marker is missing.
-fn section(console: &str, name: &str) -> Option<String> {
+pub(crate) fn section(console: &str, name: &str) -> Option<String> {
     let start = format!("==={name}===");
     let mut lines = console.lines().skip_while(|line| line.trim() != start);
     lines.next()?;
@@ -917,7 +949,7 @@ fn quote(text: &str, max: usize) -> String {
 }
 
 /// The last `n` lines of `text`, indented.
-fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| indent(l)).collect::<Vec<_>>().join("\n")
 }

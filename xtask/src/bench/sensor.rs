@@ -83,8 +83,8 @@ impl Column {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Workload {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Workload {
     OpenWriteClose,
     WatchedWrite,
     ForkExec,
@@ -94,10 +94,10 @@ enum Workload {
 }
 
 impl Workload {
-    const ALL: [Self; 6] =
+    pub(super) const ALL: [Self; 6] =
         [Self::OpenWriteClose, Self::WatchedWrite, Self::ForkExec, Self::TcpConnect, Self::UdpSendto, Self::Getpid];
 
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::OpenWriteClose => "open/write/close, unwatched dir",
             Self::WatchedWrite => "1-byte pwrite to a watched file",
@@ -108,7 +108,19 @@ impl Workload {
         }
     }
 
-    fn iterations(self) -> u64 {
+    /// The name `guest_workloads` prints it under.
+    pub(super) fn key(self) -> &'static str {
+        match self {
+            Self::OpenWriteClose => "open_write_close",
+            Self::WatchedWrite => "watched_pwrite",
+            Self::ForkExec => "fork_exec",
+            Self::TcpConnect => "tcp_connect",
+            Self::UdpSendto => "udp_sendto",
+            Self::Getpid => "getpid",
+        }
+    }
+
+    pub(super) fn iterations(self) -> u64 {
         match self {
             Self::OpenWriteClose => 200_000,
             Self::WatchedWrite => 100_000,
@@ -131,14 +143,19 @@ struct Workloads {
 
 impl Workloads {
     fn create(scratch: &Scratch) -> anyhow::Result<Self> {
+        Self::open(&scratch.watched_file, &scratch.unwatched)
+    }
+
+    /// On an existing watched file and an unwatched directory.
+    fn open(watched_file: &Path, unwatched: &Path) -> anyhow::Result<Self> {
         let watched = OpenOptions::new()
             .write(true)
-            .open(&scratch.watched_file)
-            .with_context(|| format!("opening {}", scratch.watched_file.display()))?;
+            .open(watched_file)
+            .with_context(|| format!("opening {}", watched_file.display()))?;
         let udp_receiver = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket on 127.0.0.1")?;
         let udp_sender = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket on 127.0.0.1")?;
         Ok(Self {
-            unwatched_file: scratch.unwatched.join("small"),
+            unwatched_file: unwatched.join("small"),
             watched,
             listener: TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?,
             udp_sender,
@@ -813,6 +830,18 @@ fn generate_parallel(files: &[PathBuf], rate: Option<u64>) -> anyhow::Result<(u6
         longest = longest.max(elapsed);
     }
     Ok((total, longest))
+}
+
+/// Inside the benchmark VM (`cargo xtask bench sensor-vm`): every workload once, with its
+/// iterations divided by `divisor` (emulated syscalls are tens of times slower), printed as
+/// `workload KEY NS_PER_OP` lines for the host to parse.
+pub fn guest_workloads(watched_file: &Path, unwatched: &Path, divisor: u64) -> anyhow::Result<()> {
+    let workloads = Workloads::open(watched_file, unwatched)?;
+    for workload in Workload::ALL {
+        let iterations = (workload.iterations() / divisor.max(1)).max(1);
+        println!("workload {} {:.1}", workload.key(), workloads.ns_per_op(workload, iterations)?);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
