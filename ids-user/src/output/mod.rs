@@ -229,8 +229,11 @@ impl Outputs {
             match (previous, built) {
                 (Some(running), None) => self.0.push(running),
                 (Some(running), Some(built)) => {
-                    let inbox = sink.resubscribe(&running.queue, config.queue);
+                    // Stopped before its queue is replaced: a worker whose queue closed would end
+                    // on its own, before its stop, and that end would count as the daemon's
+                    // failure. What reaches the old queue meanwhile is handed over with it.
                     workers.stop_worker(&running.worker);
+                    let inbox = sink.resubscribe(&running.queue, config.queue);
                     self.launch(config, built, inbox, Some(running.handover), running.counters, workers)?;
                     changes.replaced.push(config.name.clone());
                 }
@@ -246,8 +249,8 @@ impl Outputs {
             }
         }
         for running in old {
-            sink.unsubscribe(&running.queue);
             workers.stop_worker(&running.worker);
+            sink.unsubscribe(&running.queue);
             changes.removed.push(running.config.name.clone());
         }
         Ok(changes)
@@ -494,6 +497,7 @@ mod tests {
         }
         let main = |running: &Outputs| running.status().into_iter().find(|s| s.name == "main");
         wait_until("a failed delivery", || main(&running).is_some_and(|s| s.retries > 0));
+        wait_until("the other output's deliveries", || nets(&other).len() >= 5);
         assert_eq!(nets(&other), expected(0..5));
 
         let changes = running
